@@ -1,0 +1,17 @@
+"""Attacks by name: ``build_attack("pgd", eps=4/255)``; ``ATTACKS.names()`` lists them."""
+
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, build_attack, eval_mode
+from mmcoa.attacks.pgd import PGD, maximize
+
+__all__ = ["ATTACKS", "Attack", "AttackResult", "PGD", "build_attack", "eval_mode", "maximize",
+           "list_attacks"]
+
+
+def list_attacks() -> list[dict]:
+    """Name, one-line description and default parameters of each registered attack."""
+    rows = []
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        rows.append({"name": name, "description": summary, "defaults": cls().params()})
+    return rows

@@ -1,0 +1,99 @@
+"""What every attack shares: the result type, the registry and parameter validation.
+
+An attack is a dataclass of its parameters (pixel units: eps 1/255 is ``1/255``) called as
+``attack(classifier, images, labels, generator)`` on [0, 1] images; it returns an
+:class:`AttackResult`. Attacks never train: they run the model in eval mode and differentiate
+with respect to their own perturbation only, leaving every parameter's ``.grad`` untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from mmcoa.errors import MmcoaError
+from mmcoa.models.zeroshot import ZeroShotClassifier
+from mmcoa.registry import Registry
+
+ATTACKS: Registry[type["Attack"]] = Registry("attack")
+
+
+@dataclass
+class AttackResult:
+    """Adversarial images in [0, 1]; ``class_embeddings`` replaces the prompt set when an
+    attack perturbs the text side; ``queries`` counts model forward passes per sample."""
+
+    images: torch.Tensor
+    class_embeddings: torch.Tensor | None = None
+    queries: int = 0
+
+
+@dataclass
+class Attack:
+    """Base class: subclasses are dataclasses registered with ``@ATTACKS.register(name)``."""
+
+    name: ClassVar[str] = "attack"
+
+    def __call__(self, classifier: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator | None = None) -> AttackResult:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        """The attack's parameters, JSON-ready, as stored in result records."""
+        return dataclasses.asdict(self)
+
+
+def register_attack(name: str):
+    """Class decorator: register an attack under ``name`` and remember the name on the class."""
+
+    def add(cls: type[Attack]) -> type[Attack]:
+        cls.name = name
+        return ATTACKS.register(name)(cls)
+
+    return add
+
+
+def build_attack(name: str, **params) -> Attack:
+    """Instantiate the attack registered as ``name``; unknown names or parameters raise a
+    one-line error listing what is accepted."""
+    cls = ATTACKS.get(name)
+    accepted = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise MmcoaError(f"attack {name!r} takes no parameter {', '.join(unknown)}; "
+                         f"accepted: {', '.join(accepted) or 'none'}")
+    return cls(**params)
+
+
+def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = True) -> None:
+    """One-line error unless ``low < value <= high`` (``low <= value`` when not ``low_open``)."""
+    ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise MmcoaError(f"{name} must be in {bracket}{low:g}, {high:g}]; got {value:g}")
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode for the duration of an attack, then restore its modes."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+@register_attack("clean")
+@dataclass
+class Clean(Attack):
+    """No attack: the images as they are (the clean-accuracy row)."""
+
+    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+        return AttackResult(images=images, queries=0)

@@ -1,0 +1,145 @@
+"""Projected gradient descent in pixel space (Madry et al. 2018; paper Eq. 2-3).
+
+:func:`maximize` is the shared engine: any attack that ascends a per-sample loss inside an
+eps-ball (PGD here; Co-Attack and SGA reuse it) calls it with its own loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mmcoa.attacks.base import Attack, AttackResult, check_range, eval_mode, register_attack
+from mmcoa.errors import MmcoaError
+
+NORMS = ("linf", "l2")
+PRECISIONS = ("fp32", "bf16")
+LossFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def random_start(images: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None):
+    """A perturbation drawn uniformly from the eps-ball (both signs), clipped to valid pixels."""
+    shape, device = images.shape, images.device
+    if norm == "linf":
+        delta = (torch.rand(shape, generator=generator, device=device) * 2 - 1) * eps
+    else:
+        direction = torch.randn(shape, generator=generator, device=device)
+        direction = direction / _l2(direction).clamp_min(1e-12)
+        dims = images[0].numel()
+        radius = torch.rand((shape[0], 1, 1, 1), generator=generator, device=device) ** (1 / dims)
+        delta = direction * radius * eps
+    return (images + delta).clamp(0, 1) - images
+
+
+def ascent_step(delta: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str):
+    if norm == "linf":
+        return delta + step_size * grad.sign()
+    return delta + step_size * grad / _l2(grad).clamp_min(1e-12)
+
+
+def project(delta: torch.Tensor, images: torch.Tensor, eps: float, norm: str):
+    """Project onto the eps-ball, then onto the [0, 1] pixel box."""
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _l2(delta).clamp_min(1e-12)).clamp(max=1)
+    return (images + delta).clamp(0, 1) - images
+
+
+def maximize(loss_fn: LossFn, images: torch.Tensor, *, eps: float, step_size: float, n_steps: int,
+             norm: str = "linf", start: bool = True, generator: torch.Generator | None = None,
+             precision: str = "fp32") -> torch.Tensor:
+    """Ascend ``loss_fn(adv).sum()`` for ``n_steps`` steps inside the eps-ball around ``images``.
+
+    Gradients are taken with ``torch.autograd.grad`` with respect to the perturbation only, so
+    no parameter gradient is computed or accumulated (the published code's ``loss.backward()``
+    leaked attack gradients into the weights). Returns the adversarial images.
+    """
+    images = images.detach()
+    delta = random_start(images, eps, norm, generator) if start else torch.zeros_like(images)
+    for _ in range(n_steps):
+        delta.requires_grad_(True)
+        with _autocast(precision, images.device):
+            loss = loss_fn(images + delta).float().sum()
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = project(ascent_step(delta.detach(), grad, step_size, norm), images, eps, norm)
+    return (images + delta).detach()
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _l2(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))
+
+
+@register_attack("pgd")
+@dataclass
+class PGD(Attack):
+    """PGD on the zero-shot cross-entropy (paper Eq. 3).
+
+    Loss: CE of ``logit_scale · cos(f(x + delta), g(prompt_c))`` against the true label,
+    maximized over ``||delta|| <= eps`` (L-inf or L2) with ``x + delta`` in [0, 1].
+    Defaults are the paper's test setting: eps 1/255, step 1/255, 100 steps, one random start.
+    With ``n_restarts > 1`` each sample keeps a restart that fools the classifier when one does
+    (the highest-loss one among those), else the highest-loss restart.
+
+    Example::
+
+        attack = PGD(eps=4 / 255, n_steps=10)
+        adv = attack(ZeroShotClassifier(model, prompts), images, labels).images
+    """
+
+    eps: float = 1 / 255
+    step_size: float = 1 / 255
+    n_steps: int = 100
+    norm: str = "linf"
+    random_start: bool = True
+    n_restarts: int = 1
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise MmcoaError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
+        if self.precision not in PRECISIONS:
+            raise MmcoaError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        check_range("eps", self.eps, 0, 1 if self.norm == "linf" else float("inf"))
+        check_range("step_size", self.step_size, 0, float("inf"))
+        check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
+        check_range("n_restarts", self.n_restarts, 1, 1e6, low_open=False)
+
+    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+        def loss_fn(adv):
+            return F.cross_entropy(classifier.logits(adv), labels, reduction="none")
+
+        with eval_mode(classifier.model):
+            best = self._run_once(loss_fn, images, generator)
+            for _ in range(self.n_restarts - 1):
+                best = self._keep_better(classifier, labels, best, self._run_once(loss_fn, images, generator))
+        queries = self.n_steps * self.n_restarts + (self.n_restarts if self.n_restarts > 1 else 0)
+        return AttackResult(images=best, queries=queries)
+
+    def _run_once(self, loss_fn, images, generator):
+        return maximize(loss_fn, images, eps=self.eps, step_size=self.step_size,
+                        n_steps=self.n_steps, norm=self.norm, start=self.random_start,
+                        generator=generator, precision=self.precision)
+
+    @torch.no_grad()
+    def _keep_better(self, classifier, labels, current, candidate):
+        scores = [_restart_score(classifier.logits(x), labels) for x in (current, candidate)]
+        take = (scores[1] > scores[0]).view(-1, 1, 1, 1)
+        return torch.where(take, candidate, current)
+
+
+def _restart_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fooled samples outrank all others; ties break on the loss."""
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    fooled = (logits.argmax(1) != labels).float()
+    return fooled * 1e6 + loss

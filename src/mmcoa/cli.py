@@ -1,0 +1,179 @@
+"""mmcoa: attack, robustify and evaluate CLIP-style vision-language models.
+
+Command line wiring: parse, build from the registries, call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from mmcoa.errors import MmcoaError
+
+PIXEL_FLAGS = {"eps": "eps", "step_size": "step_size"}  # given in /255 units on the CLI
+PLAIN_FLAGS = {"steps": "n_steps", "norm": "norm", "restarts": "n_restarts"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except MmcoaError as error:
+        print(f"mmcoa: error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmcoa", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_eval(commands)
+    _add_demo(commands)
+    listing = commands.add_parser("models", help="list the model names")
+    listing.add_argument("--all", action="store_true", help="include every open_clip architecture")
+    listing.set_defaults(handler=cmd_models)
+    listing = commands.add_parser("datasets", help="list the datasets and whether they are on disk")
+    listing.add_argument("--data-root", default=None)
+    listing.set_defaults(handler=cmd_datasets)
+    commands.add_parser("attacks", help="list the attacks").set_defaults(handler=cmd_attacks)
+    return parser
+
+
+def _add_eval(commands) -> None:
+    p = commands.add_parser("eval", help="zero-shot accuracy under attacks → JSON records")
+    p.add_argument("--model", required=True, help="tiny-clip, ViT-B-32, hf-hub:..., hf:...")
+    p.add_argument("--pretrained", default=None, help="tag, checkpoint path, or 'random'")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--attacks", default="clean,pgd", help="comma-separated attack names")
+    p.add_argument("--eps", type=float, default=None, help="in units of 1/255 (default 1)")
+    p.add_argument("--step-size", type=float, default=None, help="in units of 1/255 (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="attack iterations (default 100)")
+    p.add_argument("--norm", default=None, choices=("linf", "l2"))
+    p.add_argument("--restarts", type=int, default=None)
+    p.add_argument("--template", default=None, help="prompt template with {} (default: the dataset's)")
+    p.add_argument("--n-samples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="result JSON file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_eval)
+
+
+def _add_demo(commands) -> None:
+    p = commands.add_parser("demo", help="offline demo: tiny CLIP on Fashion-MNIST, then PGD")
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_demo)
+
+
+def attack_params_from_flags(args: argparse.Namespace) -> dict:
+    """The attack flags the user set, in pixel units (CLI eps and step size are /255)."""
+    params = {}
+    for flag, field in PIXEL_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            if not 0 < value <= 255:
+                raise MmcoaError(f"--{flag.replace('_', '-')} must be in (0, 255] (units of 1/255); "
+                                 f"got {value:g}")
+            params[field] = value / 255
+    params.update({field: getattr(args, flag) for flag, field in PLAIN_FLAGS.items()
+                   if getattr(args, flag) is not None})
+    return params
+
+
+def build_attacks(names: str, params: dict) -> list:
+    """Each named attack with the flags it accepts; a flag no named attack takes is an error."""
+    from mmcoa.attacks import ATTACKS, build_attack
+
+    classes = [ATTACKS.get(name.strip()) for name in names.split(",") if name.strip()]
+    used = set()
+    attacks = []
+    for cls in classes:
+        accepted = {f.name for f in dataclasses.fields(cls)}
+        attacks.append(build_attack(cls.name, **{k: v for k, v in params.items() if k in accepted}))
+        used |= accepted & set(params)
+    unused = sorted(set(params) - used)
+    if unused:
+        raise MmcoaError(f"no chosen attack takes {', '.join(unused)}; "
+                         f"attacks chosen: {', '.join(c.name for c in classes) or 'none'}")
+    return attacks
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mmcoa.devices import check_device
+    from mmcoa.eval import evaluate, format_table, write_records
+
+    attacks = build_attacks(args.attacks, attack_params_from_flags(args))
+    check_device(args.device)
+    _check_output(args.output)
+    records = evaluate(args.model, args.dataset, attacks, pretrained=args.pretrained,
+                       split=args.split, data_root=args.data_root, download=args.download,
+                       n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
+                       device=args.device, template=args.template, progress=not args.no_progress)
+    write_records(args.output, records)
+    print(format_table(records))
+    print(f"results written to {args.output}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mmcoa.demo import run_demo
+    from mmcoa.devices import check_device
+    from mmcoa.eval import format_table
+
+    check_device(args.device)
+    records = run_demo(args.output, data_root=args.data_root, device=args.device,
+                       n_samples=args.n_samples, seed=args.seed, progress=not args.no_progress)
+    print(format_table(records))
+    print(f"results written to {Path(args.output) / 'results.json'}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mmcoa.models import list_models
+
+    for name in list_models(include_open_clip=args.all):
+        print(name)
+    if not args.all:
+        print("(plus every open_clip architecture: mmcoa models --all; hf-hub:<org>/<name>; "
+              "hf:<id or directory>)")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from mmcoa.data import describe_datasets
+
+    for row in describe_datasets(args.data_root):
+        found = "found" if row["found"] else "not found"
+        classes = row["n_classes"] if row["n_classes"] is not None else "?"
+        print(f"{row['name']:<20} {classes!s:>4} classes  splits={','.join(row['splits'])}  "
+              f"{found:<9}  template={row['template']!r}  {row['description']}")
+    return 0
+
+
+def cmd_attacks(args: argparse.Namespace) -> int:
+    from mmcoa.attacks import list_attacks
+
+    for row in list_attacks():
+        print(f"{row['name']:<10} {row['description']}  defaults={json.dumps(row['defaults'])}")
+    return 0
+
+
+def _check_output(path: str) -> None:
+    if os.path.isdir(path):
+        raise MmcoaError(f"--output {path!r} is a directory; give a file name such as results.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Evaluation: the zero-shot runner, metrics and result records."""
+
+from mmcoa.eval.results import format_table, read_records, write_json_atomic, write_records
+from mmcoa.eval.runner import evaluate, sample_indices
+
+__all__ = ["evaluate", "format_table", "read_records", "sample_indices", "write_json_atomic",
+           "write_records"]

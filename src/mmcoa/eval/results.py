@@ -1,0 +1,82 @@
+"""Result records: the schema, atomic JSON writes and the printed table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Sequence
+
+RECORD_KEYS = ("model", "pretrained", "dataset", "split", "attack", "attack_params", "n_samples",
+               "accuracy", "top5", "seed", "elapsed_s", "versions")
+PACKAGES = ("mmcoa", "torch", "torchvision", "open_clip_torch", "transformers")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages that decide a result."""
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it into place, so a reader
+    never sees half a file and an interrupted run leaves no partial output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_records(path: str | os.PathLike, records: Sequence[dict]) -> None:
+    missing = [(r.get("attack"), k) for r in records for k in RECORD_KEYS if k not in r]
+    if missing:
+        raise ValueError(f"records lack required keys: {missing[:3]}")
+    write_json_atomic(path, list(records))
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def format_table(records: Iterable[dict]) -> str:
+    """A fixed-width text table: one row per record."""
+    header = ("model", "dataset", "attack", "eps", "n", "accuracy", "top5", "success", "time_s")
+    rows = [header] + [_row(r) for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _row(record: dict) -> tuple[str, ...]:
+    eps = record["attack_params"].get("eps")
+    success = record.get("attack_success_rate")
+    return (
+        _short_model(record), record["dataset"], record["attack"],
+        "-" if eps is None else f"{eps * 255:g}/255",
+        str(record["n_samples"]), f"{record['accuracy']:.4f}", f"{record['top5']:.4f}",
+        "-" if success is None else f"{success:.4f}", f"{record['elapsed_s']:.1f}",
+    )
+
+
+def _short_model(record: dict) -> str:
+    pretrained = record.get("pretrained")
+    if pretrained and os.path.sep in str(pretrained):
+        pretrained = Path(pretrained).name
+    return f"{record['model']}:{pretrained}" if pretrained else record["model"]

@@ -1,0 +1,121 @@
+"""The evaluation loop: model × dataset × attacks → result records."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from mmcoa.attacks import Attack, build_attack, eval_mode
+from mmcoa.data import ClassificationDataset, load_dataset
+from mmcoa.errors import MmcoaError
+from mmcoa.eval.metrics import Tally
+from mmcoa.eval.results import versions
+from mmcoa.models import VisionLanguageModel, ZeroShotClassifier, load_model
+
+
+def sample_indices(n_total: int, n_samples: int | None, seed: int) -> list[int]:
+    """A fixed, seeded subset of ``n_samples`` indices (sorted), or every index."""
+    if n_samples is None or n_samples >= n_total:
+        return list(range(n_total))
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n_total, generator=generator)[:n_samples].tolist())
+
+
+def evaluate(
+    model: str | VisionLanguageModel,
+    dataset: str | ClassificationDataset,
+    attacks: Sequence[str | Attack] = ("clean", "pgd"),
+    *,
+    pretrained: str | None = None,
+    split: str = "test",
+    data_root: str | None = None,
+    download: bool = False,
+    n_samples: int | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    template: str | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Zero-shot accuracy of ``model`` on ``dataset`` under each attack; one record per attack.
+
+    Names are resolved through the registries (string attacks use their default parameters);
+    every argument is checked before the model is loaded. Images of a batch are attacked with a
+    generator seeded from ``(seed, batch index, attack index)``, so a record does not depend on
+    which other attacks ran.
+    """
+    attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
+    _check_run_args(attacks, n_samples, batch_size)
+    if isinstance(dataset, str):
+        dataset = load_dataset(dataset, split=split, root=data_root, download=download)
+    if isinstance(model, str):
+        model = load_model(model, pretrained=pretrained, device=device)
+    indices = sample_indices(len(dataset), n_samples, seed)
+    classifier = ZeroShotClassifier(model, dataset.prompts(template))
+    with eval_mode(model):
+        tallies = _run(classifier, dataset, indices, attacks, batch_size, seed, progress)
+    return [_record(model, dataset, attack, tally, indices, seed) for attack, tally in zip(attacks, tallies)]
+
+
+def _check_run_args(attacks: Sequence[Attack], n_samples: int | None, batch_size: int) -> None:
+    if not attacks:
+        raise MmcoaError("no attack given; pass at least one, e.g. clean")
+    if n_samples is not None and n_samples < 1:
+        raise MmcoaError(f"n_samples must be a positive integer (or omitted for all); got {n_samples}")
+    if batch_size < 1:
+        raise MmcoaError(f"batch_size must be a positive integer; got {batch_size}")
+
+
+def _run(classifier, dataset, indices, attacks, batch_size, seed, progress) -> list[Tally]:
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+    tallies = [Tally() for _ in attacks]
+    device = classifier.model.device
+    bar = tqdm(loader, desc="eval", unit="batch", disable=not progress)
+    for batch_index, (images, labels) in enumerate(bar):
+        images, labels = images.to(device), labels.to(device)
+        clean_correct = _predict(classifier, images).argmax(1) == labels
+        for attack_index, (attack, tally) in enumerate(zip(attacks, tallies)):
+            generator = _generator(device, seed, batch_index, attack_index)
+            started = time.perf_counter()
+            result = attack(classifier, images, labels, generator)
+            tally.add(_predict(classifier, result.images, result.class_embeddings), labels, clean_correct)
+            tally.elapsed_s += time.perf_counter() - started
+            tally.queries_per_sample = result.queries
+        bar.set_postfix({a.name: f"{t.accuracy:.3f}" for a, t in zip(attacks, tallies)})
+    return tallies
+
+
+@torch.no_grad()
+def _predict(classifier, images, class_embeddings=None) -> torch.Tensor:
+    return classifier.logits(images, class_embeddings)
+
+
+def _generator(device: torch.device, *parts: int) -> torch.Generator:
+    seed = int(hashlib.sha256(repr(parts).encode()).hexdigest()[:15], 16)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _record(model, dataset, attack, tally: Tally, indices, seed) -> dict:
+    return {
+        "model": model.name,
+        "pretrained": model.pretrained,
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "attack": attack.name,
+        "attack_params": attack.params(),
+        "n_samples": tally.n,
+        "accuracy": tally.accuracy,
+        "top5": tally.top5,
+        "seed": seed,
+        "elapsed_s": round(tally.elapsed_s, 3),
+        "versions": versions(),
+        "n_correct": tally.correct,
+        "attack_success_rate": tally.attack_success_rate,
+        "queries_per_sample": tally.queries_per_sample,
+        "sample_indices_sha1": hashlib.sha1(repr(indices).encode()).hexdigest(),
+    }

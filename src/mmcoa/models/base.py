@@ -1,0 +1,133 @@
+"""The one interface every CLIP-style backend implements.
+
+Images enter as float tensors in [0, 1] at the dataset's own resolution; resizing to the model's
+input size and mean/std normalization happen here, so attacks perturb and clamp pixels without
+knowing the model. Texts enter as strings; tokenization also happens here.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmcoa.errors import MmcoaError, UnknownNameError
+
+TOWERS = ("image", "text")
+MAX_LOGIT_SCALE = 100.0
+
+
+class VisionLanguageModel(nn.Module):
+    """A CLIP-style dual encoder working on [0, 1] pixels and raw strings.
+
+    Subclasses wrap a backend model as ``self.model`` and implement ``tokenize``,
+    ``_encode_pixels`` (normalized pixels → features), ``_encode_tokens`` and
+    ``_raw_logit_scale``; ``tower_prefixes`` maps each tower to the parameter-name prefixes
+    (relative to ``self.model``) that belong to it.
+
+    The zero-shot logit of paper Eq. 1 is ``logit_scale · cos(encode_image(x), encode_text(t))``.
+    """
+
+    tower_prefixes: dict[str, tuple[str, ...]] = {}
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str,
+        pretrained: str | None,
+        image_size: int | tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.pretrained = pretrained
+        self.image_size = _as_pair(image_size)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    # -- backend hooks -------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _raw_logit_scale(self) -> torch.Tensor:
+        """The learnable log-temperature parameter."""
+        raise NotImplementedError
+
+    # -- public interface ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize [0, 1] images to the model's input size (bicubic) and normalize them."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise MmcoaError(f"images must have shape [batch, 3, H, W]; got {list(images.shape)}")
+        if tuple(images.shape[-2:]) != self.image_size:
+            shrinking = images.shape[-1] > self.image_size[1] or images.shape[-2] > self.image_size[0]
+            images = F.interpolate(
+                images, size=self.image_size, mode="bicubic", align_corners=False, antialias=shrinking
+            )
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Image embeddings for [0, 1] images of shape [batch, 3, H, W] at any resolution."""
+        features = self._encode_pixels(self.preprocess(images.to(self.device)))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
+        """Text embeddings for a list of strings."""
+        if isinstance(texts, str):
+            raise MmcoaError("encode_text takes a list of strings, not one string")
+        tokens = {k: v.to(self.device) for k, v in self.tokenize(list(texts)).items()}
+        features = self._encode_tokens(tokens)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """exp(log-temperature), clamped at 100 as CLIP does during training."""
+        return self._raw_logit_scale().exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def tower_parameters(self, tower: str) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs of the ``"image"`` or ``"text"`` tower."""
+        if tower not in TOWERS:
+            raise UnknownNameError(f"unknown tower {tower!r}; known: {', '.join(TOWERS)}")
+        prefixes = self.tower_prefixes[tower]
+        for name, param in self.model.named_parameters():
+            if name.startswith(prefixes):
+                yield name, param
+
+    def set_trainable(self, towers: Sequence[str]) -> None:
+        """Let gradients reach only the named towers (the shared logit scale stays trainable
+        whenever any tower is)."""
+        for unknown in set(towers) - set(TOWERS):
+            raise UnknownNameError(f"unknown tower {unknown!r}; known: {', '.join(TOWERS)}")
+        self.model.requires_grad_(False)
+        for tower in towers:
+            for _, param in self.tower_parameters(tower):
+                param.requires_grad_(True)
+        self._raw_logit_scale().requires_grad_(bool(towers))
+
+    def text_fingerprint(self) -> tuple:
+        """Changes whenever a text-tower weight is modified in place (optimizer steps,
+        ``load_state_dict``) or replaced: a cheap key for caches of text embeddings."""
+        return tuple((id(p), p._version) for _, p in self.tower_parameters("text"))
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.pretrained or 'random init'})"
+
+
+def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    return (int(size[0]), int(size[1]))

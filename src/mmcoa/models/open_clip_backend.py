@@ -1,0 +1,142 @@
+"""open_clip backend: architecture names with pretrained tags, ``hf-hub:`` ids, local files."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from mmcoa.errors import MmcoaError, UnknownNameError
+from mmcoa.models.base import VisionLanguageModel
+from mmcoa.models.checkpoints import load_into, read_state_dict, require_file
+from mmcoa.models.hub import fetching_weights
+
+RANDOM = "random"
+TINY_CONFIG_DIR = Path(__file__).parent / "configs"
+TINY_ARCHITECTURES = tuple(sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json")))
+
+
+def _open_clip():
+    import open_clip
+
+    if str(TINY_CONFIG_DIR) not in map(str, open_clip.factory._MODEL_CONFIG_PATHS):
+        open_clip.add_model_config(TINY_CONFIG_DIR)
+    return open_clip
+
+
+class OpenClipModel(VisionLanguageModel):
+    """An ``open_clip`` CLIP (or CustomTextCLIP) behind the [0, 1]-pixel interface."""
+
+    tower_prefixes = {
+        "image": ("visual.",),
+        "text": ("transformer.", "token_embedding.", "positional_embedding", "ln_final.",
+                 "text_projection", "text."),
+    }
+
+    def __init__(self, model, tokenizer, *, name: str, pretrained: str | None):
+        cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+        super().__init__(
+            model,
+            name=name,
+            pretrained=pretrained,
+            image_size=model.visual.image_size,
+            mean=cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)),
+            std=cfg.get("std", (0.26862954, 0.26130258, 0.27577711)),
+        )
+        self.tokenizer = tokenizer
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {"text": self.tokenizer(list(texts))}
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.encode_text(tokens["text"])
+
+    def _raw_logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale
+
+
+def is_open_clip_name(name: str) -> bool:
+    return name.startswith("hf-hub:") or name in _open_clip().list_models()
+
+
+def load_open_clip(name: str, pretrained: str | None, device: str) -> OpenClipModel:
+    """Build an open_clip model. ``pretrained`` is a tag of ``name``, a local checkpoint,
+    ``"random"`` (explicit random init), or None (allowed only for tiny configurations and
+    ``hf-hub:`` ids, whose weights come with the id)."""
+    open_clip = _open_clip()
+    with _quiet_open_clip_logs():
+        if name.startswith("hf-hub:"):
+            model = _from_hub(open_clip, name)
+        else:
+            model = _from_architecture(open_clip, name, pretrained)
+        tokenizer = open_clip.get_tokenizer(name)
+    wrapped = OpenClipModel(model, tokenizer, name=name, pretrained=pretrained)
+    return wrapped.to(device).eval()
+
+
+def _from_hub(open_clip, name: str):
+    hint = f"download {name} on a machine with internet (it lands in the Hugging Face cache)"
+    with fetching_weights(name, hint):
+        return open_clip.create_model(name)
+
+
+def _from_architecture(open_clip, name: str, pretrained: str | None):
+    if pretrained is None and name not in TINY_ARCHITECTURES:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise MmcoaError(f"model {name} needs --pretrained: a tag ({tags}), a checkpoint path, "
+                         f"or '{RANDOM}' for random init")
+    if pretrained in (None, RANDOM):
+        return _seeded_random_init(open_clip, name)
+    if pretrained in open_clip.list_pretrained_tags_by_model(name):
+        hint = (f"download it on a machine with internet, or pass --pretrained "
+                f"/path/to/{name}-{pretrained}.bin")
+        with fetching_weights(f"{name} ({pretrained})", hint):
+            return open_clip.create_model(name, pretrained=pretrained)
+    if os.path.sep in pretrained or os.path.splitext(pretrained)[1] or os.path.exists(pretrained):
+        return _from_file(open_clip, name, pretrained)
+    tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+    raise UnknownNameError(f"unknown pretrained tag {pretrained!r} for {name}; known tags: {tags}; "
+                           f"or a checkpoint path, or '{RANDOM}'")
+
+
+def _from_file(open_clip, name: str, path: str):
+    require_file(path, name)
+    state = read_state_dict(path)
+    model = _seeded_random_init(open_clip, name)
+    load_into(model, _to_open_clip_layout(model, state), path, name)
+    return model
+
+
+def _to_open_clip_layout(model, state: dict) -> dict:
+    """Accept a state dict of the bare open_clip model or of our wrapper (``model.`` prefix)."""
+    if all(k.startswith("model.") for k in state):
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    return state
+
+
+def _seeded_random_init(open_clip, name: str, seed: int = 0):
+    """Random init that does not depend on (or disturb) the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return open_clip.create_model(name)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip_logs():
+    """open_clip logs warnings and errors on the root logger ("initialized randomly", download
+    failures); our own one-line errors say what matters, so silence those while loading."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)

@@ -1,0 +1,52 @@
+"""Zero-shot classification head over class prompts (paper Eq. 1)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from mmcoa.models.base import VisionLanguageModel
+
+
+class ZeroShotClassifier:
+    """``logits = logit_scale · cos(f(x), g(prompt_c))`` for the C class prompts.
+
+    Normalized prompt embeddings are computed once and reused until the text tower's weights
+    change (see :meth:`VisionLanguageModel.text_fingerprint`), so a batch loop or an attack
+    loop never re-encodes the prompts. Pass ``class_embeddings`` to classify against another
+    prompt set (e.g. adversarial prompts) without touching the cache.
+    """
+
+    def __init__(self, model: VisionLanguageModel, prompts: Sequence[str], text_batch_size: int = 256):
+        if not prompts:
+            raise ValueError("a zero-shot classifier needs at least one class prompt")
+        self.model = model
+        self.prompts = list(prompts)
+        self.text_batch_size = text_batch_size
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.prompts)
+
+    def class_embeddings(self) -> torch.Tensor:
+        """[C, D] L2-normalized prompt embeddings, without gradient."""
+        key = self.model.text_fingerprint()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.encode_prompts(self.prompts))
+        return self._cache[1]
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        chunks = [self.model.encode_text(prompts[i:i + self.text_batch_size], normalize=True)
+                  for i in range(0, len(prompts), self.text_batch_size)]
+        return torch.cat(chunks).float()
+
+    def logits(self, images: torch.Tensor, class_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C] logits for [0, 1] images; differentiable with respect to the images."""
+        text = self.class_embeddings() if class_embeddings is None else class_embeddings
+        image = self.model.encode_image(images, normalize=True)
+        return self.model.logit_scale * image.float() @ text.to(image.device).T
+
+    __call__ = logits
