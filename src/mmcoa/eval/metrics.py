@@ -1,8 +1,11 @@
 """Counting correct predictions: robust accuracy and attack success rate.
 
-- robust accuracy = correct-under-attack / all evaluated samples;
-- attack success rate = samples the attack turned from correct to wrong / samples that were
-  correct before the attack (clean-correct). Samples wrong on clean images do not count.
+- robust accuracy = samples classified correctly both clean and under attack / all samples.
+  The unperturbed input lies inside every threat model, so a sample that is wrong on clean
+  input is never counted robust, even if the perturbation happens to fix it (AutoAttack's
+  convention); robust accuracy therefore never exceeds clean accuracy. Top-5 likewise.
+- attack success rate = samples the attack turned from correct to wrong / samples correct
+  before the attack. Samples already wrong on clean input are left out.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ class Tally:
     elapsed_s: float = 0.0
     queries_per_sample: int = 0
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, clean_correct: torch.Tensor) -> None:
-        correct = logits.argmax(1) == labels
-        k = min(5, logits.shape[1])
-        top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
+    def add(self, logits: torch.Tensor, clean_logits: torch.Tensor, labels: torch.Tensor) -> None:
+        clean_correct = _top_k_hit(clean_logits, labels, 1)
+        correct = clean_correct & _top_k_hit(logits, labels, 1)
+        top5 = _top_k_hit(clean_logits, labels, 5) & _top_k_hit(logits, labels, 5)
         self.n += len(labels)
         self.correct += int(correct.sum())
         self.correct_top5 += int(top5.sum())
@@ -43,3 +46,8 @@ class Tally:
     @property
     def attack_success_rate(self) -> float | None:
         return self.flipped / self.clean_correct if self.clean_correct else None
+
+
+def _top_k_hit(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from typing import Sequence
 
@@ -15,7 +16,7 @@ from mmcoa.data import ClassificationDataset, load_dataset
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.metrics import Tally
 from mmcoa.eval.results import versions
-from mmcoa.models import VisionLanguageModel, ZeroShotClassifier, load_model
+from mmcoa.models import VisionLanguageModel, ZeroShotClassifier, load_model, validate_model_name
 
 
 def sample_indices(n_total: int, n_samples: int | None, seed: int) -> list[int]:
@@ -46,11 +47,13 @@ def evaluate(
 
     Names are resolved through the registries (string attacks use their default parameters);
     every argument is checked before the model is loaded. Images of a batch are attacked with a
-    generator seeded from ``(seed, batch index, attack index)``, so a record does not depend on
-    which other attacks ran.
+    generator seeded from ``(seed, batch index, attack name and parameters)``, so a record does
+    not depend on which other attacks ran or in which order.
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
+    if isinstance(model, str):
+        validate_model_name(model)
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, split=split, root=data_root, download=download)
     if isinstance(model, str):
@@ -78,12 +81,12 @@ def _run(classifier, dataset, indices, attacks, batch_size, seed, progress) -> l
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress)
     for batch_index, (images, labels) in enumerate(bar):
         images, labels = images.to(device), labels.to(device)
-        clean_correct = _predict(classifier, images).argmax(1) == labels
-        for attack_index, (attack, tally) in enumerate(zip(attacks, tallies)):
-            generator = _generator(device, seed, batch_index, attack_index)
+        clean_logits = _predict(classifier, images)
+        for attack, tally in zip(attacks, tallies):
+            generator = _generator(device, seed, batch_index, attack.name, attack.params())
             started = time.perf_counter()
             result = attack(classifier, images, labels, generator)
-            tally.add(_predict(classifier, result.images, result.class_embeddings), labels, clean_correct)
+            tally.add(_predict(classifier, result.images, result.class_embeddings), clean_logits, labels)
             tally.elapsed_s += time.perf_counter() - started
             tally.queries_per_sample = result.queries
         bar.set_postfix({a.name: f"{t.accuracy:.3f}" for a, t in zip(attacks, tallies)})
@@ -95,8 +98,8 @@ def _predict(classifier, images, class_embeddings=None) -> torch.Tensor:
     return classifier.logits(images, class_embeddings)
 
 
-def _generator(device: torch.device, *parts: int) -> torch.Generator:
-    seed = int(hashlib.sha256(repr(parts).encode()).hexdigest()[:15], 16)
+def _generator(device: torch.device, *parts) -> torch.Generator:
+    seed = int(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:15], 16)
     return torch.Generator(device=device).manual_seed(seed)
 
 

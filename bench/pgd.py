@@ -1,0 +1,289 @@
+"""PGD throughput: ``mmcoa.attacks.PGD`` versus a naive loop written like the published code.
+
+Usage::
+
+    python bench/pgd.py [--device cpu|cuda] [--quick] [--output results.json]
+
+Reports image-steps per second (images x PGD steps / wall seconds) for each configuration and
+path, measured in one process on the same model, images and labels. Each path gets warm-up
+calls that are not timed, then the paths are timed in interleaved repeats (so drift on a
+shared machine hits both alike) and the median is reported. On CUDA every timed call ends with
+``torch.cuda.synchronize()``.
+
+Paths:
+
+- ``ours``: :class:`mmcoa.attacks.PGD` (gradients by ``torch.autograd.grad`` with respect to
+  the perturbation only); on CUDA also ``ours`` with ``precision="bf16"`` (autocast);
+- ``naive``: :func:`naive_pgd`, an fp32 eager loop like the published research code: it calls
+  ``loss.backward()``, so every weight (left with ``requires_grad=True``) gets a ``.grad``
+  computed and accumulated on every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+import torch.nn.functional as F
+
+import mmcoa
+from mmcoa.attacks import PGD
+from mmcoa.models import ZeroShotClassifier
+
+EPS = 4 / 255
+STEP_SIZE = 1 / 255
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck")
+PROMPTS = [f"a photo of a {c}." for c in CLASSES]
+
+
+@dataclass
+class Config:
+    """One benchmark setting: a model at an input size, a batch and a number of PGD steps."""
+
+    name: str
+    model: str
+    pretrained: str | None
+    device: str
+    image_size: int
+    batch: int
+    steps: int
+    bf16: bool = False  # also time ours with precision="bf16"
+
+
+def configs(device: str, quick: bool) -> list[Config]:
+    """The CPU configurations always; the CUDA one when running on CUDA."""
+    scale = 4 if quick else 1  # --quick: a quarter of the batch, fewer steps
+    steps = 3 if quick else 10
+    out = [
+        Config("tiny-clip cpu", "tiny-clip", None, "cpu", 28, 256 // scale, steps),
+        Config("ViT-B-32 cpu", "ViT-B-32", "random", "cpu", 224, 16 // scale, 1 if quick else 3),
+    ]
+    if device == "cuda":
+        out.append(Config("ViT-B-32 cuda", "ViT-B-32", "random", "cuda", 224, 256 // scale, steps,
+                          bf16=True))
+    return out
+
+
+# -- the two PGD paths ------------------------------------------------------------------------
+
+def naive_pgd(classifier, images, labels, eps, step_size, n_steps, generator=None):
+    """PGD as the published research code wrote it: fp32, eager, ``loss.backward()``.
+
+    Every step back-propagates into all weights that require grad (their ``.grad`` is filled
+    and accumulated, never cleared), reads ``delta.grad``, takes a sign step, clamps to the
+    eps-ball and to valid pixels, and zeroes ``delta.grad``.
+    """
+    delta = (torch.rand(images.shape, generator=generator, device=images.device) * 2 - 1) * eps
+    delta = ((images + delta).clamp(0, 1) - images).detach()
+    delta.requires_grad_()
+    for _ in range(n_steps):
+        logits = classifier.logits(images + delta)
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
+        grad = delta.grad.detach()
+        d = (delta.data + step_size * grad.sign()).clamp(-eps, eps)
+        delta.data = (images + d).clamp(0, 1) - images
+        delta.grad.zero_()
+    return (images + delta).detach()
+
+
+def ours_pgd(classifier, images, labels, eps, step_size, n_steps, generator=None, precision="fp32"):
+    """The library's PGD (one random start, as in :func:`naive_pgd`)."""
+    attack = PGD(eps=eps, step_size=step_size, n_steps=n_steps, precision=precision)
+    return attack(classifier, images, labels, generator=generator).images
+
+
+# -- timing -----------------------------------------------------------------------------------
+
+def time_it(fn: Callable[[], object], device: str) -> float:
+    """Wall seconds of one call of ``fn``, synchronizing CUDA before and after."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def measure(paths: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int):
+    """Per path: the list of timed seconds, after ``warmup`` untimed calls each."""
+    for fn in paths.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in paths}
+    for _ in range(repeats):
+        for name, fn in paths.items():
+            times[name].append(time_it(fn, device))
+    return times
+
+
+def cpu_busy_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine so far (all processes), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def other_load(fn: Callable[[], object]):
+    """Run ``fn``; return its result and the mean number of cores other processes kept busy
+    meanwhile (this machine's busy time minus ours, per wall second), or None off Linux."""
+    busy, mine, start = cpu_busy_seconds(), time.process_time(), time.perf_counter()
+    result = fn()
+    if busy is None:
+        return result, None
+    foreign = cpu_busy_seconds() - busy - (time.process_time() - mine)
+    return result, max(foreign, 0.0) / (time.perf_counter() - start)
+
+
+# -- one configuration ------------------------------------------------------------------------
+
+def setup(cfg: Config):
+    """Model (all weights requires_grad=True), classifier, seeded images and labels."""
+    model = mmcoa.load_model(cfg.model, pretrained=cfg.pretrained, device=cfg.device)
+    model.requires_grad_(True)
+    classifier = ZeroShotClassifier(model, PROMPTS)
+    classifier.class_embeddings()  # encode the prompts once, outside timing
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(cfg.batch, 3, cfg.image_size, cfg.image_size, generator=gen).to(cfg.device)
+    labels = torch.randint(len(PROMPTS), (cfg.batch,), generator=gen).to(cfg.device)
+    return model, classifier, images, labels
+
+
+def paths_for(cfg: Config, classifier, images, labels) -> dict[str, Callable[[], object]]:
+    """Zero-argument callables, one per path, each with its own seeded generator."""
+    def run(pgd, **kw):
+        gen = torch.Generator(device=cfg.device).manual_seed(0)
+        return lambda: pgd(classifier, images, labels, EPS, STEP_SIZE, cfg.steps, generator=gen, **kw)
+
+    paths = {"ours fp32": run(ours_pgd)}
+    if cfg.bf16:
+        paths["ours bf16"] = run(ours_pgd, precision="bf16")
+    paths["naive fp32"] = run(naive_pgd)
+    return paths
+
+
+def grads_left(model) -> int:
+    """How many parameters hold a ``.grad``."""
+    return sum(p.grad is not None for p in model.parameters())
+
+
+def check_grads(model, classifier, images, labels) -> dict:
+    """Cheap sanity (not timed): one step of each path on two images, from cleared grads."""
+    few, few_labels = images[:2], labels[:2]
+    model.zero_grad(set_to_none=True)
+    ours_pgd(classifier, few, few_labels, EPS, STEP_SIZE, 1)
+    ours = grads_left(model)
+    naive_pgd(classifier, few, few_labels, EPS, STEP_SIZE, 1)
+    naive = grads_left(model)
+    model.zero_grad(set_to_none=True)
+    return {"params": sum(1 for _ in model.parameters()), "ours": ours, "naive": naive}
+
+
+def bench_config(cfg: Config, warmup: int, repeats: int) -> tuple[list[dict], dict]:
+    """Rows (one per path) and the gradient check for one configuration."""
+    torch.manual_seed(0)
+    model, classifier, images, labels = setup(cfg)
+    grads = check_grads(model, classifier, images, labels)
+    paths = paths_for(cfg, classifier, images, labels)
+    times, load = other_load(lambda: measure(paths, cfg.device, warmup, repeats))
+    naive_rate = cfg.batch * cfg.steps / statistics.median(times["naive fp32"])
+    rows = []
+    for path, seconds in times.items():
+        rate = cfg.batch * cfg.steps / statistics.median(seconds)
+        rows.append({**asdict(cfg), "path": path, "seconds": seconds,
+                     "median_s": statistics.median(seconds), "image_steps_per_s": rate,
+                     "best_image_steps_per_s": cfg.batch * cfg.steps / min(seconds),
+                     "ratio_vs_naive": rate / naive_rate, "other_load_cores": load})
+    del model, classifier
+    if cfg.device == "cuda":
+        torch.cuda.empty_cache()
+    return rows, grads
+
+
+# -- report -----------------------------------------------------------------------------------
+
+def machine(device: str) -> dict:
+    """CPU model, cores, torch threads and version, GPU name when on CUDA."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+        info["matmul_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    return info
+
+
+def print_report(info: dict, rows: list[dict], grads: dict) -> None:
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    header = (f"{'config':<16} {'batch x steps':>13}  {'path':<11} {'image-steps/s':>14} "
+              f"{'(best)':>10} {'ours/naive':>11} {'other load':>11}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ratio = "" if r["path"].startswith("naive") else f"{r['ratio_vs_naive']:.2f}x"
+        load = "n/a" if r["other_load_cores"] is None else f"{r['other_load_cores']:.2f} cores"
+        print(f"{r['name']:<16} {r['batch']:>6} x {r['steps']:<4}  {r['path']:<11} "
+              f"{r['image_steps_per_s']:>14,.1f} {r['best_image_steps_per_s']:>10,.1f} "
+              f"{ratio:>11} {load:>11}")
+    print("image-steps/s: median of the repeats; (best): fastest repeat; other load: cores kept "
+          "busy by other processes while timing (non-zero means contended numbers)")
+    loads = [r["other_load_cores"] for r in rows if r["other_load_cores"] is not None]
+    if loads and max(loads) > 0.2:
+        print(f"WARNING: other processes kept up to {max(loads):.2f} cores busy while timing; "
+              "the CPU numbers are contended; rerun on an idle machine")
+    for name, g in grads.items():
+        ok = g["ours"] == 0 and g["naive"] > 0
+        print(f"grad check [{name}]: after ours {g['ours']}/{g['params']} weights hold .grad, "
+              f"after naive {g['naive']}/{g['params']} -> {'OK' if ok else 'UNEXPECTED'}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per path")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per path")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--output", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warmup = args.warmup if args.warmup is not None else 1
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
+
+    info = machine(args.device)
+    rows, grads = [], {}
+    for cfg in configs(args.device, args.quick):
+        cfg_rows, grads[cfg.name] = bench_config(cfg, warmup, repeats)
+        rows += cfg_rows
+    print_report(info, rows, grads)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"machine": info, "eps": EPS, "step_size": STEP_SIZE, "warmup": warmup,
+                       "repeats": repeats, "results": rows, "grad_check": grads}, f, indent=2)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Evaluation: metrics on hand-computed examples, records, atomic writes, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import mmcoa
+from mmcoa.attacks import PGD
+from mmcoa.errors import MmcoaError
+from mmcoa.eval import evaluate, format_table, read_records, sample_indices, write_records
+from mmcoa.eval import results as results_module
+from mmcoa.eval.metrics import Tally
+from mmcoa.eval.results import RECORD_KEYS
+from mmcoa.models import ZeroShotClassifier
+
+
+def test_tally_on_a_hand_computed_example():
+    labels = torch.tensor([0, 1, 2, 0])
+    # clean: samples 0, 1, 2 right; 3 wrong.  attacked: 0 right, 1 wrong, 2 wrong, 3 right.
+    clean = torch.tensor([[9., 0, 0], [0, 9, 0], [0, 0, 9], [0, 9, 0]])
+    attacked = torch.tensor([[9., 0, 0], [9, 0, 0], [0, 9, 0], [9, 0, 0]])
+    tally = Tally()
+    tally.add(attacked, clean, labels)
+    assert tally.accuracy == 1 / 4          # sample 3 is right only after the attack: not robust
+    assert tally.attack_success_rate == 2 / 3  # 2 of the 3 clean-correct samples flipped
+    assert tally.top5 == 1.0                # with 3 classes every label is in every top-5
+
+
+def test_top5_with_more_classes():
+    labels = torch.tensor([0, 0])
+    clean = torch.tensor([[5., 6, 7, 8, 9, 10], [10., 1, 2, 3, 4, 5]])  # label rank 6, rank 1
+    attacked = torch.tensor([[10., 1, 2, 3, 4, 5], [5., 6, 7, 8, 9, 10]])
+    tally = Tally()
+    tally.add(attacked, clean, labels)
+    assert tally.top5 == 0.0 and tally.accuracy == 0.0 and tally.attack_success_rate == 1.0
+
+
+def test_success_rate_undefined_without_clean_correct_samples():
+    tally = Tally()
+    tally.add(torch.tensor([[0., 1]]), torch.tensor([[0., 1]]), torch.tensor([0]))
+    assert tally.attack_success_rate is None
+
+
+def test_sample_indices_are_seeded_and_sorted():
+    a = sample_indices(100, 10, seed=0)
+    assert a == sample_indices(100, 10, seed=0) and a == sorted(a) and len(set(a)) == 10
+    assert a != sample_indices(100, 10, seed=1)
+    assert sample_indices(5, None, 0) == list(range(5)) == sample_indices(5, 50, 0)
+
+
+def test_evaluate_records_schema(tiny_model, synthetic_test):
+    records = evaluate(tiny_model, synthetic_test, ["clean", PGD(eps=2 / 255, n_steps=2)],
+                       batch_size=8, n_samples=12, progress=False)
+    assert [r["attack"] for r in records] == ["clean", "pgd"]
+    for record in records:
+        assert set(RECORD_KEYS) <= set(record)
+        assert 0 <= record["accuracy"] <= 1 and 0 <= record["top5"] <= 1
+        assert record["n_samples"] == 12 and record["dataset"] == "synthetic"
+        assert record["versions"]["torch"] == torch.__version__.split("+")[0]
+        json.dumps(record)
+    assert records[1]["attack_params"]["eps"] == pytest.approx(2 / 255)
+    assert records[1]["queries_per_sample"] == 2
+
+
+def test_evaluate_is_deterministic_and_independent_of_attack_order(tiny_model, synthetic_test):
+    pgd = PGD(eps=8 / 255, n_steps=2)
+    one = evaluate(tiny_model, synthetic_test, ["clean", pgd], batch_size=8, progress=False)
+    two = evaluate(tiny_model, synthetic_test, ["clean", pgd], batch_size=8, progress=False)
+    assert [r["accuracy"] for r in one] == [r["accuracy"] for r in two]
+    other = PGD(eps=1 / 255, n_steps=1)
+    reordered = evaluate(tiny_model, synthetic_test, [pgd, other], batch_size=8, progress=False)
+    assert reordered[0]["n_correct"] == one[1]["n_correct"]
+    assert reordered[0]["accuracy"] == one[1]["accuracy"]
+
+
+def test_evaluate_matches_an_independent_clean_count(tiny_model, synthetic_test):
+    classifier = ZeroShotClassifier(tiny_model, synthetic_test.prompts())
+    images = torch.stack([synthetic_test[i][0] for i in range(len(synthetic_test))])
+    labels = torch.tensor([synthetic_test[i][1] for i in range(len(synthetic_test))])
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(tiny_model.encode_text(synthetic_test.prompts()), dim=-1)
+        image = torch.nn.functional.normalize(tiny_model.encode_image(images), dim=-1)
+    expected = float(((image @ text.T).argmax(1) == labels).float().mean())
+    (record,) = evaluate(tiny_model, synthetic_test, ["clean"], batch_size=5, progress=False)
+    assert record["accuracy"] == pytest.approx(expected)
+    assert torch.allclose(classifier.class_embeddings(), text, atol=1e-6)
+
+
+def test_class_embeddings_are_cached_until_text_weights_change(tiny_model):
+    classifier = ZeroShotClassifier(tiny_model, ["a dog", "a cat"])
+    first = classifier.class_embeddings()
+    assert classifier.class_embeddings() is first
+    _, param = next(tiny_model.tower_parameters("text"))
+    with torch.no_grad():
+        param.mul_(1.0)
+    assert classifier.class_embeddings() is not first
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(n_samples=0), "n_samples must be a positive"),
+    (dict(batch_size=0), "batch_size must be a positive"),
+    (dict(attacks=[]), "no attack given"),
+    (dict(attacks=["pgd", "nope"]), "unknown attack 'nope'"),
+])
+def test_bad_arguments_fail_before_loading(kwargs, message, monkeypatch):
+    import mmcoa.eval.runner as runner
+
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("model was loaded"))
+    kwargs.setdefault("attacks", ["clean"])
+    with pytest.raises(MmcoaError, match=message):
+        evaluate("tiny-clip", "synthetic", **kwargs)
+
+
+def test_write_records_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "out" / "results.json"
+    record = {key: 0 for key in RECORD_KEYS}
+    record.update(attack="clean", attack_params={}, versions={})
+    write_records(path, [record])
+    assert read_records(path) == [record]
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(results_module.json, "dump", explode)
+    with pytest.raises(RuntimeError):
+        write_records(path, [record])
+    assert read_records(path) == [record]  # the old file is intact
+    assert os.listdir(path.parent) == ["results.json"]  # no temporary file left behind
+
+
+def test_write_records_checks_schema(tmp_path):
+    with pytest.raises(ValueError, match="lack required keys"):
+        write_records(tmp_path / "r.json", [{"attack": "clean"}])
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_table_shows_every_record(tiny_model, synthetic_test):
+    records = evaluate(tiny_model, synthetic_test, ["clean", PGD(eps=4 / 255, n_steps=1)],
+                       batch_size=16, progress=False)
+    table = format_table(records)
+    assert "4/255" in table and len(table.splitlines()) == 4
+
+
+def test_public_entry_point():
+    assert mmcoa.evaluate is evaluate
