@@ -15,7 +15,8 @@ from pathlib import Path
 from mmcoa.errors import MmcoaError
 
 PIXEL_FLAGS = {"eps": "eps", "step_size": "step_size"}  # given in /255 units on the CLI
-PLAIN_FLAGS = {"steps": "n_steps", "norm": "norm", "restarts": "n_restarts"}
+PLAIN_FLAGS = {"steps": "n_steps", "norm": "norm", "restarts": "n_restarts", "mlm": "mlm",
+               "k": "k", "max_words": "max_words", "alpha": "alpha"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +57,11 @@ def _add_eval(commands) -> None:
     p.add_argument("--steps", type=int, default=None, help="attack iterations (default 100)")
     p.add_argument("--norm", default=None, choices=("linf", "l2"))
     p.add_argument("--restarts", type=int, default=None)
+    p.add_argument("--mlm", default=None, help="masked LM for text attacks: hub id or directory "
+                   "(default bert-base-uncased)")
+    p.add_argument("--k", type=int, default=None, help="BERT-Attack candidates per word (default 10)")
+    p.add_argument("--max-words", type=int, default=None, help="words perturbed per prompt (default 1)")
+    p.add_argument("--alpha", type=float, default=None, help="Co-Attack text-guidance weight (default 3)")
     p.add_argument("--template", default=None, help="prompt template with {} (default: the dataset's)")
     p.add_argument("--n-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)

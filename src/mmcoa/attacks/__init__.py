@@ -1,5 +1,6 @@
 """Attacks by name: ``build_attack("pgd", eps=4/255)``; ``ATTACKS.names()`` lists them."""
 
+# REGISTER-LATER
 from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, build_attack, eval_mode
 from mmcoa.attacks.pgd import PGD, maximize
 

@@ -25,12 +25,21 @@ ATTACKS: Registry[type["Attack"]] = Registry("attack")
 
 @dataclass
 class AttackResult:
-    """Adversarial images in [0, 1]; ``class_embeddings`` replaces the prompt set when an
-    attack perturbs the text side; ``queries`` counts model forward passes per sample."""
+    """What an attack hands back for one batch.
+
+    - ``images``: adversarial images in [0, 1] (the inputs themselves for text-only attacks);
+    - ``class_embeddings``: the normalized prompt set to classify against when the attack
+      perturbs the text side, shared ``[C, D]`` or per sample ``[B, C, D]``;
+    - ``queries``: victim forward passes per sample (image steps plus scored texts);
+    - ``words_changed``: ``[B]`` words changed in each sample's true-class prompt;
+    - ``adversarial_prompts``: the attacked class prompts, when shared by the batch.
+    """
 
     images: torch.Tensor
     class_embeddings: torch.Tensor | None = None
-    queries: int = 0
+    queries: float = 0
+    words_changed: torch.Tensor | None = None
+    adversarial_prompts: list[str] | None = None
 
 
 @dataclass
@@ -42,6 +51,9 @@ class Attack:
     def __call__(self, classifier: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator | None = None) -> AttackResult:
         raise NotImplementedError
+
+    def prepare(self, device: str) -> None:
+        """Load what the attack needs (e.g. a masked LM) before any evaluation work starts."""
 
     def params(self) -> dict:
         """The attack's parameters, JSON-ready, as stored in result records."""

@@ -23,7 +23,14 @@ class Tally:
     clean_correct: int = 0
     flipped: int = 0
     elapsed_s: float = 0.0
-    queries_per_sample: int = 0
+    queries: float = 0.0
+    words_changed: float = 0.0
+
+    def add_cost(self, n: int, queries_per_sample: float, words_changed: torch.Tensor | None) -> None:
+        """Model queries and changed words of one batch of ``n`` samples."""
+        self.queries += queries_per_sample * n
+        if words_changed is not None:
+            self.words_changed += float(words_changed.float().sum())
 
     def add(self, logits: torch.Tensor, clean_logits: torch.Tensor, labels: torch.Tensor) -> None:
         clean_correct = _top_k_hit(clean_logits, labels, 1)
@@ -42,6 +49,14 @@ class Tally:
     @property
     def top5(self) -> float:
         return self.correct_top5 / self.n if self.n else 0.0
+
+    @property
+    def queries_per_sample(self) -> float:
+        return self.queries / self.n if self.n else 0.0
+
+    @property
+    def mean_words_changed(self) -> float:
+        return self.words_changed / self.n if self.n else 0.0
 
     @property
     def attack_success_rate(self) -> float | None:

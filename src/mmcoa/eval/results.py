@@ -56,7 +56,8 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 def format_table(records: Iterable[dict]) -> str:
     """A fixed-width text table: one row per record."""
-    header = ("model", "dataset", "attack", "eps", "n", "accuracy", "top5", "success", "time_s")
+    header = ("model", "dataset", "attack", "eps", "n", "accuracy", "top5", "success", "words",
+              "time_s")
     rows = [header] + [_row(r) for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
@@ -71,8 +72,13 @@ def _row(record: dict) -> tuple[str, ...]:
         _short_model(record), record["dataset"], record["attack"],
         "-" if eps is None else f"{eps * 255:g}/255",
         str(record["n_samples"]), f"{record['accuracy']:.4f}", f"{record['top5']:.4f}",
-        "-" if success is None else f"{success:.4f}", f"{record['elapsed_s']:.1f}",
+        "-" if success is None else f"{success:.4f}", _words(record), f"{record['elapsed_s']:.1f}",
     )
+
+
+def _words(record: dict) -> str:
+    words = record.get("mean_words_changed")
+    return "-" if not words else f"{words:.2f}"
 
 
 def _short_model(record: dict) -> str:

@@ -52,6 +52,8 @@ def evaluate(
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
+    for attack in attacks:
+        attack.prepare(device if isinstance(model, str) else str(model.device))
     if isinstance(model, str):
         validate_model_name(model)
     if isinstance(dataset, str):
@@ -61,8 +63,9 @@ def evaluate(
     indices = sample_indices(len(dataset), n_samples, seed)
     classifier = ZeroShotClassifier(model, dataset.prompts(template))
     with eval_mode(model):
-        tallies = _run(classifier, dataset, indices, attacks, batch_size, seed, progress)
-    return [_record(model, dataset, attack, tally, indices, seed) for attack, tally in zip(attacks, tallies)]
+        outcomes = _run(classifier, dataset, indices, attacks, batch_size, seed, progress)
+    return [_record(model, dataset, attack, tally, prompts, indices, seed)
+            for attack, (tally, prompts) in zip(attacks, outcomes)]
 
 
 def _check_run_args(attacks: Sequence[Attack], n_samples: int | None, batch_size: int) -> None:
@@ -77,20 +80,22 @@ def _check_run_args(attacks: Sequence[Attack], n_samples: int | None, batch_size
 def _run(classifier, dataset, indices, attacks, batch_size, seed, progress) -> list[Tally]:
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
     tallies = [Tally() for _ in attacks]
+    prompts: list[list[str] | None] = [None] * len(attacks)
     device = classifier.model.device
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress)
     for batch_index, (images, labels) in enumerate(bar):
         images, labels = images.to(device), labels.to(device)
         clean_logits = _predict(classifier, images)
-        for attack, tally in zip(attacks, tallies):
+        for attack_index, (attack, tally) in enumerate(zip(attacks, tallies)):
             generator = _generator(device, seed, batch_index, attack.name, attack.params())
             started = time.perf_counter()
             result = attack(classifier, images, labels, generator)
             tally.add(_predict(classifier, result.images, result.class_embeddings), clean_logits, labels)
+            tally.add_cost(len(labels), result.queries, result.words_changed)
             tally.elapsed_s += time.perf_counter() - started
-            tally.queries_per_sample = result.queries
+            prompts[attack_index] = result.adversarial_prompts
         bar.set_postfix({a.name: f"{t.accuracy:.3f}" for a, t in zip(attacks, tallies)})
-    return tallies
+    return list(zip(tallies, prompts))
 
 
 @torch.no_grad()
@@ -103,7 +108,7 @@ def _generator(device: torch.device, *parts) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _record(model, dataset, attack, tally: Tally, indices, seed) -> dict:
+def _record(model, dataset, attack, tally: Tally, prompts, indices, seed) -> dict:
     return {
         "model": model.name,
         "pretrained": model.pretrained,
@@ -120,5 +125,7 @@ def _record(model, dataset, attack, tally: Tally, indices, seed) -> dict:
         "n_correct": tally.correct,
         "attack_success_rate": tally.attack_success_rate,
         "queries_per_sample": tally.queries_per_sample,
+        "mean_words_changed": tally.mean_words_changed,
+        "adversarial_prompts": prompts,
         "sample_indices_sha1": hashlib.sha1(repr(indices).encode()).hexdigest(),
     }

@@ -44,9 +44,21 @@ class ZeroShotClassifier:
         return torch.cat(chunks).float()
 
     def logits(self, images: torch.Tensor, class_embeddings: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, C] logits for [0, 1] images; differentiable with respect to the images."""
+        """[B, C] logits for [0, 1] images; differentiable with respect to the images.
+
+        ``class_embeddings`` (normalized) replaces the prompt set: ``[C, D]`` for all images or
+        ``[B, C, D]`` with one prompt set per image.
+        """
         text = self.class_embeddings() if class_embeddings is None else class_embeddings
-        image = self.model.encode_image(images, normalize=True)
-        return self.model.logit_scale * image.float() @ text.to(image.device).T
+        image = self.model.encode_image(images, normalize=True).float()
+        text = text.to(image.device)
+        similarity = torch.einsum("bd,bcd->bc", image, text) if text.ndim == 3 else image @ text.T
+        return self.model.logit_scale * similarity
+
+    def with_prompt_set(self, class_embeddings: torch.Tensor) -> "ZeroShotClassifier":
+        """A classifier over the same model that classifies against ``class_embeddings``."""
+        fixed = ZeroShotClassifier(self.model, self.prompts, self.text_batch_size)
+        fixed.class_embeddings = lambda: class_embeddings  # type: ignore[method-assign]
+        return fixed
 
     __call__ = logits

@@ -1,0 +1,108 @@
+"""Set-level Guidance Attack (Lu et al. 2023, "Set-level guidance attack: boosting adversarial
+transferability of vision-language pre-training models"), adapted to zero-shot classification.
+
+Each image is paired with the set of texts of its class (the clean prompt and its adversarial
+version) and augmented by an image scale set. Three alternating updates:
+
+1. text guided by the clean image: the word edit of the image's class prompt that moves it
+   furthest from the clean image embedding (BERT-Attack candidates);
+2. image guided by the text set: PGD (L-inf) pushing every scaled copy of the image away from
+   every text of the set, i.e. maximizing −Σ_s Σ_t cos(f(resize_s(x')), g(t));
+3. text guided by the adversarial image: the final edit of the class prompt, moving it
+   furthest from the adversarial image embedding.
+
+Images are classified against their own prompt set, with the true-class prompt replaced by the
+final adversarial text. Defaults: eps 2/255, 10 steps, step 0.5/255, scales {0.5, 0.75, 1.25,
+1.5}, BERT-Attack k 10, 1 word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mmcoa.attacks.base import AttackResult, check_range, eval_mode, register_attack
+from mmcoa.attacks.bert import (UsesBertAttack, encode_unique, per_image_prompt_edits,
+                                prompt_edit_result)
+from mmcoa.attacks.pgd import maximize
+
+
+def scaled_copies(images: torch.Tensor, scales: tuple[float, ...]) -> list[torch.Tensor]:
+    """The images and their copies resized by each factor (bicubic, values kept in [0, 1])."""
+    size = images.shape[-2:]
+    copies = [images]
+    for scale in scales:
+        scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        copies.append(F.interpolate(images, size=scaled, mode="bicubic", align_corners=False,
+                                    antialias=scale < 1).clamp(0, 1))
+    return copies
+
+
+def away_from_image(classifier, image_features: torch.Tensor):
+    """BertAttack score: minus cosine between the candidate text and the owner's image."""
+
+    def score(owner: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        candidates = encode_unique(classifier, texts).to(image_features.device)
+        return -(image_features[owner.to(image_features.device)] * candidates).sum(-1).cpu()
+
+    return score
+
+
+@register_attack("sga")
+@dataclass
+class SGA(UsesBertAttack):
+    """Set-level Guidance Attack: alternating text and multi-scale image updates."""
+
+    eps: float = 2 / 255
+    step_size: float = 0.5 / 255
+    n_steps: int = 10
+    scales: tuple[float, ...] = (0.5, 0.75, 1.25, 1.5)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("eps", self.eps, 0, 1)
+        check_range("step_size", self.step_size, 0, 1)
+        check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
+        for scale in self.scales:
+            check_range("scale", scale, 0, 8)
+        self.scales = tuple(float(s) for s in self.scales)
+
+    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+        model = classifier.model
+        with eval_mode(model):
+            first = per_image_prompt_edits(self.engine, classifier, labels,
+                                           away_from_image(classifier, self._embed(model, images)))
+            text_sets = self._text_sets(classifier, labels, first)
+            adversarial = maximize(self._image_loss(model, text_sets), images, eps=self.eps,
+                                   step_size=self.step_size, n_steps=self.n_steps,
+                                   generator=generator)
+            final = per_image_prompt_edits(self.engine, classifier, labels,
+                                           away_from_image(classifier, self._embed(model, adversarial)))
+            result = prompt_edit_result(classifier, adversarial, labels, final)
+        result.queries += sum(e.queries for e in first) / max(1, len(first))
+        result.queries += self.n_steps * (1 + len(self.scales))
+        return result
+
+    @staticmethod
+    @torch.no_grad()
+    def _embed(model, images: torch.Tensor) -> torch.Tensor:
+        return model.encode_image(images, normalize=True).float()
+
+    @staticmethod
+    def _text_sets(classifier, labels, edits) -> torch.Tensor:
+        """[B, 2, D]: each image's clean class prompt and its first adversarial edit."""
+        clean = classifier.class_embeddings()[labels.to(classifier.class_embeddings().device)]
+        adversarial = encode_unique(classifier, [e.adversarial for e in edits])
+        return torch.stack([clean, adversarial.to(clean.device)], dim=1)
+
+    def _image_loss(self, model, text_sets: torch.Tensor):
+        def loss_fn(adv: torch.Tensor) -> torch.Tensor:
+            similarity = 0
+            for copy in scaled_copies(adv, self.scales):
+                features = model.encode_image(copy, normalize=True).float()
+                similarity = similarity + torch.einsum("bd,btd->b", features, text_sets.to(features.device))
+            return -similarity
+
+        return loss_fn
