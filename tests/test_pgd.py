@@ -186,5 +186,5 @@ def test_registry_lookup():
     assert isinstance(build_attack("pgd"), PGD)
     defaults = build_attack("pgd").params()
     assert defaults["eps"] == pytest.approx(1 / 255) and defaults["n_steps"] == 100
-    with pytest.raises(UnknownNameError, match="known: clean, pgd"):
+    with pytest.raises(UnknownNameError, match="known: .*clean.*pgd"):
         build_attack("fgsm-ish")

@@ -73,3 +73,25 @@ def fetching_weights(what: str, how_to_provide: str) -> Iterator[bool]:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+@contextlib.contextmanager
+def quiet_transformers_progress(quiet: bool = True):
+    """Hide transformers' progress bars ("Loading weights", "Writing model shards") for the
+    duration, restoring the previous state."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    if not quiet or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hub_disabled = are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+        if hub_disabled:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()

@@ -1,0 +1,274 @@
+"""Auto-PGD (Croce & Hein 2020), the attacks AutoAttack's robust accuracy is built on.
+
+Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020 (https://arxiv.org/abs/2003.01690). This module adapts
+torchattacks' ``APGD`` (``loss="ce"``) and ``APGDT`` (targeted DLR) to the zero-shot classifier
+in [0, 1] pixel space; torchattacks does the optimization, this module supplies the model
+adapter, the seeding, the class-count edge cases and the no-side-effects guarantees every
+mmcoa attack gives (eval mode, no parameter ``.grad`` written, caller's RNG untouched).
+
+Registered attacks:
+
+* ``apgd`` — APGD-CE, then APGD-T on the samples APGD-CE left correctly classified: AutoAttack's
+  ``["apgd-ce", "apgd-t"]`` subset, the field's standard image-only robust accuracy.
+* ``apgd-ce`` — APGD on the cross-entropy alone.
+* ``apgd-t`` — APGD on the targeted DLR loss alone, one run per target class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torchattacks
+from torch import nn
+
+from mmcoa.attacks.base import Attack, AttackResult, check_range, eval_mode, register_attack
+from mmcoa.attacks.pgd import NORMS
+from mmcoa.errors import MmcoaError
+from mmcoa.models.zeroshot import ZeroShotClassifier
+
+TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
+MAX_SEED = 2**31 - 1
+
+
+class LogitsModule(nn.Module):
+    """``classifier.logits`` as the ``nn.Module`` torchattacks expects ([0, 1] images → logits).
+
+    The VisionLanguageModel is registered as the submodule ``model`` so torchattacks finds the
+    device from its parameters. The adapter itself starts in eval mode (its own flag only; the
+    wrapped model's modes are not touched here): torchattacks calls ``model.train()`` after an
+    attack whenever the module it was given was in training mode, which would flip every
+    submodule of the wrapped model to training.
+    """
+
+    def __init__(self, classifier: ZeroShotClassifier):
+        super().__init__()
+        self.model = classifier.model
+        self.classifier = classifier  # not a module: a plain attribute
+        self.training = False
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.logits(images)
+
+
+class _TargetedAPGD(torchattacks.APGDT):
+    """torchattacks' APGD-T with a targeted loss defined for any class count ≥ 2.
+
+    The targeted DLR loss divides by ``z_(1) - (z_(3) + z_(4)) / 2`` (sorted logits), which needs
+    four classes; with two or three classes this uses the un-normalized targeted margin
+    ``z_target - z_label`` (the CW loss that DLR normalizes) instead.
+    """
+
+    def dlr_loss_targeted(self, x, y, y_target):
+        if x.shape[1] >= 4:
+            return super().dlr_loss_targeted(x, y, y_target)
+        rows = torch.arange(x.shape[0], device=x.device)
+        return x[rows, y_target] - x[rows, y]
+
+
+def torchattacks_seed(generator: torch.Generator | None, default: int) -> int:
+    """The seed handed to torchattacks: drawn from ``generator`` when one is given (one draw),
+    else ``default``."""
+    if generator is None:
+        return default
+    return int(torch.randint(0, MAX_SEED, (1,), generator=generator, device=generator.device))
+
+
+@contextlib.contextmanager
+def attack_session(classifier: ZeroShotClassifier, device: torch.device) -> Iterator[LogitsModule]:
+    """The adapter, with the model in eval mode and its parameters frozen, and the global RNG
+    forked; on exit every mode, ``requires_grad`` flag and RNG state is as it was.
+
+    Freezing the parameters is what guarantees no ``.grad`` is written: torchattacks takes
+    gradients with ``torch.autograd.grad`` on the images, and with frozen parameters no graph
+    reaches them at all (which also saves the backward work through the weights).
+    torchattacks reseeds the global CPU RNG and the current CUDA device's RNG
+    (``torch.manual_seed`` / ``torch.cuda.manual_seed``); both are forked here.
+    """
+    model = classifier.model
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    with torch.random.fork_rng(devices=_cuda_devices(device)), eval_mode(model), torch.enable_grad():
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield LogitsModule(classifier)
+        finally:
+            for p, requires_grad in flags:
+                p.requires_grad_(requires_grad)
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    """CUDA devices whose RNG torchattacks may reseed: the current one, and the images' one.
+
+    Forking the current device's state initializes CUDA when it is available, so that
+    torchattacks' ``torch.cuda.manual_seed`` runs (and is undone) now instead of being queued
+    to fire at a later CUDA initialization.
+    """
+    if not torch.cuda.is_available():
+        return []
+    devices = {torch.cuda.current_device()}
+    if device.type == "cuda":
+        devices.add(device.index if device.index is not None else torch.cuda.current_device())
+    return sorted(devices)
+
+
+def _check_int(name: str, value, low: int, high: int = 10**9) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MmcoaError(f"{name} must be an integer in [{low}, {high}]; got {value!r}")
+    check_range(name, value, low, high, low_open=False)
+
+
+@dataclass
+class _APGDBase(Attack):
+    """Fields and plumbing shared by the three APGD attacks."""
+
+    eps: float = 1 / 255
+    norm: str = "linf"
+    n_steps: int = 100
+    n_restarts: int = 1
+    seed: int = 0
+    rho: float = 0.75
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise MmcoaError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
+        check_range("eps", self.eps, 0, 1 if self.norm == "linf" else float("inf"))
+        _check_int("n_steps", self.n_steps, 1)
+        _check_int("n_restarts", self.n_restarts, 1, 10**6)
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        check_range("rho", self.rho, 0, 1)
+
+    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+        seed = torchattacks_seed(generator, self.seed)
+        images, labels = images.detach(), labels.detach()
+        if classifier.n_classes < 2 or images.shape[0] == 0:
+            return AttackResult(images=images, queries=0)  # nothing can be misclassified
+        with attack_session(classifier, images.device) as adapter:
+            device = next(adapter.parameters()).device
+            adv, queries = self._run(adapter, images.to(device), labels.to(device), seed,
+                                     classifier.n_classes)
+        return AttackResult(images=adv.to(images.device), queries=queries)
+
+    def _run(self, adapter, images, labels, seed, n_classes) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    # -- the two torchattacks stages: (still correctly classified, adversarial images, queries) --
+    def _apgd_ce(self, adapter, images, labels, seed):
+        attack = torchattacks.APGD(adapter, norm=TORCHATTACKS_NORMS[self.norm], eps=self.eps,
+                                   steps=self.n_steps, n_restarts=self.n_restarts, seed=seed,
+                                   loss="ce", rho=self.rho)
+        robust, adv = attack.perturb(images, labels, cheap=True)
+        # one clean check, then per restart one forward at the start and one per step
+        return robust, adv.detach(), 1 + self.n_restarts * (self.n_steps + 1)
+
+    def _apgd_t(self, adapter, images, labels, seed, n_classes, n_target_classes):
+        targets = min(n_target_classes, n_classes - 1)
+        attack = _TargetedAPGD(adapter, norm=TORCHATTACKS_NORMS[self.norm], eps=self.eps,
+                               steps=self.n_steps, n_restarts=self.n_restarts, seed=seed,
+                               rho=self.rho, n_classes=targets + 1)
+        robust, adv = attack.perturb(images, labels, cheap=True)
+        # one clean check, then per target and restart: target choice, start, one per step
+        return robust, adv.detach(), 1 + targets * self.n_restarts * (self.n_steps + 2)
+
+
+@register_attack("apgd")
+@dataclass
+class APGD(_APGDBase):
+    """APGD-CE then APGD-T (AutoAttack's apgd-ce + apgd-t), worst case per sample.
+
+    Croce & Hein, ICML 2020 (https://arxiv.org/abs/2003.01690), adapting torchattacks' ``APGD``
+    and ``APGDT``. APGD-CE (cross-entropy of the zero-shot logits
+    ``logit_scale · cos(f(x + delta), g(prompt_c))``) runs on every sample; APGD-T (targeted DLR
+    loss, the ``min(n_target_classes, C - 1)`` highest-scoring wrong classes in turn) runs on the
+    clean images of the samples APGD-CE left correctly classified, with the same seed, as
+    AutoAttack does. Each sample gets the adversarial image of the stage that fooled it, or its
+    clean image when neither did, so robust accuracy is the fraction that survives both.
+
+    Arguments (pixel units on [0, 1] images):
+        eps: radius of the ``norm`` ball (``"linf"`` or ``"l2"``); x + delta stays in [0, 1].
+        n_steps: iterations per run (AutoAttack: 100). Step sizes are adaptive (start 2·eps,
+            halved on oscillation with threshold ``rho``), hence no step-size argument.
+        n_restarts: random restarts per run, each on the samples not yet fooled.
+        seed: torchattacks' seed when no ``generator`` is passed; with a generator the seed is
+            drawn from it, so results are deterministic given the generator. The caller's global
+            RNG state is left unchanged either way.
+        n_target_classes: target classes for APGD-T (AutoAttack: 9); capped at C - 1.
+
+    Shapes: images [B, 3, H, W] in [0, 1], labels [B]; returns images of the same shape.
+    ``queries`` is the worst-case count of forward passes (each with one backward) per sample.
+    With C < 2 classes the images come back unchanged; targeted runs with 2–3 classes use the
+    targeted logit margin since the DLR denominator needs four classes.
+
+    Example::
+
+        attack = APGD(eps=4 / 255, n_steps=100)       # or build_attack("apgd", eps=4 / 255)
+        adv = attack(ZeroShotClassifier(model, prompts), images, labels, generator).images
+    """
+
+    n_target_classes: int = 9
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_int("n_target_classes", self.n_target_classes, 1)
+
+    def _run(self, adapter, images, labels, seed, n_classes):
+        robust, adv, queries = self._apgd_ce(adapter, images, labels, seed)
+        remaining = robust.nonzero().flatten()
+        if remaining.numel():
+            _, adv_t, _ = self._apgd_t(adapter, images[remaining], labels[remaining], seed,
+                                       n_classes, self.n_target_classes)
+            adv[remaining] = adv_t
+        targets = min(self.n_target_classes, n_classes - 1)
+        return adv, queries + 1 + targets * self.n_restarts * (self.n_steps + 2)
+
+
+@register_attack("apgd-ce")
+@dataclass
+class APGDCE(_APGDBase):
+    """APGD on the cross-entropy (AutoAttack's apgd-ce), via torchattacks' ``APGD``.
+
+    Croce & Hein, ICML 2020 (https://arxiv.org/abs/2003.01690). Maximizes the cross-entropy of
+    the zero-shot logits inside the ``eps`` ball (``norm`` ``"linf"`` or ``"l2"``, pixel units,
+    x + delta in [0, 1]) with adaptive step size and momentum; samples already misclassified
+    are returned clean, fooled samples get the first misclassified iterate, the rest their
+    clean image. Arguments, seeding and shapes as for :class:`APGD`.
+
+    Example::
+
+        adv = APGDCE(eps=1 / 255)(classifier, images, labels, generator).images
+    """
+
+    def _run(self, adapter, images, labels, seed, n_classes):
+        _, adv, queries = self._apgd_ce(adapter, images, labels, seed)
+        return adv, queries
+
+
+@register_attack("apgd-t")
+@dataclass
+class APGDT(_APGDBase):
+    """APGD on the targeted DLR loss (AutoAttack's apgd-t), via torchattacks' ``APGDT``.
+
+    Croce & Hein, ICML 2020 (https://arxiv.org/abs/2003.01690). One run per target class: the
+    2nd, 3rd, ... highest-scoring classes on the clean image, ``min(n_target_classes, C - 1)``
+    of them, each on the samples not yet fooled. With 2–3 classes the loss is the targeted logit
+    margin (the DLR denominator needs four). Arguments, seeding and shapes as for :class:`APGD`.
+    Note: under ``norm="l2"`` torchattacks' APGD-T scales the gradient step of every sample by
+    the first sample's adaptive step size (``step_size[0]``); the L-inf path is per sample.
+
+    Example::
+
+        adv = APGDT(eps=1 / 255, n_target_classes=9)(classifier, images, labels).images
+    """
+
+    n_target_classes: int = 9
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_int("n_target_classes", self.n_target_classes, 1)
+
+    def _run(self, adapter, images, labels, seed, n_classes):
+        _, adv, queries = self._apgd_t(adapter, images, labels, seed, n_classes, self.n_target_classes)
+        return adv, queries
