@@ -13,6 +13,7 @@ from mmcoa.attacks.sga import scaled_copies
 from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
 from mmcoa.eval import evaluate
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
+from conftest import assert_valid_perturbation
 
 TEXT_ATTACKS = ("bert", "bert-targeted", "multimodal", "multimodal-joint", "coattack", "sga")
 IMAGE_BUDGET = {"multimodal": 4 / 255, "multimodal-joint": 4 / 255, "coattack": 4 / 255,
@@ -46,9 +47,7 @@ def test_invariants(name, mlm_dir, classifier, batch):
     assert torch.equal(params[0].grad, torch.full_like(params[0], 3.0))
     assert all(p.grad is None for p in params[1:])
     params[0].grad = None
-    delta = result.images - images
-    assert delta.abs().max() <= IMAGE_BUDGET.get(name, 0) + 1e-6
-    assert result.images.min() >= 0 and result.images.max() <= 1
+    assert_valid_perturbation(result.images, images, IMAGE_BUDGET.get(name, 0))
     assert result.words_changed.shape == labels.shape
     assert (result.words_changed <= 1).all() and result.queries > 0
     embeddings = result.class_embeddings
