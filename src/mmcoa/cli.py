@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcoa", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _add_eval(commands)
+    _add_train(commands)
     _add_demo(commands)
     listing = commands.add_parser("models", help="list the model names")
     listing.add_argument("--all", action="store_true", help="include every open_clip architecture")
@@ -70,6 +71,53 @@ def _add_eval(commands) -> None:
     p.add_argument("--output", required=True, help="result JSON file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_eval)
+
+
+TRAIN_FLAGS = (  # flag, type, help; each overrides the YAML config's value when given
+    ("method", str, "ft-standard, tecoa, mmcoa, fare, pmg-aft, vp"),
+    ("model", str, None), ("pretrained", str, None), ("dataset", str, None),
+    ("data-root", str, None), ("shots", str, "1, 5, 50 or full"), ("epochs", int, None),
+    ("max-steps", int, None), ("batch-size", int, None), ("lr", float, None),
+    ("weight-decay", float, None), ("schedule", str, "constant or cosine"),
+    ("warmup-steps", int, None), ("alpha", float, "MMCoA weight of L(adv image, clean text)"),
+    ("beta", float, "MMCoA weight of L(clean image, adv text)"),
+    ("train-towers", str, "image, text, both or none (default: the method's)"),
+    ("train-eps", float, "training PGD eps in 1/255 units (default 1)"),
+    ("train-step-size", float, "training PGD step in 1/255 units (default 1)"),
+    ("train-steps", int, "training PGD steps (default 2)"),
+    ("text-attack-every", int, "recompute adversarial prompts every N steps (default 1)"),
+    ("mlm", str, None), ("k", int, None), ("max-words", int, None), ("template", str, None),
+    ("precision", str, "fp32 or bf16"), ("save-every", int, "checkpoint every N steps"),
+    ("seed", int, None), ("device", str, None), ("output", str, "run directory"),
+)
+
+
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="adversarial fine-tuning → run directory")
+    p.add_argument("--config", default=None, help="YAML file of settings (flags override it)")
+    for flag, kind, text in TRAIN_FLAGS:
+        p.add_argument(f"--{flag}", type=kind, default=None, help=text)
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mmcoa.train.config import load_config
+    from mmcoa.train.trainer import train
+
+    overrides = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in TRAIN_FLAGS}
+    for name in ("train_eps", "train_step_size"):
+        if overrides[name] is not None:
+            if not 0 < overrides[name] <= 255:
+                raise MmcoaError(f"--{name.replace('_', '-')} must be in (0, 255] (units of 1/255); "
+                                 f"got {overrides[name]:g}")
+            overrides[name] /= 255
+    config = load_config(args.config, overrides)
+    metrics = train(config, resume=args.resume, progress=not args.no_progress)
+    print(json.dumps(metrics, indent=2))
+    print(f"run written to {config.output} (final weights: {Path(config.output) / 'final.pt'})")
+    return 0
 
 
 def _add_demo(commands) -> None:

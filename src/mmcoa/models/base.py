@@ -49,6 +49,7 @@ class VisionLanguageModel(nn.Module):
         self.image_size = _as_pair(image_size)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.visual_prompt: nn.Module | None = None
 
     # -- backend hooks -------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -81,8 +82,14 @@ class VisionLanguageModel(nn.Module):
         return (images - self.pixel_mean) / self.pixel_std
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Image embeddings for [0, 1] images of shape [batch, 3, H, W] at any resolution."""
-        features = self._encode_pixels(self.preprocess(images.to(self.device)))
+        """Image embeddings for [0, 1] images of shape [batch, 3, H, W] at any resolution.
+
+        A ``visual_prompt`` module, when set (visual prompting), is applied to the pixels first,
+        so attacks see the prompted model."""
+        images = images.to(self.device)
+        if self.visual_prompt is not None:
+            images = self.visual_prompt(images)
+        features = self._encode_pixels(self.preprocess(images))
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:

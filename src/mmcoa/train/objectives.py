@@ -25,3 +25,41 @@ def class_aware_contrastive_loss(image_features: torch.Tensor, class_text_featur
     targets = targets / targets.sum(1, keepdim=True)
     text_to_image = -(targets * logits.T[present].log_softmax(dim=1)).sum(1).mean()
     return (image_to_text + text_to_image) / 2
+
+
+def mmcoa_loss(adv_image_features: torch.Tensor | None, clean_image_features: torch.Tensor | None,
+               clean_text_features: torch.Tensor | None, adv_text_features: torch.Tensor | None,
+               labels: torch.Tensor, logit_scale: torch.Tensor, alpha: float = 0.5,
+               beta: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+    """MMCoA (paper Eq. 7-9): alpha · L(adversarial images, clean prompts)
+    + beta · L(clean images, adversarial prompts), each the class-aware contrastive loss."""
+    terms = {}
+    total = logit_scale.new_zeros(())
+    if alpha:
+        image_term = class_aware_contrastive_loss(adv_image_features, clean_text_features, labels, logit_scale)
+        total = total + alpha * image_term
+        terms["image_adv"] = image_term.item()
+    if beta:
+        text_term = class_aware_contrastive_loss(clean_image_features, adv_text_features, labels, logit_scale)
+        total = total + beta * text_term
+        terms["text_adv"] = text_term.item()
+    return total, terms
+
+
+def fare_loss(adv_image_features: torch.Tensor, frozen_clean_features: torch.Tensor) -> torch.Tensor:
+    """FARE (Schlarmann et al. 2024): ‖f(x_adv) − f_frozen(x)‖² on unnormalized embeddings,
+    summed over dimensions and averaged over the batch."""
+    return (adv_image_features - frozen_clean_features).pow(2).sum(-1).mean()
+
+
+def pmg_aft_loss(adv_logits: torch.Tensor, clean_logits: torch.Tensor, original_logits: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """PMG-AFT (Wang et al. 2024): CE(adv) + KL(p_clean ‖ p_adv) + KL(p_original ‖ p_adv), with
+    p_original the frozen pre-trained model's prediction on the adversarial image."""
+    log_adv = adv_logits.log_softmax(-1)
+    ce = F.cross_entropy(adv_logits, labels)
+    to_clean = F.kl_div(log_adv, clean_logits.log_softmax(-1), log_target=True, reduction="batchmean")
+    to_original = F.kl_div(log_adv, original_logits.log_softmax(-1), log_target=True,
+                           reduction="batchmean")
+    return ce + to_clean + to_original, {"ce": ce.item(), "kl_clean": to_clean.item(),
+                                         "kl_original": to_original.item()}

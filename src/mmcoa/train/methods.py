@@ -1,0 +1,178 @@
+"""Training methods by name: what each trains and its loss (paper Eq. 5-9 and baselines).
+
+A method is a small object with ``default_towers`` (what it fine-tunes unless
+``--train-towers`` says otherwise) and ``loss(ctx, images, labels) -> (loss, terms)``. All
+adversarial examples are made by the library's attacks, which differentiate with respect to
+their perturbation only, so no attack gradient reaches an optimizer step.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from mmcoa.attacks.pgd import PGD, maximize
+from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
+from mmcoa.registry import Registry
+from mmcoa.train.objectives import (class_aware_contrastive_loss, fare_loss, mmcoa_loss,
+                                    pmg_aft_loss)
+from mmcoa.train.prompts import PaddingPrompt
+
+METHODS: Registry[type["Method"]] = Registry("method")
+
+
+@dataclass
+class StepContext:
+    """What a method sees at one training step."""
+
+    model: VisionLanguageModel
+    prompts: list[str]
+    config: object
+    generator: torch.Generator
+    adversarial_prompts: list[str] | None = None
+    frozen: VisionLanguageModel | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def register_method(name: str):
+    def add(cls):
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return add
+
+
+class Method:
+    """Base: clean class-aware contrastive fine-tuning hooks."""
+
+    name = "method"
+    default_towers: tuple[str, ...] = ("image", "text")
+    needs_frozen_copy = False
+    needs_text_attack = False
+
+    def setup(self, model: VisionLanguageModel, image_size, towers) -> None:
+        """Choose the trainable parameters (and add prompt modules)."""
+        model.set_trainable(towers)
+
+    def loss(self, ctx: StepContext, images, labels) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+
+def train_pgd(ctx: StepContext, images, labels) -> torch.Tensor:
+    """Training-time PGD (paper: L-inf, eps 1/255, step 1/255, 2 steps by default) against the
+    current model and the clean class prompts; precision follows training."""
+    config = ctx.config
+    attack = PGD(eps=config.train_eps, step_size=config.train_step_size,
+                 n_steps=config.train_steps, precision=config.precision)
+    return attack(ZeroShotClassifier(ctx.model, ctx.prompts), images, labels, ctx.generator).images
+
+
+def contrastive(ctx: StepContext, images, prompts, labels) -> torch.Tensor:
+    model = ctx.model
+    return class_aware_contrastive_loss(model.encode_image(images), model.encode_text(prompts),
+                                        labels, model.logit_scale)
+
+
+@register_method("ft-standard")
+class FTStandard(Method):
+    """Clean contrastive fine-tuning of both towers (paper baseline "FT-standard")."""
+
+    def loss(self, ctx, images, labels):
+        loss = contrastive(ctx, images, ctx.prompts, labels)
+        return loss, {"clean": loss.item()}
+
+
+@register_method("tecoa")
+class TeCoA(Method):
+    """TeCoA (Mao et al. 2023): adversarial images (PGD against the class prompts) aligned with
+    the clean class prompts; image tower."""
+
+    default_towers = ("image",)
+
+    def loss(self, ctx, images, labels):
+        loss = contrastive(ctx, train_pgd(ctx, images, labels), ctx.prompts, labels)
+        return loss, {"image_adv": loss.item()}
+
+
+@register_method("mmcoa")
+class MMCoA(Method):
+    """MMCoA (paper Eq. 7-9): alpha · L(adv image, clean text) + beta · L(clean image, adv text);
+    both towers. alpha = 1, beta = 0 and alpha = 0, beta = 1 are the paper's ablations."""
+
+    needs_text_attack = True
+
+    def loss(self, ctx, images, labels):
+        config, model = ctx.config, ctx.model
+        adv_features = clean_features = clean_text = adv_text = None
+        if config.alpha:
+            adv_features = model.encode_image(train_pgd(ctx, images, labels))
+            clean_text = model.encode_text(ctx.prompts)
+        if config.beta:
+            clean_features = model.encode_image(images)
+            adv_text = model.encode_text(ctx.adversarial_prompts)
+        return mmcoa_loss(adv_features, clean_features, clean_text, adv_text, labels,
+                          model.logit_scale, alpha=config.alpha, beta=config.beta)
+
+
+@register_method("fare")
+class FARE(Method):
+    """FARE (Schlarmann et al. 2024), unsupervised: the image embedding of x_adv is pulled to
+    the frozen original model's embedding of x; x_adv maximizes that same distance."""
+
+    default_towers = ("image",)
+    needs_frozen_copy = True
+
+    def loss(self, ctx, images, labels):
+        config, model = ctx.config, ctx.model
+        with torch.no_grad():
+            target = ctx.frozen.encode_image(images)
+        was_training = model.training
+        model.eval()
+        adv = maximize(lambda x: (model.encode_image(x) - target).pow(2).sum(-1), images,
+                       eps=config.train_eps, step_size=config.train_step_size,
+                       n_steps=config.train_steps, generator=ctx.generator,
+                       precision=config.precision)
+        model.train(was_training)
+        loss = fare_loss(model.encode_image(adv), target)
+        return loss, {"fare": loss.item()}
+
+
+@register_method("pmg-aft")
+class PMGAFT(Method):
+    """PMG-AFT (Wang et al. 2024): CE on adversarial images + KL to the clean prediction + KL to
+    the frozen pre-trained model's prediction; image tower."""
+
+    default_towers = ("image",)
+    needs_frozen_copy = True
+
+    def loss(self, ctx, images, labels):
+        adv = train_pgd(ctx, images, labels)
+        classifier = ZeroShotClassifier(ctx.model, ctx.prompts)
+        with torch.no_grad():
+            original = ZeroShotClassifier(ctx.frozen, ctx.prompts).logits(adv)
+        return pmg_aft_loss(classifier.logits(adv), classifier.logits(images), original, labels)
+
+
+@register_method("vp")
+class VisualPrompting(Method):
+    """Adversarial visual prompting: a learnable padding prompt (Bahng et al. 2022) trained with
+    the TeCoA loss while the whole model stays frozen."""
+
+    default_towers = ()
+
+    def setup(self, model, image_size, towers):
+        model.set_trainable(towers)
+        model.visual_prompt = PaddingPrompt(image_size).to(model.device)
+
+    def loss(self, ctx, images, labels):
+        loss = contrastive(ctx, train_pgd(ctx, images, labels), ctx.prompts, labels)
+        return loss, {"image_adv": loss.item()}
+
+
+def frozen_copy(model: VisionLanguageModel) -> VisionLanguageModel:
+    """An eval-mode, gradient-free copy of the model at the start of training."""
+    frozen = copy.deepcopy(model).eval()
+    frozen.requires_grad_(False)
+    return frozen

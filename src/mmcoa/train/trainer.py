@@ -1,0 +1,269 @@
+"""The training loop: fixed few-shot lists, class-aware losses, checkpoints and exact resume.
+
+Everything random is derived from the seed and the step (data order from (seed, epoch),
+attack randomness from (seed, step)), so a run resumed from a checkpoint replays exactly the
+same batches and attacks: on CPU its final weights are bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mmcoa.attacks.bert import shared_mlm
+from mmcoa.attacks.text.bert_attack import BertAttack
+from mmcoa.data import load_dataset
+from mmcoa.devices import check_device
+from mmcoa.errors import MmcoaError
+from mmcoa.eval.results import versions, write_json_atomic
+from mmcoa.models import load_model, validate_model_name
+from mmcoa.models.base import MAX_LOGIT_SCALE
+from mmcoa.train.config import TrainConfig
+from mmcoa.train.methods import METHODS, StepContext, frozen_copy
+from mmcoa.train.shots import dataset_labels, few_shot_indices
+
+CHECKPOINT_FORMAT = "mmcoa-train-v1"
+TOWER_CHOICES = {"image": ("image",), "text": ("text",), "both": ("image", "text"), "none": ()}
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) one training run into ``config.output``; returns its final metrics."""
+    method = METHODS.get(config.method)()
+    validate_model_name(config.model)
+    check_device(config.device)
+    run = Path(config.output)
+    checkpoint = _load_checkpoint(run, config) if resume else None
+    dataset = load_dataset(config.dataset, split="train", root=config.data_root)
+    indices = _shot_indices(run, dataset, config, reuse=checkpoint is not None)
+    model = load_model(config.model, pretrained=config.pretrained, device=config.device)
+    towers = TOWER_CHOICES[config.train_towers] if config.train_towers else method.default_towers
+    frozen = frozen_copy(model) if method.needs_frozen_copy else None
+    method.setup(model, dataset.image_size or tuple(dataset[0][0].shape[-2:]), towers)
+    optimizer = build_optimizer(model, config)
+    schedule = build_schedule(optimizer, config, total_steps(config, len(indices)))
+    state = {"step": 0, "adversarial_prompts": None}
+    if checkpoint is not None:
+        state = _restore(checkpoint, model, optimizer, schedule)
+    _write_json(run / "config.json", {**dataclasses.asdict(config), "towers": list(towers)})
+    text_attack = BertAttack(shared_mlm(config.mlm, config.device), k=config.k,
+                             max_words=config.max_words) if method.needs_text_attack and config.beta else None
+    loop = _Loop(config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack, run)
+    return loop.run(state, progress)
+
+
+def total_steps(config: TrainConfig, n_items: int) -> int:
+    per_epoch = math.ceil(n_items / config.batch_size)
+    steps = per_epoch * config.epochs
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norms, biases, embeddings' scalars and logit_scale."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "logit_scale" in name or "bias" in name else decay).append(param)
+    if not decay and not no_decay:
+        raise MmcoaError(f"method {config.method} with train_towers={config.train_towers} trains nothing")
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
+                             eps=config.adam_eps)
+
+
+def build_schedule(optimizer, config: TrainConfig, steps: int):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - config.warmup_steps) / max(1, steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def derived_generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from integers (e.g. seed and step): no state to save."""
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + int(part)) % (2 ** 63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+class _Loop:
+    """One run's state and steps; kept small so each piece reads on its own."""
+
+    def __init__(self, config, method, model, frozen, dataset, indices, optimizer, schedule,
+                 text_attack, run: Path):
+        self.config, self.method, self.model, self.frozen = config, method, model, frozen
+        self.dataset, self.indices = dataset, indices
+        self.optimizer, self.schedule, self.text_attack, self.run_dir = optimizer, schedule, text_attack, run
+        self.prompts = dataset.prompts(config.template)
+        self.steps = total_steps(config, len(indices))
+        self.per_epoch = math.ceil(len(indices) / config.batch_size)
+
+    def run(self, state: dict, progress: bool) -> dict:
+        started, losses = time.perf_counter(), []
+        bar = tqdm(total=self.steps, initial=state["step"], desc=f"train {self.config.method}",
+                   unit="step", disable=not progress)
+        for step in range(state["step"], self.steps):
+            images, labels = self._batch(step)
+            loss, terms = self._step(step, state, images, labels)
+            losses.append(loss)
+            state["step"] = step + 1
+            self._log(step, loss, terms, len(labels), started)
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3f}" for k, v in terms.items()})
+            if self._should_save(step + 1):
+                self._save(state)
+        bar.close()
+        return self._export(state, losses, time.perf_counter() - started)
+
+    def _batch(self, step: int):
+        epoch, position = divmod(step, self.per_epoch)
+        order = torch.randperm(len(self.indices), generator=derived_generator(self.config.seed, epoch))
+        chosen = order[position * self.config.batch_size:(position + 1) * self.config.batch_size]
+        items = [self.dataset[self.indices[int(i)]] for i in chosen]
+        images = torch.stack([image for image, _ in items]).to(self.config.device)
+        return images, torch.tensor([label for _, label in items], device=self.config.device)
+
+    def _step(self, step: int, state: dict, images, labels) -> tuple[float, dict]:
+        self._refresh_adversarial_prompts(step, state)
+        ctx = StepContext(model=self.model, prompts=self.prompts, config=self.config,
+                          generator=derived_generator(self.config.seed, step, 1),
+                          adversarial_prompts=state["adversarial_prompts"], frozen=self.frozen)
+        self.model.train()
+        with self._autocast():
+            loss, terms = self.method.loss(ctx, images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        with torch.no_grad():
+            self.model._raw_logit_scale().clamp_(max=math.log(MAX_LOGIT_SCALE))
+        return loss.item(), terms
+
+    def _autocast(self):
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else None
+        return torch.autocast(device_type=torch.device(self.config.device).type, dtype=dtype,
+                              enabled=dtype is not None)
+
+    def _refresh_adversarial_prompts(self, step: int, state: dict) -> None:
+        """BERT-Attack on the class prompts against the current text tower, every N steps."""
+        if self.text_attack is None or (state["adversarial_prompts"] is not None
+                                        and step % self.config.text_attack_every):
+            return
+        self.model.eval()
+        edits = self.text_attack.attack_embeddings(self.prompts, self.model)
+        state["adversarial_prompts"] = [e.adversarial for e in edits]
+        _append_jsonl(self.run_dir / "adversarial_prompts.jsonl",
+                      {"step": step, "prompts": state["adversarial_prompts"]})
+
+    def _log(self, step, loss, terms, n, started) -> None:
+        elapsed = time.perf_counter() - started
+        _append_jsonl(self.run_dir / "metrics.jsonl",
+                      {"step": step + 1, "epoch": step // self.per_epoch, "loss": loss, **terms,
+                       "lr": self.schedule.get_last_lr()[0], "images": n, "elapsed_s": round(elapsed, 3)})
+
+    def _should_save(self, done: int) -> bool:
+        every = self.config.save_every
+        return (every and done % every == 0) or done % self.per_epoch == 0 or done == self.steps
+
+    def _save(self, state: dict) -> None:
+        payload = {"format": CHECKPOINT_FORMAT, "step": state["step"],
+                   "adversarial_prompts": state["adversarial_prompts"],
+                   "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
+                   "config": _identity(self.config)}
+        _save_atomic(payload, self.run_dir / "checkpoints" / "last.pt")
+
+    def _export(self, state: dict, losses: list[float], elapsed: float) -> dict:
+        """final.pt (plain backend state dict: open_clip loads it), prompt.pt for VP, metrics."""
+        _save_atomic(self.model.model.state_dict(), self.run_dir / "final.pt")
+        if self.model.visual_prompt is not None:
+            _save_atomic(self.model.visual_prompt.state_dict(), self.run_dir / "prompt.pt")
+        metrics = {"steps": state["step"], "final_loss": losses[-1] if losses else None,
+                   "elapsed_s": round(elapsed, 3), "images_per_s": _rate(losses, elapsed, self.config),
+                   "n_train_items": len(self.indices), "versions": versions()}
+        _write_json(self.run_dir / "metrics.json", metrics)
+        return metrics
+
+
+def _rate(losses, elapsed, config) -> float | None:
+    return round(len(losses) * config.batch_size / elapsed, 2) if losses and elapsed else None
+
+
+IDENTITY_KEYS = ("method", "model", "pretrained", "dataset", "shots", "batch_size", "seed",
+                 "alpha", "beta", "train_towers")
+
+
+def _identity(config: TrainConfig) -> dict:
+    """The settings a resumed run must share with the run it continues."""
+    return {key: getattr(config, key) for key in IDENTITY_KEYS}
+
+
+def _load_checkpoint(run: Path, config: TrainConfig) -> dict:
+    path = run / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise MmcoaError(f"--resume: no checkpoint at {path}; start without --resume")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise MmcoaError(f"--resume: checkpoint {path} is corrupt or unreadable "
+                         f"({type(error).__name__})") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise MmcoaError(f"--resume: {path} is not an mmcoa training checkpoint")
+    mismatched = {k: (v, checkpoint["config"].get(k)) for k, v in _identity(config).items()
+                  if checkpoint["config"].get(k) != v}
+    if mismatched:
+        detail = ", ".join(f"{k}={new!r} (checkpoint {old!r})" for k, (new, old) in mismatched.items())
+        raise MmcoaError(f"--resume: settings differ from the checkpoint's: {detail}")
+    return checkpoint
+
+
+def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise MmcoaError(f"--resume: checkpoint does not fit this model/method "
+                         f"({str(error).splitlines()[0][:120]})") from error
+    schedule.load_state_dict(checkpoint["schedule"])
+    torch.set_rng_state(checkpoint["rng"])
+    return {"step": checkpoint["step"], "adversarial_prompts": checkpoint["adversarial_prompts"]}
+
+
+def _shot_indices(run: Path, dataset, config: TrainConfig, reuse: bool) -> list[int]:
+    """The fixed per-class index list, saved in the run and reused on resume."""
+    path = run / "shots.json"
+    if reuse and path.is_file():
+        return json.loads(path.read_text())["indices"]
+    indices = few_shot_indices(dataset_labels(dataset), config.shots, config.seed)
+    if not indices:
+        raise MmcoaError(f"dataset {config.dataset} has no training samples")
+    _write_json(path, {"shots": config.shots, "seed": config.seed, "indices": indices})
+    return indices
+
+
+def _save_atomic(payload, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _write_json(path: Path, payload) -> None:
+    write_json_atomic(path, payload)
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
