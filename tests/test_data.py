@@ -225,10 +225,12 @@ def test_describe_datasets(tmp_path):
     assert [r["name"] for r in rows] == DATASETS.names() + ["imagefolder:<path>"]
     for row in rows:
         assert set(row) == {"name", "n_classes", "template", "splits", "found", "description"}
-        assert row["template"] == DEFAULT_TEMPLATE and isinstance(row["found"], bool)
+        assert "{}" in row["template"] and isinstance(row["found"], bool)
     by_name = {r["name"]: r for r in rows}
     assert by_name["cifar10"]["found"] is False and by_name["synthetic"]["found"] is True
     assert by_name["fashion_mnist"]["n_classes"] == 10
+    assert by_name["cifar10"]["template"] == DEFAULT_TEMPLATE
+    assert by_name["food101"]["template"] == "A photo of {}, a type of food."
 
 
 def test_prompts_custom_template():

@@ -1,11 +1,16 @@
 """Image-classification datasets for zero-shot evaluation.
 
 Use :func:`load_dataset` with a name from :data:`DATASETS` (``fashion_mnist``, ``cifar10``,
-``cifar100``, ``synthetic``) or ``imagefolder:<path>``. Every dataset yields ``(image, label)``
-with ``image`` a float32 ``[3, H, W]`` tensor in ``[0, 1]`` at the dataset's own resolution.
+``cifar100``, ``synthetic``, the paper's benchmarks ``stl10``, ``food101``, ``oxford_pets``,
+``flowers102``, ``dtd``, ``eurosat``, ``fgvc_aircraft``, ``sun397``, ``country211``,
+``caltech101``, ``caltech256``, ``tiny_imagenet``, ``imagenet``) or ``imagefolder:<path>``. Every
+dataset yields ``(image, label)`` with ``image`` a float32 ``[3, H, W]`` tensor in ``[0, 1]`` at
+the dataset's own resolution (native for CIFAR, STL10 and TinyImageNet, a 224 centre crop of the
+256-resized image for the other benchmarks).
 """
 
-from mmcoa.data import fashion_mnist, synthetic, torchvision_sets  # noqa: F401  (register)
+from mmcoa.data import (  # noqa: F401  (register)
+    fashion_mnist, imagenet_sets, paper_sets, synthetic, torchvision_sets)
 from mmcoa.data.base import DATASETS, DEFAULT_TEMPLATE, ClassificationDataset, clean_classname
 from mmcoa.data.catalog import describe_datasets, load_dataset
 
