@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,10 @@ class TrainConfig:
 
     def __post_init__(self):
         self.shots = str(self.shots)
-        self.betas = tuple(self.betas)
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _typed(f.name, f.type, getattr(self, f.name)))
+        _check(self.max_steps is None or self.max_steps >= 1,
+               f"max_steps must be at least 1; got {self.max_steps}")
         _check(self.shots in SHOTS, f"shots must be one of {', '.join(SHOTS)}; got {self.shots!r}")
         _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}; "
                f"got {self.precision!r}")
@@ -68,6 +72,31 @@ class TrainConfig:
                f"alpha and beta must be non-negative and not both 0; got {self.alpha}, {self.beta}")
         _check(self.train_towers in (None, "image", "text", "both", "none"),
                f"train_towers must be image, text, both or none; got {self.train_towers!r}")
+
+
+def _typed(name: str, kind: str, value):
+    """``value`` as the field's type, or a one-line error. YAML reads ``1e-5`` (no dot) as a
+    string, so numbers written that way are accepted for float settings."""
+    if value is None and kind.endswith("| None"):
+        return None
+    kind = kind.split(" |")[0]
+    if kind == "float" and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+        raise MmcoaError(f"{name} must be a number; got {value!r}")
+    if kind == "int":
+        _check(isinstance(value, int) and not isinstance(value, bool),
+               f"{name} must be an integer; got {value!r}")
+    elif kind == "str":
+        _check(isinstance(value, (str, os.PathLike)), f"{name} must be a string; got {value!r}")
+        return os.fspath(value)
+    elif kind.startswith("tuple"):
+        _check(isinstance(value, (list, tuple)) and len(value) == 2,
+               f"{name} must be a pair of numbers; got {value!r}")
+        return tuple(_typed(name, "float", v) for v in value)
+    return value
 
 
 def _check(ok: bool, message: str) -> None:

@@ -50,11 +50,36 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     state = {"step": 0, "adversarial_prompts": None}
     if checkpoint is not None:
         state = _restore(checkpoint, model, optimizer, schedule)
-    _write_json(run / "config.json", {**dataclasses.asdict(config), "towers": list(towers)})
     text_attack = BertAttack(shared_mlm(config.mlm, config.device), k=config.k,
                              max_words=config.max_words) if method.needs_text_attack and config.beta else None
     loop = _Loop(config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack, run)
+    # Every setting has been checked (model, MLM, template, optimizer): only now write the run.
+    _prepare_run_logs(run, state["step"])
+    _write_json(run / "shots.json", {"shots": config.shots, "seed": config.seed, "indices": indices})
+    _write_json(run / "config.json", {**dataclasses.asdict(config), "towers": list(towers)})
     return loop.run(state, progress)
+
+
+LOGS = ("metrics.jsonl", "adversarial_prompts.jsonl")
+
+
+def _prepare_run_logs(run: Path, resumed_step: int) -> None:
+    """A fresh run starts with empty logs and no stale checkpoint; a resumed run drops the log
+    rows written after its checkpoint, which the resumed run writes again."""
+    if resumed_step == 0:
+        (run / "checkpoints" / "last.pt").unlink(missing_ok=True)
+    for name in LOGS:
+        path = run / name
+        if path.is_file():
+            rows = [line for line in path.read_text().splitlines()
+                    if resumed_step and _logged_step(line, name) <= resumed_step]
+            path.write_text("".join(row + "\n" for row in rows))
+
+
+def _logged_step(line: str, name: str) -> int:
+    """Steps done when the row was logged (metrics rows count from 1, prompt rows from 0)."""
+    step = json.loads(line)["step"]
+    return step if name == "metrics.jsonl" else step + 1
 
 
 def total_steps(config: TrainConfig, n_items: int) -> int:
@@ -120,7 +145,7 @@ class _Loop:
             state["step"] = step + 1
             self._log(step, loss, terms, len(labels), started)
             bar.update()
-            bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3f}" for k, v in terms.items()})
+            bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3g}" for k, v in terms.items()})
             if self._should_save(step + 1):
                 self._save(state)
         bar.close()
@@ -142,6 +167,7 @@ class _Loop:
         self.model.train()
         with self._autocast():
             loss, terms = self.method.loss(ctx, images, labels)
+        terms["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -170,7 +196,7 @@ class _Loop:
         elapsed = time.perf_counter() - started
         _append_jsonl(self.run_dir / "metrics.jsonl",
                       {"step": step + 1, "epoch": step // self.per_epoch, "loss": loss, **terms,
-                       "lr": self.schedule.get_last_lr()[0], "images": n, "elapsed_s": round(elapsed, 3)})
+                       "images": n, "elapsed_s": round(elapsed, 3)})
 
     def _should_save(self, done: int) -> bool:
         every = self.config.save_every
@@ -241,14 +267,13 @@ def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
 
 
 def _shot_indices(run: Path, dataset, config: TrainConfig, reuse: bool) -> list[int]:
-    """The fixed per-class index list, saved in the run and reused on resume."""
+    """The fixed per-class index list (``train`` saves it in the run), reused on resume."""
     path = run / "shots.json"
     if reuse and path.is_file():
         return json.loads(path.read_text())["indices"]
     indices = few_shot_indices(dataset_labels(dataset), config.shots, config.seed)
     if not indices:
         raise MmcoaError(f"dataset {config.dataset} has no training samples")
-    _write_json(path, {"shots": config.shots, "seed": config.seed, "indices": indices})
     return indices
 
 

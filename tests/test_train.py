@@ -1,0 +1,495 @@
+"""Training: every method end to end, losses against hand computations, which parameters move,
+no attack gradient in the optimizer step, exact resume, fixed few-shot lists, checkpoint errors,
+export to plain open_clip, and `mmcoa train` on the command line.
+
+All runs use the generated `synthetic` dataset (64 train images, 4 classes) and `tiny-clip`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import mmcoa
+from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
+from mmcoa.cli import main
+from mmcoa.errors import MmcoaError
+from mmcoa.train import methods as methods_module
+from mmcoa.train import trainer
+from mmcoa.train.config import TrainConfig
+from mmcoa.train.methods import METHODS, StepContext, frozen_copy
+from mmcoa.train.objectives import mmcoa_loss
+from mmcoa.train.pretrain import CAPTION_TEMPLATES
+from mmcoa.train.shots import dataset_labels, few_shot_indices
+from mmcoa.train.trainer import build_optimizer, train
+
+ADVERSARIAL = ("tecoa", "mmcoa", "fare", "pmg-aft", "vp")
+DEFAULT_TOWERS = {"ft-standard": {"image", "text"}, "mmcoa": {"image", "text"}, "tecoa": {"image"},
+                  "fare": {"image"}, "pmg-aft": {"image"}, "vp": set()}
+FINAL_FILES = ("final.pt", "metrics.json", "config.json", "shots.json", "metrics.jsonl",
+               "checkpoints/last.pt")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The machine's cores are shared: one intra-op thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def train_data():
+    return mmcoa.load_dataset("synthetic", split="train")
+
+
+@pytest.fixture(scope="session")
+def mlm(tmp_path_factory, train_data):
+    """A tiny masked LM for MMCoA's text branch (quality is irrelevant here: few steps)."""
+    corpus = caption_corpus(train_data.classnames, CAPTION_TEMPLATES)
+    return str(train_tiny_mlm(corpus, tmp_path_factory.mktemp("train-mlm") / "mlm", steps=30))
+
+
+@pytest.fixture()
+def make_config(tmp_path, mlm):
+    def make(method="tecoa", name=None, **overrides):
+        settings = dict(method=method, batch_size=16, max_steps=2, lr=1e-3, mlm=mlm,
+                        output=str(tmp_path / (name or method)))
+        return TrainConfig(**{**settings, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tecoa_run(tmp_path_factory, mlm):
+    """One finished 2-step TeCoA run, shared by the read-only tests."""
+    config = TrainConfig(method="tecoa", batch_size=16, max_steps=2, lr=1e-3, mlm=mlm,
+                         output=str(tmp_path_factory.mktemp("tecoa") / "run"))
+    train(config, progress=False)
+    return config
+
+
+def fixed_batch(dataset, n=16):
+    images = torch.stack([dataset[i][0] for i in range(n)])
+    return images, torch.tensor([dataset[i][1] for i in range(n)])
+
+
+def adversarial_prompt_set(prompts):
+    """A stand-in for BERT-Attack output: one word of each class prompt replaced."""
+    return [p.replace("photo", "picture") for p in prompts]
+
+
+def build(name, train_data, **overrides):
+    """What the trainer builds for ``name``: model, method (set up), frozen copy, optimizer."""
+    config = TrainConfig(**{"method": name, "batch_size": 16, "lr": 1e-3, **overrides})
+    model = mmcoa.load_model("tiny-clip")
+    method = METHODS.get(name)()
+    frozen = frozen_copy(model) if method.needs_frozen_copy else None
+    method.setup(model, train_data.image_size, method.default_towers)
+    return config, model, method, frozen, build_optimizer(model, config)
+
+
+def context(config, model, frozen, prompts, seed=0):
+    return StepContext(model=model, prompts=prompts, config=config,
+                       generator=torch.Generator().manual_seed(seed),
+                       adversarial_prompts=adversarial_prompt_set(prompts), frozen=frozen)
+
+
+def recording(function, store: list):
+    """``function``, also appending each result to ``store``."""
+    def record(*args, **kwargs):
+        store.append(function(*args, **kwargs))
+        return store[-1]
+
+    return record
+
+
+def read_json(*parts):
+    with open(os.path.join(*map(str, parts))) as handle:
+        return json.load(handle)
+
+
+def read_jsonl(*parts):
+    with open(os.path.join(*map(str, parts))) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def load_state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_one_line(error: BaseException, *words: str):
+    message = str(error)
+    assert message and "\n" not in message
+    for word in words:
+        assert word in message
+
+
+# -- every method, end to end and on a fixed batch ------------------------------------------------
+@pytest.mark.parametrize("name", METHODS.names())
+def test_each_method_trains_end_to_end(name, make_config):
+    config = make_config(name)
+    metrics = train(config, progress=False)
+    run = config.output
+    for file in FINAL_FILES + (("prompt.pt",) if name == "vp" else ()):
+        assert os.path.isfile(os.path.join(run, file)), file
+    assert metrics == {**read_json(run, "metrics.json"), "versions": metrics["versions"]}
+    assert metrics["steps"] == 2 and math.isfinite(metrics["final_loss"])
+    rows = read_jsonl(run, "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
+    saved = read_json(run, "config.json")
+    assert saved["method"] == name and set(saved["towers"]) == DEFAULT_TOWERS[name]
+    assert load_state(os.path.join(run, "checkpoints", "last.pt"))["step"] == 2
+    prompts_log = os.path.join(run, "adversarial_prompts.jsonl")
+    assert os.path.isfile(prompts_log) == (name == "mmcoa")
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_each_method_lowers_its_loss_on_a_fixed_batch(name, train_data):
+    config, model, method, frozen, optimizer = build(name, train_data, lr=1e-2 if name == "vp" else 3e-4)
+    if name == "fare":  # the model starts equal to FARE's frozen reference, i.e. at the loss floor:
+        with torch.no_grad():  # start its image tower elsewhere so there is a loss to lower
+            g = torch.Generator().manual_seed(1)
+            for param in model.model.visual.parameters():
+                param.add_(0.05 * torch.randn(param.shape, generator=g))
+    images, labels = fixed_batch(train_data)
+    prompts = train_data.prompts()
+    model.train()
+    losses = []
+    for _ in range(4):  # the same attack randomness every step: only the weights change
+        loss, terms = method.loss(context(config, model, frozen, prompts, seed=0), images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        assert all(math.isfinite(v) for v in terms.values())
+    assert losses[-1] < losses[0], losses
+
+
+# -- the MMCoA objective ---------------------------------------------------------------------------
+def reference_contrastive(image, text, labels, scale):
+    """Class-aware CLIP loss in plain Python: the mean of image→text CE over the class prompts
+    and text→image CE over the batch (target spread evenly over that class's images, for each
+    class present)."""
+    def unit(v):
+        norm = math.sqrt(sum(x * x for x in v))
+        return [x / norm for x in v]
+
+    image, text, labels = [unit(v) for v in image.tolist()], [unit(v) for v in text.tolist()], labels.tolist()
+    logits = [[scale * sum(a * b for a, b in zip(i, t)) for t in text] for i in image]
+    lse = lambda values: math.log(sum(math.exp(v) for v in values))  # noqa: E731
+    i2t = sum(lse(row) - row[y] for row, y in zip(logits, labels)) / len(labels)
+    t2i = []
+    for c in sorted(set(labels)):
+        column = [row[c] for row in logits]
+        members = [i for i, y in enumerate(labels) if y == c]
+        t2i.append(sum(lse(column) - column[i] for i in members) / len(members))
+    return (i2t + sum(t2i) / len(t2i)) / 2
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.5, 0.5), (1.0, 0.0), (0.0, 1.0), (0.3, 0.9)])
+def test_mmcoa_loss_matches_hand_computation(alpha, beta):
+    g = torch.Generator().manual_seed(0)
+    adv_image, clean_image, clean_text, adv_text = (torch.randn(n, 8, generator=g) for n in (6, 6, 4, 4))
+    labels = torch.tensor([0, 2, 0, 1, 2, 0])  # class 3 absent, classes 0 and 2 repeated
+    scale = torch.tensor(5.0)
+    loss, terms = mmcoa_loss(adv_image if alpha else None, clean_image if beta else None,
+                             clean_text if alpha else None, adv_text if beta else None,
+                             labels, scale, alpha=alpha, beta=beta)
+    image_term = reference_contrastive(adv_image, clean_text, labels, 5.0)
+    text_term = reference_contrastive(clean_image, adv_text, labels, 5.0)
+    assert float(loss) == pytest.approx(alpha * image_term + beta * text_term, rel=1e-5)
+    assert set(terms) == {k for k, w in (("image_adv", alpha), ("text_adv", beta)) if w}
+    if alpha:
+        assert terms["image_adv"] == pytest.approx(image_term, rel=1e-5)
+    if beta:
+        assert terms["text_adv"] == pytest.approx(text_term, rel=1e-5)
+
+
+def test_mmcoa_ablations_skip_the_unused_attack(train_data, make_config, monkeypatch):
+    """alpha = 0 runs no PGD; beta = 0 needs neither adversarial prompts nor a masked LM."""
+    config, model, method, frozen, _ = build("mmcoa", train_data, alpha=0.0, beta=1.0)
+    images, labels = fixed_batch(train_data, 8)
+    monkeypatch.setattr(methods_module, "train_pgd", lambda *a: pytest.fail("PGD ran with alpha=0"))
+    _, terms = method.loss(context(config, model, frozen, train_data.prompts()), images, labels)
+    assert set(terms) == {"text_adv"}
+    monkeypatch.undo()
+    metrics = train(make_config("mmcoa", alpha=1.0, beta=0.0, mlm="/no/such/mlm", max_steps=1),
+                    progress=False)
+    assert metrics["steps"] == 1
+
+
+# -- what the optimizer may touch ------------------------------------------------------------------
+def tower_of(name: str) -> str:
+    """The tower of an open_clip CLIP parameter, by name (independent of the library's prefixes)."""
+    if name == "logit_scale":
+        return "logit_scale"
+    return "image" if name.startswith("visual.") else "text"
+
+
+@pytest.mark.parametrize("name,towers", [(m, None) for m in METHODS.names()] + [
+    ("ft-standard", "image"), ("ft-standard", "text"), ("ft-standard", "both"), ("tecoa", "text"),
+    ("mmcoa", "image")])
+def test_gradients_reach_only_the_trained_parameters(name, towers, make_config, monkeypatch):
+    """Trained set: the chosen towers, plus the shared logit scale whenever any tower trains
+    (`set_trainable`'s documented rule); VP trains only its prompt. Everything else keeps its
+    exact values and never gets a `.grad`."""
+    models = []
+    monkeypatch.setattr(trainer, "load_model", recording(trainer.load_model, models))
+    config = make_config(name, train_towers=towers, max_steps=1)
+    train(config, progress=False)
+    (model,) = models
+    trained = set({"image": ["image"], "text": ["text"], "both": ["image", "text"]}[towers] if towers
+                  else DEFAULT_TOWERS[name])
+    trained |= {"logit_scale"} if trained else set()
+    before = mmcoa.load_model("tiny-clip").model.state_dict()
+    after = load_state(os.path.join(config.output, "final.pt"))
+    moved = set()
+    for param_name, param in model.model.named_parameters():
+        tower = tower_of(param_name)
+        assert param.requires_grad == (tower in trained), param_name
+        if tower in trained:
+            moved |= {tower} if not torch.equal(before[param_name], after[param_name]) else set()
+        else:
+            assert param.grad is None, param_name
+            assert torch.equal(before[param_name], after[param_name]), param_name
+    assert moved == trained - ({"logit_scale"} if name == "fare" else set())  # FARE ignores the scale
+    prompt = model.visual_prompt
+    assert (prompt is not None) == (name == "vp")
+    if prompt is not None:
+        assert prompt.prompt.requires_grad and prompt.prompt.grad is not None
+        assert prompt.prompt.abs().sum() > 0  # moved from its zero init
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL)
+def test_no_attack_gradient_reaches_the_optimizer_step(name, train_data, monkeypatch):
+    """The gradient of the method's loss equals the gradient of the same loss recomputed on the
+    (detached) adversarial images with fresh grads: the attack accumulated nothing."""
+    config, model, method, frozen, _ = build(name, train_data)
+    images, labels = fixed_batch(train_data, 8)
+    prompts = train_data.prompts()
+    made = []
+    monkeypatch.setattr(methods_module, "train_pgd", recording(methods_module.train_pgd, made))
+    monkeypatch.setattr(methods_module, "maximize", recording(methods_module.maximize, made))
+    model.train()
+    loss, _ = method.loss(context(config, model, frozen, prompts), images, labels)
+    assert all(p.grad is None for p in model.parameters())  # the attack left no gradient behind
+    loss.backward()
+    first = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (adversarial,) = made
+    assert not torch.equal(adversarial, images)
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(methods_module, "train_pgd", lambda *a: adversarial)
+    monkeypatch.setattr(methods_module, "maximize", lambda *a, **k: adversarial)
+    again, _ = method.loss(context(config, model, frozen, prompts), images, labels)
+    again.backward()
+    second = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert torch.equal(loss.detach(), again.detach())
+    assert first.keys() == second.keys() and first
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+# -- exact resume ----------------------------------------------------------------------------------
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name,interrupt,extra", [
+    ("tecoa", "max_steps", {}),
+    ("mmcoa", "max_steps", {"text_attack_every": 2}),  # step 3 must reuse step 2's prompts
+    ("tecoa", "crash", {"schedule": "cosine", "warmup_steps": 1}),
+])
+def test_resume_gives_bit_identical_weights(name, interrupt, extra, make_config, monkeypatch):
+    full = make_config(name, "straight", max_steps=None, save_every=1, **extra)  # 4 steps
+    train(full, progress=False)
+    resumed = make_config(name, "resumed", max_steps=None, save_every=1, **extra)
+    if interrupt == "max_steps":
+        train(make_config(name, "resumed", max_steps=3, save_every=1, **extra), progress=False)
+    else:
+        step = trainer._Loop._step
+
+        def crash_at_step_3(self, index, *args):
+            if index == 3:
+                raise Interrupted
+            return step(self, index, *args)
+
+        monkeypatch.setattr(trainer._Loop, "_step", crash_at_step_3)
+        with pytest.raises(Interrupted):
+            train(resumed, progress=False)
+        monkeypatch.undo()
+    assert load_state(os.path.join(resumed.output, "checkpoints", "last.pt"))["step"] == 3
+    metrics = train(resumed, resume=True, progress=False)
+    assert metrics["steps"] == 4
+    expected = load_state(os.path.join(full.output, "final.pt"))
+    got = load_state(os.path.join(resumed.output, "final.pt"))
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    losses = [[row["loss"] for row in read_jsonl(c.output, "metrics.jsonl")] for c in (full, resumed)]
+    assert losses[0] == losses[1][-4:]
+    if name == "mmcoa":
+        logs = [read_jsonl(c.output, "adversarial_prompts.jsonl") for c in (full, resumed)]
+        assert [row["step"] for row in logs[1]] == [0, 2]  # not recomputed after the resume
+        assert logs[0] == logs[1]
+
+
+# -- few-shot lists --------------------------------------------------------------------------------
+def test_few_shot_lists_are_fixed_and_have_k_per_class(train_data):
+    labels = dataset_labels(train_data)
+    for k in (1, 5):
+        indices = few_shot_indices(labels, str(k), seed=3)
+        assert indices == few_shot_indices(labels, str(k), seed=3)
+        assert sorted(indices) == indices and len(set(indices)) == len(indices)
+        assert sorted(labels[i] for i in indices) == sorted(list(range(4)) * k)
+    assert few_shot_indices(labels, "5", seed=3) != few_shot_indices(labels, "5", seed=4)
+    assert few_shot_indices(labels, "full", seed=3) == list(range(len(labels)))
+
+
+def test_few_shot_list_is_saved_used_and_reused_on_resume(make_config, train_data, monkeypatch):
+    read = []
+    load = trainer.load_dataset
+
+    def spying_load(*args, **kwargs):
+        dataset = load(*args, **kwargs)
+        item = dataset._item
+        dataset._item = lambda i: read.append(int(i)) or item(i)
+        return dataset
+
+    monkeypatch.setattr(trainer, "load_dataset", spying_load)
+    config = make_config("ft-standard", shots="5", epochs=2, max_steps=2)  # 20 images: 2 steps/epoch
+    metrics = train(config, progress=False)
+    saved = read_json(config.output, "shots.json")
+    expected = few_shot_indices(dataset_labels(train_data), "5", seed=0)
+    assert saved == {"shots": "5", "seed": 0, "indices": expected}
+    assert metrics["n_train_items"] == 20 and sorted(read) == expected  # one epoch: each once
+
+    monkeypatch.setattr(trainer, "few_shot_indices", lambda *a: pytest.fail("list redrawn on resume"))
+    read.clear()
+    metrics = train(make_config("ft-standard", shots="5", epochs=2, max_steps=None), resume=True,
+                    progress=False)
+    assert metrics["steps"] == 4 and sorted(read) == expected
+    assert read_json(config.output, "shots.json") == saved
+
+
+# -- checkpoint errors -----------------------------------------------------------------------------
+def test_corrupt_checkpoint_is_a_one_line_error(make_config):
+    config = make_config()
+    path = os.path.join(config.output, "checkpoints", "last.pt")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as handle:
+        handle.write(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                   dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(MmcoaError) as error:
+        train(config, resume=True, progress=False)
+    assert_one_line(error.value, "corrupt", "last.pt")
+    assert sorted(os.listdir(config.output)) == ["checkpoints"]
+
+
+@pytest.mark.parametrize("change,word", [({"method": "ft-standard"}, "method"),
+                                         ({"batch_size": 8}, "batch_size")])
+def test_mismatched_checkpoint_is_a_one_line_error(change, word, tecoa_run):
+    config = TrainConfig(**{**vars(tecoa_run), **change})
+    with pytest.raises(MmcoaError) as error:
+        train(config, resume=True, progress=False)
+    assert_one_line(error.value, word, "checkpoint")
+
+
+def test_resume_without_checkpoint_is_a_one_line_error(make_config, tmp_path, capsys):
+    with pytest.raises(MmcoaError) as error:
+        train(make_config(), resume=True, progress=False)
+    assert_one_line(error.value, "no checkpoint")
+    output = tmp_path / "cli-run"
+    code = main(["train", "--method", "tecoa", "--resume", "--output", str(output), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mmcoa: error:") and err.count("\n") == 1
+    assert not output.exists()
+
+
+# -- export ----------------------------------------------------------------------------------------
+def test_final_weights_load_in_plain_open_clip(tecoa_run):
+    import open_clip
+
+    from mmcoa.models.open_clip_backend import _open_clip
+
+    _open_clip()  # registers the tiny configurations with open_clip
+    path = os.path.join(tecoa_run.output, "final.pt")
+    saved = load_state(path)
+    loaded = open_clip.create_model("tiny-clip", pretrained=path).state_dict()
+    initial = mmcoa.load_model("tiny-clip").model.state_dict()
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert not all(torch.equal(initial[k], saved[k]) for k in saved)  # it is the trained model
+
+
+def test_final_weights_evaluate_with_mmcoa_eval(tecoa_run, tmp_path, capsys):
+    path = os.path.join(tecoa_run.output, "final.pt")
+    output = tmp_path / "results.json"
+    code = main(["eval", "--model", "tiny-clip", "--pretrained", path, "--dataset", "synthetic",
+                 "--attacks", "clean", "--n-samples", "8", "--output", str(output), "--no-progress"])
+    capsys.readouterr()
+    assert code == 0
+    (record,) = json.loads(output.read_text())
+    assert record["pretrained"] == path
+
+
+# -- command line ----------------------------------------------------------------------------------
+def test_cli_flags_override_the_yaml_config(tmp_path, capsys):
+    output = tmp_path / "run"
+    config = tmp_path / "train.yaml"
+    config.write_text(f"method: tecoa\nbatch-size: 16\nmax_steps: 1\nlr: 1e-3\nseed: 7\n"
+                      f"output: {output}\n")  # YAML reads 1e-3 (no dot) as a string
+    code = main(["train", "--config", str(config), "--lr", "0.002", "--train-eps", "2", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    saved = read_json(output, "config.json")
+    assert saved["lr"] == 0.002 and saved["batch_size"] == 16 and saved["seed"] == 7
+    assert saved["method"] == "tecoa" and saved["train_eps"] == pytest.approx(2 / 255)
+    assert "final.pt" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("yaml_text,flags,words", [
+    ("method: [tecoa\n", [], "not valid YAML"),
+    ("learning_rate: 0.1\n", [], "unknown training setting(s) learning_rate"),
+    ("lr: fast\n", [], "lr must be a number"),
+    ("batch_size: 1.5\n", [], "batch_size must be an integer"),
+    ("method: ft-standard\n", ["--train-towers", "none"], "trains nothing"),
+    ("method: mmcoa\n", ["--mlm", "{tmp}/no-such-mlm"], "no-such-mlm"),
+    ("method: tecoa\n", ["--template", "no placeholder"], "'no placeholder' has no"),
+    ("method: tecoa\n", ["--pretrained", "{tmp}/missing.pt"], "missing.pt"),
+])
+def test_cli_bad_settings_exit_2_and_write_nothing(yaml_text, flags, words, tmp_path, capsys):
+    output = tmp_path / "run"
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml_text)
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    code = main(["train", "--config", str(config), "--max-steps", "1", "--output", str(output),
+                 "--no-progress", *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("mmcoa: error:") and err.count("\n") == 1 and words in err
+    assert not output.exists()
+
+
+# -- precision -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mmcoa", "fare"])
+def test_bf16_trains_a_step_on_cpu(name, make_config):
+    metrics = train(make_config(name, precision="bf16", max_steps=1), progress=False)
+    assert metrics["steps"] == 1 and math.isfinite(metrics["final_loss"])
+
+
+def test_a_fresh_run_starts_clean_and_a_resumed_run_drops_rows_past_its_checkpoint(make_config):
+    config = make_config("tecoa", max_steps=2)
+    train(config, progress=False)
+    train(config, progress=False)  # the same output again, without --resume: logs start over
+    assert [row["step"] for row in read_jsonl(config.output, "metrics.jsonl")] == [1, 2]
+    with open(os.path.join(config.output, "metrics.jsonl"), "a") as handle:
+        handle.write(json.dumps({"step": 3, "loss": 0.0}) + "\n")  # logged, then crashed before saving
+    resumed = make_config("tecoa", max_steps=4)
+    train(resumed, resume=True, progress=False)
+    rows = read_jsonl(config.output, "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3, 4] and rows[2]["loss"] != 0.0
