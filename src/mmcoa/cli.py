@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_eval(commands)
     _add_train(commands)
+    _add_retrieval(commands)
     _add_demo(commands)
     listing = commands.add_parser("models", help="list the model names")
     listing.add_argument("--all", action="store_true", help="include every open_clip architecture")
@@ -117,6 +118,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = train(config, resume=args.resume, progress=not args.no_progress)
     print(json.dumps(metrics, indent=2))
     print(f"run written to {config.output} (final weights: {Path(config.output) / 'final.pt'})")
+    return 0
+
+
+def _add_retrieval(commands) -> None:
+    p = commands.add_parser("retrieval", help="MSCOCO (Karpathy 5k test) retrieval R@1/5/10")
+    p.add_argument("--model", required=True)
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--data-root", required=True, help="folder with dataset_coco.json and the images")
+    p.add_argument("--split", default="test")
+    p.add_argument("--attacks", default="clean", help="comma-separated: clean, pgd, bert, coattack")
+    p.add_argument("--mlm", default=None)
+    p.add_argument("--n-images", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="result JSON file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_retrieval)
+
+
+def cmd_retrieval(args: argparse.Namespace) -> int:
+    from mmcoa.data import load_coco_karpathy
+    from mmcoa.devices import check_device
+    from mmcoa.eval import RETRIEVAL_ATTACKS, evaluate_retrieval, write_json_atomic
+    from mmcoa.models import load_model
+
+    names = [n.strip() for n in args.attacks.split(",") if n.strip()]
+    for name in names:
+        RETRIEVAL_ATTACKS.get(name)
+    check_device(args.device)
+    _check_output(args.output)
+    model = load_model(args.model, pretrained=args.pretrained, device=args.device)
+    dataset = load_coco_karpathy(args.data_root, split=args.split, image_size=model.image_size[0])
+    records = [evaluate_retrieval(model, dataset, name, mlm=args.mlm, n_images=args.n_images,
+                                  batch_size=args.batch_size, seed=args.seed, device=args.device,
+                                  progress=not args.no_progress) for name in names]
+    write_json_atomic(args.output, records)
+    for r in records:
+        print(f"{r['attack']:<9} i2t R@1/5/10 {r['i2t_r1']:.4f} {r['i2t_r5']:.4f} {r['i2t_r10']:.4f}"
+              f"   t2i R@1/5/10 {r['t2i_r1']:.4f} {r['t2i_r5']:.4f} {r['t2i_r10']:.4f}")
+    print(f"results written to {args.output}")
     return 0
 
 

@@ -1,0 +1,366 @@
+"""MSCOCO Karpathy retrieval: the loader on a fake on-disk layout, Recall@K against hand-computed
+ranks, and the retrieval attacks (each image attacked once with all of its captions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mmcoa.attacks.co_attack import embedding_kl
+from mmcoa.attacks.text.tiny_mlm import train_tiny_mlm
+from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy, pre_caption
+from mmcoa.errors import DatasetUnavailableError, MmcoaError, UnknownNameError
+from mmcoa.eval import retrieval
+from mmcoa.eval.retrieval import (
+    RetrievalCoAttack, RetrievalPGD, build_retrieval_attack, coattack_loss, encode_texts,
+    evaluate_retrieval, pgd_loss, recall_at_k)
+from conftest import assert_valid_perturbation
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230),
+           "yellow": (230, 220, 20), "black": (10, 10, 10)}
+TEST_IMAGES = ("red", "green", "blue")
+THINGS = ("dog", "cat", "car", "boat", "bird")
+
+
+def captions_for(colour: str) -> list[str]:
+    return [f"A {colour} {thing} sits on the grass." for thing in THINGS]
+
+
+def make_layout(root, extra_entries=()):
+    """3 test images (5 captions each), 1 val and 1 restval image, Karpathy's JSON format."""
+    entries = []
+    for index, (colour, split) in enumerate([(c, "test") for c in TEST_IMAGES]
+                                            + [("yellow", "val"), ("black", "restval")]):
+        folder = "val2014" if split != "restval" else "train2014"
+        filename = f"COCO_{folder}_{index:012d}.jpg"
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        pixels = torch.full((40, 48, 3), 0, dtype=torch.uint8) + torch.tensor(COLOURS[colour], dtype=torch.uint8)
+        pixels[index * 4:index * 4 + 10, 5:20] = 255 - pixels[0, 0]
+        Image.fromarray(pixels.numpy()).save(root / folder / filename)
+        entries.append({"filepath": folder, "filename": filename, "split": split, "cocoid": index,
+                        "sentences": [{"raw": text, "tokens": text.split()} for text in captions_for(colour)]})
+    entries.extend(extra_entries)
+    (root / "dataset_coco.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def coco_root(tmp_path_factory):
+    return make_layout(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="session")
+def coco(coco_root):
+    return load_coco_karpathy(coco_root, split="test", image_size=32)
+
+
+@pytest.fixture(scope="session")
+def retrieval_mlm(tmp_path_factory, coco):
+    return str(train_tiny_mlm(coco.captions, tmp_path_factory.mktemp("mlm") / "mlm", steps=80))
+
+
+def batch_of(dataset):
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    rows = dataset.image_to_captions
+    owner = torch.tensor([b for b, row in enumerate(rows) for _ in row])
+    return images, owner
+
+
+# -- Recall@K ------------------------------------------------------------------------------------
+def test_recall_at_k_against_hand_computed_ranks():
+    # images 0, 1, 2 with captions {0, 1}, {2, 3, 4}, {5, 6}
+    image_to_captions = [[0, 1], [2, 3, 4], [5, 6]]
+    caption_to_image = [0, 0, 1, 1, 1, 2, 2]
+    similarity = torch.tensor([
+        # c0   c1   c2   c3   c4   c5   c6
+        [0.9, 0.1, 0.2, 0.3, 0.0, 0.5, 0.4],  # image 0: own caption 0 ranked 1st -> i2t hit @1
+        [0.1, 0.2, 0.3, 0.8, 0.0, 0.7, 0.6],  # image 1: only its 2nd caption (c3) is top 1
+        [0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # image 2: best own caption c5 ranked 6th
+    ])
+    scores = recall_at_k(similarity, image_to_captions, caption_to_image, ks=(1, 5, 10))
+    assert scores["i2t_r1"] == pytest.approx(2 / 3)
+    assert scores["i2t_r5"] == pytest.approx(2 / 3)
+    assert scores["i2t_r10"] == pytest.approx(1.0)
+    # text -> image, per caption the rank of its own image in its column:
+    # c0: [.9,.1,.6] img0 1st; c1: [.1,.2,.5] img0 3rd; c2: [.2,.3,.4] img1 2nd;
+    # c3: [.3,.8,.3] img1 1st; c4: [0,0,.2] img1 2nd (tie with img0, lower index first);
+    # c5: [.5,.7,.1] img2 3rd; c6: [.4,.6,0] img2 3rd
+    assert scores["t2i_r1"] == pytest.approx(2 / 7)
+    assert scores["t2i_r5"] == pytest.approx(1.0)
+    assert set(scores) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+
+
+def test_recall_chunking_does_not_change_the_result():
+    generator = torch.Generator().manual_seed(0)
+    image_to_captions = [[3 * i, 3 * i + 1, 3 * i + 2] for i in range(7)]
+    caption_to_image = [i for i in range(7) for _ in range(3)]
+    similarity = torch.randn(7, 21, generator=generator)
+    whole = recall_at_k(similarity, image_to_captions, caption_to_image, ks=(1, 2, 3))
+    assert recall_at_k(similarity, image_to_captions, caption_to_image, ks=(1, 2, 3), chunk=2) == whole
+    # cross-check text -> image against a plain argsort
+    ranks = similarity.T.argsort(dim=1, descending=True)
+    expected = (ranks[:, :2] == torch.tensor(caption_to_image)[:, None]).any(1).float().mean()
+    assert whole["t2i_r2"] == pytest.approx(float(expected))
+
+
+def test_recall_ties_are_not_free_hits():
+    scores = recall_at_k(torch.zeros(3, 6), [[0, 1], [2, 3], [4, 5]], [0, 0, 1, 1, 2, 2], ks=(1,))
+    assert scores == {"i2t_r1": pytest.approx(1 / 3), "t2i_r1": pytest.approx(2 / 6)}
+
+
+@pytest.mark.parametrize("case", ["shape", "mapping", "empty", "ks"])
+def test_recall_rejects_inconsistent_inputs(case):
+    similarity, i2c, c2i, ks = torch.zeros(2, 3), [[0, 1], [2]], [0, 0, 1], (1,)
+    if case == "shape":
+        similarity = torch.zeros(3, 3)
+    elif case == "mapping":
+        c2i = [0, 1, 1]
+    elif case == "empty":
+        similarity, i2c, c2i = torch.zeros(2, 2), [[0, 1], []], [0, 0]
+    else:
+        ks = (0,)
+    with pytest.raises(MmcoaError):
+        recall_at_k(similarity, i2c, c2i, ks)
+
+
+# -- loader --------------------------------------------------------------------------------------
+def test_loader_reads_the_karpathy_layout(coco, coco_root):
+    assert isinstance(coco, RetrievalDataset) and len(coco) == 3
+    assert coco.name == "mscoco_karpathy" and coco.split == "test"
+    assert len(coco.captions) == 15 and coco.captions[0] == "a red dog sits on the grass"
+    assert coco.caption_to_image == [i for i in range(3) for _ in range(5)]
+    assert coco.image_to_captions == [list(range(5 * i, 5 * i + 5)) for i in range(3)]
+    image, index = coco[1]
+    assert index == 1 and image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0 <= image.min() and image.max() <= 1
+    assert image[1].mean() > image[0].mean()  # the green one
+    assert coco.image_paths[2] == coco_root / "val2014" / "COCO_val2014_000000000002.jpg"
+    raw = load_coco_karpathy(coco_root, image_size=32, pre_caption_text=False)
+    assert raw.captions[0] == "A red dog sits on the grass."
+
+
+def test_loader_default_size_is_a_224_centre_crop(coco_root):
+    image, _ = load_coco_karpathy(coco_root)[0]
+    assert image.shape == (3, 224, 224)
+
+
+def test_loader_filters_splits(coco_root):
+    val = load_coco_karpathy(coco_root, split="val", image_size=32)
+    assert len(val) == 1 and val.captions[0].startswith("a yellow")
+    train = load_coco_karpathy(coco_root, split="train", image_size=32)
+    assert len(train) == 1 and train.captions[0].startswith("a black")  # restval joins train
+    assert len(load_coco_karpathy(coco_root, split="restval", image_size=32)) == 1
+    with pytest.raises(MmcoaError, match="unknown MSCOCO Karpathy split"):
+        load_coco_karpathy(coco_root, split="testing")
+
+
+def test_subset_keeps_all_captions_of_each_image(coco):
+    part = coco.subset([2, 0])
+    assert len(part) == 2 and part.captions[:5] == coco.captions[10:15]
+    assert part.image_to_captions == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert torch.equal(part[0][0], coco[2][0])
+
+
+def test_pre_caption_matches_albef():
+    assert pre_caption("A man's  dog, running -- fast!/ok") == "a mans dog running fast ok"
+    assert pre_caption(" ".join(["w"] * 40)).count("w") == 30
+
+
+def test_missing_root_and_missing_json(tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="dataset_coco.json") as info:
+        load_coco_karpathy(tmp_path / "nowhere")
+    assert "\n" not in str(info.value)
+    with pytest.raises(DatasetUnavailableError, match="no .*dataset_coco.json"):
+        load_coco_karpathy(tmp_path)
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    (tmp_path / "dataset_coco.json").write_text("{not json")
+    with pytest.raises(MmcoaError, match="malformed annotation .*dataset_coco.json") as info:
+        load_coco_karpathy(tmp_path)
+    assert "\n" not in str(info.value)
+    (tmp_path / "dataset_coco.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(MmcoaError, match="'images' list"):
+        load_coco_karpathy(tmp_path)
+
+
+def test_annotation_missing_keys_names_the_file(tmp_path):
+    make_layout(tmp_path, [{"filepath": "val2014", "filename": "x.jpg", "split": "test"}])
+    with pytest.raises(MmcoaError, match=r"dataset_coco.json: images\[5\] lacks key 'sentences'"):
+        load_coco_karpathy(tmp_path)
+    make_layout(tmp_path, [{"filepath": "val2014", "filename": "x.jpg", "split": "test",
+                            "sentences": [{"tokens": []}]}])
+    with pytest.raises(MmcoaError, match="lacks key 'raw'"):
+        load_coco_karpathy(tmp_path)
+
+
+def test_empty_split_and_missing_images(tmp_path):
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": [
+        {"filepath": "val2014", "filename": "a.jpg", "split": "val", "sentences": [{"raw": "x"}]}]}))
+    with pytest.raises(MmcoaError, match="split 'test' .* has no image .*splits present: val"):
+        load_coco_karpathy(tmp_path)
+    with pytest.raises(DatasetUnavailableError, match="1 of 1 val images are missing"):
+        load_coco_karpathy(tmp_path, split="val")
+
+
+# -- attacks -------------------------------------------------------------------------------------
+def attack_inputs(model, dataset):
+    images, owner = batch_of(dataset)
+    text = encode_texts(model, dataset.captions)
+    return images, text, owner
+
+
+def make_attack(name, mlm):
+    if name == "pgd":
+        return RetrievalPGD(eps=2 / 255, step_size=0.5 / 255, n_steps=3)
+    attack = RetrievalCoAttack(mlm=mlm, n_steps=3)
+    attack.prepare("cpu")
+    return attack
+
+
+def test_losses_sum_over_every_caption(tiny_model, coco):
+    images, text, owner = attack_inputs(tiny_model, coco)
+    with torch.no_grad():
+        e = tiny_model.encode_image(images, normalize=True)
+    cos = e @ text.T
+    expected = -torch.stack([cos[i, coco.image_to_captions[i]].sum() for i in range(3)])
+    assert torch.allclose(pgd_loss(e, text, owner), expected, atol=1e-5)
+    clean = F.normalize(e + 0.1, dim=-1)
+    expected = torch.stack([
+        embedding_kl(clean[i:i + 1], e[i:i + 1])[0]
+        + 3 * sum(embedding_kl(text[c:c + 1], e[i:i + 1])[0] for c in coco.image_to_captions[i])
+        for i in range(3)])
+    assert torch.allclose(coattack_loss(clean, e, text, owner, 3.0), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pgd", "coattack"])
+def test_attack_invariants_and_determinism(name, tiny_model, coco, retrieval_mlm, monkeypatch):
+    images, text, owner = attack_inputs(tiny_model, coco)
+    attack = make_attack(name, retrieval_mlm)
+    params = list(tiny_model.parameters())
+    params[0].grad = torch.full_like(params[0], 3.0)
+    batch_sizes = []
+    encode = tiny_model.encode_image
+    monkeypatch.setattr(tiny_model, "encode_image",
+                        lambda x, **kw: (batch_sizes.append(len(x)), encode(x, **kw))[1])
+    try:
+        first = attack.attack_images(tiny_model, images, text, owner, torch.Generator().manual_seed(4))
+    finally:
+        grad_kept = torch.equal(params[0].grad, torch.full_like(params[0], 3.0))
+        params[0].grad = None
+    assert grad_kept
+    assert [n for n, p in tiny_model.named_parameters() if p.grad is not None] == []
+    # each image attacked once: every forward sees the 3 images, never 15 per-caption copies
+    assert first.shape == images.shape and set(batch_sizes) == {3}
+    assert_valid_perturbation(first, images, 2 / 255)
+    assert not torch.equal(first, images)
+    second = attack.attack_images(tiny_model, images, text, owner, torch.Generator().manual_seed(4))
+    assert torch.equal(first, second)
+    other = attack.attack_images(tiny_model, images, text, owner, torch.Generator().manual_seed(5))
+    assert not torch.equal(first, other)
+
+
+def test_pgd_lowers_the_summed_caption_similarity(tiny_model, coco):
+    images, text, owner = attack_inputs(tiny_model, coco)
+    adv = RetrievalPGD(n_steps=10, random_start=False).attack_images(tiny_model, images, text, owner)
+    with torch.no_grad():
+        before = pgd_loss(tiny_model.encode_image(images, normalize=True), text, owner)
+        after = pgd_loss(tiny_model.encode_image(adv, normalize=True), text, owner)
+    assert (after > before).all()
+
+
+def test_attack_parameters_and_names():
+    assert RetrievalCoAttack().step_size == pytest.approx(2 / 255 / 10 * 1.25)
+    assert RetrievalCoAttack().alpha == 3 and RetrievalPGD().eps == pytest.approx(2 / 255)
+    with pytest.raises(UnknownNameError, match="known: bert, clean, coattack, pgd"):
+        build_retrieval_attack("sga")
+    with pytest.raises(MmcoaError, match="takes no parameter alpha"):
+        build_retrieval_attack("pgd", alpha=3)
+    with pytest.raises(MmcoaError, match="eps must be in"):
+        build_retrieval_attack("pgd", eps=0)
+
+
+# -- end to end ----------------------------------------------------------------------------------
+RECORD_KEYS = {"model", "pretrained", "dataset", "split", "attack", "attack_params", "n_images",
+               "n_captions", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10",
+               "elapsed_s", "versions"}
+
+
+def test_evaluate_clean_matches_a_direct_computation(tiny_model, coco):
+    record = evaluate_retrieval(tiny_model, coco, "clean", batch_size=2)
+    assert RECORD_KEYS <= set(record)
+    assert record["dataset"] == "mscoco_karpathy" and record["split"] == "test"
+    assert record["model"] == "tiny-clip" and record["attack"] == "clean"
+    assert (record["n_images"], record["n_captions"]) == (3, 15)
+    images, text, _ = attack_inputs(tiny_model, coco)
+    with torch.no_grad():
+        similarity = tiny_model.encode_image(images, normalize=True) @ text.T
+    expected = recall_at_k(similarity, coco.image_to_captions, coco.caption_to_image)
+    for key, value in expected.items():
+        assert record[key] == pytest.approx(value)
+    assert record["t2i_r5"] == 1.0  # only 3 images
+    json.dumps(record)
+
+
+def test_evaluate_from_root_with_a_subset(tiny_model, coco_root):
+    record = evaluate_retrieval(tiny_model, coco_root, "clean", n_images=2)
+    assert (record["n_images"], record["n_captions"]) == (2, 10)
+
+
+def test_evaluate_pgd_attacks_each_image_once_with_all_captions(tiny_model, coco, monkeypatch):
+    calls = []
+    original = RetrievalPGD.attack_images
+
+    def spy(self, model, images, text, owner, generator=None):
+        calls.append((len(images), len(text), owner.tolist()))
+        return original(self, model, images, text, owner, generator)
+
+    monkeypatch.setattr(RetrievalPGD, "attack_images", spy)
+    params = {"n_steps": 2}
+    first = evaluate_retrieval(tiny_model, coco, "pgd", attack_params=params, batch_size=2, seed=3)
+    assert calls == [(2, 10, [0] * 5 + [1] * 5), (1, 5, [0] * 5)]
+    second = evaluate_retrieval(tiny_model, coco, "pgd", attack_params=params, batch_size=2, seed=3)
+    assert first["attack_params"]["eps"] == pytest.approx(2 / 255)
+    assert first["attack_params"]["n_steps"] == 2
+    for key in ("i2t_r1", "t2i_r1", "t2i_r5"):
+        assert first[key] == second[key]
+
+
+def test_evaluate_coattack_uses_adversarial_captions(tiny_model, coco, retrieval_mlm, monkeypatch):
+    encoded = []
+    original = retrieval.encode_texts
+    monkeypatch.setattr(retrieval, "encode_texts",
+                        lambda model, captions, **kw: (encoded.append(list(captions)),
+                                                       original(model, captions, **kw))[1])
+    record = evaluate_retrieval(tiny_model, coco, "coattack", mlm=retrieval_mlm,
+                                attack_params={"n_steps": 2}, batch_size=3)
+    assert record["attack"] == "coattack" and RECORD_KEYS <= set(record)
+    assert record["attack_params"]["mlm"] == retrieval_mlm
+    assert record["attack_params"]["alpha"] == 3
+    assert record["attack_params"]["step_size"] == pytest.approx(2 / 255 / 2 * 1.25)
+    assert 0 < record["n_captions_changed"] and record["mean_words_changed"] <= 1
+    attack = RetrievalCoAttack(mlm=retrieval_mlm)
+    attack.prepare("cpu")
+    adversarial, changed = attack.attack_captions(tiny_model, coco.captions)
+    assert encoded == [adversarial] and adversarial != coco.captions
+    for clean, adv in zip(coco.captions, adversarial):
+        a, b = clean.split(), adv.split()
+        assert len(a) == len(b) and sum(x != y for x, y in zip(a, b)) <= 1
+    assert sum(1 for c in changed if c) == record["n_captions_changed"]
+
+
+def test_cli_retrieval_writes_one_record_per_attack(coco_root, tmp_path, capsys):
+    from mmcoa.cli import main
+
+    output = tmp_path / "retrieval.json"
+    code = main(["retrieval", "--model", "tiny-clip", "--data-root", str(coco_root),
+                 "--attacks", "clean,pgd", "--output", str(output), "--no-progress"])
+    assert code == 0
+    records = json.loads(output.read_text())
+    assert [r["attack"] for r in records] == ["clean", "pgd"]
+    assert all(0 <= r["i2t_r1"] <= r["i2t_r5"] <= r["i2t_r10"] <= 1 for r in records)
+    assert "t2i R@1/5/10" in capsys.readouterr().out
