@@ -1,0 +1,53 @@
+"""Every YAML file under configs/ loads as a TrainConfig; the Table I files hold the paper's
+settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmcoa.train.config import load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+YAML_FILES = sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
+TABLE1 = {  # name: (method, alpha, beta, towers)
+    "ft-standard": ("ft-standard", None, None, "both"),
+    "tecoa": ("tecoa", None, None, "image"),
+    "mmcoa": ("mmcoa", 0.5, 0.5, "both"),
+    "mmcoa-image-only": ("mmcoa", 1.0, 0.0, "both"),
+    "mmcoa-text-only": ("mmcoa", 0.0, 1.0, "both"),
+}
+
+
+def test_there_are_configs():
+    assert {p.stem for p in (CONFIGS / "table1").glob("*.yaml")} == set(TABLE1)
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=[str(p.relative_to(CONFIGS)) for p in YAML_FILES])
+def test_every_config_loads(path):
+    config = load_config(str(path), {})
+    assert config.method and config.output
+
+
+@pytest.mark.parametrize("name", sorted(TABLE1))
+def test_table1_configs_hold_the_papers_settings(name):
+    method, alpha, beta, towers = TABLE1[name]
+    config = load_config(str(CONFIGS / "table1" / f"{name}.yaml"), {})
+    assert config.method == method and config.train_towers == towers
+    assert (config.model, config.pretrained, config.dataset, config.shots) == ("ViT-B-32", "openai",
+                                                                               "cifar10", "full")
+    assert (config.epochs, config.batch_size, config.lr, config.weight_decay) == (10, 256, 1e-5, 0.2)
+    assert config.betas == (0.9, 0.98) and config.adam_eps == 1e-6
+    assert config.train_eps == pytest.approx(1 / 255) and config.train_step_size == pytest.approx(1 / 255)
+    assert config.train_steps == 2
+    assert (config.mlm, config.k, config.max_words, config.text_attack_every) == ("bert-base-uncased", 10, 1, 1)
+    assert config.precision == "bf16" and config.device == "cuda"
+    assert config.output == f"runs/table1/{name}"
+    if alpha is not None:
+        assert (config.alpha, config.beta) == (alpha, beta)
+
+
+def test_cli_flags_override_a_table1_config():
+    config = load_config(str(CONFIGS / "table1" / "mmcoa.yaml"), {"lr": 5e-6, "output": "elsewhere"})
+    assert config.lr == 5e-6 and config.output == "elsewhere" and config.alpha == 0.5
