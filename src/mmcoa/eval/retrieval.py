@@ -33,8 +33,6 @@ SGA retrieval is not implemented yet.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from mmcoa.attacks.pgd import maximize
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions
+from mmcoa.eval.runner import attack_generator
 from mmcoa.registry import Registry
 
 DEFAULT_KS = (1, 5, 10)
@@ -374,13 +373,8 @@ def _attacked_image_embeddings(model, dataset, attack, text, batch_size, seed, p
         rows = [caption_lists[int(i)] for i in indices]
         caption_ids = torch.tensor([c for row in rows for c in row], device=text.device)
         owner = torch.tensor([b for b, row in enumerate(rows) for _ in row], device=device)
-        generator = _generator(device, seed, batch_index, attack.name, attack.params())
+        generator = attack_generator(device, seed, batch_index, attack.name, attack.params())
         adversarial = attack.attack_images(model, images, text[caption_ids], owner, generator)
         with torch.no_grad():
             embeddings.append(model.encode_image(adversarial, normalize=True).float())
     return torch.cat(embeddings)
-
-
-def _generator(device: torch.device, *parts) -> torch.Generator:
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-    return torch.Generator(device=device).manual_seed(int(digest[:15], 16))

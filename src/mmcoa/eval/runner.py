@@ -87,7 +87,7 @@ def _run(classifier, dataset, indices, attacks, batch_size, seed, progress) -> l
         images, labels = images.to(device), labels.to(device)
         clean_logits = _predict(classifier, images)
         for attack_index, (attack, tally) in enumerate(zip(attacks, tallies)):
-            generator = _generator(device, seed, batch_index, attack.name, attack.params())
+            generator = attack_generator(device, seed, batch_index, attack.name, attack.params())
             started = time.perf_counter()
             result = attack(classifier, images, labels, generator)
             tally.add(_predict(classifier, result.images, result.class_embeddings), clean_logits, labels)
@@ -103,9 +103,10 @@ def _predict(classifier, images, class_embeddings=None) -> torch.Tensor:
     return classifier.logits(images, class_embeddings)
 
 
-def _generator(device: torch.device, *parts) -> torch.Generator:
-    seed = int(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:15], 16)
-    return torch.Generator(device=device).manual_seed(seed)
+def attack_generator(device: torch.device, *parts) -> torch.Generator:
+    """A generator seeded from JSON-able parts, e.g. (seed, batch index, attack name, params)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return torch.Generator(device=device).manual_seed(int(digest[:15], 16))
 
 
 def _record(model, dataset, attack, tally: Tally, prompts, indices, seed) -> dict:
