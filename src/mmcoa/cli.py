@@ -163,7 +163,7 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
 
 
 def _add_demo(commands) -> None:
-    p = commands.add_parser("demo", help="offline demo: tiny CLIP on Fashion-MNIST, then PGD")
+    p = commands.add_parser("demo", help="offline demo: tiny CLIP on Fashion-MNIST, attacks, miniature Table I")
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default="cpu")
