@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mmcoa.attacks.co_attack import embedding_kl
+from mmcoa.attacks.sga import scaled_copies
 from mmcoa.attacks.text.tiny_mlm import train_tiny_mlm
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy, pre_caption
 from mmcoa.errors import DatasetUnavailableError, MmcoaError, UnknownNameError
 from mmcoa.eval import retrieval
 from mmcoa.eval.retrieval import (
-    RetrievalCoAttack, RetrievalPGD, build_retrieval_attack, coattack_loss, encode_texts,
-    evaluate_retrieval, pgd_loss, recall_at_k)
+    RetrievalCoAttack, RetrievalPGD, RetrievalSGA, build_retrieval_attack, coattack_loss, encode_texts,
+    evaluate_retrieval, pgd_loss, recall_at_k, sga_loss)
 from conftest import assert_valid_perturbation
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230),
@@ -217,7 +218,7 @@ def attack_inputs(model, dataset):
 def make_attack(name, mlm):
     if name == "pgd":
         return RetrievalPGD(eps=2 / 255, step_size=0.5 / 255, n_steps=3)
-    attack = RetrievalCoAttack(mlm=mlm, n_steps=3)
+    attack = {"coattack": RetrievalCoAttack, "sga": RetrievalSGA}[name](mlm=mlm, n_steps=3)
     attack.prepare("cpu")
     return attack
 
@@ -237,7 +238,7 @@ def test_losses_sum_over_every_caption(tiny_model, coco):
     assert torch.allclose(coattack_loss(clean, e, text, owner, 3.0), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["pgd", "coattack"])
+@pytest.mark.parametrize("name", ["pgd", "coattack", "sga"])
 def test_attack_invariants_and_determinism(name, tiny_model, coco, retrieval_mlm, monkeypatch):
     images, text, owner = attack_inputs(tiny_model, coco)
     attack = make_attack(name, retrieval_mlm)
@@ -273,11 +274,73 @@ def test_pgd_lowers_the_summed_caption_similarity(tiny_model, coco):
     assert (after > before).all()
 
 
+def test_sga_loss_sums_every_scale_and_every_caption(tiny_model, coco, monkeypatch):
+    images, text, owner = attack_inputs(tiny_model, coco)
+    with torch.no_grad():
+        unscaled = pgd_loss(tiny_model.encode_image(images, normalize=True), text, owner)
+        assert torch.allclose(sga_loss(tiny_model, images, text, owner, ()), unscaled)
+        copies = scaled_copies(images, (0.5, 1.5))
+        expected = sum(pgd_loss(tiny_model.encode_image(c, normalize=True), text, owner) for c in copies)
+        assert torch.allclose(sga_loss(tiny_model, images, text, owner, (0.5, 1.5)), expected, atol=1e-5)
+    sizes = []
+    encode = tiny_model.encode_image
+    monkeypatch.setattr(tiny_model, "encode_image",
+                        lambda x, **kw: (sizes.append(tuple(x.shape[-2:])), encode(x, **kw))[1])
+    RetrievalSGA(n_steps=2, scales=(0.5, 1.5)).attack_images(tiny_model, images, text, owner)
+    assert sizes == [(32, 32), (16, 16), (48, 48)] * 2
+
+
+def test_sga_caption_edits_move_away_from_the_guiding_image(tiny_model, coco, retrieval_mlm):
+    attack = make_attack("sga", retrieval_mlm)
+    images, text, owner = attack_inputs(tiny_model, coco)
+    with torch.no_grad():
+        guide = tiny_model.encode_image(images, normalize=True)[owner]
+    adversarial, changed = attack.attack_captions(tiny_model, coco.captions, guide)
+    assert len(adversarial) == len(coco.captions) and max(changed) <= 1 and sum(changed) > 0
+    before = (text * guide).sum(-1)
+    after = (encode_texts(tiny_model, adversarial) * guide).sum(-1)
+    assert (after <= before + 1e-6).all() and (after < before - 1e-6).any()
+    with pytest.raises(ValueError, match="pass image_embeddings"):
+        attack.attack_captions(tiny_model, coco.captions)
+
+
+def test_evaluate_sga_alternates_captions_and_images(tiny_model, coco, retrieval_mlm, monkeypatch):
+    guides, outputs, image_embeddings = [], [], []
+    attack_captions = RetrievalSGA.attack_captions
+    embed_images = retrieval._attacked_image_embeddings
+
+    def spy_captions(self, model, captions, image_embeddings=None):
+        guides.append(image_embeddings)
+        outputs.append(attack_captions(self, model, captions, image_embeddings))
+        return outputs[-1]
+
+    monkeypatch.setattr(RetrievalSGA, "attack_captions", spy_captions)
+    monkeypatch.setattr(retrieval, "_attacked_image_embeddings",
+                        lambda *a: (image_embeddings.append(embed_images(*a)), image_embeddings[-1])[1])
+    record = evaluate_retrieval(tiny_model, coco, "sga", mlm=retrieval_mlm,
+                                attack_params={"n_steps": 2}, batch_size=2, seed=1)
+    images, _, owner = attack_inputs(tiny_model, coco)
+    with torch.no_grad():
+        clean = tiny_model.encode_image(images, normalize=True)
+    assert len(guides) == 2 and torch.allclose(guides[0], clean[owner], atol=1e-6)
+    assert torch.equal(guides[1], image_embeddings[0][owner]) and not torch.allclose(guides[1], guides[0])
+    final_captions, final_changed = outputs[1]
+    expected = recall_at_k(image_embeddings[0] @ encode_texts(tiny_model, final_captions).T,
+                           coco.image_to_captions, coco.caption_to_image)
+    assert {k: record[k] for k in expected} == pytest.approx(expected)
+    assert record["n_captions_changed"] == sum(1 for c in final_changed if c)
+    assert record["attack"] == "sga" and record["attack_params"]["scales"] == (0.5, 0.75, 1.25, 1.5)
+
+
 def test_attack_parameters_and_names():
     assert RetrievalCoAttack().step_size == pytest.approx(2 / 255 / 10 * 1.25)
     assert RetrievalCoAttack().alpha == 3 and RetrievalPGD().eps == pytest.approx(2 / 255)
-    with pytest.raises(UnknownNameError, match="known: bert, clean, coattack, pgd"):
-        build_retrieval_attack("sga")
+    assert RetrievalSGA().step_size == pytest.approx(0.5 / 255) and RetrievalSGA().n_steps == 10
+    assert RetrievalSGA().eps == pytest.approx(2 / 255) and RetrievalSGA(scales=[2]).scales == (2.0,)
+    with pytest.raises(UnknownNameError, match="known: bert, clean, coattack, pgd, sga"):
+        build_retrieval_attack("apgd")
+    with pytest.raises(MmcoaError, match="scale must be in"):
+        build_retrieval_attack("sga", scales=(0.5, 0))
     with pytest.raises(MmcoaError, match="takes no parameter alpha"):
         build_retrieval_attack("pgd", alpha=3)
     with pytest.raises(MmcoaError, match="eps must be in"):
@@ -309,6 +372,13 @@ def test_evaluate_clean_matches_a_direct_computation(tiny_model, coco):
 def test_evaluate_from_root_with_a_subset(tiny_model, coco_root):
     record = evaluate_retrieval(tiny_model, coco_root, "clean", n_images=2)
     assert (record["n_images"], record["n_captions"]) == (2, 10)
+
+
+def test_evaluate_on_given_indices(tiny_model, coco):
+    record = evaluate_retrieval(tiny_model, coco, "clean", indices=[2, 0])
+    assert (record["n_images"], record["n_captions"]) == (2, 10)
+    subset = evaluate_retrieval(tiny_model, coco.subset([2, 0]), "clean")
+    assert {k: record[k] for k in ("i2t_r1", "t2i_r1")} == {k: subset[k] for k in ("i2t_r1", "t2i_r1")}
 
 
 def test_evaluate_pgd_attacks_each_image_once_with_all_captions(tiny_model, coco, monkeypatch):

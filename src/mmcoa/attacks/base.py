@@ -73,11 +73,17 @@ def register_attack(name: str):
 def build_attack(name: str, **params) -> Attack:
     """Instantiate the attack registered as ``name``; unknown names or parameters raise a
     one-line error listing what is accepted."""
-    cls = ATTACKS.get(name)
+    return build_registered(ATTACKS, name, **params)
+
+
+def build_registered(registry: Registry, name: str, **params):
+    """Instantiate the dataclass registered in ``registry`` as ``name`` with ``params``; unknown
+    names or parameters raise a one-line error listing what is accepted."""
+    cls = registry.get(name)
     accepted = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise MmcoaError(f"attack {name!r} takes no parameter {', '.join(unknown)}; "
+        raise MmcoaError(f"{registry.kind} {name!r} takes no parameter {', '.join(unknown)}; "
                          f"accepted: {', '.join(accepted) or 'none'}")
     return cls(**params)
 

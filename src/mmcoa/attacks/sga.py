@@ -19,6 +19,8 @@ final adversarial text. Defaults: eps 2/255, 10 steps, step 0.5/255, scales {0.5
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +42,19 @@ def scaled_copies(images: torch.Tensor, scales: tuple[float, ...]) -> list[torch
     return copies
 
 
-def away_from_image(classifier, image_features: torch.Tensor):
-    """BertAttack score: minus cosine between the candidate text and the owner's image."""
+def checked_scales(scales) -> tuple[float, ...]:
+    """The image scale set as floats, each in (0, 8], or a one-line error."""
+    for scale in scales:
+        check_range("scale", scale, 0, 8)
+    return tuple(float(s) for s in scales)
+
+
+def away_from_image(encode: Callable[[list[str]], torch.Tensor], image_features: torch.Tensor):
+    """BertAttack score: minus cosine between the candidate text (``encode``: texts → normalized
+    embeddings) and the image of the text it edits (row ``owner`` of ``image_features``)."""
 
     def score(owner: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        candidates = encode_unique(classifier, texts).to(image_features.device)
+        candidates = encode(texts).to(image_features.device)
         return -(image_features[owner.to(image_features.device)] * candidates).sum(-1).cpu()
 
     return score
@@ -65,25 +75,26 @@ class SGA(UsesBertAttack):
         check_range("eps", self.eps, 0, 1)
         check_range("step_size", self.step_size, 0, 1)
         check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
-        for scale in self.scales:
-            check_range("scale", scale, 0, 8)
-        self.scales = tuple(float(s) for s in self.scales)
+        self.scales = checked_scales(self.scales)
 
     def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
         model = classifier.model
         with eval_mode(model):
-            first = per_image_prompt_edits(self.engine, classifier, labels,
-                                           away_from_image(classifier, self._embed(model, images)))
+            first = self._guided_edits(classifier, labels, images)
             text_sets = self._text_sets(classifier, labels, first)
             adversarial = maximize(self._image_loss(model, text_sets), images, eps=self.eps,
                                    step_size=self.step_size, n_steps=self.n_steps,
                                    generator=generator)
-            final = per_image_prompt_edits(self.engine, classifier, labels,
-                                           away_from_image(classifier, self._embed(model, adversarial)))
+            final = self._guided_edits(classifier, labels, adversarial)
             result = prompt_edit_result(classifier, adversarial, labels, final)
         result.queries += sum(e.queries for e in first) / max(1, len(first))
         result.queries += self.n_steps * (1 + len(self.scales))
         return result
+
+    def _guided_edits(self, classifier, labels, images):
+        """Each image's own copy of its class prompt, edited away from the image."""
+        score = away_from_image(partial(encode_unique, classifier), self._embed(classifier.model, images))
+        return per_image_prompt_edits(self.engine, classifier, labels, score)
 
     @staticmethod
     @torch.no_grad()

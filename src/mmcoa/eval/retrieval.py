@@ -26,8 +26,13 @@ per-caption copies, so nothing is overwritten.
   over its adversarial captions (softmax over embedding dimensions; e, t normalized); eps 2/255,
   10 steps, step eps/steps·1.25, alpha 3, uniform two-sided random start. Retrieval then uses
   the adversarial images and the adversarial captions.
-
-SGA retrieval is not implemented yet.
+- ``sga``: Set-level Guidance Attack (Lu et al. 2023), the image-guided alternation of the SGA
+  project: (1) every caption is BERT-attacked away from its CLEAN image (the candidate of
+  least cosine to the image embedding); (2) each image ascends
+  ``-Σ_s Σ_c cos(f(resize_s(x')), g(t_c))`` over its set of step-1 adversarial captions and its
+  scaled copies ``s ∈ {1, 0.5, 0.75, 1.25, 1.5}``; (3) the clean captions are BERT-attacked
+  again, now away from the ADVERSARIAL image. Retrieval uses the step-2 images and the step-3
+  captions. eps 2/255, 10 steps, step 0.5/255, uniform random start, k 10, 1 word.
 """
 
 from __future__ import annotations
@@ -36,18 +41,20 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from mmcoa.attacks.base import check_range, eval_mode
+from mmcoa.attacks.base import build_registered, check_range, eval_mode
 from mmcoa.attacks.co_attack import embedding_kl
 from mmcoa.attacks.pgd import maximize
+from mmcoa.attacks.sga import away_from_image, checked_scales, scaled_copies
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions
-from mmcoa.eval.runner import attack_generator
+from mmcoa.eval.runner import attack_generator, sample_indices
 from mmcoa.registry import Registry
 
 DEFAULT_KS = (1, 5, 10)
@@ -125,9 +132,13 @@ class RetrievalAttack:
     """A retrieval threat model: optionally rewrites captions (:meth:`attack_captions`, once for
     the whole dataset), then perturbs image batches (:meth:`attack_images`) given, for the
     batch, the normalized embeddings ``text`` [M, D] of the captions in use and ``owner`` [M],
-    the batch position of each caption's image. Parameters are in pixel units (2/255)."""
+    the batch position of each caption's image. Parameters are in pixel units (2/255).
+
+    An ``image_guided`` attack's caption step needs image embeddings: it runs before the image
+    step, guided by the clean images, and again after it, guided by the adversarial images."""
 
     name: ClassVar[str] = "attack"
+    image_guided: ClassVar[bool] = False
 
     def prepare(self, device: str) -> None:
         """Load what the attack needs (a masked LM) before any evaluation work."""
@@ -135,8 +146,11 @@ class RetrievalAttack:
     def params(self) -> dict:
         return dataclasses.asdict(self)
 
-    def attack_captions(self, model, captions: list[str]) -> tuple[list[str], list[int]]:
-        """The captions to use and the words changed in each (unchanged by default)."""
+    def attack_captions(self, model, captions: list[str], image_embeddings: torch.Tensor | None = None
+                        ) -> tuple[list[str], list[int]]:
+        """The captions to use and the words changed in each (unchanged by default);
+        ``image_embeddings[j]`` is the normalized embedding of caption j's image (only for
+        ``image_guided`` attacks)."""
         return list(captions), [0] * len(captions)
 
     def attack_images(self, model, images: torch.Tensor, text: torch.Tensor, owner: torch.Tensor,
@@ -155,13 +169,7 @@ def register_retrieval_attack(name: str):
 def build_retrieval_attack(name: str, **params) -> RetrievalAttack:
     """The retrieval attack ``name`` with ``params``; unknown names or parameters raise a
     one-line error listing what is accepted."""
-    cls = RETRIEVAL_ATTACKS.get(name)
-    accepted = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise MmcoaError(f"retrieval attack {name!r} takes no parameter {', '.join(unknown)}; "
-                         f"accepted: {', '.join(accepted) or 'none'}")
-    return cls(**params)
+    return build_registered(RETRIEVAL_ATTACKS, name, **params)
 
 
 @register_retrieval_attack("clean")
@@ -229,11 +237,15 @@ class _UsesCaptionAttack(RetrievalAttack):
 
             self._engine = BertAttack(shared_mlm(self.mlm, device), k=self.k, max_words=self.max_words)
 
-    def attack_captions(self, model, captions):
+    @property
+    def engine(self):
         if self._engine is None:
             raise RuntimeError(f"call {self.name}.prepare(device) before attacking")
+        return self._engine
+
+    def attack_captions(self, model, captions, image_embeddings=None):
         with eval_mode(model):
-            edits = self._engine.attack_embeddings(list(captions), model)
+            edits = self.engine.attack_embeddings(list(captions), model)
         return [e.adversarial for e in edits], [e.changed_words for e in edits]
 
 
@@ -286,28 +298,63 @@ def coattack_loss(clean: torch.Tensor, moving: torch.Tensor, text: torch.Tensor,
     return embedding_kl(clean, moving) + alpha * per_image_sum(guided, owner, len(moving))
 
 
+@register_retrieval_attack("sga")
+@dataclass
+class RetrievalSGA(_UsesCaptionAttack, _ImageBudget):
+    """Set-level Guidance Attack for retrieval (see the module docstring): image-guided caption
+    edits, then a multi-scale image step against each image's set of adversarial captions."""
+
+    image_guided: ClassVar[bool] = True
+    scales: tuple[float, ...] = (0.5, 0.75, 1.25, 1.5)
+
+    def __post_init__(self):
+        _UsesCaptionAttack.__post_init__(self)
+        _ImageBudget.__post_init__(self)
+        self.scales = checked_scales(self.scales)
+
+    def attack_captions(self, model, captions, image_embeddings=None):
+        if image_embeddings is None:
+            raise ValueError("sga edits captions away from their images: pass image_embeddings")
+        with eval_mode(model):
+            score = away_from_image(partial(encode_texts, model), image_embeddings)
+            edits = self.engine.attack(list(captions), score)
+        return [e.adversarial for e in edits], [e.changed_words for e in edits]
+
+    def attack_images(self, model, images, text, owner, generator=None):
+        text = text.detach().float()
+        with eval_mode(model):
+            return self._maximize(lambda adv: sga_loss(model, adv, text, owner, self.scales),
+                                  images, generator)
+
+
+def sga_loss(model, images: torch.Tensor, text: torch.Tensor, owner: torch.Tensor,
+             scales: tuple[float, ...]) -> torch.Tensor:
+    """Per image: minus the summed cosine of the image and each of its scaled copies to each of
+    its captions (SGA's set-level image loss; ``text`` normalized)."""
+    return sum(pgd_loss(model.encode_image(copy, normalize=True).float(), text, owner)
+               for copy in scaled_copies(images, scales))
+
+
 # -- evaluation ----------------------------------------------------------------------------------
 def evaluate_retrieval(model, dataset: RetrievalDataset | str | os.PathLike,
                        attack: str | RetrievalAttack = "clean", *, mlm: str | None = None,
                        attack_params: dict | None = None, split: str = "test",
                        pretrained: str | None = None, device: str = "cpu", n_images: int | None = None,
-                       batch_size: int = 64, seed: int = 0, ks: Sequence[int] = DEFAULT_KS,
-                       progress: bool = False) -> dict:
-    """Retrieval R@K of ``model`` on ``dataset`` under ``attack``; one result record.
+                       indices: Sequence[int] | None = None, batch_size: int = 64, seed: int = 0,
+                       ks: Sequence[int] = DEFAULT_KS, progress: bool = False) -> dict:
+    """Retrieval R@K of ``model`` on ``dataset`` under ``attack``; one result record (paper
+    Table VI).
 
     ``model`` is a loaded :class:`VisionLanguageModel` or a model name (loaded with
     ``pretrained`` on ``device``); ``dataset`` a :class:`RetrievalDataset` or the MSCOCO root
     folder (``split`` of Karpathy's split file, at the model's input size). ``attack`` is a
     name from :data:`RETRIEVAL_ATTACKS` (built with ``attack_params`` and, for text attacks,
     ``mlm``) or an attack object. ``n_images`` takes a fixed seeded subset of the images with all
-    their captions. Each image batch is attacked with a generator seeded from ``(seed, batch
-    index, attack name and parameters)``.
+    their captions; ``indices`` (e.g. a suite's saved subset) names the images instead. Each
+    image batch is attacked with a generator seeded from ``(seed, batch index, attack name and
+    parameters)``.
     """
-    if isinstance(attack, str):
-        params = dict(attack_params or {})
-        if mlm is not None and "mlm" in {f.name for f in dataclasses.fields(RETRIEVAL_ATTACKS.get(attack))}:
-            params["mlm"] = mlm
-        attack = build_retrieval_attack(attack, **params)
+    attack = _as_attack(attack, attack_params, mlm)
     if batch_size < 1:
         raise MmcoaError(f"batch_size must be a positive integer; got {batch_size}")
     if n_images is not None and n_images < 1:
@@ -322,16 +369,14 @@ def evaluate_retrieval(model, dataset: RetrievalDataset | str | os.PathLike,
     attack.prepare(device if isinstance(model, str) else str(model.device))
     if isinstance(model, str):
         model = load_model(model, pretrained=pretrained, device=device)
-    if n_images is not None and n_images < len(dataset):
-        from mmcoa.eval.runner import sample_indices
-
-        dataset = dataset.subset(sample_indices(len(dataset), n_images, seed))
+    if indices is None and n_images is not None and n_images < len(dataset):
+        indices = sample_indices(len(dataset), n_images, seed)
+    if indices is not None:
+        dataset = dataset.subset(indices)
 
     started = time.perf_counter()
     with eval_mode(model):
-        captions, words_changed = attack.attack_captions(model, dataset.captions)
-        text = encode_texts(model, captions)
-        images = _attacked_image_embeddings(model, dataset, attack, text, batch_size, seed, progress)
+        words_changed, text, images = _attacked_embeddings(model, dataset, attack, batch_size, seed, progress)
         scores = recall_at_k(images @ text.T, dataset.image_to_captions, dataset.caption_to_image, ks)
     elapsed = time.perf_counter() - started
     return {
@@ -350,6 +395,37 @@ def evaluate_retrieval(model, dataset: RetrievalDataset | str | os.PathLike,
         "mean_words_changed": sum(words_changed) / len(words_changed),
         "n_captions_changed": sum(1 for w in words_changed if w),
     }
+
+
+def _as_attack(attack: str | RetrievalAttack, attack_params: dict | None, mlm: str | None) -> RetrievalAttack:
+    if not isinstance(attack, str):
+        return attack
+    params = dict(attack_params or {})
+    if mlm is not None and "mlm" in {f.name for f in dataclasses.fields(RETRIEVAL_ATTACKS.get(attack))}:
+        params["mlm"] = mlm
+    return build_retrieval_attack(attack, **params)
+
+
+def _attacked_embeddings(model, dataset, attack, batch_size, seed, progress):
+    """Words changed per caption, caption embeddings [M, D] and image embeddings [N, D] under
+    ``attack``: captions first, then images; an ``image_guided`` attack edits the clean
+    captions again against the adversarial images (SGA's alternation)."""
+    owner = torch.as_tensor(dataset.caption_to_image, device=model.device)
+    guide = _clean_image_embeddings(model, dataset, batch_size)[owner] if attack.image_guided else None
+    captions, words_changed = attack.attack_captions(model, dataset.captions, guide)
+    text = encode_texts(model, captions)
+    images = _attacked_image_embeddings(model, dataset, attack, text, batch_size, seed, progress)
+    if attack.image_guided:
+        captions, words_changed = attack.attack_captions(model, dataset.captions, images[owner])
+        text = encode_texts(model, captions)
+    return words_changed, text, images
+
+
+@torch.no_grad()
+def _clean_image_embeddings(model, dataset, batch_size: int) -> torch.Tensor:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    return torch.cat([model.encode_image(images.to(model.device), normalize=True).float()
+                      for images, _ in loader])
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ def evaluate(
     data_root: str | None = None,
     download: bool = False,
     n_samples: int | None = None,
+    indices: Sequence[int] | None = None,
     batch_size: int = 128,
     seed: int = 0,
     device: str = "cpu",
@@ -46,9 +47,10 @@ def evaluate(
     """Zero-shot accuracy of ``model`` on ``dataset`` under each attack; one record per attack.
 
     Names are resolved through the registries (string attacks use their default parameters);
-    every argument is checked before the model is loaded. Images of a batch are attacked with a
-    generator seeded from ``(seed, batch index, attack name and parameters)``, so a record does
-    not depend on which other attacks ran or in which order.
+    every argument is checked before the model is loaded. ``indices`` (e.g. a suite's saved
+    subset) fixes the evaluated samples instead of a seeded draw of ``n_samples``. Images of a
+    batch are attacked with a generator seeded from ``(seed, batch index, attack name and
+    parameters)``, so a record does not depend on which other attacks ran or in which order.
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
@@ -60,7 +62,9 @@ def evaluate(
         dataset = load_dataset(dataset, split=split, root=data_root, download=download)
     if isinstance(model, str):
         model = load_model(model, pretrained=pretrained, device=device)
-    indices = sample_indices(len(dataset), n_samples, seed)
+    if indices is None:
+        indices = sample_indices(len(dataset), n_samples, seed)
+    indices = _checked(indices, dataset)
     classifier = ZeroShotClassifier(model, dataset.prompts(template))
     with eval_mode(model):
         outcomes = _run(classifier, dataset, indices, attacks, batch_size, seed, progress)
@@ -75,6 +79,15 @@ def _check_run_args(attacks: Sequence[Attack], n_samples: int | None, batch_size
         raise MmcoaError(f"n_samples must be a positive integer (or omitted for all); got {n_samples}")
     if batch_size < 1:
         raise MmcoaError(f"batch_size must be a positive integer; got {batch_size}")
+
+
+def _checked(indices: Sequence[int], dataset) -> list[int]:
+    """``indices`` as ints, or a one-line error when one lies outside the dataset."""
+    indices = [int(i) for i in indices]
+    if not indices or min(indices) < 0 or max(indices) >= len(dataset):
+        raise MmcoaError(f"indices must be a non-empty list of sample positions in [0, {len(dataset)}) "
+                         f"of {dataset.name} {dataset.split}")
+    return indices
 
 
 def _run(classifier, dataset, indices, attacks, batch_size, seed, progress) -> list[Tally]:
