@@ -40,7 +40,6 @@ measured ``ours`` images/s of ``mmcoa`` on CUDA (pending when CUDA is absent).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -331,7 +330,7 @@ def bench_method(cfg: Config, name: str, base, dataset, images, labels, mlm, min
     method = METHODS.get(name)()
     model = copy.deepcopy(base)
     frozen = frozen_copy(model) if method.needs_frozen_copy else None
-    method.setup(model, dataset.image_size, method.default_towers)
+    method.setup(model, dataset.image_size, method.default_towers, train_config(cfg, name, 1, folder))
     prompts = dataset.prompts()
     trainable = sum(p.requires_grad for p in model.parameters())
     ours_held = ours_leak_check(cfg, method, model, frozen, prompts, images, labels)
@@ -369,43 +368,19 @@ def bench_method(cfg: Config, name: str, base, dataset, images, labels, mlm, min
     return rows
 
 
-@contextlib.contextmanager
-def trainer_generator_on(device: str):
-    """Yields None when the trainer's attack generator works on ``device``; otherwise the error.
-
-    The trainer seeds each step's attacks with ``derived_generator`` (a CPU generator), and
-    PGD's random start draws ``torch.rand(..., generator=g, device=images.device)``, which torch
-    refuses for a CPU generator and a CUDA tensor. Probed exactly so; on failure the trainer's
-    ``derived_generator`` is replaced, for the duration, by one giving the same seed on
-    ``device`` (no effect on timing), and the report says so: a trainer bug, not fixed here."""
-    try:
-        torch.rand(1, generator=trainer.derived_generator(0), device=device)
-    except RuntimeError as error:
-        original = trainer.derived_generator
-        trainer.derived_generator = lambda *parts: torch.Generator(device=device).manual_seed(
-            original(*parts).initial_seed())
-        try:
-            yield str(error).splitlines()[0]
-        finally:
-            trainer.derived_generator = original
-        return
-    yield None
-
-
 def bench_config(cfg: Config, methods, warmup: int, repeats: int) -> tuple[list[dict], dict]:
     base = mmcoa.load_model(cfg.model, pretrained=cfg.pretrained, device=cfg.device)
     dataset, data = training_batch(cfg)
     images, labels = dataset.images.to(cfg.device), dataset.labels.to(cfg.device)
     rows = []
-    with tempfile.TemporaryDirectory() as folder, trainer_generator_on(cfg.device) as generator_error:
+    with tempfile.TemporaryDirectory() as folder:
         mlm, min_logit, mlm_info = masked_lm(cfg, dataset.classnames, folder)
         for name in methods:
             started = time.perf_counter()
             rows += bench_method(cfg, name, base, dataset, images, labels, mlm, min_logit,
                                  warmup, repeats, folder)
             print(f"  [{cfg.name}] {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    info = {"data": data, "mlm": mlm_info, "min_logit": min_logit, "prompts": dataset.prompts(),
-            "trainer_generator_error": generator_error}
+    info = {"data": data, "mlm": mlm_info, "min_logit": min_logit, "prompts": dataset.prompts()}
     del base, mlm
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
@@ -437,10 +412,6 @@ def print_report(info: dict, rows: list[dict], details: dict) -> None:
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     for name, d in details.items():
         print(f"[{name}] data: {d['data']}; MLM: {d['mlm']}; min_logit {d['min_logit']}")
-        if d["trainer_generator_error"]:
-            print(f"[{name}] WARNING (trainer bug): the trainer's CPU attack generator fails on "
-                  f"{name.split()[-1]} ({d['trainer_generator_error']}); timed with the same seeds "
-                  "drawn by a generator on the device instead")
     header = (f"{'config':<18} {'method':<11} {'path':<10} {'prec':<4} {'batch x PGD':>11} "
               f"{'images/s':>9} {'(best)':>9} {'vs naive':>9} {'.grad after attack':>18} {'other load':>11}")
     print(header)

@@ -28,7 +28,8 @@ from mmcoa.train.trainer import build_optimizer, train
 
 ADVERSARIAL = ("tecoa", "mmcoa", "fare", "pmg-aft", "vp")
 DEFAULT_TOWERS = {"ft-standard": {"image", "text"}, "mmcoa": {"image", "text"}, "tecoa": {"image"},
-                  "fare": {"image"}, "pmg-aft": {"image"}, "vp": set()}
+                  "fare": {"image"}, "pmg-aft": {"image"}, "vp": set(), "advpt": set()}
+PROMPTED = {"vp": "visual_prompt", "advpt": "text_prompt"}  # methods that train a prompt module
 FINAL_FILES = ("final.pt", "metrics.json", "config.json", "shots.json", "metrics.jsonl",
                "checkpoints/last.pt")
 
@@ -89,14 +90,17 @@ def build(name, train_data, **overrides):
     model = mmcoa.load_model("tiny-clip")
     method = METHODS.get(name)()
     frozen = frozen_copy(model) if method.needs_frozen_copy else None
-    method.setup(model, train_data.image_size, method.default_towers)
+    method.setup(model, train_data.image_size, method.default_towers, config)
+    method.prepare(model, train_data, list(range(16)), config)  # the items of fixed_batch
     return config, model, method, frozen, build_optimizer(model, config)
 
 
-def context(config, model, frozen, prompts, seed=0):
+def context(config, model, frozen, prompts, seed=0, n=16):
+    """What the trainer passes for a batch of the first ``n`` items (``fixed_batch``)."""
     return StepContext(model=model, prompts=prompts, config=config,
                        generator=torch.Generator().manual_seed(seed),
-                       adversarial_prompts=adversarial_prompt_set(prompts), frozen=frozen)
+                       adversarial_prompts=adversarial_prompt_set(prompts), frozen=frozen,
+                       batch_indices=list(range(n)))
 
 
 def recording(function, store: list):
@@ -135,7 +139,7 @@ def test_each_method_trains_end_to_end(name, make_config):
     config = make_config(name)
     metrics = train(config, progress=False)
     run = config.output
-    for file in FINAL_FILES + (("prompt.pt",) if name == "vp" else ()):
+    for file in FINAL_FILES + (("prompt.pt",) if name in PROMPTED else ()):
         assert os.path.isfile(os.path.join(run, file)), file
     assert metrics == {**read_json(run, "metrics.json"), "versions": metrics["versions"]}
     assert metrics["steps"] == 2 and math.isfinite(metrics["final_loss"])
@@ -150,14 +154,14 @@ def test_each_method_trains_end_to_end(name, make_config):
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_each_method_lowers_its_loss_on_a_fixed_batch(name, train_data):
-    config, model, method, frozen, optimizer = build(name, train_data, lr=1e-2 if name == "vp" else 3e-4)
+    config, model, method, frozen, optimizer = build(name, train_data, lr=1e-2 if name in PROMPTED else 3e-4)
     if name == "fare":  # the model starts equal to FARE's frozen reference, i.e. at the loss floor:
         with torch.no_grad():  # start its image tower elsewhere so there is a loss to lower
             g = torch.Generator().manual_seed(1)
             for param in model.model.visual.parameters():
                 param.add_(0.05 * torch.randn(param.shape, generator=g))
     images, labels = fixed_batch(train_data)
-    prompts = train_data.prompts()
+    prompts = method.class_prompts(train_data, config, model)
     model.train()
     losses = []
     for _ in range(4):  # the same attack randomness every step: only the weights change
@@ -258,11 +262,13 @@ def test_gradients_reach_only_the_trained_parameters(name, towers, make_config, 
             assert param.grad is None, param_name
             assert torch.equal(before[param_name], after[param_name]), param_name
     assert moved == trained - ({"logit_scale"} if name == "fare" else set())  # FARE ignores the scale
-    prompt = model.visual_prompt
-    assert (prompt is not None) == (name == "vp")
-    if prompt is not None:
-        assert prompt.prompt.requires_grad and prompt.prompt.grad is not None
-        assert prompt.prompt.abs().sum() > 0  # moved from its zero init
+    assert (model.visual_prompt is not None) == (name == "vp")
+    assert (model.text_prompt is not None) == (name == "advpt")
+    if name in PROMPTED:
+        (param,) = getattr(model, PROMPTED[name]).parameters()
+        start = getattr(build(name, mmcoa.load_dataset("synthetic", split="train"))[1], PROMPTED[name])
+        assert param.requires_grad and param.grad is not None
+        assert not torch.equal(param, next(start.parameters()))  # it moved from its start
 
 
 @pytest.mark.parametrize("name", ADVERSARIAL)
@@ -493,3 +499,99 @@ def test_a_fresh_run_starts_clean_and_a_resumed_run_drops_rows_past_its_checkpoi
     train(resumed, resume=True, progress=False)
     rows = read_jsonl(config.output, "metrics.jsonl")
     assert [row["step"] for row in rows] == [1, 2, 3, 4] and rows[2]["loss"] != 0.0
+
+
+# -- prompt tuning: AdvPT's text context and the saved prompt files --------------------------------
+@pytest.mark.parametrize("model_name", ["tiny-clip", "tiny-clip-hf"])
+def test_text_context_started_from_a_phrase_encodes_like_that_phrase(model_name):
+    """Cross-check: the context initialised from "a photo of a" must make "X X X X cat." encode
+    exactly as the plain text "a photo of a cat." does; other texts are left alone."""
+    from mmcoa.models.prompts import text_context_for
+
+    model = mmcoa.load_model(model_name, pretrained="random" if model_name == "tiny-clip" else None)
+    context = text_context_for(model, n_ctx=4, init="a photo of a")
+    plain = model.encode_text(["a photo of a cat.", "a photo of a dog.", "a dog."])
+    model.text_prompt = context
+    prompted = model.encode_text([context.template.format("cat"), context.template.format("dog"),
+                                  "a dog."])
+    torch.testing.assert_close(prompted, plain, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        context.context.add_(1.0)
+    moved = model.encode_text([context.template.format("cat"), "a dog."])
+    assert not torch.allclose(moved[0], plain[0]) and torch.equal(moved[1], prompted[2])
+
+
+def test_advpt_attacks_images_once_before_training_within_budget(train_data, monkeypatch):
+    """The adversarial images are made in `prepare` (image tower only, eps-ball, [0, 1]) and
+    deterministically; no step runs an attack, and only the context gets a gradient."""
+    made = []
+    monkeypatch.setattr(methods_module, "maximize", recording(methods_module.maximize, made))
+    config, model, method, frozen, _ = build("advpt", train_data, train_eps=4 / 255, train_steps=3)
+    (adversarial,) = made
+    images, labels = fixed_batch(train_data)
+    assert (adversarial - images).abs().max() <= 4 / 255 + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1 and not torch.equal(adversarial, images)
+    first = method.adversarial_features.clone()
+    method.prepare(model, train_data, list(range(16)), config)
+    assert torch.equal(first, method.adversarial_features)
+    with torch.no_grad():
+        torch.testing.assert_close(first, model.encode_image(adversarial))
+    loss, _ = method.loss(context(config, model, frozen, method.class_prompts(train_data, config, model)),
+                          images, labels)
+    assert len(made) == 2  # the two prepare calls; the loss attacked nothing
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is not None] == ["text_prompt.context"]
+
+
+@pytest.mark.parametrize("name", sorted(PROMPTED))
+def test_saved_prompt_reattaches_and_evaluates(name, make_config, tmp_path, capsys):
+    """prompt.pt put back on a fresh model reproduces the trained prompt's embeddings, and
+    `mmcoa eval --prompt` uses it (with the context's own template for AdvPT)."""
+    from mmcoa.models.prompts import attach_prompt
+
+    config = make_config(name, max_steps=2)
+    models = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "load_model", recording(trainer.load_model, models))
+        train(config, progress=False)
+    fresh = mmcoa.load_model("tiny-clip", pretrained=os.path.join(config.output, "final.pt"))
+    template = attach_prompt(fresh, os.path.join(config.output, "prompt.pt"))
+    trained = models[0].eval()
+    images = fixed_batch(mmcoa.load_dataset("synthetic", split="train"), 4)[0]
+    texts = [(template or "a photo of a {}.").format(c) for c in ("cat", "dog")]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encode_image(images), trained.encode_image(images))
+        torch.testing.assert_close(fresh.encode_text(texts), trained.encode_text(texts))
+    assert (template is not None) == (name == "advpt")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "tiny-clip", "--pretrained", os.path.join(config.output, "final.pt"),
+                 "--prompt", os.path.join(config.output, "prompt.pt"), "--dataset", "synthetic",
+                 "--attacks", "clean", "--n-samples", "8", "--no-progress", "--output", str(out)]) == 0
+    (record,) = read_json(out)
+    assert record["n_samples"] == 8
+
+
+@pytest.mark.parametrize("content,words", [(None, "does not exist"), (b"garbage", "corrupt"),
+                                           ("state", "not an mmcoa prompt")])
+def test_bad_prompt_file_is_a_one_line_error_before_loading(content, words, tmp_path, capsys):
+    path = tmp_path / "prompt.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "state":
+        torch.save({"context": torch.zeros(2)}, path)
+    code = main(["eval", "--model", "tiny-clip", "--pretrained", "random", "--prompt", str(path),
+                 "--dataset", "synthetic", "--attacks", "clean", "--output", str(tmp_path / "o.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and words in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_step_attacks_draw_from_a_generator_on_the_training_device(make_config, monkeypatch):
+    """PGD draws its random start on the images' device, so the step's generator must live on
+    the training device (a CPU generator fails for CUDA images)."""
+    seen = []
+    real = methods_module.train_pgd
+    monkeypatch.setattr(methods_module, "train_pgd",
+                        lambda ctx, *a: seen.append(ctx.generator.device) or real(ctx, *a))
+    train(make_config("tecoa", max_steps=1), progress=False)
+    assert seen == [torch.device("cpu")]

@@ -65,6 +65,7 @@ def _add_eval(commands) -> None:
     p.add_argument("--max-words", type=int, default=None, help="words perturbed per prompt (default 1)")
     p.add_argument("--alpha", type=float, default=None, help="Co-Attack text-guidance weight (default 3)")
     p.add_argument("--template", default=None, help="prompt template with {} (default: the dataset's)")
+    p.add_argument("--prompt", default=None, help="a vp/advpt run's prompt.pt to put on the model")
     p.add_argument("--n-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
@@ -75,7 +76,7 @@ def _add_eval(commands) -> None:
 
 
 TRAIN_FLAGS = (  # flag, type, help; each overrides the YAML config's value when given
-    ("method", str, "ft-standard, tecoa, mmcoa, fare, pmg-aft, vp"),
+    ("method", str, "ft-standard, tecoa, mmcoa, fare, pmg-aft, vp, advpt"),
     ("model", str, None), ("pretrained", str, None), ("dataset", str, None),
     ("data-root", str, None), ("shots", str, "1, 5, 50 or full"), ("epochs", int, None),
     ("max-steps", int, None), ("batch-size", int, None), ("lr", float, None),
@@ -88,6 +89,7 @@ TRAIN_FLAGS = (  # flag, type, help; each overrides the YAML config's value when
     ("train-steps", int, "training PGD steps (default 2)"),
     ("text-attack-every", int, "recompute adversarial prompts every N steps (default 1)"),
     ("mlm", str, None), ("k", int, None), ("max-words", int, None), ("template", str, None),
+    ("n-ctx", int, "AdvPT: learnable text context tokens (default 4)"),
     ("precision", str, "fp32 or bf16"), ("save-every", int, "checkpoint every N steps"),
     ("seed", int, None), ("device", str, None), ("output", str, "run directory"),
 )
@@ -213,14 +215,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     attacks = build_attacks(args.attacks, attack_params_from_flags(args))
     check_device(args.device)
     _check_output(args.output)
-    records = evaluate(args.model, args.dataset, attacks, pretrained=args.pretrained,
+    model, template = _prompted_model(args) if args.prompt else (args.model, args.template)
+    records = evaluate(model, args.dataset, attacks, pretrained=args.pretrained,
                        split=args.split, data_root=args.data_root, download=args.download,
                        n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device, template=args.template, progress=not args.no_progress)
+                       device=args.device, template=template, progress=not args.no_progress)
     write_records(args.output, records)
     print(format_table(records))
     print(f"results written to {args.output}")
     return 0
+
+
+def _prompted_model(args: argparse.Namespace):
+    """The model with the prompt of ``--prompt`` on it, and the template to use (a text context
+    needs its own placeholder template unless ``--template`` is given)."""
+    from mmcoa.models import load_model
+    from mmcoa.models.prompts import attach_prompt, read_prompt
+
+    read_prompt(args.prompt)  # a bad file fails before the model loads
+    model = load_model(args.model, pretrained=args.pretrained, device=args.device)
+    template = attach_prompt(model, args.prompt)
+    return model, args.template or template
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ knowing the model. Texts enter as strings; tokenization also happens here.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator, Sequence
 
 import torch
@@ -50,6 +51,7 @@ class VisionLanguageModel(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.visual_prompt: nn.Module | None = None
+        self.text_prompt: nn.Module | None = None
 
     # -- backend hooks -------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -63,6 +65,10 @@ class VisionLanguageModel(nn.Module):
 
     def _raw_logit_scale(self) -> torch.Tensor:
         """The learnable log-temperature parameter."""
+        raise NotImplementedError
+
+    def token_embedding(self) -> nn.Embedding:
+        """The text tower's token-embedding table (where a ``text_prompt`` acts)."""
         raise NotImplementedError
 
     # -- public interface ----------------------------------------------------------------------
@@ -93,12 +99,31 @@ class VisionLanguageModel(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
-        """Text embeddings for a list of strings."""
+        """Text embeddings for a list of strings.
+
+        A ``text_prompt`` module, when set (adversarial prompt tuning), rewrites the token
+        embeddings of the prompts it owns, so attacks see the prompted model."""
         if isinstance(texts, str):
             raise MmcoaError("encode_text takes a list of strings, not one string")
         tokens = {k: v.to(self.device) for k, v in self.tokenize(list(texts)).items()}
-        features = self._encode_tokens(tokens)
+        with self._text_prompt_applied():
+            features = self._encode_tokens(tokens)
         return F.normalize(features, dim=-1) if normalize else features
+
+    @contextlib.contextmanager
+    def _text_prompt_applied(self):
+        """While encoding, route the token embeddings through ``text_prompt`` (a temporary
+        forward hook, so copies of the model carry no stale hook)."""
+        if self.text_prompt is None:
+            yield
+            return
+        prompt = self.text_prompt
+        handle = self.token_embedding().register_forward_hook(
+            lambda module, args, output: prompt(args[0], output))
+        try:
+            yield
+        finally:
+            handle.remove()
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -128,7 +153,10 @@ class VisionLanguageModel(nn.Module):
     def text_fingerprint(self) -> tuple:
         """Changes whenever a text-tower weight is modified in place (optimizer steps,
         ``load_state_dict``) or replaced: a cheap key for caches of text embeddings."""
-        return tuple((id(p), p._version) for _, p in self.tower_parameters("text"))
+        params = [p for _, p in self.tower_parameters("text")]
+        if self.text_prompt is not None:
+            params += list(self.text_prompt.parameters())
+        return tuple((id(p), p._version) for p in params)
 
     def describe(self) -> str:
         return f"{self.name} ({self.pretrained or 'random init'})"

@@ -46,6 +46,9 @@ class HFClipModel(VisionLanguageModel):
     def _raw_logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale
 
+    def token_embedding(self):
+        return self.model.text_model.embeddings.token_embedding
+
 
 def check_tokenizer(tokenizer, model_vocab_size: int, name: str) -> None:
     """Refuse the empty tokenizer transformers 5 returns offline, and mismatched vocabularies."""

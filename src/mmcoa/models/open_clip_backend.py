@@ -61,6 +61,10 @@ class OpenClipModel(VisionLanguageModel):
     def _raw_logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale
 
+    def token_embedding(self):
+        text = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps it in .text
+        return text.token_embedding
+
 
 def is_open_clip_name(name: str) -> bool:
     return name.startswith("hf-hub:") or name in _open_clip().list_models()

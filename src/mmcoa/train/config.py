@@ -47,6 +47,7 @@ class TrainConfig:
     k: int = 10
     max_words: int = 1
     template: str | None = None
+    n_ctx: int = 4
     precision: str = "fp32"
     save_every: int = 0
     seed: int = 0
@@ -64,7 +65,8 @@ class TrainConfig:
                f"got {self.precision!r}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}; "
                f"got {self.schedule!r}")
-        for name in ("epochs", "batch_size", "train_steps", "text_attack_every", "k", "max_words"):
+        for name in ("epochs", "batch_size", "train_steps", "text_attack_every", "k", "max_words",
+                     "n_ctx"):
             _check(getattr(self, name) >= 1, f"{name} must be at least 1; got {getattr(self, name)}")
         _check(self.lr > 0, f"lr must be positive; got {self.lr}")
         _check(0 < self.train_eps <= 1, f"train_eps must be in (0, 1] pixels; got {self.train_eps}")

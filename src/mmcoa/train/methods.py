@@ -12,13 +12,15 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from mmcoa.attacks.pgd import PGD, maximize
+from mmcoa.attacks.co_attack import embedding_kl
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
+from mmcoa.models.prompts import PaddingPrompt, text_context_for
 from mmcoa.registry import Registry
 from mmcoa.train.objectives import (class_aware_contrastive_loss, fare_loss, mmcoa_loss,
                                     pmg_aft_loss)
-from mmcoa.train.prompts import PaddingPrompt
 
 METHODS: Registry[type["Method"]] = Registry("method")
 
@@ -33,6 +35,7 @@ class StepContext:
     generator: torch.Generator
     adversarial_prompts: list[str] | None = None
     frozen: VisionLanguageModel | None = None
+    batch_indices: list[int] | None = None  # the batch's dataset indices
     extras: dict = field(default_factory=dict)
 
 
@@ -52,9 +55,16 @@ class Method:
     needs_frozen_copy = False
     needs_text_attack = False
 
-    def setup(self, model: VisionLanguageModel, image_size, towers) -> None:
+    def setup(self, model: VisionLanguageModel, image_size, towers, config) -> None:
         """Choose the trainable parameters (and add prompt modules)."""
         model.set_trainable(towers)
+
+    def class_prompts(self, dataset, config, model: VisionLanguageModel) -> list[str]:
+        """The class prompts the losses use (the dataset's, or ``config.template``'s)."""
+        return dataset.prompts(config.template)
+
+    def prepare(self, model: VisionLanguageModel, dataset, indices: list[int], config) -> None:
+        """Work done once before the first step (after a resume too); nothing by default."""
 
     def loss(self, ctx: StepContext, images, labels) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -162,13 +172,66 @@ class VisualPrompting(Method):
 
     default_towers = ()
 
-    def setup(self, model, image_size, towers):
+    def setup(self, model, image_size, towers, config):
         model.set_trainable(towers)
         model.visual_prompt = PaddingPrompt(image_size).to(model.device)
 
     def loss(self, ctx, images, labels):
         loss = contrastive(ctx, train_pgd(ctx, images, labels), ctx.prompts, labels)
         return loss, {"image_adv": loss.item()}
+
+
+@register_method("advpt")
+class AdvPT(Method):
+    """Adversarial prompt tuning (AdvPT, Zhang et al. 2023; paper Table VII): learnable text
+    context vectors (``n_ctx``, CoOp-style, starting from "a photo of a") aligned with the
+    embeddings of adversarial images made once, before training, against the frozen image
+    encoder alone (PGD maximizing KL(softmax(f(x)) ‖ softmax(f(x_adv))) over embedding
+    dimensions, as the paper describes AdvPT's attack). Loss: cross-entropy of
+    ``logit_scale · cos(f(x_adv), g(prompt_c))`` over the class prompts; the model is frozen."""
+
+    default_towers = ()
+
+    def setup(self, model, image_size, towers, config):
+        model.set_trainable(towers)
+        model.text_prompt = text_context_for(model, config.n_ctx, seed=config.seed)
+
+    def class_prompts(self, dataset, config, model):
+        return dataset.prompts(model.text_prompt.template)
+
+    def prepare(self, model, dataset, indices, config):
+        """Adversarial image embeddings of every training item, in ``indices`` order (kept on
+        the CPU; seeded per chunk, so a resumed run recomputes the same ones)."""
+        from mmcoa.train.trainer import derived_generator
+
+        model.eval()
+        chunks = []
+        for start in range(0, len(indices), config.batch_size):
+            chunk = indices[start:start + config.batch_size]
+            images = torch.stack([dataset[i][0] for i in chunk]).to(model.device)
+            generator = derived_generator(config.seed, start, 2, device=model.device)
+            chunks.append(image_only_adversarial_features(model, images, config, generator).cpu())
+        self.row_of = {index: row for row, index in enumerate(indices)}
+        self.adversarial_features = torch.cat(chunks)
+
+    def loss(self, ctx, images, labels):
+        rows = torch.tensor([self.row_of[i] for i in ctx.batch_indices])
+        adv_features = self.adversarial_features[rows].to(images.device)
+        text = F.normalize(ctx.model.encode_text(ctx.prompts), dim=-1)
+        logits = ctx.model.logit_scale * F.normalize(adv_features, dim=-1) @ text.T
+        loss = F.cross_entropy(logits, labels)
+        return loss, {"prompt_adv": loss.item()}
+
+
+def image_only_adversarial_features(model, images, config, generator) -> torch.Tensor:
+    """f(x_adv) for PGD maximizing KL(softmax(f(x)) ‖ softmax(f(x_adv))): no text involved."""
+    with torch.no_grad():
+        clean = model.encode_image(images)
+    adv = maximize(lambda x: embedding_kl(clean, model.encode_image(x)), images,
+                   eps=config.train_eps, step_size=config.train_step_size,
+                   n_steps=config.train_steps, generator=generator, precision=config.precision)
+    with torch.no_grad():
+        return model.encode_image(adv)
 
 
 def frozen_copy(model: VisionLanguageModel) -> VisionLanguageModel:

@@ -24,6 +24,7 @@ from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions, write_json_atomic
 from mmcoa.models import load_model, validate_model_name
 from mmcoa.models.base import MAX_LOGIT_SCALE
+from mmcoa.models.prompts import prompt_payload
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext, frozen_copy
 from mmcoa.train.shots import dataset_labels, few_shot_indices
@@ -44,7 +45,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     model = load_model(config.model, pretrained=config.pretrained, device=config.device)
     towers = TOWER_CHOICES[config.train_towers] if config.train_towers else method.default_towers
     frozen = frozen_copy(model) if method.needs_frozen_copy else None
-    method.setup(model, dataset.image_size or tuple(dataset[0][0].shape[-2:]), towers)
+    method.setup(model, dataset.image_size or tuple(dataset[0][0].shape[-2:]), towers, config)
     optimizer = build_optimizer(model, config)
     schedule = build_schedule(optimizer, config, total_steps(config, len(indices)))
     state = {"step": 0, "adversarial_prompts": None}
@@ -53,6 +54,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     text_attack = BertAttack(shared_mlm(config.mlm, config.device), k=config.k,
                              max_words=config.max_words) if method.needs_text_attack and config.beta else None
     loop = _Loop(config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack, run)
+    method.prepare(model, dataset, indices, config)
     # Every setting has been checked (model, MLM, template, optimizer): only now write the run.
     _prepare_run_logs(run, state["step"])
     _write_json(run / "shots.json", {"shots": config.shots, "seed": config.seed, "indices": indices})
@@ -114,12 +116,13 @@ def build_schedule(optimizer, config: TrainConfig, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def derived_generator(*parts: int) -> torch.Generator:
-    """A CPU generator seeded from integers (e.g. seed and step): no state to save."""
+def derived_generator(*parts: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded from integers (e.g. seed and step): no state to save.
+    Attacks draw their random starts on the images' device, so they need a generator there."""
     seed = 0
     for part in parts:
         seed = (seed * 1_000_003 + int(part)) % (2 ** 63 - 1)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 class _Loop:
@@ -130,7 +133,7 @@ class _Loop:
         self.config, self.method, self.model, self.frozen = config, method, model, frozen
         self.dataset, self.indices = dataset, indices
         self.optimizer, self.schedule, self.text_attack, self.run_dir = optimizer, schedule, text_attack, run
-        self.prompts = dataset.prompts(config.template)
+        self.prompts = method.class_prompts(dataset, config, model)
         self.steps = total_steps(config, len(indices))
         self.per_epoch = math.ceil(len(indices) / config.batch_size)
 
@@ -139,8 +142,8 @@ class _Loop:
         bar = tqdm(total=self.steps, initial=state["step"], desc=f"train {self.config.method}",
                    unit="step", disable=not progress)
         for step in range(state["step"], self.steps):
-            images, labels = self._batch(step)
-            loss, terms = self._step(step, state, images, labels)
+            images, labels, chosen = self._batch(step)
+            loss, terms = self._step(step, state, images, labels, chosen)
             losses.append(loss)
             state["step"] = step + 1
             self._log(step, loss, terms, len(labels), started)
@@ -155,15 +158,18 @@ class _Loop:
         epoch, position = divmod(step, self.per_epoch)
         order = torch.randperm(len(self.indices), generator=derived_generator(self.config.seed, epoch))
         chosen = order[position * self.config.batch_size:(position + 1) * self.config.batch_size]
-        items = [self.dataset[self.indices[int(i)]] for i in chosen]
+        chosen = [self.indices[int(i)] for i in chosen]
+        items = [self.dataset[i] for i in chosen]
         images = torch.stack([image for image, _ in items]).to(self.config.device)
-        return images, torch.tensor([label for _, label in items], device=self.config.device)
+        return images, torch.tensor([label for _, label in items], device=self.config.device), chosen
 
-    def _step(self, step: int, state: dict, images, labels) -> tuple[float, dict]:
+    def _step(self, step: int, state: dict, images, labels, chosen=None) -> tuple[float, dict]:
         self._refresh_adversarial_prompts(step, state)
         ctx = StepContext(model=self.model, prompts=self.prompts, config=self.config,
-                          generator=derived_generator(self.config.seed, step, 1),
-                          adversarial_prompts=state["adversarial_prompts"], frozen=self.frozen)
+                          generator=derived_generator(self.config.seed, step, 1,
+                                                      device=self.config.device),
+                          adversarial_prompts=state["adversarial_prompts"], frozen=self.frozen,
+                          batch_indices=chosen)
         self.model.train()
         with self._autocast():
             loss, terms = self.method.loss(ctx, images, labels)
@@ -211,10 +217,12 @@ class _Loop:
         _save_atomic(payload, self.run_dir / "checkpoints" / "last.pt")
 
     def _export(self, state: dict, losses: list[float], elapsed: float) -> dict:
-        """final.pt (plain backend state dict: open_clip loads it), prompt.pt for VP, metrics."""
+        """final.pt (plain backend state dict: open_clip loads it), prompt.pt for VP and AdvPT
+        (``mmcoa eval --prompt``), metrics."""
         _save_atomic(self.model.model.state_dict(), self.run_dir / "final.pt")
-        if self.model.visual_prompt is not None:
-            _save_atomic(self.model.visual_prompt.state_dict(), self.run_dir / "prompt.pt")
+        for prompt in (self.model.visual_prompt, self.model.text_prompt):
+            if prompt is not None:
+                _save_atomic(prompt_payload(prompt), self.run_dir / "prompt.pt")
         metrics = {"steps": state["step"], "final_loss": losses[-1] if losses else None,
                    "elapsed_s": round(elapsed, 3), "images_per_s": _rate(losses, elapsed, self.config),
                    "n_train_items": len(self.indices), "versions": versions()}
