@@ -210,19 +210,23 @@ def build_attacks(names: str, params: dict) -> list:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mmcoa.devices import check_device
+    from mmcoa.distributed import world_from_env
     from mmcoa.eval import evaluate, format_table, write_records
 
     attacks = build_attacks(args.attacks, attack_params_from_flags(args))
     check_device(args.device)
     _check_output(args.output)
+    world, args.device = world_from_env(args.device)  # torchrun: shard the samples
     model, template = _prompted_model(args) if args.prompt else (args.model, args.template)
     records = evaluate(model, args.dataset, attacks, pretrained=args.pretrained,
                        split=args.split, data_root=args.data_root, download=args.download,
                        n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device, template=template, progress=not args.no_progress)
-    write_records(args.output, records)
-    print(format_table(records))
-    print(f"results written to {args.output}")
+                       device=args.device, template=template, progress=not args.no_progress,
+                       world=world)
+    if world.is_main:
+        write_records(args.output, [{**r, "world_size": world.size} for r in records])
+        print(format_table(records))
+        print(f"results written to {args.output}")
     return 0
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from typing import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from mmcoa.attacks import Attack, build_attack, eval_mode
 from mmcoa.data import ClassificationDataset, load_dataset
+from mmcoa.distributed import SINGLE, World, max_over_ranks, sum_over_ranks
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.metrics import Tally
 from mmcoa.eval.results import versions
@@ -25,6 +26,11 @@ def sample_indices(n_total: int, n_samples: int | None, seed: int) -> list[int]:
         return list(range(n_total))
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(n_total, generator=generator)[:n_samples].tolist())
+
+
+def indices_sha1(indices: Sequence[int]) -> str:
+    """SHA-1 of an index list: two records with the same value evaluated the same samples."""
+    return hashlib.sha1(repr([int(i) for i in indices]).encode()).hexdigest()
 
 
 def evaluate(
@@ -43,6 +49,7 @@ def evaluate(
     device: str = "cpu",
     template: str | None = None,
     progress: bool = True,
+    world: World = SINGLE,
 ) -> list[dict]:
     """Zero-shot accuracy of ``model`` on ``dataset`` under each attack; one record per attack.
 
@@ -66,8 +73,12 @@ def evaluate(
         indices = sample_indices(len(dataset), n_samples, seed)
     indices = _checked(indices, dataset)
     classifier = ZeroShotClassifier(model, dataset.prompts(template))
-    with eval_mode(model):
-        outcomes = _run(classifier, dataset, indices, attacks, batch_size, seed, progress)
+    batches = [(b, indices[start:start + batch_size])
+               for b, start in enumerate(range(0, len(indices), batch_size))]
+    with eval_mode(model):  # under torchrun each rank takes every size-th batch
+        outcomes = _run(classifier, dataset, batches[world.rank::world.size], attacks, seed,
+                        progress and world.is_main)
+    outcomes = [(_summed(tally, world, model.device), prompts) for tally, prompts in outcomes]
     return [_record(model, dataset, attack, tally, prompts, indices, seed)
             for attack, (tally, prompts) in zip(attacks, outcomes)]
 
@@ -90,14 +101,17 @@ def _checked(indices: Sequence[int], dataset) -> list[int]:
     return indices
 
 
-def _run(classifier, dataset, indices, attacks, batch_size, seed, progress) -> list[Tally]:
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+def _run(classifier, dataset, batches, attacks, seed, progress) -> list[Tally]:
+    """Tallies of each attack over ``batches`` of (batch index, sample indices); the batch index
+    seeds the attacks, so a batch is attacked alike whichever process runs it."""
     tallies = [Tally() for _ in attacks]
     prompts: list[list[str] | None] = [None] * len(attacks)
     device = classifier.model.device
-    bar = tqdm(loader, desc="eval", unit="batch", disable=not progress)
-    for batch_index, (images, labels) in enumerate(bar):
-        images, labels = images.to(device), labels.to(device)
+    bar = tqdm(batches, desc="eval", unit="batch", disable=not progress)
+    for batch_index, chunk in bar:
+        items = [dataset[i] for i in chunk]
+        images = torch.stack([image for image, _ in items]).to(device)
+        labels = torch.tensor([label for _, label in items], device=device)
         clean_logits = _predict(classifier, images)
         for attack_index, (attack, tally) in enumerate(zip(attacks, tallies)):
             generator = attack_generator(device, seed, batch_index, attack.name, attack.params())
@@ -109,6 +123,17 @@ def _run(classifier, dataset, indices, attacks, batch_size, seed, progress) -> l
             prompts[attack_index] = result.adversarial_prompts
         bar.set_postfix({a.name: f"{t.accuracy:.3f}" for a, t in zip(attacks, tallies)})
     return list(zip(tallies, prompts))
+
+
+def _summed(tally: Tally, world: World, device) -> Tally:
+    """The counts of all ranks added up (elapsed time: the slowest rank's)."""
+    if not world.distributed:
+        return tally
+    names = [f.name for f in dataclasses.fields(Tally) if f.name != "elapsed_s"]
+    totals = sum_over_ranks([float(getattr(tally, n)) for n in names], world, device)
+    summed = Tally(**{n: type(getattr(tally, n))(v) for n, v in zip(names, totals)})
+    summed.elapsed_s = max_over_ranks(tally.elapsed_s, world, device)
+    return summed
 
 
 @torch.no_grad()
@@ -141,5 +166,5 @@ def _record(model, dataset, attack, tally: Tally, prompts, indices, seed) -> dic
         "queries_per_sample": tally.queries_per_sample,
         "mean_words_changed": tally.mean_words_changed,
         "adversarial_prompts": prompts,
-        "sample_indices_sha1": hashlib.sha1(repr(indices).encode()).hexdigest(),
+        "sample_indices_sha1": indices_sha1(indices),
     }

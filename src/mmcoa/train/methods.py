@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from mmcoa.attacks.pgd import PGD, maximize
 from mmcoa.attacks.co_attack import embedding_kl
+from mmcoa.distributed import SINGLE, World, gather_rows, gather_with_grad
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
 from mmcoa.models.prompts import PaddingPrompt, text_context_for
 from mmcoa.registry import Registry
@@ -36,7 +37,15 @@ class StepContext:
     adversarial_prompts: list[str] | None = None
     frozen: VisionLanguageModel | None = None
     batch_indices: list[int] | None = None  # the batch's dataset indices
+    world: World = SINGLE
     extras: dict = field(default_factory=dict)
+
+    def gather(self, features: torch.Tensor) -> torch.Tensor:
+        """The global batch's features for batch-coupled losses (identity in one process)."""
+        return gather_with_grad(features, self.world)
+
+    def gather_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return gather_rows(labels, self.world)
 
 
 def register_method(name: str):
@@ -80,9 +89,11 @@ def train_pgd(ctx: StepContext, images, labels) -> torch.Tensor:
 
 
 def contrastive(ctx: StepContext, images, prompts, labels) -> torch.Tensor:
+    """The class-aware contrastive loss (paper Eq. 7-8) over the global batch."""
     model = ctx.model
-    return class_aware_contrastive_loss(model.encode_image(images), model.encode_text(prompts),
-                                        labels, model.logit_scale)
+    return class_aware_contrastive_loss(ctx.gather(model.encode_image(images)),
+                                        model.encode_text(prompts), ctx.gather_labels(labels),
+                                        model.logit_scale)
 
 
 @register_method("ft-standard")
@@ -122,8 +133,13 @@ class MMCoA(Method):
         if config.beta:
             clean_features = model.encode_image(images)
             adv_text = model.encode_text(ctx.adversarial_prompts)
-        return mmcoa_loss(adv_features, clean_features, clean_text, adv_text, labels,
-                          model.logit_scale, alpha=config.alpha, beta=config.beta)
+        return mmcoa_loss(_gathered(ctx, adv_features), _gathered(ctx, clean_features), clean_text,
+                          adv_text, ctx.gather_labels(labels), model.logit_scale,
+                          alpha=config.alpha, beta=config.beta)
+
+
+def _gathered(ctx: StepContext, features: torch.Tensor | None) -> torch.Tensor | None:
+    return None if features is None else ctx.gather(features)
 
 
 @register_method("fare")

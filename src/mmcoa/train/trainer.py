@@ -20,6 +20,8 @@ from mmcoa.attacks.bert import shared_mlm
 from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data import load_dataset
 from mmcoa.devices import check_device
+from mmcoa.distributed import (SINGLE, World, average_gradients, barrier, broadcast_object,
+                               mean_over_ranks, world_from_env)
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions, write_json_atomic
 from mmcoa.models import load_model, validate_model_name
@@ -38,6 +40,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     method = METHODS.get(config.method)()
     validate_model_name(config.model)
     check_device(config.device)
+    world, device = world_from_env(config.device)
+    config = dataclasses.replace(config, device=device)
+    if config.batch_size < world.size:
+        raise MmcoaError(f"batch_size {config.batch_size} is smaller than the {world.size} processes")
     run = Path(config.output)
     checkpoint = _load_checkpoint(run, config) if resume else None
     dataset = load_dataset(config.dataset, split="train", root=config.data_root)
@@ -53,13 +59,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         state = _restore(checkpoint, model, optimizer, schedule)
     text_attack = BertAttack(shared_mlm(config.mlm, config.device), k=config.k,
                              max_words=config.max_words) if method.needs_text_attack and config.beta else None
-    loop = _Loop(config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack, run)
+    loop = _Loop(config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack,
+                 run, world)
     method.prepare(model, dataset, indices, config)
     # Every setting has been checked (model, MLM, template, optimizer): only now write the run.
-    _prepare_run_logs(run, state["step"])
-    _write_json(run / "shots.json", {"shots": config.shots, "seed": config.seed, "indices": indices})
-    _write_json(run / "config.json", {**dataclasses.asdict(config), "towers": list(towers)})
-    return loop.run(state, progress)
+    if world.is_main:
+        _prepare_run_logs(run, state["step"])
+        _write_json(run / "shots.json", {"shots": config.shots, "seed": config.seed, "indices": indices})
+        _write_json(run / "config.json", {**dataclasses.asdict(config), "towers": list(towers),
+                                          "world_size": world.size})
+    return loop.run(state, progress and world.is_main)
 
 
 LOGS = ("metrics.jsonl", "adversarial_prompts.jsonl")
@@ -129,8 +138,9 @@ class _Loop:
     """One run's state and steps; kept small so each piece reads on its own."""
 
     def __init__(self, config, method, model, frozen, dataset, indices, optimizer, schedule,
-                 text_attack, run: Path):
+                 text_attack, run: Path, world: World = SINGLE):
         self.config, self.method, self.model, self.frozen = config, method, model, frozen
+        self.world = world
         self.dataset, self.indices = dataset, indices
         self.optimizer, self.schedule, self.text_attack, self.run_dir = optimizer, schedule, text_attack, run
         self.prompts = method.class_prompts(dataset, config, model)
@@ -146,41 +156,51 @@ class _Loop:
             loss, terms = self._step(step, state, images, labels, chosen)
             losses.append(loss)
             state["step"] = step + 1
-            self._log(step, loss, terms, len(labels), started)
+            self._log(step, loss, terms, len(labels) * self.world.size, started)
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3g}" for k, v in terms.items()})
             if self._should_save(step + 1):
                 self._save(state)
         bar.close()
-        return self._export(state, losses, time.perf_counter() - started)
+        metrics = self._export(state, losses, time.perf_counter() - started)
+        barrier(self.world)
+        return metrics
 
     def _batch(self, step: int):
+        """This rank's shard of the step's global batch (every rank draws the same order)."""
         epoch, position = divmod(step, self.per_epoch)
         order = torch.randperm(len(self.indices), generator=derived_generator(self.config.seed, epoch))
         chosen = order[position * self.config.batch_size:(position + 1) * self.config.batch_size]
-        chosen = [self.indices[int(i)] for i in chosen]
+        chosen = self.world.shard([self.indices[int(i)] for i in chosen])
         items = [self.dataset[i] for i in chosen]
         images = torch.stack([image for image, _ in items]).to(self.config.device)
         return images, torch.tensor([label for _, label in items], device=self.config.device), chosen
 
     def _step(self, step: int, state: dict, images, labels, chosen=None) -> tuple[float, dict]:
         self._refresh_adversarial_prompts(step, state)
+        ranked = (self.world.rank,) if self.world.distributed else ()
         ctx = StepContext(model=self.model, prompts=self.prompts, config=self.config,
-                          generator=derived_generator(self.config.seed, step, 1,
+                          generator=derived_generator(self.config.seed, step, 1, *ranked,
                                                       device=self.config.device),
                           adversarial_prompts=state["adversarial_prompts"], frozen=self.frozen,
-                          batch_indices=chosen)
+                          batch_indices=chosen, world=self.world)
         self.model.train()
         with self._autocast():
             loss, terms = self.method.loss(ctx, images, labels)
         terms["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.trainable, self.world)
+        terms["grad_norm"] = _grad_norm(self.trainable)
         self.optimizer.step()
         self.schedule.step()
         with torch.no_grad():
             self.model._raw_logit_scale().clamp_(max=math.log(MAX_LOGIT_SCALE))
-        return loss.item(), terms
+        return mean_over_ranks(loss.item(), self.world, self.config.device), terms
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _autocast(self):
         dtype = torch.bfloat16 if self.config.precision == "bf16" else None
@@ -193,12 +213,15 @@ class _Loop:
                                         and step % self.config.text_attack_every):
             return
         self.model.eval()
-        edits = self.text_attack.attack_embeddings(self.prompts, self.model)
-        state["adversarial_prompts"] = [e.adversarial for e in edits]
-        _append_jsonl(self.run_dir / "adversarial_prompts.jsonl",
-                      {"step": step, "prompts": state["adversarial_prompts"]})
+        prompts = None
+        if self.world.is_main:  # one rank attacks; every rank trains on its prompts
+            prompts = [e.adversarial for e in self.text_attack.attack_embeddings(self.prompts, self.model)]
+            _append_jsonl(self.run_dir / "adversarial_prompts.jsonl", {"step": step, "prompts": prompts})
+        state["adversarial_prompts"] = broadcast_object(prompts, self.world)
 
     def _log(self, step, loss, terms, n, started) -> None:
+        if not self.world.is_main:
+            return
         elapsed = time.perf_counter() - started
         _append_jsonl(self.run_dir / "metrics.jsonl",
                       {"step": step + 1, "epoch": step // self.per_epoch, "loss": loss, **terms,
@@ -209,6 +232,8 @@ class _Loop:
         return (every and done % every == 0) or done % self.per_epoch == 0 or done == self.steps
 
     def _save(self, state: dict) -> None:
+        if not self.world.is_main:
+            return
         payload = {"format": CHECKPOINT_FORMAT, "step": state["step"],
                    "adversarial_prompts": state["adversarial_prompts"],
                    "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -218,16 +243,28 @@ class _Loop:
 
     def _export(self, state: dict, losses: list[float], elapsed: float) -> dict:
         """final.pt (plain backend state dict: open_clip loads it), prompt.pt for VP and AdvPT
-        (``mmcoa eval --prompt``), metrics."""
+        (``mmcoa eval --prompt``), metrics; written by rank 0."""
+        if not self.world.is_main:
+            return self._metrics(state, losses, elapsed)
         _save_atomic(self.model.model.state_dict(), self.run_dir / "final.pt")
         for prompt in (self.model.visual_prompt, self.model.text_prompt):
             if prompt is not None:
                 _save_atomic(prompt_payload(prompt), self.run_dir / "prompt.pt")
-        metrics = {"steps": state["step"], "final_loss": losses[-1] if losses else None,
-                   "elapsed_s": round(elapsed, 3), "images_per_s": _rate(losses, elapsed, self.config),
-                   "n_train_items": len(self.indices), "versions": versions()}
+        metrics = self._metrics(state, losses, elapsed)
         _write_json(self.run_dir / "metrics.json", metrics)
         return metrics
+
+    def _metrics(self, state: dict, losses: list[float], elapsed: float) -> dict:
+        return {"steps": state["step"], "final_loss": losses[-1] if losses else None,
+                "elapsed_s": round(elapsed, 3), "images_per_s": _rate(losses, elapsed, self.config),
+                "n_train_items": len(self.indices), "world_size": self.world.size,
+                "versions": versions()}
+
+
+def _grad_norm(parameters) -> float:
+    """L2 norm of all gradients of the step (after averaging over ranks)."""
+    grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
 
 
 def _rate(losses, elapsed, config) -> float | None:

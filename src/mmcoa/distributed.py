@@ -1,0 +1,161 @@
+"""Multi-process training and evaluation under ``torchrun`` (gloo on CPU, nccl on CUDA).
+
+``torchrun --nproc_per_node N -m mmcoa train ...`` starts N processes; each reads its rank from
+the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``). Training splits every global batch
+into equal contiguous shards, one per rank, and after ``backward`` averages the gradients of
+all ranks in one flattened all-reduce, so the update equals a single process's on the global
+batch:
+
+- losses that are a mean over samples (FARE, PMG-AFT, AdvPT) are computed on the local shard;
+  the mean over ranks of the local means is the global mean;
+- the class-aware contrastive loss (paper Eq. 7-8) couples the images of a batch through its
+  text→image term, so each rank gathers the image features of the whole global batch
+  (:func:`gather_with_grad`) and computes the global loss. Its own shard enters with its
+  gradient multiplied by the world size: after averaging, image-tower gradients sum over
+  shards (each shard's images reach only its own rank's graph) while gradients of the shared
+  terms (prompt embeddings, logit scale), which every rank computes in full, stay as they are.
+
+The gradient all-reduce is explicit rather than through ``DistributedDataParallel``'s forward
+hooks because a training step calls the encoders several times (adversarial, clean and prompt
+passes) outside one ``forward``; the arithmetic is DDP's (sum, then divide by the world size).
+Evaluation shards the samples across ranks and sums the counts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from mmcoa.errors import MmcoaError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks (a single process is rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def shard(self, items: list) -> list:
+        """This rank's contiguous part of ``items`` (sizes differ by at most one)."""
+        base, extra = divmod(len(items), self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return items[start:start + base + (self.rank < extra)]
+
+
+SINGLE = World()
+
+
+def world_from_env(device: str) -> tuple[World, str]:
+    """Join the process group ``torchrun`` set up (if any); returns the world and the device
+    this rank uses (``cuda`` becomes ``cuda:LOCAL_RANK``)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return SINGLE, device
+    world = World(rank=int(os.environ["RANK"]), size=size,
+                  local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        if torch.cuda.device_count() <= world.local_rank:
+            raise MmcoaError(f"rank {world.rank} needs GPU {world.local_rank} but "
+                             f"{torch.cuda.device_count()} are visible")
+        device = f"cuda:{world.local_rank}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return world, device
+
+
+def gather_with_grad(local: torch.Tensor, world: World) -> torch.Tensor:
+    """The rows of every rank, concatenated in rank order; only this rank's rows carry a
+    gradient, scaled by the world size (see the module docstring)."""
+    if not world.distributed:
+        return local
+    parts = _all_gather_rows(local.detach(), world)
+    scaled = local * world.size - local.detach() * (world.size - 1)  # value of local, grad × size
+    parts[world.rank] = scaled
+    return torch.cat(parts)
+
+
+def gather_rows(local: torch.Tensor, world: World) -> torch.Tensor:
+    """Every rank's rows (e.g. labels), concatenated in rank order, without gradient."""
+    return torch.cat(_all_gather_rows(local, world)) if world.distributed else local
+
+
+def _all_gather_rows(local: torch.Tensor, world: World) -> list[torch.Tensor]:
+    """all_gather for row counts that may differ by rank (padded, then trimmed)."""
+    count = torch.tensor([local.shape[0]], device=local.device)
+    counts = [torch.zeros_like(count) for _ in range(world.size)]
+    dist.all_gather(counts, count)
+    longest = int(max(c.item() for c in counts))
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[:local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world.size)]
+    dist.all_gather(parts, padded.contiguous())
+    return [part[:int(c.item())] for part, c in zip(parts, counts)]
+
+
+def average_gradients(parameters, world: World) -> None:
+    """Replace each gradient by its mean over ranks (one flattened all-reduce)."""
+    if not world.distributed:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.size
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def mean_over_ranks(value: float, world: World, device) -> float:
+    if not world.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / world.size
+
+
+def sum_over_ranks(values: list[float], world: World, device) -> list[float]:
+    if not world.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def max_over_ranks(value: float, world: World, device) -> float:
+    if not world.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def broadcast_object(value, world: World):
+    """Rank 0's ``value`` on every rank."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
