@@ -6,17 +6,12 @@ Command line wiring: parse, build from the registries, call.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
 from mmcoa.errors import MmcoaError
-
-PIXEL_FLAGS = {"eps": "eps", "step_size": "step_size"}  # given in /255 units on the CLI
-PLAIN_FLAGS = {"steps": "n_steps", "norm": "norm", "restarts": "n_restarts", "mlm": "mlm",
-               "k": "k", "max_words": "max_words", "alpha": "alpha"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(commands)
     _add_train(commands)
     _add_retrieval(commands)
+    _add_suite(commands)
     _add_demo(commands)
     listing = commands.add_parser("models", help="list the model names")
     listing.add_argument("--all", action="store_true", help="include every open_clip architecture")
@@ -129,7 +125,7 @@ def _add_retrieval(commands) -> None:
     p.add_argument("--pretrained", default=None)
     p.add_argument("--data-root", required=True, help="folder with dataset_coco.json and the images")
     p.add_argument("--split", default="test")
-    p.add_argument("--attacks", default="clean", help="comma-separated: clean, pgd, bert, coattack")
+    p.add_argument("--attacks", default="clean", help="comma-separated: clean, pgd, bert, coattack, sga")
     p.add_argument("--mlm", default=None)
     p.add_argument("--n-images", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
@@ -146,7 +142,7 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     from mmcoa.eval import RETRIEVAL_ATTACKS, evaluate_retrieval, write_json_atomic
     from mmcoa.models import load_model
 
-    names = [n.strip() for n in args.attacks.split(",") if n.strip()]
+    names = attack_names(args.attacks)
     for name in names:
         RETRIEVAL_ATTACKS.get(name)
     check_device(args.device)
@@ -164,6 +160,33 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_suite(commands) -> None:
+    p = commands.add_parser("suite", help="a paper table: models × datasets × attacks, one record "
+                            "per cell, resumable (configs/paper/*.yaml)")
+    p.add_argument("config", help="suite YAML file, e.g. configs/paper/table1.yaml")
+    p.add_argument("--output", required=True, help="results folder (cells/, subsets/, records.json)")
+    p.add_argument("--resume", action="store_true", help="skip cells whose record exists with the same settings")
+    p.add_argument("--n-samples", type=int, default=None,
+                   help="a fixed seeded subset of N samples (retrieval: images) per dataset")
+    p.add_argument("--device", default=None, help="overrides the suite's device")
+    p.add_argument("--data-root", default=None, help="overrides the suite's data_root")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_suite)
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    from mmcoa.eval.suite import format_cells, run_suite
+    from mmcoa.eval.suite_config import load_suite
+
+    config = load_suite(args.config, n_samples=args.n_samples, device=args.device,
+                        data_root=args.data_root)
+    records = run_suite(config, args.output, resume=args.resume, progress=not args.no_progress)
+    print(format_cells(records))
+    print(f"{len(records)} of {len(config.cells())} cells done; records in "
+          f"{Path(args.output) / 'records.json'}")
+    return 0
+
+
 def _add_demo(commands) -> None:
     p = commands.add_parser("demo", help="offline demo: tiny CLIP on Fashion-MNIST, attacks, miniature Table I")
     p.add_argument("--output", default="runs/demo")
@@ -177,43 +200,24 @@ def _add_demo(commands) -> None:
 
 def attack_params_from_flags(args: argparse.Namespace) -> dict:
     """The attack flags the user set, in pixel units (CLI eps and step size are /255)."""
-    params = {}
-    for flag, field in PIXEL_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            if not 0 < value <= 255:
-                raise MmcoaError(f"--{flag.replace('_', '-')} must be in (0, 255] (units of 1/255); "
-                                 f"got {value:g}")
-            params[field] = value / 255
-    params.update({field: getattr(args, flag) for flag, field in PLAIN_FLAGS.items()
-                   if getattr(args, flag) is not None})
-    return params
+    from mmcoa.attacks.settings import SETTINGS, params_from_settings
+
+    return params_from_settings({name: getattr(args, name) for name in SETTINGS},
+                                spell=lambda name: f"--{name.replace('_', '-')}")
 
 
-def build_attacks(names: str, params: dict) -> list:
-    """Each named attack with the flags it accepts; a flag no named attack takes is an error."""
-    from mmcoa.attacks import ATTACKS, build_attack
-
-    classes = [ATTACKS.get(name.strip()) for name in names.split(",") if name.strip()]
-    used = set()
-    attacks = []
-    for cls in classes:
-        accepted = {f.name for f in dataclasses.fields(cls)}
-        attacks.append(build_attack(cls.name, **{k: v for k, v in params.items() if k in accepted}))
-        used |= accepted & set(params)
-    unused = sorted(set(params) - used)
-    if unused:
-        raise MmcoaError(f"no chosen attack takes {', '.join(unused)}; "
-                         f"attacks chosen: {', '.join(c.name for c in classes) or 'none'}")
-    return attacks
+def attack_names(text: str) -> list[str]:
+    """``"clean, pgd"`` → ``["clean", "pgd"]``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from mmcoa.attacks.settings import build_attacks
     from mmcoa.devices import check_device
     from mmcoa.distributed import world_from_env
     from mmcoa.eval import evaluate, format_table, write_records
 
-    attacks = build_attacks(args.attacks, attack_params_from_flags(args))
+    attacks = build_attacks(attack_names(args.attacks), attack_params_from_flags(args))
     check_device(args.device)
     _check_output(args.output)
     world, args.device = world_from_env(args.device)  # torchrun: shard the samples

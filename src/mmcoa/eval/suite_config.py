@@ -1,0 +1,399 @@
+"""Suite configurations: a YAML grid of models × datasets × attacks (the paper's Tables I–VI).
+
+A suite file (see ``configs/paper/``)::
+
+    name: table1                     # default: the file name
+    task: classification             # or retrieval (MSCOCO Karpathy, Table VI)
+    split: test
+    n_samples: null                  # null: every test sample; N: a fixed seeded subset per dataset
+    seed: 0
+    batch_size: 128
+    device: cuda
+    data_root: null                  # null: $MMCOA_DATA or ~/.cache/mmcoa/data (retrieval: the COCO folder)
+    template: null                   # null: each dataset's prompt template
+    models:                          # one table row each
+      - {label: CLIP, name: ViT-B-32, pretrained: openai}
+      - {label: TeCoA, name: ViT-B-32, checkpoint: "runs/table1/{dataset}/tecoa/final.pt"}
+      - {label: "TeCoA (1-shot)", name: ViT-B-32, checkpoint: runs/ood/1shot/tecoa/final.pt,
+         datasets: [cifar10]}        # optional: only these of the suite's datasets
+    datasets: [cifar10, {name: synthetic, options: {n_samples: 16}}]
+    attacks:                         # eps and step_size in units of 1/255, as on the command line
+      - {name: clean}
+      - {name: pgd, eps: 1, step_size: 1, steps: 100}
+      - {name: pgd, label: pgd-eps4, eps: 4, steps: 100}
+
+``{dataset}`` in a checkpoint path is replaced by each dataset's name (in-distribution tables
+fine-tune one model per dataset). :func:`load_suite` checks the whole file — names, numbers,
+attack parameters, checkpoint files — and raises one :class:`MmcoaError` line before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmcoa.attacks import ATTACKS
+from mmcoa.attacks.base import build_registered
+from mmcoa.attacks.settings import params_from_settings
+from mmcoa.errors import MmcoaError
+from mmcoa.registry import Registry
+
+TASKS = ("classification", "retrieval")
+TOP_LEVEL = ("name", "description", "task", "split", "n_samples", "seed", "batch_size", "device",
+             "data_root", "template", "models", "datasets", "attacks")
+MODEL_KEYS = ("label", "name", "pretrained", "checkpoint", "datasets")
+DATASET_KEYS = ("name", "options")
+RUNTIME = ("device", "data_root")  # where a suite runs, not what it computes
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label: ``"MMCoA (alpha=1, beta=0)"`` → ``mmcoa-alpha-1-beta-0``."""
+    return re.sub(r"[^a-z0-9._]+", "-", str(text).lower()).strip("-.") or "x"
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One table row: a model name with a pretrained tag or a checkpoint (path template)."""
+
+    label: str
+    name: str
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    datasets: tuple[str, ...] | None = None
+
+    def weights(self, dataset: str) -> str | None:
+        """What ``load_model(name, pretrained=...)`` gets for ``dataset``."""
+        return self.checkpoint.format(dataset=dataset) if self.checkpoint else self.pretrained
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    options: dict = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    """An attack column: ``settings`` as written (1/255 units), ``params`` in pixel units."""
+
+    label: str
+    name: str
+    settings: dict = field(hash=False)
+    params: dict = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (model row, dataset, attack) of the grid; it yields one record file."""
+
+    model: ModelRow
+    dataset: DatasetEntry
+    attack: AttackEntry
+
+    @property
+    def id(self) -> str:
+        return f"{slug(self.model.label)}__{slug(self.dataset.name)}__{slug(self.attack.label)}"
+
+    @property
+    def weights(self) -> str | None:
+        return self.model.weights(self.dataset.name)
+
+
+@dataclass
+class SuiteConfig:
+    """A validated suite; build it with :func:`load_suite`."""
+
+    name: str
+    task: str
+    models: list[ModelRow]
+    datasets: list[DatasetEntry]
+    attacks: list[AttackEntry]
+    split: str = "test"
+    n_samples: int | None = None
+    seed: int = 0
+    batch_size: int = 128
+    device: str = "cpu"
+    data_root: str | None = None
+    template: str | None = None
+    description: str = ""
+    source: str = ""
+
+    def cells(self) -> list[Cell]:
+        """The grid in table order: model rows, then datasets, then attacks."""
+        return [Cell(row, entry, attack) for row in self.models for entry in self.datasets
+                if row.datasets is None or entry.name in row.datasets for attack in self.attacks]
+
+    def resolved(self) -> dict:
+        """Every setting, JSON-ready (saved as ``suite.json``)."""
+        values = dataclasses.asdict(self)
+        values["attacks"] = [{"label": a.label, "name": a.name, **a.settings, "params": a.params}
+                             for a in self.attacks]
+        return json_ready(values)
+
+    def settings(self) -> dict:
+        """What decides the results: :meth:`resolved` without where it runs or came from."""
+        return {k: v for k, v in self.resolved().items() if k not in RUNTIME + ("source",)}
+
+    def build_attack(self, entry: AttackEntry):
+        """A fresh attack object for the column ``entry``."""
+        return build_registered(attack_registry(self.task), entry.name, **entry.params)
+
+    def cell_settings(self, cell: Cell) -> dict:
+        """What decides one cell's record; a resumed suite reuses a record only if they match."""
+        return json_ready({
+            "task": self.task, "model": cell.model.name, "weights": cell.weights,
+            "label": cell.model.label, "dataset": cell.dataset.name,
+            "dataset_options": cell.dataset.options, "split": self.split,
+            "attack": cell.attack.name, "attack_params": cell.attack.params,
+            "n_samples": self.n_samples, "seed": self.seed, "batch_size": self.batch_size,
+            "template": self.template,
+        })
+
+
+def attack_registry(task: str) -> Registry:
+    """Classification attacks, or retrieval attacks for retrieval suites."""
+    from mmcoa.eval.retrieval import RETRIEVAL_ATTACKS
+
+    return RETRIEVAL_ATTACKS if task == "retrieval" else ATTACKS
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), so settings compare equal."""
+    return json.loads(json.dumps(value, default=list))
+
+
+# -- loading and validation ----------------------------------------------------------------------
+def load_suite(path: str | Path, *, n_samples: int | None = None, device: str | None = None,
+               data_root: str | None = None, check_files: bool = True) -> SuiteConfig:
+    """Read and check the suite file ``path``; ``n_samples``, ``device`` and ``data_root``
+    override its values when given. ``check_files=False`` skips the checkpoint-file check (to
+    validate the paper configs' structure before anything is trained)."""
+    path = Path(path)
+    values = _read_yaml(path)
+    overrides = {"n_samples": n_samples, "device": device, "data_root": data_root}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = _build(values, default_name=path.stem, source=str(path))
+        if check_files:
+            _check_checkpoints(config)
+        _check_cell_ids(config)
+    except MmcoaError as error:
+        raise MmcoaError(f"suite {path}: {error}") from None
+    return config
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise MmcoaError(f"suite config {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise MmcoaError(f"suite config {path} is not valid YAML: {problem}{where}") from None
+    if not isinstance(values, dict):
+        raise MmcoaError(f"suite config {path} must be a mapping of settings (name, models, "
+                         f"datasets, attacks, ...); got {type(values).__name__}")
+    return values
+
+
+def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
+    _known_keys("the suite", values, TOP_LEVEL)
+    task = values.get("task", "classification")
+    _require(task in TASKS, f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    for key in ("models", "datasets", "attacks"):
+        _require(isinstance(values.get(key), list) and values[key],
+                 f"{key} must be a non-empty list; got {values.get(key)!r}")
+    split = _string("split", values.get("split", "test"))
+    datasets = [_dataset(i, v, task, split) for i, v in enumerate(values["datasets"])]
+    _unique("datasets", [d.name for d in datasets])
+    models = [_model(i, v, [d.name for d in datasets]) for i, v in enumerate(values["models"])]
+    _unique("model labels", [m.label for m in models])
+    attacks = [_attack(i, v, task) for i, v in enumerate(values["attacks"])]
+    _unique("attack labels", [a.label for a in attacks])
+    return SuiteConfig(
+        name=_string("name", values.get("name", default_name)), task=task, models=models,
+        datasets=datasets, attacks=attacks, split=split,
+        n_samples=_positive("n_samples", values.get("n_samples"), optional=True),
+        seed=_integer("seed", values.get("seed", 0)),
+        batch_size=_positive("batch_size", values.get("batch_size", 128)),
+        device=_string("device", values.get("device", "cpu")),
+        data_root=_optional_string("data_root", values.get("data_root")),
+        template=_template(values.get("template"), task),
+        description=_string("description", values.get("description", "")), source=source)
+
+
+def _model(index: int, value: Any, dataset_names: list[str]) -> ModelRow:
+    where = f"models[{index}]"
+    _require(isinstance(value, dict) and "name" in value,
+             f"{where} must be a mapping with at least a name; got {value!r}")
+    _known_keys(where, value, MODEL_KEYS)
+    name = _string(f"{where}.name", value["name"])
+    pretrained = _optional_string(f"{where}.pretrained", value.get("pretrained"))
+    checkpoint = _optional_string(f"{where}.checkpoint", value.get("checkpoint"))
+    datasets = value.get("datasets")
+    if datasets is not None:
+        _require(isinstance(datasets, list) and datasets and set(datasets) <= set(dataset_names),
+                 f"{where}.datasets must be a non-empty list of the suite's datasets "
+                 f"({', '.join(dataset_names)}); got {datasets!r}")
+        datasets = tuple(datasets)
+    _check_weights(where, name, pretrained, checkpoint)
+    label = value.get("label") or (f"{name}:{pretrained or checkpoint}" if pretrained or checkpoint else name)
+    return ModelRow(_string(f"{where}.label", label), name, pretrained, checkpoint, datasets)
+
+
+def _check_weights(where: str, name: str, pretrained: str | None, checkpoint: str | None) -> None:
+    """The model name resolves, and its weights are named the way the model accepts them."""
+    from mmcoa.models import validate_model_name
+    from mmcoa.models.open_clip_backend import RANDOM, TINY_ARCHITECTURES
+
+    try:
+        validate_model_name(name)
+    except MmcoaError as error:
+        raise MmcoaError(f"{where}: {error}") from None
+    _require(not (pretrained and checkpoint), f"{where} gives both pretrained and checkpoint; choose one")
+    import open_clip
+
+    architecture = name in open_clip.list_models()
+    if pretrained is not None:
+        tags = open_clip.list_pretrained_tags_by_model(name) if architecture else []
+        _require(pretrained in tags + [RANDOM] and architecture,
+                 f"{where}: unknown pretrained tag {pretrained!r} for {name}; known: "
+                 f"{', '.join(tags + [RANDOM]) if architecture else 'none'}; a weights file goes under checkpoint:")
+    if checkpoint is not None:
+        fields = {f for _, f, _, _ in string.Formatter().parse(checkpoint) if f is not None}
+        _require(fields <= {"dataset"}, f"{where}.checkpoint may hold only the {{dataset}} "
+                 f"placeholder; got {checkpoint!r}")
+    _require(not architecture or name in TINY_ARCHITECTURES or pretrained or checkpoint,
+             f"{where}: {name} needs pretrained (a tag such as openai) or checkpoint (a file)")
+
+
+def _dataset(index: int, value: Any, task: str, split: str) -> DatasetEntry:
+    where = f"datasets[{index}]"
+    if isinstance(value, str):
+        value = {"name": value}
+    _require(isinstance(value, dict) and isinstance(value.get("name"), str),
+             f"{where} must be a dataset name or a mapping with name and options; got {value!r}")
+    _known_keys(where, value, DATASET_KEYS)
+    options = value.get("options") or {}
+    _require(isinstance(options, dict), f"{where}.options must be a mapping; got {options!r}")
+    if task == "retrieval":
+        _check_retrieval_dataset(where, value["name"], split, options)
+    else:
+        _check_classification_dataset(where, value["name"], split, options)
+    return DatasetEntry(value["name"], dict(options))
+
+
+def _check_classification_dataset(where: str, name: str, split: str, options: dict) -> None:
+    from mmcoa.data import DATASETS
+    from mmcoa.data.catalog import FOLDER_PATTERN, known_names
+    from mmcoa.data.folder import PREFIX
+
+    if name.startswith(PREFIX):
+        _require(not options, f"{where}: {FOLDER_PATTERN} takes no options")
+        return
+    _require(name in DATASETS, f"{where}: unknown dataset {name!r}; known: {', '.join(known_names())}"
+             " (retrieval suites: task: retrieval)")
+    spec = DATASETS.get(name)
+    _require(split in spec.splits, f"{where}: dataset {name} has no split {split!r}; "
+             f"accepted: {', '.join(spec.splits)}")
+    unknown = sorted(set(options) - set(spec.options))
+    _require(not unknown, f"{where}: dataset {name} takes no option {', '.join(unknown)}; "
+             f"accepted: {', '.join(spec.options) or 'none'}")
+
+
+def _check_retrieval_dataset(where: str, name: str, split: str, options: dict) -> None:
+    from mmcoa.data.coco import DATASET_NAME, SPLITS
+
+    _require(name == DATASET_NAME, f"{where}: retrieval suites evaluate {DATASET_NAME}; got {name!r}")
+    _require(not options, f"{where}: {DATASET_NAME} takes no options")
+    _require(split in SPLITS, f"{where}: {DATASET_NAME} has no split {split!r}; accepted: {', '.join(SPLITS)}")
+
+
+def _attack(index: int, value: Any, task: str) -> AttackEntry:
+    """An attack column; its settings go through the same conversion as ``mmcoa eval`` flags."""
+    where = f"attacks[{index}]"
+    _require(isinstance(value, dict) and isinstance(value.get("name"), str),
+             f"{where} must be a mapping with a name and its settings; got {value!r}")
+    settings = {k: v for k, v in value.items() if k not in ("name", "label")}
+    try:
+        params = params_from_settings(settings)
+        attack = build_registered(attack_registry(task), value["name"], **params)
+    except MmcoaError as error:
+        raise MmcoaError(f"{where}: {error}") from None
+    except (TypeError, ValueError) as error:  # e.g. steps: ten
+        raise MmcoaError(f"{where}: a setting of {value['name']} has the wrong type "
+                         f"({error}); settings: {settings}") from None
+    label = _string(f"{where}.label", value.get("label") or value["name"])
+    return AttackEntry(label, value["name"], settings, attack.params())
+
+
+def _check_checkpoints(config: SuiteConfig) -> None:
+    missing = sorted({c.weights for c in config.cells()
+                      if c.model.checkpoint and not Path(c.weights).expanduser().is_file()})
+    _require(not missing, f"{len(missing)} checkpoint file(s) missing, e.g. {missing[0] if missing else ''}"
+             "; train them first (docs/reproduce.md) or fix the paths")
+
+
+def _check_cell_ids(config: SuiteConfig) -> None:
+    seen: dict[str, Cell] = {}
+    for cell in config.cells():
+        other = seen.setdefault(cell.id, cell)
+        _require(other is cell, f"labels {other.model.label!r}/{other.attack.label!r} and "
+                 f"{cell.model.label!r}/{cell.attack.label!r} give the same file name {cell.id}; "
+                 "make them differ in letters or digits")
+
+
+# -- small checks --------------------------------------------------------------------------------
+def _require(ok: Any, message: str) -> None:
+    if not ok:
+        raise MmcoaError(message)
+
+
+def _known_keys(where: str, value: dict, known: tuple[str, ...]) -> None:
+    unknown = sorted(set(map(str, value)) - set(known))
+    _require(not unknown, f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def _unique(what: str, names: list[str]) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    _require(not repeated, f"{what} must be distinct; repeated: {', '.join(repeated)}")
+
+
+def _string(name: str, value: Any) -> str:
+    _require(isinstance(value, str) and (value or name == "description"),
+             f"{name} must be a non-empty string; got {value!r}")
+    return value
+
+
+def _optional_string(name: str, value: Any) -> str | None:
+    return None if value is None else _string(name, value)
+
+
+def _integer(name: str, value: Any) -> int:
+    _require(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer; got {value!r}")
+    return value
+
+
+def _positive(name: str, value: Any, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             f"{name} must be a positive integer{' or null (all)' if optional else ''}; got {value!r}")
+    return value
+
+
+def _template(value: Any, task: str) -> str | None:
+    if value is None:
+        return None
+    _require(task == "classification", "template applies to classification suites only")
+    _require(isinstance(value, str) and "{}" in value, f"template must be a string with {{}}; got {value!r}")
+    return value

@@ -1,0 +1,344 @@
+"""Suites (paper Tables I–VI): the grid of models × datasets × attacks, one record per cell,
+resume without recomputation, fixed saved subsets, up-front config errors, the paper configs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmcoa.attacks.text.tiny_mlm import train_tiny_mlm
+from mmcoa.cli import main
+from mmcoa.data import DATASETS, load_dataset
+from mmcoa.errors import MmcoaError
+from mmcoa.eval import suite
+from mmcoa.eval.results import RECORD_KEYS
+from mmcoa.eval.suite_config import load_suite
+from test_paper_datasets import fake_eurosat, fake_stl10
+from test_retrieval import make_layout
+
+PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper"
+SUITE_KEYS = {"suite", "cell", "label", "attack_label", "cell_settings", "subset"}
+SYNTHETIC = {"name": "synthetic", "options": {"n_samples": 16, "n_classes": 4, "image_size": 28}}
+PGD = {"label": "image", "name": "pgd", "eps": 1, "step_size": 1, "steps": 2}
+
+
+def write_suite(path: Path, **values) -> Path:
+    base = {"name": "mini", "n_samples": 6, "batch_size": 4, "device": "cpu",
+            "models": [{"label": "CLIP", "name": "tiny-clip"}], "datasets": [SYNTHETIC],
+            "attacks": [{"name": "clean"}, PGD]}
+    path.write_text(yaml.safe_dump({**base, **values}, sort_keys=False))
+    return path
+
+
+def save_checkpoint(path: Path, shift: float) -> str:
+    """A tiny-clip state dict whose weights differ from the random init (a 'fine-tuned' model)."""
+    import mmcoa
+
+    model = mmcoa.load_model("tiny-clip")
+    with torch.no_grad():
+        for parameter in model.model.visual.parameters():
+            parameter.add_(shift)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.model.state_dict(), path)
+    return str(path)
+
+
+def count_calls(monkeypatch, name: str, fail_on: int | None = None) -> list:
+    """Wrap ``suite.<name>``; record each call's first argument; raise on call ``fail_on``."""
+    calls, original = [], getattr(suite, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == fail_on:
+            raise RuntimeError("interrupted")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(suite, name, wrapper)
+    return calls
+
+
+def comparable(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("elapsed_s", "versions")}
+
+
+# -- end to end ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    fake_stl10(root)
+    fake_eurosat(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prompt_mlm(tmp_path_factory, fake_root):
+    corpus = [p for name in ("stl10", "eurosat") for p in load_dataset(name, root=str(fake_root)).prompts()]
+    return str(train_tiny_mlm(corpus, tmp_path_factory.mktemp("mlm") / "mlm", steps=30))
+
+
+def test_suite_produces_the_table_structure(tmp_path, fake_root, prompt_mlm, monkeypatch):
+    runs = tmp_path / "runs"
+    for dataset, shift in (("stl10", 0.01), ("eurosat", -0.01)):
+        save_checkpoint(runs / dataset / "mmcoa" / "final.pt", shift)
+    save_checkpoint(runs / "ood" / "tecoa.pt", 0.02)
+    config = write_suite(
+        tmp_path / "table.yaml", data_root=str(fake_root), n_samples=3,
+        models=[{"label": "CLIP", "name": "tiny-clip"},
+                {"label": "MMCoA", "name": "tiny-clip", "checkpoint": str(runs / "{dataset}" / "mmcoa" / "final.pt")},
+                {"label": "TeCoA (1-shot)", "name": "tiny-clip", "checkpoint": str(runs / "ood" / "tecoa.pt"),
+                 "datasets": ["eurosat"]}],
+        datasets=["stl10", "eurosat"],
+        attacks=[{"name": "clean"}, PGD, {"label": "text", "name": "bert", "mlm": prompt_mlm}])
+    model_loads, dataset_loads = count_calls(monkeypatch, "load_model"), count_calls(monkeypatch, "load_dataset")
+    output = tmp_path / "out"
+    assert main(["suite", str(config), "--output", str(output), "--no-progress"]) == 0
+
+    records = json.loads((output / "records.json").read_text())
+    grid = {(r["label"], r["dataset"], r["attack_label"]): r["accuracy"] for r in records}
+    labels = ("CLIP", "MMCoA", "TeCoA (1-shot)")
+    expected = [(m, d, a) for m in labels for d in ("stl10", "eurosat") for a in ("clean", "image", "text")
+                if m != "TeCoA (1-shot)" or d == "eurosat"]
+    assert list(grid) == expected and all(0 <= v <= 1 for v in grid.values())
+    assert len(model_loads) == 4  # CLIP once, MMCoA once per dataset, TeCoA once
+    assert sorted(dataset_loads) == ["eurosat", "stl10"]
+    suite_file = json.loads((output / "suite.json").read_text())
+    assert [c["id"] for c in suite_file["cells"]] == [r["cell"] for r in records]
+    assert suite_file["config"]["models"][1]["label"] == "MMCoA" and "torch" in suite_file["versions"]
+    for record in records:
+        assert set(RECORD_KEYS) <= set(record) and SUITE_KEYS <= set(record)
+        assert record["suite"] == "mini" and record["seed"] == 0 and record["n_samples"] == 3
+        assert json.loads((output / "cells" / f"{record['cell']}.json").read_text()) == record
+        subset = json.loads((output / record["subset"]["file"]).read_text())
+        assert len(subset["indices"]) == 3 and subset["sha1"] == record["sample_indices_sha1"]
+    weights = {r["label"]: r["pretrained"] for r in records if r["dataset"] == "eurosat"}
+    assert weights["MMCoA"].endswith("eurosat/mmcoa/final.pt") and weights["CLIP"] is None
+    text = [r for r in records if r["attack_label"] == "text"]
+    assert all(r["adversarial_prompts"] for r in text)
+
+
+def test_interrupted_suite_resumes_without_recomputing(tmp_path, monkeypatch):
+    config = write_suite(tmp_path / "s.yaml", models=[{"label": "CLIP", "name": "tiny-clip"},
+                                                      {"label": "Other", "name": "tiny-clip-hf"}])
+    calls = count_calls(monkeypatch, "evaluate", fail_on=3)
+    output = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        suite.run_suite(load_suite(config), output, progress=False)
+    finished = sorted(p.name for p in (output / "cells").glob("*.json"))
+    assert finished == ["clip__synthetic__clean.json", "clip__synthetic__image.json"]
+    assert len(json.loads((output / "records.json").read_text())) == 2
+    subset = (output / "subsets" / "synthetic.json").read_text()
+
+    monkeypatch.undo()
+    calls = count_calls(monkeypatch, "evaluate")
+    loads = count_calls(monkeypatch, "load_model")
+    resumed = suite.run_suite(load_suite(config), output, resume=True, progress=False)
+    assert len(calls) == 2 and len(loads) == 1  # only the second row's two cells
+    assert (output / "subsets" / "synthetic.json").read_text() == subset
+    assert suite.run_suite(load_suite(config), output, resume=True, progress=False) == resumed
+    assert len(calls) == 2  # everything finished: nothing recomputed
+    fresh = suite.run_suite(load_suite(config), tmp_path / "fresh", progress=False)
+    assert [comparable(r) for r in resumed] == [comparable(r) for r in fresh]  # cell by cell
+
+
+def test_resume_recomputes_only_cells_whose_settings_changed(tmp_path, monkeypatch):
+    config = write_suite(tmp_path / "s.yaml")
+    output = tmp_path / "out"
+    suite.run_suite(load_suite(config), output, progress=False)
+    write_suite(config, attacks=[{"name": "clean"}, {**PGD, "steps": 3}])
+    calls = count_calls(monkeypatch, "evaluate")
+    records = suite.run_suite(load_suite(config), output, resume=True, progress=False)
+    assert len(calls) == 1 and records[1]["attack_params"]["n_steps"] == 3
+
+
+def test_output_folder_rules(tmp_path, capsys):
+    config = write_suite(tmp_path / "s.yaml")
+    output = tmp_path / "out"
+    suite.run_suite(load_suite(config), output, progress=False)
+    with pytest.raises(MmcoaError, match="already holds this suite's results; pass --resume"):
+        suite.run_suite(load_suite(config), output, progress=False)
+    with pytest.raises(MmcoaError, match=r"different suite settings \(attacks\).*--resume"):
+        suite.run_suite(load_suite(write_suite(tmp_path / "t.yaml", attacks=[{"name": "clean"}])),
+                        output, progress=False)
+    with pytest.raises(MmcoaError, match=r"settings \(n_samples\); give a new folder$"):
+        suite.run_suite(load_suite(config, n_samples=5), output, progress=False)
+    with pytest.raises(MmcoaError, match="was drawn with other n_samples .*n_samples=6; now n_samples=5"):
+        suite.run_suite(load_suite(config, n_samples=5), output, resume=True, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(MmcoaError, match="holds no suite.json"):
+        suite.run_suite(load_suite(config), other, resume=True, progress=False)
+    assert main(["suite", str(config), "--output", str(output), "--resume", "--no-progress"]) == 0
+    assert "2 of 2 cells done" in capsys.readouterr().out
+
+
+def test_subset_is_seeded_and_stored_with_the_seed(tmp_path):
+    records = suite.run_suite(load_suite(write_suite(tmp_path / "s.yaml", seed=3)), tmp_path / "a",
+                              progress=False)
+    subset = json.loads((tmp_path / "a" / "subsets" / "synthetic.json").read_text())
+    assert (subset["seed"], subset["n_samples"], subset["n_total"]) == (3, 6, 16)
+    assert all(r["seed"] == 3 and r["cell_settings"]["seed"] == 3 for r in records)
+    other = suite.run_suite(load_suite(write_suite(tmp_path / "t.yaml", seed=4)), tmp_path / "b",
+                            progress=False)
+    assert other[0]["subset"]["sha1"] != records[0]["subset"]["sha1"]
+
+
+# -- retrieval suites (Table VI) -----------------------------------------------------------------
+def test_retrieval_suite_with_sga(tmp_path):
+    root = make_layout(tmp_path / "coco")
+    captions = [c for e in json.loads((root / "dataset_coco.json").read_text())["images"]
+                for c in (s["raw"].lower().rstrip(".") for s in e["sentences"])]
+    mlm = str(train_tiny_mlm(captions, tmp_path / "mlm", steps=30))
+    config = write_suite(tmp_path / "t6.yaml", task="retrieval", n_samples=2, datasets=["mscoco_karpathy"],
+                         attacks=[{"name": "clean"},
+                                  {"name": "sga", "eps": 2, "step_size": 0.5, "steps": 2, "mlm": mlm}])
+    with pytest.raises(MmcoaError, match="retrieval suites need data_root"):
+        suite.run_suite(load_suite(config), tmp_path / "out", progress=False)
+    records = suite.run_suite(load_suite(config, data_root=str(root)), tmp_path / "out", progress=False)
+    assert [(r["label"], r["attack_label"], r["n_images"], r["n_captions"]) for r in records] == [
+        ("CLIP", "clean", 2, 10), ("CLIP", "sga", 2, 10)]
+    assert records[1]["attack_params"]["eps"] == pytest.approx(2 / 255)
+    assert all(0 <= r["i2t_r1"] <= r["i2t_r5"] <= 1 and SUITE_KEYS <= set(r) for r in records)
+    subset = json.loads((tmp_path / "out" / "subsets" / "mscoco_karpathy.json").read_text())
+    assert (subset["n_total"], len(subset["indices"])) == (3, 2)
+
+
+# -- configuration errors ------------------------------------------------------------------------
+BAD = [
+    ({"models": [{"name": "no-such-model"}]}, "models\\[0\\]: unknown model 'no-such-model'"),
+    ({"models": [{"name": "ViT-B-32"}]}, "ViT-B-32 needs pretrained"),
+    ({"models": [{"name": "ViT-B-32", "pretrained": "nope"}]}, "unknown pretrained tag 'nope'"),
+    ({"models": [{"name": "tiny-clip", "checkpoint": "missing/{dataset}.pt"}]},
+     "1 checkpoint file\\(s\\) missing, e.g. missing/synthetic.pt"),
+    ({"models": [{"name": "tiny-clip", "checkpoint": "runs/{method}.pt"}]}, "only the \\{dataset\\} placeholder"),
+    ({"models": [{"name": "tiny-clip", "datasets": ["cifar10"]}]}, "must be a non-empty list of the suite's datasets"),
+    ({"models": [{"name": "tiny-clip"}, {"name": "tiny-clip"}]}, "model labels must be distinct; repeated: tiny-clip"),
+    ({"models": [{"name": "tiny-clip", "weights": "x"}]}, "models\\[0\\] has unknown key\\(s\\) weights"),
+    ({"datasets": ["no_such_set"]}, "datasets\\[0\\]: unknown dataset 'no_such_set'"),
+    ({"datasets": ["mscoco_karpathy"]}, "unknown dataset 'mscoco_karpathy'.*task: retrieval"),
+    ({"task": "retrieval", "datasets": ["cifar10"]}, "retrieval suites evaluate mscoco_karpathy"),
+    ({"split": "val"}, "dataset synthetic has no split 'val'"),
+    ({"datasets": [{"name": "synthetic", "options": {"colour": 1}}]}, "takes no option colour"),
+    ({"attacks": [{"name": "nope"}]}, "attacks\\[0\\]: unknown attack 'nope'"),
+    ({"attacks": [{"name": "pgd", "eps": 0}]}, "attacks\\[0\\]: eps must be in \\(0, 255\\]"),
+    ({"attacks": [{"name": "pgd", "eps": 300}]}, "eps must be in \\(0, 255\\] \\(units of 1/255\\); got 300"),
+    ({"attacks": [{"name": "pgd", "alpha": 3}]}, "attack 'pgd' takes no parameter alpha"),
+    ({"attacks": [{"name": "pgd", "steps": "ten"}]}, "a setting of pgd has the wrong type"),
+    ({"attacks": [{"name": "pgd"}, {"name": "pgd", "eps": 2}]}, "attack labels must be distinct"),
+    ({"attacks": [{"name": "pgd", "label": "a b"}, {"name": "clean", "label": "a-b"}]}, "same file name"),
+    ({"attacks": []}, "attacks must be a non-empty list"),
+    ({"n_samples": 0}, "n_samples must be a positive integer or null"),
+    ({"batch_size": 1.5}, "batch_size must be a positive integer"),
+    ({"task": "detection"}, "task must be one of classification, retrieval"),
+    ({"epochs": 3}, "the suite has unknown key\\(s\\) epochs"),
+    ({"template": "no placeholder"}, "template must be a string with \\{\\}"),
+]
+
+
+@pytest.mark.parametrize("values, message", BAD, ids=[m[:30] for _, m in BAD])
+def test_config_errors_are_one_line_before_any_work(tmp_path, capsys, monkeypatch, values, message):
+    config = write_suite(tmp_path / "bad.yaml", **values)
+    monkeypatch.setattr(suite, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    output = tmp_path / "out"
+    assert main(["suite", str(config), "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"mmcoa: error: suite {config}: ") and error.count("\n") == 1
+    assert re.search(message, error), error
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("models: [tiny-clip\n", "is not valid YAML: .* at line 2"),
+    ("- just\n- a list\n", "must be a mapping of settings"),
+])
+def test_malformed_yaml(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["suite", str(path), "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and error.count("\n") == 1
+
+
+def test_cli_overrides_and_missing_file(tmp_path, capsys):
+    assert main(["suite", str(tmp_path / "none.yaml"), "--output", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    config = write_suite(tmp_path / "s.yaml", device="cuda:7")
+    assert main(["suite", str(config), "--output", str(tmp_path / "o")]) == 2
+    assert "device 'cuda:7' is not available" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(["suite", str(config), "--output", str(tmp_path / "o"), "--device", "cpu",
+                 "--n-samples", "2", "--no-progress"]) == 0
+    records = json.loads((tmp_path / "o" / "records.json").read_text())
+    assert [r["n_samples"] for r in records] == [2, 2]
+
+
+# -- the paper's configurations ------------------------------------------------------------------
+IN_DISTRIBUTION = ["cifar10", "cifar100", "tiny_imagenet", "imagenet"]
+FIFTEEN = {"imagenet", "cifar10", "cifar100", "tiny_imagenet", "stl10", "sun397", "food101",
+           "oxford_pets", "flowers102", "dtd", "eurosat", "fgvc_aircraft", "country211",
+           "caltech101", "caltech256"}
+PAPER_ATTACKS = ["multimodal", "image", "text", "clean"]
+
+
+def paper(name):
+    return load_suite(PAPER / f"{name}.yaml", check_files=False)
+
+
+def test_every_paper_config_validates_without_weights():
+    assert sorted(p.stem for p in PAPER.glob("*.yaml")) == ["table1", "table2_3", "table4", "table5", "table6"]
+    for path in PAPER.glob("*.yaml"):
+        config = load_suite(path, check_files=False)
+        assert config.device == "cuda" and config.n_samples is None and config.seed == 0
+        assert config.models[0].label == "CLIP" and config.models[0].pretrained == "openai"
+        assert all(row.name == "ViT-B-32" for row in config.models)
+    with pytest.raises(MmcoaError, match="checkpoint file\\(s\\) missing.*docs/reproduce.md"):
+        load_suite(PAPER / "table1.yaml")
+
+
+def test_table1_and_table4_in_distribution():
+    for name, labels in (("table1", ["CLIP", "FT-standard", "TeCoA", "MMCoA"]),
+                         ("table4", ["CLIP", "MMCoA (alpha=1, beta=0)", "MMCoA (alpha=0, beta=1)",
+                                     "MMCoA (alpha=0.5, beta=0.5)"])):
+        config = paper(name)
+        assert [m.label for m in config.models] == labels
+        assert [d.name for d in config.datasets] == IN_DISTRIBUTION
+        assert [a.label for a in config.attacks] == PAPER_ATTACKS
+        assert config.models[3].weights("cifar100").startswith("runs/table1/cifar100/")
+        assert len(config.cells()) == 4 * 4 * 4
+        image = config.attacks[1].params
+        assert (image["eps"], image["step_size"], image["n_steps"]) == pytest.approx((1 / 255, 1 / 255, 100))
+        assert config.attacks[2].params["k"] == 10 and config.attacks[2].params["max_words"] == 1
+
+
+def test_table2_3_out_of_distribution():
+    config = paper("table2_3")
+    assert {d.name for d in config.datasets} == FIFTEEN and FIFTEEN <= set(DATASETS.names())
+    shots = ["1-shot", "5-shot", "50-shot", "full"]
+    assert [m.label for m in config.models[1:]] == [f"{m} ({s})" for s in shots
+                                                    for m in ("FT-standard", "TeCoA", "MMCoA")]
+    assert config.models[-1].weights("dtd") == "runs/ood/imagenet-full/mmcoa/final.pt"
+    assert [a.label for a in config.attacks] == PAPER_ATTACKS and len(config.cells()) == 13 * 15 * 4
+
+
+def test_table5_coattack():
+    config = paper("table5")
+    [attack] = config.attacks
+    assert attack.name == "coattack" and attack.params["n_steps"] == 100 and attack.params["alpha"] == 3
+    in_distribution = [m for m in config.models if m.datasets]
+    assert [m.label for m in in_distribution] == ["FT-standard", "TeCoA", "MMCoA"]
+    assert all(m.datasets == ("cifar10", "cifar100", "tiny_imagenet") for m in in_distribution)
+    assert len(config.cells()) == 15 + 3 * 3 + 9 * 15
+
+
+def test_table6_retrieval():
+    config = paper("table6")
+    assert config.task == "retrieval" and [d.name for d in config.datasets] == ["mscoco_karpathy"]
+    assert [m.label for m in config.models] == ["CLIP", "TeCoA", "MMCoA"]
+    params = {a.label: a.params for a in config.attacks}
+    assert params["coattack"]["step_size"] == pytest.approx(2 / 255 / 10 * 1.25)
+    assert params["sga"]["step_size"] == pytest.approx(0.5 / 255) and params["sga"]["eps"] == pytest.approx(2 / 255)
+    assert params["pgd"]["n_steps"] == 10
