@@ -1,0 +1,70 @@
+"""Shared plumbing of the analyses: building attacks from names, labelled model sets, and the
+seeded batches of adversarial examples that the feature and gallery analyses look at.
+
+:func:`attacked_batches` draws the same sample subset (:func:`mmcoa.eval.sample_indices`) and
+seeds each batch's attack with the same generator (:func:`mmcoa.eval.runner.attack_generator`)
+as :func:`mmcoa.eval.evaluate`, so the examples it shows are the ones the evaluation counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from mmcoa.attacks import ATTACKS, Attack, AttackResult, build_attack, eval_mode
+from mmcoa.errors import MmcoaError
+from mmcoa.eval.runner import attack_generator, sample_indices
+from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
+
+
+def make_attack(attack: str | Attack, **params) -> Attack:
+    """``attack`` itself, or the attack of that name with those of ``params`` it accepts
+    (``None`` values are left at the attack's default)."""
+    if isinstance(attack, Attack):
+        return attack
+    accepted = {f.name for f in dataclasses.fields(ATTACKS.get(attack))}
+    return build_attack(attack, **{k: v for k, v in params.items() if k in accepted and v is not None})
+
+
+def labelled(models: VisionLanguageModel | Mapping[str, VisionLanguageModel]) -> dict[str, VisionLanguageModel]:
+    """``{label: model}``; a single model is labelled by its name and weights."""
+    if isinstance(models, VisionLanguageModel):
+        return {models.describe(): models}
+    if not models:
+        raise MmcoaError("no model given")
+    return dict(models)
+
+
+@dataclass
+class AttackedBatch:
+    indices: list[int]
+    images: torch.Tensor
+    labels: torch.Tensor
+    result: AttackResult
+    clean_predictions: torch.Tensor
+    attacked_predictions: torch.Tensor
+
+
+def attacked_batches(model: VisionLanguageModel, dataset, attack: Attack, *, n_samples: int | None,
+                     batch_size: int = 64, seed: int = 0, template: str | None = None
+                     ) -> Iterator[AttackedBatch]:
+    """Seeded subset of ``dataset``, batch by batch: clean images, the attack's result and the
+    zero-shot predictions before and after."""
+    attack.prepare(str(model.device))
+    classifier = ZeroShotClassifier(model, dataset.prompts(template))
+    indices = sample_indices(len(dataset), n_samples, seed)
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+    with eval_mode(model):
+        for batch_index, (images, labels) in enumerate(loader):
+            images, labels = images.to(model.device), labels.to(model.device)
+            generator = attack_generator(model.device, seed, batch_index, attack.name, attack.params())
+            result = attack(classifier, images, labels, generator)
+            with torch.no_grad():
+                clean = classifier.logits(images).argmax(1)
+                attacked = classifier.logits(result.images, result.class_embeddings).argmax(1)
+            start = batch_index * batch_size
+            yield AttackedBatch(indices[start:start + len(labels)], images, labels, result, clean, attacked)
