@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retrieval(commands)
     _add_suite(commands)
     _add_demo(commands)
+    _add_report(commands)
+    _add_analyze(commands)
     listing = commands.add_parser("models", help="list the model names")
     listing.add_argument("--all", action="store_true", help="include every open_clip architecture")
     listing.set_defaults(handler=cmd_models)
@@ -196,6 +198,44 @@ def _add_demo(commands) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_demo)
+
+
+def _add_report(commands) -> None:
+    p = commands.add_parser("report", help="paper-style tables and plots from result files → "
+                            "report.md, report.html, CSVs")
+    p.add_argument("results", nargs="+", help="record files or directories (searched recursively)")
+    p.add_argument("--output", required=True, help="report directory")
+    p.add_argument("--zero-shot-label", default="CLIP", help="row the gain rows subtract first")
+    p.add_argument("--tecoa-label", default="TeCoA", help="row the second gain rows subtract")
+    p.add_argument("--title", default="mmcoa report")
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmcoa.report import write_report
+
+    if os.path.isfile(args.output):
+        raise MmcoaError(f"--output {args.output!r} is a file; give a directory")
+    page = write_report(args.results, args.output, zero_shot=args.zero_shot_label,
+                        tecoa=args.tecoa_label, title=args.title)
+    print(f"report written to {page} (also report.md, tables/*.csv, records.csv)")
+    return 0
+
+
+def _add_analyze(commands) -> None:
+    p = commands.add_parser("analyze", help="paper figures: eps-sweep, curves, interpolation, "
+                            "features, time, gallery → PNG + JSON",
+                            description="mmcoa analyze KIND [options]; mmcoa analyze KIND --help "
+                            "lists a kind's options.")
+    p.add_argument("kind", help="eps-sweep, curves, interpolation, features, time or gallery")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the kind's options")
+    p.set_defaults(handler=cmd_analyze)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from mmcoa.analysis.commands import run_command
+
+    return run_command(args.kind, args.options)
 
 
 def attack_params_from_flags(args: argparse.Namespace) -> dict:
