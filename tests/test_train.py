@@ -237,7 +237,7 @@ def tower_of(name: str) -> str:
 
 @pytest.mark.parametrize("name,towers", [(m, None) for m in METHODS.names()] + [
     ("ft-standard", "image"), ("ft-standard", "text"), ("ft-standard", "both"), ("tecoa", "text"),
-    ("mmcoa", "image")])
+    ("mmcoa", "image"), ("pmg-aft", "both"), ("fare", "image")])
 def test_gradients_reach_only_the_trained_parameters(name, towers, make_config, monkeypatch):
     """Trained set: the chosen towers, plus the shared logit scale whenever any tower trains
     (`set_trainable`'s documented rule); VP trains only its prompt. Everything else keeps its
@@ -372,7 +372,7 @@ def test_few_shot_list_is_saved_used_and_reused_on_resume(make_config, train_dat
     metrics = train(config, progress=False)
     saved = read_json(config.output, "shots.json")
     expected = few_shot_indices(dataset_labels(train_data), "5", seed=0)
-    assert saved == {"shots": "5", "seed": 0, "indices": expected}
+    assert saved == {"shots": "5", "seed": 0, "indices": expected, "short_classes": {}}
     assert metrics["n_train_items"] == 20 and sorted(read) == expected  # one epoch: each once
 
     monkeypatch.setattr(trainer, "few_shot_indices", lambda *a: pytest.fail("list redrawn on resume"))
@@ -381,6 +381,18 @@ def test_few_shot_list_is_saved_used_and_reused_on_resume(make_config, train_dat
                     progress=False)
     assert metrics["steps"] == 4 and sorted(read) == expected
     assert read_json(config.output, "shots.json") == saved
+
+
+def test_classes_short_of_k_shots_are_reported_and_saved(make_config, train_data, capsys):
+    """The synthetic set has 16 training images per class: 50-shot uses all 16 of each and
+    says so (stderr and shots.json) instead of silently training on fewer."""
+    config = make_config("ft-standard", shots="50", max_steps=1)
+    train(config, progress=False)
+    saved = read_json(config.output, "shots.json")
+    assert saved["short_classes"] == {name: 16 for name in train_data.classnames}
+    assert len(saved["indices"]) == 64
+    err = capsys.readouterr().err
+    assert err.count("fewer than --shots 50") == len(train_data.classnames)
 
 
 # -- checkpoint errors -----------------------------------------------------------------------------

@@ -88,6 +88,13 @@ def train_pgd(ctx: StepContext, images, labels) -> torch.Tensor:
     return attack(ZeroShotClassifier(ctx.model, ctx.prompts), images, labels, ctx.generator).images
 
 
+def class_logits(model: VisionLanguageModel, prompts: list[str]):
+    """``images -> logit_scale · cos(f(x), g(prompt_c))`` (paper Eq. 1), differentiable with
+    respect to both towers (the prompts are encoded once, here)."""
+    text = F.normalize(model.encode_text(prompts), dim=-1)
+    return lambda images: model.logit_scale * F.normalize(model.encode_image(images), dim=-1) @ text.T
+
+
 def contrastive(ctx: StepContext, images, prompts, labels) -> torch.Tensor:
     """The class-aware contrastive loss (paper Eq. 7-8) over the global batch."""
     model = ctx.model
@@ -175,10 +182,10 @@ class PMGAFT(Method):
 
     def loss(self, ctx, images, labels):
         adv = train_pgd(ctx, images, labels)
-        classifier = ZeroShotClassifier(ctx.model, ctx.prompts)
+        logits = class_logits(ctx.model, ctx.prompts)  # with gradient, so any tower can train
         with torch.no_grad():
             original = ZeroShotClassifier(ctx.frozen, ctx.prompts).logits(adv)
-        return pmg_aft_loss(classifier.logits(adv), classifier.logits(images), original, labels)
+        return pmg_aft_loss(logits(adv), logits(images), original, labels)
 
 
 @register_method("vp")

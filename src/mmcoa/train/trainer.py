@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -65,7 +67,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     # Every setting has been checked (model, MLM, template, optimizer): only now write the run.
     if world.is_main:
         _prepare_run_logs(run, state["step"])
-        _write_json(run / "shots.json", {"shots": config.shots, "seed": config.seed, "indices": indices})
+        _write_json(run / "shots.json", {"shots": config.shots, "seed": config.seed, "indices": indices,
+                                         "short_classes": _short_classes(dataset, indices, config)})
         _write_json(run / "config.json", {**dataclasses.asdict(config), "towers": list(towers),
                                           "world_size": world.size})
     return loop.run(state, progress and world.is_main)
@@ -320,6 +323,21 @@ def _shot_indices(run: Path, dataset, config: TrainConfig, reuse: bool) -> list[
     if not indices:
         raise MmcoaError(f"dataset {config.dataset} has no training samples")
     return indices
+
+
+def _short_classes(dataset, indices: list[int], config: TrainConfig) -> dict[str, int]:
+    """Classes with fewer than ``shots`` training images (all of theirs are used), by name;
+    each is also reported on stderr."""
+    if config.shots == "full":
+        return {}
+    labels = dataset_labels(dataset)
+    counts = Counter(labels[i] for i in indices)
+    short = {dataset.classnames[c]: counts.get(c, 0) for c in range(len(dataset.classnames))
+             if counts.get(c, 0) < int(config.shots)}
+    for name, count in short.items():
+        print(f"mmcoa: warning: class {name!r} has {count} training images, fewer than "
+              f"--shots {config.shots}; all are used", file=sys.stderr)
+    return short
 
 
 def _save_atomic(payload, path: Path) -> None:
