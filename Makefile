@@ -4,9 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test fashion-mnist clean
+.PHONY: setup demo test fashion-mnist chromium clean
 
-setup: $(VENV)/.installed fashion-mnist
+setup: $(VENV)/.installed fashion-mnist chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,19 @@ fashion-mnist:
 	    echo "installed dataset-fashion-mnist"; \
 	  else \
 	    echo "note: $(FASHION_MNIST) is missing; run 'sudo apt-get install dataset-fashion-mnist' or pass --data-root"; \
+	  fi; \
+	fi
+
+# Headless browser for the report test (the HTML report must open without errors): Debian's
+# chromium, installed when missing and root.
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null)) && \
+	    echo "installed chromium"; \
+	  else \
+	    echo "note: chromium is missing; run 'sudo apt-get install chromium' (the HTML report test is skipped without it)"; \
 	  fi; \
 	fi
 
