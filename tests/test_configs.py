@@ -52,3 +52,11 @@ def test_table1_configs_hold_the_papers_settings(name):
 def test_cli_flags_override_a_table1_config():
     config = load_config(str(CONFIGS / "table1" / "mmcoa.yaml"), {"lr": 5e-6, "output": "elsewhere"})
     assert config.lr == 5e-6 and config.output == "elsewhere" and config.alpha == 0.5
+
+
+@pytest.mark.parametrize("name", ["vp", "advpt"])
+def test_table7_prompt_tuning_configs_freeze_the_model(name):
+    config = load_config(str(CONFIGS / "table7" / f"{name}.yaml"), {})
+    assert config.method == name and config.train_towers == "none"
+    assert (config.model, config.pretrained, config.dataset) == ("ViT-B-32", "openai", "cifar10")
+    assert config.output == f"runs/table7/{name}" and config.weight_decay == 0.0
