@@ -206,6 +206,7 @@ def test_retrieval_suite_with_sga(tmp_path):
     assert all(0 <= r["i2t_r1"] <= r["i2t_r5"] <= 1 and SUITE_KEYS <= set(r) for r in records)
     subset = json.loads((tmp_path / "out" / "subsets" / "mscoco_karpathy.json").read_text())
     assert (subset["n_total"], len(subset["indices"])) == (3, 2)
+    assert suite.format_cells(records).count("i2t R@1/5/10") == 2
 
 
 # -- configuration errors ------------------------------------------------------------------------
