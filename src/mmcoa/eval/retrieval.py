@@ -54,7 +54,7 @@ from mmcoa.attacks.sga import away_from_image, checked_scales, scaled_copies
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions
-from mmcoa.eval.runner import attack_generator, sample_indices
+from mmcoa.eval.runner import attack_generator, record_identity, sample_indices
 from mmcoa.registry import Registry
 
 DEFAULT_KS = (1, 5, 10)
@@ -380,12 +380,7 @@ def evaluate_retrieval(model, dataset: RetrievalDataset | str | os.PathLike,
         scores = recall_at_k(images @ text.T, dataset.image_to_captions, dataset.caption_to_image, ks)
     elapsed = time.perf_counter() - started
     return {
-        "model": model.name,
-        "pretrained": model.pretrained,
-        "dataset": dataset.name,
-        "split": dataset.split,
-        "attack": attack.name,
-        "attack_params": attack.params(),
+        **record_identity(model, dataset, attack),
         "n_images": len(dataset),
         "n_captions": len(dataset.captions),
         **scores,

@@ -147,14 +147,15 @@ def attack_generator(device: torch.device, *parts) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(digest[:15], 16))
 
 
+def record_identity(model, dataset, attack) -> dict:
+    """The keys that say what a result record measured (shared by every kind of record)."""
+    return {"model": model.name, "pretrained": model.pretrained, "dataset": dataset.name,
+            "split": dataset.split, "attack": attack.name, "attack_params": attack.params()}
+
+
 def _record(model, dataset, attack, tally: Tally, prompts, indices, seed) -> dict:
     return {
-        "model": model.name,
-        "pretrained": model.pretrained,
-        "dataset": dataset.name,
-        "split": dataset.split,
-        "attack": attack.name,
-        "attack_params": attack.params(),
+        **record_identity(model, dataset, attack),
         "n_samples": tally.n,
         "accuracy": tally.accuracy,
         "top5": tally.top5,
