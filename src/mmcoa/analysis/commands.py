@@ -1,8 +1,10 @@
 """``mmcoa analyze <kind> ...``: one argument parser and one runner per analysis.
 
-Every kind writes ``OUTPUT/<kind>.png`` and ``OUTPUT/<kind>.json`` (the numbers behind the
-plot); those that evaluate models also write their records to ``OUTPUT/<kind>_records.json``,
-so ``mmcoa report OUTPUT`` shows both the plots and the tables.
+Every kind writes a PNG and a JSON of the numbers behind it into ``OUTPUT``: ``eps_sweep``,
+``curves``, ``interpolation``, ``features``, ``time_cost``, ``gallery`` (``.png``/``.json``).
+Those that evaluate models also write their records (``eps_sweep_records.json``,
+``curves_records.json``, ``interpolation_records.json``), so ``mmcoa report OUTPUT`` shows
+both the plots and the tables.
 """
 
 from __future__ import annotations
