@@ -44,7 +44,7 @@ def test_table1_configs_hold_the_papers_settings(name):
     assert config.train_steps == 2
     assert (config.mlm, config.k, config.max_words, config.text_attack_every) == ("bert-base-uncased", 10, 1, 1)
     assert config.precision == "bf16" and config.device == "cuda"
-    assert config.output == f"runs/table1/{name}"
+    assert config.output == f"runs/table1/cifar10/{name}"  # where configs/paper/table1.yaml looks
     if alpha is not None:
         assert (config.alpha, config.beta) == (alpha, beta)
 

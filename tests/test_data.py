@@ -222,15 +222,20 @@ def test_bad_split_lists_splits(tmp_path):
 
 def test_describe_datasets(tmp_path):
     rows = describe_datasets(str(tmp_path))
-    assert [r["name"] for r in rows] == DATASETS.names() + ["imagefolder:<path>"]
+    assert [r["name"] for r in rows] == DATASETS.names() + ["imagefolder:<path>", "mscoco_karpathy"]
     for row in rows:
         assert set(row) == {"name", "n_classes", "template", "splits", "found", "description"}
-        assert "{}" in row["template"] and isinstance(row["found"], bool)
+        assert isinstance(row["found"], bool)
+        assert "{}" in row["template"] or row["name"] == "mscoco_karpathy"
     by_name = {r["name"]: r for r in rows}
     assert by_name["cifar10"]["found"] is False and by_name["synthetic"]["found"] is True
     assert by_name["fashion_mnist"]["n_classes"] == 10
     assert by_name["cifar10"]["template"] == DEFAULT_TEMPLATE
     assert by_name["food101"]["template"] == "A photo of {}, a type of food."
+    assert by_name["mscoco_karpathy"]["found"] is False and "test" in by_name["mscoco_karpathy"]["splits"]
+    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "dataset_coco.json").write_text("{}")
+    assert [r["found"] for r in describe_datasets(str(tmp_path)) if r["name"] == "mscoco_karpathy"] == [True]
 
 
 def test_prompts_custom_template():

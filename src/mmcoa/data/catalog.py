@@ -53,4 +53,16 @@ def describe_datasets(root: str | None = None) -> list[dict]:
     rows.append(dict(name=FOLDER_PATTERN, n_classes=None, template=DEFAULT_TEMPLATE, splits=["any"],
                      found=False, description="your own <path>/<class>/<image> tree (uses "
                      "<path>/<split> when that folder exists), resized to 224x224"))
+    rows.append(_coco_row(path))
     return rows
+
+
+def _coco_row(path) -> dict:
+    """MSCOCO (Karpathy splits) for retrieval (paper Table VI): found when the split file is in
+    the data root or in its ``coco``/``mscoco`` folder."""
+    from mmcoa.data.coco import ANNOTATION_FILE, DATASET_NAME, LAYOUT_HINT, SPLITS
+
+    places = [path, path / "coco", path / "mscoco"] if path is not None else []
+    return dict(name=DATASET_NAME, n_classes=None, template="(captions)", splits=list(SPLITS),
+                found=any((place / ANNOTATION_FILE).is_file() for place in places),
+                description=f"image-text retrieval only: mmcoa retrieval --data-root DIR, {LAYOUT_HINT}")
