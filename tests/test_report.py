@@ -123,6 +123,17 @@ def test_retrieval_table():
     assert "coattack" in table.title and "mscoco" in table.title
 
 
+def test_demo_rows_match_the_default_zero_shot_label():
+    records = [{**record(None, "cifar10", attack, accuracy), "row": row}
+               for row, accuracy in (("CLIP (zero-shot)", 0), ("TeCoA", 1), ("MMCoA", 1))
+               for attack in ("clean", "pgd")]
+    table = build_tables(records)[0]
+    assert table.row("CLIP (zero-shot)").values == [0.0, 0.0]
+    assert [r.label for r in table.rows if r.gain] == ["TeCoA − CLIP (zero-shot)", "MMCoA − CLIP (zero-shot)",
+                                                       "MMCoA − TeCoA"]
+    assert "| TeCoA | 100.00 | 100.00 |" in table_markdown(table)  # integer accuracies as percent
+
+
 def test_rows_without_label_use_demo_row_or_shortest_distinct_path():
     first = {**record(None, "cifar10", "clean", 0.5), "pretrained": "runs/tecoa/final.pt"}
     second = {**record(None, "cifar10", "clean", 0.6), "pretrained": "runs/mmcoa/final.pt"}

@@ -122,6 +122,7 @@ table.results{border-collapse:collapse;margin:1em 0;font-size:14px}
 table.results caption{text-align:left;font-weight:600;margin-bottom:.4em}
 table.results th,table.results td{border:1px solid #ccc;padding:3px 8px}
 table.results td{text-align:right;font-variant-numeric:tabular-nums}
+table.results th[scope=row]{text-align:left}
 table.results tr.gain{color:#555;font-style:italic;background:#f7f7f7}
 ul.notes{font-size:12px;color:#555}
 figure img{max-width:100%;border:1px solid #ddd}

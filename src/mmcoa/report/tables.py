@@ -141,7 +141,7 @@ def find_label(labels: Sequence[str], wanted: str | None) -> str | None:
         return None
     if wanted in labels:
         return wanted
-    prefixed = [l for l in labels if l.lower().startswith(wanted.lower() + " (")]
+    prefixed = [l for l in dict.fromkeys(labels) if l.lower().startswith(wanted.lower() + " (")]
     return prefixed[0] if len(prefixed) == 1 else None
 
 
@@ -195,7 +195,7 @@ def _assemble(key: str, title: str, column_ids: list[str], columns: list[Column]
 
 
 def _percent(cell) -> float | None:
-    return None if cell is None else 100 * cell[0]
+    return None if cell is None else 100.0 * cell[0]
 
 
 def _add_average(table: Table, complete: bool) -> None:
