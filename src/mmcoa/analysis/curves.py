@@ -27,7 +27,6 @@ from mmcoa.data import load_dataset
 from mmcoa.errors import MmcoaError
 from mmcoa.eval import evaluate
 from mmcoa.report import columns as C
-from mmcoa.train.trainer import CHECKPOINT_FORMAT
 
 START = "start"
 
@@ -53,6 +52,9 @@ def checkpoint_points(run: Run, extra: Mapping[float, str] | None = None) -> lis
 
 
 def _trainer_step(path: Path) -> int | None:
+    """The optimizer step stored in an ``mmcoa train`` checkpoint; None for other files."""
+    from mmcoa.train.trainer import CHECKPOINT_FORMAT
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
