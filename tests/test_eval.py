@@ -147,3 +147,15 @@ def test_table_shows_every_record(tiny_model, synthetic_test):
 
 def test_public_entry_point():
     assert mmcoa.evaluate is evaluate
+
+
+def test_result_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the file in place has 0666 minus umask."""
+    from mmcoa.eval.results import write_json_atomic
+
+    mask = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

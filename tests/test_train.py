@@ -607,3 +607,15 @@ def test_step_attacks_draw_from_a_generator_on_the_training_device(make_config, 
                         lambda ctx, *a: seen.append(ctx.generator.device) or real(ctx, *a))
     train(make_config("tecoa", max_steps=1), progress=False)
     assert seen == [torch.device("cpu")]
+
+
+def test_epoch_checkpoints_are_kept_when_asked(make_config):
+    """keep_epoch_checkpoints: checkpoints/epoch<N>.pt at each epoch end (paper Fig. 7's points),
+    each holding its step; a fresh run in the same folder drops stale ones."""
+    config = make_config("ft-standard", shots="5", epochs=2, max_steps=None, keep_epoch_checkpoints=True)
+    train(config, progress=False)  # 20 images, batch 16: 2 steps per epoch
+    folder = os.path.join(config.output, "checkpoints")
+    assert sorted(os.listdir(folder)) == ["epoch1.pt", "epoch2.pt", "last.pt"]
+    assert [load_state(os.path.join(folder, f"epoch{e}.pt"))["step"] for e in (1, 2)] == [2, 4]
+    train(make_config("ft-standard", shots="5", epochs=1, max_steps=None), progress=False)
+    assert sorted(os.listdir(folder)) == ["last.pt"]

@@ -99,6 +99,8 @@ def _add_train(commands) -> None:
     for flag, kind, text in TRAIN_FLAGS:
         p.add_argument(f"--{flag}", type=kind, default=None, help=text)
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.pt")
+    p.add_argument("--keep-epoch-checkpoints", action="store_true", default=None,
+                   help="also keep checkpoints/epoch<N>.pt at each epoch end (for mmcoa analyze curves)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_train)
 
@@ -108,6 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmcoa.train.trainer import train
 
     overrides = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in TRAIN_FLAGS}
+    overrides["keep_epoch_checkpoints"] = args.keep_epoch_checkpoints
     for name in ("train_eps", "train_step_size"):
         if overrides[name] is not None:
             if not 0 < overrides[name] <= 255:

@@ -50,6 +50,7 @@ class TrainConfig:
     n_ctx: int = 4
     precision: str = "fp32"
     save_every: int = 0
+    keep_epoch_checkpoints: bool = False
     seed: int = 0
     device: str = "cpu"
     output: str = "runs/train"
@@ -88,7 +89,9 @@ def _typed(name: str, kind: str, value):
         except (TypeError, ValueError):
             pass
         raise MmcoaError(f"{name} must be a number; got {value!r}")
-    if kind == "int":
+    if kind == "bool":
+        _check(isinstance(value, bool), f"{name} must be true or false; got {value!r}")
+    elif kind == "int":
         _check(isinstance(value, int) and not isinstance(value, bool),
                f"{name} must be an integer; got {value!r}")
     elif kind == "str":

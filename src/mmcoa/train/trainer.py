@@ -81,7 +81,8 @@ def _prepare_run_logs(run: Path, resumed_step: int) -> None:
     """A fresh run starts with empty logs and no stale checkpoint; a resumed run drops the log
     rows written after its checkpoint, which the resumed run writes again."""
     if resumed_step == 0:
-        (run / "checkpoints" / "last.pt").unlink(missing_ok=True)
+        for stale in [run / "checkpoints" / "last.pt", *(run / "checkpoints").glob("epoch*.pt")]:
+            stale.unlink(missing_ok=True)
     for name in LOGS:
         path = run / name
         if path.is_file():
@@ -163,7 +164,7 @@ class _Loop:
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3g}" for k, v in terms.items()})
             if self._should_save(step + 1):
-                self._save(state)
+                self._save(state, self._epoch_end(step + 1))
         bar.close()
         metrics = self._export(state, losses, time.perf_counter() - started)
         barrier(self.world)
@@ -234,7 +235,15 @@ class _Loop:
         every = self.config.save_every
         return (every and done % every == 0) or done % self.per_epoch == 0 or done == self.steps
 
-    def _save(self, state: dict) -> None:
+    def _epoch_end(self, done: int) -> int | None:
+        """The epoch just finished after ``done`` steps, if one did and the run keeps them."""
+        if self.config.keep_epoch_checkpoints and done % self.per_epoch == 0:
+            return done // self.per_epoch
+        return None
+
+    def _save(self, state: dict, epoch: int | None = None) -> None:
+        """checkpoints/last.pt, and checkpoints/epoch<N>.pt at the end of epoch N when the run
+        keeps them (``keep_epoch_checkpoints``: the points of paper Fig. 7's curves)."""
         if not self.world.is_main:
             return
         payload = {"format": CHECKPOINT_FORMAT, "step": state["step"],
@@ -243,6 +252,8 @@ class _Loop:
                    "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
                    "config": _identity(self.config)}
         _save_atomic(payload, self.run_dir / "checkpoints" / "last.pt")
+        if epoch is not None:
+            _save_atomic(payload, self.run_dir / "checkpoints" / f"epoch{epoch}.pt")
 
     def _export(self, state: dict, losses: list[float], elapsed: float) -> dict:
         """final.pt (plain backend state dict: open_clip loads it), prompt.pt for VP and AdvPT
