@@ -17,7 +17,8 @@ from mmcoa.eval.results import RECORD_KEYS
 from mmcoa.models import load_model
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-SMALL_TABLE1 = Table1Settings(n_samples=100, eval_steps=3, max_steps=3, batch_size=32)
+SMALL_TABLE1 = Table1Settings(n_samples=100, eval_steps=3, max_steps=3, batch_size=32,
+                              report_samples=40, lambdas=(0, 0.5, 1))
 ROW_NAMES = [row for row, _ in TABLE1_ROWS]
 ATTACKS = ["clean", "pgd", "bert", "multimodal"]  # the records' order (the table's: TABLE1_COLUMNS)
 
@@ -111,6 +112,31 @@ def test_demo_table1_markdown_matches_the_records(demo_run):
     assert rows["MMCoA − TeCoA"] == pytest.approx(
         [a - b for a, b in zip(rows["MMCoA"], rows["TeCoA"])], abs=0.11)
     assert "4/255" in text and f"{SMALL_TABLE1.n_samples} Fashion-MNIST test images" in text
+
+
+def test_demo_writes_its_report_with_the_sweep_and_interpolation(demo_run):
+    """The demo ends with `mmcoa report` over Table I and its analyses: the HTML and Markdown
+    report, the eps-sweep and interpolation plots (non-empty PNGs) and the numbers behind them."""
+    tmp_path, _ = demo_run
+    report, analyses = tmp_path / "report", tmp_path / "analyses"
+    html = (report / "report.html").read_text()
+    assert "data:image/png;base64," in html and (report / "report.md").is_file()
+    for name in ("eps_sweep", "interpolation"):
+        png = (analyses / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+        assert json.loads((analyses / f"{name}.json").read_text())
+    sweep = json.loads((analyses / "eps_sweep_records.json").read_text())
+    attacked = {(r["label"], r["attack"], round(r["attack_params"]["eps"] * 255)) for r in sweep
+                if r["attack"] != "clean"}
+    assert attacked == {(row, attack, eps) for row in ("CLIP (zero-shot)", "TeCoA", "MMCoA")
+                        for attack in ("pgd", "multimodal") for eps in (1, 2, 4)}
+    path = json.loads((analyses / "interpolation_records.json").read_text())
+    assert sorted({r["lambda"] for r in path}) == [0, 0.5, 1] and all(r["n_samples"] == 40 for r in path)
+    # Cross-check: the path's endpoints are the sweep's models on the same seeded subset.
+    clean = {r["label"]: r["accuracy"] for r in sweep if r["attack"] == "clean"}
+    ends = {r["lambda"]: r["accuracy"] for r in path if r["attack"] == "clean"}
+    assert (ends[0], ends[1]) == (clean["CLIP (zero-shot)"], clean["MMCoA"])
+    assert "MMCoA" in (report / "report.md").read_text()
 
 
 def test_table1_format_on_hand_made_records():

@@ -94,6 +94,9 @@ class Table1Settings:
     alpha: float = 0.5
     beta: float = 0.5
     methods: tuple[str, ...] = ("ft-standard", "tecoa", "mmcoa")
+    report_samples: int = 200          # test images of the report's eps sweep and interpolation
+    sweep_eps: tuple[float, ...] = (1, 2, 4)          # units of 1/255 (paper Fig. 6)
+    lambdas: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 1)  # paper Fig. 8
 
     def train_config(self, method: str, *, checkpoint: Path, mlm: Path, output: Path,
                      data_root: str | None, device: str, seed: int) -> TrainConfig:
@@ -159,6 +162,10 @@ def run_demo(output: str | Path, *, data_root: str | None = None, device: str = 
         if show_table:
             print(table)
             print(f"Table I written to {output / 'table1.md'} (records: {output / 'table1.json'})")
+        page = write_demo_report(output, checkpoint, mlm, table1, data_root=data_root, device=device,
+                                 seed=seed, progress=progress)
+        if show_table:
+            print(f"report (tables, eps sweep, interpolation) written to {page}")
     return records
 
 
@@ -190,6 +197,47 @@ def run_table1(output: Path, checkpoint: Path, mlm: Path, settings: Table1Settin
     table = format_table1(records, settings.describe(n_train))
     _write_text_atomic(output / "table1.md", table + "\n")
     return records, table
+
+
+def write_demo_report(output: Path, checkpoint: Path, mlm: Path, settings: Table1Settings, *,
+                      data_root: str | None = None, device: str = "cpu", seed: int = 0,
+                      progress: bool = True) -> Path:
+    """The eps sweep (paper Fig. 6: zero-shot, TeCoA and MMCoA under the image and multimodal
+    attacks at each of ``sweep_eps``) and the weight interpolation from the zero-shot model to
+    MMCoA (Fig. 8) into ``OUTPUT/analyses``, then ``mmcoa report`` over Table I and them into
+    ``OUTPUT/report``; returns the report's HTML path."""
+    from mmcoa.analysis import eps_sweep, interpolation, plot_eps_sweep, plot_interpolation
+    from mmcoa.report import write_report
+
+    test_set = load_dataset(DEMO_DATASET, split="test", root=data_root)
+    models = {row: load_model(DEMO_MODEL, pretrained=str(weights), device=device)
+              for row, weights in _report_weights(output, checkpoint, settings).items()}
+    steps = {"step_size": settings.eval_step_size, "n_steps": settings.eval_steps}
+    common = {"n_samples": settings.report_samples, "batch_size": 250, "seed": seed,
+              "progress": progress}
+    analyses = output / "analyses"
+    sweep = eps_sweep(models, test_set, eps=settings.sweep_eps, attacks=("pgd", "multimodal"),
+                      attack_params={**steps, "mlm": str(mlm)}, **common)
+    write_records(analyses / "eps_sweep_records.json", sweep)
+    plot_eps_sweep(sweep, analyses)
+    if "MMCoA" in models:
+        path = interpolation(models[ZERO_SHOT_ROW], models["MMCoA"], test_set, lambdas=settings.lambdas,
+                             attacks=("clean", "pgd"), attack_params={"eps": settings.eps, **steps},
+                             **common)
+        write_records(analyses / "interpolation_records.json", path)
+        plot_interpolation(path, analyses)
+    return write_report([output / "table1.json", analyses], output / "report",
+                        title="mmcoa demo: tiny CLIP on Fashion-MNIST")
+
+
+def _report_weights(output: Path, checkpoint: Path, settings: Table1Settings) -> dict[str, Path]:
+    """The zero-shot checkpoint and the fine-tuned TeCoA and MMCoA weights, by row name."""
+    rows = {method: row for row, method in TABLE1_ROWS}
+    weights = {ZERO_SHOT_ROW: checkpoint}
+    for method in ("tecoa", "mmcoa"):
+        if method in settings.methods:
+            weights[rows[method]] = output / "train" / method / "final.pt"
+    return weights
 
 
 def table1_accuracies(records: list[dict]) -> dict[str, dict[str, float]]:
