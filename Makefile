@@ -13,30 +13,27 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# Real offline images for the demo: Debian's dataset-fashion-mnist, installed when missing and root.
-fashion-mnist:
-	@if [ ! -d $(FASHION_MNIST) ]; then \
+# $(call apt_install,PACKAGE,TEST,NOTE): apt-get install PACKAGE when TEST fails and we are
+# root (an apt-get update first if the package lists are stale); otherwise print a note.
+define apt_install
+	@if ! $(2) >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-	     (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) && \
-	    echo "installed dataset-fashion-mnist"; \
+	    (apt-get install -y -qq $(1) >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y -qq $(1) >/dev/null)) && \
+	    echo "installed $(1)"; \
 	  else \
-	    echo "note: $(FASHION_MNIST) is missing; run 'sudo apt-get install dataset-fashion-mnist' or pass --data-root"; \
+	    echo "note: $(1) is missing; run 'sudo apt-get install $(1)' ($(3))"; \
 	  fi; \
 	fi
+endef
 
-# Headless browser for the report test (the HTML report must open without errors): Debian's
-# chromium, installed when missing and root.
+# Real offline images for the demo: Debian's dataset-fashion-mnist.
+fashion-mnist:
+	$(call apt_install,dataset-fashion-mnist,test -d $(FASHION_MNIST),or pass --data-root)
+
+# Headless browser for the report test (the HTML report must open without errors).
 chromium:
-	@if ! command -v chromium >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
-	     (apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null)) && \
-	    echo "installed chromium"; \
-	  else \
-	    echo "note: chromium is missing; run 'sudo apt-get install chromium' (the HTML report test is skipped without it)"; \
-	  fi; \
-	fi
+	$(call apt_install,chromium,command -v chromium,the HTML report test is skipped without it)
 
 demo: setup
 	$(BIN)/mmcoa demo --output runs/demo
