@@ -67,7 +67,6 @@ from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext, frozen_copy
 from mmcoa.train.objectives import fare_loss, pmg_aft_loss
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
-from mmcoa.train import trainer
 from mmcoa.train.trainer import _Loop, build_optimizer, build_schedule, total_steps
 from pgd import machine, other_load, time_it  # noqa: E402  (bench/pgd.py: shared helpers)
 

@@ -298,3 +298,16 @@ def test_cli_report_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("mmcoa: error: no result records found") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_interpolation_points_stay_out_of_the_tables(tmp_path, paper_records):
+    """theta(lambda) mixtures are a figure's points (Fig. 8), not table rows: the report's
+    tables hold only the models; records.csv keeps every record."""
+    mixtures = [{**record(f"lambda={lam:g}", "cifar10", attack, 0.3, eps=EPS1), "lambda": lam,
+                 "analysis": "interpolation"} for lam in (0, 0.5, 1) for attack in ("clean", "pgd")]
+    (tmp_path / "records.json").write_text(json.dumps(paper_records + mixtures))
+    write_report([tmp_path / "records.json"], tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "| MMCoA |" in markdown and "lambda=" not in markdown
+    rows = list(csv.DictReader(open(tmp_path / "report" / "records.csv")))
+    assert sum(r["label"].startswith("lambda=") for r in rows) == len(mixtures)

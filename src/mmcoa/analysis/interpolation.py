@@ -70,8 +70,19 @@ def interpolation(zero_shot: VisionLanguageModel, tuned: VisionLanguageModel | M
         work.model.load_state_dict(interpolate_state_dicts(start, end, lam))
         found = evaluate(work, dataset, attacks, n_samples=n_samples, batch_size=batch_size,
                          seed=seed, template=template, progress=progress)
-        records += [{**r, "label": f"lambda={lam:g}", "lambda": lam} for r in found]
+        records += [{**r, "label": f"lambda={lam:g}", "lambda": lam, "analysis": "interpolation"}
+                    for r in found]
     return records
+
+
+def _zoom(ax, xs: list[float], ys: list[float], margin: float = 5.0) -> None:
+    """Axes around the points (at least 10 points wide, within 0-100 %), so nearby lambdas
+    stay apart."""
+    for values, set_limits in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+        if values:
+            low, high = min(values) - margin, max(values) + margin
+            pad = max(0.0, 10 - (high - low)) / 2
+            set_limits(max(0, low - pad), min(100, high + pad))
 
 
 def _check_lambdas(lambdas: Sequence[float]) -> None:
@@ -111,8 +122,8 @@ def plot_interpolation(records: list[dict], output_dir: str | os.PathLike,
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("robust accuracy (%)")
-    ax.set_xlim(0, 105)
-    ax.set_ylim(0, 105)
+    _zoom(ax, [x for _, c, _ in sum(series.values(), []) if c is not None for x in [100 * c]],
+          [100 * r for _, _, r in sum(series.values(), [])])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return write_analysis(output_dir, name, analysis="interpolation", title=title, figure=figure,

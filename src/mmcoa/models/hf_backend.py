@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
 
 from mmcoa.errors import MmcoaError
 from mmcoa.models.base import VisionLanguageModel
-from mmcoa.models.hub import fetching_weights, quiet_transformers_progress
+from mmcoa.models.hub import pretrained_source
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -64,14 +63,9 @@ def load_hf_clip(source: str, device: str) -> HFClipModel:
     stripped by the caller)."""
     from transformers import AutoTokenizer, CLIPModel
 
-    local = os.path.isdir(source)
-    hint = ("the directory must hold config.json, the weights and the tokenizer files" if local
-            else f"download {source} on a machine with internet, or pass a local directory")
-    with fetching_weights(f"hf:{source}", hint) as offline:
-        only_local = local or offline
-        with quiet_transformers_progress():
-            model = CLIPModel.from_pretrained(source, local_files_only=only_local)
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=only_local)
+    with pretrained_source(f"hf:{source}", source) as only_local:
+        model = CLIPModel.from_pretrained(source, local_files_only=only_local)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=only_local)
         mean, std = _image_stats(source, only_local)
     wrapped = HFClipModel(model, tokenizer, name=f"hf:{source}", pretrained=source, mean=mean,
                           std=std)

@@ -95,3 +95,15 @@ def quiet_transformers_progress(quiet: bool = True):
             from huggingface_hub.utils import disable_progress_bars
 
             disable_progress_bars()
+
+
+@contextlib.contextmanager
+def pretrained_source(what: str, source: str) -> Iterator[bool]:
+    """Around transformers ``from_pretrained(source, local_files_only=...)`` calls: yields the
+    ``local_files_only`` to pass (a local directory, or a hub that cannot be reached), turns a
+    missing download into a one-line error naming ``what``, and keeps progress bars quiet."""
+    local = os.path.isdir(source)
+    hint = ("the directory must hold config.json, the weights and the tokenizer files" if local
+            else f"download {source} on a machine with internet, or pass a local directory")
+    with fetching_weights(what, hint) as offline, quiet_transformers_progress():
+        yield local or offline

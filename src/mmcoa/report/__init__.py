@@ -34,6 +34,11 @@ RECORD_COLUMNS = ("label", "dataset", "split", "threat", "attack", "eps", "attac
                   "elapsed_s", "model", "pretrained", "source")
 
 
+# Records that are points of a figure, not models of a table: the interpolation's theta(lambda)
+# (paper Fig. 8) are mixtures of two models; they are in records.csv and the figure's numbers.
+FIGURE_ONLY = ("interpolation",)
+
+
 def build_tables(records: list[dict], zero_shot: str | None = DEFAULT_ZERO_SHOT,
                  tecoa: str | None = DEFAULT_TECOA) -> list[Table]:
     """Table I, the Table II (OOD) tables and the Table VI (retrieval) tables, each followed by
@@ -56,7 +61,8 @@ def write_report(paths: Iterable[str | os.PathLike], output_dir: str | os.PathLi
     returns the path of ``report.html``. One-line errors for no records, unreadable or
     malformed files, and conflicting records."""
     loaded = load_results(paths)
-    tables = build_tables(loaded.records, zero_shot, tecoa) if loaded.records else []
+    table_records = [r for r in loaded.records if r.get("analysis") not in FIGURE_ONLY]
+    tables = build_tables(table_records, zero_shot, tecoa) if table_records else []
     figures = [_figure(a) for a in loaded.analyses]
     output = Path(output_dir)
     (output / "tables").mkdir(parents=True, exist_ok=True)

@@ -162,7 +162,9 @@ class _Loop:
             state["step"] = step + 1
             self._log(step, loss, terms, len(labels) * self.world.size, started)
             bar.update()
-            bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3g}" for k, v in terms.items()})
+            rate = _rate(losses, time.perf_counter() - started, self.config)
+            bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3g}" for k, v in terms.items()},
+                            img_s=rate)
             if self._should_save(step + 1):
                 self._save(state, self._epoch_end(step + 1))
         bar.close()

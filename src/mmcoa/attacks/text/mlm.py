@@ -9,13 +9,12 @@ directly from a tokenizer and any module with that forward.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 from torch import nn
 
 from mmcoa.errors import MmcoaError
-from mmcoa.models.hub import fetching_weights, quiet_transformers_progress
+from mmcoa.models.hub import pretrained_source
 
 MIN_VOCAB = 100  # transformers 5 builds a near-empty tokenizer offline without raising
 REQUIRED_SPECIALS = ("cls_token_id", "sep_token_id", "pad_token_id")
@@ -77,14 +76,9 @@ def load_mlm(name_or_dir: str = "bert-base-uncased", device: str = "cpu") -> Mas
     (cache-only and failing at once when the hub is unreachable)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    local = os.path.isdir(name_or_dir)
-    hint = ("the directory must hold config.json, the weights and the tokenizer files" if local
-            else f"download {name_or_dir} on a machine with internet, or pass a local directory")
-    with fetching_weights(f"masked LM {name_or_dir}", hint) as offline:
-        only_local = offline or local
-        with quiet_transformers_progress():
-            tokenizer = AutoTokenizer.from_pretrained(name_or_dir, local_files_only=only_local)
-            model = AutoModelForMaskedLM.from_pretrained(name_or_dir, local_files_only=only_local)
+    with pretrained_source(f"masked LM {name_or_dir}", name_or_dir) as only_local:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_dir, local_files_only=only_local)
+        model = AutoModelForMaskedLM.from_pretrained(name_or_dir, local_files_only=only_local)
     check_mlm_vocab(tokenizer, model.config.vocab_size, name_or_dir)
     model.requires_grad_(False)
     return MaskedLM(tokenizer, model, name=name_or_dir, device=device)
