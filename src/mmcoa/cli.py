@@ -292,13 +292,10 @@ def _prompted_model(args: argparse.Namespace):
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmcoa.demo import run_demo
     from mmcoa.devices import check_device
-    from mmcoa.eval import format_table
 
     check_device(args.device)
-    records = run_demo(args.output, data_root=args.data_root, device=args.device,
-                       n_samples=args.n_samples, seed=args.seed, progress=not args.no_progress)
-    print(format_table(records))
-    print(f"results written to {Path(args.output) / 'results.json'}")
+    run_demo(args.output, data_root=args.data_root, device=args.device, n_samples=args.n_samples,
+             seed=args.seed, progress=not args.no_progress)
     return 0
 
 

@@ -56,7 +56,7 @@ import torch
 
 from mmcoa.attacks import PGD, build_attack
 from mmcoa.data import load_dataset
-from mmcoa.eval import evaluate, write_json_atomic, write_records
+from mmcoa.eval import evaluate, format_table, write_json_atomic, write_records
 from mmcoa.models import load_model
 from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
 from mmcoa.train.config import TrainConfig
@@ -141,7 +141,8 @@ def run_demo(output: str | Path, *, data_root: str | None = None, device: str = 
              table1: Table1Settings | None = Table1Settings(), show_table: bool = True) -> list[dict]:
     """Run the whole demo; returns the result records also written to ``output/results.json``.
 
-    ``table1`` sets the miniature Table I (``None`` skips it); ``show_table`` prints it."""
+    ``table1`` sets the miniature Table I (``None`` skips it); ``show_table`` prints the attack
+    table, Table I and where the report is."""
     output = Path(output)
     train_set = load_dataset(DEMO_DATASET, split="train", root=data_root)
     load_dataset(DEMO_DATASET, split="test", root=data_root)  # fail now, not after training
@@ -156,6 +157,9 @@ def run_demo(output: str | Path, *, data_root: str | None = None, device: str = 
                        data_root=data_root, n_samples=n_samples, batch_size=250, seed=seed,
                        device=device, progress=progress)
     write_records(output / "results.json", records)
+    if show_table:
+        print(format_table(records))
+        print(f"results written to {output / 'results.json'}\n")
     if table1 is not None:
         _, table = run_table1(output, checkpoint, mlm, table1, data_root=data_root, device=device,
                               seed=seed, progress=progress)
