@@ -2,13 +2,14 @@
 
 The paper evaluates TeCoA and MMCoA after every epoch (every 4 for MMCoA). ``mmcoa train``
 keeps one rolling checkpoint (``checkpoints/last.pt``, overwritten at each epoch end) and
-``final.pt``, so this analysis plots:
+``final.pt``, plus ``checkpoints/epoch<N>.pt`` at every epoch end when run with
+``--keep-epoch-checkpoints``; this analysis plots:
 
 - the training loss of every logged step (``metrics.jsonl``), against the fractional epoch;
 - the accuracy (clean and under attack, via :func:`mmcoa.eval.evaluate`) at every checkpoint
   it can place on the epoch axis: the starting weights (epoch 0, the run's ``pretrained``),
-  each trainer checkpoint under ``RUN/checkpoints/`` (its stored step gives its epoch; keep
-  copies of ``last.pt`` there, e.g. ``epoch3.pt``, to get more points), ``final.pt`` (the last
+  each trainer checkpoint under ``RUN/checkpoints/`` (its stored step gives its epoch; the
+  ``epoch<N>.pt`` of ``--keep-epoch-checkpoints`` give one point per epoch), ``final.pt`` (the last
   logged step), and checkpoints given explicitly with their epoch.
 """
 
