@@ -311,3 +311,14 @@ def test_interpolation_points_stay_out_of_the_tables(tmp_path, paper_records):
     assert "| MMCoA |" in markdown and "lambda=" not in markdown
     rows = list(csv.DictReader(open(tmp_path / "report" / "records.csv")))
     assert sum(r["label"].startswith("lambda=") for r in rows) == len(mixtures)
+
+
+def test_a_record_repeated_across_files_counts_once(tmp_path, paper_records):
+    """A suite writes each record to cells/<id>.json and again to records.json."""
+    (tmp_path / "cells").mkdir()
+    for index, item in enumerate(paper_records):
+        (tmp_path / "cells" / f"{index}.json").write_text(json.dumps(item))
+    (tmp_path / "records.json").write_text(json.dumps(paper_records))
+    write_report([tmp_path], tmp_path / "report")
+    rows = list(csv.DictReader(open(tmp_path / "report" / "records.csv")))
+    assert len(rows) == len(paper_records)

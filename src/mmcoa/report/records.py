@@ -90,11 +90,19 @@ def _add_file(loaded: Loaded, file: Path, explicit: bool) -> None:
     payload = _read_json(file)
     items = payload if isinstance(payload, list) else [payload]
     if items and all(is_record(item) for item in items):
-        loaded.records += [{**item, "_source": str(file)} for item in items]
+        known = {_identity(r) for r in loaded.records}
+        for item in items:  # a suite's records.json repeats its cells/*.json: keep one copy
+            if _identity(item) not in known:
+                known.add(_identity(item))
+                loaded.records.append({**item, "_source": str(file)})
     elif is_analysis(payload):
         loaded.analyses.append({**payload, "_source": str(file)})
     elif explicit or (items and any(is_record(item) for item in items)):
         raise MmcoaError(f"malformed record file {str(file)!r}: {_what_is_wrong(items)}")
+
+
+def _identity(record: dict) -> str:
+    return json.dumps({k: v for k, v in record.items() if k != "_source"}, sort_keys=True, default=str)
 
 
 def _read_json(file: Path) -> object:
