@@ -114,3 +114,35 @@ def test_shards_cover_the_batch_once_in_order(n, size):
     shards = [World(rank=r, size=size).shard(items) for r in range(size)]
     assert sum(shards, []) == items
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+SUITE = """
+name: ddp
+task: classification
+split: test
+n_samples: 22
+seed: 0
+batch_size: 4
+device: cpu
+models:
+  - {label: CLIP, name: tiny-clip, pretrained: random}
+datasets: [synthetic]
+attacks:
+  - {label: image, name: pgd, eps: 4, step_size: 1, steps: 2}
+  - {label: clean, name: clean}
+"""
+
+
+def test_two_process_suite_writes_the_single_process_records(tmp_path):
+    """Each cell's batches are shared out and the counts summed; rank 0 writes the same files."""
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    for processes, name in ((1, "one"), (2, "two")):
+        run_mmcoa(["suite", str(tmp_path / "suite.yaml"), "--output", str(tmp_path / name),
+                   "--no-progress"], processes=processes)
+    one, two = (json.loads((tmp_path / n / "records.json").read_text()) for n in ("one", "two"))
+    assert len(one) == 2
+    drop = ("elapsed_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in two] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in one]
+    assert sorted(p.name for p in (tmp_path / "two" / "cells").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one" / "cells").iterdir())

@@ -12,6 +12,10 @@ A cell record is the ``mmcoa eval`` record (``mmcoa retrieval`` for retrieval su
 ``attack_label``, ``cell_settings`` (what decided it) and ``subset`` (file, size, SHA-1 of the
 indices). With ``resume``, cells whose record exists with the same settings are skipped, and the
 saved subsets are reused, so two runs compare cell by cell (as RobustBench fixes its samples).
+
+Under ``torchrun`` every process runs every cell on its share of the cell's batches and the
+counts are summed (:mod:`mmcoa.distributed`); rank 0 alone writes. Retrieval suites run in one
+process.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from tqdm.auto import tqdm
 
 from mmcoa.data import load_coco_karpathy, load_dataset
 from mmcoa.devices import check_device
+from mmcoa.distributed import SINGLE, World, barrier, world_from_env
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions, write_json_atomic
 from mmcoa.eval.retrieval import evaluate_retrieval
@@ -50,6 +55,9 @@ def run_suite(config: SuiteConfig, output: str | Path, *, resume: bool = False,
     _require(config.task != "retrieval" or config.data_root,
              "retrieval suites need data_root (the MSCOCO folder holding dataset_coco.json): "
              "set it in the suite file or pass --data-root")
+    world, device = world_from_env(config.device)
+    _require(config.task != "retrieval" or not world.distributed,
+             "retrieval suites run in one process; start them without torchrun")
     cells = config.cells()
     records = _finished_records(output, config, cells) if resume else {}
     pending = [cell for cell in cells if cell.id not in records]
@@ -58,42 +66,55 @@ def run_suite(config: SuiteConfig, output: str | Path, *, resume: bool = False,
                for entry in _unique_entries(pending)}
     attacks = {entry.label: _build_attack(config, entry) for entry in config.attacks
                if any(cell.attack == entry for cell in pending)}
-    _write_start(output, config, cells, subsets)
+    barrier(world)  # every rank has checked the folder before rank 0 writes to it
+    if world.is_main:
+        _write_start(output, config, cells, subsets)
+    run = _Run(config, output, records, world, device)
     try:
-        _run_cells(config, pending, datasets, subsets, attacks, output, records, progress, len(cells))
+        run.cells(pending, datasets, subsets, attacks, progress and world.is_main, len(cells))
     finally:
         ordered = [records[cell.id] for cell in cells if cell.id in records]
-        write_json_atomic(output / RECORDS_FILE, ordered)
+        if world.is_main:
+            write_json_atomic(output / RECORDS_FILE, ordered)
     return ordered
 
 
-def _run_cells(config, pending, datasets, subsets, attacks, output, records, progress, total) -> None:
-    bar = tqdm(total=total, initial=total - len(pending), desc=f"suite {config.name}", unit="cell",
-               disable=not progress)
-    for (row, weights), group in groupby(pending, key=lambda cell: (cell.model, cell.weights)):
-        model = load_model(row.name, pretrained=weights, device=config.device)
-        for cell in group:
-            bar.set_postfix_str(cell.id)
-            dataset = datasets.get(cell.dataset, model.image_size[0])
-            record = evaluate_cell(config, cell, model, dataset, subsets[cell.dataset.name]["indices"],
-                                   attacks[cell.attack.label], progress)
-            write_json_atomic(output / CELLS_DIR / f"{cell.id}.json", record)
-            records[cell.id] = record
-            bar.update(1)
-        del model
-    bar.close()
+class _Run:
+    """The pending cells of one suite run, on this process's device."""
+
+    def __init__(self, config: SuiteConfig, output: Path, records: dict, world: World, device: str):
+        self.config, self.output, self.records = config, output, records
+        self.world, self.device = world, device
+
+    def cells(self, pending, datasets, subsets, attacks, progress, total) -> None:
+        bar = tqdm(total=total, initial=total - len(pending), desc=f"suite {self.config.name}",
+                   unit="cell", disable=not progress)
+        for (row, weights), group in groupby(pending, key=lambda cell: (cell.model, cell.weights)):
+            model = load_model(row.name, pretrained=weights, device=self.device)
+            for cell in group:
+                bar.set_postfix_str(cell.id)
+                dataset = datasets.get(cell.dataset, model.image_size[0])
+                record = evaluate_cell(self.config, cell, model, dataset,
+                                       subsets[cell.dataset.name]["indices"],
+                                       attacks[cell.attack.label], progress, self.world)
+                if self.world.is_main:
+                    write_json_atomic(self.output / CELLS_DIR / f"{cell.id}.json", record)
+                self.records[cell.id] = record
+                bar.update(1)
+            del model
+        bar.close()
 
 
 def evaluate_cell(config: SuiteConfig, cell: Cell, model, dataset, indices: list[int], attack,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, world: World = SINGLE) -> dict:
     """One cell's record: the evaluation record plus the suite keys (module docstring)."""
     if config.task == "retrieval":
         record = evaluate_retrieval(model, dataset, attack, indices=indices, batch_size=config.batch_size,
                                     seed=config.seed, progress=progress)
     else:
         [record] = evaluate(model, dataset, [attack], indices=indices, batch_size=config.batch_size,
-                            seed=config.seed, device=config.device, template=config.template,
-                            progress=progress)
+                            seed=config.seed, device=str(model.device), template=config.template,
+                            progress=progress, world=world)
     record.update(suite=config.name, cell=cell.id, label=cell.model.label,
                   attack_label=cell.attack.label, cell_settings=config.cell_settings(cell),
                   subset={"file": f"{SUBSETS_DIR}/{slug(cell.dataset.name)}.json", "n": len(indices),
