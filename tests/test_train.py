@@ -310,6 +310,7 @@ class Interrupted(Exception):
     ("tecoa", "max_steps", {}),
     ("mmcoa", "max_steps", {"text_attack_every": 2}),  # step 3 must reuse step 2's prompts
     ("tecoa", "crash", {"schedule": "cosine", "warmup_steps": 1}),
+    *[(name, "max_steps", {}) for name in ("ft-standard", "fare", "pmg-aft", "vp", "advpt")],
 ])
 def test_resume_gives_bit_identical_weights(name, interrupt, extra, make_config, monkeypatch):
     full = make_config(name, "straight", max_steps=None, save_every=1, **extra)  # 4 steps
@@ -332,11 +333,13 @@ def test_resume_gives_bit_identical_weights(name, interrupt, extra, make_config,
     assert load_state(os.path.join(resumed.output, "checkpoints", "last.pt"))["step"] == 3
     metrics = train(resumed, resume=True, progress=False)
     assert metrics["steps"] == 4
-    expected = load_state(os.path.join(full.output, "final.pt"))
-    got = load_state(os.path.join(resumed.output, "final.pt"))
-    assert expected.keys() == got.keys()
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), key
+    for exported in ("final.pt", "prompt.pt") if name in PROMPTED else ("final.pt",):
+        expected = load_state(os.path.join(full.output, exported))
+        got = load_state(os.path.join(resumed.output, exported))
+        expected, got = (e.get("state", e) for e in (expected, got))  # prompt.pt nests its weights
+        assert expected.keys() == got.keys()
+        for key in expected:
+            assert torch.equal(expected[key], got[key]), (exported, key)
     losses = [[row["loss"] for row in read_jsonl(c.output, "metrics.jsonl")] for c in (full, resumed)]
     assert losses[0] == losses[1][-4:]
     if name == "mmcoa":
