@@ -375,7 +375,7 @@ def test_few_shot_list_is_saved_used_and_reused_on_resume(make_config, train_dat
     metrics = train(config, progress=False)
     saved = read_json(config.output, "shots.json")
     expected = few_shot_indices(dataset_labels(train_data), "5", seed=0)
-    assert saved == {"shots": "5", "seed": 0, "indices": expected, "short_classes": {}}
+    assert saved == {"shots": "5", "seed": 0, "indices": expected, "short_classes": []}
     assert metrics["n_train_items"] == 20 and sorted(read) == expected  # one epoch: each once
 
     monkeypatch.setattr(trainer, "few_shot_indices", lambda *a: pytest.fail("list redrawn on resume"))
@@ -392,7 +392,8 @@ def test_classes_short_of_k_shots_are_reported_and_saved(make_config, train_data
     config = make_config("ft-standard", shots="50", max_steps=1)
     train(config, progress=False)
     saved = read_json(config.output, "shots.json")
-    assert saved["short_classes"] == {name: 16 for name in train_data.classnames}
+    assert saved["short_classes"] == [{"label": c, "name": name, "images": 16}
+                                      for c, name in enumerate(train_data.classnames)]
     assert len(saved["indices"]) == 64
     err = capsys.readouterr().err
     assert err.count("fewer than --shots 50") == len(train_data.classnames)
@@ -519,7 +520,7 @@ def test_a_fresh_run_starts_clean_and_a_resumed_run_drops_rows_past_its_checkpoi
 # -- prompt tuning: AdvPT's text context and the saved prompt files --------------------------------
 @pytest.mark.parametrize("model_name", ["tiny-clip", "tiny-clip-hf"])
 def test_text_context_started_from_a_phrase_encodes_like_that_phrase(model_name):
-    """Cross-check: the context initialised from "a photo of a" must make "X X X X cat." encode
+    """Cross-check: the context initialised from "a photo of a" must make "a a a a cat." encode
     exactly as the plain text "a photo of a cat." does; other texts are left alone."""
     from mmcoa.models.prompts import text_context_for
 
@@ -622,3 +623,22 @@ def test_epoch_checkpoints_are_kept_when_asked(make_config):
     assert [load_state(os.path.join(folder, f"epoch{e}.pt"))["step"] for e in (1, 2)] == [2, 4]
     train(make_config("ft-standard", shots="5", epochs=1, max_steps=None), progress=False)
     assert sorted(os.listdir(folder)) == ["last.pt"]
+
+
+def test_text_attacks_leave_the_advpt_context_in_place(mlm, train_data):
+    """The placeholders are stop words: BERT-Attack on a prompt-tuned model edits the class
+    name, never the words the learned context replaces."""
+    from mmcoa.attacks import build_attack
+    from mmcoa.models import ZeroShotClassifier
+    from mmcoa.models.prompts import text_context_for
+
+    model = mmcoa.load_model("tiny-clip")
+    model.text_prompt = text_context_for(model)
+    prompts = train_data.prompts(model.text_prompt.template)
+    attack = build_attack("bert", mlm=mlm)
+    attack.prepare("cpu")
+    images, labels = fixed_batch(train_data, 8)
+    result = attack(ZeroShotClassifier(model, prompts), images, labels)
+    assert result.adversarial_prompts and len(result.adversarial_prompts) == len(prompts)
+    assert all(p.startswith("a a a a ") for p in result.adversarial_prompts)
+    assert result.adversarial_prompts != prompts  # the class names were attacked

@@ -6,8 +6,9 @@ into equal contiguous shards, one per rank, and after ``backward`` averages the 
 all ranks in one flattened all-reduce, so the update equals a single process's on the global
 batch:
 
-- losses that are a mean over samples (FARE, PMG-AFT, AdvPT) are computed on the local shard;
-  the mean over ranks of the local means is the global mean;
+- losses that are a mean over samples (FARE, PMG-AFT, AdvPT) are computed on the local shard
+  and weighted by ``size · n_local / n_global``, so the mean over ranks is the global batch's
+  mean also when the shards differ in size;
 - the class-aware contrastive loss (paper Eq. 7-8) couples the images of a batch through its
   text→image term, so each rank gathers the image features of the whole global batch
   (:func:`gather_with_grad`) and computes the global loss. Its own shard enters with its
@@ -19,6 +20,12 @@ The gradient all-reduce is explicit rather than through ``DistributedDataParalle
 hooks because a training step calls the encoders several times (adversarial, clean and prompt
 passes) outside one ``forward``; the arithmetic is DDP's (sum, then divide by the world size).
 Evaluation shards the samples across ranks and sums the counts.
+
+Two things still differ from one process: each rank draws the random starts of its training
+attacks from (seed, step, rank), so the adversarial images (not the arithmetic on them) differ
+from a single process's; and BatchNorm layers (open_clip's ResNets) normalize per shard, with
+rank 0's running statistics saved. A run resumes only with the number of processes it was
+started with.
 """
 
 from __future__ import annotations
@@ -84,9 +91,14 @@ def gather_with_grad(local: torch.Tensor, world: World) -> torch.Tensor:
     if not world.distributed:
         return local
     parts = _all_gather_rows(local.detach(), world)
-    scaled = local * world.size - local.detach() * (world.size - 1)  # value of local, grad × size
-    parts[world.rank] = scaled
+    parts[world.rank] = scaled_gradient(local, world.size)
     return torch.cat(parts)
+
+
+def scaled_gradient(local: torch.Tensor, factor: int) -> torch.Tensor:
+    """Exactly ``local``'s value (in any dtype, bf16 included) with its gradient × ``factor``."""
+    frozen = local.detach()
+    return frozen + (local - frozen) * factor
 
 
 def gather_rows(local: torch.Tensor, world: World) -> torch.Tensor:
@@ -137,6 +149,15 @@ def sum_over_ranks(values: list[float], world: World, device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def mean_terms_over_ranks(terms: dict[str, float], world: World, device) -> dict[str, float]:
+    """Each logged loss term averaged over ranks (one all-reduce)."""
+    if not world.distributed or not terms:
+        return terms
+    names = list(terms)
+    totals = sum_over_ranks([float(terms[n]) for n in names], world, device)
+    return {n: t / world.size for n, t in zip(names, totals)}
 
 
 def max_over_ranks(value: float, world: World, device) -> float:

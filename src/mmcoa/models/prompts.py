@@ -19,7 +19,10 @@ from torch import nn
 from mmcoa.errors import MmcoaError
 
 PROMPT_FORMAT = "mmcoa-prompt-v1"
-PLACEHOLDER = "X"
+# The placeholder is a stop word, which BERT-Attack never replaces: a text attack on a prompt-tuned
+# model leaves the learned context in place and attacks the class name, as against AdvPT's
+# context, which is no text at all. (CoOp writes "X"; a replaced "X" would drop the context.)
+PLACEHOLDER = "a"
 
 
 class PaddingPrompt(nn.Module):
@@ -38,13 +41,17 @@ class PaddingPrompt(nn.Module):
         self.prompt = nn.Parameter(torch.zeros(1, 3, height, width))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-2:] != self.prompt.shape[-2:]:
+            raise MmcoaError(f"this visual prompt was trained at {tuple(self.prompt.shape[-2:])} px; "
+                             f"the images are {tuple(images.shape[-2:])} px (use a dataset of that "
+                             "resolution)")
         return images + self.mask * self.prompt
 
 
 class TextContext(nn.Module):
     """Learnable text context (CoOp, Zhou et al. 2022; trained adversarially by AdvPT, Zhang et
     al. 2023): ``n_ctx`` vectors in the token-embedding space that replace the embeddings of the
-    ``n_ctx`` placeholder words opening a prompt ``"X X X X {class}."``.
+    ``n_ctx`` placeholder words opening a prompt ``"a a a a {class}."``.
 
     Only prompts that start with the placeholders are changed, so any other text (an attacked
     prompt whose placeholders BERT-Attack did not touch keeps them) encodes as usual. The vectors

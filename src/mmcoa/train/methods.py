@@ -63,6 +63,9 @@ class Method:
     default_towers: tuple[str, ...] = ("image", "text")
     needs_frozen_copy = False
     needs_text_attack = False
+    # True when the loss couples the batch's samples (the contrastive loss's text→image term) and
+    # so is computed on the gathered global batch under torchrun; False for per-sample means.
+    global_batch_loss = False
 
     def setup(self, model: VisionLanguageModel, image_size, towers, config) -> None:
         """Choose the trainable parameters (and add prompt modules)."""
@@ -107,6 +110,8 @@ def contrastive(ctx: StepContext, images, prompts, labels) -> torch.Tensor:
 class FTStandard(Method):
     """Clean contrastive fine-tuning of both towers (paper baseline "FT-standard")."""
 
+    global_batch_loss = True
+
     def loss(self, ctx, images, labels):
         loss = contrastive(ctx, images, ctx.prompts, labels)
         return loss, {"clean": loss.item()}
@@ -118,6 +123,7 @@ class TeCoA(Method):
     the clean class prompts; image tower."""
 
     default_towers = ("image",)
+    global_batch_loss = True
 
     def loss(self, ctx, images, labels):
         loss = contrastive(ctx, train_pgd(ctx, images, labels), ctx.prompts, labels)
@@ -130,6 +136,7 @@ class MMCoA(Method):
     both towers. alpha = 1, beta = 0 and alpha = 0, beta = 1 are the paper's ablations."""
 
     needs_text_attack = True
+    global_batch_loss = True
 
     def loss(self, ctx, images, labels):
         config, model = ctx.config, ctx.model
@@ -194,6 +201,7 @@ class VisualPrompting(Method):
     the TeCoA loss while the whole model stays frozen."""
 
     default_towers = ()
+    global_batch_loss = True
 
     def setup(self, model, image_size, towers, config):
         model.set_trainable(towers)

@@ -23,7 +23,7 @@ from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data import load_dataset
 from mmcoa.devices import check_device
 from mmcoa.distributed import (SINGLE, World, average_gradients, barrier, broadcast_object,
-                               mean_over_ranks, world_from_env)
+                               mean_over_ranks, mean_terms_over_ranks, world_from_env)
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions, write_json_atomic
 from mmcoa.models import load_model, validate_model_name
@@ -47,23 +47,24 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     if config.batch_size < world.size:
         raise MmcoaError(f"batch_size {config.batch_size} is smaller than the {world.size} processes")
     run = Path(config.output)
-    checkpoint = _load_checkpoint(run, config) if resume else None
+    checkpoint = _load_checkpoint(run, config, world) if resume else None
     dataset = load_dataset(config.dataset, split="train", root=config.data_root)
     indices = _shot_indices(run, dataset, config, reuse=checkpoint is not None)
+    _check_shards(len(indices), config.batch_size, world)
     model = load_model(config.model, pretrained=config.pretrained, device=config.device)
     towers = TOWER_CHOICES[config.train_towers] if config.train_towers else method.default_towers
     frozen = frozen_copy(model) if method.needs_frozen_copy else None
     method.setup(model, dataset.image_size or tuple(dataset[0][0].shape[-2:]), towers, config)
     optimizer = build_optimizer(model, config)
     schedule = build_schedule(optimizer, config, total_steps(config, len(indices)))
+    text_attack = BertAttack(shared_mlm(config.mlm, config.device), k=config.k,
+                             max_words=config.max_words) if method.needs_text_attack and config.beta else None
+    method.prepare(model, dataset, indices, config)  # on the starting weights, resumed or not
     state = {"step": 0, "adversarial_prompts": None}
     if checkpoint is not None:
         state = _restore(checkpoint, model, optimizer, schedule)
-    text_attack = BertAttack(shared_mlm(config.mlm, config.device), k=config.k,
-                             max_words=config.max_words) if method.needs_text_attack and config.beta else None
     loop = _Loop(config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack,
                  run, world)
-    method.prepare(model, dataset, indices, config)
     # Every setting has been checked (model, MLM, template, optimizer): only now write the run.
     if world.is_main:
         _prepare_run_logs(run, state["step"])
@@ -95,6 +96,15 @@ def _logged_step(line: str, name: str) -> int:
     """Steps done when the row was logged (metrics rows count from 1, prompt rows from 0)."""
     step = json.loads(line)["step"]
     return step if name == "metrics.jsonl" else step + 1
+
+
+def _check_shards(n_items: int, batch_size: int, world: World) -> None:
+    """Under torchrun every rank needs at least one sample of every batch, the last one too."""
+    tail = n_items % batch_size
+    if world.distributed and 0 < tail < world.size:
+        raise MmcoaError(f"the last batch of each epoch holds {tail} of the {n_items} training items, "
+                         f"fewer than the {world.size} processes; change batch_size or the number "
+                         f"of processes")
 
 
 def total_steps(config: TrainConfig, n_items: int) -> int:
@@ -150,6 +160,7 @@ class _Loop:
         self.prompts = method.class_prompts(dataset, config, model)
         self.steps = total_steps(config, len(indices))
         self.per_epoch = math.ceil(len(indices) / config.batch_size)
+        self.global_size = config.batch_size  # of the current step's global batch (``_batch``)
 
     def run(self, state: dict, progress: bool) -> dict:
         started, losses = time.perf_counter(), []
@@ -160,7 +171,7 @@ class _Loop:
             loss, terms = self._step(step, state, images, labels, chosen)
             losses.append(loss)
             state["step"] = step + 1
-            self._log(step, loss, terms, len(labels) * self.world.size, started)
+            self._log(step, loss, terms, self.global_size, started)
             bar.update()
             rate = _rate(losses, time.perf_counter() - started, self.config)
             bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3g}" for k, v in terms.items()},
@@ -177,6 +188,7 @@ class _Loop:
         epoch, position = divmod(step, self.per_epoch)
         order = torch.randperm(len(self.indices), generator=derived_generator(self.config.seed, epoch))
         chosen = order[position * self.config.batch_size:(position + 1) * self.config.batch_size]
+        self.global_size = len(chosen)
         chosen = self.world.shard([self.indices[int(i)] for i in chosen])
         items = [self.dataset[i] for i in chosen]
         images = torch.stack([image for image, _ in items]).to(self.config.device)
@@ -193,6 +205,10 @@ class _Loop:
         self.model.train()
         with self._autocast():
             loss, terms = self.method.loss(ctx, images, labels)
+        share = self._shard_weight(len(labels))
+        loss = loss * share if share != 1 else loss
+        terms = mean_terms_over_ranks({k: v * share for k, v in terms.items()}, self.world,
+                                      self.config.device)
         terms["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -203,6 +219,14 @@ class _Loop:
         with torch.no_grad():
             self.model._raw_logit_scale().clamp_(max=math.log(MAX_LOGIT_SCALE))
         return mean_over_ranks(loss.item(), self.world, self.config.device), terms
+
+    def _shard_weight(self, n_local: int) -> float:
+        """A per-sample mean loss on this shard counts ``size · n_local / n_global``, so that
+        averaging over ranks gives the global batch's mean (1 in one process and for losses
+        computed on the gathered global batch)."""
+        if not self.world.distributed or self.method.global_batch_loss:
+            return 1
+        return self.world.size * n_local / self.global_size
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -252,7 +276,7 @@ class _Loop:
                    "adversarial_prompts": state["adversarial_prompts"],
                    "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
-                   "config": _identity(self.config)}
+                   "config": _identity(self.config), "world_size": self.world.size}
         _save_atomic(payload, self.run_dir / "checkpoints" / "last.pt")
         if epoch is not None:
             _save_atomic(payload, self.run_dir / "checkpoints" / f"epoch{epoch}.pt")
@@ -296,7 +320,7 @@ def _identity(config: TrainConfig) -> dict:
     return {key: getattr(config, key) for key in IDENTITY_KEYS}
 
 
-def _load_checkpoint(run: Path, config: TrainConfig) -> dict:
+def _load_checkpoint(run: Path, config: TrainConfig, world: World = SINGLE) -> dict:
     path = run / "checkpoints" / "last.pt"
     if not path.is_file():
         raise MmcoaError(f"--resume: no checkpoint at {path}; start without --resume")
@@ -312,6 +336,10 @@ def _load_checkpoint(run: Path, config: TrainConfig) -> dict:
     if mismatched:
         detail = ", ".join(f"{k}={new!r} (checkpoint {old!r})" for k, (new, old) in mismatched.items())
         raise MmcoaError(f"--resume: settings differ from the checkpoint's: {detail}")
+    saved_world = checkpoint.get("world_size", 1)
+    if saved_world != world.size:
+        raise MmcoaError(f"--resume: the run was started with {saved_world} process(es), now "
+                         f"{world.size}; resume with the same number for an exact continuation")
     return checkpoint
 
 
@@ -338,18 +366,17 @@ def _shot_indices(run: Path, dataset, config: TrainConfig, reuse: bool) -> list[
     return indices
 
 
-def _short_classes(dataset, indices: list[int], config: TrainConfig) -> dict[str, int]:
-    """Classes with fewer than ``shots`` training images (all of theirs are used), by name;
-    each is also reported on stderr."""
+def _short_classes(dataset, indices: list[int], config: TrainConfig) -> list[dict]:
+    """Classes with fewer than ``shots`` training images (all of theirs are used): label, name
+    and count of each; each is also reported on stderr."""
     if config.shots == "full":
-        return {}
-    labels = dataset_labels(dataset)
-    counts = Counter(labels[i] for i in indices)
-    short = {dataset.classnames[c]: counts.get(c, 0) for c in range(len(dataset.classnames))
-             if counts.get(c, 0) < int(config.shots)}
-    for name, count in short.items():
-        print(f"mmcoa: warning: class {name!r} has {count} training images, fewer than "
-              f"--shots {config.shots}; all are used", file=sys.stderr)
+        return []
+    counts = Counter(dataset_labels(dataset)[i] for i in indices)
+    short = [{"label": c, "name": name, "images": counts.get(c, 0)}
+             for c, name in enumerate(dataset.classnames) if counts.get(c, 0) < int(config.shots)]
+    for entry in short:
+        print(f"mmcoa: warning: class {entry['name']!r} has {entry['images']} training images, "
+              f"fewer than --shots {config.shots}; all are used", file=sys.stderr)
     return short
 
 
