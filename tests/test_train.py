@@ -642,3 +642,11 @@ def test_text_attacks_leave_the_advpt_context_in_place(mlm, train_data):
     assert result.adversarial_prompts and len(result.adversarial_prompts) == len(prompts)
     assert all(p.startswith("a a a a ") for p in result.adversarial_prompts)
     assert result.adversarial_prompts != prompts  # the class names were attacked
+
+
+def test_visual_prompt_at_another_resolution_is_a_one_line_error():
+    from mmcoa.models.prompts import PaddingPrompt
+
+    prompt = PaddingPrompt((32, 32))
+    with pytest.raises(MmcoaError, match="trained at \\(32, 32\\) px; the images are \\(28, 28\\) px"):
+        prompt(torch.zeros(1, 3, 28, 28))
