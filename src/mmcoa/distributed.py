@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -63,6 +64,7 @@ class World:
 
 
 SINGLE = World()
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=60)
 
 
 def world_from_env(device: str) -> tuple[World, str]:
@@ -80,8 +82,8 @@ def world_from_env(device: str) -> tuple[World, str]:
                              f"{torch.cuda.device_count()} are visible")
         device = f"cuda:{world.local_rank}"
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if not dist.is_initialized():  # long timeout: rank 0 alone runs the text attack and saves
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
     return world, device
 
 
