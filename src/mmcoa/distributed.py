@@ -21,11 +21,11 @@ hooks because a training step calls the encoders several times (adversarial, cle
 passes) outside one ``forward``; the arithmetic is DDP's (sum, then divide by the world size).
 Evaluation shards the samples across ranks and sums the counts.
 
-Two things still differ from one process: each rank draws the random starts of its training
-attacks from (seed, step, rank), so the adversarial images (not the arithmetic on them) differ
-from a single process's; and BatchNorm layers (open_clip's ResNets) normalize per shard, with
-rank 0's running statistics saved. A run resumes only with the number of processes it was
-started with.
+The random starts of the training attacks are drawn for the whole global batch from (seed,
+step) on every rank, each keeping its rows (:class:`mmcoa.attacks.pgd.RowsOf`), so a shard
+starts where a single process would. BatchNorm layers (open_clip's ResNets) still normalize per
+shard, with rank 0's running statistics saved. A run resumes only with the number of processes
+it was started with.
 """
 
 from __future__ import annotations
@@ -56,11 +56,15 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
+    def shard_start(self, n: int) -> int:
+        """Where this rank's contiguous part of ``n`` items starts (sizes differ by at most one)."""
+        base, extra = divmod(n, self.size)
+        return self.rank * base + min(self.rank, extra)
+
     def shard(self, items: list) -> list:
-        """This rank's contiguous part of ``items`` (sizes differ by at most one)."""
-        base, extra = divmod(len(items), self.size)
-        start = self.rank * base + min(self.rank, extra)
-        return items[start:start + base + (self.rank < extra)]
+        """This rank's contiguous part of ``items``."""
+        start = self.shard_start(len(items))
+        return items[start:start + len(items) // self.size + (self.rank < len(items) % self.size)]
 
 
 SINGLE = World()

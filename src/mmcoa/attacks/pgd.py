@@ -21,9 +21,24 @@ PRECISIONS = ("fp32", "bf16")
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def random_start(images: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None):
+@dataclass(frozen=True)
+class RowsOf:
+    """A generator standing for a batch of ``total`` rows of which the images are rows
+    ``start`` onwards: random starts are drawn for the whole batch and this part kept, so a
+    process's shard starts where a single process on the whole batch would."""
+
+    generator: torch.Generator
+    start: int
+    total: int
+
+
+def random_start(images: torch.Tensor, eps: float, norm: str,
+                 generator: torch.Generator | RowsOf | None):
     """A perturbation drawn uniformly from the eps-ball (both signs), clipped to valid pixels."""
-    shape, device = images.shape, images.device
+    shape, device, rows = images.shape, images.device, slice(None)
+    if isinstance(generator, RowsOf):
+        rows = slice(generator.start, generator.start + shape[0])
+        shape, generator = (generator.total, *shape[1:]), generator.generator
     if norm == "linf":
         delta = (torch.rand(shape, generator=generator, device=device) * 2 - 1) * eps
     else:
@@ -32,7 +47,7 @@ def random_start(images: torch.Tensor, eps: float, norm: str, generator: torch.G
         dims = images[0].numel()
         radius = torch.rand((shape[0], 1, 1, 1), generator=generator, device=device) ** (1 / dims)
         delta = direction * radius * eps
-    return (images + delta).clamp(0, 1) - images
+    return (images + delta[rows]).clamp(0, 1) - images
 
 
 def ascent_step(delta: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str):
@@ -51,7 +66,7 @@ def project(delta: torch.Tensor, images: torch.Tensor, eps: float, norm: str):
 
 
 def maximize(loss_fn: LossFn, images: torch.Tensor, *, eps: float, step_size: float, n_steps: int,
-             norm: str = "linf", start: bool = True, generator: torch.Generator | None = None,
+             norm: str = "linf", start: bool = True, generator: "torch.Generator | RowsOf | None" = None,
              precision: str = "fp32") -> torch.Tensor:
     """Ascend ``loss_fn(adv).sum()`` for ``n_steps`` steps inside the eps-ball around ``images``.
 

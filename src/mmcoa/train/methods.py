@@ -33,7 +33,7 @@ class StepContext:
     model: VisionLanguageModel
     prompts: list[str]
     config: object
-    generator: torch.Generator
+    generator: torch.Generator  # or RowsOf under torchrun (mmcoa.attacks.pgd)
     adversarial_prompts: list[str] | None = None
     frozen: VisionLanguageModel | None = None
     batch_indices: list[int] | None = None  # the batch's dataset indices

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmcoa.attacks.bert import shared_mlm
+from mmcoa.attacks.pgd import RowsOf
 from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data import load_dataset
 from mmcoa.devices import check_device
@@ -196,10 +197,8 @@ class _Loop:
 
     def _step(self, step: int, state: dict, images, labels, chosen=None) -> tuple[float, dict]:
         self._refresh_adversarial_prompts(step, state)
-        ranked = (self.world.rank,) if self.world.distributed else ()
         ctx = StepContext(model=self.model, prompts=self.prompts, config=self.config,
-                          generator=derived_generator(self.config.seed, step, 1, *ranked,
-                                                      device=self.config.device),
+                          generator=self._attack_generator(step),
                           adversarial_prompts=state["adversarial_prompts"], frozen=self.frozen,
                           batch_indices=chosen, world=self.world)
         self.model.train()
@@ -219,6 +218,14 @@ class _Loop:
         with torch.no_grad():
             self.model._raw_logit_scale().clamp_(max=math.log(MAX_LOGIT_SCALE))
         return mean_over_ranks(loss.item(), self.world, self.config.device), terms
+
+    def _attack_generator(self, step: int):
+        """The step's attack randomness from (seed, step); under torchrun drawn for the global
+        batch with this rank's rows kept, as one process would draw it."""
+        generator = derived_generator(self.config.seed, step, 1, device=self.config.device)
+        if not self.world.distributed:
+            return generator
+        return RowsOf(generator, self.world.shard_start(self.global_size), self.global_size)
 
     def _shard_weight(self, n_local: int) -> float:
         """A per-sample mean loss on this shard counts ``size · n_local / n_global``, so that
