@@ -116,12 +116,12 @@ def test_demo_table1_markdown_matches_the_records(demo_run):
 
 def test_demo_writes_its_report_with_the_sweep_and_interpolation(demo_run):
     """The demo ends with `mmcoa report` over Table I and its analyses: the HTML and Markdown
-    report, the eps-sweep and interpolation plots (non-empty PNGs) and the numbers behind them."""
+    report, the eps-sweep, interpolation and gallery plots (non-empty PNGs) and their numbers."""
     tmp_path, _ = demo_run
     report, analyses = tmp_path / "report", tmp_path / "analyses"
     html = (report / "report.html").read_text()
     assert "data:image/png;base64," in html and (report / "report.md").is_file()
-    for name in ("eps_sweep", "interpolation"):
+    for name in ("eps_sweep", "interpolation", "gallery"):
         png = (analyses / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000
         assert json.loads((analyses / f"{name}.json").read_text())

@@ -207,10 +207,12 @@ def write_demo_report(output: Path, checkpoint: Path, mlm: Path, settings: Table
                       data_root: str | None = None, device: str = "cpu", seed: int = 0,
                       progress: bool = True) -> Path:
     """The eps sweep (paper Fig. 6: zero-shot, TeCoA and MMCoA under the image and multimodal
-    attacks at each of ``sweep_eps``) and the weight interpolation from the zero-shot model to
-    MMCoA (Fig. 8) into ``OUTPUT/analyses``, then ``mmcoa report`` over Table I and them into
-    ``OUTPUT/report``; returns the report's HTML path."""
-    from mmcoa.analysis import eps_sweep, interpolation, plot_eps_sweep, plot_interpolation
+    attacks at each of ``sweep_eps``), the weight interpolation from the zero-shot model to
+    MMCoA (Fig. 8) and a gallery of attacks on the zero-shot model into ``OUTPUT/analyses``,
+    then ``mmcoa report`` over Table I and them into ``OUTPUT/report``; returns the report's
+    HTML path."""
+    from mmcoa.analysis import (eps_sweep, gallery, interpolation, plot_eps_sweep, plot_gallery,
+                                plot_interpolation)
     from mmcoa.report import write_report
 
     test_set = load_dataset(DEMO_DATASET, split="test", root=data_root)
@@ -230,6 +232,9 @@ def write_demo_report(output: Path, checkpoint: Path, mlm: Path, settings: Table
                              **common)
         write_records(analyses / "interpolation_records.json", path)
         plot_interpolation(path, analyses)
+    examples = gallery(models[ZERO_SHOT_ROW], test_set, ("pgd", "multimodal"), per_attack=2,
+                       attack_params={"eps": settings.eps, **steps, "mlm": str(mlm)}, seed=seed)
+    plot_gallery(examples, analyses)
     return write_report([output / "table1.json", analyses], output / "report",
                         title="mmcoa demo: tiny CLIP on Fashion-MNIST")
 
