@@ -169,7 +169,7 @@ def run_demo(output: str | Path, *, data_root: str | None = None, device: str = 
         page = write_demo_report(output, checkpoint, mlm, table1, data_root=data_root, device=device,
                                  seed=seed, progress=progress)
         if show_table:
-            print(f"report (tables, eps sweep, interpolation) written to {page}")
+            print(f"report (tables, eps sweep, interpolation, gallery) written to {page}")
     return records
 
 

@@ -176,7 +176,7 @@ class _Loop:
             bar.update()
             rate = _rate(losses, time.perf_counter() - started, self.config)
             bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3g}" for k, v in terms.items()},
-                            img_s=rate)
+                            img_s=f"{rate:.0f}" if rate else "-")
             if self._should_save(step + 1):
                 self._save(state, self._epoch_end(step + 1))
         bar.close()
