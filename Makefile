@@ -14,13 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # $(call apt_install,PACKAGE,TEST,NOTE): apt-get install PACKAGE when TEST fails and we are
-# root (an apt-get update first if the package lists are stale); otherwise print a note.
+# root (an apt-get update first if the package lists are stale); otherwise, or if apt-get
+# fails, print a note and go on (the tests that need the package say why they skip).
 define apt_install
 	@if ! $(2) >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get install -y -qq $(1) >/dev/null 2>&1 || \
-	     (apt-get update -qq >/dev/null && apt-get install -y -qq $(1) >/dev/null)) && \
-	    echo "installed $(1)"; \
+	    ((apt-get install -y -qq $(1) >/dev/null 2>&1 || \
+	      (apt-get update -qq >/dev/null && apt-get install -y -qq $(1) >/dev/null)) && \
+	     echo "installed $(1)") || echo "note: apt-get could not install $(1) ($(3))"; \
 	  else \
 	    echo "note: $(1) is missing; run 'sudo apt-get install $(1)' ($(3))"; \
 	  fi; \
