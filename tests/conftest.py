@@ -15,6 +15,16 @@ from mmcoa.models import ZeroShotClassifier
 TINY_MODELS = ("tiny-clip", "tiny-clip-hf")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    the machine's cores are shared, and oversubscription stalls training-heavy tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", params=TINY_MODELS)
 def any_tiny_model(request):
     """Each tiny backend in turn (open_clip and transformers)."""
