@@ -142,11 +142,7 @@ def average_gradients(parameters, world: World) -> None:
 
 
 def mean_over_ranks(value: float, world: World, device) -> float:
-    if not world.distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / world.size
+    return sum_over_ranks([value], world, device)[0] / world.size
 
 
 def sum_over_ranks(values: list[float], world: World, device) -> list[float]:

@@ -8,6 +8,7 @@ same batches and attacks: on CPU its final weights are bit-identical to an unint
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -50,7 +51,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     run = Path(config.output)
     checkpoint = _load_checkpoint(run, config, world) if resume else None
     dataset = load_dataset(config.dataset, split="train", root=config.data_root)
-    indices = _shot_indices(run, dataset, config, reuse=checkpoint is not None)
+    labels = functools.cache(functools.partial(dataset_labels, dataset))  # read at most once
+    indices = _shot_indices(run, labels, config, reuse=checkpoint is not None)
     _check_shards(len(indices), config.batch_size, world)
     model = load_model(config.model, pretrained=config.pretrained, device=config.device)
     towers = TOWER_CHOICES[config.train_towers] if config.train_towers else method.default_towers
@@ -70,7 +72,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     if world.is_main:
         _prepare_run_logs(run, state["step"])
         _write_json(run / "shots.json", {"shots": config.shots, "seed": config.seed, "indices": indices,
-                                         "short_classes": _short_classes(dataset, indices, config)})
+                                         "short_classes": _short_classes(labels, dataset.classnames, indices, config)})
         _write_json(run / "config.json", {**dataclasses.asdict(config), "towers": list(towers),
                                           "world_size": world.size})
     return loop.run(state, progress and world.is_main)
@@ -362,25 +364,27 @@ def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
     return {"step": checkpoint["step"], "adversarial_prompts": checkpoint["adversarial_prompts"]}
 
 
-def _shot_indices(run: Path, dataset, config: TrainConfig, reuse: bool) -> list[int]:
-    """The fixed per-class index list (``train`` saves it in the run), reused on resume."""
+def _shot_indices(run: Path, labels, config: TrainConfig, reuse: bool) -> list[int]:
+    """The fixed per-class index list (``train`` saves it in the run), reused on resume;
+    ``labels()`` gives every label of the dataset (read once, and only when needed)."""
     path = run / "shots.json"
     if reuse and path.is_file():
         return json.loads(path.read_text())["indices"]
-    indices = few_shot_indices(dataset_labels(dataset), config.shots, config.seed)
+    indices = few_shot_indices(labels(), config.shots, config.seed)
     if not indices:
         raise MmcoaError(f"dataset {config.dataset} has no training samples")
     return indices
 
 
-def _short_classes(dataset, indices: list[int], config: TrainConfig) -> list[dict]:
+def _short_classes(labels, classnames: list[str], indices: list[int], config: TrainConfig) -> list[dict]:
     """Classes with fewer than ``shots`` training images (all of theirs are used): label, name
     and count of each; each is also reported on stderr."""
     if config.shots == "full":
         return []
-    counts = Counter(dataset_labels(dataset)[i] for i in indices)
+    every = labels()
+    counts = Counter(every[i] for i in indices)
     short = [{"label": c, "name": name, "images": counts.get(c, 0)}
-             for c, name in enumerate(dataset.classnames) if counts.get(c, 0) < int(config.shots)]
+             for c, name in enumerate(classnames) if counts.get(c, 0) < int(config.shots)]
     for entry in short:
         print(f"mmcoa: warning: class {entry['name']!r} has {entry['images']} training images, "
               f"fewer than --shots {config.shots}; all are used", file=sys.stderr)
