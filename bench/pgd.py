@@ -257,18 +257,30 @@ def print_report(info: dict, rows: list[dict], grads: dict) -> None:
               f"after naive {g['naive']}/{g['params']} -> {'OK' if ok else 'UNEXPECTED'}")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The flags every bench script takes: --device, --quick, --repeats, --threads, --output."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per path")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per path")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--output", help="write the results as JSON here")
+    return parser
+
+
+def parse_bench_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Parse, then apply ``--threads``."""
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main(argv=None) -> None:
+    parser = bench_parser(__doc__, "smaller batches, fewer repeats")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per path")
+    args = parse_bench_args(parser, argv)
     warmup = args.warmup if args.warmup is not None else 1
     repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
 

@@ -30,7 +30,6 @@ trained BERT.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import itertools
 import json
@@ -52,7 +51,7 @@ import torch.nn.functional as F
 import mmcoa
 from mmcoa.attacks.text import BertAttack, MaskedLM, kl_divergence_score
 from mmcoa.attacks.text.stopwords import default_stop_words
-from pgd import machine, other_load, time_it  # noqa: E402  (bench/pgd.py: shared helpers)
+from pgd import bench_parser, machine, other_load, parse_bench_args, time_it  # noqa: E402  (bench/pgd.py: shared helpers)
 
 CIFAR100 = (
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "
@@ -290,16 +289,7 @@ def print_report(info: dict, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"),
-                        default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per path")
-    parser.add_argument("--quick", action="store_true", help="one timed repeat")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--output", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_bench_args(bench_parser(__doc__, "one timed repeat"), argv)
     repeats = args.repeats or (1 if args.quick else 3)
     start = time.perf_counter()
     vocab = wordpiece_vocab()

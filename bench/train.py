@@ -39,7 +39,6 @@ measured ``ours`` images/s of ``mmcoa`` on CUDA (pending when CUDA is absent).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -68,7 +67,7 @@ from mmcoa.train.methods import METHODS, StepContext, frozen_copy
 from mmcoa.train.objectives import fare_loss, pmg_aft_loss
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.trainer import _Loop, build_optimizer, build_schedule, total_steps
-from pgd import machine, other_load, time_it  # noqa: E402  (bench/pgd.py: shared helpers)
+from pgd import bench_parser, machine, other_load, parse_bench_args, time_it  # noqa: E402  (bench/pgd.py: shared helpers)
 
 METHOD_NAMES = ("ft-standard", "tecoa", "mmcoa", "fare", "pmg-aft", "vp")
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer",
@@ -443,20 +442,12 @@ def print_report(info: dict, rows: list[dict], details: dict) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"),
-                        default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="smaller batches, 2 PGD steps, 1 repeat")
+    parser = bench_parser(__doc__, "smaller batches, 2 PGD steps, 1 repeat")
     parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=list(METHOD_NAMES))
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per path")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per path")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--vit-cpu-smoke", action="store_true",
                         help="also run the CUDA configuration's code on the CPU, tiny (not a benchmark)")
-    parser.add_argument("--output", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser, argv)
     repeats = args.repeats or (1 if args.quick else 3)
     start = time.perf_counter()
     info = machine(args.device)
