@@ -120,10 +120,12 @@ def test_a_last_batch_smaller_than_the_world_is_refused_up_front():
     from mmcoa.train.trainer import _check_shards
 
     _check_shards(10, 4, World(rank=0, size=2))  # tail 2: one each
-    _check_shards(9, 3, World(rank=0, size=4))   # no tail
+    _check_shards(12, 4, World(rank=0, size=4))  # no tail
     _check_shards(5, 4, SINGLE)
     with pytest.raises(MmcoaError, match="fewer than the 2 processes"):
         _check_shards(9, 4, World(rank=0, size=2))
+    with pytest.raises(MmcoaError, match="batch_size 3 is smaller than the 4 processes"):
+        _check_shards(9, 3, World(rank=0, size=4))
 
 
 def test_resume_needs_the_same_number_of_processes(tmp_path):

@@ -141,10 +141,6 @@ def average_gradients(parameters, world: World) -> None:
         offset += grad.numel()
 
 
-def mean_over_ranks(value: float, world: World, device) -> float:
-    return sum_over_ranks([value], world, device)[0] / world.size
-
-
 def sum_over_ranks(values: list[float], world: World, device) -> list[float]:
     if not world.distributed:
         return values

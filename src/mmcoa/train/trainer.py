@@ -25,7 +25,7 @@ from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data import load_dataset
 from mmcoa.devices import check_device
 from mmcoa.distributed import (SINGLE, World, average_gradients, barrier, broadcast_object,
-                               mean_over_ranks, mean_terms_over_ranks, world_from_env)
+                               mean_terms_over_ranks, world_from_env)
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions, write_json_atomic
 from mmcoa.models import load_model, validate_model_name
@@ -46,8 +46,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     check_device(config.device)
     world, device = world_from_env(config.device)
     config = dataclasses.replace(config, device=device)
-    if config.batch_size < world.size:
-        raise MmcoaError(f"batch_size {config.batch_size} is smaller than the {world.size} processes")
     run = Path(config.output)
     checkpoint = _load_checkpoint(run, config, world) if resume else None
     dataset = load_dataset(config.dataset, split="train", root=config.data_root)
@@ -103,6 +101,8 @@ def _logged_step(line: str, name: str) -> int:
 
 def _check_shards(n_items: int, batch_size: int, world: World) -> None:
     """Under torchrun every rank needs at least one sample of every batch, the last one too."""
+    if batch_size < world.size:
+        raise MmcoaError(f"batch_size {batch_size} is smaller than the {world.size} processes")
     tail = n_items % batch_size
     if world.distributed and 0 < tail < world.size:
         raise MmcoaError(f"the last batch of each epoch holds {tail} of the {n_items} training items, "
@@ -208,8 +208,9 @@ class _Loop:
             loss, terms = self.method.loss(ctx, images, labels)
         share = self._shard_weight(len(labels))
         loss = loss * share if share != 1 else loss
-        terms = mean_terms_over_ranks({k: v * share for k, v in terms.items()}, self.world,
-                                      self.config.device)
+        # the logged loss and terms: means over ranks, in one all-reduce
+        terms = mean_terms_over_ranks({"loss": loss.item(), **{k: v * share for k, v in terms.items()}},
+                                      self.world, self.config.device)
         terms["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,7 +220,7 @@ class _Loop:
         self.schedule.step()
         with torch.no_grad():
             self.model._raw_logit_scale().clamp_(max=math.log(MAX_LOGIT_SCALE))
-        return mean_over_ranks(loss.item(), self.world, self.config.device), terms
+        return terms.pop("loss"), terms
 
     def _attack_generator(self, step: int):
         """The step's attack randomness from (seed, step); under torchrun drawn for the global
