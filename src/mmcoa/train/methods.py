@@ -91,11 +91,18 @@ def train_pgd(ctx: StepContext, images, labels) -> torch.Tensor:
     return attack(ZeroShotClassifier(ctx.model, ctx.prompts), images, labels, ctx.generator).images
 
 
-def class_logits(model: VisionLanguageModel, prompts: list[str]):
-    """``images -> logit_scale · cos(f(x), g(prompt_c))`` (paper Eq. 1), differentiable with
-    respect to both towers (the prompts are encoded once, here)."""
+def feature_logits(model: VisionLanguageModel, prompts: list[str]):
+    """``image features -> logit_scale · cos(features, g(prompt_c))`` (paper Eq. 1), with
+    gradient through the text tower (the prompts are encoded once, here)."""
     text = F.normalize(model.encode_text(prompts), dim=-1)
-    return lambda images: model.logit_scale * F.normalize(model.encode_image(images), dim=-1) @ text.T
+    return lambda features: model.logit_scale * F.normalize(features, dim=-1) @ text.T
+
+
+def class_logits(model: VisionLanguageModel, prompts: list[str]):
+    """``images -> logit_scale · cos(f(x), g(prompt_c))``, differentiable with respect to both
+    towers."""
+    to_logits = feature_logits(model, prompts)
+    return lambda images: to_logits(model.encode_image(images))
 
 
 def contrastive(ctx: StepContext, images, prompts, labels) -> torch.Tensor:
@@ -248,9 +255,7 @@ class AdvPT(Method):
     def loss(self, ctx, images, labels):
         rows = torch.tensor([self.row_of[i] for i in ctx.batch_indices])
         adv_features = self.adversarial_features[rows].to(images.device)
-        text = F.normalize(ctx.model.encode_text(ctx.prompts), dim=-1)
-        logits = ctx.model.logit_scale * F.normalize(adv_features, dim=-1) @ text.T
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(feature_logits(ctx.model, ctx.prompts)(adv_features), labels)
         return loss, {"prompt_adv": loss.item()}
 
 
