@@ -57,6 +57,7 @@ import torch
 from mmcoa.attacks import PGD, build_attack
 from mmcoa.data import load_dataset
 from mmcoa.eval import evaluate, format_table, write_json_atomic, write_records
+from mmcoa.files import atomic_path, write_text_atomic
 from mmcoa.models import load_model
 from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
 from mmcoa.train.config import TrainConfig
@@ -199,7 +200,7 @@ def run_table1(output: Path, checkpoint: Path, mlm: Path, settings: Table1Settin
         records += [{**record, "row": row, "method": method} for record in found]
     write_records(output / "table1.json", records)
     table = format_table1(records, settings.describe(n_train))
-    _write_text_atomic(output / "table1.md", table + "\n")
+    write_text_atomic(output / "table1.md", table + "\n")
     return records, table
 
 
@@ -280,18 +281,9 @@ def format_table1(records: list[dict], note: str = "") -> str:
 
 def save_checkpoint(model, path: Path) -> Path:
     """Save the backend model's state dict (loadable by plain open_clip) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.model.state_dict(), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(model.model.state_dict(), tmp)
     return path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _signed(value: float) -> str:

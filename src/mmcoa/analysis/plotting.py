@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mmcoa.eval.results import versions, write_json_atomic
+from mmcoa.files import atomic_path
 
 DPI = 100
 
@@ -33,12 +34,9 @@ def new_figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **su
 
 def save_png(figure: Figure, path: str | os.PathLike) -> Path:
     """Write the figure as PNG atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, dpi=DPI, format="png")
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=DPI, format="png")
+    return Path(path)
 
 
 def write_analysis(output_dir: str | os.PathLike, name: str, *, analysis: str, title: str,

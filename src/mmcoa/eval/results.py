@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from mmcoa.files import atomic_path
 
 RECORD_KEYS = ("model", "pretrained", "dataset", "split", "attack", "attack_params", "n_samples",
                "accuracy", "top5", "seed", "elapsed_s", "versions")
@@ -29,24 +30,9 @@ def versions() -> dict[str, str]:
 def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it into place, so a reader
     never sees half a file and an interrupted run leaves no partial output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
 
 
 def write_records(path: str | os.PathLike, records: Sequence[dict]) -> None:

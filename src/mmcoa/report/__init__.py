@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from mmcoa.files import write_text_atomic
 from mmcoa.report import columns as C
 from mmcoa.report import render
 from mmcoa.report.records import Loaded, is_retrieval, load_records, load_results
@@ -67,15 +68,15 @@ def write_report(paths: Iterable[str | os.PathLike], output_dir: str | os.PathLi
     output = Path(output_dir)
     (output / "tables").mkdir(parents=True, exist_ok=True)
     for table in tables:
-        _write_text(output / "tables" / f"{table.key}.csv", render.table_csv(table))
-    _write_text(output / "records.csv", records_csv(loaded.records))
+        write_text_atomic(output / "tables" / f"{table.key}.csv", render.table_csv(table))
+    write_text_atomic(output / "records.csv", records_csv(loaded.records))
     pngs = _copy_figures(figures, output / "figures")
-    _write_text(output / "report.md", _markdown(title, loaded, tables, figures, pngs))
+    write_text_atomic(output / "report.md", _markdown(title, loaded, tables, figures, pngs))
     page = render.page_html(title, [
         ("Tables", [render.table_html(t) for t in tables]),
         ("Analyses", [render.figure_html(f) for f in figures]),
         ("Sources", [_sources_html(loaded)])])
-    _write_text(output / "report.html", page)
+    write_text_atomic(output / "report.html", page)
     return output / "report.html"
 
 
@@ -144,8 +145,3 @@ def _sources_html(loaded: Loaded) -> str:
     return f"<p>{html.escape(_summary_line(loaded))}</p><ul>{items}</ul>"
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Atomic text write (temporary file beside it, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -28,6 +28,7 @@ from mmcoa.distributed import (SINGLE, World, average_gradients, barrier, broadc
                                mean_terms_over_ranks, world_from_env)
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions, write_json_atomic
+from mmcoa.files import atomic_path
 from mmcoa.models import load_model, validate_model_name
 from mmcoa.models.base import MAX_LOGIT_SCALE
 from mmcoa.models.prompts import prompt_payload
@@ -393,10 +394,8 @@ def _short_classes(labels, classnames: list[str], indices: list[int], config: Tr
 
 
 def _save_atomic(payload, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def _write_json(path: Path, payload) -> None:
