@@ -283,9 +283,9 @@ def _prompted_model(args: argparse.Namespace):
     from mmcoa.models import load_model
     from mmcoa.models.prompts import attach_prompt, read_prompt
 
-    read_prompt(args.prompt)  # a bad file fails before the model loads
+    payload = read_prompt(args.prompt)  # a bad file fails before the model loads
     model = load_model(args.model, pretrained=args.pretrained, device=args.device)
-    template = attach_prompt(model, args.prompt)
+    template = attach_prompt(model, args.prompt, payload)
     return model, args.template or template
 
 

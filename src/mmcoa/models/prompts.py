@@ -124,10 +124,11 @@ def prompt_payload(module: nn.Module) -> dict:
             "state": module.state_dict()}
 
 
-def attach_prompt(model, path: str | os.PathLike) -> str | None:
-    """Put the prompt saved at ``path`` on ``model``; returns the prompt template a text
-    context needs (None for a visual prompt)."""
-    payload = read_prompt(path)
+def attach_prompt(model, path: str | os.PathLike, payload: dict | None = None) -> str | None:
+    """Put the prompt saved at ``path`` on ``model`` (``payload``: its content, when already
+    read with :func:`read_prompt`); returns the prompt template a text context needs (None for
+    a visual prompt)."""
+    payload = read_prompt(path) if payload is None else payload
     if payload["kind"] == PaddingPrompt.kind:
         module = PaddingPrompt(tuple(payload["args"]["image_size"]), payload["args"]["pad"])
         target = "visual_prompt"
