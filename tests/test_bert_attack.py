@@ -113,9 +113,11 @@ def test_stop_words_junk_and_the_original_never_come_back(mlm):
     assert dog == cap_dog == ["bird", "fish"]
 
 
-def expected_multi_piece(table: torch.Tensor, k: int, n_combos: int) -> list[str]:
-    """Independent: combos of the top-4 per piece, ranked by mean CE of [CLS] combo [SEP]."""
-    rows = [table[tid(p)].topk(4).indices.tolist() for p in ("aard", "##vark")]
+def expected_multi_piece(table: torch.Tensor, pieces: tuple[str, ...], n_combos: int,
+                         original: str) -> list[str]:
+    """Independent: the first ``n_combos`` combos of the top-4 per piece, ALL ranked by mean CE
+    of [CLS] combo [SEP] (the published BERT-Attack keeps every one of its 24, no cut at k)."""
+    rows = [table[tid(p)].topk(4).indices.tolist() for p in pieces]
     combos = list(itertools.islice(itertools.product(*rows), n_combos))
 
     def log_ppl(combo):
@@ -123,10 +125,10 @@ def expected_multi_piece(table: torch.Tensor, k: int, n_combos: int) -> list[str
         return F.cross_entropy(table[ids], ids).item()  # logits at a position = table[its id]
 
     words = []
-    for a, b in sorted(combos, key=log_ppl)[:k]:
-        first, second = VOCAB[a], VOCAB[b]
-        word = first + second[2:]
-        if not first.startswith("##") and second.startswith("##") and word != "aardvark":
+    for combo in sorted(combos, key=log_ppl):
+        first, *rest = [VOCAB[i] for i in combo]
+        word = first + "".join(r[2:] for r in rest)
+        if not first.startswith("##") and all(r.startswith("##") for r in rest) and word != original:
             words.append(word)
     return words
 
@@ -134,12 +136,33 @@ def expected_multi_piece(table: torch.Tensor, k: int, n_combos: int) -> list[str
 @pytest.mark.parametrize("k, n_combos", [(10, 24), (4, 24), (10, 4)])
 def test_multi_piece_combinations_ranked_by_perplexity(mlm, k, n_combos):
     [[cands]] = BertAttack(mlm, k=k, max_combinations=n_combos).candidates(["aardvark"])
-    assert cands == expected_multi_piece(mlm.model.table, k, n_combos)
+    assert cands == expected_multi_piece(mlm.model.table, ("aard", "##vark"), n_combos, "aardvark")
     assert not any(c.startswith("##") or "fox" in c for c in cands)
     if n_combos == 24:
         assert cands[0] == "koala"  # the most fluent pieces
+        assert len(cands) == 8  # all 8 words of the 16 combinations, even with k = 4
     else:  # product order: the first 4 combinations all start with "ze"
         assert all(c.startswith("ze") for c in cands)
+
+
+# "aardvarks" = aard ##vark ##s: 4 x 4 x 4 combinations, of which the first 24 are tried
+THREE_PIECES = {**PREFS, "##s": {"##s": 5, "##la": 4, "##bra": 3, "##vark": 2}}
+
+
+def test_multi_piece_word_keeps_all_24_combinations_beyond_k(tokenizer):
+    """Published BERT-Attack (``get_bpe_substitues``): up to 24 perplexity-ranked combinations of
+    the top-4 per piece, every one tried; k = 10 cuts only single-piece candidates."""
+    mlm = MaskedLM(tokenizer, TableMLM(build_table(THREE_PIECES)), name="table")
+    assert tokenizer.tokenize("aardvarks") == ["aard", "##vark", "##s"]
+    attack = BertAttack(mlm, k=10)
+    assert attack.max_combinations == 24
+    [[cands]] = attack.candidates(["aardvarks"])
+    expected = expected_multi_piece(mlm.model.table, ("aard", "##vark", "##s"), 24, "aardvarks")
+    # the first 24 combinations: ze x 16, koa x (##bra, ##la) x 4; 20 of them spell a word
+    assert len(expected) == 20 and cands == expected
+    assert len(cands) > attack.k
+    [[capped]] = BertAttack(mlm, k=10, max_combinations=12).candidates(["aardvarks"])
+    assert capped == expected_multi_piece(mlm.model.table, ("aard", "##vark", "##s"), 12, "aardvarks")
 
 
 def test_words_past_the_length_limit_and_punctuation(mlm):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mmcoa.attacks.co_attack import embedding_kl
+from mmcoa.attacks.pgd import maximize
 from mmcoa.attacks.sga import scaled_copies
 from mmcoa.attacks.text.tiny_mlm import train_tiny_mlm
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy, pre_caption
@@ -223,7 +224,9 @@ def make_attack(name, mlm):
     return attack
 
 
-def test_losses_sum_over_every_caption(tiny_model, coco):
+def test_losses_over_every_caption(tiny_model, coco):
+    """pgd sums the cosine over an image's captions; coattack averages its caption KL (the
+    published per-pair KL_img + alpha · KL_txt weighting)."""
     images, text, owner = attack_inputs(tiny_model, coco)
     with torch.no_grad():
         e = tiny_model.encode_image(images, normalize=True)
@@ -234,8 +237,33 @@ def test_losses_sum_over_every_caption(tiny_model, coco):
     expected = torch.stack([
         embedding_kl(clean[i:i + 1], e[i:i + 1])[0]
         + 3 * sum(embedding_kl(text[c:c + 1], e[i:i + 1])[0] for c in coco.image_to_captions[i])
+        / len(coco.image_to_captions[i])
         for i in range(3)])
     assert torch.allclose(coattack_loss(clean, e, text, owner, 3.0), expected, atol=1e-6)
+
+
+def test_coattack_with_identical_captions_is_the_per_pair_loss(tiny_model, coco):
+    """Co-Attack's per-pair loss KL_img + alpha · KL_txt: an image with 5 copies of one caption
+    gets the loss (and the gradient, and the attack) it gets with that caption alone."""
+    images, text, _ = attack_inputs(tiny_model, coco)
+    images, one = images[:2], text[[0, 5]]
+    five, owner_five = one.repeat_interleave(5, 0), torch.arange(2).repeat_interleave(5)
+    owner_one = torch.arange(2)
+    with torch.no_grad():
+        clean = tiny_model.encode_image(images, normalize=True)
+
+    def loss_and_grad(text, owner):
+        adv = (images + 0.01).clamp(0, 1).requires_grad_(True)
+        loss = coattack_loss(clean, tiny_model.encode_image(adv, normalize=True), text, owner, 3.0)
+        return loss.detach(), torch.autograd.grad(loss.sum(), adv)[0]
+
+    (loss5, grad5), (loss1, grad1) = loss_and_grad(five, owner_five), loss_and_grad(one, owner_one)
+    assert torch.allclose(loss5, loss1, rtol=1e-5, atol=1e-8)
+    assert torch.allclose(grad5, grad1, rtol=1e-4, atol=1e-9)
+    attack = RetrievalCoAttack(n_steps=3)
+    adv5 = attack.attack_images(tiny_model, images, five, owner_five, torch.Generator().manual_seed(2))
+    adv1 = attack.attack_images(tiny_model, images, one, owner_one, torch.Generator().manual_seed(2))
+    assert torch.allclose(adv5, adv1, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["pgd", "coattack", "sga"])
@@ -290,6 +318,39 @@ def test_sga_loss_sums_every_scale_and_every_caption(tiny_model, coco, monkeypat
     assert sizes == [(32, 32), (16, 16), (48, 48)] * 2
 
 
+def plain_copies(images, scales):
+    """Independent: the images and their bicubic resizes, no noise (SGA before the noise)."""
+    size = images.shape[-1]
+    return [images] + [F.interpolate(images, size=(round(size * s),) * 2, mode="bicubic",
+                                     align_corners=False, antialias=s < 1).clamp(0, 1) for s in scales]
+
+
+def test_sga_noise_std_zero_is_the_noiseless_attack(tiny_model, coco):
+    images, text, owner = attack_inputs(tiny_model, coco)
+    attack = RetrievalSGA(n_steps=3, noise_std=0)
+    assert attack.params()["noise_std"] == 0
+
+    def noiseless(adv):
+        return sum(pgd_loss(tiny_model.encode_image(c, normalize=True), text, owner)
+                   for c in plain_copies(adv, attack.scales))
+
+    expected = maximize(noiseless, images, eps=2 / 255, step_size=0.5 / 255, n_steps=3,
+                        generator=torch.Generator().manual_seed(4))
+    got = attack.attack_images(tiny_model, images, text, owner, torch.Generator().manual_seed(4))
+    assert torch.equal(got, expected)
+
+
+def test_sga_noise_is_seeded_and_changes_the_attack(tiny_model, coco):
+    images, text, owner = attack_inputs(tiny_model, coco)
+    assert RetrievalSGA().noise_std == 0.05 and RetrievalSGA().params()["noise_std"] == 0.05
+    run = lambda **p: RetrievalSGA(n_steps=3, **p).attack_images(  # noqa: E731
+        tiny_model, images, text, owner, torch.Generator().manual_seed(4))
+    noisy, again, plain = run(), run(), run(noise_std=0)
+    assert torch.equal(noisy, again) and not torch.equal(noisy, plain)
+    for adv in (noisy, plain):
+        assert_valid_perturbation(adv, images, 2 / 255)
+
+
 def test_sga_caption_edits_move_away_from_the_guiding_image(tiny_model, coco, retrieval_mlm):
     attack = make_attack("sga", retrieval_mlm)
     images, text, owner = attack_inputs(tiny_model, coco)
@@ -330,6 +391,7 @@ def test_evaluate_sga_alternates_captions_and_images(tiny_model, coco, retrieval
     assert {k: record[k] for k in expected} == pytest.approx(expected)
     assert record["n_captions_changed"] == sum(1 for c in final_changed if c)
     assert record["attack"] == "sga" and record["attack_params"]["scales"] == (0.5, 0.75, 1.25, 1.5)
+    assert record["attack_params"]["noise_std"] == 0.05
 
 
 def test_attack_parameters_and_names():
@@ -341,6 +403,8 @@ def test_attack_parameters_and_names():
         build_retrieval_attack("apgd")
     with pytest.raises(MmcoaError, match="scale must be in"):
         build_retrieval_attack("sga", scales=(0.5, 0))
+    with pytest.raises(MmcoaError, match=r"noise_std must be in \[0, 1\]"):
+        build_retrieval_attack("sga", noise_std=-0.1)
     with pytest.raises(MmcoaError, match="takes no parameter alpha"):
         build_retrieval_attack("pgd", alpha=3)
     with pytest.raises(MmcoaError, match="eps must be in"):

@@ -148,6 +148,56 @@ def test_scaled_copies_sizes():
     assert all(c.min() >= 0 and c.max() <= 1 for c in copies)
 
 
+def resize(images, size, scale):
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
+
+
+def test_scaled_copies_noise_is_added_before_each_resize():
+    """SGA project (get_scaled_imgs): each scale resizes image + N(0, 0.05²) noise of the full
+    image's shape, drawn afresh, and clamps the resized copy; the unscaled copy has no noise."""
+    images = torch.rand(2, 3, 20, 20)
+    generator = torch.Generator().manual_seed(7)
+    plain = scaled_copies(images, (0.5, 1.5), 0.0, generator)
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(7).get_state())  # no draw
+    assert all(torch.equal(c, e) for c, e in zip(plain, scaled_copies(images, (0.5, 1.5))))
+    noisy = scaled_copies(images, (0.5, 1.5), 0.05, torch.Generator().manual_seed(7))
+    draws = torch.Generator().manual_seed(7)
+    expected = [resize(images + 0.05 * torch.randn(images.shape, generator=draws), size, s).clamp(0, 1)
+                for size, s in (((10, 10), 0.5), ((30, 30), 1.5))]
+    assert torch.equal(noisy[0], images)
+    assert all(torch.allclose(c, e, atol=1e-6) for c, e in zip(noisy[1:], expected))
+    assert not torch.allclose(noisy[1], plain[1], atol=1e-3)
+    assert all(c.min() >= 0 and c.max() <= 1 for c in noisy)
+
+
+def test_sga_noise_std_zero_is_the_noiseless_attack(mlm_dir, classifier, batch, monkeypatch):
+    from mmcoa.attacks import sga
+
+    images, labels = batch
+    run = lambda: make("sga", mlm_dir, noise_std=0)(  # noqa: E731
+        classifier, images, labels, torch.Generator().manual_seed(3)).images
+    got = run()
+    plain = lambda x, scales, *_: [x] + [resize(x, (round(x.shape[-1] * s),) * 2, s).clamp(0, 1)  # noqa: E731
+                                        for s in scales]
+    monkeypatch.setattr(sga, "scaled_copies", plain)
+    assert torch.equal(got, run())
+
+
+def test_sga_noise_is_seeded_and_changes_the_attack(mlm_dir, classifier, batch):
+    from mmcoa.errors import MmcoaError
+
+    images, labels = batch
+    assert make("sga", mlm_dir).params()["noise_std"] == 0.05
+    run = lambda **p: make("sga", mlm_dir, **p)(  # noqa: E731
+        classifier, images, labels, torch.Generator().manual_seed(3)).images
+    noisy, again, plain = run(), run(), run(noise_std=0)
+    assert torch.equal(noisy, again) and not torch.equal(noisy, plain)
+    for adv in (noisy, plain):
+        assert_valid_perturbation(adv, images, IMAGE_BUDGET["sga"])
+    with pytest.raises(MmcoaError, match=r"noise_std must be in \[0, 1\]"):
+        build_attack("sga", noise_std=2)
+
+
 def test_records_report_words_and_queries(mlm_dir, tiny_model, synthetic_test):
     attacks = ["clean", make("bert", mlm_dir), make("multimodal", mlm_dir)]
     clean, bert, multimodal = evaluate(tiny_model, synthetic_test, attacks, batch_size=8,

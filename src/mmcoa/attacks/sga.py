@@ -7,13 +7,14 @@ version) and augmented by an image scale set. Three alternating updates:
 1. text guided by the clean image: the word edit of the image's class prompt that moves it
    furthest from the clean image embedding (BERT-Attack candidates);
 2. image guided by the text set: PGD (L-inf) pushing every scaled copy of the image away from
-   every text of the set, i.e. maximizing −Σ_s Σ_t cos(f(resize_s(x')), g(t));
+   every text of the set, i.e. maximizing −Σ_s Σ_t cos(f(resize_s(x' + n_s)), g(t)), with fresh
+   Gaussian noise n_s ~ N(0, noise_std²) per scale and step (none on the unscaled copy);
 3. text guided by the adversarial image: the final edit of the class prompt, moving it
    furthest from the adversarial image embedding.
 
 Images are classified against their own prompt set, with the true-class prompt replaced by the
 final adversarial text. Defaults: eps 2/255, 10 steps, step 0.5/255, scales {0.5, 0.75, 1.25,
-1.5}, BERT-Attack k 10, 1 word.
+1.5}, noise_std 0.05, BERT-Attack k 10, 1 word.
 """
 
 from __future__ import annotations
@@ -31,15 +32,37 @@ from mmcoa.attacks.bert import (UsesBertAttack, encode_unique, per_image_prompt_
 from mmcoa.attacks.pgd import maximize
 
 
-def scaled_copies(images: torch.Tensor, scales: tuple[float, ...]) -> list[torch.Tensor]:
-    """The images and their copies resized by each factor (bicubic, values kept in [0, 1])."""
+def scaled_copies(images: torch.Tensor, scales: tuple[float, ...], noise_std: float = 0.0,
+                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """The images and their copies resized by each factor (bicubic, values kept in [0, 1]).
+
+    With ``noise_std > 0`` each resized copy is made from ``images + N(0, noise_std²)`` noise
+    drawn afresh from ``generator`` (one draw per scale, in scale order); the first, unscaled
+    copy is the images themselves. This follows the SGA project (Zoky-2020/SGA, ``attacker.py``,
+    ``ImageAttacker.get_scaled_imgs``, read for this): at every step and for every scale it adds
+    N(0, 0.05²) noise of the full image's shape to the adversarial image, resizes the sum, then
+    clamps the resized copy to [0, 1]; the unscaled copy gets no noise. ``noise_std = 0`` draws
+    nothing, so the generator's stream is untouched.
+    """
     size = images.shape[-2:]
     copies = [images]
     for scale in scales:
         scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-        copies.append(F.interpolate(images, size=scaled, mode="bicubic", align_corners=False,
+        noisy = images + gaussian_noise(images, noise_std, generator) if noise_std else images
+        copies.append(F.interpolate(noisy, size=scaled, mode="bicubic", align_corners=False,
                                     antialias=scale < 1).clamp(0, 1))
     return copies
+
+
+def gaussian_noise(like: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, std²) noise shaped like ``like``, drawn from ``generator`` (the global RNG if None)."""
+    return std * torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def checked_noise_std(noise_std) -> float:
+    """SGA's scaled-copy noise std as a float in [0, 1], or a one-line error."""
+    check_range("noise_std", noise_std, 0, 1, low_open=False)
+    return float(noise_std)
 
 
 def checked_scales(scales) -> tuple[float, ...]:
@@ -63,12 +86,14 @@ def away_from_image(encode: Callable[[list[str]], torch.Tensor], image_features:
 @register_attack("sga")
 @dataclass
 class SGA(UsesBertAttack):
-    """Set-level Guidance Attack: alternating text and multi-scale image updates."""
+    """Set-level Guidance Attack: alternating text and multi-scale image updates;
+    ``noise_std`` is the std of the Gaussian noise added before each rescale (0 disables)."""
 
     eps: float = 2 / 255
     step_size: float = 0.5 / 255
     n_steps: int = 10
     scales: tuple[float, ...] = (0.5, 0.75, 1.25, 1.5)
+    noise_std: float = 0.05
 
     def __post_init__(self):
         super().__post_init__()
@@ -76,13 +101,14 @@ class SGA(UsesBertAttack):
         check_range("step_size", self.step_size, 0, 1)
         check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
         self.scales = checked_scales(self.scales)
+        self.noise_std = checked_noise_std(self.noise_std)
 
     def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
         model = classifier.model
         with eval_mode(model):
             first = self._guided_edits(classifier, labels, images)
             text_sets = self._text_sets(classifier, labels, first)
-            adversarial = maximize(self._image_loss(model, text_sets), images, eps=self.eps,
+            adversarial = maximize(self._image_loss(model, text_sets, generator), images, eps=self.eps,
                                    step_size=self.step_size, n_steps=self.n_steps,
                                    generator=generator)
             final = self._guided_edits(classifier, labels, adversarial)
@@ -108,10 +134,10 @@ class SGA(UsesBertAttack):
         adversarial = encode_unique(classifier, [e.adversarial for e in edits])
         return torch.stack([clean, adversarial.to(clean.device)], dim=1)
 
-    def _image_loss(self, model, text_sets: torch.Tensor):
+    def _image_loss(self, model, text_sets: torch.Tensor, generator: torch.Generator | None):
         def loss_fn(adv: torch.Tensor) -> torch.Tensor:
             similarity = 0
-            for copy in scaled_copies(adv, self.scales):
+            for copy in scaled_copies(adv, self.scales, self.noise_std, generator):
                 features = model.encode_image(copy, normalize=True).float()
                 similarity = similarity + torch.einsum("bd,btd->b", features, text_sets.to(features.device))
             return -similarity

@@ -11,10 +11,13 @@ Values are fractions in [0, 1] (the paper prints percentages). Ties are broken b
 stable descending sort), so a degenerate model with constant scores does not score 100 %.
 Under attack, R@K is reported directly on the attacked inputs, as the Co-Attack project does.
 
-Retrieval attacks (``RETRIEVAL_ATTACKS``) perturb each image ONCE, with a loss summed over ALL
-of its captions. The published Co-Attack retrieval code repeats each image once per caption and
+Retrieval attacks (``RETRIEVAL_ATTACKS``) perturb each image ONCE, with a loss over ALL of its
+captions. The published Co-Attack retrieval code repeats each image once per caption and
 keeps the adversarial image of the last caption (reference notes, bug 5); here there are no
-per-caption copies, so nothing is overwritten.
+per-caption copies, so nothing is overwritten. Co-Attack's per-pair loss mixes two terms, so its
+caption term is averaged over the image's captions (the per-pair weighting); the pgd and sga
+losses have one kind of term and sum it, as SGA's image loss does (a positive per-image factor
+does not change an L-inf sign step).
 
 - ``clean``: no attack.
 - ``pgd``: L-inf PGD maximizing ``-Σ_c cos(f(x'), g(c))`` over the image's clean captions;
@@ -22,17 +25,20 @@ per-caption copies, so nothing is overwritten.
   cross the 2/255 ball from a random start and back), uniform random start.
 - ``bert``: BERT-Attack on every caption (paper Eq. 4, 1 word, k 10); images clean.
 - ``coattack``: Co-Attack. Captions are BERT-attacked first (Eq. 4); then each image ascends
-  ``KL(softmax(e_clean) ‖ softmax(e_adv)) + alpha · Σ_c KL(softmax(t_adv_c) ‖ softmax(e_adv))``
+  ``KL(softmax(e_clean) ‖ softmax(e_adv)) + alpha · mean_c KL(softmax(t_adv_c) ‖ softmax(e_adv))``
   over its adversarial captions (softmax over embedding dimensions; e, t normalized); eps 2/255,
   10 steps, step eps/steps·1.25, alpha 3, uniform two-sided random start. Retrieval then uses
   the adversarial images and the adversarial captions.
 - ``sga``: Set-level Guidance Attack (Lu et al. 2023), the image-guided alternation of the SGA
   project: (1) every caption is BERT-attacked away from its CLEAN image (the candidate of
   least cosine to the image embedding); (2) each image ascends
-  ``-Σ_s Σ_c cos(f(resize_s(x')), g(t_c))`` over its set of step-1 adversarial captions and its
-  scaled copies ``s ∈ {1, 0.5, 0.75, 1.25, 1.5}``; (3) the clean captions are BERT-attacked
-  again, now away from the ADVERSARIAL image. Retrieval uses the step-2 images and the step-3
-  captions. eps 2/255, 10 steps, step 0.5/255, uniform random start, k 10, 1 word.
+  ``-Σ_s Σ_c cos(f(resize_s(x' + n_s)), g(t_c))`` over its set of step-1 adversarial captions
+  and its scaled copies ``s ∈ {1, 0.5, 0.75, 1.25, 1.5}``, with fresh noise
+  ``n_s ~ N(0, noise_std²)`` (0.05) per scale and step, none on the unscaled copy (as the SGA
+  project makes its scaled copies; :func:`mmcoa.attacks.sga.scaled_copies`); (3) the clean
+  captions are BERT-attacked again, now away from the ADVERSARIAL image. Retrieval uses the
+  step-2 images and the step-3 captions. eps 2/255, 10 steps, step 0.5/255, uniform random
+  start, k 10, 1 word.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from torch.utils.data import DataLoader
 from mmcoa.attacks.base import build_registered, check_range, eval_mode
 from mmcoa.attacks.co_attack import embedding_kl
 from mmcoa.attacks.pgd import maximize
-from mmcoa.attacks.sga import away_from_image, checked_scales, scaled_copies
+from mmcoa.attacks.sga import away_from_image, checked_noise_std, checked_scales, scaled_copies
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions
@@ -125,6 +131,13 @@ def per_image_sum(values: torch.Tensor, owner: torch.Tensor, n_images: int) -> t
     """``out[i] = Σ_{j: owner[j] = i} values[j]``: a per-caption quantity summed per image."""
     out = torch.zeros(n_images, dtype=values.dtype, device=values.device)
     return out.index_add(0, owner.to(values.device), values)
+
+
+def per_image_mean(values: torch.Tensor, owner: torch.Tensor, n_images: int) -> torch.Tensor:
+    """``out[i]`` = the mean of ``values[j]`` over the captions ``j`` of image ``i`` (0 for an
+    image without captions)."""
+    counts = torch.bincount(owner.to(values.device), minlength=n_images).clamp_min(1)
+    return per_image_sum(values, owner, n_images) / counts.to(values.dtype)
 
 
 @dataclass
@@ -292,25 +305,34 @@ class RetrievalCoAttack(_UsesCaptionAttack):
 
 def coattack_loss(clean: torch.Tensor, moving: torch.Tensor, text: torch.Tensor, owner: torch.Tensor,
                   alpha: float) -> torch.Tensor:
-    """Per image: KL(clean ‖ adv) + alpha · Σ over its captions KL(t_adv ‖ adv)."""
+    """Per image: KL(clean ‖ adv) + alpha · the MEAN over its captions of KL(t_adv ‖ adv).
+
+    Co-Attack's retrieval loss is per (image, caption) pair, KL_img + alpha · KL_txt (its
+    ``run_before_fusion``, on images repeated once per caption); averaging the text term over
+    the image's captions keeps that weighting for an image attacked once with all of them (an
+    image with n identical captions gets exactly the per-pair loss). A sum would weigh the text
+    term n times (alpha 15 for MSCOCO's 5 captions)."""
     owner = owner.to(moving.device)
     guided = embedding_kl(text.to(moving.device), moving[owner])
-    return embedding_kl(clean, moving) + alpha * per_image_sum(guided, owner, len(moving))
+    return embedding_kl(clean, moving) + alpha * per_image_mean(guided, owner, len(moving))
 
 
 @register_retrieval_attack("sga")
 @dataclass
 class RetrievalSGA(_UsesCaptionAttack, _ImageBudget):
     """Set-level Guidance Attack for retrieval (see the module docstring): image-guided caption
-    edits, then a multi-scale image step against each image's set of adversarial captions."""
+    edits, then a multi-scale image step against each image's set of adversarial captions;
+    ``noise_std`` is the std of the Gaussian noise added before each rescale (0 disables)."""
 
     image_guided: ClassVar[bool] = True
     scales: tuple[float, ...] = (0.5, 0.75, 1.25, 1.5)
+    noise_std: float = 0.05
 
     def __post_init__(self):
         _UsesCaptionAttack.__post_init__(self)
         _ImageBudget.__post_init__(self)
         self.scales = checked_scales(self.scales)
+        self.noise_std = checked_noise_std(self.noise_std)
 
     def attack_captions(self, model, captions, image_embeddings=None):
         if image_embeddings is None:
@@ -323,16 +345,20 @@ class RetrievalSGA(_UsesCaptionAttack, _ImageBudget):
     def attack_images(self, model, images, text, owner, generator=None):
         text = text.detach().float()
         with eval_mode(model):
-            return self._maximize(lambda adv: sga_loss(model, adv, text, owner, self.scales),
-                                  images, generator)
+            loss_fn = partial(sga_loss, model, text=text, owner=owner, scales=self.scales,
+                              noise_std=self.noise_std, generator=generator)
+            return self._maximize(loss_fn, images, generator)
 
 
 def sga_loss(model, images: torch.Tensor, text: torch.Tensor, owner: torch.Tensor,
-             scales: tuple[float, ...]) -> torch.Tensor:
-    """Per image: minus the summed cosine of the image and each of its scaled copies to each of
-    its captions (SGA's set-level image loss; ``text`` normalized)."""
+             scales: tuple[float, ...], noise_std: float = 0.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per image: minus the summed cosine of the image and each of its scaled copies (noised
+    before resizing when ``noise_std > 0``, :func:`~mmcoa.attacks.sga.scaled_copies`) to each of
+    its captions (SGA's set-level image loss, which sums over an image's captions; ``text``
+    normalized)."""
     return sum(pgd_loss(model.encode_image(copy, normalize=True).float(), text, owner)
-               for copy in scaled_copies(images, scales))
+               for copy in scaled_copies(images, scales, noise_std, generator))
 
 
 # -- evaluation ----------------------------------------------------------------------------------

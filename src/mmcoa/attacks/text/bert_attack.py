@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from mmcoa.attacks.base import eval_mode
-from mmcoa.attacks.text.candidates import CandidatePool, CandidateSettings, chunked, propose
+from mmcoa.attacks.text.candidates import (MAX_COMBINATIONS, PIECE_TOP, CandidatePool,
+                                           CandidateSettings, chunked, propose)
 from mmcoa.attacks.text.mlm import MaskedLM
 from mmcoa.attacks.text.stopwords import as_stop_words
 from mmcoa.errors import MmcoaError
@@ -80,17 +81,19 @@ class _Progress:
 class BertAttack:
     """BERT-Attack (Li et al. 2020) with a masked LM's candidates, batched across texts.
 
-    ``k`` candidates per word, at most ``max_words`` words changed per text, single-piece
-    candidates cut at the first MLM logit below ``min_logit``, MLM inputs of at most
-    ``max_length`` ids (``[CLS]`` and ``[SEP]`` included), multi-piece words from the first
-    ``max_combinations`` combinations of the top ``piece_top`` pieces, scoring calls of at most
+    ``k`` candidates per single-piece word, at most ``max_words`` words changed per text,
+    single-piece candidates cut at the first MLM logit below ``min_logit``, MLM inputs of at most
+    ``max_length`` ids (``[CLS]`` and ``[SEP]`` included), multi-piece words from all of the
+    first ``max_combinations`` (24) combinations of the top ``piece_top`` (4) pieces, ranked by
+    perplexity and not cut at ``k`` (as the published code does), scoring calls of at most
     ``batch_size`` strings, ``stop_words`` (default: the shipped list) never replaced nor
     proposed, case-insensitively. ``cache_size`` bounds the edits kept by
     :meth:`attack_embeddings`.
     """
 
     def __init__(self, mlm: MaskedLM, k: int = 10, max_words: int = 1, min_logit: float = 0.3,
-                 max_length: int = 30, piece_top: int = 4, max_combinations: int = 24,
+                 max_length: int = 30, piece_top: int = PIECE_TOP,
+                 max_combinations: int = MAX_COMBINATIONS,
                  batch_size: int = 256, stop_words: frozenset[str] | None = None,
                  cache_size: int = 100_000):
         for name, value, low in (("k", k, 1), ("max_words", max_words, 1),

@@ -8,9 +8,12 @@ published code sliced the predictions without that offset and gave each word the
 the token before it (REFERENCE_NOTES, bug 1).
 
 A single-piece core gets the top-k ids in rank order, stopping at the first logit below
-``min_logit``. A multi-piece core gets the first ``max_combinations`` combinations (in
-``itertools.product`` order) of the top ``piece_top`` ids per piece, ranked by the MLM's
-perplexity of ``[CLS] combination [SEP]``, of which the best ``k`` are kept. Sequences are then
+``min_logit``. A multi-piece core gets the first ``max_combinations`` (:data:`MAX_COMBINATIONS`,
+24) combinations (in ``itertools.product`` order) of the top ``piece_top``
+(:data:`PIECE_TOP`, 4) ids per piece, ALL of them, ranked by the MLM's perplexity of
+``[CLS] combination [SEP]``: ``k`` does not cut them, as in the published BERT-Attack code
+(``get_bpe_substitues`` in the Co-Attack and SGA projects keeps the first 24 combinations of
+the top-4 per piece, sorts them by perplexity and returns every one). Sequences are then
 turned into words and filtered: a word must start with a non-``##`` piece followed only by
 ``##`` continuations, be alphabetic, and be neither a stop word, the original core (both
 case-insensitive) nor a repeat.
@@ -31,6 +34,8 @@ from mmcoa.attacks.text.mlm import MaskedLM
 from mmcoa.attacks.text.stopwords import is_stop_word
 
 AFFIXES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
+PIECE_TOP = 4  # ids per piece of a multi-piece word (published BERT-Attack: top-4)
+MAX_COMBINATIONS = 24  # combinations of them tried, all kept (published BERT-Attack: 24)
 T = TypeVar("T")
 
 
@@ -214,12 +219,12 @@ class CandidatePool:
 
     def resolve(self, requests: Sequence[tuple[int, int]]) -> None:
         """Rank the requested (text, word) multi-piece combinations by perplexity in one batched
-        pass (stable: ties keep product order), keep the best k, and turn them into words."""
+        pass (stable: ties keep product order) and turn them all into words (no cut at k)."""
         pending = [self.entries[t][w] for t, w in requests if self.entries[t][w].words is None]
         combos = [c for entry in pending for c in entry.sequences]
         losses = combination_losses(self.mlm, combos, self.settings.batch_size)
         for entry in pending:
-            entry.sequences = sorted(entry.sequences, key=losses.__getitem__)[:self.settings.k]
+            entry.sequences = sorted(entry.sequences, key=losses.__getitem__)
             entry.words = self._words(entry)
 
     def words(self, text: int, word: int) -> list[str]:
