@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test fashion-mnist chromium clean
+.PHONY: setup demo demo-docs test fashion-mnist chromium clean
 
 setup: $(VENV)/.installed fashion-mnist chromium
 
@@ -38,6 +38,10 @@ chromium:
 
 demo: setup
 	$(BIN)/mmcoa demo --output runs/demo
+
+# After a demo run: copy its summary and records to docs/demo/ and the summary into README.md.
+demo-docs: demo
+	$(BIN)/python tools/sync_demo_docs.py runs/demo
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

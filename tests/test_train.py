@@ -28,6 +28,7 @@ from mmcoa.train.trainer import build_optimizer, train
 
 ADVERSARIAL = ("tecoa", "mmcoa", "fare", "pmg-aft", "vp")
 DEFAULT_TOWERS = {"ft-standard": {"image", "text"}, "mmcoa": {"image", "text"}, "tecoa": {"image"},
+                  "tecoa-symmetric": {"image"},
                   "fare": {"image"}, "pmg-aft": {"image"}, "vp": set(), "advpt": set()}
 PROMPTED = {"vp": "visual_prompt", "advpt": "text_prompt"}  # methods that train a prompt module
 FINAL_FILES = ("final.pt", "metrics.json", "config.json", "shots.json", "metrics.jsonl",
@@ -429,11 +430,8 @@ def test_resume_without_checkpoint_is_a_one_line_error(make_config, tmp_path, ca
 
 # -- export ----------------------------------------------------------------------------------------
 def test_final_weights_load_in_plain_open_clip(tecoa_run):
-    import open_clip
+    import open_clip  # `import mmcoa` registered the tiny configurations with open_clip
 
-    from mmcoa.models.open_clip_backend import _open_clip
-
-    _open_clip()  # registers the tiny configurations with open_clip
     path = os.path.join(tecoa_run.output, "final.pt")
     saved = load_state(path)
     loaded = open_clip.create_model("tiny-clip", pretrained=path).state_dict()

@@ -64,6 +64,9 @@ def _add_eval(commands) -> None:
     p.add_argument("--alpha", type=float, default=None, help="Co-Attack text-guidance weight (default 3)")
     p.add_argument("--template", default=None, help="prompt template with {} (default: the dataset's)")
     p.add_argument("--prompt", default=None, help="a vp/advpt run's prompt.pt to put on the model")
+    p.add_argument("--resize", default="torch", choices=("torch", "pil"),
+                   help="bicubic resize to the model's input: 'torch' (published code: unclamped) "
+                        "or 'pil' (open_clip/clip_benchmark's PIL transform, clamped)")
     p.add_argument("--n-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
@@ -77,14 +80,18 @@ TRAIN_FLAGS = (  # flag, type, help; each overrides the YAML config's value when
     ("method", str, "ft-standard, tecoa, mmcoa, fare, pmg-aft, vp, advpt"),
     ("model", str, None), ("pretrained", str, None), ("dataset", str, None),
     ("data-root", str, None), ("shots", str, "1, 5, 50 or full"), ("epochs", int, None),
-    ("max-steps", int, None), ("batch-size", int, None), ("lr", float, None),
-    ("weight-decay", float, None), ("schedule", str, "constant or cosine"),
-    ("warmup-steps", int, None), ("alpha", float, "MMCoA weight of L(adv image, clean text)"),
+    ("max-steps", int, None), ("batch-size", int, None),
+    ("optimizer", str, "adamw or sgd (default: the method's)"),
+    ("lr", float, "learning rate (default: the method's)"),
+    ("weight-decay", float, "(default: the method's)"), ("momentum", float, "SGD momentum (0.9)"),
+    ("schedule", str, "constant or cosine (default: the method's)"),
+    ("warmup-steps", int, "(default: the method's)"),
+    ("alpha", float, "MMCoA weight of L(adv image, clean text)"),
     ("beta", float, "MMCoA weight of L(clean image, adv text)"),
     ("train-towers", str, "image, text, both or none (default: the method's)"),
-    ("train-eps", float, "training PGD eps in 1/255 units (default 1)"),
-    ("train-step-size", float, "training PGD step in 1/255 units (default 1)"),
-    ("train-steps", int, "training PGD steps (default 2)"),
+    ("train-eps", float, "training PGD eps in 1/255 units (default: the method's)"),
+    ("train-step-size", float, "training PGD step in 1/255 units (default: the method's)"),
+    ("train-steps", int, "training PGD steps (default: the method's)"),
     ("text-attack-every", int, "recompute adversarial prompts every N steps (default 1)"),
     ("mlm", str, None), ("k", int, None), ("max-words", int, None), ("template", str, None),
     ("n-ctx", int, "AdvPT: learnable text context tokens (default 4)"),
@@ -268,8 +275,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     records = evaluate(model, args.dataset, attacks, pretrained=args.pretrained,
                        split=args.split, data_root=args.data_root, download=args.download,
                        n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device, template=template, progress=not args.no_progress,
-                       world=world)
+                       device=args.device, template=template, resize=args.resize,
+                       progress=not args.no_progress, world=world)
     if world.is_main:
         write_records(args.output, [{**r, "world_size": world.size} for r in records])
         print(format_table(records))
@@ -284,7 +291,7 @@ def _prompted_model(args: argparse.Namespace):
     from mmcoa.models.prompts import attach_prompt, read_prompt
 
     payload = read_prompt(args.prompt)  # a bad file fails before the model loads
-    model = load_model(args.model, pretrained=args.pretrained, device=args.device)
+    model = load_model(args.model, pretrained=args.pretrained, device=args.device, resize=args.resize)
     template = attach_prompt(model, args.prompt, payload)
     return model, args.template or template
 

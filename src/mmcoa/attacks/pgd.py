@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from mmcoa.attacks.base import Attack, AttackResult, check_range, eval_mode, register_attack
 from mmcoa.errors import MmcoaError
+from mmcoa.models.zeroshot import top_k_correct
 
 NORMS = ("linf", "l2")
 PRECISIONS = ("fp32", "bf16")
@@ -156,5 +157,5 @@ class PGD(Attack):
 def _restart_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Fooled samples outrank all others; ties break on the loss."""
     loss = F.cross_entropy(logits, labels, reduction="none")
-    fooled = (logits.argmax(1) != labels).float()
+    fooled = (~top_k_correct(logits, labels)).float()
     return fooled * 1e6 + loss

@@ -6,6 +6,7 @@
   convention); robust accuracy therefore never exceeds clean accuracy. Top-5 likewise.
 - attack success rate = samples the attack turned from correct to wrong / samples correct
   before the attack. Samples already wrong on clean input are left out.
+- a tie between the true class and another counts as wrong (:func:`top_k_correct`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from mmcoa.models.zeroshot import top_k_correct
 
 
 @dataclass
@@ -33,9 +36,9 @@ class Tally:
             self.words_changed += float(words_changed.float().sum())
 
     def add(self, logits: torch.Tensor, clean_logits: torch.Tensor, labels: torch.Tensor) -> None:
-        clean_correct = _top_k_hit(clean_logits, labels, 1)
-        correct = clean_correct & _top_k_hit(logits, labels, 1)
-        top5 = _top_k_hit(clean_logits, labels, 5) & _top_k_hit(logits, labels, 5)
+        clean_correct = top_k_correct(clean_logits, labels, 1)
+        correct = clean_correct & top_k_correct(logits, labels, 1)
+        top5 = top_k_correct(clean_logits, labels, 5) & top_k_correct(logits, labels, 5)
         self.n += len(labels)
         self.correct += int(correct.sum())
         self.correct_top5 += int(top5.sum())
@@ -61,8 +64,3 @@ class Tally:
     @property
     def attack_success_rate(self) -> float | None:
         return self.flipped / self.clean_correct if self.clean_correct else None
-
-
-def _top_k_hit(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    k = min(k, logits.shape[1])
-    return (logits.topk(k, dim=1).indices == labels[:, None]).any(1)

@@ -81,15 +81,14 @@ def recall_at_k(similarity: torch.Tensor, image_to_captions: Sequence[Sequence[i
     owner = torch.as_tensor(list(caption_to_image), dtype=torch.long, device=similarity.device)
     best_caption_rank = torch.empty(n_images, dtype=torch.long, device=similarity.device)
     for start in range(0, n_images, chunk):
-        ranks = _ranks(similarity[start:start + chunk])
-        rows = torch.arange(start, start + len(ranks), device=similarity.device)
+        rows = torch.arange(start, min(start + chunk, n_images), device=similarity.device)
         own = owner.unsqueeze(0) == rows.unsqueeze(1)
-        best_caption_rank[rows] = ranks.masked_fill(~own, n_captions).min(dim=1).values
+        best_caption_rank[rows] = _rank_of_best(similarity[rows], own)
     image_rank = torch.empty(n_captions, dtype=torch.long, device=similarity.device)
     for start in range(0, n_captions, chunk):
-        ranks = _ranks(similarity[:, start:start + chunk].T)
-        truth = owner[start:start + len(ranks)]
-        image_rank[start:start + len(ranks)] = ranks.gather(1, truth.unsqueeze(1)).squeeze(1)
+        columns = torch.arange(start, min(start + chunk, n_captions), device=similarity.device)
+        truth = owner[columns].unsqueeze(1) == torch.arange(n_images, device=similarity.device)
+        image_rank[columns] = _rank_of_best(similarity[:, columns].T, truth)
     scores = {}
     for k in ks:
         scores[f"i2t_r{k}"] = float((best_caption_rank < k).float().mean())
@@ -98,12 +97,12 @@ def recall_at_k(similarity: torch.Tensor, image_to_captions: Sequence[Sequence[i
     return scores
 
 
-def _ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Rank (0 = best) of every column within its row; ties go to the lower index."""
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order)
-    positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
-    return ranks.scatter_(1, order, positions)
+def _rank_of_best(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """Per row, the rank (0 = best) of its best-scoring relevant column, ties counted against
+    it: the number of irrelevant columns that score at least as high (so a tie with a wrong
+    item is a miss whatever the index order, as in :func:`top_k_correct`)."""
+    best = scores.masked_fill(~relevant, float("-inf")).max(dim=1, keepdim=True).values
+    return ((~(scores < best)) & ~relevant).sum(dim=1)
 
 
 def _check_recall_args(similarity, image_to_captions, caption_to_image, ks) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from mmcoa.errors import MmcoaError
 from mmcoa.eval.metrics import Tally
 from mmcoa.eval.results import versions
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier, load_model, validate_model_name
+from mmcoa.models.base import check_resize_mode
 
 
 def sample_indices(n_total: int, n_samples: int | None, seed: int) -> list[int]:
@@ -48,6 +49,7 @@ def evaluate(
     seed: int = 0,
     device: str = "cpu",
     template: str | None = None,
+    resize: str = "torch",
     progress: bool = True,
     world: World = SINGLE,
 ) -> list[dict]:
@@ -58,6 +60,7 @@ def evaluate(
     subset) fixes the evaluated samples instead of a seeded draw of ``n_samples``. Images of a
     batch are attacked with a generator seeded from ``(seed, batch index, attack name and
     parameters)``, so a record does not depend on which other attacks ran or in which order.
+    ``resize`` applies to a model given by name (see :func:`mmcoa.models.base.resize_images`).
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
@@ -65,10 +68,11 @@ def evaluate(
         attack.prepare(device if isinstance(model, str) else str(model.device))
     if isinstance(model, str):
         validate_model_name(model)
+        check_resize_mode(resize)
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, split=split, root=data_root, download=download)
     if isinstance(model, str):
-        model = load_model(model, pretrained=pretrained, device=device)
+        model = load_model(model, pretrained=pretrained, device=device, resize=resize)
     if indices is None:
         indices = sample_indices(len(dataset), n_samples, seed)
     indices = _checked(indices, dataset)
@@ -156,6 +160,7 @@ def record_identity(model, dataset, attack) -> dict:
 def _record(model, dataset, attack, tally: Tally, prompts, indices, seed) -> dict:
     return {
         **record_identity(model, dataset, attack),
+        "model_build": model.describe_build(),
         "n_samples": tally.n,
         "accuracy": tally.accuracy,
         "top5": tally.top5,

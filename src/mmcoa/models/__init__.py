@@ -14,18 +14,30 @@ from __future__ import annotations
 import os
 
 from mmcoa.errors import UnknownNameError
-from mmcoa.models.base import TOWERS, VisionLanguageModel
-from mmcoa.models.open_clip_backend import TINY_ARCHITECTURES, is_open_clip_name, load_open_clip
+from mmcoa.models.base import RESIZE_MODES, TOWERS, VisionLanguageModel, check_resize_mode
+from mmcoa.models.open_clip_backend import (TINY_ARCHITECTURES, is_open_clip_name, load_open_clip,
+                                            open_clip_registered)
 from mmcoa.models.zeroshot import ZeroShotClassifier
 
-__all__ = ["TOWERS", "VisionLanguageModel", "ZeroShotClassifier", "load_model", "list_models",
-           "validate_model_name"]
+open_clip_registered()  # registers the tiny configurations with open_clip at import
+
+__all__ = ["RESIZE_MODES", "TOWERS", "VisionLanguageModel", "ZeroShotClassifier", "load_model",
+           "list_models", "validate_model_name"]
 
 HF_PREFIX = "hf:"
 
 
-def load_model(name: str, pretrained: str | None = None, device: str = "cpu") -> VisionLanguageModel:
-    """Load a CLIP-style model by name; see the module docstring for accepted names."""
+def load_model(name: str, pretrained: str | None = None, device: str = "cpu",
+               resize: str = "torch") -> VisionLanguageModel:
+    """Load a CLIP-style model by name; see the module docstring for accepted names.
+    ``resize`` picks the bicubic resize of :func:`mmcoa.models.base.resize_images`."""
+    check_resize_mode(resize)
+    model = _load_backend(name, pretrained, device)
+    model.resize = resize
+    return model
+
+
+def _load_backend(name: str, pretrained: str | None, device: str) -> VisionLanguageModel:
     from mmcoa.models.tiny import TINY_HF, load_tiny_hf
 
     validate_model_name(name)

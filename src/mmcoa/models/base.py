@@ -8,6 +8,7 @@ knowing the model. Texts enter as strings; tokenization also happens here.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Iterator, Sequence
 
 import torch
@@ -18,6 +19,9 @@ from mmcoa.errors import MmcoaError, UnknownNameError
 
 TOWERS = ("image", "text")
 MAX_LOGIT_SCALE = 100.0
+PROMPT_SLOTS = ("visual_prompt", "text_prompt")
+RESIZE_MODES = ("torch", "pil")
+_WEIGHT_TOKENS = itertools.count()  # process-wide: a token is never handed out twice
 
 
 class VisionLanguageModel(nn.Module):
@@ -52,6 +56,8 @@ class VisionLanguageModel(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.visual_prompt: nn.Module | None = None
         self.text_prompt: nn.Module | None = None
+        self.resize = "torch"
+        self.mark_weights_changed()
 
     # -- backend hooks -------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -76,15 +82,21 @@ class VisionLanguageModel(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    @property
+    def resize(self) -> str:
+        """How :meth:`preprocess` resizes: ``"torch"`` or ``"pil"`` (see :func:`resize_images`)."""
+        return self._resize
+
+    @resize.setter
+    def resize(self, mode: str) -> None:
+        check_resize_mode(mode)
+        self._resize = mode
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Resize [0, 1] images to the model's input size (bicubic) and normalize them."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise MmcoaError(f"images must have shape [batch, 3, H, W]; got {list(images.shape)}")
-        if tuple(images.shape[-2:]) != self.image_size:
-            shrinking = images.shape[-1] > self.image_size[1] or images.shape[-2] > self.image_size[0]
-            images = F.interpolate(
-                images, size=self.image_size, mode="bicubic", align_corners=False, antialias=shrinking
-            )
+        images = resize_images(images, self.image_size, self.resize)
         return (images - self.pixel_mean) / self.pixel_std
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -150,16 +162,82 @@ class VisionLanguageModel(nn.Module):
                 param.requires_grad_(True)
         self._raw_logit_scale().requires_grad_(bool(towers))
 
+    def mark_weights_changed(self) -> None:
+        """Give the model a fresh weights token (see :meth:`text_fingerprint`). The library calls
+        it after every optimizer step, on ``load_state_dict``, on ``to``/``half``/copies and when
+        a prompt module is attached; call it after changing weights any other way."""
+        self._weights_token = next(_WEIGHT_TOKENS)
+
     def text_fingerprint(self) -> tuple:
-        """Changes whenever a text-tower weight is modified in place (optimizer steps,
-        ``load_state_dict``) or replaced: a cheap key for caches of text embeddings."""
+        """A key for caches of text embeddings and adversarial prompts that changes whenever the
+        text side may have changed.
+
+        It joins a process-wide unique token (never reused, unlike ``id()`` of a freed model,
+        and renewed by :meth:`mark_weights_changed`, which fused and compiled optimizers need:
+        they leave ``Tensor._version`` untouched) with the parameters' ``_version`` counters
+        (in-place edits outside the library)."""
         params = [p for _, p in self.tower_parameters("text")]
         if self.text_prompt is not None:
             params += list(self.text_prompt.parameters())
-        return tuple((id(p), p._version) for p in params)
+        return (self._weights_token, *(p._version for p in params))
+
+    def load_state_dict(self, *args, **kwargs):
+        result = super().load_state_dict(*args, **kwargs)
+        self.mark_weights_changed()
+        return result
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        self.mark_weights_changed()
+        return result
+
+    def __setstate__(self, state):  # deepcopy and unpickling: a copy gets its own token
+        super().__setstate__(state)
+        self.mark_weights_changed()
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in PROMPT_SLOTS and "_weights_token" in self.__dict__:
+            self.mark_weights_changed()
+
+    def build_meta(self) -> dict:
+        """What the weights need beside the architecture name to be rebuilt exactly (recorded
+        with every export, read back by the loader; see ``models/checkpoints.py``)."""
+        return {"architecture": self.name}
+
+    def describe_build(self) -> dict:
+        """What a result record says about how the model was built and fed."""
+        return {**self.build_meta(), "resize": self.resize}
 
     def describe(self) -> str:
         return f"{self.name} ({self.pretrained or 'random init'})"
+
+
+def check_resize_mode(mode: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise UnknownNameError(f"unknown resize mode {mode!r}; known: {', '.join(RESIZE_MODES)}")
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int], mode: str = "torch") -> torch.Tensor:
+    """Bicubic resize of [0, 1] images to ``size`` (differentiable; identity at that size).
+
+    - ``"torch"`` (default; what the published TeCoA/MMCoA code does): ``F.interpolate`` bicubic
+      (Keys kernel, a = -0.75), antialiased only when shrinking, *not* clamped, so upsampled
+      pixels overshoot to about [-0.2, 1.2] near edges.
+    - ``"pil"`` (what open_clip's and clip_benchmark's PIL transforms compute, up to PIL's 8-bit
+      rounding, within about 1/255): PIL's separable bicubic (a = -0.5, torch's antialiased
+      kernel) applied to the width, then the height, each pass clamped to [0, 1] as PIL's uint8
+      buffers are.
+    """
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    if mode == "pil":
+        wide = F.interpolate(images, size=(images.shape[-2], size[1]), mode="bicubic",
+                             align_corners=False, antialias=True).clamp(0, 1)
+        return F.interpolate(wide, size=size, mode="bicubic", align_corners=False,
+                             antialias=True).clamp(0, 1)
+    shrinking = images.shape[-1] > size[1] or images.shape[-2] > size[0]
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=shrinking)
 
 
 def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:

@@ -1,7 +1,13 @@
-"""Reading local weight files with one-line errors for missing, corrupt or mismatched files."""
+"""Reading local weight files with one-line errors for missing, corrupt or mismatched files.
+
+A weight file may carry *build metadata* (today: the open_clip activation, ``quick_gelu``) that
+the architecture name alone does not fix: in a training checkpoint under ``model_meta``, for a
+plain state dict (``final.pt``, which open_clip loads as is) in a sidecar ``<file>.json``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Mapping
 
@@ -18,9 +24,41 @@ def require_file(path: str, what: str) -> None:
         raise MmcoaError(f"{what} checkpoint {path!r} does not exist; expected {ACCEPTED}")
 
 
+META_KEY = "model_meta"
+
+
+def meta_sidecar(path: str | os.PathLike) -> str:
+    """The sidecar file that holds the build metadata of the plain state dict at ``path``."""
+    return f"{os.fspath(path)}.json"
+
+
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Load a state dict (plain, or nested under 'state_dict'/'model', DDP 'module.' prefixes
     stripped) from ``path``; a file that is not one raises a one-line error."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, build metadata) of ``path``; the metadata is ``{}`` when the file records
+    none (a checkpoint from another tool, or one written before metadata existed)."""
+    payload = _load_payload(path)
+    meta = payload.get(META_KEY) if isinstance(payload, Mapping) else None
+    return _unwrap(payload, path), meta if isinstance(meta, dict) else _read_sidecar(path)
+
+
+def _read_sidecar(path: str) -> dict:
+    sidecar = meta_sidecar(path)
+    if not os.path.isfile(sidecar):
+        return {}
+    try:
+        meta = json.loads(open(sidecar).read())
+    except (OSError, ValueError) as error:
+        raise MmcoaError(f"model metadata {sidecar!r} is unreadable ({type(error).__name__}); "
+                         f"remove it or restore it from the run") from error
+    return meta if isinstance(meta, dict) else {}
+
+
+def _load_payload(path: str):
     require_file(path, "model")
     try:
         if path.endswith(".safetensors"):
@@ -32,7 +70,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     except Exception as error:
         raise MmcoaError(f"checkpoint {path!r} is corrupt or unreadable "
                          f"({type(error).__name__}); expected {ACCEPTED}") from error
-    return _unwrap(state, path)
+    return state
 
 
 def _unwrap(state: object, path: str) -> dict[str, torch.Tensor]:
@@ -52,5 +90,14 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str, mode
         own = set(module.state_dict())
         missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
         detail = (f"missing {len(missing)} keys (e.g. {missing[:2]}), unexpected {len(unexpected)}"
-                  f" (e.g. {unexpected[:2]})" if missing or unexpected else "tensor shapes differ")
+                  f" (e.g. {unexpected[:2]})" if missing or unexpected
+                  else _first_shape_mismatch(module.state_dict(), state))
         raise MmcoaError(f"checkpoint {path!r} does not fit model {model_name}: {detail}") from error
+
+
+def _first_shape_mismatch(own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+    for key, tensor in own.items():
+        if tuple(given[key].shape) != tuple(tensor.shape):
+            return (f"{key} has shape {list(given[key].shape)} in the file, "
+                    f"{list(tensor.shape)} in the model")
+    return "tensor shapes differ"

@@ -1,4 +1,12 @@
-"""open_clip backend: architecture names with pretrained tags, ``hf-hub:`` ids, local files."""
+"""open_clip backend: architecture names with pretrained tags, ``hf-hub:`` ids, local files.
+
+**Activation.** OpenAI's CLIP weights (and several LAION/YFCC tags) were trained with QuickGELU,
+``x * sigmoid(1.702 x)``; open_clip 3.x builds ``nn.GELU`` for ``ViT-B-32`` and only warns when a
+tag's config says ``quick_gelu``. We build what the weights were trained with: the tag's
+``quick_gelu`` for tags, the file's recorded metadata for local checkpoints (every export of
+this toolkit records it, see :func:`build_meta`), the architecture's own setting otherwise
+(``ViT-B-32-quickgelu`` names the QuickGELU variant explicitly).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ import torch
 
 from mmcoa.errors import MmcoaError, UnknownNameError
 from mmcoa.models.base import VisionLanguageModel
-from mmcoa.models.checkpoints import load_into, read_state_dict, require_file
+from mmcoa.models.checkpoints import load_into, read_checkpoint, require_file
 from mmcoa.models.hub import fetching_weights
 
 RANDOM = "random"
@@ -20,10 +28,13 @@ TINY_CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_ARCHITECTURES = tuple(sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json")))
 
 
-def _open_clip():
+def open_clip_registered():
+    """open_clip with the tiny configurations registered (through its public
+    ``add_model_config``/``list_models``), so plain ``open_clip.create_model('tiny-clip')``
+    works as soon as :mod:`mmcoa` is imported."""
     import open_clip
 
-    if str(TINY_CONFIG_DIR) not in map(str, open_clip.factory._MODEL_CONFIG_PATHS):
+    if not set(TINY_ARCHITECTURES) <= set(open_clip.list_models()):
         open_clip.add_model_config(TINY_CONFIG_DIR)
     return open_clip
 
@@ -49,6 +60,16 @@ class OpenClipModel(VisionLanguageModel):
         )
         self.tokenizer = tokenizer
 
+    @property
+    def quick_gelu(self) -> bool:
+        """Whether the towers use QuickGELU (what OpenAI's weights were trained with)."""
+        from open_clip.transformer import QuickGELU
+
+        return any(isinstance(module, QuickGELU) for module in self.model.modules())
+
+    def build_meta(self) -> dict:
+        return {"architecture": self.name, "quick_gelu": self.quick_gelu}
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return {"text": self.tokenizer(list(texts))}
 
@@ -67,14 +88,14 @@ class OpenClipModel(VisionLanguageModel):
 
 
 def is_open_clip_name(name: str) -> bool:
-    return name.startswith("hf-hub:") or name in _open_clip().list_models()
+    return name.startswith("hf-hub:") or name in open_clip_registered().list_models()
 
 
 def load_open_clip(name: str, pretrained: str | None, device: str) -> OpenClipModel:
     """Build an open_clip model. ``pretrained`` is a tag of ``name``, a local checkpoint,
     ``"random"`` (explicit random init), or None (allowed only for tiny configurations and
     ``hf-hub:`` ids, whose weights come with the id)."""
-    open_clip = _open_clip()
+    open_clip = open_clip_registered()
     with _quiet_open_clip_logs():
         if name.startswith("hf-hub:"):
             model = _from_hub(open_clip, name)
@@ -101,8 +122,9 @@ def _from_architecture(open_clip, name: str, pretrained: str | None):
     if pretrained in open_clip.list_pretrained_tags_by_model(name):
         hint = (f"download it on a machine with internet, or pass --pretrained "
                 f"/path/to/{name}-{pretrained}.bin")
+        quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
         with fetching_weights(f"{name} ({pretrained})", hint):
-            return open_clip.create_model(name, pretrained=pretrained)
+            return open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     if os.path.sep in pretrained or os.path.splitext(pretrained)[1] or os.path.exists(pretrained):
         return _from_file(open_clip, name, pretrained)
     tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
@@ -112,10 +134,24 @@ def _from_architecture(open_clip, name: str, pretrained: str | None):
 
 def _from_file(open_clip, name: str, path: str):
     require_file(path, name)
-    state = read_state_dict(path)
-    model = _seeded_random_init(open_clip, name)
+    state, meta = read_checkpoint(path)
+    model = _seeded_random_init(open_clip, name, quick_gelu=_file_quick_gelu(open_clip, name, path, meta))
     load_into(model, _to_open_clip_layout(model, state), path, name)
     return model
+
+
+def _file_quick_gelu(open_clip, name: str, path: str, meta: dict) -> bool:
+    """The activation a local checkpoint was trained with: its recorded ``quick_gelu`` when it
+    has one (so a model fine-tuned from OpenAI weights reloads as ``ViT-B-32`` with QuickGELU,
+    the trap of open_clip issue #771), else the architecture's."""
+    architecture = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    recorded = meta.get("quick_gelu")
+    if recorded is None or bool(recorded) == architecture:
+        return architecture
+    if architecture:
+        raise MmcoaError(f"checkpoint {path!r} records GELU (quick_gelu false) but {name} builds "
+                         f"QuickGELU; load it as {name.removesuffix('-quickgelu')}")
+    return True
 
 
 def _to_open_clip_layout(model, state: dict) -> dict:
@@ -127,11 +163,11 @@ def _to_open_clip_layout(model, state: dict) -> dict:
     return state
 
 
-def _seeded_random_init(open_clip, name: str, seed: int = 0):
+def _seeded_random_init(open_clip, name: str, seed: int = 0, quick_gelu: bool = False):
     """Random init that does not depend on (or disturb) the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return open_clip.create_model(name)
+        return open_clip.create_model(name, force_quick_gelu=quick_gelu)
 
 
 @contextlib.contextmanager

@@ -62,3 +62,16 @@ class ZeroShotClassifier:
         return fixed
 
     __call__ = logits
+
+
+def top_k_correct(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """[B] bool: the true class is in the top ``k`` with ties counted against it.
+
+    A sample is correct when fewer than ``k`` *other* classes score at least as high as the
+    true class. ``topk`` would break a tie by index (and CPU and CUDA may break it differently):
+    two classes given the same adversarial prompt tie, and such a sample is not correct. A NaN
+    logit counts as at least as high as anything, so NaN never reads as correct.
+    """
+    true = logits.gather(1, labels.view(-1, 1).to(logits.device))
+    others_at_least = (~(logits < true)).sum(1) - 1
+    return others_at_least < min(k, logits.shape[1])

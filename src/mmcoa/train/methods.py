@@ -124,10 +124,30 @@ class FTStandard(Method):
         return loss, {"clean": loss.item()}
 
 
+def tecoa_loss(ctx: StepContext, images, labels) -> torch.Tensor:
+    """TeCoA's text-guided contrastive loss as its published training loop computes it:
+    image→text cross-entropy of ``logit_scale · cos(f(x_adv), g(prompt_c))`` over the C class
+    prompts with the true label (a per-sample mean), x_adv made by PGD against those prompts."""
+    return F.cross_entropy(class_logits(ctx.model, ctx.prompts)(train_pgd(ctx, images, labels)), labels)
+
+
 @register_method("tecoa")
 class TeCoA(Method):
-    """TeCoA (Mao et al. 2023): adversarial images (PGD against the class prompts) aligned with
-    the clean class prompts; image tower."""
+    """TeCoA (Mao et al. 2023): adversarial images (PGD against the class prompts) classified
+    against the clean class prompts, image→text cross-entropy only (:func:`tecoa_loss`, as the
+    published code); image tower. ``tecoa-symmetric`` adds the text→image term."""
+
+    default_towers = ("image",)
+
+    def loss(self, ctx, images, labels):
+        loss = tecoa_loss(ctx, images, labels)
+        return loss, {"image_adv": loss.item()}
+
+
+@register_method("tecoa-symmetric")
+class TeCoASymmetric(Method):
+    """TeCoA with the symmetric class-aware contrastive loss (image→text and text→image, paper
+    Eq. 7 with clean prompts): this toolkit's TeCoA before it followed the published loop."""
 
     default_towers = ("image",)
     global_batch_loss = True
@@ -205,17 +225,16 @@ class PMGAFT(Method):
 @register_method("vp")
 class VisualPrompting(Method):
     """Adversarial visual prompting: a learnable padding prompt (Bahng et al. 2022) trained with
-    the TeCoA loss while the whole model stays frozen."""
+    the TeCoA loss (:func:`tecoa_loss`) while the whole model stays frozen."""
 
     default_towers = ()
-    global_batch_loss = True
 
     def setup(self, model, image_size, towers, config):
         model.set_trainable(towers)
         model.visual_prompt = PaddingPrompt(image_size).to(model.device)
 
     def loss(self, ctx, images, labels):
-        loss = contrastive(ctx, train_pgd(ctx, images, labels), ctx.prompts, labels)
+        loss = tecoa_loss(ctx, images, labels)
         return loss, {"image_adv": loss.item()}
 
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from mmcoa.data import DEFAULT_TEMPLATE, ClassificationDataset
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
+from mmcoa.models.zeroshot import top_k_correct
 from mmcoa.train.objectives import class_aware_contrastive_loss
 
 CAPTION_TEMPLATES = (DEFAULT_TEMPLATE, "a photo of a {}.", "a picture of a {}",
@@ -74,6 +75,7 @@ def _train_step(model, optimizer, images, labels, dataset, config, generator) ->
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    model.mark_weights_changed()
     return loss.item()
 
 
@@ -104,6 +106,6 @@ def zero_shot_accuracy(classifier: ZeroShotClassifier, dataset, batch_size: int 
     correct = total = 0
     for images, labels in DataLoader(dataset, batch_size=batch_size):
         logits = classifier.logits(images.to(classifier.model.device))
-        correct += int((logits.argmax(1).cpu() == labels).sum())
+        correct += int(top_k_correct(logits, labels).sum())
         total += len(labels)
     return correct / total

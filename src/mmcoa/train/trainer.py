@@ -31,6 +31,7 @@ from mmcoa.eval.results import versions, write_json_atomic
 from mmcoa.files import atomic_path
 from mmcoa.models import load_model, validate_model_name
 from mmcoa.models.base import MAX_LOGIT_SCALE
+from mmcoa.models.checkpoints import META_KEY, meta_sidecar
 from mmcoa.models.prompts import prompt_payload
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext, frozen_copy
@@ -118,7 +119,8 @@ def total_steps(config: TrainConfig, n_items: int) -> int:
 
 
 def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on norms, biases, embeddings' scalars and logit_scale."""
+    """AdamW (MMCoA, FARE) or SGD with momentum (TeCoA, PMG-AFT), per ``config.optimizer``; no
+    weight decay on norms, biases, embeddings' scalars and logit_scale."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -127,8 +129,10 @@ def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
         raise MmcoaError(f"method {config.method} with train_towers={config.train_towers} trains nothing")
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
-                             eps=config.adam_eps)
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.adam_eps)
 
 
 def build_schedule(optimizer, config: TrainConfig, steps: int):
@@ -221,6 +225,7 @@ class _Loop:
         self.schedule.step()
         with torch.no_grad():
             self.model._raw_logit_scale().clamp_(max=math.log(MAX_LOGIT_SCALE))
+        self.model.mark_weights_changed()  # fused optimizers do not bump Tensor._version
         return terms.pop("loss"), terms
 
     def _attack_generator(self, step: int):
@@ -287,17 +292,20 @@ class _Loop:
                    "adversarial_prompts": state["adversarial_prompts"],
                    "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
-                   "config": _identity(self.config), "world_size": self.world.size}
+                   "config": _identity(self.config), "world_size": self.world.size,
+                   META_KEY: self.model.build_meta()}
         _save_atomic(payload, self.run_dir / "checkpoints" / "last.pt")
         if epoch is not None:
             _save_atomic(payload, self.run_dir / "checkpoints" / f"epoch{epoch}.pt")
 
     def _export(self, state: dict, losses: list[float], elapsed: float) -> dict:
-        """final.pt (plain backend state dict: open_clip loads it), prompt.pt for VP and AdvPT
+        """final.pt (plain backend state dict: open_clip loads it) with its build metadata in
+        final.pt.json (the activation: see ``models/checkpoints.py``), prompt.pt for VP and AdvPT
         (``mmcoa eval --prompt``), metrics; written by rank 0."""
         if not self.world.is_main:
             return self._metrics(state, losses, elapsed)
         _save_atomic(self.model.model.state_dict(), self.run_dir / "final.pt")
+        _write_json(Path(meta_sidecar(self.run_dir / "final.pt")), self.model.build_meta())
         for prompt in (self.model.visual_prompt, self.model.text_prompt):
             if prompt is not None:
                 _save_atomic(prompt_payload(prompt), self.run_dir / "prompt.pt")

@@ -209,7 +209,7 @@ class BertAttack:
     # -- helpers -------------------------------------------------------------------------------
     def _state_key(self, model) -> tuple:
         """What an edit of :meth:`attack_embeddings` depends on, besides the text."""
-        return (id(model), model.text_fingerprint(), id(self.mlm), self.k, self.max_words,
+        return (model.text_fingerprint(), id(self.mlm), self.k, self.max_words,
                 self.min_logit, self.max_length, self.piece_top, self.max_combinations,
                 self.stop_words)
 

@@ -1,4 +1,9 @@
-"""The stop-word list BERT-Attack skips (Li et al. 2020), shipped as ``stopwords.txt``.
+"""The filter words BERT-Attack never replaces and never proposes.
+
+``filter_words.txt`` is the list shipped with the published BERT-Attack code (Li et al. 2020)
+and reused unchanged by the MMCoA, Co-Attack and SGA code: 292 entries, one a line, kept
+verbatim as data (function words, contractions such as "don't", single letters such as "t" and
+"s", a few adverbs such as "once" and "please", and punctuation).
 
 Matching is case-insensitive: the published code compared case-sensitively, so the capitalised
 "This" of "This is a photo of a {label}" was attacked (REFERENCE_NOTES, bug 2).
@@ -10,19 +15,19 @@ import functools
 from importlib import resources
 from typing import Iterable
 
-STOP_WORDS_FILE = "stopwords.txt"
+FILTER_WORDS_FILE = "filter_words.txt"
 
 
 def parse_stop_words(lines: Iterable[str]) -> frozenset[str]:
-    """Lower-cased words, one a line; blank lines and ``#`` comments are ignored."""
-    words = (line.split("#", 1)[0].strip().lower() for line in lines)
+    """Lower-cased entries, one a line (surrounding white space and blank lines dropped)."""
+    words = (line.strip().lower() for line in lines)
     return frozenset(word for word in words if word)
 
 
 @functools.lru_cache(maxsize=1)
 def default_stop_words() -> frozenset[str]:
-    """The shipped English function-word list (articles, pronouns, prepositions, ...)."""
-    text = resources.files(__package__).joinpath(STOP_WORDS_FILE).read_text(encoding="utf-8")
+    """The published BERT-Attack filter-word list (``filter_words.txt``)."""
+    text = resources.files(__package__).joinpath(FILTER_WORDS_FILE).read_text(encoding="utf-8")
     return parse_stop_words(text.splitlines())
 
 
