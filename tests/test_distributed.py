@@ -128,15 +128,26 @@ def test_a_last_batch_smaller_than_the_world_is_refused_up_front():
         _check_shards(9, 3, World(rank=0, size=4))
 
 
-def test_resume_needs_the_same_number_of_processes(tmp_path):
-    from mmcoa.train.config import TrainConfig
-    from mmcoa.train.trainer import _load_checkpoint, train
+def test_resume_on_another_number_of_processes_continues_the_same_run(tmp_path):
+    """Batch order and random starts are global, so a 1-process run resumed on 2 processes ends
+    where the uninterrupted 1-process run ends."""
+    common = ["train", "--method", "tecoa", "--model", "tiny-clip", "--dataset", "synthetic",
+              "--batch-size", "16", "--train-eps", "4", "--save-every", "1", "--no-progress"]
+    run_mmcoa(common + ["--max-steps", "2", "--output", str(tmp_path / "whole")], processes=1)
+    run_mmcoa(common + ["--max-steps", "1", "--output", str(tmp_path / "split")], processes=1)
+    run_mmcoa(common + ["--max-steps", "2", "--output", str(tmp_path / "split"), "--resume"], processes=2)
+    whole, split = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
+    assert all(torch.allclose(whole[k], split[k], rtol=1e-4, atol=1e-6) for k in whole)
 
-    config = TrainConfig(method="ft-standard", batch_size=16, max_steps=1, output=str(tmp_path / "run"))
-    train(config, progress=False)
-    assert _load_checkpoint(tmp_path / "run", config)["world_size"] == 1
-    with pytest.raises(MmcoaError, match="started with 1 process"):
-        _load_checkpoint(tmp_path / "run", config, World(rank=0, size=2))
+
+def test_resume_on_another_number_of_processes_is_refused_with_batchnorm():
+    from mmcoa.train.trainer import _check_world_change
+
+    with_batchnorm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    with pytest.raises(MmcoaError, match="BatchNorm"):
+        _check_world_change({"world_size": 1}, with_batchnorm, World(rank=0, size=2))
+    _check_world_change({"world_size": 1}, torch.nn.Linear(2, 2), World(rank=0, size=2))
+    _check_world_change({"world_size": 2}, with_batchnorm, World(rank=0, size=2))
 
 
 @pytest.mark.parametrize("n,size", [(16, 2), (7, 2), (5, 3), (2, 4)])

@@ -24,8 +24,12 @@ Evaluation shards the samples across ranks and sums the counts.
 The random starts of the training attacks are drawn for the whole global batch from (seed,
 step) on every rank, each keeping its rows (:class:`mmcoa.attacks.pgd.RowsOf`), so a shard
 starts where a single process would. BatchNorm layers (open_clip's ResNets) still normalize per
-shard, with rank 0's running statistics saved. A run resumes only with the number of processes
-it was started with.
+shard, with rank 0's running statistics saved. A run may resume on another number of processes
+(the updates are those of the global batch), except with BatchNorm layers.
+
+A rank that fails ends the whole job at once (:func:`fail_fast`): it prints its one-line error
+with its rank and leaves without waiting in the process group, and ``torchrun`` then stops the
+other ranks, instead of their waiting in a collective until the process-group timeout.
 """
 
 from __future__ import annotations
@@ -178,3 +182,19 @@ def broadcast_object(value, world: World):
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def fail_fast(message: str) -> None:
+    """End this rank now with ``message`` (one line, naming the rank) on stderr: ``os._exit``
+    skips the process-group teardown, which can wait on peers that are stuck in a collective,
+    and torchrun stops the other ranks as soon as one exits with an error."""
+    import sys
+
+    rank = os.environ.get("RANK", "0")
+    print(f"mmcoa: error: rank {rank}: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
+
+
+def running_under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1

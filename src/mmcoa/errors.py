@@ -20,3 +20,18 @@ class WeightsUnavailableError(MmcoaError):
 
 class DatasetUnavailableError(MmcoaError):
     """A dataset is not on disk where it was looked for."""
+
+
+class BadImageError(MmcoaError):
+    """An image file of a dataset cannot be decoded (truncated, corrupt, not an image)."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message as one line. A DataLoader worker's error arrives re-raised with the
+    worker's traceback in its message ("Caught X in DataLoader worker process 0. Original
+    Traceback ..."); its last line holds the original message."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(error).__name__

@@ -5,10 +5,15 @@ file and an interrupted run leaves no partial output."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from mmcoa.errors import MmcoaError
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, over quota, over a size limit
 
 
 @contextlib.contextmanager
@@ -24,9 +29,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if _disk_full(error, path.parent):
+            kept = "the previous file is intact" if path.exists() else "nothing was written"
+            reason = os.strerror(_errno(error)) if _errno(error) else "the disk is full"
+            raise MmcoaError(f"no space left to write {path} ({reason}); {kept}; "
+                             f"free some space and run again (training: --resume)") from error
         raise
+
+
+def _errno(error: BaseException) -> int | None:
+    """The errno of an OSError, also when a writer (torch.save) wrapped it in another error."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error.errno
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a write failed for want of space. torch.save reports a full disk as a bare
+    RuntimeError of its zip writer, so when the error carries no errno a 1 MiB probe write in
+    the same folder decides."""
+    if isinstance(error, (KeyboardInterrupt, MmcoaError)):
+        return False
+    if _errno(error) is not None:
+        return _errno(error) in FULL_DISK
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"\0" * 2 ** 20)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as probe_error:
+        return probe_error.errno in FULL_DISK
+    return False
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -11,8 +11,10 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from mmcoa.errors import DatasetUnavailableError, MmcoaError
+from mmcoa.errors import BadImageError, DatasetUnavailableError, MmcoaError
 from mmcoa.registry import Registry
+
+UNREADABLE = (OSError, SyntaxError)  # what PIL raises for truncated, corrupt or missing files
 
 DEFAULT_TEMPLATE = "This is a photo of a {}"
 """The zero-shot prompt used in the paper (no trailing period)."""
@@ -60,10 +62,21 @@ class ClassificationDataset(Dataset):
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self._item(index)
+        try:
+            image, label = self._item(index)
+        except UNREADABLE as error:
+            source = self.source(index)
+            raise BadImageError(f"image {index} of {self.name} {self.split}"
+                                f"{f' ({source})' if source else ''} is unreadable "
+                                f"({type(error).__name__}: {first_line(error)}); fix or remove it, "
+                                f"or pass --skip-bad-images to skip and count such images") from error
         if image.shape[0] == 1:
             image = image.repeat(3, 1, 1)
         return image, int(label)
+
+    def source(self, index: int) -> str | None:
+        """The file item ``index`` is read from, when it has one (for error messages)."""
+        return None
 
     def prompts(self, template: str | None = None) -> list[str]:
         """The template (default: the dataset's own) filled in with each class name, in label order."""
@@ -112,6 +125,10 @@ class WrappedClassificationDataset(ClassificationDataset):
 
     def _item(self, index: int) -> tuple[torch.Tensor, int]:
         return self.inner[index]
+
+    def source(self, index: int) -> str | None:
+        samples = getattr(self.inner, "samples", None) or getattr(self.inner, "imgs", None)
+        return str(samples[index][0]) if samples and 0 <= index < len(samples) else None
 
 
 @dataclass(frozen=True)

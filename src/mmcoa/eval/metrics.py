@@ -28,6 +28,7 @@ class Tally:
     elapsed_s: float = 0.0
     queries: float = 0.0
     words_changed: float = 0.0
+    skipped_images: int = 0  # unreadable images left out (``--skip-bad-images``)
 
     def add_cost(self, n: int, queries_per_sample: float, words_changed: torch.Tensor | None) -> None:
         """Model queries and changed words of one batch of ``n`` samples."""

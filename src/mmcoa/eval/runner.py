@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from typing import Sequence
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 from mmcoa.attacks import Attack, build_attack, eval_mode
 from mmcoa.data import ClassificationDataset, load_dataset
 from mmcoa.distributed import SINGLE, World, max_over_ranks, sum_over_ranks
-from mmcoa.errors import MmcoaError
+from mmcoa.errors import BadImageError, MmcoaError, one_line
 from mmcoa.eval.metrics import Tally
 from mmcoa.eval.results import versions
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier, load_model, validate_model_name
@@ -50,6 +51,7 @@ def evaluate(
     device: str = "cpu",
     template: str | None = None,
     resize: str = "torch",
+    skip_bad_images: bool = False,
     progress: bool = True,
     world: World = SINGLE,
 ) -> list[dict]:
@@ -61,6 +63,8 @@ def evaluate(
     batch are attacked with a generator seeded from ``(seed, batch index, attack name and
     parameters)``, so a record does not depend on which other attacks ran or in which order.
     ``resize`` applies to a model given by name (see :func:`mmcoa.models.base.resize_images`).
+    An unreadable image stops the run with one line naming it, unless ``skip_bad_images``:
+    then it is left out and counted in the record's ``skipped_images``.
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
@@ -81,7 +85,7 @@ def evaluate(
                for b, start in enumerate(range(0, len(indices), batch_size))]
     with eval_mode(model):  # under torchrun each rank takes every size-th batch
         outcomes = _run(classifier, dataset, batches[world.rank::world.size], attacks, seed,
-                        progress and world.is_main)
+                        progress and world.is_main, skip_bad_images)
     outcomes = [(_summed(tally, world, model.device), prompts) for tally, prompts in outcomes]
     return [_record(model, dataset, attack, tally, prompts, indices, seed)
             for attack, (tally, prompts) in zip(attacks, outcomes)]
@@ -105,7 +109,7 @@ def _checked(indices: Sequence[int], dataset) -> list[int]:
     return indices
 
 
-def _run(classifier, dataset, batches, attacks, seed, progress) -> list[Tally]:
+def _run(classifier, dataset, batches, attacks, seed, progress, skip_bad_images=False) -> list[Tally]:
     """Tallies of each attack over ``batches`` of (batch index, sample indices); the batch index
     seeds the attacks, so a batch is attacked alike whichever process runs it."""
     tallies = [Tally() for _ in attacks]
@@ -113,7 +117,11 @@ def _run(classifier, dataset, batches, attacks, seed, progress) -> list[Tally]:
     device = classifier.model.device
     bar = tqdm(batches, desc="eval", unit="batch", disable=not progress)
     for batch_index, chunk in bar:
-        items = [dataset[i] for i in chunk]
+        items, skipped = _readable_items(dataset, chunk, skip_bad_images)
+        for tally in tallies:
+            tally.skipped_images += skipped
+        if not items:
+            continue
         images = torch.stack([image for image, _ in items]).to(device)
         labels = torch.tensor([label for _, label in items], device=device)
         clean_logits = _predict(classifier, images)
@@ -127,6 +135,20 @@ def _run(classifier, dataset, batches, attacks, seed, progress) -> list[Tally]:
             prompts[attack_index] = result.adversarial_prompts
         bar.set_postfix({a.name: f"{t.accuracy:.3f}" for a, t in zip(attacks, tallies)})
     return list(zip(tallies, prompts))
+
+
+def _readable_items(dataset, chunk, skip_bad_images: bool) -> tuple[list, int]:
+    """The batch's (image, label) items and how many unreadable ones were skipped (an
+    unreadable image raises its one-line :class:`BadImageError` unless ``skip_bad_images``)."""
+    items = []
+    for index in chunk:
+        try:
+            items.append(dataset[index])
+        except BadImageError as error:
+            if not skip_bad_images:
+                raise
+            print(f"mmcoa: warning: skipped {one_line(error).split('; fix')[0]}", file=sys.stderr)
+    return items, len(chunk) - len(items)
 
 
 def _summed(tally: Tally, world: World, device) -> Tally:
@@ -171,6 +193,7 @@ def _record(model, dataset, attack, tally: Tally, prompts, indices, seed) -> dic
         "attack_success_rate": tally.attack_success_rate,
         "queries_per_sample": tally.queries_per_sample,
         "mean_words_changed": tally.mean_words_changed,
+        "skipped_images": tally.skipped_images,
         "adversarial_prompts": prompts,
         "sample_indices_sha1": indices_sha1(indices),
     }

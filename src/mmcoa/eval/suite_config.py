@@ -30,6 +30,7 @@ attack parameters, checkpoint files — and raises one :class:`MmcoaError` line 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import re
 import string
@@ -37,13 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mmcoa.attacks import ATTACKS
 from mmcoa.attacks.base import build_registered
-from mmcoa.attacks.settings import params_from_settings
+from mmcoa.attacks.settings import SETTINGS, params_from_settings
 from mmcoa.errors import MmcoaError
 from mmcoa.registry import Registry
+from mmcoa.settings import one_of, read_mapping, shown, typed
 
 TASKS = ("classification", "retrieval")
 TOP_LEVEL = ("name", "description", "task", "split", "n_samples", "seed", "batch_size", "device",
@@ -190,28 +190,15 @@ def load_suite(path: str | Path, *, n_samples: int | None = None, device: str | 
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise MmcoaError(f"suite config {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or type(error).__name__
-        raise MmcoaError(f"suite config {path} is not valid YAML: {problem}{where}") from None
-    if not isinstance(values, dict):
-        raise MmcoaError(f"suite config {path} must be a mapping of settings (name, models, "
-                         f"datasets, attacks, ...); got {type(values).__name__}")
-    return values
+    return read_mapping(path, "suite config")
 
 
 def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
     _known_keys("the suite", values, TOP_LEVEL)
-    task = values.get("task", "classification")
-    _require(task in TASKS, f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    task = one_of("task", values.get("task", "classification"), TASKS)
     for key in ("models", "datasets", "attacks"):
         _require(isinstance(values.get(key), list) and values[key],
-                 f"{key} must be a non-empty list; got {values.get(key)!r}")
+                 f"{key} must be a non-empty list; got {shown(values.get(key))}")
     split = _string("split", values.get("split", "test"))
     datasets = [_dataset(i, v, task, split) for i, v in enumerate(values["datasets"])]
     _unique("datasets", [d.name for d in datasets])
@@ -228,22 +215,22 @@ def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
         device=_string("device", values.get("device", "cpu")),
         data_root=_optional_string("data_root", values.get("data_root")),
         template=_template(values.get("template"), task),
-        description=_string("description", values.get("description", "")), source=source)
+        description=typed("description", values.get("description", ""), "str"), source=source)
 
 
 def _model(index: int, value: Any, dataset_names: list[str]) -> ModelRow:
     where = f"models[{index}]"
     _require(isinstance(value, dict) and "name" in value,
-             f"{where} must be a mapping with at least a name; got {value!r}")
+             f"{where} must be a mapping with at least a name; got {shown(value)}")
     _known_keys(where, value, MODEL_KEYS)
     name = _string(f"{where}.name", value["name"])
     pretrained = _optional_string(f"{where}.pretrained", value.get("pretrained"))
     checkpoint = _optional_string(f"{where}.checkpoint", value.get("checkpoint"))
     datasets = value.get("datasets")
     if datasets is not None:
-        _require(isinstance(datasets, list) and datasets and set(datasets) <= set(dataset_names),
+        _require(isinstance(datasets, list) and datasets and all(d in dataset_names for d in datasets),
                  f"{where}.datasets must be a non-empty list of the suite's datasets "
-                 f"({', '.join(dataset_names)}); got {datasets!r}")
+                 f"({', '.join(dataset_names)}); got {shown(datasets)}")
         datasets = tuple(datasets)
     _check_weights(where, name, pretrained, checkpoint)
     label = value.get("label") or (f"{name}:{pretrained or checkpoint}" if pretrained or checkpoint else name)
@@ -281,25 +268,26 @@ def _dataset(index: int, value: Any, task: str, split: str) -> DatasetEntry:
     if isinstance(value, str):
         value = {"name": value}
     _require(isinstance(value, dict) and isinstance(value.get("name"), str),
-             f"{where} must be a dataset name or a mapping with name and options; got {value!r}")
+             f"{where} must be a dataset name or a mapping with name and options; got {shown(value)}")
     _known_keys(where, value, DATASET_KEYS)
     options = value.get("options") or {}
-    _require(isinstance(options, dict), f"{where}.options must be a mapping; got {options!r}")
+    _require(isinstance(options, dict), f"{where}.options must be a mapping; got {shown(options)}")
     if task == "retrieval":
         _check_retrieval_dataset(where, value["name"], split, options)
     else:
-        _check_classification_dataset(where, value["name"], split, options)
+        options = _check_classification_dataset(where, value["name"], split, options)
     return DatasetEntry(value["name"], dict(options))
 
 
-def _check_classification_dataset(where: str, name: str, split: str, options: dict) -> None:
+def _check_classification_dataset(where: str, name: str, split: str, options: dict) -> dict:
+    """The dataset's options, typed as its loader declares them, once name and split check out."""
     from mmcoa.data import DATASETS
     from mmcoa.data.catalog import FOLDER_PATTERN, known_names
     from mmcoa.data.folder import PREFIX
 
     if name.startswith(PREFIX):
         _require(not options, f"{where}: {FOLDER_PATTERN} takes no options")
-        return
+        return options
     _require(name in DATASETS, f"{where}: unknown dataset {name!r}; known: {', '.join(known_names())}"
              " (retrieval suites: task: retrieval)")
     spec = DATASETS.get(name)
@@ -308,6 +296,8 @@ def _check_classification_dataset(where: str, name: str, split: str, options: di
     unknown = sorted(set(options) - set(spec.options))
     _require(not unknown, f"{where}: dataset {name} takes no option {', '.join(unknown)}; "
              f"accepted: {', '.join(spec.options) or 'none'}")
+    kinds = {k: p.annotation for k, p in inspect.signature(spec.load).parameters.items()}
+    return {k: typed(f"{where}.options.{k}", v, str(kinds[k])) for k, v in options.items()}
 
 
 def _check_retrieval_dataset(where: str, name: str, split: str, options: dict) -> None:
@@ -322,11 +312,12 @@ def _attack(index: int, value: Any, task: str) -> AttackEntry:
     """An attack column; its settings go through the same conversion as ``mmcoa eval`` flags."""
     where = f"attacks[{index}]"
     _require(isinstance(value, dict) and isinstance(value.get("name"), str),
-             f"{where} must be a mapping with a name and its settings; got {value!r}")
+             f"{where} must be a mapping with a name and its settings; got {shown(value)}")
     settings = {k: v for k, v in value.items() if k not in ("name", "label")}
     try:
-        params = params_from_settings(settings)
-        attack = build_registered(attack_registry(task), value["name"], **params)
+        registry = attack_registry(task)
+        params = params_from_settings(_typed_settings(where, registry.get(value["name"]), settings))
+        attack = build_registered(registry, value["name"], **params)
     except MmcoaError as error:
         raise MmcoaError(f"{where}: {error}") from None
     except (TypeError, ValueError) as error:  # e.g. steps: ten
@@ -336,11 +327,25 @@ def _attack(index: int, value: Any, task: str) -> AttackEntry:
     return AttackEntry(label, value["name"], settings, attack.params())
 
 
+def _typed_settings(where: str, cls: type, settings: dict) -> dict:
+    """``settings`` typed as the attack's fields declare them (unset ones and names the attack
+    does not take pass through, for :func:`build_registered` to report)."""
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+    return {k: v if v is None else typed(f"{where}.{k}", v, kinds.get(SETTINGS.get(k, k), ""))
+            for k, v in settings.items()}
+
+
 def _check_checkpoints(config: SuiteConfig) -> None:
-    missing = sorted({c.weights for c in config.cells()
-                      if c.model.checkpoint and not Path(c.weights).expanduser().is_file()})
+    """Every checkpoint exists and fits its model row (keys and shapes, read from the file's
+    header), so a truncated file fails before the suite writes anything."""
+    from mmcoa.models import check_checkpoint
+
+    files = sorted({(c.model.name, c.weights) for c in config.cells() if c.model.checkpoint})
+    missing = sorted({path for _, path in files if not Path(path).expanduser().is_file()})
     _require(not missing, f"{len(missing)} checkpoint file(s) missing, e.g. {missing[0] if missing else ''}"
              "; train them first (docs/reproduce.md) or fix the paths")
+    for name, path in files:
+        check_checkpoint(name, str(Path(path).expanduser()))
 
 
 def _check_cell_ids(config: SuiteConfig) -> None:
@@ -369,31 +374,24 @@ def _unique(what: str, names: list[str]) -> None:
 
 
 def _string(name: str, value: Any) -> str:
-    _require(isinstance(value, str) and (value or name == "description"),
-             f"{name} must be a non-empty string; got {value!r}")
-    return value
+    return typed(name, value, "str", accepted="a non-empty string", ok=bool)
 
 
 def _optional_string(name: str, value: Any) -> str | None:
-    return None if value is None else _string(name, value)
+    return typed(name, value, "str | None", accepted="a non-empty string", ok=bool)
 
 
 def _integer(name: str, value: Any) -> int:
-    _require(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer; got {value!r}")
-    return value
+    return typed(name, value, "int")
 
 
 def _positive(name: str, value: Any, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-             f"{name} must be a positive integer{' or null (all)' if optional else ''}; got {value!r}")
-    return value
+    return typed(name, value, "int | None" if optional else "int", accepted="a positive integer",
+                 ok=lambda v: v >= 1)
 
 
 def _template(value: Any, task: str) -> str | None:
     if value is None:
         return None
     _require(task == "classification", "template applies to classification suites only")
-    _require(isinstance(value, str) and "{}" in value, f"template must be a string with {{}}; got {value!r}")
-    return value
+    return typed("template", value, "str", accepted="a string with {}", ok=lambda v: "{}" in v)

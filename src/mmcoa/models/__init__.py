@@ -22,7 +22,7 @@ from mmcoa.models.zeroshot import ZeroShotClassifier
 open_clip_registered()  # registers the tiny configurations with open_clip at import
 
 __all__ = ["RESIZE_MODES", "TOWERS", "VisionLanguageModel", "ZeroShotClassifier", "load_model",
-           "list_models", "validate_model_name"]
+           "check_checkpoint", "list_models", "validate_model_name"]
 
 HF_PREFIX = "hf:"
 
@@ -48,6 +48,21 @@ def _load_backend(name: str, pretrained: str | None, device: str) -> VisionLangu
 
         return load_hf_clip(name.removeprefix(HF_PREFIX), device)
     return load_open_clip(name, pretrained, device)
+
+
+def check_checkpoint(name: str, path: str) -> None:
+    """Raise the one-line error loading ``path`` as ``name`` would raise (missing, truncated or
+    corrupt file; keys or shapes that do not fit), cheaply and before any work: open_clip
+    architectures are checked from the file's header, other backends by reading the file."""
+    from mmcoa.models.checkpoints import read_shapes
+
+    validate_model_name(name)
+    if is_open_clip_name(name) and not name.startswith("hf-hub:"):
+        from mmcoa.models.open_clip_backend import check_open_clip_checkpoint
+
+        check_open_clip_checkpoint(name, path)
+    else:
+        read_shapes(path)
 
 
 def validate_model_name(name: str) -> None:

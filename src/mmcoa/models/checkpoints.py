@@ -87,17 +87,53 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str, mode
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        own = set(module.state_dict())
-        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-        detail = (f"missing {len(missing)} keys (e.g. {missing[:2]}), unexpected {len(unexpected)}"
-                  f" (e.g. {unexpected[:2]})" if missing or unexpected
-                  else _first_shape_mismatch(module.state_dict(), state))
-        raise MmcoaError(f"checkpoint {path!r} does not fit model {model_name}: {detail}") from error
+        raise MmcoaError(f"checkpoint {path!r} does not fit model {model_name}: "
+                         f"{_mismatch(_shapes(module.state_dict()), _shapes(state))}") from error
 
 
-def _first_shape_mismatch(own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
-    for key, tensor in own.items():
-        if tuple(given[key].shape) != tuple(tensor.shape):
-            return (f"{key} has shape {list(given[key].shape)} in the file, "
-                    f"{list(tensor.shape)} in the model")
+def check_fits(own: Mapping[str, tuple], path: str, model_name: str, layout=lambda state: state) -> None:
+    """Raise the one-line error :func:`load_into` would, from the file's header alone: its keys
+    and shapes (``read_shapes``; ``layout`` maps them as the loader maps the state dict)."""
+    given = layout(read_shapes(path))
+    if _shapes(own) != _shapes(given):
+        raise MmcoaError(f"checkpoint {path!r} does not fit model {model_name}: "
+                         f"{_mismatch(_shapes(own), _shapes(given))}")
+
+
+def read_shapes(path: str) -> dict[str, torch.Tensor]:
+    """The state dict of ``path`` without reading its tensors' data where the format allows
+    (safetensors headers, memory-mapped zip checkpoints): a cheap up-front check that the file
+    is whole and what it holds. A file that is not readable raises the one-line error."""
+    require_file(path, "model")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as handle:
+                return {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise MmcoaError(f"checkpoint {path!r} is corrupt or unreadable "
+                             f"({type(error).__name__}); expected {ACCEPTED}") from error
+        payload = _load_payload(path)  # a legacy (non-zip) file: read it whole
+    except Exception as error:
+        raise MmcoaError(f"checkpoint {path!r} is corrupt or unreadable "
+                         f"({type(error).__name__}); expected {ACCEPTED}") from error
+    return _unwrap(payload, path)
+
+
+def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple]:
+    return {k: tuple(v.shape) if torch.is_tensor(v) else tuple(v) for k, v in state.items()}
+
+
+def _mismatch(own: dict[str, tuple], given: dict[str, tuple]) -> str:
+    """What differs: missing/unexpected keys, else the first key whose shape differs."""
+    missing, unexpected = sorted(set(own) - set(given)), sorted(set(given) - set(own))
+    if missing or unexpected:
+        return (f"missing {len(missing)} keys (e.g. {missing[:2]}), unexpected {len(unexpected)}"
+                f" (e.g. {unexpected[:2]})")
+    for key, shape in own.items():
+        if given[key] != shape:
+            return f"{key} has shape {list(given[key])} in the file, {list(shape)} in the model"
     return "tensor shapes differ"

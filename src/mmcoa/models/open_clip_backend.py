@@ -20,8 +20,9 @@ import torch
 
 from mmcoa.errors import MmcoaError, UnknownNameError
 from mmcoa.models.base import VisionLanguageModel
-from mmcoa.models.checkpoints import load_into, read_checkpoint, require_file
+from mmcoa.models.checkpoints import check_fits, load_into, read_checkpoint, require_file
 from mmcoa.models.hub import fetching_weights
+from mmcoa.models.minilm import register_minilm_clip
 
 RANDOM = "random"
 TINY_CONFIG_DIR = Path(__file__).parent / "configs"
@@ -36,6 +37,7 @@ def open_clip_registered():
 
     if not set(TINY_ARCHITECTURES) <= set(open_clip.list_models()):
         open_clip.add_model_config(TINY_CONFIG_DIR)
+    register_minilm_clip(open_clip)  # minilm-clip, when its text encoder's package is installed
     return open_clip
 
 
@@ -138,6 +140,15 @@ def _from_file(open_clip, name: str, path: str):
     model = _seeded_random_init(open_clip, name, quick_gelu=_file_quick_gelu(open_clip, name, path, meta))
     load_into(model, _to_open_clip_layout(model, state), path, name)
     return model
+
+
+def check_open_clip_checkpoint(name: str, path: str) -> None:
+    """Whether ``path`` loads into architecture ``name`` (keys and shapes), from the file's
+    header and a model built on the meta device: milliseconds, no weights read."""
+    open_clip = open_clip_registered()
+    with _quiet_open_clip_logs(), torch.device("meta"):
+        model = open_clip.create_model(name, device="meta")
+    check_fits(model.state_dict(), path, name, layout=lambda state: _to_open_clip_layout(model, state))
 
 
 def _file_quick_gelu(open_clip, name: str, path: str, meta: dict) -> bool:

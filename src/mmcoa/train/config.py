@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
-from pathlib import Path
-
-import yaml
 
 from mmcoa.errors import MmcoaError
+from mmcoa.settings import one_of, read_mapping, typed
 
 SHOTS = ("1", "5", "50", "full")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
+TOWERS = ("image", "text", "both", "none")
+CHOICES = {"shots": SHOTS, "precision": PRECISIONS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
+           "train_towers": TOWERS}  # settings that take one of a few words
 
 # The settings that differ between methods. A field left None takes its method's value here,
 # else MMCoA's (the published MMCoA code; the paper's Sec. IV-A3 lost its numbers):
@@ -88,20 +88,25 @@ class TrainConfig:
     precision: str = "fp32"
     save_every: int = 0
     keep_epoch_checkpoints: bool = False
+    skip_nonfinite: bool = False         # skip (and count) steps whose loss is NaN/inf; else stop
     seed: int = 0
     device: str = "cpu"
     output: str = "runs/train"
 
     def __post_init__(self):
-        self.shots = str(self.shots)
-        _check(isinstance(self.method, str), f"method must be a string; got {self.method!r}")
+        if type(self.shots) is int:  # YAML reads shots: 5 as a number
+            self.shots = str(self.shots)
+        self.method = typed("method", self.method, "str")
         for name, value in method_defaults(self.method).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _typed(f.name, f.type, getattr(self, f.name)))
-        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}; "
-               f"got {self.optimizer!r}")
+            value = getattr(self, f.name)
+            setattr(self, f.name, one_of(f.name, value, CHOICES[f.name], f.type) if f.name in CHOICES
+                    else typed(f.name, value, f.type))
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
         _check(0 < self.train_step_size <= 1,
                f"train_step_size must be in (0, 1] pixels; got {self.train_step_size}")
         _check(self.weight_decay >= 0 and self.warmup_steps >= 0 and 0 <= self.momentum < 1,
@@ -109,11 +114,6 @@ class TrainConfig:
                f"{self.weight_decay}, {self.warmup_steps}, {self.momentum}")
         _check(self.max_steps is None or self.max_steps >= 1,
                f"max_steps must be at least 1; got {self.max_steps}")
-        _check(self.shots in SHOTS, f"shots must be one of {', '.join(SHOTS)}; got {self.shots!r}")
-        _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}; "
-               f"got {self.precision!r}")
-        _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}; "
-               f"got {self.schedule!r}")
         for name in ("epochs", "batch_size", "train_steps", "text_attack_every", "k", "max_words",
                      "n_ctx"):
             _check(getattr(self, name) >= 1, f"{name} must be at least 1; got {getattr(self, name)}")
@@ -121,35 +121,6 @@ class TrainConfig:
         _check(0 < self.train_eps <= 1, f"train_eps must be in (0, 1] pixels; got {self.train_eps}")
         _check(self.alpha >= 0 and self.beta >= 0 and self.alpha + self.beta > 0,
                f"alpha and beta must be non-negative and not both 0; got {self.alpha}, {self.beta}")
-        _check(self.train_towers in (None, "image", "text", "both", "none"),
-               f"train_towers must be image, text, both or none; got {self.train_towers!r}")
-
-
-def _typed(name: str, kind: str, value):
-    """``value`` as the field's type, or a one-line error. YAML reads ``1e-5`` (no dot) as a
-    string, so numbers written that way are accepted for float settings."""
-    if value is None and kind.endswith("| None"):
-        return None
-    kind = kind.split(" |")[0]
-    if kind == "float" and not isinstance(value, bool):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-        raise MmcoaError(f"{name} must be a number; got {value!r}")
-    if kind == "bool":
-        _check(isinstance(value, bool), f"{name} must be true or false; got {value!r}")
-    elif kind == "int":
-        _check(isinstance(value, int) and not isinstance(value, bool),
-               f"{name} must be an integer; got {value!r}")
-    elif kind == "str":
-        _check(isinstance(value, (str, os.PathLike)), f"{name} must be a string; got {value!r}")
-        return os.fspath(value)
-    elif kind.startswith("tuple"):
-        _check(isinstance(value, (list, tuple)) and len(value) == 2,
-               f"{name} must be a pair of numbers; got {value!r}")
-        return tuple(_typed(name, "float", v) for v in value)
-    return value
 
 
 def _check(ok: bool, message: str) -> None:
@@ -170,11 +141,4 @@ def load_config(path: str | None, overrides: dict) -> TrainConfig:
 
 
 def _read_yaml(path: str) -> dict:
-    if not Path(path).is_file():
-        raise MmcoaError(f"config file {path!r} does not exist")
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as error:
-        raise MmcoaError(f"config file {path!r} is not valid YAML ({str(error).splitlines()[0]})") from error
-    _check(isinstance(values, dict), f"config file {path!r} must hold a mapping of settings")
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    return {k.replace("-", "_"): v for k, v in read_mapping(path, "config file").items()}

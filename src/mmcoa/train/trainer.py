@@ -65,6 +65,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     method.prepare(model, dataset, indices, config)  # on the starting weights, resumed or not
     state = {"step": 0, "adversarial_prompts": None}
     if checkpoint is not None:
+        _check_world_change(checkpoint, model, world)
         state = _restore(checkpoint, model, optimizer, schedule)
     loop = _Loop(config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack,
                  run, world)
@@ -83,22 +84,41 @@ LOGS = ("metrics.jsonl", "adversarial_prompts.jsonl")
 
 def _prepare_run_logs(run: Path, resumed_step: int) -> None:
     """A fresh run starts with empty logs and no stale checkpoint; a resumed run drops the log
-    rows written after its checkpoint, which the resumed run writes again."""
+    rows written after its checkpoint, which the resumed run writes again. Temporary files of an
+    interrupted write (``.<name>.XXXX.tmp``: a kill during a checkpoint save) are swept, and a
+    row cut short (a full disk, a power loss) is dropped with a note."""
+    sweep_temporary_files(run)
     if resumed_step == 0:
         for stale in [run / "checkpoints" / "last.pt", *(run / "checkpoints").glob("epoch*.pt")]:
             stale.unlink(missing_ok=True)
     for name in LOGS:
         path = run / name
         if path.is_file():
-            rows = [line for line in path.read_text().splitlines()
-                    if resumed_step and _logged_step(line, name) <= resumed_step]
+            rows = [row for step, row in _log_rows(path, name) if resumed_step and step <= resumed_step]
             path.write_text("".join(row + "\n" for row in rows))
 
 
-def _logged_step(line: str, name: str) -> int:
-    """Steps done when the row was logged (metrics rows count from 1, prompt rows from 0)."""
-    step = json.loads(line)["step"]
-    return step if name == "metrics.jsonl" else step + 1
+def sweep_temporary_files(run: Path) -> None:
+    """Remove what an interrupted atomic write left in the run (it never renamed it into place)."""
+    for folder in (run, run / "checkpoints"):
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+            print(f"mmcoa: note: removed {stale}, left by an interrupted write", file=sys.stderr)
+
+
+def _log_rows(path: Path, name: str) -> list[tuple[int, str]]:
+    """(steps done when logged, row) of each readable row; metrics rows count steps from 1,
+    prompt rows from 0. A row that is not JSON (cut short by a crash) is left out, with a note."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            print(f"mmcoa: note: dropped unreadable line {number} of {path} (a write cut short)",
+                  file=sys.stderr)
+            continue
+        rows.append((step if name == "metrics.jsonl" else step + 1, line))
+    return rows
 
 
 def _check_shards(n_items: int, batch_size: int, world: World) -> None:
@@ -218,6 +238,8 @@ class _Loop:
                                       self.world, self.config.device)
         terms["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(terms["loss"]):  # the mean over ranks: every rank agrees
+            return self._nonfinite(step, state, terms)
         loss.backward()
         average_gradients(self.trainable, self.world)
         terms["grad_norm"] = _grad_norm(self.trainable)
@@ -227,6 +249,20 @@ class _Loop:
             self.model._raw_logit_scale().clamp_(max=math.log(MAX_LOGIT_SCALE))
         self.model.mark_weights_changed()  # fused optimizers do not bump Tensor._version
         return terms.pop("loss"), terms
+
+    def _nonfinite(self, step: int, state: dict, terms: dict) -> tuple[float, dict]:
+        """A NaN/inf loss: stop with the step and the intact last checkpoint named, or (with
+        ``skip_nonfinite``) leave the weights and optimizer as they were and count the step."""
+        if not self.config.skip_nonfinite:
+            saved = self.run_dir / "checkpoints" / "last.pt"
+            kept = f"{saved} (step {_saved_step(saved)}) is intact" if saved.is_file() else "no checkpoint was saved yet"
+            raise MmcoaError(f"the loss is {terms['loss']} at step {step + 1}; {kept}; lower the "
+                             f"learning rate, or pass --skip-nonfinite to skip such steps")
+        self.schedule.step()  # the schedule stays indexed by step
+        state["skipped_nonfinite"] = state.get("skipped_nonfinite", 0) + 1
+        print(f"mmcoa: warning: skipped step {step + 1}: the loss is {terms['loss']}", file=sys.stderr)
+        terms["grad_norm"] = 0.0
+        return terms.pop("loss"), {**terms, "skipped": 1}
 
     def _attack_generator(self, step: int):
         """The step's attack randomness from (seed, step); under torchrun drawn for the global
@@ -289,6 +325,7 @@ class _Loop:
         if not self.world.is_main:
             return
         payload = {"format": CHECKPOINT_FORMAT, "step": state["step"],
+                   "skipped_nonfinite": state.get("skipped_nonfinite", 0),
                    "adversarial_prompts": state["adversarial_prompts"],
                    "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
@@ -317,7 +354,15 @@ class _Loop:
         return {"steps": state["step"], "final_loss": losses[-1] if losses else None,
                 "elapsed_s": round(elapsed, 3), "images_per_s": _rate(losses, elapsed, self.config),
                 "n_train_items": len(self.indices), "world_size": self.world.size,
+                "skipped_nonfinite_steps": state.get("skipped_nonfinite", 0),
                 "versions": versions()}
+
+
+def _saved_step(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"]
+    except Exception:  # the message names the file either way
+        return "?"
 
 
 def _grad_norm(parameters) -> float:
@@ -351,15 +396,37 @@ def _load_checkpoint(run: Path, config: TrainConfig, world: World = SINGLE) -> d
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise MmcoaError(f"--resume: {path} is not an mmcoa training checkpoint")
     mismatched = {k: (v, checkpoint["config"].get(k)) for k, v in _identity(config).items()
-                  if checkpoint["config"].get(k) != v}
+                  if not _same_setting(k, checkpoint["config"].get(k), v, run)}
     if mismatched:
         detail = ", ".join(f"{k}={new!r} (checkpoint {old!r})" for k, (new, old) in mismatched.items())
         raise MmcoaError(f"--resume: settings differ from the checkpoint's: {detail}")
-    saved_world = checkpoint.get("world_size", 1)
-    if saved_world != world.size:
-        raise MmcoaError(f"--resume: the run was started with {saved_world} process(es), now "
-                         f"{world.size}; resume with the same number for an exact continuation")
     return checkpoint
+
+
+def _same_setting(key: str, saved, given, run: Path) -> bool:
+    """Whether a resumed run's setting is the checkpoint's: a ``pretrained`` file may be named
+    by another path (relative or absolute, through a link) if it resolves to the same file."""
+    if saved == given:
+        return True
+    if key != "pretrained" or not isinstance(saved, str) or not isinstance(given, str):
+        return False
+    return Path(saved).is_file() and Path(given).is_file() and Path(saved).samefile(given)
+
+
+def _check_world_change(checkpoint: dict, model, world: World) -> None:
+    """A run may resume on another number of processes: batch order, shards and random starts
+    are drawn for the global batch, so the update is the same; not with BatchNorm layers, whose
+    statistics are per shard."""
+    saved = checkpoint.get("world_size", 1)
+    if saved == world.size:
+        return
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise MmcoaError(f"--resume: the run was started with {saved} process(es), now "
+                         f"{world.size}; this model has BatchNorm layers, whose statistics are per "
+                         f"process: resume with {saved}")
+    if world.is_main:
+        print(f"mmcoa: note: resuming a {saved}-process run on {world.size} process(es); the "
+              f"updates are those of the global batch either way", file=sys.stderr)
 
 
 def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
@@ -371,7 +438,8 @@ def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
                          f"({str(error).splitlines()[0][:120]})") from error
     schedule.load_state_dict(checkpoint["schedule"])
     torch.set_rng_state(checkpoint["rng"])
-    return {"step": checkpoint["step"], "adversarial_prompts": checkpoint["adversarial_prompts"]}
+    return {"step": checkpoint["step"], "adversarial_prompts": checkpoint["adversarial_prompts"],
+            "skipped_nonfinite": checkpoint.get("skipped_nonfinite", 0)}
 
 
 def _shot_indices(run: Path, labels, config: TrainConfig, reuse: bool) -> list[int]:
