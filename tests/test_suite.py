@@ -229,7 +229,7 @@ BAD = [
     ({"attacks": [{"name": "pgd", "eps": 0}]}, "attacks\\[0\\]: eps must be in \\(0, 255\\]"),
     ({"attacks": [{"name": "pgd", "eps": 300}]}, "eps must be in \\(0, 255\\] \\(units of 1/255\\); got 300"),
     ({"attacks": [{"name": "pgd", "alpha": 3}]}, "attack 'pgd' takes no parameter alpha"),
-    ({"attacks": [{"name": "pgd", "steps": "ten"}]}, "a setting of pgd has the wrong type"),
+    ({"attacks": [{"name": "pgd", "steps": "ten"}]}, "attacks\\[0\\].steps must be an integer; got 'ten'"),
     ({"attacks": [{"name": "pgd"}, {"name": "pgd", "eps": 2}]}, "attack labels must be distinct"),
     ({"attacks": [{"name": "pgd", "label": "a b"}, {"name": "clean", "label": "a-b"}]}, "same file name"),
     ({"attacks": []}, "attacks must be a non-empty list"),

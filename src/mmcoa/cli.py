@@ -7,25 +7,52 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from mmcoa.errors import MmcoaError
+from mmcoa.outputs import check_output
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: a user's mistake is one ``mmcoa: error:`` line and exit status 2;
+    Ctrl-C is one line saying what was saved (the command's ``saved`` hint) and status 130."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
     except MmcoaError as error:
         print(f"mmcoa: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mmcoa: interrupted; {args.saved(args)}", file=sys.stderr)
+        return 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, not argparse's usage block (``--help``
+    still prints the full help)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_defaults(command_prog=self.prog)  # the innermost command's, once parsed
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:  # argparse would blame the main parser for a subcommand's unknown flags
+            self._fail(parsed.command_prog, f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+    def error(self, message: str):
+        self._fail(self.prog, message)
+
+    def _fail(self, prog: str, message: str):
+        self.exit(2, f"{prog}: error: {' '.join(message.splitlines())} (see {prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmcoa", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="mmcoa", description=__doc__.splitlines()[0])
+    parser.set_defaults(saved=nothing_saved)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_eval(commands)
     _add_train(commands)
     _add_retrieval(commands)
@@ -73,7 +100,7 @@ def _add_eval(commands) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="result JSON file")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=cmd_eval)
+    p.set_defaults(handler=cmd_eval, saved=file_saved)
 
 
 TRAIN_FLAGS = (  # flag, type, help; each overrides the YAML config's value when given
@@ -109,7 +136,7 @@ def _add_train(commands) -> None:
     p.add_argument("--keep-epoch-checkpoints", action="store_true", default=None,
                    help="also keep checkpoints/epoch<N>.pt at each epoch end (for mmcoa analyze curves)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=cmd_train)
+    p.set_defaults(handler=cmd_train, saved=train_saved)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -125,6 +152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  f"got {overrides[name]:g}")
             overrides[name] /= 255
     config = load_config(args.config, overrides)
+    check_output(config.output, directory=True, flag="--output" if args.output is not None else "output")
+    args.output = config.output  # where an interruption's hint looks for the checkpoint
     metrics = train(config, resume=args.resume, progress=not args.no_progress)
     print(json.dumps(metrics, indent=2))
     print(f"run written to {config.output} (final weights: {Path(config.output) / 'final.pt'})")
@@ -145,7 +174,7 @@ def _add_retrieval(commands) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="result JSON file")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=cmd_retrieval)
+    p.set_defaults(handler=cmd_retrieval, saved=file_saved)
 
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
@@ -158,7 +187,7 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     for name in names:
         RETRIEVAL_ATTACKS.get(name)
     check_device(args.device)
-    _check_output(args.output)
+    check_output(args.output, directory=False)
     model = load_model(args.model, pretrained=args.pretrained, device=args.device)
     dataset = load_coco_karpathy(args.data_root, split=args.split, image_size=model.image_size[0])
     records = [evaluate_retrieval(model, dataset, name, mlm=args.mlm, n_images=args.n_images,
@@ -183,7 +212,7 @@ def _add_suite(commands) -> None:
     p.add_argument("--device", default=None, help="overrides the suite's device")
     p.add_argument("--data-root", default=None, help="overrides the suite's data_root")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=cmd_suite)
+    p.set_defaults(handler=cmd_suite, saved=suite_saved)
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
@@ -192,6 +221,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
     config = load_suite(args.config, n_samples=args.n_samples, device=args.device,
                         data_root=args.data_root)
+    check_output(args.output, directory=True)
     records = run_suite(config, args.output, resume=args.resume, progress=not args.no_progress)
     print(format_cells(records))
     print(f"{len(records)} of {len(config.cells())} cells done; records in "
@@ -207,7 +237,7 @@ def _add_demo(commands) -> None:
     p.add_argument("--n-samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=cmd_demo)
+    p.set_defaults(handler=cmd_demo, saved=folder_saved)
 
 
 def _add_report(commands) -> None:
@@ -218,14 +248,13 @@ def _add_report(commands) -> None:
     p.add_argument("--zero-shot-label", default="CLIP", help="row the gain rows subtract first")
     p.add_argument("--tecoa-label", default="TeCoA", help="row the second gain rows subtract")
     p.add_argument("--title", default="mmcoa report")
-    p.set_defaults(handler=cmd_report)
+    p.set_defaults(handler=cmd_report, saved=folder_saved)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from mmcoa.report import write_report
 
-    if os.path.isfile(args.output):
-        raise MmcoaError(f"--output {args.output!r} is a file; give a directory")
+    check_output(args.output, directory=True)
     page = write_report(args.results, args.output, zero_shot=args.zero_shot_label,
                         tecoa=args.tecoa_label, title=args.title)
     print(f"report written to {page} (also report.md, tables/*.csv, records.csv)")
@@ -239,7 +268,7 @@ def _add_analyze(commands) -> None:
                             "lists a kind's options.")
     p.add_argument("kind", help="eps-sweep, curves, interpolation, features, time or gallery")
     p.add_argument("options", nargs=argparse.REMAINDER, help="the kind's options")
-    p.set_defaults(handler=cmd_analyze)
+    p.set_defaults(handler=cmd_analyze, saved=folder_saved)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -269,7 +298,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     attacks = build_attacks(attack_names(args.attacks), attack_params_from_flags(args))
     check_device(args.device)
-    _check_output(args.output)
+    check_output(args.output, directory=False)
     world, args.device = world_from_env(args.device)  # torchrun: shard the samples
     model, template = _prompted_model(args) if args.prompt else (args.model, args.template)
     records = evaluate(model, args.dataset, attacks, pretrained=args.pretrained,
@@ -301,6 +330,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mmcoa.devices import check_device
 
     check_device(args.device)
+    check_output(args.output, directory=True)
     run_demo(args.output, data_root=args.data_root, device=args.device, n_samples=args.n_samples,
              seed=args.seed, progress=not args.no_progress)
     return 0
@@ -336,9 +366,40 @@ def cmd_attacks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(path: str) -> None:
-    if os.path.isdir(path):
-        raise MmcoaError(f"--output {path!r} is a directory; give a file name such as results.json")
+# -- what an interrupted command leaves (main() prints it after Ctrl-C) ----------------------------
+def nothing_saved(args: argparse.Namespace) -> str:
+    return "nothing was written"
+
+
+def file_saved(args: argparse.Namespace) -> str:
+    return (f"{args.output} was not written (it is written once every attack is done); "
+            "run the command again")
+
+
+def folder_saved(args: argparse.Namespace) -> str:
+    where = getattr(args, "output", None) or "the output folder"
+    return f"the files already in {where} are whole (each is written in one go); run the command again"
+
+
+def train_saved(args: argparse.Namespace) -> str:
+    if args.output is None:
+        return nothing_saved(args)
+    last = Path(args.output) / "checkpoints" / "last.pt"
+    if last.is_file():
+        return f"the last checkpoint is {last}; run the same command with --resume to continue from it"
+    return (f"no checkpoint was saved yet in {args.output} (one is saved every epoch and every "
+            "--save-every steps); run the command again to start over")
+
+
+def suite_saved(args: argparse.Namespace) -> str:
+    from mmcoa.eval.suite import CELLS_DIR
+
+    cells = Path(args.output) / CELLS_DIR
+    done = len(list(cells.glob("*.json")))
+    if not done:
+        return f"no cell had finished; nothing was written to {cells}"
+    return (f"{done} finished cell{'s' if done != 1 else ''} saved in {cells}; run the same "
+            "command with --resume to skip them and continue")
 
 
 if __name__ == "__main__":

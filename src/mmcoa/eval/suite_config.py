@@ -296,8 +296,9 @@ def _check_classification_dataset(where: str, name: str, split: str, options: di
     unknown = sorted(set(options) - set(spec.options))
     _require(not unknown, f"{where}: dataset {name} takes no option {', '.join(unknown)}; "
              f"accepted: {', '.join(spec.options) or 'none'}")
-    kinds = {k: p.annotation for k, p in inspect.signature(spec.load).parameters.items()}
-    return {k: typed(f"{where}.options.{k}", v, str(kinds[k])) for k, v in options.items()}
+    kinds = {k: p.annotation for k, p in inspect.signature(spec.load).parameters.items()
+             if isinstance(p.annotation, str)}  # annotations are strings here (__future__)
+    return {k: typed(f"{where}.options.{k}", v, kinds.get(k, "")) for k, v in options.items()}
 
 
 def _check_retrieval_dataset(where: str, name: str, split: str, options: dict) -> None:
