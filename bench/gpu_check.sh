@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The prepared device check (one call, about 8 minutes on one H100): the CUDA tests, then the
-# three benchmarks on CUDA. Logs and JSON go to $OUT (the device tool's output folder), or
+# The prepared device check (one call, under 8 minutes on one H100/H200): the CUDA tests, then the
+# benchmarks on CUDA (PGD fp32 / bf16 / bf16+compile and the bf16-fp32 accuracy gap, training
+# steps, BERT-Attack, the training step's text side), merged into $OUT/gpu_check.json. Logs and JSON go to $OUT (the device tool's output folder), or
 # results/gpu when run by hand.
 #
 # The device image has torch, transformers, matplotlib, scipy, pyyaml, tqdm and safetensors but
@@ -24,3 +25,12 @@ python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/cud
 python3 bench/train.py --device cuda --repeats 3 --output "$OUT/train-cuda.json" 2>&1 | tee "$OUT/train.log"
 python3 bench/pgd.py --device cuda --output "$OUT/pgd-cuda.json" 2>&1 | tee "$OUT/pgd.log"
 python3 bench/text_attack.py --device cuda --output "$OUT/text-cuda.json" 2>&1 | tee "$OUT/text.log"
+python3 bench/text_attack.py --config train-text --device cuda --output "$OUT/train-text-cuda.json" 2>&1 | tee "$OUT/train-text.log"
+python3 - "$OUT" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+merged = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*-cuda.json"))}
+merged["cuda_tests_tail"] = (out / "cuda-tests.log").read_text().splitlines()[-3:]
+(out / "gpu_check.json").write_text(json.dumps(merged, indent=2))
+print(f"wrote {out / 'gpu_check.json'}")
+PY

@@ -13,7 +13,8 @@ shared machine hits both alike) and the median is reported. On CUDA every timed 
 Paths:
 
 - ``ours``: :class:`mmcoa.attacks.PGD` (gradients by ``torch.autograd.grad`` with respect to
-  the perturbation only); on CUDA also ``ours`` with ``precision="bf16"`` (autocast);
+  the perturbation only); on CUDA also ``ours`` with ``precision="bf16"`` (autocast) and
+  ``ours bf16+compile`` (the encoders under ``torch.compile``, TF32 on; compile time reported);
 - ``naive``: :func:`naive_pgd`, an fp32 eager loop like the published research code: it calls
   ``loss.backward()``, so every weight (left with ``requires_grad=True``) gets a ``.grad``
   computed and accumulated on every step.
@@ -57,7 +58,7 @@ class Config:
     image_size: int
     batch: int
     steps: int
-    bf16: bool = False  # also time ours with precision="bf16"
+    bf16: bool = False  # also time ours with precision="bf16" (and compiled), and the accuracy gap
 
 
 def configs(device: str, quick: bool) -> list[Config]:
@@ -172,8 +173,38 @@ def paths_for(cfg: Config, classifier, images, labels) -> dict[str, Callable[[],
     paths = {"ours fp32": run(ours_pgd)}
     if cfg.bf16:
         paths["ours bf16"] = run(ours_pgd, precision="bf16")
+        compiled = compiled_classifier(classifier)
+        paths["ours bf16+compile"] = lambda: ours_pgd(compiled, images, labels, EPS, STEP_SIZE, cfg.steps,
+                                                       generator=torch.Generator(device=cfg.device).manual_seed(0),
+                                                       precision="bf16")
     paths["naive fp32"] = run(naive_pgd)
     return paths
+
+
+def compiled_classifier(classifier):
+    """A copy of the classifier's model with both encoders under ``torch.compile``."""
+    import copy
+
+    from mmcoa.models.runtime import configure_runtime
+
+    model = copy.deepcopy(classifier.model)
+    print(f"compile: {configure_runtime(model, compile=True)['compile_s']} s")
+    return ZeroShotClassifier(model, classifier.prompts)
+
+
+def precision_gap(classifier, images) -> dict:
+    """Robust accuracy (eps 1/255, 10 steps, same random starts) under fp32 and bf16 PGD, with
+    the model's own clean predictions as labels (random weights have no true labels): the
+    percentage-point gap is the precision's alone."""
+    with torch.no_grad():
+        labels = classifier.logits(images).argmax(1)
+    accuracy = {}
+    for precision in ("fp32", "bf16"):
+        attack = PGD(eps=1 / 255, step_size=1 / 255, n_steps=10, precision=precision)
+        adv = attack(classifier, images, labels, torch.Generator(device=images.device).manual_seed(0)).images
+        with torch.no_grad():
+            accuracy[precision] = float((classifier.logits(adv).argmax(1) == labels).float().mean())
+    return {**accuracy, "gap_pp": 100 * abs(accuracy["fp32"] - accuracy["bf16"]), "n": len(images)}
 
 
 def grads_left(model) -> int:
@@ -200,6 +231,8 @@ def bench_config(cfg: Config, warmup: int, repeats: int) -> tuple[list[dict], di
     grads = check_grads(model, classifier, images, labels)
     paths = paths_for(cfg, classifier, images, labels)
     times, load = other_load(lambda: measure(paths, cfg.device, warmup, repeats))
+    if cfg.bf16:
+        grads["precision_gap"] = precision_gap(classifier, images)
     naive_rate = cfg.batch * cfg.steps / statistics.median(times["naive fp32"])
     rows = []
     for path, seconds in times.items():
@@ -255,6 +288,10 @@ def print_report(info: dict, rows: list[dict], grads: dict) -> None:
         ok = g["ours"] == 0 and g["naive"] > 0
         print(f"grad check [{name}]: after ours {g['ours']}/{g['params']} weights hold .grad, "
               f"after naive {g['naive']}/{g['params']} -> {'OK' if ok else 'UNEXPECTED'}")
+        if "precision_gap" in g:
+            gap = g["precision_gap"]
+            print(f"precision gap [{name}]: robust accuracy fp32 {gap['fp32']:.4f}, bf16 "
+                  f"{gap['bf16']:.4f} on {gap['n']} images: {gap['gap_pp']:.2f} pp (target <= 0.5)")
 
 
 def bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:

@@ -3,6 +3,14 @@
 Usage::
 
     python bench/text_attack.py [--device cpu|cuda] [--quick] [--repeats N] [--output f.json]
+    python bench/text_attack.py --config train-text [--quick] [--output f.json]
+
+``--config train-text`` times the text side of one MMCoA training step instead (see
+:func:`bench_train_text`): BERT-Attack on the 1,000 ImageNet class prompts, then the clean and
+adversarial prompts encoded with gradient and back-propagated, on ``tiny-clip-77`` (tiny-clip
+with CLIP's 77-token context). ``old``: every call re-tokenizes and encodes at all 77 positions
+(the toolkit before the trimming); ``new``: the library's path (ids tokenized once per string,
+each batch cut to its longest prompt). The JSON holds ``train_text_ratio`` = old / new seconds.
 
 Attacks the 100 CIFAR-100 class prompts ``This is a photo of a {name}`` (paper Eq. 4: maximize
 KL(softmax(e_orig) ‖ softmax(e_adv)) of the normalized text embeddings; k 10, 1 word) and reports
@@ -288,9 +296,60 @@ def print_report(info: dict, rows: list[dict]) -> None:
               "the CPU numbers are contended; rerun on an idle machine")
 
 
+# -- the text side of a training step (--config train-text) ------------------------------------
+
+def imagenet_prompts(n: int | None = None) -> list[str]:
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return [f"This is a photo of a {name}" for name in IMAGENET_CLASSNAMES][:n]
+
+
+def old_text_path(model):
+    """``model`` as the toolkit encoded text before: re-tokenized on every call, all 77
+    positions (the tokenizer's full rows, which the backend encodes untrimmed)."""
+    model.tokenize = lambda texts: {"text": model.tokenizer(list(texts))}
+    return model
+
+
+def train_text_step(model, mlm: MaskedLM, prompts: list[str]) -> int:
+    """One MMCoA step's text work: BERT-Attack on the class prompts (a fresh attack: nothing
+    cached across steps, the text tower changes), then clean and adversarial prompts encoded
+    with gradient and back-propagated. Returns the adversarial prompts changed."""
+    attack = BertAttack(mlm, k=K, max_words=MAX_WORDS, min_logit=MIN_LOGIT)
+    with torch.no_grad():
+        adversarial = [e.adversarial for e in attack.attack_embeddings(prompts, model)]
+    features = torch.cat([model.encode_text(prompts[i:i + 256]) for i in range(0, len(prompts), 256)]
+                         + [model.encode_text(adversarial[i:i + 256]) for i in range(0, len(prompts), 256)])
+    features.float().pow(2).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return sum(a != p for a, p in zip(adversarial, prompts))
+
+
+def bench_train_text(device: str, quick: bool, repeats: int) -> dict:
+    prompts = imagenet_prompts(200 if quick else None)
+    cfg = Config("tiny-clip-77 cpu", "tiny-clip-77", None, device,
+                 dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512))
+    with tempfile.TemporaryDirectory() as folder:
+        mlm = build_mlm(cfg, wordpiece_vocab(), folder)
+    new = mmcoa.load_model(cfg.victim, device=device).eval()
+    old = old_text_path(mmcoa.load_model(cfg.victim, device=device).eval())
+    lengths = [len(row) for row in new.token_cache.rows(new.tokenizer, prompts, new._tokenize_rows)]
+    fns = {"old": lambda: train_text_step(old, mlm, prompts), "new": lambda: train_text_step(new, mlm, prompts)}
+    (outputs, times), load = other_load(lambda: measure(fns, device, repeats))
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    return {"config": "train-text", "model": cfg.victim, "n_prompts": len(prompts),
+            "prompt_tokens_max": max(lengths), "prompt_tokens_mean": statistics.mean(lengths),
+            "seconds": times, "median_s": seconds, "changed": outputs,
+            "train_text_ratio": seconds["old"] / seconds["new"], "other_load_cores": load}
+
+
 def main(argv=None) -> None:
-    args = parse_bench_args(bench_parser(__doc__, "one timed repeat"), argv)
+    parser = bench_parser(__doc__, "one timed repeat (train-text: 200 prompts)")
+    parser.add_argument("--config", choices=("attack", "train-text"), default="attack")
+    args = parse_bench_args(parser, argv)
     repeats = args.repeats or (1 if args.quick else 3)
+    if args.config == "train-text":
+        return main_train_text(args, repeats)
     start = time.perf_counter()
     vocab = wordpiece_vocab()
     info = machine(args.device)
@@ -301,6 +360,23 @@ def main(argv=None) -> None:
         with open(args.output, "w") as f:
             json.dump({"machine": info, "prompts": PROMPTS, "repeats": repeats,
                        "results": rows}, f, indent=2)
+        print(f"wrote {args.output}")
+
+
+def main_train_text(args, repeats: int) -> None:
+    result = {"machine": machine(args.device), **bench_train_text(args.device, args.quick, repeats)}
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in result["machine"].items()))
+    print(f"train-text: {result['n_prompts']} ImageNet prompts on {result['model']} "
+          f"(tokens: max {result['prompt_tokens_max']}, mean {result['prompt_tokens_mean']:.1f} of 77)")
+    for name in ("old", "new"):
+        print(f"  {name:<4} {result['median_s'][name]:8.2f} s per step (median of {repeats}); "
+              f"prompts changed: {result['changed'][name]}")
+    print(f"  train_text_ratio (old / new): {result['train_text_ratio']:.2f}x")
+    if result["other_load_cores"] and result["other_load_cores"] > 0.2:
+        print(f"WARNING: other processes kept {result['other_load_cores']:.2f} cores busy; rerun idle")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
         print(f"wrote {args.output}")
 
 

@@ -72,9 +72,11 @@ def test_two_processes_give_the_single_process_update(method, extra, mlm, tmp_pa
     moved = [k for k in one if not torch.equal(one[k], two[k])]
     # AdamW's first steps move each weight by about lr · g/(|g| + eps): a weight whose gradient
     # is near eps moves by a fraction of lr (1e-3) on a float-rounding change of its gradient.
-    atol = 2e-5 if method in ("ft-standard", "mmcoa") else 1e-4
+    # The text tower is encoded in shards trimmed to their own length, so its rounding differs.
+    atol = 5e-5 if method in ("ft-standard", "mmcoa") else 1e-4
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=atol, msg=key)
+        torch.testing.assert_close(without_key_bias(key, two[key]), without_key_bias(key, one[key]),
+                                   rtol=1e-4, atol=atol, msg=key)
     assert moved  # different float summation order: not bit-equal
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["world_size"] == 2 and start["step"] == 2
@@ -84,6 +86,16 @@ def test_two_processes_give_the_single_process_update(method, extra, mlm, tmp_pa
     for a, b in zip(single, rows):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def without_key_bias(key: str, weight: torch.Tensor) -> torch.Tensor:
+    """An attention in-projection bias without its key part: softmax is unchanged by adding
+    the same q·b_k to every score of a query, so that gradient is exactly zero and AdamW turns
+    its rounding noise into moves of about lr that no two summation orders share."""
+    if not key.endswith("attn.in_proj_bias"):
+        return weight
+    third = weight.shape[0] // 3
+    return torch.cat([weight[:third], weight[2 * third:]])
 
 
 def test_two_process_eval_sums_the_shards_counts(tmp_path):

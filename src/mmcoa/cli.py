@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from mmcoa.errors import MmcoaError
+from mmcoa.distributed import fail_fast, running_under_torchrun
+from mmcoa.errors import MmcoaError, one_line
 from mmcoa.outputs import check_output
 
 
@@ -21,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except MmcoaError as error:
-        print(f"mmcoa: error: {error}", file=sys.stderr)
+        if running_under_torchrun():  # end every rank now, not at the process-group timeout
+            fail_fast(one_line(error))
+        print(f"mmcoa: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mmcoa: interrupted; {args.saved(args)}", file=sys.stderr)
@@ -98,9 +101,26 @@ def _add_eval(commands) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable images out and count them in the record (default: stop)")
+    add_runtime_flags(p)
     p.add_argument("--output", required=True, help="result JSON file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_eval, saved=file_saved)
+
+
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """--precision (every image-side attack), --tf32/--no-tf32 and --compile."""
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                   help="image attacks' precision: bf16 autocasts the model (default fp32)")
+    p.add_argument("--tf32", default=None, action=argparse.BooleanOptionalAction,
+                   help="TF32 matmuls on CUDA (default: on for CUDA, as open_clip)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoders (the "
+                   "compile time is in each record's runtime field)")
+
+
+def runtime_settings(args: argparse.Namespace) -> dict:
+    return {"tf32": args.tf32, "compile": args.compile}
 
 
 TRAIN_FLAGS = (  # flag, type, help; each overrides the YAML config's value when given
@@ -135,6 +155,8 @@ def _add_train(commands) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.pt")
     p.add_argument("--keep-epoch-checkpoints", action="store_true", default=None,
                    help="also keep checkpoints/epoch<N>.pt at each epoch end (for mmcoa analyze curves)")
+    p.add_argument("--skip-nonfinite", action="store_true", default=None,
+                   help="skip (and count) a step whose loss is NaN/inf instead of stopping")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_train, saved=train_saved)
 
@@ -145,6 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in TRAIN_FLAGS}
     overrides["keep_epoch_checkpoints"] = args.keep_epoch_checkpoints
+    overrides["skip_nonfinite"] = args.skip_nonfinite
     for name in ("train_eps", "train_step_size"):
         if overrides[name] is not None:
             if not 0 < overrides[name] <= 255:
@@ -172,9 +195,18 @@ def _add_retrieval(commands) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    add_runtime_flags(p)
     p.add_argument("--output", required=True, help="result JSON file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_retrieval, saved=file_saved)
+
+
+def _precision_for(attack_class, precision: str | None) -> dict | None:
+    """``{"precision": ...}`` for an attack that takes it (image attacks), else nothing."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(attack_class)}
+    return {"precision": precision} if precision and "precision" in fields else None
 
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
@@ -182,15 +214,20 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     from mmcoa.devices import check_device
     from mmcoa.eval import RETRIEVAL_ATTACKS, evaluate_retrieval, write_json_atomic
     from mmcoa.models import load_model
+    from mmcoa.models.runtime import configure_runtime
 
     names = attack_names(args.attacks)
     for name in names:
         RETRIEVAL_ATTACKS.get(name)
+    if args.precision and not set(names) - {"clean", "bert"}:
+        raise MmcoaError(f"--precision applies to image attacks (pgd, coattack, sga); chosen: {args.attacks}")
     check_device(args.device)
     check_output(args.output, directory=False)
     model = load_model(args.model, pretrained=args.pretrained, device=args.device)
+    configure_runtime(model, **runtime_settings(args))
     dataset = load_coco_karpathy(args.data_root, split=args.split, image_size=model.image_size[0])
     records = [evaluate_retrieval(model, dataset, name, mlm=args.mlm, n_images=args.n_images,
+                                  attack_params=_precision_for(RETRIEVAL_ATTACKS.get(name), args.precision),
                                   batch_size=args.batch_size, seed=args.seed, device=args.device,
                                   progress=not args.no_progress) for name in names]
     write_json_atomic(args.output, records)
@@ -305,6 +342,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        split=args.split, data_root=args.data_root, download=args.download,
                        n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
                        device=args.device, template=template, resize=args.resize,
+                       skip_bad_images=args.skip_bad_images, runtime=runtime_settings(args),
                        progress=not args.no_progress, world=world)
     if world.is_main:
         write_records(args.output, [{**r, "world_size": world.size} for r in records])

@@ -14,7 +14,9 @@ batch:
   (:func:`gather_with_grad`) and computes the global loss. Its own shard enters with its
   gradient multiplied by the world size: after averaging, image-tower gradients sum over
   shards (each shard's images reach only its own rank's graph) while gradients of the shared
-  terms (prompt embeddings, logit scale), which every rank computes in full, stay as they are.
+  terms (logit scale), which every rank computes in full, stay as they are. The class prompts
+  of such a loss are shared out the same way (``StepContext.encode_prompts``): each rank
+  encodes its share and gathers the others'.
 
 The gradient all-reduce is explicit rather than through ``DistributedDataParallel``'s forward
 hooks because a training step calls the encoders several times (adversarial, clean and prompt
@@ -90,7 +92,7 @@ def world_from_env(device: str) -> tuple[World, str]:
                              f"{torch.cuda.device_count()} are visible")
         device = f"cuda:{world.local_rank}"
         torch.cuda.set_device(device)
-    if not dist.is_initialized():  # long timeout: rank 0 alone runs the text attack and saves
+    if not dist.is_initialized():  # long timeout: rank 0 alone saves checkpoints
         dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
     return world, device
 
@@ -170,13 +172,14 @@ def max_over_ranks(value: float, world: World, device) -> float:
     return float(tensor.item())
 
 
-def broadcast_object(value, world: World):
-    """Rank 0's ``value`` on every rank."""
+def gather_objects(items: list, world: World) -> list:
+    """Every rank's list, concatenated in rank order (e.g. each rank's share of the adversarial
+    prompts: BERT-Attack is deterministic per prompt, so the shares join into one process's)."""
     if not world.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+        return items
+    boxes = [None] * world.size
+    dist.all_gather_object(boxes, items)
+    return [item for box in boxes for item in box]
 
 
 def barrier(world: World) -> None:

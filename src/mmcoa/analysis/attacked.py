@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from mmcoa.attacks import ATTACKS, Attack, AttackResult, build_attack, eval_mode
+from mmcoa.attacks.base import seed_params
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.runner import attack_generator, sample_indices
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
@@ -61,7 +62,7 @@ def attacked_batches(model: VisionLanguageModel, dataset, attack: Attack, *, n_s
     with eval_mode(model):
         for batch_index, (images, labels) in enumerate(loader):
             images, labels = images.to(model.device), labels.to(model.device)
-            generator = attack_generator(model.device, seed, batch_index, attack.name, attack.params())
+            generator = attack_generator(model.device, seed, batch_index, attack.name, seed_params(attack.params()))
             result = attack(classifier, images, labels, generator)
             with torch.no_grad():
                 clean = classifier.logits(images).argmax(1)

@@ -60,6 +60,16 @@ class Attack:
         return dataclasses.asdict(self)
 
 
+RUNTIME_FIELDS = ("precision",)  # how an attack computes, not what it is
+
+
+def seed_params(params: dict) -> dict:
+    """The parameters that seed an attack's randomness: all but :data:`RUNTIME_FIELDS`, so the
+    same seed gives the same random starts in fp32 and bf16 (their gap is then the precision's
+    alone)."""
+    return {k: v for k, v in params.items() if k not in RUNTIME_FIELDS}
+
+
 def register_attack(name: str):
     """Class decorator: register an attack under ``name`` and remember the name on the class."""
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from mmcoa.attacks.base import AttackResult, check_range, eval_mode, register_attack
 from mmcoa.attacks.bert import UsesBertAttack, per_class_costs
-from mmcoa.attacks.pgd import maximize
+from mmcoa.attacks.pgd import check_precision, maximize
 
 
 def embedding_kl(reference: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
@@ -43,9 +43,11 @@ class CoAttack(UsesBertAttack):
     step_size: float = 1 / 255
     n_steps: int = 100
     alpha: float = 3.0
+    precision: str = "fp32"
 
     def __post_init__(self):
         super().__post_init__()
+        check_precision(self.precision)
         check_range("eps", self.eps, 0, 1)
         check_range("step_size", self.step_size, 0, 1)
         check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
@@ -64,7 +66,8 @@ class CoAttack(UsesBertAttack):
                 return embedding_kl(clean, moving) + self.alpha * embedding_kl(text, moving)
 
             adversarial = maximize(loss_fn, images, eps=self.eps, step_size=self.step_size,
-                                   n_steps=self.n_steps, generator=generator)
+                                   n_steps=self.n_steps, generator=generator,
+                                   precision=self.precision)
         text_queries, changed = per_class_costs(edits, labels)
         return AttackResult(images=adversarial, class_embeddings=embeddings,
                             queries=self.n_steps + text_queries, words_changed=changed,

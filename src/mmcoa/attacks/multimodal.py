@@ -22,11 +22,13 @@ class _PgdAndPrompts(UsesBertAttack):
     eps: float = 1 / 255
     step_size: float = 1 / 255
     n_steps: int = 100
+    precision: str = "fp32"
     joint: bool = False
 
     def __post_init__(self):
         super().__post_init__()
-        self._pgd = PGD(eps=self.eps, step_size=self.step_size, n_steps=self.n_steps)
+        self._pgd = PGD(eps=self.eps, step_size=self.step_size, n_steps=self.n_steps,
+                        precision=self.precision)
 
     def params(self) -> dict:
         params = super().params()

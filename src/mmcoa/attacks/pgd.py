@@ -86,6 +86,14 @@ def maximize(loss_fn: LossFn, images: torch.Tensor, *, eps: float, step_size: fl
     return (images + delta).detach()
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if known: ``fp32`` or ``bf16`` (autocast bf16 for the model's forward and
+    backward passes; the perturbation, its projection and the loss stay fp32)."""
+    if precision not in PRECISIONS:
+        raise MmcoaError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return precision
+
+
 def _autocast(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -124,8 +132,7 @@ class PGD(Attack):
     def __post_init__(self):
         if self.norm not in NORMS:
             raise MmcoaError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
-        if self.precision not in PRECISIONS:
-            raise MmcoaError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        check_precision(self.precision)
         check_range("eps", self.eps, 0, 1 if self.norm == "linf" else float("inf"))
         check_range("step_size", self.step_size, 0, float("inf"))
         check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)

@@ -18,7 +18,7 @@ from mmcoa.registry import Registry
 PER_255 = ("eps", "step_size")  # given in units of 1/255
 SETTINGS = {"eps": "eps", "step_size": "step_size", "steps": "n_steps", "norm": "norm",
             "restarts": "n_restarts", "mlm": "mlm", "k": "k", "max_words": "max_words",
-            "alpha": "alpha"}  # user name → attack field
+            "alpha": "alpha", "precision": "precision"}  # user name → attack field
 
 
 def params_from_settings(settings: Mapping[str, object],

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from mmcoa.attacks.base import AttackResult, check_range, eval_mode, register_attack
 from mmcoa.attacks.bert import (UsesBertAttack, encode_unique, per_image_prompt_edits,
                                 prompt_edit_result)
-from mmcoa.attacks.pgd import maximize
+from mmcoa.attacks.pgd import check_precision, maximize
 
 
 def scaled_copies(images: torch.Tensor, scales: tuple[float, ...], noise_std: float = 0.0,
@@ -94,9 +94,11 @@ class SGA(UsesBertAttack):
     n_steps: int = 10
     scales: tuple[float, ...] = (0.5, 0.75, 1.25, 1.5)
     noise_std: float = 0.05
+    precision: str = "fp32"
 
     def __post_init__(self):
         super().__post_init__()
+        check_precision(self.precision)
         check_range("eps", self.eps, 0, 1)
         check_range("step_size", self.step_size, 0, 1)
         check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
@@ -110,7 +112,7 @@ class SGA(UsesBertAttack):
             text_sets = self._text_sets(classifier, labels, first)
             adversarial = maximize(self._image_loss(model, text_sets, generator), images, eps=self.eps,
                                    step_size=self.step_size, n_steps=self.n_steps,
-                                   generator=generator)
+                                   generator=generator, precision=self.precision)
             final = self._guided_edits(classifier, labels, adversarial)
             result = prompt_edit_result(classifier, adversarial, labels, final)
         result.queries += sum(e.queries for e in first) / max(1, len(first))

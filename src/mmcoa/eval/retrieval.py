@@ -53,14 +53,15 @@ from typing import ClassVar, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from mmcoa.attacks.base import build_registered, check_range, eval_mode
+from mmcoa.attacks.base import build_registered, check_range, eval_mode, seed_params
 from mmcoa.attacks.co_attack import embedding_kl
-from mmcoa.attacks.pgd import maximize
+from mmcoa.attacks.pgd import check_precision, maximize
 from mmcoa.attacks.sga import away_from_image, checked_noise_std, checked_scales, scaled_copies
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions
 from mmcoa.eval.runner import attack_generator, record_identity, sample_indices
+from mmcoa.models.runtime import runtime_of
 from mmcoa.registry import Registry
 
 DEFAULT_KS = (1, 5, 10)
@@ -196,15 +197,18 @@ class _ImageBudget(RetrievalAttack):
     step_size: float = 0.5 / 255
     n_steps: int = 10
     random_start: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self):
         check_range("eps", self.eps, 0, 1)
         check_range("step_size", self.step_size, 0, 1)
         check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
+        check_precision(self.precision)
 
     def _maximize(self, loss_fn, images, generator):
         return maximize(loss_fn, images, eps=self.eps, step_size=self.step_size,
-                        n_steps=self.n_steps, start=self.random_start, generator=generator)
+                        n_steps=self.n_steps, start=self.random_start, generator=generator,
+                        precision=self.precision)
 
 
 @register_retrieval_attack("pgd")
@@ -278,9 +282,11 @@ class RetrievalCoAttack(_UsesCaptionAttack):
     n_steps: int = 10
     alpha: float = 3.0
     random_start: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self):
         super().__post_init__()
+        check_precision(self.precision)
         check_range("eps", self.eps, 0, 1)
         check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
         if self.step_size is None:
@@ -299,7 +305,8 @@ class RetrievalCoAttack(_UsesCaptionAttack):
                                      owner, self.alpha)
 
             return maximize(loss_fn, images, eps=self.eps, step_size=self.step_size,
-                            n_steps=self.n_steps, start=self.random_start, generator=generator)
+                            n_steps=self.n_steps, start=self.random_start, generator=generator,
+                            precision=self.precision)
 
 
 def coattack_loss(clean: torch.Tensor, moving: torch.Tensor, text: torch.Tensor, owner: torch.Tensor,
@@ -412,6 +419,7 @@ def evaluate_retrieval(model, dataset: RetrievalDataset | str | os.PathLike,
         "seed": seed,
         "elapsed_s": round(elapsed, 3),
         "versions": versions(),
+        "runtime": runtime_of(model),
         "mean_words_changed": sum(words_changed) / len(words_changed),
         "n_captions_changed": sum(1 for w in words_changed if w),
     }
@@ -469,7 +477,7 @@ def _attacked_image_embeddings(model, dataset, attack, text, batch_size, seed, p
         rows = [caption_lists[int(i)] for i in indices]
         caption_ids = torch.tensor([c for row in rows for c in row], device=text.device)
         owner = torch.tensor([b for b, row in enumerate(rows) for _ in row], device=device)
-        generator = attack_generator(device, seed, batch_index, attack.name, attack.params())
+        generator = attack_generator(device, seed, batch_index, attack.name, seed_params(attack.params()))
         adversarial = attack.attack_images(model, images, text[caption_ids], owner, generator)
         with torch.no_grad():
             embeddings.append(model.encode_image(adversarial, normalize=True).float())

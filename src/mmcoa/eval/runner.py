@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmcoa.attacks import Attack, build_attack, eval_mode
+from mmcoa.attacks.base import seed_params
 from mmcoa.data import ClassificationDataset, load_dataset
 from mmcoa.distributed import SINGLE, World, max_over_ranks, sum_over_ranks
 from mmcoa.errors import BadImageError, MmcoaError, one_line
@@ -20,6 +21,7 @@ from mmcoa.eval.metrics import Tally
 from mmcoa.eval.results import versions
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier, load_model, validate_model_name
 from mmcoa.models.base import check_resize_mode
+from mmcoa.models.runtime import configure_runtime, runtime_of
 
 
 def sample_indices(n_total: int, n_samples: int | None, seed: int) -> list[int]:
@@ -52,6 +54,7 @@ def evaluate(
     template: str | None = None,
     resize: str = "torch",
     skip_bad_images: bool = False,
+    runtime: dict | None = None,
     progress: bool = True,
     world: World = SINGLE,
 ) -> list[dict]:
@@ -64,7 +67,8 @@ def evaluate(
     parameters)``, so a record does not depend on which other attacks ran or in which order.
     ``resize`` applies to a model given by name (see :func:`mmcoa.models.base.resize_images`).
     An unreadable image stops the run with one line naming it, unless ``skip_bad_images``:
-    then it is left out and counted in the record's ``skipped_images``.
+    then it is left out and counted in the record's ``skipped_images``. ``runtime`` (``tf32``,
+    ``compile``) is applied with :func:`mmcoa.models.runtime.configure_runtime`.
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
@@ -77,6 +81,8 @@ def evaluate(
         dataset = load_dataset(dataset, split=split, root=data_root, download=download)
     if isinstance(model, str):
         model = load_model(model, pretrained=pretrained, device=device, resize=resize)
+    if runtime:  # TF32 and torch.compile (see mmcoa.models.runtime); recorded in every record
+        configure_runtime(model, **runtime)
     if indices is None:
         indices = sample_indices(len(dataset), n_samples, seed)
     indices = _checked(indices, dataset)
@@ -126,7 +132,7 @@ def _run(classifier, dataset, batches, attacks, seed, progress, skip_bad_images=
         labels = torch.tensor([label for _, label in items], device=device)
         clean_logits = _predict(classifier, images)
         for attack_index, (attack, tally) in enumerate(zip(attacks, tallies)):
-            generator = attack_generator(device, seed, batch_index, attack.name, attack.params())
+            generator = attack_generator(device, seed, batch_index, attack.name, seed_params(attack.params()))
             started = time.perf_counter()
             result = attack(classifier, images, labels, generator)
             tally.add(_predict(classifier, result.images, result.class_embeddings), clean_logits, labels)
@@ -183,6 +189,7 @@ def _record(model, dataset, attack, tally: Tally, prompts, indices, seed) -> dic
     return {
         **record_identity(model, dataset, attack),
         "model_build": model.describe_build(),
+        "runtime": runtime_of(model),
         "n_samples": tally.n,
         "accuracy": tally.accuracy,
         "top5": tally.top5,

@@ -47,7 +47,8 @@ from mmcoa.settings import one_of, read_mapping, shown, typed
 
 TASKS = ("classification", "retrieval")
 TOP_LEVEL = ("name", "description", "task", "split", "n_samples", "seed", "batch_size", "device",
-             "data_root", "template", "models", "datasets", "attacks")
+             "data_root", "template", "precision", "models", "datasets", "attacks")
+PRECISIONS = ("fp32", "bf16")
 MODEL_KEYS = ("label", "name", "pretrained", "checkpoint", "datasets")
 DATASET_KEYS = ("name", "options")
 RUNTIME = ("device", "data_root")  # where a suite runs, not what it computes
@@ -204,7 +205,9 @@ def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
     _unique("datasets", [d.name for d in datasets])
     models = [_model(i, v, [d.name for d in datasets]) for i, v in enumerate(values["models"])]
     _unique("model labels", [m.label for m in models])
-    attacks = [_attack(i, v, task) for i, v in enumerate(values["attacks"])]
+    precision = values.get("precision")  # the image attacks' default (an attack may set its own)
+    precision = None if precision is None else one_of("precision", precision, PRECISIONS)
+    attacks = [_attack(i, v, task, precision) for i, v in enumerate(values["attacks"])]
     _unique("attack labels", [a.label for a in attacks])
     return SuiteConfig(
         name=_string("name", values.get("name", default_name)), task=task, models=models,
@@ -301,6 +304,12 @@ def _check_classification_dataset(where: str, name: str, split: str, options: di
     return {k: typed(f"{where}.options.{k}", v, kinds.get(k, "")) for k, v in options.items()}
 
 
+def _takes(attack_class, field: str) -> bool:
+    import dataclasses
+
+    return field in {f.name for f in dataclasses.fields(attack_class)}
+
+
 def _check_retrieval_dataset(where: str, name: str, split: str, options: dict) -> None:
     from mmcoa.data.coco import DATASET_NAME, SPLITS
 
@@ -309,14 +318,17 @@ def _check_retrieval_dataset(where: str, name: str, split: str, options: dict) -
     _require(split in SPLITS, f"{where}: {DATASET_NAME} has no split {split!r}; accepted: {', '.join(SPLITS)}")
 
 
-def _attack(index: int, value: Any, task: str) -> AttackEntry:
-    """An attack column; its settings go through the same conversion as ``mmcoa eval`` flags."""
+def _attack(index: int, value: Any, task: str, precision: str | None = None) -> AttackEntry:
+    """An attack column; its settings go through the same conversion as ``mmcoa eval`` flags.
+    ``precision`` (the suite's) is the default of an attack that takes one."""
     where = f"attacks[{index}]"
     _require(isinstance(value, dict) and isinstance(value.get("name"), str),
              f"{where} must be a mapping with a name and its settings; got {shown(value)}")
     settings = {k: v for k, v in value.items() if k not in ("name", "label")}
     try:
         registry = attack_registry(task)
+        if precision and "precision" not in settings and _takes(registry.get(value["name"]), "precision"):
+            settings["precision"] = precision
         params = params_from_settings(_typed_settings(where, registry.get(value["name"]), settings))
         attack = build_registered(registry, value["name"], **params)
     except MmcoaError as error:

@@ -9,6 +9,7 @@ import torch
 from mmcoa.errors import MmcoaError
 from mmcoa.models.base import VisionLanguageModel
 from mmcoa.models.hub import pretrained_source
+from mmcoa.models.tokens import TokenCache, pad_rows
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -30,11 +31,18 @@ class HFClipModel(VisionLanguageModel):
                          image_size=model.config.vision_config.image_size, mean=mean, std=std)
         self.tokenizer = tokenizer
         self.context_length = model.config.text_config.max_position_embeddings
+        self.token_cache = TokenCache()
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(list(texts), padding="max_length", max_length=self.context_length,
-                               truncation=True, return_tensors="pt")
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        """Ids tokenized once per string (:class:`TokenCache`), padded to the batch's longest:
+        CLIPTextModel is causal and pools at the end token, so this is exact."""
+        rows = self.token_cache.rows(self.tokenizer, list(texts), self._tokenize_rows)
+        ids, mask = pad_rows(rows, pad_id=self.tokenizer.pad_token_id or 0)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def _tokenize_rows(self, texts: list[str]) -> list[torch.Tensor]:
+        ids = self.tokenizer(texts, truncation=True, max_length=self.context_length)["input_ids"]
+        return [torch.tensor(row, dtype=torch.long) for row in ids]
 
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.get_image_features(pixel_values=pixels).pooler_output

@@ -22,6 +22,7 @@ from mmcoa.errors import MmcoaError, UnknownNameError
 from mmcoa.models.base import VisionLanguageModel
 from mmcoa.models.checkpoints import check_fits, load_into, read_checkpoint, require_file
 from mmcoa.models.hub import fetching_weights
+from mmcoa.models.tokens import TokenCache, pad_rows
 from mmcoa.models.minilm import register_minilm_clip
 
 RANDOM = "random"
@@ -61,6 +62,8 @@ class OpenClipModel(VisionLanguageModel):
             std=cfg.get("std", (0.26862954, 0.26130258, 0.27577711)),
         )
         self.tokenizer = tokenizer
+        self.token_cache = TokenCache()
+        self.trims_text = _trims_text(model)
 
     @property
     def quick_gelu(self) -> bool:
@@ -73,13 +76,25 @@ class OpenClipModel(VisionLanguageModel):
         return {"architecture": self.name, "quick_gelu": self.quick_gelu}
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return {"text": self.tokenizer(list(texts))}
+        """Token ids, each string tokenized once (:class:`TokenCache`); for a causal text tower
+        with end-of-text pooling the batch is only as long as its longest prompt."""
+        rows = self.token_cache.rows(self.tokenizer, list(texts), self._tokenize_rows)
+        return {"text": pad_rows(rows, pad_id=0)[0]}
+
+    def _tokenize_rows(self, texts: list[str]) -> list[torch.Tensor]:
+        full = self.tokenizer(texts)
+        if not self.trims_text:
+            return list(full)
+        return [row[:int(row.argmax()) + 1] for row in full]  # up to the end token (largest id)
 
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
     def _encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.encode_text(tokens["text"])
+        text = tokens["text"]
+        if not self.trims_text or text.shape[1] == self.model.context_length:
+            return self.model.encode_text(text)
+        return _encode_trimmed(self.model, text)
 
     def _raw_logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale
@@ -87,6 +102,30 @@ class OpenClipModel(VisionLanguageModel):
     def token_embedding(self):
         text = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps it in .text
         return text.token_embedding
+
+
+def _trims_text(model) -> bool:
+    """Whether ``model``'s text tower is open_clip's causal CLIP transformer pooled at the end
+    token (what makes encoding at the batch's own length exact)."""
+    from open_clip.model import CLIP
+
+    return (type(model) is CLIP and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+
+
+def _encode_trimmed(model, text: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text`` for ids shorter than the context: the positional
+    embedding and the causal mask cut to the batch's length."""
+    from open_clip.transformer import text_global_pool
+
+    length = text.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is None:
+        return x
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
 
 
 def is_open_clip_name(name: str) -> bool:

@@ -86,6 +86,8 @@ class TextContext(nn.Module):
         """Token embeddings [B, L, D] with positions 1..n_ctx (after the start token) replaced
         by the context in every row whose tokens there are all placeholders."""
         n = self.n_ctx
+        if embeddings.shape[1] < n + 2:  # a batch trimmed shorter than any prompted text
+            return embeddings
         prompted = (token_ids[:, 1:1 + n] == self.placeholder_id).all(dim=1)
         context = self.context.to(embeddings.dtype)
         padded = torch.cat([embeddings.new_zeros(1, embeddings.shape[-1]), context,

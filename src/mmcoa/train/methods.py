@@ -38,7 +38,18 @@ class StepContext:
     frozen: VisionLanguageModel | None = None
     batch_indices: list[int] | None = None  # the batch's dataset indices
     world: World = SINGLE
+    share_text: bool = False  # the loss is the global batch's on every rank (see encode_prompts)
     extras: dict = field(default_factory=dict)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """[C, D] features of ``prompts`` with gradient. Under torchrun, when every rank computes
+        the same global loss (``share_text``), each rank encodes only its share of the prompts
+        and the features are gathered with the local rows' gradient × world size, as image
+        features are: after the gradient average the text tower's gradient is one process's,
+        for 1/world of the text compute and memory per rank."""
+        if not (self.share_text and self.world.distributed and len(prompts) >= self.world.size):
+            return self.model.encode_text(prompts)
+        return gather_with_grad(self.model.encode_text(self.world.shard(prompts)), self.world)
 
     def gather(self, features: torch.Tensor) -> torch.Tensor:
         """The global batch's features for batch-coupled losses (identity in one process)."""
@@ -109,7 +120,7 @@ def contrastive(ctx: StepContext, images, prompts, labels) -> torch.Tensor:
     """The class-aware contrastive loss (paper Eq. 7-8) over the global batch."""
     model = ctx.model
     return class_aware_contrastive_loss(ctx.gather(model.encode_image(images)),
-                                        model.encode_text(prompts), ctx.gather_labels(labels),
+                                        ctx.encode_prompts(prompts), ctx.gather_labels(labels),
                                         model.logit_scale)
 
 
@@ -170,10 +181,10 @@ class MMCoA(Method):
         adv_features = clean_features = clean_text = adv_text = None
         if config.alpha:
             adv_features = model.encode_image(train_pgd(ctx, images, labels))
-            clean_text = model.encode_text(ctx.prompts)
+            clean_text = ctx.encode_prompts(ctx.prompts)
         if config.beta:
             clean_features = model.encode_image(images)
-            adv_text = model.encode_text(ctx.adversarial_prompts)
+            adv_text = ctx.encode_prompts(ctx.adversarial_prompts)
         return mmcoa_loss(_gathered(ctx, adv_features), _gathered(ctx, clean_features), clean_text,
                           adv_text, ctx.gather_labels(labels), model.logit_scale,
                           alpha=config.alpha, beta=config.beta)

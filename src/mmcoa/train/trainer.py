@@ -24,7 +24,7 @@ from mmcoa.attacks.pgd import RowsOf
 from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data import load_dataset
 from mmcoa.devices import check_device
-from mmcoa.distributed import (SINGLE, World, average_gradients, barrier, broadcast_object,
+from mmcoa.distributed import (SINGLE, World, average_gradients, barrier, gather_objects,
                                mean_terms_over_ranks, world_from_env)
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.results import versions, write_json_atomic
@@ -227,7 +227,8 @@ class _Loop:
         ctx = StepContext(model=self.model, prompts=self.prompts, config=self.config,
                           generator=self._attack_generator(step),
                           adversarial_prompts=state["adversarial_prompts"], frozen=self.frozen,
-                          batch_indices=chosen, world=self.world)
+                          batch_indices=chosen, world=self.world,
+                          share_text=self.method.global_batch_loss)
         self.model.train()
         with self._autocast():
             loss, terms = self.method.loss(ctx, images, labels)
@@ -295,11 +296,12 @@ class _Loop:
                                         and step % self.config.text_attack_every):
             return
         self.model.eval()
-        prompts = None
-        if self.world.is_main:  # one rank attacks; every rank trains on its prompts
-            prompts = [e.adversarial for e in self.text_attack.attack_embeddings(self.prompts, self.model)]
+        with self._autocast():  # the training precision; each rank attacks its share
+            edits = self.text_attack.attack_embeddings(self.world.shard(self.prompts), self.model)
+        prompts = gather_objects([e.adversarial for e in edits], self.world)
+        if self.world.is_main:
             _append_jsonl(self.run_dir / "adversarial_prompts.jsonl", {"step": step, "prompts": prompts})
-        state["adversarial_prompts"] = broadcast_object(prompts, self.world)
+        state["adversarial_prompts"] = prompts
 
     def _log(self, step, loss, terms, n, started) -> None:
         if not self.world.is_main:
