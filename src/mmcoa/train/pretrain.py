@@ -3,6 +3,12 @@
 Each step draws one caption template for the batch, encodes the C class captions and applies
 :func:`class_aware_contrastive_loss`. Training stops once zero-shot accuracy with the paper's
 prompt on a held-out part of the training split reaches the target.
+
+With ``lock_text`` the text tower's pretrained encoder is locked, as in LiT (Zhai et al. 2022,
+"LiT: Zero-shot transfer with locked-image text tuning", here with the roles of the towers
+swapped): open_clip's ``lock_text_tower`` freezes it (a Hugging Face text tower keeps its
+projection trainable) and the frozen modules stay in eval mode (no dropout), so only the image
+tower, the projection and the temperature learn.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from mmcoa.data import DEFAULT_TEMPLATE, ClassificationDataset
+from mmcoa.errors import MmcoaError
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
 from mmcoa.models.zeroshot import top_k_correct
 from mmcoa.train.objectives import class_aware_contrastive_loss
@@ -36,6 +43,7 @@ class PretrainConfig:
     val_size: int = 1000
     seed: int = 0
     templates: tuple[str, ...] = CAPTION_TEMPLATES
+    lock_text: bool = False      # LiT-style: a pretrained text encoder stays as it is
 
 
 def pretrain_contrastive(model: VisionLanguageModel, dataset: ClassificationDataset,
@@ -44,7 +52,10 @@ def pretrain_contrastive(model: VisionLanguageModel, dataset: ClassificationData
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(dataset), generator=generator).tolist()
     val, train = Subset(dataset, order[:config.val_size]), Subset(dataset, order[config.val_size:])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.lock_text:
+        lock_text_tower(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, config))
     validator = ZeroShotClassifier(model, dataset.prompts(DEFAULT_TEMPLATE))
     history, accuracy, started = [], 0.0, time.perf_counter()
@@ -65,8 +76,25 @@ def pretrain_contrastive(model: VisionLanguageModel, dataset: ClassificationData
     return {"steps": step, "val_accuracy": accuracy, "history": history}
 
 
-def _train_step(model, optimizer, images, labels, dataset, config, generator) -> float:
+def lock_text_tower(model: VisionLanguageModel) -> None:
+    """Freeze the text encoder with open_clip's ``lock_text_tower`` (LiT)."""
+    backend = model.model
+    if not hasattr(backend, "lock_text_tower"):
+        raise MmcoaError(f"lock_text: {model.name} has no lock_text_tower (open_clip models have)")
+    backend.lock_text_tower()
+
+
+def train_unfrozen(model: VisionLanguageModel) -> None:
+    """Training mode, except for modules whose parameters are all frozen (eval: no dropout)."""
     model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
+def _train_step(model, optimizer, images, labels, dataset, config, generator) -> float:
+    train_unfrozen(model)
     template = config.templates[int(torch.randint(len(config.templates), (1,), generator=generator))]
     images, labels = images.to(model.device), labels.to(model.device)
     loss = class_aware_contrastive_loss(model.encode_image(images),

@@ -33,6 +33,7 @@ from mmcoa.errors import MmcoaError
 
 ScoreFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 UNK = "[UNK]"
+REFERENCE_MIN_LOGIT = 0.3  # threshold_pred_score of the published code, for BERT's trained head
 
 
 @dataclass
@@ -82,7 +83,8 @@ class BertAttack:
     """BERT-Attack (Li et al. 2020) with a masked LM's candidates, batched across texts.
 
     ``k`` candidates per single-piece word, at most ``max_words`` words changed per text,
-    single-piece candidates cut at the first MLM logit below ``min_logit``, MLM inputs of at most
+    single-piece candidates cut at the first MLM logit below ``min_logit`` (default: the MLM's
+    own cut, :attr:`MaskedLM.min_logit`, else the reference's 0.3), MLM inputs of at most
     ``max_length`` ids (``[CLS]`` and ``[SEP]`` included), multi-piece words from all of the
     first ``max_combinations`` (24) combinations of the top ``piece_top`` (4) pieces, ranked by
     perplexity and not cut at ``k`` (as the published code does), scoring calls of at most
@@ -91,7 +93,7 @@ class BertAttack:
     :meth:`attack_embeddings`.
     """
 
-    def __init__(self, mlm: MaskedLM, k: int = 10, max_words: int = 1, min_logit: float = 0.3,
+    def __init__(self, mlm: MaskedLM, k: int = 10, max_words: int = 1, min_logit: float | None = None,
                  max_length: int = 30, piece_top: int = PIECE_TOP,
                  max_combinations: int = MAX_COMBINATIONS,
                  batch_size: int = 256, stop_words: frozenset[str] | None = None,
@@ -101,6 +103,9 @@ class BertAttack:
                                  ("max_combinations", max_combinations, 1),
                                  ("batch_size", batch_size, 1), ("cache_size", cache_size, 0)):
             _check_int(name, value, low)
+        if min_logit is None:
+            own = getattr(mlm, "min_logit", None)
+            min_logit = REFERENCE_MIN_LOGIT if own is None else own
         self.mlm, self.k, self.max_words, self.min_logit = mlm, k, max_words, float(min_logit)
         self.max_length, self.piece_top, self.max_combinations = max_length, piece_top, max_combinations
         self.batch_size, self.cache_size = batch_size, cache_size
