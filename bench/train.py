@@ -155,9 +155,12 @@ def masked_lm(cfg: Config, classnames: list[str], folder: str):
 # -- the two paths ----------------------------------------------------------------------------
 
 def train_config(cfg: Config, method: str, every: int, output: str) -> TrainConfig:
-    """TrainConfig defaults (eps 1/255, step 1/255, AdamW, alpha = beta = 0.5), with the
+    """MMCoA's settings for every method (eps 1/255, step 1/255, AdamW, constant lr, alpha =
+    beta = 0.5: the naive loop's, not each method's own published optimizer), with the
     benchmark's batch, training PGD steps, precision and refresh period."""
     return TrainConfig(method=method, model=cfg.model, pretrained=cfg.pretrained, batch_size=cfg.batch,
+                       optimizer="adamw", lr=1e-5, weight_decay=0.2, schedule="constant",
+                       warmup_steps=0, train_eps=1 / 255, train_step_size=1 / 255,
                        train_steps=cfg.pgd_steps, text_attack_every=every, k=K, max_words=MAX_WORDS,
                        precision=cfg.precision, device=cfg.device, output=output)
 
