@@ -30,6 +30,15 @@ def shared_mlm(name: str, device: str):
     return load_mlm(name, device=device)
 
 
+@functools.lru_cache(maxsize=8)
+def shared_engine(mlm: str, device: str, k: int, max_words: int) -> BertAttack:
+    """One BERT-Attack engine per (MLM, device, k, word budget) and process. Its edit cache is
+    keyed by the victim's text-tower state, so the text attack, the multimodal attack and
+    Co-Attack evaluated on one model attack its class prompts once (an edit keeps the queries
+    it cost when it was computed, so every record still counts them)."""
+    return BertAttack(shared_mlm(mlm, device), k=k, max_words=max_words)
+
+
 @dataclass
 class UsesBertAttack(Attack):
     """Fields and set-up shared by every attack that edits prompts with BERT-Attack:
@@ -47,7 +56,7 @@ class UsesBertAttack(Attack):
 
     def prepare(self, device: str) -> None:
         if self._engine is None:
-            self._engine = BertAttack(shared_mlm(self.mlm, device), k=self.k, max_words=self.max_words)
+            self._engine = shared_engine(self.mlm, device, self.k, self.max_words)
 
     @property
     def engine(self) -> BertAttack:
