@@ -21,7 +21,7 @@ import torch
 from mmcoa.errors import MmcoaError, UnknownNameError
 from mmcoa.models.base import VisionLanguageModel
 from mmcoa.models.checkpoints import check_fits, load_into, read_checkpoint, require_file
-from mmcoa.models.hub import fetching_weights
+from mmcoa.models.hub import fetching_weights, quiet_transformers_progress
 from mmcoa.models.tokens import TokenCache, pad_rows
 from mmcoa.models.minilm import register_minilm_clip
 
@@ -223,10 +223,12 @@ def _seeded_random_init(open_clip, name: str, seed: int = 0, quick_gelu: bool = 
 @contextlib.contextmanager
 def _quiet_open_clip_logs():
     """open_clip logs warnings and errors on the root logger ("initialized randomly", download
-    failures); our own one-line errors say what matters, so silence those while loading."""
+    failures); our own one-line errors say what matters, so silence those while loading, and
+    the "Loading weights" bar of a Hugging Face text tower (``minilm-clip``)."""
     previous = logging.root.manager.disable
     logging.disable(logging.ERROR)
     try:
-        yield
+        with quiet_transformers_progress():
+            yield
     finally:
         logging.disable(previous)
