@@ -143,3 +143,17 @@ def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
     with pytest.raises(WeightsUnavailableError, match="the demo needs the pretrained MiniLM"):
         run_demo(tmp_path / "demo", progress=False, show_table=False)
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_text_attacked_again_reuses_its_candidates(mlm, victim, monkeypatch):
+    """The MLM is not the victim: after the text tower changes (MMCoA's refreshes, another
+    model), the search runs again on the victim but costs no MLM forward, with the same edits
+    and query counts as a fresh engine's."""
+    attack = BertAttack(mlm)
+    first = attack.attack_embeddings(PROMPTS, victim)
+    calls = []
+    original = mlm.logits
+    monkeypatch.setattr(mlm, "logits", lambda *args: calls.append(1) or original(*args))
+    victim.mark_weights_changed()  # a new text-tower state: not the cached edits
+    again = attack.attack_embeddings(PROMPTS, victim)
+    assert again == first and calls == []

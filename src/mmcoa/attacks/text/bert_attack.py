@@ -111,6 +111,7 @@ class BertAttack:
         self.batch_size, self.cache_size = batch_size, cache_size
         self.stop_words = as_stop_words(stop_words)
         self._cache: OrderedDict[tuple, TextEdit] = OrderedDict()
+        self._candidates: dict[tuple[str, ...], list] = {}  # each text's candidates (CandidatePool)
 
     # -- public interface ----------------------------------------------------------------------
     def params(self) -> dict:
@@ -121,7 +122,7 @@ class BertAttack:
 
     def candidates(self, texts: Sequence[str]) -> list[list[list[str]]]:
         """Per text, per whitespace word: the replacement words the attack would try."""
-        return propose(self.mlm, [t.split() for t in texts], self._settings())
+        return propose(self.mlm, [t.split() for t in texts], self._settings(), self._known())
 
     def attack(self, texts: Sequence[str], score_fn: ScoreFn) -> list[TextEdit]:
         """Maximize ``score_fn`` over the texts (uncached); ``score_fn(owner, variants)`` scores
@@ -154,7 +155,7 @@ class BertAttack:
     def _search(self, texts: list[str], score_fn: ScoreFn, base: list[float]) -> list[TextEdit]:
         """Greedy substitution from the originals (already scored once each: ``base``)."""
         words = [t.split() for t in texts]
-        pool = CandidatePool(self.mlm, words, self._settings())
+        pool = CandidatePool(self.mlm, words, self._settings(), self._known())
         orders, spent = self._visit_orders(words, pool, score_fn)
         states = [_Progress(t, w, o, b, 1 + q, i)
                   for i, (t, w, o, b, q) in enumerate(zip(texts, words, orders, base, spent))]
@@ -222,6 +223,12 @@ class BertAttack:
         return CandidateSettings(self.k, self.min_logit, self.max_length, self.piece_top,
                                  self.max_combinations, self.batch_size, self.stop_words)
 
+    def _known(self) -> dict:
+        """The texts whose candidates are known, emptied when it passes ``cache_size`` texts."""
+        if len(self._candidates) > self.cache_size:
+            self._candidates.clear()
+        return self._candidates
+
     def _remember(self, key: tuple, edit: TextEdit) -> None:
         self._cache[key] = edit
         while len(self._cache) > self.cache_size:
@@ -233,6 +240,7 @@ class BertAttack:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._candidates.clear()
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

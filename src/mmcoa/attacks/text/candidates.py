@@ -180,21 +180,33 @@ class _WordCandidates:
     slot: WordSlot
     sequences: list[tuple[int, ...]]
     words: list[str] | None = None
+    multi_piece: bool = False
 
 
 class CandidatePool:
     """The candidates of every word of a batch of texts: one batched MLM forward up front
     (single-piece words resolved at once), perplexity ranking of multi-piece words on demand
-    (:meth:`resolve`), batched over all the words requested together."""
+    (:meth:`resolve`), batched over all the words requested together.
+
+    ``known`` ({words of a text: its entries}, filled in place) carries texts' entries from
+    pool to pool: the MLM is not the victim, so a text's candidates never change, and a text
+    attacked again (MMCoA's prompts at every refresh, the same prompts against every model)
+    costs no MLM forward and no second ranking of its multi-piece words."""
 
     def __init__(self, mlm: MaskedLM, texts_words: Sequence[Sequence[str]],
-                 settings: CandidateSettings):
-        self.mlm, self.settings, memo = mlm, settings, {}
-        layouts = [layout(mlm, words, settings.max_length, memo) for words in texts_words]
-        width = max(settings.k, settings.piece_top)
-        tops = mlm_top_k(mlm, [ids for ids, _ in layouts], width, settings.batch_size)
-        self.entries = [[self._entry(slot, top) for slot in slots]
-                        for (_, slots), top in zip(layouts, tops)]
+                 settings: CandidateSettings, known: dict | None = None):
+        self.mlm, self.settings = mlm, settings
+        known = {} if known is None else known
+        keys = [tuple(words) for words in texts_words]
+        missing = list(dict.fromkeys(key for key in keys if key not in known))
+        if missing:
+            memo: dict[str, list[int]] = {}
+            layouts = [layout(mlm, words, settings.max_length, memo) for words in missing]
+            width = max(settings.k, settings.piece_top)
+            tops = mlm_top_k(mlm, [ids for ids, _ in layouts], width, settings.batch_size)
+            for key, (_, slots), top in zip(missing, layouts, tops):
+                known[key] = [self._entry(slot, top) for slot in slots]
+        self.entries = [known[key] for key in keys]
 
     def _entry(self, slot: WordSlot, top: tuple[torch.Tensor, torch.Tensor]) -> _WordCandidates:
         s = self.settings
@@ -202,7 +214,8 @@ class CandidatePool:
             return _WordCandidates(slot, [], [])
         ids, logits = top[0][slice(*slot.span)], top[1][slice(*slot.span)]
         if len(ids) > 1:
-            return _WordCandidates(slot, piece_combinations(ids, s.piece_top, s.max_combinations))
+            return _WordCandidates(slot, piece_combinations(ids, s.piece_top, s.max_combinations),
+                                   multi_piece=True)
         entry = _WordCandidates(slot, single_piece_sequences(ids[0], logits[0], s.k, s.min_logit))
         entry.words = self._words(entry)
         return entry
@@ -213,14 +226,18 @@ class CandidatePool:
         return [entry.slot.with_core(w) for w in words]
 
     def may_have(self, text: int, word: int) -> bool:
-        """False when the word surely has no candidate (its multi-piece ranking may be due)."""
+        """False when the word surely has no candidate. A multi-piece word counts as a candidate
+        source until it is visited, even if it was ranked for an earlier search (``known``), so
+        the visit order and the queries a search spends never depend on what was attacked
+        before."""
         entry = self.entries[text][word]
-        return bool(entry.words) if entry.words is not None else bool(entry.sequences)
+        return bool(entry.sequences) if entry.multi_piece else bool(entry.words)
 
     def resolve(self, requests: Sequence[tuple[int, int]]) -> None:
         """Rank the requested (text, word) multi-piece combinations by perplexity in one batched
         pass (stable: ties keep product order) and turn them all into words (no cut at k)."""
-        pending = [self.entries[t][w] for t, w in requests if self.entries[t][w].words is None]
+        pending = list({id(e): e for e in (self.entries[t][w] for t, w in requests)
+                        if e.words is None}.values())  # a repeated text shares its entries
         combos = [c for entry in pending for c in entry.sequences]
         losses = combination_losses(self.mlm, combos, self.settings.batch_size)
         for entry in pending:
@@ -232,10 +249,10 @@ class CandidatePool:
         return self.entries[text][word].words
 
 
-def propose(mlm: MaskedLM, texts_words: Sequence[Sequence[str]],
-            settings: CandidateSettings) -> list[list[list[str]]]:
+def propose(mlm: MaskedLM, texts_words: Sequence[Sequence[str]], settings: CandidateSettings,
+            known: dict | None = None) -> list[list[list[str]]]:
     """For each text, for each whitespace word: its replacement words (punctuation kept), best
     first; empty for stop words and words past the length limit."""
-    pool = CandidatePool(mlm, texts_words, settings)
+    pool = CandidatePool(mlm, texts_words, settings, known)
     pool.resolve([(t, w) for t, entries in enumerate(pool.entries) for w in range(len(entries))])
     return [[pool.words(t, w) for w in range(len(entries))] for t, entries in enumerate(pool.entries)]
