@@ -1,15 +1,16 @@
 """``mmcoa analyze <kind> ...``: one argument parser and one runner per analysis.
 
 Every kind writes a PNG and a JSON of the numbers behind it into ``OUTPUT``: ``eps_sweep``,
-``curves``, ``interpolation``, ``features``, ``time_cost``, ``gallery`` (``.png``/``.json``).
-Those that evaluate models also write their records (``eps_sweep_records.json``,
-``curves_records.json``, ``interpolation_records.json``), so ``mmcoa report OUTPUT`` shows
-both the plots and the tables.
+``curves``, ``interpolation``, ``features``, ``time_cost``, ``gallery``, ``sanity``
+(``.png``/``.json``; ``sanity`` also ``.md``). Those that evaluate models also write their
+records (``eps_sweep_records.json``, ``curves_records.json``, ``interpolation_records.json``,
+``sanity_records.json``), so ``mmcoa report OUTPUT`` shows both the plots and the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,8 @@ def _attack_flags(p: argparse.ArgumentParser, eps_help: str = "in units of 1/255
     p.add_argument("--k", type=int, default=None)
     p.add_argument("--max-words", type=int, default=None)
     p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                   help="image attacks' precision (bf16 autocasts the model)")
 
 
 def _attack_params(args: argparse.Namespace, names: list[str]) -> dict:
@@ -284,6 +287,47 @@ def _run_gallery(args) -> Path:
     return plot_gallery(examples, args.output)
 
 
+# -- sanity: gradient-masking checks (Carlini et al. 2019) --------------------------------------
+def _configure_sanity(p):
+    _model_flags(p, several=False)
+    p.add_argument("--eps", default="1,2,4,8,16",
+                   help="PGD budgets of the monotonicity sweep, comma-separated, units of 1/255")
+    p.add_argument("--steps", default="10,50,100", help="PGD iterations of the steps check, comma-separated")
+    p.add_argument("--check-eps", type=float, default=1,
+                   help="eps of the steps, Square and noise checks, units of 1/255 (default 1, the paper's)")
+    p.add_argument("--large-eps", type=float, default=64, help="eps whose accuracy must be at most chance")
+    p.add_argument("--square-queries", type=int, default=5000, help="Square queries (AutoAttack: 5000)")
+    p.add_argument("--step-size", type=float, default=1, help="PGD step, units of 1/255")
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="accuracy fraction a comparison forgives (at least one sample); default 0.01")
+    p.add_argument("--noise-fraction", type=float, default=0.5,
+                   help="noise may remove at most this share of PGD's accuracy drop")
+
+
+def _run_sanity(args) -> Path:
+    from mmcoa.analysis.sanity import SanityPlan, check_tolerances, run_sanity
+
+    plan = SanityPlan(eps=tuple(_floats(args.eps, "--eps")), steps=tuple(_ints(args.steps, "--steps")),
+                      check_eps=args.check_eps, large_eps=args.large_eps,
+                      square_queries=args.square_queries, step_size=args.step_size)
+    check_tolerances(args.tolerance, args.noise_fraction)
+    args.pretrained, args.label = [args.pretrained], None
+    dataset, (model,) = _dataset(args), _models(args).values()
+    summary = run_sanity(model, dataset, **dataclasses.asdict(plan), n_samples=args.n_samples,
+                         batch_size=args.batch_size, seed=args.seed, template=args.template,
+                         tolerance=args.tolerance, noise_fraction=args.noise_fraction,
+                         output_dir=args.output, progress=not args.no_progress)
+    for check in summary["checks"]:
+        print(f"{check['result']}  {check['name']:<15} {check['numbers']}")
+    print(f"table {summary['files']['table']}")
+    return Path(summary["files"]["json"])
+
+
+def _ints(text: str, flag: str) -> list:
+    """Comma-separated numbers, whole ones as ints (others stay floats for the check to name)."""
+    return [int(v) if v.is_integer() else v for v in _floats(text, flag)]
+
+
 for _name, _analysis in {
     "eps-sweep": Analysis("robust accuracy at eps 1, 2, 4/255 (paper Fig. 6)", _configure_eps_sweep, _run_eps_sweep),
     "curves": Analysis("loss and accuracy against epochs from a run (paper Fig. 7)", _configure_curves, _run_curves),
@@ -293,5 +337,7 @@ for _name, _analysis in {
                          _configure_features, _run_features),
     "time": Analysis("training time per epoch and evaluation time (paper Table VIII)", _configure_time, _run_time),
     "gallery": Analysis("clean/adversarial images, perturbation, prompts, predictions", _configure_gallery, _run_gallery),
+    "sanity": Analysis("gradient-masking checks: monotone in eps and steps, large eps, Square, noise "
+                       "(Carlini et al. 2019)", _configure_sanity, _run_sanity),
 }.items():
     ANALYSES.register(_name)(_analysis)

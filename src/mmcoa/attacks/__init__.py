@@ -1,6 +1,6 @@
 """Attacks by name: ``build_attack("pgd", eps=4/255)``; ``ATTACKS.names()`` lists them."""
 
-from mmcoa.attacks import apgd, bert, co_attack, multimodal, sga  # noqa: F401  (register)
+from mmcoa.attacks import apgd, autoattack, bert, co_attack, multimodal, noise, sga  # noqa: F401  (register)
 from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, build_attack, eval_mode
 from mmcoa.attacks.pgd import PGD, maximize
 

@@ -13,6 +13,9 @@ Registered attacks:
   ``["apgd-ce", "apgd-t"]`` subset, the field's standard image-only robust accuracy.
 * ``apgd-ce`` — APGD on the cross-entropy alone.
 * ``apgd-t`` — APGD on the targeted DLR loss alone, one run per target class.
+
+:class:`TorchattacksAttack` is the plumbing every torchattacks adapter shares; ``autoattack``
+and ``square`` (:mod:`mmcoa.attacks.autoattack`) reuse it and the APGD stages built here.
 """
 
 from __future__ import annotations
@@ -115,31 +118,27 @@ def _cuda_devices(device: torch.device) -> list[int]:
     return sorted(devices)
 
 
-def _check_int(name: str, value, low: int, high: int = 10**9) -> None:
+def check_int(name: str, value, low: int, high: int = 10**9) -> None:
+    """One-line error unless ``value`` is an integer in ``[low, high]``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise MmcoaError(f"{name} must be an integer in [{low}, {high}]; got {value!r}")
     check_range(name, value, low, high, low_open=False)
 
 
-@dataclass
-class _APGDBase(Attack):
-    """Fields and plumbing shared by the three APGD attacks."""
+def check_ball(eps: float, norm: str) -> None:
+    """One-line error unless ``norm`` is ``linf`` or ``l2`` and ``eps`` a radius for it
+    (L-inf: in (0, 1]; L2: positive)."""
+    if norm not in NORMS:
+        raise MmcoaError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    check_range("eps", eps, 0, 1 if norm == "linf" else float("inf"))
 
-    eps: float = 1 / 255
-    norm: str = "linf"
-    n_steps: int = 100
-    n_restarts: int = 1
-    seed: int = 0
-    rho: float = 0.75
 
-    def __post_init__(self):
-        if self.norm not in NORMS:
-            raise MmcoaError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
-        check_range("eps", self.eps, 0, 1 if self.norm == "linf" else float("inf"))
-        _check_int("n_steps", self.n_steps, 1)
-        _check_int("n_restarts", self.n_restarts, 1, 10**6)
-        _check_int("seed", self.seed, 0, MAX_SEED)
-        check_range("rho", self.rho, 0, 1)
+class TorchattacksAttack(Attack):
+    """Plumbing shared by the attacks that adapt torchattacks (APGD here; AutoAttack and
+    Square in :mod:`mmcoa.attacks.autoattack`): the seed drawn from the generator, the class-count
+    edge cases, and :func:`attack_session`'s guarantees. Subclasses are dataclasses with a
+    ``seed`` field and implement ``_run(adapter, images, labels, seed, n_classes)`` →
+    ``(adversarial images, worst-case queries per sample)``."""
 
     def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
         seed = torchattacks_seed(generator, self.seed)
@@ -155,28 +154,63 @@ class _APGDBase(Attack):
     def _run(self, adapter, images, labels, seed, n_classes) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
 
-    # -- the two torchattacks stages: (still correctly classified, adversarial images, queries) --
-    def _apgd_ce(self, adapter, images, labels, seed):
-        attack = torchattacks.APGD(adapter, norm=TORCHATTACKS_NORMS[self.norm], eps=self.eps,
-                                   steps=self.n_steps, n_restarts=self.n_restarts, seed=seed,
-                                   loss="ce", rho=self.rho)
-        robust, adv = attack.perturb(images, labels, cheap=True)
-        # one clean check, then per restart one forward at the start and one per step
-        return robust, adv.detach(), 1 + self.n_restarts * (self.n_steps + 1)
 
-    def _apgd_t(self, adapter, images, labels, seed, n_classes, n_target_classes):
-        targets = min(n_target_classes, n_classes - 1)
-        attack = _TargetedAPGD(adapter, norm=TORCHATTACKS_NORMS[self.norm], eps=self.eps,
-                               steps=self.n_steps, n_restarts=self.n_restarts, seed=seed,
-                               rho=self.rho, n_classes=targets + 1)
-        robust, adv = attack.perturb(images, labels, cheap=True)
-        # one clean check, then per target and restart: target choice, start, one per step
-        return robust, adv.detach(), 1 + targets * self.n_restarts * (self.n_steps + 2)
+@dataclass
+class APGDBase(TorchattacksAttack):
+    """Fields and plumbing shared by the three APGD attacks."""
+
+    eps: float = 1 / 255
+    norm: str = "linf"
+    n_steps: int = 100
+    n_restarts: int = 1
+    seed: int = 0
+    rho: float = 0.75
+
+    def __post_init__(self):
+        check_ball(self.eps, self.norm)
+        check_int("n_steps", self.n_steps, 1)
+        check_int("n_restarts", self.n_restarts, 1, 10**6)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_range("rho", self.rho, 0, 1)
+
+    # -- the torchattacks stages (AutoAttack reuses them) and their worst-case queries --
+    def apgd_ce_attack(self, adapter: LogitsModule, seed: int) -> torchattacks.APGD:
+        """torchattacks' APGD on the cross-entropy with this attack's budget."""
+        return torchattacks.APGD(adapter, norm=TORCHATTACKS_NORMS[self.norm], eps=self.eps,
+                                 steps=self.n_steps, n_restarts=self.n_restarts, seed=seed,
+                                 loss="ce", rho=self.rho)
+
+    def apgd_t_attack(self, adapter: LogitsModule, seed: int, targets: int) -> torchattacks.APGDT:
+        """torchattacks' APGD-T (targeted DLR) with ``targets`` target classes."""
+        return _TargetedAPGD(adapter, norm=TORCHATTACKS_NORMS[self.norm], eps=self.eps,
+                             steps=self.n_steps, n_restarts=self.n_restarts, seed=seed,
+                             rho=self.rho, n_classes=targets + 1)
+
+    def apgd_ce_queries(self) -> int:
+        """One clean check, then per restart one forward at the start and one per step."""
+        return 1 + self.n_restarts * (self.n_steps + 1)
+
+    def apgd_t_queries(self, targets: int) -> int:
+        """One clean check, then per target and restart: target choice, start, one per step."""
+        return 1 + targets * self.n_restarts * (self.n_steps + 2)
+
+
+def target_count(n_target_classes: int, n_classes: int) -> int:
+    """Target classes a targeted stage runs: ``n_target_classes``, capped at the C - 1 wrong
+    classes there are."""
+    return min(n_target_classes, n_classes - 1)
+
+
+def perturb(attack, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(still correctly classified, adversarial images) of an APGD/APGD-T run (``cheap``: the
+    runs of each restart only on the samples not yet fooled)."""
+    robust, adv = attack.perturb(images, labels, cheap=True)
+    return robust, adv.detach()
 
 
 @register_attack("apgd")
 @dataclass
-class APGD(_APGDBase):
+class APGD(APGDBase):
     """APGD-CE then APGD-T (AutoAttack's apgd-ce + apgd-t), worst case per sample.
 
     Croce & Hein, ICML 2020 (https://arxiv.org/abs/2003.01690), adapting torchattacks' ``APGD``
@@ -212,22 +246,21 @@ class APGD(_APGDBase):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_int("n_target_classes", self.n_target_classes, 1)
+        check_int("n_target_classes", self.n_target_classes, 1)
 
     def _run(self, adapter, images, labels, seed, n_classes):
-        robust, adv, queries = self._apgd_ce(adapter, images, labels, seed)
+        targets = target_count(self.n_target_classes, n_classes)
+        robust, adv = perturb(self.apgd_ce_attack(adapter, seed), images, labels)
         remaining = robust.nonzero().flatten()
         if remaining.numel():
-            _, adv_t, _ = self._apgd_t(adapter, images[remaining], labels[remaining], seed,
-                                       n_classes, self.n_target_classes)
-            adv[remaining] = adv_t
-        targets = min(self.n_target_classes, n_classes - 1)
-        return adv, queries + 1 + targets * self.n_restarts * (self.n_steps + 2)
+            attack = self.apgd_t_attack(adapter, seed, targets)
+            adv[remaining] = perturb(attack, images[remaining], labels[remaining])[1]
+        return adv, self.apgd_ce_queries() + self.apgd_t_queries(targets)
 
 
 @register_attack("apgd-ce")
 @dataclass
-class APGDCE(_APGDBase):
+class APGDCE(APGDBase):
     """APGD on the cross-entropy (AutoAttack's apgd-ce), via torchattacks' ``APGD``.
 
     Croce & Hein, ICML 2020 (https://arxiv.org/abs/2003.01690). Maximizes the cross-entropy of
@@ -242,13 +275,12 @@ class APGDCE(_APGDBase):
     """
 
     def _run(self, adapter, images, labels, seed, n_classes):
-        _, adv, queries = self._apgd_ce(adapter, images, labels, seed)
-        return adv, queries
+        return perturb(self.apgd_ce_attack(adapter, seed), images, labels)[1], self.apgd_ce_queries()
 
 
 @register_attack("apgd-t")
 @dataclass
-class APGDT(_APGDBase):
+class APGDT(APGDBase):
     """APGD on the targeted DLR loss (AutoAttack's apgd-t), via torchattacks' ``APGDT``.
 
     Croce & Hein, ICML 2020 (https://arxiv.org/abs/2003.01690). One run per target class: the
@@ -267,8 +299,9 @@ class APGDT(_APGDBase):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_int("n_target_classes", self.n_target_classes, 1)
+        check_int("n_target_classes", self.n_target_classes, 1)
 
     def _run(self, adapter, images, labels, seed, n_classes):
-        _, adv, queries = self._apgd_t(adapter, images, labels, seed, n_classes, self.n_target_classes)
-        return adv, queries
+        targets = target_count(self.n_target_classes, n_classes)
+        adv = perturb(self.apgd_t_attack(adapter, seed, targets), images, labels)[1]
+        return adv, self.apgd_t_queries(targets)

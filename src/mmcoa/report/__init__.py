@@ -36,8 +36,9 @@ RECORD_COLUMNS = ("label", "dataset", "split", "threat", "attack", "eps", "attac
 
 
 # Records that are points of a figure, not models of a table: the interpolation's theta(lambda)
-# (paper Fig. 8) are mixtures of two models; they are in records.csv and the figure's numbers.
-FIGURE_ONLY = ("interpolation",)
+# (paper Fig. 8) are mixtures of two models, the sanity checks' are budgets of one check each;
+# they are in records.csv and the figure's numbers.
+FIGURE_ONLY = ("interpolation", "sanity")
 
 
 def build_tables(records: list[dict], zero_shot: str | None = DEFAULT_ZERO_SHOT,

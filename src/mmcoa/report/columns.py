@@ -3,8 +3,9 @@
 - **Row**: a record's ``label`` (the suite's display name, e.g. ``"MMCoA (alpha=1, beta=0)"``),
   else its ``row`` (the demo's Table I tag), else ``model:pretrained`` (a checkpoint path is
   shortened to its shortest suffix that keeps the rows apart).
-- **Threat** (the paper's column families): ``pgd``/``apgd*`` attack the image, ``bert*`` the
-  text, ``multimodal*``/``coattack``/``sga`` both; ``clean`` is no attack.
+- **Threat** (the paper's column families): ``pgd``/``apgd*``/``autoattack``/``square``/``noise``
+  attack the image, ``bert*`` the text, ``multimodal*``/``coattack``/``sga`` both; ``clean`` is
+  no attack.
 - **Setting**: the attack name, its parameters and the protocol (split, seed, number of
   samples). Records whose settings differ are never merged into one column; a header names only
   what tells its column apart from the others of the same threat (e.g. ``eps=4/255``).
@@ -22,6 +23,7 @@ THREAT_NAMES = {"image": "Image", "text": "Text", "multimodal": "Multimodal", "c
 ATTACK_THREATS = {
     "clean": "clean",
     "pgd": "image", "apgd": "image", "apgd-ce": "image", "apgd-t": "image",
+    "autoattack": "image", "square": "image", "noise": "image",
     "bert": "text", "bert-targeted": "text",
     "multimodal": "multimodal", "multimodal-joint": "multimodal", "coattack": "multimodal",
     "sga": "multimodal",
