@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from mmcoa.errors import MmcoaError
+from mmcoa.outputs import check_output
 from mmcoa.registry import Registry
 
 
@@ -32,14 +33,15 @@ ANALYSES: Registry[Analysis] = Registry("analysis")
 
 def run_command(kind: str, argv: list[str]) -> int:
     """Parse ``argv`` for analysis ``kind`` and run it; an unknown kind is a one-line error."""
+    from mmcoa.cli import OneLineParser
+
     analysis = ANALYSES.get(kind)
-    parser = argparse.ArgumentParser(prog=f"mmcoa analyze {kind}", description=analysis.help)
+    parser = OneLineParser(prog=f"mmcoa analyze {kind}", description=analysis.help)
     analysis.configure(parser)
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if os.path.isfile(args.output):
-        raise MmcoaError(f"--output {args.output!r} is a file; give a directory")
+    check_output(args.output, directory=True)
     summary = analysis.run(args)
     print(f"{kind}: figure {summary.with_suffix('.png')}, numbers {summary}")
     return 0
