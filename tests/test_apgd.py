@@ -56,7 +56,7 @@ def test_registered_on_import():
     assert isinstance(build_attack("apgd-t"), APGDT)
     defaults = build_attack("apgd").params()
     assert defaults == dict(eps=pytest.approx(1 / 255), norm="linf", n_steps=100, n_restarts=1,
-                            seed=0, rho=0.75, n_target_classes=9)
+                            seed=0, rho=0.75, precision="fp32", n_target_classes=9)
 
 
 @pytest.mark.parametrize("name", NAMES)

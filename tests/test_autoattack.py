@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(n_steps=4, fab_steps=3, square_queries=15)  # budgets small enough for a unit test
 STANDARD = dict(eps=pytest.approx(1 / 255), norm="linf", n_steps=100, n_restarts=1, seed=0,
-                rho=0.75, n_target_classes=9, fab_steps=100, square_queries=5000)
+                rho=0.75, precision="fp32", n_target_classes=9, fab_steps=100, square_queries=5000)
 
 
 def _predictions(classifier, images):

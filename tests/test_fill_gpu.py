@@ -53,7 +53,26 @@ def test_every_attack_with_precision_is_listed_here():
 
     takes = {name for name in ATTACKS.names()
              if "precision" in {f.name for f in dataclasses.fields(ATTACKS.get(name))}}
-    assert takes - {"apgd", "apgd-ce", "apgd-t", "autoattack"} == set(IMAGE_ATTACKS)
+    assert takes - set(TORCHATTACKS) == set(IMAGE_ATTACKS)
+
+
+TORCHATTACKS = {"apgd": {"n_steps": 2}, "apgd-ce": {"n_steps": 2}, "apgd-t": {"n_steps": 2},
+                "autoattack": {"n_steps": 2, "fab_steps": 2, "square_queries": 4}}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHATTACKS))
+def test_torchattacks_based_attacks_run_the_model_in_bf16(name, classifier, batch, monkeypatch):
+    images, labels = batch
+    attack = build_attack(name, precision="bf16", **TORCHATTACKS[name])
+    dtypes = []
+    original = classifier.model._encode_pixels
+    monkeypatch.setattr(classifier.model, "_encode_pixels",
+                        lambda pixels: (dtypes.append(torch.get_autocast_dtype("cpu")
+                                                      if torch.is_autocast_enabled("cpu") else None),
+                                        original(pixels))[1])
+    result = attack(classifier, images, labels, torch.Generator().manual_seed(0))
+    assert_valid_perturbation(result.images, images, attack.eps)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
 
 
 def test_the_seed_does_not_depend_on_precision(classifier, batch):

@@ -29,7 +29,7 @@ import torchattacks
 from torch import nn
 
 from mmcoa.attacks.base import Attack, AttackResult, check_range, eval_mode, register_attack
-from mmcoa.attacks.pgd import NORMS
+from mmcoa.attacks.pgd import NORMS, autocast_for, check_precision
 from mmcoa.errors import MmcoaError
 from mmcoa.models.zeroshot import ZeroShotClassifier
 
@@ -47,14 +47,18 @@ class LogitsModule(nn.Module):
     submodule of the wrapped model to training.
     """
 
-    def __init__(self, classifier: ZeroShotClassifier):
+    def __init__(self, classifier: ZeroShotClassifier, precision: str = "fp32"):
         super().__init__()
         self.model = classifier.model
         self.classifier = classifier  # not a module: a plain attribute
+        self.precision = check_precision(precision)
         self.training = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier.logits(images)
+        """Logits (float32: torchattacks' losses and step sizes stay fp32); the model runs under
+        bf16 autocast when ``precision`` is ``bf16``."""
+        with autocast_for(self.precision, images.device):
+            return self.classifier.logits(images).float()
 
 
 class _TargetedAPGD(torchattacks.APGDT):
@@ -81,7 +85,8 @@ def torchattacks_seed(generator: torch.Generator | None, default: int) -> int:
 
 
 @contextlib.contextmanager
-def attack_session(classifier: ZeroShotClassifier, device: torch.device) -> Iterator[LogitsModule]:
+def attack_session(classifier: ZeroShotClassifier, device: torch.device,
+                   precision: str = "fp32") -> Iterator[LogitsModule]:
     """The adapter, with the model in eval mode and its parameters frozen, and the global RNG
     forked; on exit every mode, ``requires_grad`` flag and RNG state is as it was.
 
@@ -97,7 +102,7 @@ def attack_session(classifier: ZeroShotClassifier, device: torch.device) -> Iter
         try:
             for p, _ in flags:
                 p.requires_grad_(False)
-            yield LogitsModule(classifier)
+            yield LogitsModule(classifier, precision)
         finally:
             for p, requires_grad in flags:
                 p.requires_grad_(requires_grad)
@@ -145,7 +150,7 @@ class TorchattacksAttack(Attack):
         images, labels = images.detach(), labels.detach()
         if classifier.n_classes < 2 or images.shape[0] == 0:
             return AttackResult(images=images, queries=0)  # nothing can be misclassified
-        with attack_session(classifier, images.device) as adapter:
+        with attack_session(classifier, images.device, getattr(self, "precision", "fp32")) as adapter:
             device = next(adapter.parameters()).device
             adv, queries = self._run(adapter, images.to(device), labels.to(device), seed,
                                      classifier.n_classes)
@@ -165,6 +170,7 @@ class APGDBase(TorchattacksAttack):
     n_restarts: int = 1
     seed: int = 0
     rho: float = 0.75
+    precision: str = "fp32"
 
     def __post_init__(self):
         check_ball(self.eps, self.norm)
@@ -172,6 +178,7 @@ class APGDBase(TorchattacksAttack):
         check_int("n_restarts", self.n_restarts, 1, 10**6)
         check_int("seed", self.seed, 0, MAX_SEED)
         check_range("rho", self.rho, 0, 1)
+        check_precision(self.precision)
 
     # -- the torchattacks stages (AutoAttack reuses them) and their worst-case queries --
     def apgd_ce_attack(self, adapter: LogitsModule, seed: int) -> torchattacks.APGD:

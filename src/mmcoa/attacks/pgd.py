@@ -79,7 +79,7 @@ def maximize(loss_fn: LossFn, images: torch.Tensor, *, eps: float, step_size: fl
     delta = random_start(images, eps, norm, generator) if start else torch.zeros_like(images)
     for _ in range(n_steps):
         delta.requires_grad_(True)
-        with _autocast(precision, images.device):
+        with autocast_for(precision, images.device):
             loss = loss_fn(images + delta).float().sum()
         (grad,) = torch.autograd.grad(loss, delta)
         delta = project(ascent_step(delta.detach(), grad, step_size, norm), images, eps, norm)
@@ -94,7 +94,7 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def _autocast(precision: str, device: torch.device):
+def autocast_for(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
