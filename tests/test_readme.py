@@ -8,7 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from mmcoa.demo import demo_summary
+from mmcoa.demo import demo_summary, read_sanity
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DOCS = ROOT / "docs" / "demo"
@@ -31,7 +31,9 @@ def test_readme_demo_block_is_the_committed_run_summary():
 def test_committed_summary_is_rendered_from_the_committed_records():
     records = json.loads((DEMO_DOCS / "results.json").read_text())
     table1 = json.loads((DEMO_DOCS / "table1.json").read_text())
-    assert (DEMO_DOCS / "summary.md").read_text() == demo_summary(records, table1)
+    sanity = read_sanity(DEMO_DOCS)
+    assert set(sanity) == {"CLIP (zero-shot)", "MMCoA"}
+    assert (DEMO_DOCS / "summary.md").read_text() == demo_summary(records, table1, sanity)
 
 
 def test_replace_block_keeps_the_text_around_it():

@@ -29,26 +29,35 @@ SENTENCES = ("A man is riding a horse on the beach", "Two children are playing f
 CUTS = (2.0, 3.0, 3.5, 4.0, 4.5)
 
 
-def candidate_z_scores(texts, k: int = 10) -> torch.Tensor:
-    """[positions, k]: z-scores of the k best other tokens at each attackable one-piece word."""
+def candidate_z_scores(texts, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """[positions, k]: z-scores of the k best other tokens at each attackable one-piece word,
+    and [positions, 2]: the mean and spread of the raw (unstandardized) scores there."""
     mlm, stop = load_mlm("minilm"), default_stop_words()
-    rows = []
+    rows, raw = [], []
     for text in texts:
-        ids = [mlm.tokenizer.cls_token_id, *mlm.pieces(text), mlm.tokenizer.sep_token_id]
-        scores = mlm.logits(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0]
-        for position, token in enumerate(mlm.tokenizer.convert_ids_to_tokens(ids)):
+        ids = torch.tensor([[mlm.tokenizer.cls_token_id, *mlm.pieces(text), mlm.tokenizer.sep_token_id]])
+        mask = torch.ones_like(ids)
+        scores = mlm.logits(ids, mask)[0]
+        with torch.no_grad():
+            encoder = mlm.model.encoder
+            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state[0]
+            unscaled = hidden @ encoder.get_input_embeddings().weight.T
+        for position, token in enumerate(mlm.tokenizer.convert_ids_to_tokens(ids[0].tolist())):
             if token.isalpha() and token.lower() not in stop:
                 row = scores[position].clone()
-                row[ids[position]] = -float("inf")  # the word itself is never a candidate
+                row[ids[0, position]] = -float("inf")  # the word itself is never a candidate
                 rows.append(row.topk(k).values)
-    return torch.stack(rows)
+                raw.append(torch.stack([unscaled[position].mean(), unscaled[position].std()]))
+    return torch.stack(rows), torch.stack(raw)
 
 
 def main() -> int:
     names = [clean_classname(c) for c in (*CLASSNAMES, *CIFAR10)]  # as the datasets spell them
     texts = [t.format(c) for t in CAPTION_TEMPLATES for c in names] + list(SENTENCES)
-    z = candidate_z_scores(texts)
+    z, raw = candidate_z_scores(texts)
     tenth = z[:, -1]
+    print(f"raw scores over the vocabulary: mean {raw[:, 0].mean():.2f}, spread (std) "
+          f"{raw[:, 1].min():.2f} to {raw[:, 1].max():.2f}, {raw[:, 1].mean():.2f} on average")
     print(f"{len(z)} word positions in {len(texts)} texts; z of the 10th candidate: min "
           f"{tenth.min():.2f}, median {tenth.median():.2f}; of the best: min {z[:, 0].min():.2f}")
     for cut in CUTS:

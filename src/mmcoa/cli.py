@@ -267,11 +267,14 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def _add_demo(commands) -> None:
-    p = commands.add_parser("demo", help="offline demo: tiny CLIP on Fashion-MNIST, attacks, miniature Table I")
+    p = commands.add_parser("demo", help="offline demo: a CLIP with a pretrained MiniLM text tower on "
+                                         "Fashion-MNIST, attacks, miniature Table I")
     p.add_argument("--output", default="runs/demo")
+    p.add_argument("--mlm", default="minilm", help="BERT-Attack's candidate source: minilm (the "
+                   "text tower's pretrained encoder, tied head) or a masked-LM directory or hub id")
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--n-samples", type=int, default=1000)
+    p.add_argument("--n-samples", type=int, default=500, help="test images of the attack table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_demo, saved=folder_saved)
@@ -370,7 +373,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_output(args.output, directory=True)
     run_demo(args.output, data_root=args.data_root, device=args.device, n_samples=args.n_samples,
-             seed=args.seed, progress=not args.no_progress)
+             seed=args.seed, progress=not args.no_progress, mlm=args.mlm)
     return 0
 
 

@@ -16,16 +16,16 @@ bare encoder (``config.json`` naming no masked-LM architecture, as the package's
 default) loads as before.
 
 **The cut.** BERT-Attack stops a word's top-k list at the first MLM logit below 0.3
-(``threshold_pred_score`` of the reference code), a number on the scale of BERT's trained head,
-whose bias puts unrelated tokens below zero, so the cut drops only tokens the MLM scores like
-unrelated ones. The tied head has no such scale (its raw scores average 0 over the vocabulary
-with a spread of about 0.7 that varies per position), so it reports standardized scores, the
-z-score of each token over the vocabulary at that position (a per-position affine rescaling: the
-ranking is unchanged), and :data:`TIED_HEAD_MIN_Z` = 3 plays the role of 0.3: a candidate must
-score three standard deviations above the vocabulary's mean. Like 0.3 for BERT at a content
-word, it does not bind on real words: on 257 word positions (``tools/minilm_head_stats.py``) the
-10th candidate's z was 3.6 at the lowest and 4.6 at the median; it stops a list only where the
-encoder has no neighbour standing out of the bulk of the vocabulary.
+(``threshold_pred_score`` of the reference code): a number on the scale of BERT's trained head
+(its transform, the tied decoder and a bias), meaningless for another head. The tied head's raw
+scores average 0 over the vocabulary with a spread of about 0.7 that varies per position (a raw
+0.3 would sit half a spread above the mean), so it reports standardized scores, the z-score of
+each token over the vocabulary at that position (a per-position affine rescaling: the ranking is
+unchanged), and the cut is :data:`TIED_HEAD_MIN_Z` = 3: a candidate must score three standard
+deviations above the vocabulary's mean, out of the bulk of unrelated tokens. On 257 word
+positions (``tools/minilm_head_stats.py``) the 10th candidate's z was 3.6 at the lowest and 4.5
+at the median: the cut keeps the whole top 10 of real words (z ≥ 4 would drop 4 % of them,
+z ≥ 4.5 a quarter) and stops a list only where the encoder has no neighbour standing out.
 """
 
 from __future__ import annotations
