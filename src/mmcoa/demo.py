@@ -152,6 +152,8 @@ class Table1Settings:
 
     def train_config(self, method: str, *, checkpoint: Path, mlm: str, output: Path,
                      data_root: str | None, device: str, seed: int) -> TrainConfig:
+        """``method``'s fine-tuning of the zero-shot ``checkpoint``: the schedule every method
+        shares here, passed explicitly (not the method's own defaults)."""
         return TrainConfig(method=method, model=DEMO_MODEL, pretrained=str(checkpoint),
                            dataset=DEMO_DATASET, data_root=data_root, shots=self.shots, epochs=1,
                            max_steps=self.max_steps, batch_size=self.batch_size,
@@ -210,33 +212,28 @@ def run_demo(output: str | Path, *, data_root: str | None = None, device: str = 
     ``show_table`` prints the attack table, Table I and where the report is; ``threads`` the
     torch intra-op threads while it runs (None: torch's default)."""
     require_minilm_dir("the demo")
+    output = Path(output)
     with torch_threads(threads):
-        return _run_demo(Path(output), data_root=data_root, device=device, n_samples=n_samples,
-                         seed=seed, progress=progress, mlm=mlm, pretrain=pretrain, table1=table1,
-                         show_table=show_table)
-
-
-def _run_demo(output: Path, *, data_root, device, n_samples, seed, progress, mlm, pretrain, table1,
-              show_table) -> list[dict]:
-    train_set = load_dataset(DEMO_DATASET, split="train", root=data_root)
-    load_dataset(DEMO_DATASET, split="test", root=data_root)  # fail now, not after training
-    checkpoint = pretrain_demo_clip(output, train_set, pretrain, device=device, seed=seed,
-                                    progress=progress)
-    steps = (table1 or Table1Settings()).eval_steps
-    records = evaluate(DEMO_MODEL, DEMO_DATASET, demo_attacks(mlm, steps), pretrained=str(checkpoint),
-                       data_root=data_root, n_samples=n_samples, batch_size=250, seed=seed,
-                       device=device, progress=progress)
-    write_records(output / "results.json", records)
-    _show(show_table, format_table(records), f"results written to {output / 'results.json'}\n")
-    if table1 is None:
-        return records
-    table1_records, table = run_table1(output, checkpoint, mlm, table1, data_root=data_root,
-                                       device=device, seed=seed, progress=progress)
-    _show(show_table, table, f"Table I written to {output / 'table1.md'} (records: {output / 'table1.json'})")
-    page = write_demo_report(output, checkpoint, mlm, table1, data_root=data_root, device=device,
-                             seed=seed, progress=progress)
-    _show(show_table, f"report (tables, eps sweep, interpolation, gallery, sanity checks) written to {page}")
-    write_text_atomic(output / SUMMARY_NAME, demo_summary(records, table1_records, read_sanity(output)))
+        train_set = load_dataset(DEMO_DATASET, split="train", root=data_root)
+        load_dataset(DEMO_DATASET, split="test", root=data_root)  # fail now, not after training
+        checkpoint = pretrain_demo_clip(output, train_set, pretrain, device=device, seed=seed,
+                                        progress=progress)
+        steps = (table1 or Table1Settings()).eval_steps
+        records = evaluate(DEMO_MODEL, DEMO_DATASET, demo_attacks(mlm, steps),
+                           pretrained=str(checkpoint), data_root=data_root, n_samples=n_samples,
+                           batch_size=250, seed=seed, device=device, progress=progress)
+        write_records(output / "results.json", records)
+        _show(show_table, format_table(records), f"results written to {output / 'results.json'}\n")
+        if table1 is not None:
+            run = {"data_root": data_root, "device": device, "seed": seed, "progress": progress}
+            table1_records, table = run_table1(output, checkpoint, mlm, table1, **run)
+            _show(show_table, table, f"Table I written to {output / 'table1.md'} (records: "
+                                     f"{output / 'table1.json'})")
+            page = write_demo_report(output, checkpoint, mlm, table1, **run)
+            _show(show_table, f"report (tables, eps sweep, interpolation, gallery, sanity checks) "
+                              f"written to {page}")
+            summary = demo_summary(records, table1_records, read_sanity(output))
+            write_text_atomic(output / SUMMARY_NAME, summary)
     return records
 
 
