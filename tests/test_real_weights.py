@@ -96,10 +96,21 @@ def test_recorded_gelu_against_a_quick_gelu_architecture_is_refused(tmp_path, mo
 
 
 # -- 2. filter words ---------------------------------------------------------------------------
+PUBLISHED_FILTER_WORDS_SHA256 = "eca1b689ed4ecce8db29913a77e05cade8a08162234a4107ee5eda550c58502b"  # shared/reference/bert_attack_filter_words.txt
+
+
 def test_default_filter_words_are_the_published_list():
-    published = {line.strip().lower() for line in
-                 (REFERENCE / "bert_attack_filter_words.txt").read_text(encoding="utf-8").splitlines()
-                 if line.strip()}
+    """The shipped file is the published list byte for byte (its SHA-256; compared with the
+    reference file itself where the checkout has it beside it)."""
+    import hashlib
+    from importlib import resources
+
+    shipped = resources.files("mmcoa.attacks.text").joinpath("filter_words.txt").read_bytes()
+    assert hashlib.sha256(shipped).hexdigest() == PUBLISHED_FILTER_WORDS_SHA256
+    reference = REFERENCE / "bert_attack_filter_words.txt"
+    if reference.is_file():
+        assert shipped == reference.read_bytes()
+    published = {line.strip().lower() for line in shipped.decode("utf-8").splitlines() if line.strip()}
     assert default_stop_words() == published
     assert {"t", "s", "one", "first", "back", "same", "once", "please", ".", "this"} <= default_stop_words()
 
