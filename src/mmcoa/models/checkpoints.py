@@ -58,19 +58,27 @@ def _read_sidecar(path: str) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _load_payload(path: str):
+def _load_payload(path: str, mmap: bool = False):
+    """What ``path`` holds; ``mmap`` maps a zip checkpoint's tensors instead of reading them (a
+    legacy non-zip file is then read whole)."""
     require_file(path, "model")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as error:
+        if mmap and "mmap" in str(error):
+            return _load_payload(path)
+        raise _unreadable(path, error) from error
     except Exception as error:
-        raise MmcoaError(f"checkpoint {path!r} is corrupt or unreadable "
-                         f"({type(error).__name__}); expected {ACCEPTED}") from error
-    return state
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: str, error: BaseException) -> MmcoaError:
+    return MmcoaError(f"checkpoint {path!r} is corrupt or unreadable "
+                      f"({type(error).__name__}); expected {ACCEPTED}")
 
 
 def _unwrap(state: object, path: str) -> dict[str, torch.Tensor]:
@@ -87,44 +95,41 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str, mode
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise MmcoaError(f"checkpoint {path!r} does not fit model {model_name}: "
-                         f"{_mismatch(_shapes(module.state_dict()), _shapes(state))}") from error
+        raise _does_not_fit(path, model_name, module.state_dict(), state) from error
 
 
-def check_fits(own: Mapping[str, tuple], path: str, model_name: str, layout=lambda state: state) -> None:
+def check_fits(own: Mapping[str, torch.Tensor], path: str, model_name: str,
+               layout=lambda state: state) -> None:
     """Raise the one-line error :func:`load_into` would, from the file's header alone: its keys
     and shapes (``read_shapes``; ``layout`` maps them as the loader maps the state dict)."""
     given = layout(read_shapes(path))
     if _shapes(own) != _shapes(given):
-        raise MmcoaError(f"checkpoint {path!r} does not fit model {model_name}: "
-                         f"{_mismatch(_shapes(own), _shapes(given))}")
+        raise _does_not_fit(path, model_name, own, given)
+
+
+def _does_not_fit(path: str, model_name: str, own, given) -> MmcoaError:
+    return MmcoaError(f"checkpoint {path!r} does not fit model {model_name}: "
+                      f"{_mismatch(_shapes(own), _shapes(given))}")
 
 
 def read_shapes(path: str) -> dict[str, torch.Tensor]:
     """The state dict of ``path`` without reading its tensors' data where the format allows
     (safetensors headers, memory-mapped zip checkpoints): a cheap up-front check that the file
     is whole and what it holds. A file that is not readable raises the one-line error."""
+    if not path.endswith(".safetensors"):
+        return _unwrap(_load_payload(path, mmap=True), path)
     require_file(path, "model")
     try:
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
+        from safetensors import safe_open
 
-            with safe_open(path, "pt") as handle:
-                return {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):
-            raise MmcoaError(f"checkpoint {path!r} is corrupt or unreadable "
-                             f"({type(error).__name__}); expected {ACCEPTED}") from error
-        payload = _load_payload(path)  # a legacy (non-zip) file: read it whole
+        with safe_open(path, "pt") as handle:
+            return {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}
     except Exception as error:
-        raise MmcoaError(f"checkpoint {path!r} is corrupt or unreadable "
-                         f"({type(error).__name__}); expected {ACCEPTED}") from error
-    return _unwrap(payload, path)
+        raise _unreadable(path, error) from error
 
 
 def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple]:
-    return {k: tuple(v.shape) if torch.is_tensor(v) else tuple(v) for k, v in state.items()}
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def _mismatch(own: dict[str, tuple], given: dict[str, tuple]) -> str:
