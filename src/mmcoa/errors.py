@@ -23,7 +23,13 @@ class DatasetUnavailableError(MmcoaError):
 
 
 class BadImageError(MmcoaError):
-    """An image file of a dataset cannot be decoded (truncated, corrupt, not an image)."""
+    """An image file of a dataset cannot be decoded (truncated, corrupt, not an image).
+    ``what`` names the image and the decoder's complaint, without the advice the message adds
+    (a DataLoader worker's re-raise passes only a message: then ``what`` is that message)."""
+
+    def __init__(self, message: str, what: str | None = None):
+        super().__init__(message)
+        self.what = what or message
 
 
 def one_line(error: BaseException) -> str:

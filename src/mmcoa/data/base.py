@@ -66,10 +66,10 @@ class ClassificationDataset(Dataset):
             image, label = self._item(index)
         except UNREADABLE as error:
             source = self.source(index)
-            raise BadImageError(f"image {index} of {self.name} {self.split}"
-                                f"{f' ({source})' if source else ''} is unreadable "
-                                f"({type(error).__name__}: {first_line(error)}); fix or remove it, "
-                                f"or pass --skip-bad-images to skip and count such images") from error
+            what = (f"image {index} of {self.name} {self.split}{f' ({source})' if source else ''} "
+                    f"is unreadable ({type(error).__name__}: {first_line(error)})")
+            raise BadImageError(f"{what}; fix or remove it, or pass --skip-bad-images to skip and "
+                                f"count such images", what=what) from error
         if image.shape[0] == 1:
             image = image.repeat(3, 1, 1)
         return image, int(label)

@@ -16,7 +16,7 @@ from mmcoa.attacks import Attack, build_attack, eval_mode
 from mmcoa.attacks.base import seed_params
 from mmcoa.data import ClassificationDataset, load_dataset
 from mmcoa.distributed import SINGLE, World, max_over_ranks, sum_over_ranks
-from mmcoa.errors import BadImageError, MmcoaError, one_line
+from mmcoa.errors import BadImageError, MmcoaError
 from mmcoa.eval.metrics import Tally
 from mmcoa.eval.results import versions
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier, load_model, validate_model_name
@@ -153,7 +153,7 @@ def _readable_items(dataset, chunk, skip_bad_images: bool) -> tuple[list, int]:
         except BadImageError as error:
             if not skip_bad_images:
                 raise
-            print(f"mmcoa: warning: skipped {one_line(error).split('; fix')[0]}", file=sys.stderr)
+            print(f"mmcoa: warning: skipped {error.what}", file=sys.stderr)
     return items, len(chunk) - len(items)
 
 
