@@ -203,10 +203,9 @@ def _add_retrieval(commands) -> None:
 
 def _precision_for(attack_class, precision: str | None) -> dict | None:
     """``{"precision": ...}`` for an attack that takes it (image attacks), else nothing."""
-    import dataclasses
+    from mmcoa.attacks.base import parameter_names
 
-    fields = {f.name for f in dataclasses.fields(attack_class)}
-    return {"precision": precision} if precision and "precision" in fields else None
+    return {"precision": precision} if precision and "precision" in parameter_names(attack_class) else None
 
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
@@ -219,7 +218,7 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     names = attack_names(args.attacks)
     for name in names:
         RETRIEVAL_ATTACKS.get(name)
-    if args.precision and not set(names) - {"clean", "bert"}:
+    if args.precision and not any(_precision_for(RETRIEVAL_ATTACKS.get(n), args.precision) for n in names):
         raise MmcoaError(f"--precision applies to image attacks (pgd, coattack, sga); chosen: {args.attacks}")
     check_device(args.device)
     check_output(args.output, directory=False)

@@ -8,7 +8,6 @@ as :func:`mmcoa.eval.evaluate`, so the examples it shows are the ones the evalua
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -16,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from mmcoa.attacks import ATTACKS, Attack, AttackResult, build_attack, eval_mode
-from mmcoa.attacks.base import seed_params
+from mmcoa.attacks.base import parameter_names, seed_params
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.runner import attack_generator, sample_indices
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
@@ -27,7 +26,7 @@ def make_attack(attack: str | Attack, **params) -> Attack:
     (``None`` values are left at the attack's default)."""
     if isinstance(attack, Attack):
         return attack
-    accepted = {f.name for f in dataclasses.fields(ATTACKS.get(attack))}
+    accepted = set(parameter_names(ATTACKS.get(attack)))
     return build_attack(attack, **{k: v for k, v in params.items() if k in accepted and v is not None})
 
 

@@ -86,11 +86,16 @@ def build_attack(name: str, **params) -> Attack:
     return build_registered(ATTACKS, name, **params)
 
 
+def parameter_names(cls) -> list[str]:
+    """The parameters an attack class takes (its dataclass fields), in declaration order."""
+    return [f.name for f in dataclasses.fields(cls)]
+
+
 def build_registered(registry: Registry, name: str, **params):
     """Instantiate the dataclass registered in ``registry`` as ``name`` with ``params``; unknown
     names or parameters raise a one-line error listing what is accepted."""
     cls = registry.get(name)
-    accepted = [f.name for f in dataclasses.fields(cls)]
+    accepted = parameter_names(cls)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise MmcoaError(f"{registry.kind} {name!r} takes no parameter {', '.join(unknown)}; "

@@ -8,10 +8,9 @@ and iterations as ``steps``; attacks take pixel units and their dataclass field 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Mapping, Sequence
 
-from mmcoa.attacks.base import ATTACKS, build_registered
+from mmcoa.attacks.base import ATTACKS, build_registered, parameter_names
 from mmcoa.errors import MmcoaError
 from mmcoa.registry import Registry
 
@@ -50,7 +49,7 @@ def build_attacks(names: Sequence[str], params: Mapping[str, object],
     used: set[str] = set()
     attacks = []
     for name, cls in zip(names, classes):
-        accepted = {f.name for f in dataclasses.fields(cls)}
+        accepted = set(parameter_names(cls))
         attacks.append(build_registered(registry, name, **{k: v for k, v in params.items() if k in accepted}))
         used |= accepted & set(params)
     unused = sorted(set(params) - used)

@@ -53,7 +53,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from mmcoa.attacks.base import build_registered, check_range, eval_mode, seed_params
+from mmcoa.attacks.base import build_registered, check_range, eval_mode, parameter_names, seed_params
 from mmcoa.attacks.co_attack import embedding_kl
 from mmcoa.attacks.pgd import check_precision, maximize
 from mmcoa.attacks.sga import away_from_image, checked_noise_std, checked_scales, scaled_copies
@@ -429,7 +429,7 @@ def _as_attack(attack: str | RetrievalAttack, attack_params: dict | None, mlm: s
     if not isinstance(attack, str):
         return attack
     params = dict(attack_params or {})
-    if mlm is not None and "mlm" in {f.name for f in dataclasses.fields(RETRIEVAL_ATTACKS.get(attack))}:
+    if mlm is not None and "mlm" in parameter_names(RETRIEVAL_ATTACKS.get(attack)):
         params["mlm"] = mlm
     return build_retrieval_attack(attack, **params)
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcoa.attacks import ATTACKS
-from mmcoa.attacks.base import build_registered
+from mmcoa.attacks.base import build_registered, parameter_names
 from mmcoa.attacks.settings import SETTINGS, params_from_settings
 from mmcoa.errors import MmcoaError
 from mmcoa.registry import Registry
@@ -304,12 +304,6 @@ def _check_classification_dataset(where: str, name: str, split: str, options: di
     return {k: typed(f"{where}.options.{k}", v, kinds.get(k, "")) for k, v in options.items()}
 
 
-def _takes(attack_class, field: str) -> bool:
-    import dataclasses
-
-    return field in {f.name for f in dataclasses.fields(attack_class)}
-
-
 def _check_retrieval_dataset(where: str, name: str, split: str, options: dict) -> None:
     from mmcoa.data.coco import DATASET_NAME, SPLITS
 
@@ -327,7 +321,7 @@ def _attack(index: int, value: Any, task: str, precision: str | None = None) -> 
     settings = {k: v for k, v in value.items() if k not in ("name", "label")}
     try:
         registry = attack_registry(task)
-        if precision and "precision" not in settings and _takes(registry.get(value["name"]), "precision"):
+        if precision and "precision" not in settings and "precision" in parameter_names(registry.get(value["name"])):
             settings["precision"] = precision
         params = params_from_settings(_typed_settings(where, registry.get(value["name"]), settings))
         attack = build_registered(registry, value["name"], **params)

@@ -398,14 +398,14 @@ def _load_checkpoint(run: Path, config: TrainConfig, world: World = SINGLE) -> d
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise MmcoaError(f"--resume: {path} is not an mmcoa training checkpoint")
     mismatched = {k: (v, checkpoint["config"].get(k)) for k, v in _identity(config).items()
-                  if not _same_setting(k, checkpoint["config"].get(k), v, run)}
+                  if not _same_setting(k, checkpoint["config"].get(k), v)}
     if mismatched:
         detail = ", ".join(f"{k}={new!r} (checkpoint {old!r})" for k, (new, old) in mismatched.items())
         raise MmcoaError(f"--resume: settings differ from the checkpoint's: {detail}")
     return checkpoint
 
 
-def _same_setting(key: str, saved, given, run: Path) -> bool:
+def _same_setting(key: str, saved, given) -> bool:
     """Whether a resumed run's setting is the checkpoint's: a ``pretrained`` file may be named
     by another path (relative or absolute, through a link) if it resolves to the same file."""
     if saved == given:
