@@ -29,17 +29,19 @@ def configure_runtime(model: VisionLanguageModel, *, tf32: bool | None = None, c
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     compile_s = _compile_encoders(model, compile_backend) if compile else None
-    model.runtime = {"device": str(model.device), "tf32": tf32, "compile": bool(compile),
-                     "compile_s": compile_s, "attention": attention_kind(model)}
+    model.runtime = _record(model, tf32, compile_s)
     return model.runtime
 
 
 def runtime_of(model: VisionLanguageModel) -> dict:
-    """The ``runtime`` record field of ``model`` (defaults when never configured)."""
-    return getattr(model, "runtime", None) or {
-        "device": str(model.device), "tf32": bool(model.device.type == "cuda"
-                                                  and torch.backends.cuda.matmul.allow_tf32),
-        "compile": False, "compile_s": None, "attention": attention_kind(model)}
+    """The ``runtime`` record field of ``model`` (torch's current flags when never configured)."""
+    tf32 = model.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    return getattr(model, "runtime", None) or _record(model, tf32, None)
+
+
+def _record(model: VisionLanguageModel, tf32: bool, compile_s: float | None) -> dict:
+    return {"device": str(model.device), "tf32": bool(tf32), "compile": compile_s is not None,
+            "compile_s": compile_s, "attention": attention_kind(model)}
 
 
 def attention_kind(model: VisionLanguageModel) -> str:
