@@ -18,6 +18,7 @@ from mmcoa.cli import main
 from mmcoa.errors import MmcoaError
 from mmcoa.models import ZeroShotClassifier
 from conftest import assert_valid_perturbation
+from test_apgd import _count_forwarded_samples  # the same forward-pass counter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -201,13 +202,6 @@ def test_misclassified_samples_come_back_clean(classifier, predicted):
 
 
 # -- queries, edge cases, errors -----------------------------------------------------------------
-def _count_forwarded_samples(classifier):
-    counts = []
-    hook = classifier.model.model.visual.register_forward_pre_hook(
-        lambda m, args: counts.append(args[0].shape[0]))
-    return counts, hook
-
-
 @pytest.mark.parametrize("name,params,per_sample", [
     # apgd-ce 1 + 2·(3+1); apgd-t 1 + 3·2·(3+2); fab-t 1 + 3·2·(2·2+3); square 1 + 2·(5+2); 4 checks
     ("autoattack", dict(n_steps=3, fab_steps=2, square_queries=5), 9 + 31 + 43 + 15 + 4),
