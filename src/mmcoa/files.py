@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -69,6 +70,15 @@ def _disk_full(error: BaseException, folder: Path) -> bool:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
+    """Write JSON (indented, one final newline) to a temporary file beside ``path`` and rename
+    it into place, so a reader never sees half a file and an interrupted run leaves no partial
+    output."""
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
 
 
 def _umask() -> int:

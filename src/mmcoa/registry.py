@@ -19,7 +19,7 @@ class Registry(Generic[T]):
         @ATTACKS.register("pgd")
         class PGD: ...
 
-        ATTACKS.get("pgd")
+        ATTACKS.get("pgd") is PGD and PGD.name == "pgd"
     """
 
     def __init__(self, kind: str):
@@ -27,9 +27,18 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """Add an entry under ``name`` and set its ``name`` to it (a class attribute for a
+        class), so an entry always knows what it is registered as. An immutable entry (a
+        frozen dataclass) must already carry that name, if it has one."""
+
         def add(entry: T) -> T:
             if name in self._entries:
                 raise RuntimeError(f"{self.kind} {name!r} is registered twice")
+            try:
+                entry.name = name
+            except AttributeError:  # frozen dataclass (FrozenInstanceError), slots
+                if getattr(entry, "name", name) != name:
+                    raise ValueError(f"{self.kind} {entry.name!r} registered as {name!r}") from None
             self._entries[name] = entry
             return entry
 

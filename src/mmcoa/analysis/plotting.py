@@ -18,8 +18,8 @@ from typing import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mmcoa.eval.results import versions, write_json_atomic
-from mmcoa.files import atomic_path
+from mmcoa.files import atomic_path, write_json_atomic
+from mmcoa.provenance import versions
 
 DPI = 100
 

@@ -1,38 +1,20 @@
-"""Result records: the schema, atomic JSON writes and the printed table."""
+"""Result records: the schema, their atomic JSON file and the printed table."""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from mmcoa.files import atomic_path
+from mmcoa.files import write_json_atomic
+from mmcoa.provenance import PACKAGES, versions
+
+__all__ = ["PACKAGES", "RECORD_KEYS", "format_table", "read_records", "versions", "write_json_atomic",
+           "write_records"]  # versions and write_json_atomic live below eval (files, provenance)
 
 RECORD_KEYS = ("model", "pretrained", "dataset", "split", "attack", "attack_params", "n_samples",
                "accuracy", "top5", "seed", "elapsed_s", "versions")
-PACKAGES = ("mmcoa", "torch", "torchvision", "open_clip_torch", "transformers")
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and of the packages that decide a result."""
-    found = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
-def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place, so a reader
-    never sees half a file and an interrupted run leaves no partial output."""
-    with atomic_path(path) as tmp, open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
 
 
 def write_records(path: str | os.PathLike, records: Sequence[dict]) -> None:
