@@ -9,7 +9,7 @@ Reports training *images per second* (batch x steps / wall seconds) for each met
 (``ft-standard``, ``tecoa``, ``mmcoa``, ``fare``, ``pmg-aft``, ``vp``), all paths of a method in
 one process on the same model object, batch and labels:
 
-- ``ours``: the trainer's own step, :meth:`mmcoa.train.trainer._Loop._step` (``method.loss``
+- ``ours``: the trainer's own step, :meth:`mmcoa.train.trainer.TrainLoop.step` (``method.loss``
   under the configured precision, ``zero_grad``, ``backward``, AdamW step, logit-scale clamp).
   Its training PGD takes ``torch.autograd.grad`` with respect to the perturbation only; for
   ``mmcoa`` the adversarial class prompts come from one batched :class:`BertAttack` call on the
@@ -66,7 +66,7 @@ from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext, frozen_copy
 from mmcoa.train.objectives import fare_loss, pmg_aft_loss
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
-from mmcoa.train.trainer import _Loop, build_optimizer, build_schedule, total_steps
+from mmcoa.train.trainer import TrainLoop, build_optimizer, build_schedule, total_steps
 from pgd import bench_parser, machine, other_load, parse_bench_args, time_it  # noqa: E402  (bench/pgd.py: shared helpers)
 
 METHOD_NAMES = ("ft-standard", "tecoa", "mmcoa", "fare", "pmg-aft", "vp")
@@ -166,7 +166,7 @@ def train_config(cfg: Config, method: str, every: int, output: str) -> TrainConf
 
 
 class OursPath:
-    """The trainer's step (``_Loop._step``), ``every`` steps per call (one refresh per call)."""
+    """The trainer's step (``TrainLoop.step``), ``every`` steps per call (one refresh per call)."""
 
     def __init__(self, cfg: Config, method, model, frozen, dataset, images, labels, mlm, min_logit,
                  every: int, run_dir: str):
@@ -174,8 +174,8 @@ class OursPath:
         optimizer = build_optimizer(model, config)
         schedule = build_schedule(optimizer, config, total_steps(config, len(dataset)))
         text_attack = (BertAttack(mlm, k=config.k, max_words=config.max_words, min_logit=min_logit)
-                       if method.needs_text_attack and config.beta else None)
-        self.loop = _Loop(config, method, model, frozen, dataset, list(range(len(dataset))),
+                       if method.needs_text_attack and config.adv_text_weight else None)
+        self.loop = TrainLoop(config, method, model, frozen, dataset, list(range(len(dataset))),
                           optimizer, schedule, text_attack, Path(run_dir))
         self.state = {"step": 0, "adversarial_prompts": None}
         self.images, self.labels = images, labels
@@ -184,7 +184,7 @@ class OursPath:
     def __call__(self) -> None:
         for _ in range(self.steps_per_call):
             step = self.state["step"]
-            self.loop._step(step, self.state, self.images, self.labels)
+            self.loop.step(step, self.state, self.images, self.labels)
             self.state["step"] = step + 1
 
 
@@ -258,7 +258,7 @@ class NaivePath:
             scale, c = model.logit_scale, self.config
             image_term = clip_loss(model.encode_image(adv), model.encode_text(self.sample_prompts), scale)
             text_term = clip_loss(model.encode_image(images), model.encode_text(adversarial_prompts), scale)
-            return c.alpha * image_term + c.beta * text_term
+            return c.adv_image_weight * image_term + c.adv_text_weight * text_term
         if name == "fare":
             with torch.no_grad():
                 target = self.frozen.encode_image(images)
@@ -363,7 +363,7 @@ def bench_method(cfg: Config, name: str, base, dataset, images, labels, mlm, min
                      "grads_after_attack": naive.leaked if path == "naive" else ours_held,
                      "text_attack_s": text_s.get("naive" if path == "naive" else "ours"),
                      "other_load_cores": load})
-    del paths, naive, model, frozen
+    paths = naive = model = frozen = None  # drop them before empty_cache (timed() shares them)
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
     return rows

@@ -16,10 +16,11 @@ from mmcoa.attacks.sga import scaled_copies
 from mmcoa.attacks.text.tiny_mlm import train_tiny_mlm
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy, pre_caption
 from mmcoa.errors import DatasetUnavailableError, MmcoaError, UnknownNameError
-from mmcoa.eval import retrieval
-from mmcoa.eval.retrieval import (
+from mmcoa.attacks.retrieval import (
     RetrievalCoAttack, RetrievalPGD, RetrievalSGA, build_retrieval_attack, coattack_loss, encode_texts,
-    evaluate_retrieval, pgd_loss, recall_at_k, sga_loss)
+    pgd_loss, sga_loss)
+from mmcoa.eval import retrieval
+from mmcoa.eval.retrieval import evaluate_retrieval, recall_at_k
 from conftest import assert_valid_perturbation
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230),
@@ -396,7 +397,7 @@ def test_evaluate_sga_alternates_captions_and_images(tiny_model, coco, retrieval
 
 def test_attack_parameters_and_names():
     assert RetrievalCoAttack().step_size == pytest.approx(2 / 255 / 10 * 1.25)
-    assert RetrievalCoAttack().alpha == 3 and RetrievalPGD().eps == pytest.approx(2 / 255)
+    assert RetrievalCoAttack().text_weight == 3 and RetrievalPGD().eps == pytest.approx(2 / 255)
     assert RetrievalSGA().step_size == pytest.approx(0.5 / 255) and RetrievalSGA().n_steps == 10
     assert RetrievalSGA().eps == pytest.approx(2 / 255) and RetrievalSGA(scales=[2]).scales == (2.0,)
     with pytest.raises(UnknownNameError, match="known: bert, clean, coattack, pgd, sga"):
@@ -405,8 +406,8 @@ def test_attack_parameters_and_names():
         build_retrieval_attack("sga", scales=(0.5, 0))
     with pytest.raises(MmcoaError, match=r"noise_std must be in \[0, 1\]"):
         build_retrieval_attack("sga", noise_std=-0.1)
-    with pytest.raises(MmcoaError, match="takes no parameter alpha"):
-        build_retrieval_attack("pgd", alpha=3)
+    with pytest.raises(MmcoaError, match="takes no parameter text_weight"):
+        build_retrieval_attack("pgd", text_weight=3)
     with pytest.raises(MmcoaError, match="eps must be in"):
         build_retrieval_attack("pgd", eps=0)
 
@@ -474,7 +475,7 @@ def test_evaluate_coattack_uses_adversarial_captions(tiny_model, coco, retrieval
                                 attack_params={"n_steps": 2}, batch_size=3)
     assert record["attack"] == "coattack" and RECORD_KEYS <= set(record)
     assert record["attack_params"]["mlm"] == retrieval_mlm
-    assert record["attack_params"]["alpha"] == 3
+    assert record["attack_params"]["text_weight"] == 3
     assert record["attack_params"]["step_size"] == pytest.approx(2 / 255 / 2 * 1.25)
     assert 0 < record["n_captions_changed"] and record["mean_words_changed"] <= 1
     attack = RetrievalCoAttack(mlm=retrieval_mlm)

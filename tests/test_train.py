@@ -211,13 +211,13 @@ def test_mmcoa_loss_matches_hand_computation(alpha, beta):
 
 def test_mmcoa_ablations_skip_the_unused_attack(train_data, make_config, monkeypatch):
     """alpha = 0 runs no PGD; beta = 0 needs neither adversarial prompts nor a masked LM."""
-    config, model, method, frozen, _ = build("mmcoa", train_data, alpha=0.0, beta=1.0)
+    config, model, method, frozen, _ = build("mmcoa", train_data, adv_image_weight=0.0, adv_text_weight=1.0)
     images, labels = fixed_batch(train_data, 8)
     monkeypatch.setattr(methods_module, "train_pgd", lambda *a: pytest.fail("PGD ran with alpha=0"))
     _, terms = method.loss(context(config, model, frozen, train_data.prompts()), images, labels)
     assert set(terms) == {"text_adv"}
     monkeypatch.undo()
-    metrics = train(make_config("mmcoa", alpha=1.0, beta=0.0, mlm="/no/such/mlm", max_steps=1),
+    metrics = train(make_config("mmcoa", adv_image_weight=1.0, adv_text_weight=0.0, mlm="/no/such/mlm", max_steps=1),
                     progress=False)
     assert metrics["steps"] == 1
 
@@ -314,14 +314,14 @@ def test_resume_gives_bit_identical_weights(name, interrupt, extra, make_config,
     if interrupt == "max_steps":
         train(make_config(name, "resumed", max_steps=3, save_every=1, **extra), progress=False)
     else:
-        step = trainer._Loop._step
+        step = trainer.TrainLoop.step
 
         def crash_at_step_3(self, index, *args):
             if index == 3:
                 raise Interrupted
             return step(self, index, *args)
 
-        monkeypatch.setattr(trainer._Loop, "_step", crash_at_step_3)
+        monkeypatch.setattr(trainer.TrainLoop, "step", crash_at_step_3)
         with pytest.raises(Interrupted):
             train(resumed, progress=False)
         monkeypatch.undo()

@@ -155,13 +155,18 @@ def sum_over_ranks(values: list[float], world: World, device) -> list[float]:
     return tensor.tolist()
 
 
-def mean_terms_over_ranks(terms: dict[str, float], world: World, device) -> dict[str, float]:
-    """Each logged loss term averaged over ranks (one all-reduce)."""
-    if not world.distributed or not terms:
-        return terms
+def mean_terms_over_ranks(terms: dict, world: World, device) -> dict[str, float]:
+    """Each logged term (a float or a 0-d tensor, left on the device until now) averaged over
+    ranks, as floats: one all-reduce and one read to the host for all of them."""
+    if not terms:
+        return {}
     names = list(terms)
-    totals = sum_over_ranks([float(terms[n]) for n in names], world, device)
-    return {n: t / world.size for n, t in zip(names, totals)}
+    stacked = torch.stack([torch.as_tensor(terms[n], device=device).detach().double().reshape(())
+                           for n in names])
+    if world.distributed:
+        dist.all_reduce(stacked)
+        stacked /= world.size
+    return dict(zip(names, stacked.tolist()))
 
 
 def max_over_ranks(value: float, world: World, device) -> float:

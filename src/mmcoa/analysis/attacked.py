@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from mmcoa.attacks import ATTACKS, Attack, AttackResult, build_attack, eval_mode
-from mmcoa.attacks.base import parameter_names, seed_params
+from mmcoa.attacks.base import parameter_names, seed_identity
+from mmcoa.data.loading import BatchLoader
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.runner import attack_generator, sample_indices
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
@@ -50,21 +50,20 @@ class AttackedBatch:
 
 
 def attacked_batches(model: VisionLanguageModel, dataset, attack: Attack, *, n_samples: int | None,
-                     batch_size: int = 64, seed: int = 0, template: str | None = None
-                     ) -> Iterator[AttackedBatch]:
+                     batch_size: int = 64, seed: int = 0, template: str | None = None,
+                     workers: int | None = None) -> Iterator[AttackedBatch]:
     """Seeded subset of ``dataset``, batch by batch: clean images, the attack's result and the
     zero-shot predictions before and after."""
     attack.prepare(str(model.device))
     classifier = ZeroShotClassifier(model, dataset.prompts(template))
     indices = sample_indices(len(dataset), n_samples, seed)
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+    batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
     with eval_mode(model):
-        for batch_index, (images, labels) in enumerate(loader):
-            images, labels = images.to(model.device), labels.to(model.device)
-            generator = attack_generator(model.device, seed, batch_index, attack.name, seed_params(attack.params()))
+        for batch in BatchLoader(dataset, batches, device=model.device, workers=workers, seed=seed):
+            images, labels = batch.images, batch.labels
+            generator = attack_generator(model.device, seed, batch.position, *seed_identity(attack))
             result = attack(classifier, images, labels, generator)
             with torch.no_grad():
                 clean = classifier.logits(images).argmax(1)
                 attacked = classifier.logits(result.images, result.class_embeddings).argmax(1)
-            start = batch_index * batch_size
-            yield AttackedBatch(indices[start:start + len(labels)], images, labels, result, clean, attacked)
+            yield AttackedBatch(batch.indices, images, labels, result, clean, attacked)

@@ -54,7 +54,7 @@ def checkpoint_points(run: Run, extra: Mapping[float, str] | None = None) -> lis
 
 def _trainer_step(path: Path) -> int | None:
     """The optimizer step stored in an ``mmcoa train`` checkpoint; None for other files."""
-    from mmcoa.train.trainer import CHECKPOINT_FORMAT
+    from mmcoa.train.checkpointing import CHECKPOINT_FORMAT
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

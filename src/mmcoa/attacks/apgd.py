@@ -28,7 +28,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from mmcoa.attacks.base import Attack, AttackResult, check_range, eval_mode, register_attack
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, check_range, eval_mode
 from mmcoa.attacks.pgd import NORMS, autocast_for, check_precision
 from mmcoa.errors import MmcoaError
 from mmcoa.models.zeroshot import ZeroShotClassifier
@@ -215,7 +215,7 @@ def perturb(attack, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return robust, adv.detach()
 
 
-@register_attack("apgd")
+@ATTACKS.register("apgd")
 @dataclass
 class APGD(APGDBase):
     """APGD-CE then APGD-T (AutoAttack's apgd-ce + apgd-t), worst case per sample.
@@ -229,16 +229,27 @@ class APGD(APGDBase):
     clean image when neither did, so robust accuracy is the fraction that survives both.
 
     Arguments (pixel units on [0, 1] images):
-        eps: radius of the ``norm`` ball (``"linf"`` or ``"l2"``); x + delta stays in [0, 1].
-        n_steps: iterations per run (AutoAttack: 100). Step sizes are adaptive (start 2·eps,
-            halved on oscillation with threshold ``rho``), hence no step-size argument.
-        n_restarts: random restarts per run, each on the samples not yet fooled.
-        seed: torchattacks' seed when no ``generator`` is passed; with a generator the seed is
-            drawn from it, so results are deterministic given the generator. The caller's global
-            RNG state is left unchanged either way.
-        n_target_classes: target classes for APGD-T (AutoAttack: 9); capped at C - 1.
+        eps (float): radius of the ``norm`` ball; x + delta stays in [0, 1]. (Default: 1/255)
+        norm (str): ``"linf"`` or ``"l2"``. (Default: ``"linf"``)
+        n_steps (int): iterations per run (AutoAttack: 100). Step sizes are adaptive (start
+            2·eps, halved on oscillation with threshold ``rho``), hence no step-size argument.
+            (Default: 100)
+        n_restarts (int): random restarts per run, each on the samples not yet fooled.
+            (Default: 1)
+        seed (int): torchattacks' seed when no ``generator`` is passed; with a generator the
+            seed is drawn from it, so results are deterministic given the generator. The
+            caller's global RNG state is left unchanged either way. (Default: 0)
+        rho (float): the step-size halving threshold, a fraction of the steps. (Default: 0.75)
+        precision (str): ``"fp32"`` or ``"bf16"`` autocast. (Default: ``"fp32"``)
+        n_target_classes (int): target classes for APGD-T (AutoAttack: 9); capped at C - 1.
+            (Default: 9)
 
-    Shapes: images [B, 3, H, W] in [0, 1], labels [B]; returns images of the same shape.
+    Shape:
+        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
+        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - output: ``AttackResult.images``, ``(B, 3, H, W)`` in [0, 1] and within ``eps`` of
+          ``images`` in the ``norm``.
+
     ``queries`` is the worst-case count of forward passes (each with one backward) per sample.
     With C < 2 classes the images come back unchanged; targeted runs with 2–3 classes use the
     targeted logit margin since the DLR denominator needs four classes.
@@ -265,7 +276,7 @@ class APGD(APGDBase):
         return adv, self.apgd_ce_queries() + self.apgd_t_queries(targets)
 
 
-@register_attack("apgd-ce")
+@ATTACKS.register("apgd-ce")
 @dataclass
 class APGDCE(APGDBase):
     """APGD on the cross-entropy (AutoAttack's apgd-ce), via torchattacks' ``APGD``.
@@ -285,7 +296,7 @@ class APGDCE(APGDBase):
         return perturb(self.apgd_ce_attack(adapter, seed), images, labels)[1], self.apgd_ce_queries()
 
 
-@register_attack("apgd-t")
+@ATTACKS.register("apgd-t")
 @dataclass
 class APGDT(APGDBase):
     """APGD on the targeted DLR loss (AutoAttack's apgd-t), via torchattacks' ``APGDT``.

@@ -28,7 +28,7 @@ import torchattacks
 
 from mmcoa.attacks.apgd import (MAX_SEED, TORCHATTACKS_NORMS, APGDBase, LogitsModule,
                                 TorchattacksAttack, check_ball, check_int, target_count)
-from mmcoa.attacks.base import check_range, register_attack
+from mmcoa.attacks.base import ATTACKS, check_range
 
 STANDARD = {"n_steps": 100, "n_restarts": 1, "n_target_classes": 9, "fab_steps": 100,
             "square_queries": 5000}  # the reference code's set_version("standard")
@@ -51,7 +51,7 @@ def square_queries(n_queries: int, n_restarts: int) -> int:
     return 1 + n_restarts * (n_queries + 2)
 
 
-@register_attack("autoattack")
+@ATTACKS.register("autoattack")
 @dataclass
 class AutoAttack(APGDBase):
     """AutoAttack (standard): APGD-CE, APGD-T, FAB-T, Square, each on the samples still correct.
@@ -65,14 +65,24 @@ class AutoAttack(APGDBase):
 
     Arguments (pixel units on [0, 1] images); the defaults are the reference code's standard
     budgets (the paper's Table 1), not torchattacks' 10-iteration ``AutoAttack``:
-        eps: radius of the ``norm`` ball (``"linf"`` or ``"l2"``); x + delta stays in [0, 1].
-        n_steps: APGD-CE and APGD-T iterations per run (100).
-        n_restarts: restarts of every attack (1).
-        n_target_classes: target classes of APGD-T and of FAB-T (9), capped at C - 1; with
+        eps (float): radius of the ``norm`` ball; x + delta stays in [0, 1]. (Default: 1/255)
+        norm (str): ``"linf"`` or ``"l2"``. (Default: ``"linf"``)
+        n_steps (int): APGD-CE and APGD-T iterations per run. (Default: 100)
+        n_restarts (int): restarts of every attack. (Default: 1)
+        n_target_classes (int): target classes of APGD-T and of FAB-T, capped at C - 1; with
             2–3 classes APGD-T uses the targeted logit margin (the DLR loss needs four).
-        fab_steps: FAB-T iterations per target class (100).
-        square_queries: Square queries per restart (5,000).
-        seed, rho: as for :class:`mmcoa.attacks.apgd.APGD`.
+            (Default: 9)
+        fab_steps (int): FAB-T iterations per target class. (Default: 100)
+        square_queries (int): Square queries per restart. (Default: 5000)
+        seed (int), rho (float), precision (str): as for :class:`mmcoa.attacks.apgd.APGD`.
+            (Default: 0, 0.75, ``"fp32"``)
+
+    Shape:
+        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
+        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - output: ``AttackResult.images``, ``(B, 3, H, W)`` in [0, 1] and within ``eps`` of
+          ``images`` in the ``norm``.
+
 
     ``queries`` is the worst-case number of forward passes per sample (a sample no attack
     fools): each attack's own count plus ``MultiAttack``'s check after each attack.
@@ -118,7 +128,7 @@ class AutoAttack(APGDBase):
         return adv.detach(), self.queries(n_classes)
 
 
-@register_attack("square")
+@ATTACKS.register("square")
 @dataclass
 class Square(TorchattacksAttack):
     """Square Attack (black-box random search on the margin loss), via torchattacks' ``Square``.
@@ -129,10 +139,21 @@ class Square(TorchattacksAttack):
     the classifier's logits, never a gradient, so it is the gradient-masking check of
     ``mmcoa analyze sanity``: a black-box attack should not beat a white-box one.
 
-    Arguments (pixel units): eps and norm (``"linf"`` or ``"l2"``) as for PGD; n_queries per
-    restart (AutoAttack: 5,000); n_restarts (1); p_init, the fraction of pixels the first
-    squares cover (0.8); seed as for :class:`mmcoa.attacks.apgd.APGD`. ``queries`` is the
-    worst case per sample: ``1 + n_restarts · (n_queries + 2)``.
+    Arguments (pixel units):
+        eps (float): radius of the ``norm`` ball. (Default: 1/255)
+        norm (str): ``"linf"`` or ``"l2"``. (Default: ``"linf"``)
+        n_queries (int): queries per restart (AutoAttack: 5,000). (Default: 5000)
+        n_restarts (int): restarts, each on the samples not yet fooled. (Default: 1)
+        p_init (float): fraction of the pixels the first squares cover. (Default: 0.8)
+        seed (int): as for :class:`mmcoa.attacks.apgd.APGD`. (Default: 0)
+
+    Shape:
+        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
+        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - output: ``AttackResult.images``, ``(B, 3, H, W)`` in [0, 1] and within ``eps`` of
+          ``images`` in the ``norm``.
+
+    ``queries`` is the worst case per sample: ``1 + n_restarts · (n_queries + 2)``.
 
     Example::
 

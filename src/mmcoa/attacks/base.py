@@ -20,7 +20,7 @@ from mmcoa.errors import MmcoaError
 from mmcoa.models.zeroshot import ZeroShotClassifier
 from mmcoa.registry import Registry
 
-ATTACKS: Registry[type["Attack"]] = Registry("attack")
+ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 @dataclass
@@ -70,14 +70,13 @@ def seed_params(params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in RUNTIME_FIELDS}
 
 
-def register_attack(name: str):
-    """Class decorator: register an attack under ``name`` and remember the name on the class."""
-
-    def add(cls: type[Attack]) -> type[Attack]:
-        cls.name = name
-        return ATTACKS.register(name)(cls)
-
-    return add
+def seed_identity(attack: Attack) -> tuple[str, dict]:
+    """What seeds an attack's randomness: its name and :func:`seed_params`. A Sep attack (one
+    with an independent ``image_attack`` part) is seeded as that part alone, so its images are
+    exactly those of the image attack run on its own (and can be reused from it)."""
+    inner = getattr(attack, "image_attack", None)
+    target = attack if inner is None else inner
+    return target.name, seed_params(target.params())
 
 
 def build_attack(name: str, **params) -> Attack:
@@ -123,10 +122,15 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-@register_attack("clean")
+@ATTACKS.register("clean")
 @dataclass
 class Clean(Attack):
-    """No attack: the images as they are (the clean-accuracy row)."""
+    """No attack: the images as they are (the clean-accuracy row). No arguments.
+
+    Shape:
+        - images: ``(B, 3, H, W)``, float pixels in [0, 1]; labels: ``(B,)``.
+        - output: ``AttackResult.images``, ``images`` themselves; ``queries`` 0.
+    """
 
     def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
         return AttackResult(images=images, queries=0)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmcoa.attacks.base import Attack, AttackResult, check_range, register_attack
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, check_range
 from mmcoa.attacks.text.bert_attack import BertAttack, TextEdit
 from mmcoa.models.zeroshot import ZeroShotClassifier
 
@@ -82,13 +82,25 @@ def per_class_costs(edits: list[TextEdit], labels: torch.Tensor) -> tuple[float,
     return queries, changed
 
 
-@register_attack("bert")
+@ATTACKS.register("bert")
 @dataclass
 class BertPrompts(UsesBertAttack):
     """BERT-Attack on the class prompts, label-agnostic (paper Eq. 4; Li et al. 2020).
 
     Images stay clean; all are classified against the adversarial prompt set. Queries are
     those spent on the sample's own class prompt (shared by all images of the class).
+
+    Arguments:
+        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
+            (Default: ``"bert-base-uncased"``; ``minilm``: the demo's offline encoder)
+        k (int): candidates per word. (Default: 10)
+        max_words (int): words changed per prompt at most. (Default: 1)
+
+    Shape:
+        - images: ``(B, 3, H, W)``, float pixels in [0, 1]; returned unchanged.
+        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - output: ``AttackResult.class_embeddings`` ``(C, D)``, the attacked prompt set, normalized;
+          ``words_changed`` ``(B,)``; ``adversarial_prompts`` (C strings).
     """
 
     def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
@@ -98,7 +110,7 @@ class BertPrompts(UsesBertAttack):
                             words_changed=changed, adversarial_prompts=[e.adversarial for e in edits])
 
 
-@register_attack("bert-targeted")
+@ATTACKS.register("bert-targeted")
 @dataclass
 class BertTargeted(UsesBertAttack):
     """Per-image BERT-Attack on the true class prompt (beyond the paper, stronger).
@@ -106,6 +118,19 @@ class BertTargeted(UsesBertAttack):
     For each image, the edit of its true-class prompt (within the word budget) that lowers
     the image's true-class probability most; an edit is kept only if it lowers it, so the
     attack never raises the true-class probability.
+
+    Arguments:
+        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
+            (Default: ``"bert-base-uncased"``; ``minilm``: the demo's offline encoder)
+        k (int): candidates per word. (Default: 10)
+        max_words (int): words changed per prompt at most. (Default: 1)
+
+    Shape:
+        - images: ``(B, 3, H, W)``, float pixels in [0, 1]; returned unchanged.
+        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - output: ``AttackResult.class_embeddings`` ``(B, C, D)``, normalized: each image's
+          prompt set with its own true-class edit; ``words_changed`` ``(B,)``;
+          ``adversarial_prompts`` None (the prompts differ per image).
     """
 
     def __call__(self, classifier, images, labels, generator=None) -> AttackResult:

@@ -4,7 +4,7 @@ models"), adapted to zero-shot classification as the MMCoA evaluation uses it (p
 Text first: the class prompts are BERT-attacked (paper Eq. 4). Then the image perturbation
 maximizes, per image,
 
-    KL(softmax(e_clean) ‖ softmax(e_adv)) + alpha · KL(softmax(t_adv) ‖ softmax(e_adv)),
+    KL(softmax(e_clean) ‖ softmax(e_adv)) + text_weight · KL(softmax(t_adv) ‖ softmax(e_adv)),
 
 with e the normalized image embeddings, t_adv the adversarial prompt of the image's class and
 softmax over embedding dimensions. The random start is uniform in the ball with both signs
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmcoa.attacks.base import AttackResult, check_range, eval_mode, register_attack
+from mmcoa.attacks.base import ATTACKS, AttackResult, check_range, eval_mode
 from mmcoa.attacks.bert import UsesBertAttack, per_class_costs
 from mmcoa.attacks.pgd import check_precision, maximize
 
@@ -29,20 +29,39 @@ def embedding_kl(reference: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
                     reduction="none").sum(-1)
 
 
-@register_attack("coattack")
+@ATTACKS.register("coattack")
 @dataclass
 class CoAttack(UsesBertAttack):
     """Co-Attack: adversarial prompts, then an image perturbation guided by them.
 
     Defaults (classification, paper Table V): L-inf eps 1/255, step 1/255, 100 steps,
-    alpha 3, BERT-Attack k 10 / 1 word. Retrieval uses eps 2/255, 10 steps,
+    text_weight 3 (the published code's alpha), BERT-Attack k 10 / 1 word. Retrieval uses eps 2/255, 10 steps,
     step eps/steps·1.25.
+
+    Arguments (eps and step_size in pixel units):
+        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
+            (Default: ``"bert-base-uncased"``; ``minilm``: the demo's offline encoder)
+        k (int): candidates per word. (Default: 10)
+        max_words (int): words changed per prompt at most. (Default: 1)
+        eps (float): L-inf radius of the image perturbation. (Default: 1/255)
+        step_size (float): sign step of the image ascent. (Default: 1/255)
+        n_steps (int): image iterations. (Default: 100)
+        text_weight (float): weight of the KL to the attacked prompt's embedding against the KL
+            to the clean image's (the published code's ``alpha``). (Default: 3.0)
+        precision (str): ``"fp32"`` or ``"bf16"`` autocast for the image part. (Default: ``"fp32"``)
+
+    Shape:
+        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
+        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - output: ``AttackResult.images`` ``(B, 3, H, W)`` in [0, 1] and within L-inf ``eps``
+          of ``images``; ``class_embeddings`` ``(C, D)``, the attacked prompt set, normalized;
+          ``words_changed`` ``(B,)``.
     """
 
     eps: float = 1 / 255
     step_size: float = 1 / 255
     n_steps: int = 100
-    alpha: float = 3.0
+    text_weight: float = 3.0  # Co-Attack's alpha: weight of the text-guidance KL
     precision: str = "fp32"
 
     def __post_init__(self):
@@ -51,7 +70,7 @@ class CoAttack(UsesBertAttack):
         check_range("eps", self.eps, 0, 1)
         check_range("step_size", self.step_size, 0, 1)
         check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
-        check_range("alpha", self.alpha, 0, 1e6, low_open=False)
+        check_range("text_weight", self.text_weight, 0, 1e6, low_open=False)
 
     def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
         model = classifier.model
@@ -63,7 +82,7 @@ class CoAttack(UsesBertAttack):
 
             def loss_fn(adv):
                 moving = model.encode_image(adv, normalize=True).float()
-                return embedding_kl(clean, moving) + self.alpha * embedding_kl(text, moving)
+                return embedding_kl(clean, moving) + self.text_weight * embedding_kl(text, moving)
 
             adversarial = maximize(loss_fn, images, eps=self.eps, step_size=self.step_size,
                                    n_steps=self.n_steps, generator=generator,

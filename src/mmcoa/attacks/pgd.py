@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from mmcoa.attacks.base import Attack, AttackResult, check_range, eval_mode, register_attack
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, check_range, eval_mode
 from mmcoa.errors import MmcoaError
 from mmcoa.models.zeroshot import top_k_correct
 
@@ -67,7 +67,7 @@ def project(delta: torch.Tensor, images: torch.Tensor, eps: float, norm: str):
 
 
 def maximize(loss_fn: LossFn, images: torch.Tensor, *, eps: float, step_size: float, n_steps: int,
-             norm: str = "linf", start: bool = True, generator: "torch.Generator | RowsOf | None" = None,
+             norm: str = "linf", start: bool = True, generator: torch.Generator | RowsOf | None = None,
              precision: str = "fp32") -> torch.Tensor:
     """Ascend ``loss_fn(adv).sum()`` for ``n_steps`` steps inside the eps-ball around ``images``.
 
@@ -104,7 +104,7 @@ def _l2(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))
 
 
-@register_attack("pgd")
+@ATTACKS.register("pgd")
 @dataclass
 class PGD(Attack):
     """PGD on the zero-shot cross-entropy (paper Eq. 3).
@@ -114,6 +114,23 @@ class PGD(Attack):
     Defaults are the paper's test setting: eps 1/255, step 1/255, 100 steps, one random start.
     With ``n_restarts > 1`` each sample keeps a restart that fools the classifier when one does
     (the highest-loss one among those), else the highest-loss restart.
+
+    Arguments (pixel units: a 1/255 on the command line is ``1 / 255`` here):
+        eps (float): radius of the ``norm`` ball. (Default: 1/255)
+        step_size (float): step per iteration (L-inf: sign step; L2: along the normalized
+            gradient). (Default: 1/255)
+        n_steps (int): iterations. (Default: 100)
+        norm (str): ``"linf"`` or ``"l2"``. (Default: ``"linf"``)
+        random_start (bool): start uniformly in the ball instead of at the image. (Default: True)
+        n_restarts (int): independent runs; each sample keeps its best. (Default: 1)
+        precision (str): ``"fp32"`` or ``"bf16"`` (autocast for the forward passes; the random
+            start does not depend on it). (Default: ``"fp32"``)
+
+    Shape:
+        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
+        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - output: ``AttackResult.images``, ``(B, 3, H, W)`` in [0, 1] and within ``eps`` of
+          ``images`` in the ``norm``.
 
     Example::
 

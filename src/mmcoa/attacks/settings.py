@@ -1,9 +1,9 @@
 """Attack settings as users write them (``mmcoa eval`` flags, suite YAML files) → attacks.
 
-Users give eps and the step size in units of 1/255 (the field's habit: ``eps: 1`` means 1/255)
-and iterations as ``steps``; attacks take pixel units and their dataclass field names
-(``eps=1/255``, ``n_steps``). :func:`params_from_settings` converts the one into the other, and
-:func:`build_attacks` hands each attack the parameters it accepts.
+Users give eps and the step size in units of 1/255 (the field's habit: ``eps: 1`` means 1/255);
+attacks take pixel units (``eps=1/255``). Settings, flags and attack fields share one name
+(``n_steps``, ``n_restarts``, ``text_weight``). :func:`params_from_settings` converts the units,
+and :func:`build_attacks` hands each attack the parameters it accepts.
 """
 
 from __future__ import annotations
@@ -13,32 +13,34 @@ from typing import Callable, Mapping, Sequence
 from mmcoa.attacks.base import ATTACKS, build_registered, parameter_names
 from mmcoa.errors import MmcoaError
 from mmcoa.registry import Registry
+from mmcoa.units import from_255
 
 PER_255 = ("eps", "step_size")  # given in units of 1/255
-SETTINGS = {"eps": "eps", "step_size": "step_size", "steps": "n_steps", "norm": "norm",
-            "restarts": "n_restarts", "mlm": "mlm", "k": "k", "max_words": "max_words",
-            "alpha": "alpha", "precision": "precision"}  # user name → attack field
+SETTINGS = ("eps", "step_size", "n_steps", "norm", "n_restarts", "mlm", "k", "max_words",
+            "text_weight", "precision")  # the attack fields users set by name (flags, suite YAMLs)
+RENAMED = {"steps": "n_steps", "restarts": "n_restarts", "alpha": "text_weight"}  # old spellings
 
 
 def params_from_settings(settings: Mapping[str, object],
                          spell: Callable[[str], str] = str) -> dict:
-    """Attack parameters (pixel units, field names) from user ``settings``; unset (None) values
-    are dropped and names outside :data:`SETTINGS` pass through unchanged (e.g. ``scales``).
-    ``spell(name)`` is how an error names a setting (``--step-size`` on the command line)."""
+    """Attack parameters (pixel units) from user ``settings``; unset (None) values are dropped
+    and other names pass through unchanged (e.g. ``scales``); an old spelling (``steps``) is a
+    one-line error naming the new one. ``spell(name)`` is how an error names a setting
+    (``--step-size`` on the command line)."""
     params = {}
     for name, value in settings.items():
+        if name in RENAMED:
+            raise MmcoaError(f"{spell(name)} was renamed to {spell(RENAMED[name])} (the attack's "
+                             "field name)")
         if value is None:
             continue
-        params[SETTINGS.get(name, name)] = per_255(value, spell(name)) if name in PER_255 else value
+        params[name] = per_255(value, spell(name)) if name in PER_255 else value
     return params
 
 
 def per_255(value: object, spelled: str) -> float:
-    """``value`` (units of 1/255, in (0, 255]) in pixel units, or a one-line error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 255:
-        shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
-        raise MmcoaError(f"{spelled} must be in (0, 255] (units of 1/255); got {shown}")
-    return value / 255
+    """``value`` (units of 1/255, from 0.1 to 255) in pixel units, or a one-line error."""
+    return from_255(value, spelled)
 
 
 def build_attacks(names: Sequence[str], params: Mapping[str, object],

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from mmcoa.attacks.base import AttackResult, check_range, eval_mode, register_attack
+from mmcoa.attacks.base import ATTACKS, AttackResult, check_range, eval_mode
 from mmcoa.attacks.bert import (UsesBertAttack, encode_unique, per_image_prompt_edits,
                                 prompt_edit_result)
 from mmcoa.attacks.pgd import check_precision, maximize
@@ -83,11 +83,34 @@ def away_from_image(encode: Callable[[list[str]], torch.Tensor], image_features:
     return score
 
 
-@register_attack("sga")
+@ATTACKS.register("sga")
 @dataclass
 class SGA(UsesBertAttack):
     """Set-level Guidance Attack: alternating text and multi-scale image updates;
-    ``noise_std`` is the std of the Gaussian noise added before each rescale (0 disables)."""
+    ``noise_std`` is the std of the Gaussian noise added before each rescale (0 disables).
+
+    Arguments (eps and step_size in pixel units):
+        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
+            (Default: ``"bert-base-uncased"``; ``minilm``: the demo's offline encoder)
+        k (int): candidates per word. (Default: 10)
+        max_words (int): words changed per prompt at most. (Default: 1)
+        eps (float): L-inf radius of the image perturbation. (Default: 2/255)
+        step_size (float): sign step of the image updates. (Default: 0.5/255)
+        n_steps (int): image iterations. (Default: 10)
+        scales (tuple of float): resize factors of the image set, besides the image itself,
+            each in (0, 8]. (Default: ``(0.5, 0.75, 1.25, 1.5)``)
+        noise_std (float): std of the Gaussian noise added before each rescale, in pixel
+            units; 0 disables it. (Default: 0.05)
+        precision (str): ``"fp32"`` or ``"bf16"`` autocast for the image part. (Default: ``"fp32"``)
+
+    Shape:
+        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
+        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - output: ``AttackResult.images`` ``(B, 3, H, W)`` in [0, 1] and within L-inf ``eps``
+          of ``images``; ``class_embeddings`` ``(B, C, D)``, normalized: each image's prompt
+          set with its true-class prompt edited away from its adversarial image;
+          ``words_changed`` ``(B,)``.
+    """
 
     eps: float = 2 / 255
     step_size: float = 0.5 / 255

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
+from torchvision.transforms.functional import pil_to_tensor, to_tensor
 
 from mmcoa.errors import BadImageError, DatasetUnavailableError, MmcoaError
 from mmcoa.registry import Registry
@@ -32,6 +33,16 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
     """The data folder: ``root`` if given, else ``$MMCOA_DATA``, else ``~/.cache/mmcoa/data``."""
     chosen = root if root is not None else os.environ.get(DEFAULT_ROOT_ENV, "~/.cache/mmcoa/data")
     return Path(chosen).expanduser()
+
+
+def to_image_tensor(image) -> torch.Tensor:
+    """A PIL image as a ``[C, H, W]`` tensor: uint8 for 8-bit modes (``L``, ``RGB``), which the
+    batch pipeline turns into float [0, 1] on the device exactly as ``ToTensor`` would on the
+    host; float [0, 1] (``ToTensor``) for any other mode. The last step of every file dataset's
+    transform (a module-level function, so transforms pickle for worker processes)."""
+    if image.mode in ("L", "RGB"):
+        return pil_to_tensor(image)
+    return to_tensor(image)
 
 
 def first_line(error: BaseException) -> str:
@@ -61,7 +72,16 @@ class ClassificationDataset(Dataset):
     def _item(self, index: int) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
 
+    in_memory = False  # True for datasets held as one tensor: nothing to decode, no workers needed
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Item ``index`` with a float ``[3, H, W]`` image in [0, 1]."""
+        image, label = self.raw_item(index)
+        return (image.float().div_(255) if image.dtype == torch.uint8 else image), label
+
+    def raw_item(self, index: int) -> tuple[torch.Tensor, int]:
+        """Item ``index`` as stored: a ``[3, H, W]`` image, uint8 where the source is 8-bit (what
+        the batch pipeline sends from its workers), else float [0, 1]."""
         try:
             image, label = self._item(index)
         except UNREADABLE as error:
@@ -93,8 +113,11 @@ class ClassificationDataset(Dataset):
 class TensorClassificationDataset(ClassificationDataset):
     """Images held in memory as one tensor ``[N, H, W]`` (grey) or ``[N, C, H, W]``.
 
-    ``uint8`` images are scaled to ``[0, 1]`` one item at a time, so memory stays at one byte a pixel.
+    ``uint8`` images are scaled to ``[0, 1]`` one item at a time (by ``__getitem__``; the batch
+    pipeline scales whole batches on the device), so memory stays at one byte a pixel.
     """
+
+    in_memory = True
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, **info):
         super().__init__(image_size=tuple(images.shape[-2:]), **info)
@@ -108,8 +131,6 @@ class TensorClassificationDataset(ClassificationDataset):
         image = self.images[index]
         if image.dim() == 2:
             image = image.unsqueeze(0)
-        if image.dtype == torch.uint8:
-            image = image.float().div_(255)
         return image, int(self.labels[index])
 
 

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from mmcoa.data.base import to_image_tensor
 from mmcoa.errors import DatasetUnavailableError, MmcoaError
 
 DATASET_NAME = "mscoco_karpathy"
@@ -80,6 +81,11 @@ class RetrievalDataset(Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, index = self.raw_item(index)
+        return image.float().div_(255) if image.dtype == torch.uint8 else image, index
+
+    def raw_item(self, index: int) -> tuple[torch.Tensor, int]:
+        """Image ``index`` as the batch pipeline sends it (uint8 ``[3, H, W]``) and its index."""
         from PIL import Image
 
         path = self.image_paths[index]
@@ -90,7 +96,7 @@ class RetrievalDataset(Dataset):
             raise DatasetUnavailableError(f"dataset {self.name}: image {path} is missing") from None
         return tensor, index
 
-    def subset(self, indices: Sequence[int]) -> "RetrievalDataset":
+    def subset(self, indices: Sequence[int]) -> RetrievalDataset:
         """The given images (in the given order) with all of their captions."""
         return RetrievalDataset([self.image_paths[i] for i in indices],
                                 [[self.captions[j] for j in self.image_to_captions[i]] for i in indices],
@@ -107,7 +113,7 @@ def _transform(image_size: int):
 
     return transforms.Compose([
         transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
+        to_image_tensor,
     ])
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from mmcoa.data.base import WrappedClassificationDataset, require_dir
+from mmcoa.data.base import WrappedClassificationDataset, require_dir, to_image_tensor
 from mmcoa.errors import MmcoaError
 
 PREFIX = "imagefolder:"
 IMAGE_SIZE = (224, 224)
 TRANSFORM = transforms.Compose([
-    transforms.Resize(256), transforms.CenterCrop(IMAGE_SIZE), transforms.ToTensor(),
+    transforms.Resize(256), transforms.CenterCrop(IMAGE_SIZE), to_image_tensor,
 ])
 
 

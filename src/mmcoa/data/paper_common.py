@@ -2,7 +2,7 @@
 
 Image transforms follow the MMCoA/TeCoA code (REFERENCE_NOTES, "images"): low-resolution sets
 (STL10, TinyImageNet) stay at their native size, every other set is ``Resize(256)`` +
-``CenterCrop(224)``; both end in ``ToTensor`` (float ``[0, 1]``) after converting to RGB, so grey,
+``CenterCrop(224)``; both end in ``to_image_tensor`` (uint8, float ``[0, 1]`` on the device) after converting to RGB, so grey,
 palette and CMYK files all give 3 channels. Attacks perturb pixels at that size; the model wrapper
 resizes to its own input size.
 
@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from mmcoa.data.base import (DEFAULT_TEMPLATE, DatasetSpec, WrappedClassificationDataset,
-                             first_line, register_dataset, resolve_root)
+                             first_line, register_dataset, resolve_root, to_image_tensor)
 from mmcoa.errors import DatasetUnavailableError, MmcoaError
 
 CROP_SIZE = (224, 224)
@@ -40,10 +40,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-NATIVE = transforms.Compose([transforms.Lambda(to_rgb), transforms.ToTensor()])
+NATIVE = transforms.Compose([transforms.Lambda(to_rgb), to_image_tensor])
 """Native resolution, for CIFAR-like sets (STL10 96 px, TinyImageNet 64 px)."""
 RESIZED = transforms.Compose([transforms.Lambda(to_rgb), transforms.Resize(256),
-                              transforms.CenterCrop(CROP_SIZE), transforms.ToTensor()])
+                              transforms.CenterCrop(CROP_SIZE), to_image_tensor])
 """``Resize(256)`` + ``CenterCrop(224)``, for every other set."""
 
 

@@ -6,9 +6,8 @@ import pickle
 from pathlib import Path
 
 from torchvision import datasets
-from torchvision.transforms import ToTensor
 
-from mmcoa.data.base import (DatasetSpec, WrappedClassificationDataset, first_line,
+from mmcoa.data.base import (DatasetSpec, WrappedClassificationDataset, first_line, to_image_tensor,
                              register_dataset, resolve_root)
 from mmcoa.errors import DatasetUnavailableError, MmcoaError
 
@@ -73,7 +72,7 @@ def _make_loader(name: str, tv_class: type):
             raise DatasetUnavailableError(f"dataset {name}: {folder} lacks {', '.join(missing)}; "
                                           f"pass --download on a machine with internet")
         try:
-            inner = tv_class(str(root), train=split == "train", transform=ToTensor())
+            inner = tv_class(str(root), train=split == "train", transform=to_image_tensor)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
             raise MmcoaError(f"dataset {name}: cannot read {folder}: {first_line(error)}") from None
         return WrappedClassificationDataset(inner, name=name, split=split,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 import time
 from typing import Sequence
 
@@ -13,10 +12,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mmcoa.attacks import Attack, build_attack, eval_mode
-from mmcoa.attacks.base import seed_params
+from mmcoa.attacks.base import seed_identity
 from mmcoa.data import ClassificationDataset, load_dataset
+from mmcoa.data.loading import Batch, BatchLoader, resolve_workers
 from mmcoa.distributed import SINGLE, World, max_over_ranks, sum_over_ranks
-from mmcoa.errors import BadImageError, MmcoaError
+from mmcoa.errors import MmcoaError
 from mmcoa.eval.metrics import Tally
 from mmcoa.eval.results import versions
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier, load_model, validate_model_name
@@ -54,6 +54,7 @@ def evaluate(
     template: str | None = None,
     resize: str = "torch",
     skip_bad_images: bool = False,
+    workers: int | None = None,
     runtime: dict | None = None,
     progress: bool = True,
     world: World = SINGLE,
@@ -68,10 +69,14 @@ def evaluate(
     ``resize`` applies to a model given by name (see :func:`mmcoa.models.base.resize_images`).
     An unreadable image stops the run with one line naming it, unless ``skip_bad_images``:
     then it is left out and counted in the record's ``skipped_images``. ``runtime`` (``tf32``,
-    ``compile``) is applied with :func:`mmcoa.models.runtime.configure_runtime`.
+    ``compile``) is applied with :func:`mmcoa.models.runtime.configure_runtime`. Batches come
+    from :class:`mmcoa.data.loading.BatchLoader` with ``workers`` processes (None: automatic).
+    A Sep attack (``multimodal``) listed with the PGD it is made of reuses that PGD's images.
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
+    if workers is not None:
+        resolve_workers(workers, None)  # a bad value is one line before any work
     for attack in attacks:
         attack.prepare(device if isinstance(model, str) else str(model.device))
     if isinstance(model, str):
@@ -87,11 +92,12 @@ def evaluate(
         indices = sample_indices(len(dataset), n_samples, seed)
     indices = _checked(indices, dataset)
     classifier = ZeroShotClassifier(model, dataset.prompts(template))
-    batches = [(b, indices[start:start + batch_size])
-               for b, start in enumerate(range(0, len(indices), batch_size))]
-    with eval_mode(model):  # under torchrun each rank takes every size-th batch
-        outcomes = _run(classifier, dataset, batches[world.rank::world.size], attacks, seed,
-                        progress and world.is_main, skip_bad_images)
+    batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    loader = BatchLoader(dataset, batches, device=model.device, workers=workers, seed=seed,
+                         positions=range(world.rank, len(batches), world.size),  # every size-th batch
+                         skip_bad_images=skip_bad_images)
+    with eval_mode(model):
+        outcomes = _run(classifier, loader, attacks, seed, progress and world.is_main)
     outcomes = [(_summed(tally, world, model.device), prompts) for tally, prompts in outcomes]
     return [_record(model, dataset, attack, tally, prompts, indices, seed)
             for attack, (tally, prompts) in zip(attacks, outcomes)]
@@ -115,46 +121,61 @@ def _checked(indices: Sequence[int], dataset) -> list[int]:
     return indices
 
 
-def _run(classifier, dataset, batches, attacks, seed, progress, skip_bad_images=False) -> list[Tally]:
-    """Tallies of each attack over ``batches`` of (batch index, sample indices); the batch index
-    seeds the attacks, so a batch is attacked alike whichever process runs it."""
+def _run(classifier, loader: BatchLoader, attacks, seed, progress) -> list[tuple[Tally, list | None]]:
+    """Tallies of each attack over the loader's batches; a batch's position in the evaluation's
+    batch list seeds the attacks, so a batch is attacked alike whichever process runs it and
+    whichever other attacks run with it."""
     tallies = [Tally() for _ in attacks]
     prompts: list[list[str] | None] = [None] * len(attacks)
-    device = classifier.model.device
-    bar = tqdm(batches, desc="eval", unit="batch", disable=not progress)
-    for batch_index, chunk in bar:
-        items, skipped = _readable_items(dataset, chunk, skip_bad_images)
+    shared = _shared_image_parts(attacks)
+    bar = tqdm(loader, desc="eval", unit="batch", disable=not progress)
+    for batch in bar:
         for tally in tallies:
-            tally.skipped_images += skipped
-        if not items:
+            tally.skipped_images += batch.skipped
+        if not len(batch):
             continue
-        images = torch.stack([image for image, _ in items]).to(device)
-        labels = torch.tensor([label for _, label in items], device=device)
-        clean_logits = _predict(classifier, images)
+        clean_logits = _predict(classifier, batch.images)
+        done: dict = {}  # this batch's results of the image attacks a Sep attack reuses
         for attack_index, (attack, tally) in enumerate(zip(attacks, tallies)):
-            generator = attack_generator(device, seed, batch_index, attack.name, seed_params(attack.params()))
-            started = time.perf_counter()
-            result = attack(classifier, images, labels, generator)
-            tally.add(_predict(classifier, result.images, result.class_embeddings), clean_logits, labels)
-            tally.add_cost(len(labels), result.queries, result.words_changed)
-            tally.elapsed_s += time.perf_counter() - started
+            result, elapsed = _attacked(attack, classifier, batch, seed, shared, done)
+            tally.add(_predict(classifier, result.images, result.class_embeddings), clean_logits, batch.labels)
+            tally.add_cost(len(batch), result.queries, result.words_changed)
+            tally.elapsed_s += elapsed
             prompts[attack_index] = result.adversarial_prompts
         bar.set_postfix({a.name: f"{t.accuracy:.3f}" for a, t in zip(attacks, tallies)})
     return list(zip(tallies, prompts))
 
 
-def _readable_items(dataset, chunk, skip_bad_images: bool) -> tuple[list, int]:
-    """The batch's (image, label) items and how many unreadable ones were skipped (an
-    unreadable image raises its one-line :class:`BadImageError` unless ``skip_bad_images``)."""
-    items = []
-    for index in chunk:
-        try:
-            items.append(dataset[index])
-        except BadImageError as error:
-            if not skip_bad_images:
-                raise
-            print(f"mmcoa: warning: skipped {error.what}", file=sys.stderr)
-    return items, len(chunk) - len(items)
+def _identity_key(attack: Attack) -> str:
+    return json.dumps([attack.name, attack.params()], sort_keys=True, default=str)
+
+
+def _shared_image_parts(attacks: Sequence[Attack]) -> set[str]:
+    """Keys of the image attacks that a Sep attack of this evaluation is made of (paper's
+    multimodal: exactly the PGD of the image column): each is computed once per batch."""
+    return {_identity_key(a.image_attack) for a in attacks if getattr(a, "image_attack", None) is not None}
+
+
+def _attacked(attack: Attack, classifier, batch: Batch, seed: int, shared: set, done: dict):
+    """``attack``'s result on the batch and the seconds it took. An attack is seeded from
+    ``(seed, batch position, seed_identity)``; a Sep attack gets its image part's result (with
+    that part's time), computed once per batch and shared with the image attack's own column."""
+    inner = getattr(attack, "image_attack", None)
+    if inner is not None:
+        image_result, image_elapsed = _attacked(inner, classifier, batch, seed, shared, done)
+        started = time.perf_counter()
+        result = attack(classifier, batch.images, batch.labels, image_result=image_result)
+        return result, image_elapsed + time.perf_counter() - started
+    key = _identity_key(attack)
+    if key in done:
+        return done[key]
+    generator = attack_generator(batch.images.device, seed, batch.position, *seed_identity(attack))
+    started = time.perf_counter()
+    result = attack(classifier, batch.images, batch.labels, generator)
+    outcome = (result, time.perf_counter() - started)
+    if key in shared:
+        done[key] = outcome
+    return outcome
 
 
 def _summed(tally: Tally, world: World, device) -> Tally:

@@ -87,39 +87,57 @@ class _Run:
         self.world, self.device = world, device
 
     def cells(self, pending, datasets, subsets, attacks, progress, total) -> None:
+        """Each model row is loaded once and iterates each of its datasets once: the cells of a
+        (row, dataset) are evaluated on the same batches (classification suites)."""
         bar = tqdm(total=total, initial=total - len(pending), desc=f"suite {self.config.name}",
                    unit="cell", disable=not progress)
         for (row, weights), group in groupby(pending, key=lambda cell: (cell.model, cell.weights)):
             model = load_model(row.name, pretrained=weights, device=self.device)
-            for cell in group:
-                bar.set_postfix_str(cell.id)
-                dataset = datasets.get(cell.dataset, model.image_size[0])
-                record = evaluate_cell(self.config, cell, model, dataset,
-                                       subsets[cell.dataset.name]["indices"],
-                                       attacks[cell.attack.label], progress, self.world)
-                if self.world.is_main:
-                    write_json_atomic(self.output / CELLS_DIR / f"{cell.id}.json", record)
-                self.records[cell.id] = record
-                bar.update(1)
+            for _, same_data in groupby(group, key=lambda cell: cell.dataset.name):
+                same_data = list(same_data)
+                bar.set_postfix_str(same_data[0].id if len(same_data) == 1 else
+                                    f"{slug(row.label)}__{slug(same_data[0].dataset.name)}")
+                dataset = datasets.get(same_data[0].dataset, model.image_size[0])
+                records = evaluate_cells(self.config, same_data, model, dataset,
+                                         subsets[same_data[0].dataset.name]["indices"],
+                                         [attacks[cell.attack.label] for cell in same_data],
+                                         progress, self.world)
+                for cell, record in zip(same_data, records):
+                    if self.world.is_main:
+                        write_json_atomic(self.output / CELLS_DIR / f"{cell.id}.json", record)
+                    self.records[cell.id] = record
+                bar.update(len(same_data))
             del model
         bar.close()
 
 
+def evaluate_cells(config: SuiteConfig, cells: list[Cell], model, dataset, indices: list[int],
+                   attacks: list, progress: bool = False, world: World = SINGLE) -> list[dict]:
+    """The records of cells sharing a model and a dataset: the evaluation records plus the suite
+    keys (module docstring). Classification cells run in one pass over the dataset (each batch
+    decoded once, every attack on it; a ``multimodal`` column reuses the images of a ``pgd``
+    column with its PGD settings); each attack is seeded on its own, so every record is the one
+    its cell gives alone. Retrieval cells run one by one."""
+    if config.task == "retrieval":
+        records = [evaluate_retrieval(model, dataset, attack, indices=indices, batch_size=config.batch_size,
+                                      seed=config.seed, progress=progress, workers=config.workers)
+                   for attack in attacks]
+    else:
+        records = evaluate(model, dataset, attacks, indices=indices, batch_size=config.batch_size,
+                           seed=config.seed, device=str(model.device), template=config.template,
+                           progress=progress, world=world, workers=config.workers)
+    for cell, record in zip(cells, records):
+        record.update(suite=config.name, cell=cell.id, label=cell.model.label,
+                      attack_label=cell.attack.label, cell_settings=config.cell_settings(cell),
+                      subset={"file": f"{SUBSETS_DIR}/{slug(cell.dataset.name)}.json", "n": len(indices),
+                              "sha1": indices_sha1(indices)})
+    return records
+
+
 def evaluate_cell(config: SuiteConfig, cell: Cell, model, dataset, indices: list[int], attack,
                   progress: bool = False, world: World = SINGLE) -> dict:
-    """One cell's record: the evaluation record plus the suite keys (module docstring)."""
-    if config.task == "retrieval":
-        record = evaluate_retrieval(model, dataset, attack, indices=indices, batch_size=config.batch_size,
-                                    seed=config.seed, progress=progress)
-    else:
-        [record] = evaluate(model, dataset, [attack], indices=indices, batch_size=config.batch_size,
-                            seed=config.seed, device=str(model.device), template=config.template,
-                            progress=progress, world=world)
-    record.update(suite=config.name, cell=cell.id, label=cell.model.label,
-                  attack_label=cell.attack.label, cell_settings=config.cell_settings(cell),
-                  subset={"file": f"{SUBSETS_DIR}/{slug(cell.dataset.name)}.json", "n": len(indices),
-                          "sha1": indices_sha1(indices)})
-    return record
+    """One cell's record, as :func:`evaluate_cells` gives it."""
+    return evaluate_cells(config, [cell], model, dataset, indices, [attack], progress, world)[0]
 
 
 class DatasetCache:

@@ -15,15 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from mmcoa.attacks.pgd import PGD, maximize
+from mmcoa.data.loading import BatchLoader
 from mmcoa.attacks.co_attack import embedding_kl
 from mmcoa.distributed import SINGLE, World, gather_rows, gather_with_grad
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
 from mmcoa.models.prompts import PaddingPrompt, text_context_for
 from mmcoa.registry import Registry
+from mmcoa.seeding import derived_generator
+from mmcoa.train.config import TrainConfig
 from mmcoa.train.objectives import (class_aware_contrastive_loss, fare_loss, mmcoa_loss,
                                     pmg_aft_loss)
 
-METHODS: Registry[type["Method"]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method")
 
 
 @dataclass
@@ -32,7 +35,7 @@ class StepContext:
 
     model: VisionLanguageModel
     prompts: list[str]
-    config: object
+    config: TrainConfig
     generator: torch.Generator  # or RowsOf under torchrun (mmcoa.attacks.pgd)
     adversarial_prompts: list[str] | None = None
     frozen: VisionLanguageModel | None = None
@@ -57,14 +60,6 @@ class StepContext:
 
     def gather_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return gather_rows(labels, self.world)
-
-
-def register_method(name: str):
-    def add(cls):
-        cls.name = name
-        return METHODS.register(name)(cls)
-
-    return add
 
 
 class Method:
@@ -124,7 +119,7 @@ def contrastive(ctx: StepContext, images, prompts, labels) -> torch.Tensor:
                                         model.logit_scale)
 
 
-@register_method("ft-standard")
+@METHODS.register("ft-standard")
 class FTStandard(Method):
     """Clean contrastive fine-tuning of both towers (paper baseline "FT-standard")."""
 
@@ -132,7 +127,7 @@ class FTStandard(Method):
 
     def loss(self, ctx, images, labels):
         loss = contrastive(ctx, images, ctx.prompts, labels)
-        return loss, {"clean": loss.item()}
+        return loss, {"clean": loss.detach()}
 
 
 def tecoa_loss(ctx: StepContext, images, labels) -> torch.Tensor:
@@ -142,7 +137,7 @@ def tecoa_loss(ctx: StepContext, images, labels) -> torch.Tensor:
     return F.cross_entropy(class_logits(ctx.model, ctx.prompts)(train_pgd(ctx, images, labels)), labels)
 
 
-@register_method("tecoa")
+@METHODS.register("tecoa")
 class TeCoA(Method):
     """TeCoA (Mao et al. 2023): adversarial images (PGD against the class prompts) classified
     against the clean class prompts, image→text cross-entropy only (:func:`tecoa_loss`, as the
@@ -152,10 +147,10 @@ class TeCoA(Method):
 
     def loss(self, ctx, images, labels):
         loss = tecoa_loss(ctx, images, labels)
-        return loss, {"image_adv": loss.item()}
+        return loss, {"image_adv": loss.detach()}
 
 
-@register_method("tecoa-symmetric")
+@METHODS.register("tecoa-symmetric")
 class TeCoASymmetric(Method):
     """TeCoA with the symmetric class-aware contrastive loss (image→text and text→image, paper
     Eq. 7 with clean prompts): this toolkit's TeCoA before it followed the published loop."""
@@ -165,13 +160,14 @@ class TeCoASymmetric(Method):
 
     def loss(self, ctx, images, labels):
         loss = contrastive(ctx, train_pgd(ctx, images, labels), ctx.prompts, labels)
-        return loss, {"image_adv": loss.item()}
+        return loss, {"image_adv": loss.detach()}
 
 
-@register_method("mmcoa")
+@METHODS.register("mmcoa")
 class MMCoA(Method):
-    """MMCoA (paper Eq. 7-9): alpha · L(adv image, clean text) + beta · L(clean image, adv text);
-    both towers. alpha = 1, beta = 0 and alpha = 0, beta = 1 are the paper's ablations."""
+    """MMCoA (paper Eq. 7-9): alpha · L(adv image, clean text) + beta · L(clean image, adv text)
+    (alpha: ``adv_image_weight``, beta: ``adv_text_weight``); both towers. alpha = 1, beta = 0
+    and alpha = 0, beta = 1 are the paper's ablations."""
 
     needs_text_attack = True
     global_batch_loss = True
@@ -179,22 +175,22 @@ class MMCoA(Method):
     def loss(self, ctx, images, labels):
         config, model = ctx.config, ctx.model
         adv_features = clean_features = clean_text = adv_text = None
-        if config.alpha:
+        if config.adv_image_weight:
             adv_features = model.encode_image(train_pgd(ctx, images, labels))
             clean_text = ctx.encode_prompts(ctx.prompts)
-        if config.beta:
+        if config.adv_text_weight:
             clean_features = model.encode_image(images)
             adv_text = ctx.encode_prompts(ctx.adversarial_prompts)
         return mmcoa_loss(_gathered(ctx, adv_features), _gathered(ctx, clean_features), clean_text,
                           adv_text, ctx.gather_labels(labels), model.logit_scale,
-                          alpha=config.alpha, beta=config.beta)
+                          alpha=config.adv_image_weight, beta=config.adv_text_weight)
 
 
 def _gathered(ctx: StepContext, features: torch.Tensor | None) -> torch.Tensor | None:
     return None if features is None else ctx.gather(features)
 
 
-@register_method("fare")
+@METHODS.register("fare")
 class FARE(Method):
     """FARE (Schlarmann et al. 2024), unsupervised: the image embedding of x_adv is pulled to
     the frozen original model's embedding of x; x_adv maximizes that same distance."""
@@ -214,10 +210,10 @@ class FARE(Method):
                        precision=config.precision)
         model.train(was_training)
         loss = fare_loss(model.encode_image(adv), target)
-        return loss, {"fare": loss.item()}
+        return loss, {"fare": loss.detach()}
 
 
-@register_method("pmg-aft")
+@METHODS.register("pmg-aft")
 class PMGAFT(Method):
     """PMG-AFT (Wang et al. 2024): CE on adversarial images + KL to the clean prediction + KL to
     the frozen pre-trained model's prediction; image tower."""
@@ -233,7 +229,7 @@ class PMGAFT(Method):
         return pmg_aft_loss(logits(adv), logits(images), original, labels)
 
 
-@register_method("vp")
+@METHODS.register("vp")
 class VisualPrompting(Method):
     """Adversarial visual prompting: a learnable padding prompt (Bahng et al. 2022) trained with
     the TeCoA loss (:func:`tecoa_loss`) while the whole model stays frozen."""
@@ -246,10 +242,10 @@ class VisualPrompting(Method):
 
     def loss(self, ctx, images, labels):
         loss = tecoa_loss(ctx, images, labels)
-        return loss, {"image_adv": loss.item()}
+        return loss, {"image_adv": loss.detach()}
 
 
-@register_method("advpt")
+@METHODS.register("advpt")
 class AdvPT(Method):
     """Adversarial prompt tuning (AdvPT, Zhang et al. 2023; paper Table VII): learnable text
     context vectors (``n_ctx``, CoOp-style, starting from "a photo of a") aligned with the
@@ -270,15 +266,14 @@ class AdvPT(Method):
     def prepare(self, model, dataset, indices, config):
         """Adversarial image embeddings of every training item, in ``indices`` order (kept on
         the CPU; seeded per chunk, so a resumed run recomputes the same ones)."""
-        from mmcoa.train.trainer import derived_generator
-
         model.eval()
         chunks = []
-        for start in range(0, len(indices), config.batch_size):
-            chunk = indices[start:start + config.batch_size]
-            images = torch.stack([dataset[i][0] for i in chunk]).to(model.device)
-            generator = derived_generator(config.seed, start, 2, device=model.device)
-            chunks.append(image_only_adversarial_features(model, images, config, generator).cpu())
+        size = config.batch_size
+        batches = [indices[start:start + size] for start in range(0, len(indices), size)]
+        for batch in BatchLoader(dataset, batches, device=model.device, workers=config.workers,
+                                 seed=config.seed):
+            generator = derived_generator(config.seed, batch.position * size, 2, device=model.device)
+            chunks.append(image_only_adversarial_features(model, batch.images, config, generator).cpu())
         self.row_of = {index: row for row, index in enumerate(indices)}
         self.adversarial_features = torch.cat(chunks)
 
@@ -286,7 +281,7 @@ class AdvPT(Method):
         rows = torch.tensor([self.row_of[i] for i in ctx.batch_indices])
         adv_features = self.adversarial_features[rows].to(images.device)
         loss = F.cross_entropy(feature_logits(ctx.model, ctx.prompts)(adv_features), labels)
-        return loss, {"prompt_adv": loss.item()}
+        return loss, {"prompt_adv": loss.detach()}
 
 
 def image_only_adversarial_features(model, images, config, generator) -> torch.Tensor:

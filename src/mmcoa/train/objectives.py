@@ -30,7 +30,7 @@ def class_aware_contrastive_loss(image_features: torch.Tensor, class_text_featur
 def mmcoa_loss(adv_image_features: torch.Tensor | None, clean_image_features: torch.Tensor | None,
                clean_text_features: torch.Tensor | None, adv_text_features: torch.Tensor | None,
                labels: torch.Tensor, logit_scale: torch.Tensor, alpha: float = 0.5,
-               beta: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+               beta: float = 0.5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MMCoA (paper Eq. 7-9): alpha · L(adversarial images, clean prompts)
     + beta · L(clean images, adversarial prompts), each the class-aware contrastive loss."""
     terms = {}
@@ -38,11 +38,11 @@ def mmcoa_loss(adv_image_features: torch.Tensor | None, clean_image_features: to
     if alpha:
         image_term = class_aware_contrastive_loss(adv_image_features, clean_text_features, labels, logit_scale)
         total = total + alpha * image_term
-        terms["image_adv"] = image_term.item()
+        terms["image_adv"] = image_term.detach()
     if beta:
         text_term = class_aware_contrastive_loss(clean_image_features, adv_text_features, labels, logit_scale)
         total = total + beta * text_term
-        terms["text_adv"] = text_term.item()
+        terms["text_adv"] = text_term.detach()
     return total, terms
 
 
@@ -61,5 +61,5 @@ def pmg_aft_loss(adv_logits: torch.Tensor, clean_logits: torch.Tensor, original_
     to_clean = F.kl_div(log_adv, clean_logits.log_softmax(-1), log_target=True, reduction="batchmean")
     to_original = F.kl_div(log_adv, original_logits.log_softmax(-1), log_target=True,
                            reduction="batchmean")
-    return ce + to_clean + to_original, {"ce": ce.item(), "kl_clean": to_clean.item(),
-                                         "kl_original": to_original.item()}
+    return ce + to_clean + to_original, {"ce": ce.detach(), "kl_clean": to_clean.detach(),
+                                         "kl_original": to_original.detach()}

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -27,17 +28,23 @@ from mmcoa.devices import check_device
 from mmcoa.distributed import (SINGLE, World, average_gradients, barrier, gather_objects,
                                mean_terms_over_ranks, world_from_env)
 from mmcoa.errors import MmcoaError
-from mmcoa.eval.results import versions, write_json_atomic
-from mmcoa.files import atomic_path
+from mmcoa.files import write_json_atomic
 from mmcoa.models import load_model, validate_model_name
 from mmcoa.models.base import MAX_LOGIT_SCALE
 from mmcoa.models.checkpoints import META_KEY, meta_sidecar
 from mmcoa.models.prompts import prompt_payload
+from mmcoa.provenance import versions
+from mmcoa.seeding import derived_generator
+from mmcoa.data.loading import BatchLoader
+from mmcoa.train.checkpointing import (CHECKPOINT_FORMAT, BackgroundWriter, host_copy, model_only,
+                                       save_atomic, saved_step)
 from mmcoa.train.config import TrainConfig
+from mmcoa.train.export import write_export
+from mmcoa.train.logsinks import write_sinks
 from mmcoa.train.methods import METHODS, StepContext, frozen_copy
+from mmcoa.train.order import EpochOrder
 from mmcoa.train.shots import dataset_labels, few_shot_indices
 
-CHECKPOINT_FORMAT = "mmcoa-train-v1"
 TOWER_CHOICES = {"image": ("image",), "text": ("text",), "both": ("image", "text"), "none": ()}
 
 
@@ -61,14 +68,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     optimizer = build_optimizer(model, config)
     schedule = build_schedule(optimizer, config, total_steps(config, len(indices)))
     text_attack = BertAttack(shared_mlm(config.mlm, config.device), k=config.k,
-                             max_words=config.max_words) if method.needs_text_attack and config.beta else None
+                             max_words=config.max_words) if method.needs_text_attack and config.adv_text_weight else None
     method.prepare(model, dataset, indices, config)  # on the starting weights, resumed or not
     state = {"step": 0, "adversarial_prompts": None}
     if checkpoint is not None:
         _check_world_change(checkpoint, model, world)
         state = _restore(checkpoint, model, optimizer, schedule)
-    loop = _Loop(config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack,
-                 run, world)
+    loop = TrainLoop(config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack,
+                     run, world)
     # Every setting has been checked (model, MLM, template, optimizer): only now write the run.
     if world.is_main:
         _prepare_run_logs(run, state["step"])
@@ -94,8 +101,7 @@ def _prepare_run_logs(run: Path, resumed_step: int) -> None:
     for name in LOGS:
         path = run / name
         if path.is_file():
-            rows = [row for step, row in _log_rows(path, name) if resumed_step and step <= resumed_step]
-            path.write_text("".join(row + "\n" for row in rows))
+            _cut_log(path, name, resumed_step)
 
 
 def sweep_temporary_files(run: Path) -> None:
@@ -106,19 +112,36 @@ def sweep_temporary_files(run: Path) -> None:
             print(f"mmcoa: note: removed {stale}, left by an interrupted write", file=sys.stderr)
 
 
-def _log_rows(path: Path, name: str) -> list[tuple[int, str]]:
-    """(steps done when logged, row) of each readable row; metrics rows count steps from 1,
-    prompt rows from 0. A row that is not JSON (cut short by a crash) is left out, with a note."""
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        try:
-            step = json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):
-            print(f"mmcoa: note: dropped unreadable line {number} of {path} (a write cut short)",
-                  file=sys.stderr)
-            continue
-        rows.append((step if name == "metrics.jsonl" else step + 1, line))
-    return rows
+def _cut_log(path: Path, name: str, resumed_step: int) -> None:
+    """Keep the rows of ``path`` logged up to ``resumed_step``: rows are in step order, so the
+    file is read only up to the first later row and cut there (rewritten only when a row is
+    unreadable). Metrics rows count steps from 1, prompt rows from 0 (the step they were made
+    before)."""
+    kept, clean = [], True
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            step = _row_step(line, name)
+            if step is None:
+                print(f"mmcoa: note: dropped unreadable line {number} of {path} (a write cut short)",
+                      file=sys.stderr)
+                clean = False
+                continue
+            if not resumed_step or step > resumed_step:
+                break
+            kept.append(line)
+    if clean and all(line.endswith(b"\n") for line in kept):  # the kept rows are the file's start
+        os.truncate(path, sum(len(line) for line in kept))
+    else:
+        path.write_bytes(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in kept))
+
+
+def _row_step(line: bytes, name: str) -> int | None:
+    """Steps done when a log row was written; None for a row that is not JSON (cut short)."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return step if name == "metrics.jsonl" else step + 1
 
 
 def _check_shards(n_items: int, batch_size: int, world: World) -> None:
@@ -167,17 +190,9 @@ def build_schedule(optimizer, config: TrainConfig, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def derived_generator(*parts: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A generator on ``device`` seeded from integers (e.g. seed and step): no state to save.
-    Attacks draw their random starts on the images' device, so they need a generator there."""
-    seed = 0
-    for part in parts:
-        seed = (seed * 1_000_003 + int(part)) % (2 ** 63 - 1)
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-class _Loop:
-    """One run's state and steps; kept small so each piece reads on its own."""
+class TrainLoop:
+    """One run's state and steps; kept small so each piece reads on its own. ``bench/train.py``
+    times :meth:`step` on its own."""
 
     def __init__(self, config, method, model, frozen, dataset, indices, optimizer, schedule,
                  text_attack, run: Path, world: World = SINGLE):
@@ -187,42 +202,59 @@ class _Loop:
         self.optimizer, self.schedule, self.text_attack, self.run_dir = optimizer, schedule, text_attack, run
         self.prompts = method.class_prompts(dataset, config, model)
         self.steps = total_steps(config, len(indices))
-        self.per_epoch = math.ceil(len(indices) / config.batch_size)
-        self.global_size = config.batch_size  # of the current step's global batch (``_batch``)
+        self.order = EpochOrder(indices, config.batch_size, config.seed)
+        self.per_epoch = self.order.per_epoch
+        self.global_size = config.batch_size  # of the current step's global batch
+        self.writer = BackgroundWriter()
+        self._last_save = time.perf_counter()
 
     def run(self, state: dict, progress: bool) -> dict:
         started, losses = time.perf_counter(), []
+        self._last_save = started
         bar = tqdm(total=self.steps, initial=state["step"], desc=f"train {self.config.method}",
                    unit="step", disable=not progress)
-        for step in range(state["step"], self.steps):
-            images, labels, chosen = self._batch(step)
-            loss, terms = self._step(step, state, images, labels, chosen)
-            losses.append(loss)
-            state["step"] = step + 1
-            self._log(step, loss, terms, self.global_size, started)
-            bar.update()
-            rate = _rate(losses, time.perf_counter() - started, self.config)
-            bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3g}" for k, v in terms.items()},
-                            img_s=f"{rate:.0f}" if rate else "-")
-            if self._should_save(step + 1):
-                self._save(state, self._epoch_end(step + 1))
+        try:
+            waited = self._steps(state, bar, started, losses)
+        except BaseException:  # Ctrl-C, a crash: the checkpoint being written lands first
+            self.writer.wait(quiet=True)
+            raise
         bar.close()
-        metrics = self._export(state, losses, time.perf_counter() - started)
+        self.writer.wait()  # the last checkpoint is on disk before the run is exported
+        metrics = self._export(state, losses, time.perf_counter() - started, waited)
         barrier(self.world)
         return metrics
 
-    def _batch(self, step: int):
-        """This rank's shard of the step's global batch (every rank draws the same order)."""
-        epoch, position = divmod(step, self.per_epoch)
-        order = torch.randperm(len(self.indices), generator=derived_generator(self.config.seed, epoch))
-        chosen = order[position * self.config.batch_size:(position + 1) * self.config.batch_size]
-        self.global_size = len(chosen)
-        chosen = self.world.shard([self.indices[int(i)] for i in chosen])
-        items = [self.dataset[i] for i in chosen]
-        images = torch.stack([image for image, _ in items]).to(self.config.device)
-        return images, torch.tensor([label for _, label in items], device=self.config.device), chosen
+    def _steps(self, state: dict, bar, started: float, losses: list) -> float:
+        """Run the remaining steps; returns the seconds spent waiting for data."""
+        waited = 0.0
+        previous = started
+        for batch in self.batches(state["step"]):
+            step = batch.position
+            self.global_size = len(self.order.global_batch(step))
+            loss, terms = self.step(step, state, batch.images, batch.labels, batch.indices)
+            losses.append(loss)
+            state["step"] = step + 1
+            waited += batch.wait_s
+            now = time.perf_counter()
+            self._log(step, loss, terms, batch.wait_s, now - previous, now - started)
+            previous = now
+            bar.update()
+            self._show(bar, loss, terms, losses, waited, now - started)
+            if self._should_save(step + 1):
+                self._save(state, self._epoch_end(step + 1))
+        return waited
 
-    def _step(self, step: int, state: dict, images, labels, chosen=None) -> tuple[float, dict]:
+    def batches(self, start: int) -> BatchLoader:
+        """This rank's shard of each step's global batch from step ``start`` on (every rank draws
+        the same order), decoded by the batch pipeline's worker processes."""
+        return BatchLoader(self.dataset, lambda step: self.world.shard(self.order.global_batch(step)),
+                           positions=range(start, self.steps), device=self.config.device,
+                           workers=self.config.workers, seed=self.config.seed)
+
+    def step(self, step: int, state: dict, images, labels, chosen=None) -> tuple[float, dict]:
+        """One optimizer step; returns the loss and the logged terms (means over ranks). Nothing
+        reads a value on the host before ``backward()``: the logged values are read once, after
+        the update (with ``skip_nonfinite``, the loss is checked after ``backward()``)."""
         self._refresh_adversarial_prompts(step, state)
         ctx = StepContext(model=self.model, prompts=self.prompts, config=self.config,
                           generator=self._attack_generator(step),
@@ -234,36 +266,42 @@ class _Loop:
             loss, terms = self.method.loss(ctx, images, labels)
         share = self._shard_weight(len(labels))
         loss = loss * share if share != 1 else loss
-        # the logged loss and terms: means over ranks, in one all-reduce
-        terms = mean_terms_over_ranks({"loss": loss.item(), **{k: v * share for k, v in terms.items()}},
-                                      self.world, self.config.device)
-        terms["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+        logged = {"loss": loss.detach(), **{k: v * share for k, v in terms.items()}}
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         self.optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(terms["loss"]):  # the mean over ranks: every rank agrees
-            return self._nonfinite(step, state, terms)
         loss.backward()
         average_gradients(self.trainable, self.world)
-        terms["grad_norm"] = _grad_norm(self.trainable)
+        if self.config.skip_nonfinite and not self._finite(logged["loss"]):
+            return self._skip_nonfinite(step, state, lr)
+        logged["grad_norm"] = _grad_norm(self.trainable)
         self.optimizer.step()
         self.schedule.step()
         with torch.no_grad():
             self.model._raw_logit_scale().clamp_(max=math.log(MAX_LOGIT_SCALE))
         self.model.mark_weights_changed()  # fused optimizers do not bump Tensor._version
-        return terms.pop("loss"), terms
+        terms = mean_terms_over_ranks(logged, self.world, self.config.device)  # one host read
+        if not math.isfinite(terms["loss"]):  # the mean over ranks: every rank agrees
+            raise self._nonfinite_error(step, terms["loss"])
+        return terms.pop("loss"), {**terms, "lr": lr}
 
-    def _nonfinite(self, step: int, state: dict, terms: dict) -> tuple[float, dict]:
-        """A NaN/inf loss: stop with the step and the intact last checkpoint named, or (with
-        ``skip_nonfinite``) leave the weights and optimizer as they were and count the step."""
-        if not self.config.skip_nonfinite:
-            saved = self.run_dir / "checkpoints" / "last.pt"
-            kept = f"{saved} (step {_saved_step(saved)}) is intact" if saved.is_file() else "no checkpoint was saved yet"
-            raise MmcoaError(f"the loss is {terms['loss']} at step {step + 1}; {kept}; lower the "
-                             f"learning rate, or pass --skip-nonfinite to skip such steps")
+    def _finite(self, loss: torch.Tensor) -> bool:
+        return math.isfinite(mean_terms_over_ranks({"loss": loss}, self.world, self.config.device)["loss"])
+
+    def _nonfinite_error(self, step: int, loss: float) -> MmcoaError:
+        """A NaN/inf loss stops the run, naming the step and the intact last checkpoint."""
+        self.writer.wait()
+        saved = self.run_dir / "checkpoints" / "last.pt"
+        kept = f"{saved} (step {saved_step(saved)}) is intact" if saved.is_file() else "no checkpoint was saved yet"
+        return MmcoaError(f"the loss is {loss} at step {step + 1}; {kept}; lower the learning "
+                          f"rate, or pass --skip-nonfinite to skip such steps")
+
+    def _skip_nonfinite(self, step: int, state: dict, lr: float) -> tuple[float, dict]:
+        """``skip_nonfinite``: leave the weights and optimizer as they were and count the step."""
+        self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()  # the schedule stays indexed by step
         state["skipped_nonfinite"] = state.get("skipped_nonfinite", 0) + 1
-        print(f"mmcoa: warning: skipped step {step + 1}: the loss is {terms['loss']}", file=sys.stderr)
-        terms["grad_norm"] = 0.0
-        return terms.pop("loss"), {**terms, "skipped": 1}
+        print(f"mmcoa: warning: skipped step {step + 1}: the loss is not finite", file=sys.stderr)
+        return math.nan, {"lr": lr, "grad_norm": 0.0, "skipped": 1}
 
     def _attack_generator(self, step: int):
         """The step's attack randomness from (seed, step); under torchrun drawn for the global
@@ -291,7 +329,8 @@ class _Loop:
                               enabled=dtype is not None)
 
     def _refresh_adversarial_prompts(self, step: int, state: dict) -> None:
-        """BERT-Attack on the class prompts against the current text tower, every N steps."""
+        """BERT-Attack on the class prompts against the current text tower, every N steps; the
+        prompt log gets a row only when the prompts changed."""
         if self.text_attack is None or (state["adversarial_prompts"] is not None
                                         and step % self.config.text_attack_every):
             return
@@ -299,21 +338,35 @@ class _Loop:
         with self._autocast():  # the training precision; each rank attacks its share
             edits = self.text_attack.attack_embeddings(self.world.shard(self.prompts), self.model)
         prompts = gather_objects([e.adversarial for e in edits], self.world)
-        if self.world.is_main:
+        if self.world.is_main and prompts != state["adversarial_prompts"]:
             _append_jsonl(self.run_dir / "adversarial_prompts.jsonl", {"step": step, "prompts": prompts})
         state["adversarial_prompts"] = prompts
 
-    def _log(self, step, loss, terms, n, started) -> None:
+    def _log(self, step, loss, terms, waited: float, step_s: float, elapsed: float) -> None:
+        """A metrics.jsonl row; ``data_wait_s`` of the step's ``step_s`` went to waiting for
+        its batch (``data_share``: the share; near 1 means the run is input-bound)."""
         if not self.world.is_main:
             return
-        elapsed = time.perf_counter() - started
         _append_jsonl(self.run_dir / "metrics.jsonl",
                       {"step": step + 1, "epoch": step // self.per_epoch, "loss": loss, **terms,
-                       "images": n, "elapsed_s": round(elapsed, 3)})
+                       "images": self.global_size, "elapsed_s": round(elapsed, 3),
+                       "step_s": round(step_s, 4), "data_wait_s": round(waited, 4),
+                       "data_share": round(waited / step_s, 4) if step_s > 0 else 0.0})
+        write_sinks(self.config.log, self.run_dir, step + 1, {"loss": loss, **terms}, step + 1 == self.steps)
+
+    def _show(self, bar, loss: float, terms: dict, losses: list, waited: float, elapsed: float) -> None:
+        rate = _rate(losses, elapsed, self.config)
+        bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3g}" for k, v in terms.items()},
+                        img_s=f"{rate:.0f}" if rate else "-",
+                        data=f"{waited / elapsed:.0%}" if elapsed > 0 else "-")
 
     def _should_save(self, done: int) -> bool:
-        every = self.config.save_every
-        return (every and done % every == 0) or done % self.per_epoch == 0 or done == self.steps
+        """last.pt after every ``save_every`` steps, after ``save_every_minutes`` of wall-clock
+        time since the last save, at each epoch end and at the end."""
+        every, minutes = self.config.save_every, self.config.save_every_minutes
+        overdue = minutes and time.perf_counter() - self._last_save >= 60 * minutes
+        return bool(overdue or (every and done % every == 0) or done % self.per_epoch == 0
+                    or done == self.steps)
 
     def _epoch_end(self, done: int) -> int | None:
         """The epoch just finished after ``done`` steps, if one did and the run keeps them."""
@@ -322,55 +375,57 @@ class _Loop:
         return None
 
     def _save(self, state: dict, epoch: int | None = None) -> None:
-        """checkpoints/last.pt, and checkpoints/epoch<N>.pt at the end of epoch N when the run
-        keeps them (``keep_epoch_checkpoints``: the points of paper Fig. 7's curves)."""
+        """checkpoints/last.pt, and the model-only checkpoints/epoch<N>.pt at the end of epoch N
+        when the run keeps them (``keep_epoch_checkpoints``: the points of paper Fig. 7's
+        curves); copied to the host here, written in the background
+        (:mod:`mmcoa.train.checkpointing`)."""
+        self._last_save = time.perf_counter()
         if not self.world.is_main:
             return
-        payload = {"format": CHECKPOINT_FORMAT, "step": state["step"],
-                   "skipped_nonfinite": state.get("skipped_nonfinite", 0),
-                   "adversarial_prompts": state["adversarial_prompts"],
-                   "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                   "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
-                   "config": _identity(self.config), "world_size": self.world.size,
-                   META_KEY: self.model.build_meta()}
-        _save_atomic(payload, self.run_dir / "checkpoints" / "last.pt")
+        payload = host_copy({
+            "format": CHECKPOINT_FORMAT, "step": state["step"],
+            "skipped_nonfinite": state.get("skipped_nonfinite", 0),
+            "adversarial_prompts": state["adversarial_prompts"],
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
+            "config": _identity(self.config), "world_size": self.world.size,
+            META_KEY: self.model.build_meta()})
+        folder = self.run_dir / "checkpoints"
+        files = [(payload, folder / "last.pt")]
         if epoch is not None:
-            _save_atomic(payload, self.run_dir / "checkpoints" / f"epoch{epoch}.pt")
+            files.append((model_only(payload, (META_KEY,)), folder / f"epoch{epoch}.pt"))
+        self.writer.write(files)
 
-    def _export(self, state: dict, losses: list[float], elapsed: float) -> dict:
+    def _export(self, state: dict, losses: list[float], elapsed: float, waited: float) -> dict:
         """final.pt (plain backend state dict: open_clip loads it) with its build metadata in
         final.pt.json (the activation: see ``models/checkpoints.py``), prompt.pt for VP and AdvPT
         (``mmcoa eval --prompt``), metrics; written by rank 0."""
         if not self.world.is_main:
-            return self._metrics(state, losses, elapsed)
-        _save_atomic(self.model.model.state_dict(), self.run_dir / "final.pt")
+            return self._metrics(state, losses, elapsed, waited)
+        save_atomic(self.model.model.state_dict(), self.run_dir / "final.pt")
         _write_json(Path(meta_sidecar(self.run_dir / "final.pt")), self.model.build_meta())
         for prompt in (self.model.visual_prompt, self.model.text_prompt):
             if prompt is not None:
-                _save_atomic(prompt_payload(prompt), self.run_dir / "prompt.pt")
-        metrics = self._metrics(state, losses, elapsed)
+                save_atomic(prompt_payload(prompt), self.run_dir / "prompt.pt")
+        metrics = self._metrics(state, losses, elapsed, waited)
         _write_json(self.run_dir / "metrics.json", metrics)
+        write_export(self.run_dir, self.model, self.config, metrics)
         return metrics
 
-    def _metrics(self, state: dict, losses: list[float], elapsed: float) -> dict:
+    def _metrics(self, state: dict, losses: list[float], elapsed: float, waited: float) -> dict:
         return {"steps": state["step"], "final_loss": losses[-1] if losses else None,
                 "elapsed_s": round(elapsed, 3), "images_per_s": _rate(losses, elapsed, self.config),
-                "n_train_items": len(self.indices), "world_size": self.world.size,
+                "data_wait_share": round(waited / elapsed, 4) if elapsed > 0 else None,
+                "workers": self.config.workers, "n_train_items": len(self.indices),
+                "world_size": self.world.size,
                 "skipped_nonfinite_steps": state.get("skipped_nonfinite", 0),
                 "versions": versions()}
 
 
-def _saved_step(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"]
-    except Exception:  # the message names the file either way
-        return "?"
-
-
-def _grad_norm(parameters) -> float:
-    """L2 norm of all gradients of the step (after averaging over ranks)."""
+def _grad_norm(parameters) -> torch.Tensor | float:
+    """L2 norm of all gradients of the step (after averaging over ranks), left on the device."""
     grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+    return torch.stack(grads).norm() if grads else 0.0
 
 
 def _rate(losses, elapsed, config) -> float | None:
@@ -378,7 +433,7 @@ def _rate(losses, elapsed, config) -> float | None:
 
 
 IDENTITY_KEYS = ("method", "model", "pretrained", "dataset", "shots", "batch_size", "seed",
-                 "alpha", "beta", "train_towers")
+                 "adv_image_weight", "adv_text_weight", "train_towers")
 
 
 def _identity(config: TrainConfig) -> dict:
@@ -469,11 +524,6 @@ def _short_classes(labels, classnames: list[str], indices: list[int], config: Tr
         print(f"mmcoa: warning: class {entry['name']!r} has {entry['images']} training images, "
               f"fewer than --shots {config.shots}; all are used", file=sys.stderr)
     return short
-
-
-def _save_atomic(payload, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
 def _write_json(path: Path, payload) -> None:
