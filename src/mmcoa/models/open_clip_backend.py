@@ -1,4 +1,12 @@
-"""open_clip backend: architecture names with pretrained tags, ``hf-hub:`` ids, local files.
+"""open_clip backend: architecture names with pretrained tags, ``hf-hub:`` ids, ``local-dir:``
+model folders, local files.
+
+**Model folders.** ``local-dir:/path`` is open_clip's own schema (3.x): the folder holds
+``open_clip_config.json`` (``model_cfg`` with its ``quick_gelu``, ``preprocess_cfg`` with mean
+and std) and the weights (``open_clip_model.safetensors``, or another ``*.safetensors``/``*.bin``/
+``*.pth``), plus the tokenizer files when the text tower is a Hugging Face one. Every training
+run writes one (``export/``, :mod:`mmcoa.train.export`); the same folder, uploaded to the Hugging
+Face hub, is ``hf-hub:user/name``. ``--pretrained FILE`` or ``random`` replaces its weights.
 
 **Activation.** OpenAI's CLIP weights (and several LAION/YFCC tags) were trained with QuickGELU,
 ``x * sigmoid(1.702 x)``; open_clip 3.x builds ``nn.GELU`` for ``ViT-B-32`` and only warns when a
@@ -26,6 +34,9 @@ from mmcoa.models.tokens import TokenCache, pad_rows
 from mmcoa.models.minilm import register_minilm_clip
 
 RANDOM = "random"
+LOCAL_DIR = "local-dir:"
+LOCAL_DIR_CONFIG = "open_clip_config.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
 TINY_CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_ARCHITECTURES = tuple(sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json")))
 
@@ -129,7 +140,17 @@ def _encode_trimmed(model, text: torch.Tensor) -> torch.Tensor:
 
 
 def is_open_clip_name(name: str) -> bool:
-    return name.startswith("hf-hub:") or name in open_clip_registered().list_models()
+    return name.startswith(("hf-hub:", LOCAL_DIR)) or name in open_clip_registered().list_models()
+
+
+def check_local_dir(name: str) -> Path:
+    """The folder of a ``local-dir:`` model, or a one-line error when it is not a model folder."""
+    folder = Path(name.removeprefix(LOCAL_DIR))
+    if not (folder / LOCAL_DIR_CONFIG).is_file():
+        what = "is not a folder" if not folder.is_dir() else f"has no {LOCAL_DIR_CONFIG}"
+        raise UnknownNameError(f"model {name}: {folder} {what}; a local-dir: model is a folder with "
+                               f"{LOCAL_DIR_CONFIG} and weights, such as a training run's export/")
+    return folder
 
 
 def load_open_clip(name: str, pretrained: str | None, device: str) -> OpenClipModel:
@@ -140,6 +161,8 @@ def load_open_clip(name: str, pretrained: str | None, device: str) -> OpenClipMo
     with _quiet_open_clip_logs():
         if name.startswith("hf-hub:"):
             model = _from_hub(open_clip, name)
+        elif name.startswith(LOCAL_DIR):
+            model = _from_local_dir(open_clip, name, pretrained)
         else:
             model = _from_architecture(open_clip, name, pretrained)
         tokenizer = open_clip.get_tokenizer(name)
@@ -151,6 +174,24 @@ def _from_hub(open_clip, name: str):
     hint = f"download {name} on a machine with internet (it lands in the Hugging Face cache)"
     with fetching_weights(name, hint):
         return open_clip.create_model(name)
+
+
+def _from_local_dir(open_clip, name: str, pretrained: str | None):
+    """A model folder: its config always; its own weights unless ``pretrained`` is a file or
+    ``random``. open_clip builds QuickGELU and sets mean/std from the folder's config."""
+    folder = check_local_dir(name)
+    if pretrained == RANDOM:
+        return _seeded_random_init(open_clip, name)
+    if pretrained is not None:
+        return _from_file(open_clip, name, pretrained)
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
+        raise MmcoaError(f"model {name}: no weights ({', '.join('*' + s for s in WEIGHT_SUFFIXES)}) "
+                         f"in {folder}; pass --pretrained FILE, or '{RANDOM}' for random init")
+    try:
+        return open_clip.create_model(name)
+    except (RuntimeError, ValueError, OSError) as error:
+        raise MmcoaError(f"model {name}: the weights in {folder} do not load "
+                         f"({str(error).strip().splitlines()[0][:160]})") from error
 
 
 def _from_architecture(open_clip, name: str, pretrained: str | None):
@@ -186,7 +227,7 @@ def check_open_clip_checkpoint(name: str, path: str) -> None:
     header and a model built on the meta device: milliseconds, no weights read."""
     open_clip = open_clip_registered()
     with _quiet_open_clip_logs(), torch.device("meta"):
-        model = open_clip.create_model(name, device="meta")
+        model = open_clip.create_model(name, device="meta", load_weights=False)
     check_fits(model.state_dict(), path, name, layout=lambda state: _to_open_clip_layout(model, state))
 
 
@@ -217,7 +258,7 @@ def _seeded_random_init(open_clip, name: str, seed: int = 0, quick_gelu: bool = 
     """Random init that does not depend on (or disturb) the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return open_clip.create_model(name, force_quick_gelu=quick_gelu)
+        return open_clip.create_model(name, force_quick_gelu=quick_gelu, load_weights=False)
 
 
 @contextlib.contextmanager

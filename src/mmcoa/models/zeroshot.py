@@ -55,7 +55,7 @@ class ZeroShotClassifier:
         similarity = torch.einsum("bd,bcd->bc", image, text) if text.ndim == 3 else image @ text.T
         return self.model.logit_scale * similarity
 
-    def with_prompt_set(self, class_embeddings: torch.Tensor) -> "ZeroShotClassifier":
+    def with_prompt_set(self, class_embeddings: torch.Tensor) -> ZeroShotClassifier:
         """A classifier over the same model that classifies against ``class_embeddings``."""
         fixed = ZeroShotClassifier(self.model, self.prompts, self.text_batch_size)
         fixed.class_embeddings = lambda: class_embeddings  # type: ignore[method-assign]

