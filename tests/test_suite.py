@@ -24,7 +24,7 @@ from test_retrieval import make_layout
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper"
 SUITE_KEYS = {"suite", "cell", "label", "attack_label", "cell_settings", "subset"}
 SYNTHETIC = {"name": "synthetic", "options": {"n_samples": 16, "n_classes": 4, "image_size": 28}}
-PGD = {"label": "image", "name": "pgd", "eps": 1, "step_size": 1, "steps": 2}
+PGD = {"label": "image", "name": "pgd", "eps": 1, "step_size": 1, "n_steps": 2}
 
 
 def write_suite(path: Path, **values) -> Path:
@@ -124,7 +124,7 @@ def test_suite_produces_the_table_structure(tmp_path, fake_root, prompt_mlm, mon
 def test_interrupted_suite_resumes_without_recomputing(tmp_path, monkeypatch):
     config = write_suite(tmp_path / "s.yaml", models=[{"label": "CLIP", "name": "tiny-clip"},
                                                       {"label": "Other", "name": "tiny-clip-hf"}])
-    calls = count_calls(monkeypatch, "evaluate", fail_on=3)
+    calls = count_calls(monkeypatch, "evaluate", fail_on=2)  # one pass per (row, dataset)
     output = tmp_path / "out"
     with pytest.raises(RuntimeError, match="interrupted"):
         suite.run_suite(load_suite(config), output, progress=False)
@@ -137,10 +137,10 @@ def test_interrupted_suite_resumes_without_recomputing(tmp_path, monkeypatch):
     calls = count_calls(monkeypatch, "evaluate")
     loads = count_calls(monkeypatch, "load_model")
     resumed = suite.run_suite(load_suite(config), output, resume=True, progress=False)
-    assert len(calls) == 2 and len(loads) == 1  # only the second row's two cells
+    assert len(calls) == 1 and len(loads) == 1  # only the second row's two cells, in one pass
     assert (output / "subsets" / "synthetic.json").read_text() == subset
     assert suite.run_suite(load_suite(config), output, resume=True, progress=False) == resumed
-    assert len(calls) == 2  # everything finished: nothing recomputed
+    assert len(calls) == 1  # everything finished: nothing recomputed
     fresh = suite.run_suite(load_suite(config), tmp_path / "fresh", progress=False)
     assert [comparable(r) for r in resumed] == [comparable(r) for r in fresh]  # cell by cell
 
@@ -149,7 +149,7 @@ def test_resume_recomputes_only_cells_whose_settings_changed(tmp_path, monkeypat
     config = write_suite(tmp_path / "s.yaml")
     output = tmp_path / "out"
     suite.run_suite(load_suite(config), output, progress=False)
-    write_suite(config, attacks=[{"name": "clean"}, {**PGD, "steps": 3}])
+    write_suite(config, attacks=[{"name": "clean"}, {**PGD, "n_steps": 3}])
     calls = count_calls(monkeypatch, "evaluate")
     records = suite.run_suite(load_suite(config), output, resume=True, progress=False)
     assert len(calls) == 1 and records[1]["attack_params"]["n_steps"] == 3
@@ -196,7 +196,7 @@ def test_retrieval_suite_with_sga(tmp_path):
     mlm = str(train_tiny_mlm(captions, tmp_path / "mlm", steps=30))
     config = write_suite(tmp_path / "t6.yaml", task="retrieval", n_samples=2, datasets=["mscoco_karpathy"],
                          attacks=[{"name": "clean"},
-                                  {"name": "sga", "eps": 2, "step_size": 0.5, "steps": 2, "mlm": mlm}])
+                                  {"name": "sga", "eps": 2, "step_size": 0.5, "n_steps": 2, "mlm": mlm}])
     with pytest.raises(MmcoaError, match="retrieval suites need data_root"):
         suite.run_suite(load_suite(config), tmp_path / "out", progress=False)
     records = suite.run_suite(load_suite(config, data_root=str(root)), tmp_path / "out", progress=False)
@@ -226,10 +226,13 @@ BAD = [
     ({"split": "val"}, "dataset synthetic has no split 'val'"),
     ({"datasets": [{"name": "synthetic", "options": {"colour": 1}}]}, "takes no option colour"),
     ({"attacks": [{"name": "nope"}]}, "attacks\\[0\\]: unknown attack 'nope'"),
-    ({"attacks": [{"name": "pgd", "eps": 0}]}, "attacks\\[0\\]: eps must be in \\(0, 255\\]"),
-    ({"attacks": [{"name": "pgd", "eps": 300}]}, "eps must be in \\(0, 255\\] \\(units of 1/255\\); got 300"),
-    ({"attacks": [{"name": "pgd", "alpha": 3}]}, "attack 'pgd' takes no parameter alpha"),
-    ({"attacks": [{"name": "pgd", "steps": "ten"}]}, "attacks\\[0\\].steps must be an integer; got 'ten'"),
+    ({"attacks": [{"name": "pgd", "eps": 0}]}, "attacks\\[0\\]: eps must be from 0.1 to 255"),
+    ({"attacks": [{"name": "pgd", "eps": 300}]}, "eps must be from 0.1 to 255 \\(units of 1/255: 1 means 1/255\\); got 300"),
+    ({"attacks": [{"name": "pgd", "text_weight": 3}]}, "attack 'pgd' takes no parameter text_weight"),
+    ({"attacks": [{"name": "coattack", "alpha": 3}]}, "attacks\\[0\\]: alpha was renamed to text_weight"),
+    ({"attacks": [{"name": "pgd", "steps": 2}]}, "attacks\\[0\\]: steps was renamed to n_steps"),
+    ({"attacks": [{"name": "pgd", "eps": 0.0039}]}, "eps is in units of 1/255.*write 0.9945"),
+    ({"attacks": [{"name": "pgd", "n_steps": "ten"}]}, "attacks\\[0\\].n_steps must be an integer; got 'ten'"),
     ({"attacks": [{"name": "pgd"}, {"name": "pgd", "eps": 2}]}, "attack labels must be distinct"),
     ({"attacks": [{"name": "pgd", "label": "a b"}, {"name": "clean", "label": "a-b"}]}, "same file name"),
     ({"attacks": []}, "attacks must be a non-empty list"),
@@ -328,7 +331,7 @@ def test_table2_3_out_of_distribution():
 def test_table5_coattack():
     config = paper("table5")
     [attack] = config.attacks
-    assert attack.name == "coattack" and attack.params["n_steps"] == 100 and attack.params["alpha"] == 3
+    assert attack.name == "coattack" and attack.params["n_steps"] == 100 and attack.params["text_weight"] == 3
     in_distribution = [m for m in config.models if m.datasets]
     assert [m.label for m in in_distribution] == ["FT-standard", "TeCoA", "MMCoA"]
     assert all(m.datasets == ("cifar10", "cifar100", "tiny_imagenet") for m in in_distribution)
