@@ -235,7 +235,7 @@ def test_gallery_examples_and_plot(tiny_model, synthetic_test, mlm, tmp_path):
 def test_cli_analyze(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["analyze", "eps-sweep", "--model", "tiny-clip", "--dataset", "synthetic",
-                 "--attacks", "pgd", "--eps", "1,4", "--steps", "1", "--n-samples", "8",
+                 "--attacks", "pgd", "--eps", "1,4", "--n-steps", "1", "--n-samples", "8",
                  "--batch-size", "8", "--output", str(out), "--no-progress"]) == 0
     assert "eps_sweep.png" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"eps_sweep.png", "eps_sweep.json", "eps_sweep_records.json"}

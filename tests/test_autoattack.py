@@ -270,7 +270,7 @@ def test_eval_command_runs_autoattack(tmp_path, capsys):
     """A budget that fools every sample in APGD-CE: the later stages have nothing left to do."""
     output = tmp_path / "r.json"
     code = main(["eval", "--dataset", "synthetic", "--model", "tiny-clip", "--attacks",
-                 "clean,autoattack", "--eps", "64", "--steps", "3", "--n-samples", "8",
+                 "clean,autoattack", "--eps", "64", "--n-steps", "3", "--n-samples", "8",
                  "--output", str(output), "--no-progress"])
     assert code == 0 and "autoattack" in capsys.readouterr().out
     clean, robust = json.loads(output.read_text())

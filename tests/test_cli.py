@@ -25,7 +25,7 @@ def run_cli(capsys, *argv):
 def test_eval_writes_records_and_prints_table(tmp_path, capsys):
     output = tmp_path / "results.json"
     code, out, _ = run_cli(capsys, "eval", *SYNTHETIC, "--attacks", "clean,pgd", "--eps", "4",
-                           "--steps", "2", "--n-samples", "8", "--batch-size", "4",
+                           "--n-steps", "2", "--n-samples", "8", "--batch-size", "4",
                            "--output", str(output), "--no-progress")
     assert code == 0
     records = json.loads(output.read_text())
@@ -62,9 +62,9 @@ def test_listings(capsys):
     (["--model", "no-such-model", "--dataset", "synthetic"], "unknown model 'no-such-model'"),
     (["--model", "tiny-clip", "--dataset", "no-such-data"], "unknown dataset 'no-such-data'"),
     (SYNTHETIC + ["--attacks", "clean,nope"], "unknown attack 'nope'; known:"),
-    (SYNTHETIC + ["--eps", "0"], "--eps must be in (0, 255]"),
-    (SYNTHETIC + ["--eps", "300"], "--eps must be in (0, 255]"),
-    (SYNTHETIC + ["--step-size", "-1"], "--step-size must be in (0, 255]"),
+    (SYNTHETIC + ["--eps", "0"], "--eps must be from 0.1 to 255"),
+    (SYNTHETIC + ["--eps", "300"], "--eps must be from 0.1 to 255"),
+    (SYNTHETIC + ["--step-size", "-1"], "--step-size must be from 0.1 to 255"),
     (SYNTHETIC + ["--n-samples", "0"], "n_samples must be a positive integer"),
     (SYNTHETIC + ["--attacks", "clean", "--eps", "4"], "no chosen attack takes eps"),
     (SYNTHETIC + ["--pretrained", "/nowhere/model.pt"], "does not exist"),

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from mmcoa.train.config import METHOD_DEFAULTS, load_config
+from mmcoa.settings import read_mapping
+from mmcoa.train.config import METHOD_DEFAULTS, PER_255, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 YAML_FILES = [p for p in sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
               if "paper" not in p.relative_to(CONFIGS).parts]  # configs/paper: suites (test_suite.py)
-TABLE1 = {  # name: (method, alpha, beta, towers)
+TABLE1 = {  # name: (method, adv_image_weight, adv_text_weight, towers)
     "ft-standard": ("ft-standard", None, None, "both"),
     "tecoa": ("tecoa", None, None, "image"),
     "mmcoa": ("mmcoa", 0.5, 0.5, "both"),
@@ -45,7 +46,7 @@ def test_table1_configs_hold_the_papers_settings(name):
     assert config.precision == "bf16" and config.device == "cuda"
     assert config.output == f"runs/table1/cifar10/{name}"  # where configs/paper/table1.yaml looks
     if alpha is not None:
-        assert (config.alpha, config.beta) == (alpha, beta)
+        assert (config.adv_image_weight, config.adv_text_weight) == (alpha, beta)
 
 
 def assert_method_settings(config):
@@ -66,7 +67,7 @@ def test_baseline_configs_hold_their_published_settings(name):
 
 def test_cli_flags_override_a_table1_config():
     config = load_config(str(CONFIGS / "table1" / "mmcoa.yaml"), {"lr": 5e-6, "output": "elsewhere"})
-    assert config.lr == 5e-6 and config.output == "elsewhere" and config.alpha == 0.5
+    assert config.lr == 5e-6 and config.output == "elsewhere" and config.adv_image_weight == 0.5
 
 
 @pytest.mark.parametrize("name", ["vp", "advpt"])
@@ -75,3 +76,13 @@ def test_table7_prompt_tuning_configs_freeze_the_model(name):
     assert config.method == name and config.train_towers == "none"
     assert (config.model, config.pretrained, config.dataset) == ("ViT-B-32", "openai", "cifar10")
     assert config.output == f"runs/table7/{name}" and config.weight_decay == 0.0
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=[str(p.relative_to(CONFIGS)) for p in YAML_FILES])
+def test_configs_write_eps_and_step_sizes_in_255ths(path):
+    """The shipped files use the one unit: train_eps: 1 (1/255), never a pixel value."""
+    written = read_mapping(path, "config file")
+    for name in PER_255:
+        if name in written:
+            assert written[name] >= 1 and float(written[name]).is_integer(), (name, written[name])
+    assert "alpha" not in written and "beta" not in written  # adv_image_weight, adv_text_weight

@@ -124,7 +124,7 @@ def test_demo_table1_fine_tunes_copies_with_the_evaluation_eps(demo_run):
         assert config["mlm"] == "minilm" and config["dataset"] == "fashion_mnist"
         assert config["model"] == MINILM_CLIP
         assert config["train_eps"] == SMALL_TABLE1.eps  # the threat model it is evaluated under
-        assert (config["alpha"], config["beta"]) == (0.5, 0.5)
+        assert (config["adv_image_weight"], config["adv_text_weight"]) == (0.5, 0.5)
         assert config["text_attack_every"] == SMALL_TABLE1.text_attack_every
         assert json.loads((run / "metrics.json").read_text())["steps"] == SMALL_TABLE1.max_steps
         tuned = torch.load(run / "final.pt", map_location="cpu", weights_only=True)

@@ -52,7 +52,7 @@ def mlm(tmp_path_factory):
 
 @pytest.mark.parametrize("method,extra", [
     ("ft-standard", []),                                  # both towers, batch-coupled loss
-    ("mmcoa", ["--alpha", "0", "--beta", "1"]),           # adversarial prompts from rank 0
+    ("mmcoa", ["--adv-image-weight", "0", "--adv-text-weight", "1"]),           # adversarial prompts from rank 0
     ("tecoa", ["--train-eps", "4", "--train-step-size", "1"]),  # PGD: random starts of the batch
     ("pmg-aft", ["--train-steps", "1", "--train-eps", "4"]),    # a per-sample loss
     ("pmg-aft", ["--train-steps", "1", "--batch-size", "15"]),  # shards of 8 and 7: weighted
@@ -100,7 +100,7 @@ def without_key_bias(key: str, weight: torch.Tensor) -> torch.Tensor:
 
 def test_two_process_eval_sums_the_shards_counts(tmp_path):
     args = ["eval", "--model", "tiny-clip", "--pretrained", "random", "--dataset", "synthetic",
-            "--attacks", "clean,pgd", "--steps", "2", "--eps", "4", "--n-samples", "21",
+            "--attacks", "clean,pgd", "--n-steps", "2", "--eps", "4", "--n-samples", "21",
             "--batch-size", "4", "--no-progress"]
     run_mmcoa(args + ["--output", str(tmp_path / "one.json")], processes=1)
     run_mmcoa(args + ["--output", str(tmp_path / "two.json")], processes=2)
@@ -182,7 +182,7 @@ models:
   - {label: CLIP, name: tiny-clip, pretrained: random}
 datasets: [synthetic]
 attacks:
-  - {label: image, name: pgd, eps: 4, step_size: 1, steps: 2}
+  - {label: image, name: pgd, eps: 4, step_size: 1, n_steps: 2}
   - {label: clean, name: clean}
 """
 

@@ -15,7 +15,7 @@ from mmcoa.cli import build_parser, main
 SYNTHETIC = ["--model", "tiny-clip", "--dataset", "synthetic", "--attacks", "clean"]
 SUITE = {"models": [{"label": "CLIP", "name": "tiny-clip"}],
          "datasets": [{"name": "synthetic", "options": {"n_samples": 8}}],
-         "attacks": [{"name": "clean"}, {"name": "pgd", "steps": 2}], "n_samples": 4}
+         "attacks": [{"name": "clean"}, {"name": "pgd", "n_steps": 2}], "n_samples": 4}
 
 
 def one_error_line(capsys, prefix: str = "mmcoa: error: ") -> str:
@@ -139,8 +139,8 @@ def suite_with(**changes) -> dict:
     (suite_with(n_samples=3.5), "n_samples must be a positive integer or null; got 3.5"),
     (suite_with(batch_size=None), "batch_size must be a positive integer; got null"),
     (suite_with(split=None), "split must be a non-empty string; got null"),
-    (suite_with(attacks=[{"name": "pgd", "steps": 2.5}]), "attacks[0].steps must be an integer; got 2.5"),
-    (suite_with(attacks=[{"name": "pgd", "steps": [2]}]), "attacks[0].steps must be an integer; got [2]"),
+    (suite_with(attacks=[{"name": "pgd", "n_steps": 2.5}]), "attacks[0].n_steps must be an integer; got 2.5"),
+    (suite_with(attacks=[{"name": "pgd", "n_steps": [2]}]), "attacks[0].n_steps must be an integer; got [2]"),
     (suite_with(attacks=[{"name": "pgd", "eps": [2]}]), "attacks[0].eps must be a number; got [2]"),
     (suite_with(attacks=[{"name": "pgd", "random_start": 1}]),
      "attacks[0].random_start must be true or false; got 1"),

@@ -153,7 +153,7 @@ def test_command_line_and_report(tmp_path, capsys):
 
     output = tmp_path / "sanity"
     assert run_command("sanity", ["--model", "tiny-clip", "--dataset", "synthetic", "--n-samples", "8",
-                                  "--eps", "1,2", "--steps", "1,2", "--square-queries", "5",
+                                  "--eps", "1,2", "--n-steps", "1,2", "--square-queries", "5",
                                   "--output", str(output), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "eps-monotone" in out and ("PASS" in out or "FAIL" in out) and "sanity.md" in out
@@ -163,9 +163,10 @@ def test_command_line_and_report(tmp_path, capsys):
 
 
 def test_command_line_errors_before_loading(tmp_path):
-    for flags, message in [(["--steps", "10,x"], "--steps takes comma-separated numbers"),
+    for flags, message in [(["--n-steps", "10,x"], "--n-steps takes comma-separated numbers"),
                            (["--eps", "4"], "eps needs at least two"),
-                           (["--check-eps", "0"], "check_eps must be in")]:
+                           (["--check-eps", "0"], "--check-eps must be from 0.1 to 255"),
+                           (["--step-size", "0.0039"], "--step-size is in units of 1/255")]:
         with pytest.raises(MmcoaError, match=message):
             run_command("sanity", ["--model", "no-such-model", "--dataset", "synthetic",
                                    "--output", str(tmp_path / "o"), *flags])

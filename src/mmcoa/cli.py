@@ -10,8 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from mmcoa.attacks.flags import add_attack_flags, attack_params_from_flags
+from mmcoa.devices import AUTO
 from mmcoa.distributed import fail_fast, running_under_torchrun
 from mmcoa.errors import MmcoaError, one_line
+from mmcoa.flags import OneLineParser, add_field_flags, field_values, flag_name, refuse_renamed
 from mmcoa.outputs import check_output
 
 
@@ -29,27 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mmcoa: interrupted; {args.saved(args)}", file=sys.stderr)
         return 130
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line, not argparse's usage block (``--help``
-    still prints the full help)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.set_defaults(command_prog=self.prog)  # the innermost command's, once parsed
-
-    def parse_args(self, args=None, namespace=None):
-        parsed, extra = self.parse_known_args(args, namespace)
-        if extra:  # argparse would blame the main parser for a subcommand's unknown flags
-            self._fail(parsed.command_prog, f"unrecognized arguments: {' '.join(extra)}")
-        return parsed
-
-    def error(self, message: str):
-        self._fail(self.prog, message)
-
-    def _fail(self, prog: str, message: str):
-        self.exit(2, f"{prog}: error: {' '.join(message.splitlines())} (see {prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,16 +64,7 @@ def _add_eval(commands) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true")
     p.add_argument("--attacks", default="clean,pgd", help="comma-separated attack names")
-    p.add_argument("--eps", type=float, default=None, help="in units of 1/255 (default 1)")
-    p.add_argument("--step-size", type=float, default=None, help="in units of 1/255 (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="attack iterations (default 100)")
-    p.add_argument("--norm", default=None, choices=("linf", "l2"))
-    p.add_argument("--restarts", type=int, default=None)
-    p.add_argument("--mlm", default=None, help="masked LM for text attacks: hub id or directory "
-                   "(default bert-base-uncased)")
-    p.add_argument("--k", type=int, default=None, help="BERT-Attack candidates per word (default 10)")
-    p.add_argument("--max-words", type=int, default=None, help="words perturbed per prompt (default 1)")
-    p.add_argument("--alpha", type=float, default=None, help="Co-Attack text-guidance weight (default 3)")
+    add_attack_flags(p, skip=("precision",))  # --precision: add_runtime_flags
     p.add_argument("--template", default=None, help="prompt template with {} (default: the dataset's)")
     p.add_argument("--prompt", default=None, help="a vp/advpt run's prompt.pt to put on the model")
     p.add_argument("--resize", default="torch", choices=("torch", "pil"),
@@ -99,7 +72,7 @@ def _add_eval(commands) -> None:
                         "or 'pil' (open_clip/clip_benchmark's PIL transform, clamped)")
     p.add_argument("--n-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="cpu")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out and count them in the record (default: stop)")
@@ -107,6 +80,12 @@ def _add_eval(commands) -> None:
     p.add_argument("--output", required=True, help="result JSON file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_eval, saved=file_saved)
+
+
+def add_device_flag(p: argparse.ArgumentParser, default: str | None = AUTO) -> None:
+    shown = default or "the suite file's, else auto"
+    p.add_argument("--device", default=default,
+                   help=f"cpu, cuda, cuda:N or auto: cuda when available (default: {shown})")
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
@@ -123,58 +102,25 @@ def runtime_settings(args: argparse.Namespace) -> dict:
     return {"tf32": args.tf32, "compile": args.compile}
 
 
-TRAIN_FLAGS = (  # flag, type, help; each overrides the YAML config's value when given
-    ("method", str, "ft-standard, tecoa, mmcoa, fare, pmg-aft, vp, advpt"),
-    ("model", str, None), ("pretrained", str, None), ("dataset", str, None),
-    ("data-root", str, None), ("shots", str, "1, 5, 50 or full"), ("epochs", int, None),
-    ("max-steps", int, None), ("batch-size", int, None),
-    ("optimizer", str, "adamw or sgd (default: the method's)"),
-    ("lr", float, "learning rate (default: the method's)"),
-    ("weight-decay", float, "(default: the method's)"), ("momentum", float, "SGD momentum (0.9)"),
-    ("schedule", str, "constant or cosine (default: the method's)"),
-    ("warmup-steps", int, "(default: the method's)"),
-    ("alpha", float, "MMCoA weight of L(adv image, clean text)"),
-    ("beta", float, "MMCoA weight of L(clean image, adv text)"),
-    ("train-towers", str, "image, text, both or none (default: the method's)"),
-    ("train-eps", float, "training PGD eps in 1/255 units (default: the method's)"),
-    ("train-step-size", float, "training PGD step in 1/255 units (default: the method's)"),
-    ("train-steps", int, "training PGD steps (default: the method's)"),
-    ("text-attack-every", int, "recompute adversarial prompts every N steps (default 1)"),
-    ("mlm", str, None), ("k", int, None), ("max-words", int, None), ("template", str, None),
-    ("n-ctx", int, "AdvPT: learnable text context tokens (default 4)"),
-    ("precision", str, "fp32 or bf16"), ("save-every", int, "checkpoint every N steps"),
-    ("seed", int, None), ("device", str, None), ("output", str, "run directory"),
-)
-
-
 def _add_train(commands) -> None:
-    p = commands.add_parser("train", help="adversarial fine-tuning → run directory")
+    from mmcoa.train.config import RENAMED, TrainConfig, default_text
+
+    p = commands.add_parser("train", help="adversarial fine-tuning → run directory",
+                            description="Every setting of a YAML file is also a flag (flags override "
+                            "the file); eps and step sizes in units of 1/255, as in the YAML files.")
     p.add_argument("--config", default=None, help="YAML file of settings (flags override it)")
-    for flag, kind, text in TRAIN_FLAGS:
-        p.add_argument(f"--{flag}", type=kind, default=None, help=text)
+    add_field_flags(p, TrainConfig, default_text)  # one flag per TrainConfig field
+    refuse_renamed(p, RENAMED)
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.pt")
-    p.add_argument("--keep-epoch-checkpoints", action="store_true", default=None,
-                   help="also keep checkpoints/epoch<N>.pt at each epoch end (for mmcoa analyze curves)")
-    p.add_argument("--skip-nonfinite", action="store_true", default=None,
-                   help="skip (and count) a step whose loss is NaN/inf instead of stopping")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_train, saved=train_saved)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mmcoa.train.config import load_config
+    from mmcoa.train.config import TrainConfig, load_config
     from mmcoa.train.trainer import train
 
-    overrides = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in TRAIN_FLAGS}
-    overrides["keep_epoch_checkpoints"] = args.keep_epoch_checkpoints
-    overrides["skip_nonfinite"] = args.skip_nonfinite
-    for name in ("train_eps", "train_step_size"):
-        if overrides[name] is not None:
-            if not 0 < overrides[name] <= 255:
-                raise MmcoaError(f"--{name.replace('_', '-')} must be in (0, 255] (units of 1/255); "
-                                 f"got {overrides[name]:g}")
-            overrides[name] /= 255
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, field_values(args, TrainConfig), spell=flag_name)
     check_output(config.output, directory=True, flag="--output" if args.output is not None else "output")
     args.output = config.output  # where an interruption's hint looks for the checkpoint
     metrics = train(config, resume=args.resume, progress=not args.no_progress)
@@ -193,7 +139,7 @@ def _add_retrieval(commands) -> None:
     p.add_argument("--mlm", default=None)
     p.add_argument("--n-images", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=0)
     add_runtime_flags(p)
     p.add_argument("--output", required=True, help="result JSON file")
@@ -220,7 +166,7 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
         RETRIEVAL_ATTACKS.get(name)
     if args.precision and not any(_precision_for(RETRIEVAL_ATTACKS.get(n), args.precision) for n in names):
         raise MmcoaError(f"--precision applies to image attacks (pgd, coattack, sga); chosen: {args.attacks}")
-    check_device(args.device)
+    args.device = check_device(args.device)
     check_output(args.output, directory=False)
     model = load_model(args.model, pretrained=args.pretrained, device=args.device)
     configure_runtime(model, **runtime_settings(args))
@@ -245,7 +191,7 @@ def _add_suite(commands) -> None:
     p.add_argument("--resume", action="store_true", help="skip cells whose record exists with the same settings")
     p.add_argument("--n-samples", type=int, default=None,
                    help="a fixed seeded subset of N samples (retrieval: images) per dataset")
-    p.add_argument("--device", default=None, help="overrides the suite's device")
+    add_device_flag(p, default=None)  # the suite file's device (default there: auto)
     p.add_argument("--data-root", default=None, help="overrides the suite's data_root")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_suite, saved=suite_saved)
@@ -272,7 +218,7 @@ def _add_demo(commands) -> None:
     p.add_argument("--mlm", default="minilm", help="BERT-Attack's candidate source: minilm (the "
                    "text tower's pretrained encoder, tied head) or a masked-LM directory or hub id")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--device", default="cpu")
+    add_device_flag(p, default="cpu")  # the demo's numbers are CPU runs
     p.add_argument("--n-samples", type=int, default=500, help="test images of the attack table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -316,14 +262,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return run_command(args.kind, args.options)
 
 
-def attack_params_from_flags(args: argparse.Namespace) -> dict:
-    """The attack flags the user set, in pixel units (CLI eps and step size are /255)."""
-    from mmcoa.attacks.settings import SETTINGS, params_from_settings
-
-    return params_from_settings({name: getattr(args, name) for name in SETTINGS},
-                                spell=lambda name: f"--{name.replace('_', '-')}")
-
-
 def attack_names(text: str) -> list[str]:
     """``"clean, pgd"`` → ``["clean", "pgd"]``."""
     return [name.strip() for name in text.split(",") if name.strip()]
@@ -336,7 +274,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mmcoa.eval import evaluate, format_table, write_records
 
     attacks = build_attacks(attack_names(args.attacks), attack_params_from_flags(args))
-    check_device(args.device)
+    args.device = check_device(args.device)
     check_output(args.output, directory=False)
     world, args.device = world_from_env(args.device)  # torchrun: shard the samples
     model, template = _prompted_model(args) if args.prompt else (args.model, args.template)
@@ -369,7 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mmcoa.demo import run_demo
     from mmcoa.devices import check_device
 
-    check_device(args.device)
+    args.device = check_device(args.device)
     check_output(args.output, directory=True)
     run_demo(args.output, data_root=args.data_root, device=args.device, n_samples=args.n_samples,
              seed=args.seed, progress=not args.no_progress, mlm=args.mlm)

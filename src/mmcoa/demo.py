@@ -158,7 +158,7 @@ class Table1Settings:
                            dataset=DEMO_DATASET, data_root=data_root, shots=self.shots, epochs=1,
                            max_steps=self.max_steps, batch_size=self.batch_size,
                            optimizer="adamw", lr=self.lr, weight_decay=0.2, schedule="constant",
-                           warmup_steps=0, alpha=self.alpha, beta=self.beta, train_eps=self.eps,
+                           warmup_steps=0, adv_image_weight=self.alpha, adv_text_weight=self.beta, train_eps=self.eps,
                            train_step_size=self.eps, train_steps=self.train_steps,
                            text_attack_every=self.text_attack_every, mlm=mlm, seed=seed,
                            device=device, output=str(output))

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from mmcoa.attacks.flags import add_attack_flags, attack_params_from_flags
+from mmcoa.devices import AUTO, check_device
 from mmcoa.errors import MmcoaError
+from mmcoa.flags import OneLineParser, refuse_renamed
 from mmcoa.outputs import check_output
 from mmcoa.registry import Registry
+from mmcoa.units import check_255
 
 
 @dataclass(frozen=True)
@@ -33,14 +37,14 @@ ANALYSES: Registry[Analysis] = Registry("analysis")
 
 def run_command(kind: str, argv: list[str]) -> int:
     """Parse ``argv`` for analysis ``kind`` and run it; an unknown kind is a one-line error."""
-    from mmcoa.cli import OneLineParser
-
     analysis = ANALYSES.get(kind)
     parser = OneLineParser(prog=f"mmcoa analyze {kind}", description=analysis.help)
     analysis.configure(parser)
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if getattr(args, "device", None) is not None:
+        args.device = check_device(args.device)  # auto: cuda when available
     check_output(args.output, directory=True)
     summary = analysis.run(args)
     print(f"{kind}: figure {summary.with_suffix('.png')}, numbers {summary}")
@@ -71,30 +75,21 @@ def _data_flags(p: argparse.ArgumentParser, dataset_required: bool = True) -> No
     p.add_argument("--n-samples", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=AUTO, help="cpu, cuda, cuda:N or auto: cuda when available "
+                   "(default: auto)")
     p.add_argument("--template", default=None)
 
 
-def _attack_flags(p: argparse.ArgumentParser, eps_help: str = "in units of 1/255") -> None:
-    """The flags of ``mmcoa eval`` that set attack parameters (same names, same units)."""
-    p.add_argument("--eps", default=None, help=eps_help)
-    p.add_argument("--step-size", type=float, default=None, help="in units of 1/255")
-    p.add_argument("--steps", type=int, default=None, help="attack iterations")
-    p.add_argument("--norm", default=None, choices=("linf", "l2"))
-    p.add_argument("--restarts", type=int, default=None)
-    p.add_argument("--mlm", default=None, help="masked LM for text attacks (hub id or directory)")
-    p.add_argument("--k", type=int, default=None)
-    p.add_argument("--max-words", type=int, default=None)
-    p.add_argument("--alpha", type=float, default=None)
-    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
-                   help="image attacks' precision (bf16 autocasts the model)")
+def _attack_flags(p: argparse.ArgumentParser, eps_list: bool = False) -> None:
+    """The flags of ``mmcoa eval`` that set attack parameters (one declaration:
+    :mod:`mmcoa.attacks.flags`)."""
+    add_attack_flags(p, eps_list=eps_list)
 
 
 def _attack_params(args: argparse.Namespace, names: list[str]) -> dict:
     """Attack parameters (pixel units) from the flags, as ``mmcoa eval`` reads them; a flag
     none of the ``names`` attacks takes is an error, before any model is loaded."""
     from mmcoa.attacks.settings import build_attacks
-    from mmcoa.cli import attack_params_from_flags
 
     if isinstance(args.eps, str):
         args.eps = _floats(args.eps, "--eps")[0]
@@ -113,17 +108,21 @@ def _floats(text: str, flag: str) -> list[float]:
     return values
 
 
+def _budgets(text: str, flag: str) -> list[float]:
+    """Comma-separated eps values in units of 1/255, each checked (a pixel value is refused)."""
+    return [check_255(value, flag) for value in _floats(text, flag)]
+
+
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def _models(args: argparse.Namespace) -> dict:
     """``{label: model}`` from --model, --pretrained (repeatable) and --label."""
-    from mmcoa.devices import check_device
     from mmcoa.models import load_model, validate_model_name
     from mmcoa.report.columns import row_labels
 
-    check_device(args.device)
+    args.device = check_device(args.device)
     validate_model_name(args.model)
     weights = args.pretrained or [None]
     labels = args.label or row_labels([{"model": args.model, "pretrained": w} for w in weights])
@@ -148,14 +147,14 @@ def _write_records(args: argparse.Namespace, kind: str, records: list[dict]) -> 
 # -- eps sweep (Fig. 6) --------------------------------------------------------------------------
 def _configure_eps_sweep(p):
     _model_flags(p)
-    _attack_flags(p, eps_help="comma-separated budgets in units of 1/255 (default 1,2,4)")
+    _attack_flags(p, eps_list=True)
     p.add_argument("--attacks", default="pgd,multimodal", help="attacks to sweep (clean is added)")
 
 
 def _run_eps_sweep(args) -> Path:
     from mmcoa.analysis.eps_sweep import SWEEP_EPS, eps_sweep, plot_eps_sweep
 
-    budgets = _floats(args.eps, "--eps") if args.eps else list(SWEEP_EPS)
+    budgets = _budgets(args.eps, "--eps") if args.eps else list(SWEEP_EPS)
     args.eps, attacks = None, _names(args.attacks)
     params = _attack_params(args, attacks)
     dataset, models = _dataset(args), _models(args)
@@ -294,10 +293,12 @@ def _configure_sanity(p):
     _model_flags(p, several=False)
     p.add_argument("--eps", default="1,2,4,8,16",
                    help="PGD budgets of the monotonicity sweep, comma-separated, units of 1/255")
-    p.add_argument("--steps", default="10,50,100", help="PGD iterations of the steps check, comma-separated")
+    p.add_argument("--n-steps", default="10,50,100", help="PGD iterations of the steps check, comma-separated")
+    refuse_renamed(p, {"steps": "n_steps"})
     p.add_argument("--check-eps", type=float, default=1,
                    help="eps of the steps, Square and noise checks, units of 1/255 (default 1, the paper's)")
-    p.add_argument("--large-eps", type=float, default=64, help="eps whose accuracy must be at most chance")
+    p.add_argument("--large-eps", type=float, default=64,
+                   help="eps whose accuracy must be at most chance, units of 1/255")
     p.add_argument("--square-queries", type=int, default=5000, help="Square queries (AutoAttack: 5000)")
     p.add_argument("--step-size", type=float, default=1, help="PGD step, units of 1/255")
     p.add_argument("--tolerance", type=float, default=0.01,
@@ -309,7 +310,9 @@ def _configure_sanity(p):
 def _run_sanity(args) -> Path:
     from mmcoa.analysis.sanity import SanityPlan, check_tolerances, run_sanity
 
-    plan = SanityPlan(eps=tuple(_floats(args.eps, "--eps")), steps=tuple(_ints(args.steps, "--steps")),
+    for name in ("check_eps", "large_eps", "step_size"):
+        check_255(getattr(args, name), f"--{name.replace('_', '-')}")
+    plan = SanityPlan(eps=tuple(_budgets(args.eps, "--eps")), steps=tuple(_ints(args.n_steps, "--n-steps")),
                       check_eps=args.check_eps, large_eps=args.large_eps,
                       square_queries=args.square_queries, step_size=args.step_size)
     check_tolerances(args.tolerance, args.noise_fraction)

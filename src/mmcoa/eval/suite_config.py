@@ -8,7 +8,7 @@ A suite file (see ``configs/paper/``)::
     n_samples: null                  # null: every test sample; N: a fixed seeded subset per dataset
     seed: 0
     batch_size: 128
-    device: cuda
+    device: cuda                     # default auto: cuda when available, else cpu
     data_root: null                  # null: $MMCOA_DATA or ~/.cache/mmcoa/data (retrieval: the COCO folder)
     template: null                   # null: each dataset's prompt template
     models:                          # one table row each
@@ -17,10 +17,10 @@ A suite file (see ``configs/paper/``)::
       - {label: "TeCoA (1-shot)", name: ViT-B-32, checkpoint: runs/ood/1shot/tecoa/final.pt,
          datasets: [cifar10]}        # optional: only these of the suite's datasets
     datasets: [cifar10, {name: synthetic, options: {n_samples: 16}}]
-    attacks:                         # eps and step_size in units of 1/255, as on the command line
-      - {name: clean}
-      - {name: pgd, eps: 1, step_size: 1, steps: 100}
-      - {name: pgd, label: pgd-eps4, eps: 4, steps: 100}
+    attacks:                         # eps and step_size in units of 1/255, as on the command line;
+      - {name: clean}                #   keys are the attack's field names (= its flags)
+      - {name: pgd, eps: 1, step_size: 1, n_steps: 100}
+      - {name: pgd, label: pgd-eps4, eps: 4, n_steps: 100}
 
 ``{dataset}`` in a checkpoint path is replaced by each dataset's name (in-distribution tables
 fine-tune one model per dataset). :func:`load_suite` checks the whole file — names, numbers,
@@ -40,7 +40,8 @@ from typing import Any
 
 from mmcoa.attacks import ATTACKS
 from mmcoa.attacks.base import build_registered, parameter_names
-from mmcoa.attacks.settings import SETTINGS, params_from_settings
+from mmcoa.attacks.settings import params_from_settings
+from mmcoa.devices import AUTO, resolve_device
 from mmcoa.errors import MmcoaError
 from mmcoa.registry import Registry
 from mmcoa.settings import one_of, read_mapping, shown, typed
@@ -51,7 +52,7 @@ TOP_LEVEL = ("name", "description", "task", "split", "n_samples", "seed", "batch
 PRECISIONS = ("fp32", "bf16")
 MODEL_KEYS = ("label", "name", "pretrained", "checkpoint", "datasets")
 DATASET_KEYS = ("name", "options")
-RUNTIME = ("device", "data_root")  # where a suite runs, not what it computes
+RUNTIME = ("device", "data_root", "workers")  # where and how a suite runs, not what it computes
 
 
 def slug(text: str) -> str:
@@ -123,6 +124,7 @@ class SuiteConfig:
     device: str = "cpu"
     data_root: str | None = None
     template: str | None = None
+    workers: int | None = None  # data-loading processes (None: automatic, mmcoa.data.loading)
     description: str = ""
     source: str = ""
 
@@ -215,7 +217,7 @@ def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
         n_samples=_positive("n_samples", values.get("n_samples"), optional=True),
         seed=_integer("seed", values.get("seed", 0)),
         batch_size=_positive("batch_size", values.get("batch_size", 128)),
-        device=_string("device", values.get("device", "cpu")),
+        device=resolve_device(_string("device", values.get("device", AUTO))),
         data_root=_optional_string("data_root", values.get("data_root")),
         template=_template(values.get("template"), task),
         description=typed("description", values.get("description", ""), "str"), source=source)
@@ -327,7 +329,7 @@ def _attack(index: int, value: Any, task: str, precision: str | None = None) -> 
         attack = build_registered(registry, value["name"], **params)
     except MmcoaError as error:
         raise MmcoaError(f"{where}: {error}") from None
-    except (TypeError, ValueError) as error:  # e.g. steps: ten
+    except (TypeError, ValueError) as error:  # e.g. n_steps: ten
         raise MmcoaError(f"{where}: a setting of {value['name']} has the wrong type "
                          f"({error}); settings: {settings}") from None
     label = _string(f"{where}.label", value.get("label") or value["name"])
@@ -338,7 +340,7 @@ def _typed_settings(where: str, cls: type, settings: dict) -> dict:
     """``settings`` typed as the attack's fields declare them (unset ones and names the attack
     does not take pass through, for :func:`build_registered` to report)."""
     kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-    return {k: v if v is None else typed(f"{where}.{k}", v, kinds.get(SETTINGS.get(k, k), ""))
+    return {k: v if v is None else typed(f"{where}.{k}", v, kinds.get(k, ""))
             for k, v in settings.items()}
 
 
