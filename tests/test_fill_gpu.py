@@ -3,7 +3,6 @@ ids cached per string, and text work shared across ranks with a correct gradient
 
 from __future__ import annotations
 
-import os
 import tempfile
 
 import pytest
@@ -14,7 +13,6 @@ import mmcoa
 from conftest import assert_valid_perturbation
 from mmcoa.attacks import ATTACKS, build_attack
 from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
-from mmcoa.models import ZeroShotClassifier
 
 IMAGE_ATTACKS = ("pgd", "multimodal", "multimodal-joint", "coattack", "sga")
 SHORT = ["a", "a dog", "This is a photo of a cat", "This is a photo of a t shirt top"]
@@ -198,7 +196,7 @@ def test_eval_precision_and_runtime_reach_the_record(tmp_path):
 
     output = tmp_path / "r.json"
     assert main(["eval", "--model", "tiny-clip", "--dataset", "synthetic", "--attacks", "clean,pgd",
-                 "--steps", "1", "--n-samples", "4", "--precision", "bf16", "--no-tf32",
+                 "--n-steps", "1", "--n-samples", "4", "--precision", "bf16", "--no-tf32",
                  "--output", str(output), "--no-progress"]) == 0
     clean, pgd = json.loads(output.read_text())
     assert pgd["attack_params"]["precision"] == "bf16"
