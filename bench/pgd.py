@@ -22,12 +22,9 @@ Paths:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -38,6 +35,7 @@ import torch.nn.functional as F
 
 import mmcoa
 from mmcoa.attacks import PGD
+from mmcoa.benchmarking import bench_parser, machine, other_load, parse_bench_args, time_it
 from mmcoa.models import ZeroShotClassifier
 
 EPS = 4 / 255
@@ -106,16 +104,6 @@ def ours_pgd(classifier, images, labels, eps, step_size, n_steps, generator=None
 
 # -- timing -----------------------------------------------------------------------------------
 
-def time_it(fn: Callable[[], object], device: str) -> float:
-    """Wall seconds of one call of ``fn``, synchronizing CUDA before and after."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
-
-
 def measure(paths: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int):
     """Per path: the list of timed seconds, after ``warmup`` untimed calls each."""
     for fn in paths.values():
@@ -126,28 +114,6 @@ def measure(paths: dict[str, Callable[[], object]], device: str, warmup: int, re
         for name, fn in paths.items():
             times[name].append(time_it(fn, device))
     return times
-
-
-def cpu_busy_seconds() -> float | None:
-    """Busy CPU seconds of the whole machine so far (all processes), from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return None
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def other_load(fn: Callable[[], object]):
-    """Run ``fn``; return its result and the mean number of cores other processes kept busy
-    meanwhile (this machine's busy time minus ours, per wall second), or None off Linux."""
-    busy, mine, start = cpu_busy_seconds(), time.process_time(), time.perf_counter()
-    result = fn()
-    if busy is None:
-        return result, None
-    foreign = cpu_busy_seconds() - busy - (time.process_time() - mine)
-    return result, max(foreign, 0.0) / (time.perf_counter() - start)
 
 
 # -- one configuration ------------------------------------------------------------------------
@@ -249,23 +215,6 @@ def bench_config(cfg: Config, warmup: int, repeats: int) -> tuple[list[dict], di
 
 # -- report -----------------------------------------------------------------------------------
 
-def machine(device: str) -> dict:
-    """CPU model, cores, torch threads and version, GPU name when on CUDA."""
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-        info["matmul_tf32"] = torch.backends.cuda.matmul.allow_tf32
-    return info
-
-
 def print_report(info: dict, rows: list[dict], grads: dict) -> None:
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     header = (f"{'config':<16} {'batch x steps':>13}  {'path':<11} {'image-steps/s':>14} "
@@ -292,26 +241,6 @@ def print_report(info: dict, rows: list[dict], grads: dict) -> None:
             gap = g["precision_gap"]
             print(f"precision gap [{name}]: robust accuracy fp32 {gap['fp32']:.4f}, bf16 "
                   f"{gap['bf16']:.4f} on {gap['n']} images: {gap['gap_pp']:.2f} pp (target <= 0.5)")
-
-
-def bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
-    """The flags every bench script takes: --device, --quick, --repeats, --threads, --output."""
-    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"),
-                        default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per path")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--output", help="write the results as JSON here")
-    return parser
-
-
-def parse_bench_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
-    """Parse, then apply ``--threads``."""
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return args
 
 
 def main(argv=None) -> None:

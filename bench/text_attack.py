@@ -45,14 +45,12 @@ import json
 import os
 import statistics
 import string
-import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +58,7 @@ import torch.nn.functional as F
 import mmcoa
 from mmcoa.attacks.text import BertAttack, MaskedLM, kl_divergence_score
 from mmcoa.attacks.text.stopwords import default_stop_words
-from pgd import bench_parser, machine, other_load, parse_bench_args, time_it  # noqa: E402  (bench/pgd.py: shared helpers)
+from mmcoa.benchmarking import bench_parser, machine, other_load, parse_bench_args, time_it
 
 CIFAR100 = (
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "

@@ -50,7 +50,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +57,7 @@ import torch.nn.functional as F
 import mmcoa
 from mmcoa.attacks.text import BertAttack, load_mlm
 from mmcoa.attacks.text.tiny_mlm import INFO_FILE, caption_corpus, train_tiny_mlm
+from mmcoa.benchmarking import bench_parser, machine, other_load, parse_bench_args, time_it
 from mmcoa.data import load_dataset
 from mmcoa.data.base import TensorClassificationDataset
 from mmcoa.errors import MmcoaError
@@ -67,7 +67,6 @@ from mmcoa.train.methods import METHODS, StepContext, frozen_copy
 from mmcoa.train.objectives import fare_loss, pmg_aft_loss
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.trainer import TrainLoop, build_optimizer, build_schedule, total_steps
-from pgd import bench_parser, machine, other_load, parse_bench_args, time_it  # noqa: E402  (bench/pgd.py: shared helpers)
 
 METHOD_NAMES = ("ft-standard", "tecoa", "mmcoa", "fare", "pmg-aft", "vp")
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer",
