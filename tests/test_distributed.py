@@ -54,6 +54,7 @@ def mlm(tmp_path_factory):
     ("ft-standard", []),                                  # both towers, batch-coupled loss
     ("mmcoa", ["--adv-image-weight", "0", "--adv-text-weight", "1"]),           # adversarial prompts from rank 0
     ("tecoa", ["--train-eps", "4", "--train-step-size", "1"]),  # PGD: random starts of the batch
+    ("tecoa", ["--train-eps", "4", "--workers", "2"]),          # each rank's shard from 2 workers
     ("pmg-aft", ["--train-steps", "1", "--train-eps", "4"]),    # a per-sample loss
     ("pmg-aft", ["--train-steps", "1", "--batch-size", "15"]),  # shards of 8 and 7: weighted
     ("fare", ["--train-eps", "4", "--train-step-size", "1"]),  # its own maximize, L2 too below

@@ -76,10 +76,17 @@ def _add_eval(commands) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out and count them in the record (default: stop)")
+    add_workers_flag(p)
     add_runtime_flags(p)
     p.add_argument("--output", required=True, help="result JSON file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_eval, saved=file_saved)
+
+
+def add_workers_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loading processes (0: in the main process; default: min(8, CPUs per "
+                        "process on this node), 0 for datasets held in memory)")
 
 
 def add_device_flag(p: argparse.ArgumentParser, default: str | None = AUTO) -> None:
@@ -141,6 +148,7 @@ def _add_retrieval(commands) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     add_device_flag(p)
     p.add_argument("--seed", type=int, default=0)
+    add_workers_flag(p)
     add_runtime_flags(p)
     p.add_argument("--output", required=True, help="result JSON file")
     p.add_argument("--no-progress", action="store_true")
@@ -174,7 +182,7 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     records = [evaluate_retrieval(model, dataset, name, mlm=args.mlm, n_images=args.n_images,
                                   attack_params=_precision_for(RETRIEVAL_ATTACKS.get(name), args.precision),
                                   batch_size=args.batch_size, seed=args.seed, device=args.device,
-                                  progress=not args.no_progress) for name in names]
+                                  workers=args.workers, progress=not args.no_progress) for name in names]
     write_json_atomic(args.output, records)
     for r in records:
         print(f"{r['attack']:<9} i2t R@1/5/10 {r['i2t_r1']:.4f} {r['i2t_r5']:.4f} {r['i2t_r10']:.4f}"
@@ -193,16 +201,20 @@ def _add_suite(commands) -> None:
                    help="a fixed seeded subset of N samples (retrieval: images) per dataset")
     add_device_flag(p, default=None)  # the suite file's device (default there: auto)
     p.add_argument("--data-root", default=None, help="overrides the suite's data_root")
+    add_workers_flag(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_suite, saved=suite_saved)
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
     from mmcoa.eval.suite import format_cells, run_suite
+    from mmcoa.data.loading import resolve_workers
     from mmcoa.eval.suite_config import load_suite
 
     config = load_suite(args.config, n_samples=args.n_samples, device=args.device,
                         data_root=args.data_root)
+    if args.workers is not None:
+        config.workers = resolve_workers(args.workers, None)  # a bad value: one line, now
     check_output(args.output, directory=True)
     records = run_suite(config, args.output, resume=args.resume, progress=not args.no_progress)
     print(format_cells(records))
@@ -282,7 +294,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        split=args.split, data_root=args.data_root, download=args.download,
                        n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
                        device=args.device, template=template, resize=args.resize,
-                       skip_bad_images=args.skip_bad_images, runtime=runtime_settings(args),
+                       skip_bad_images=args.skip_bad_images, workers=args.workers,
+                       runtime=runtime_settings(args),
                        progress=not args.no_progress, world=world)
     if world.is_main:
         write_records(args.output, [{**r, "world_size": world.size} for r in records])

@@ -27,7 +27,7 @@ from mmcoa.attacks.base import eval_mode, parameter_names, seed_params
 from mmcoa.attacks.retrieval import (RETRIEVAL_ATTACKS, RetrievalAttack, build_retrieval_attack,
                                      encode_texts)
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy
-from mmcoa.data.loading import BatchLoader
+from mmcoa.data.loading import BatchLoader, resolve_workers
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.runner import attack_generator, record_identity, sample_indices
 from mmcoa.models.runtime import runtime_of
@@ -117,6 +117,8 @@ def evaluate_retrieval(model, dataset: RetrievalDataset | str | os.PathLike,
     attack = _as_attack(attack, attack_params, mlm)
     if batch_size < 1:
         raise MmcoaError(f"batch_size must be a positive integer; got {batch_size}")
+    if workers is not None:
+        resolve_workers(workers, None)  # a bad value is one line before any work
     if n_images is not None and n_images < 1:
         raise MmcoaError(f"n_images must be a positive integer (or omitted for all); got {n_images}")
     if isinstance(model, str):
