@@ -40,7 +40,7 @@ CLASSES = ("cat", "dog", "bird")
 def write_folder(root: Path, per_class: int = 4, size=(50, 37)) -> Path:
     """An imagefolder of small JPEGs, some grey (8-bit L) and some RGB."""
     rng = np.random.default_rng(0)
-    for c, name in enumerate(CLASSES):
+    for name in CLASSES:
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
