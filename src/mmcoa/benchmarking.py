@@ -34,17 +34,24 @@ def cpu_busy_seconds() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (reaped worker
+    processes, such as a finished DataLoader's)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def other_load(fn: Callable[[], object]):
     """Run ``fn``; return its result and the mean number of cores other processes kept busy
     meanwhile (this machine's busy time minus ours, per wall second), or None off Linux.
 
-    "Ours" is this process's CPU time: work done in child processes (DataLoader workers)
-    counts as other load unless the caller accounts for it."""
-    busy, mine, start = cpu_busy_seconds(), time.process_time(), time.perf_counter()
+    "Ours" is this process's CPU time plus that of its children that ended during ``fn``
+    (worker processes joined before ``fn`` returns); workers still alive count as other load."""
+    busy, mine, start = cpu_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     result = fn()
     if busy is None:
         return result, None
-    foreign = cpu_busy_seconds() - busy - (time.process_time() - mine)
+    foreign = cpu_busy_seconds() - busy - (own_cpu_seconds() - mine)
     return result, max(foreign, 0.0) / (time.perf_counter() - start)
 
 
