@@ -48,3 +48,17 @@ def test_pgd_on_cuda_keeps_the_budget():
                                                          images, labels, generator).images
     assert adv.is_cuda and (adv - images).abs().max() <= 4 / 255 + 1e-6
     assert adv.min() >= 0 and adv.max() <= 1
+
+
+def test_the_batch_pipeline_pins_and_copies_exactly_to_cuda(tmp_path):
+    """uint8 batches from 2 workers, pinned, copied with non_blocking and scaled on the GPU, are
+    bit-identical to the CPU's float images (x / 255 is correctly rounded on both)."""
+    from test_pipeline import write_folder
+
+    from mmcoa.data.loading import BatchLoader
+
+    dataset = mmcoa.load_dataset(f"imagefolder:{write_folder(tmp_path / 'images')}")
+    batches = [[0, 5, 9], [2, 1]]
+    for batch in BatchLoader(dataset, batches, device="cuda", workers=2):
+        expected = torch.stack([dataset[i][0] for i in batch.indices])
+        assert batch.images.is_cuda and torch.equal(batch.images.cpu(), expected)

@@ -18,7 +18,7 @@ from mmcoa.attacks.text.candidates import CandidatePool
 from mmcoa.attacks.text.mlm import MINILM, TIED_HEAD_MIN_Z, is_bare_encoder
 from mmcoa.attacks.text.stopwords import default_stop_words
 from mmcoa.errors import WeightsUnavailableError
-from mmcoa.models import load_model
+from mmcoa.models import check_checkpoint, load_model
 from mmcoa.models.minilm import MINILM_CLIP, minilm_dir
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -69,6 +69,8 @@ def test_minilm_clip_checkpoint_loads_in_mmcoa_and_plain_open_clip(victim, tmp_p
     open_clip.add_model_config(config)  # what a user without mmcoa does with the demo's file
     plain = open_clip.create_model(MINILM_CLIP, pretrained=str(tmp_path / "ckpt.pt"))
     assert torch.equal(plain.text.proj.weight, state["text.proj.weight"])
+    check_checkpoint(MINILM_CLIP, str(tmp_path / "ckpt.pt"))  # a suite's up-front check of it
+    # (its Hugging Face text tower refuses the meta device; this raised RuntimeError before)
 
 
 def test_tied_head_is_standardized_and_ranks_a_content_word_itself_near_the_top(mlm):

@@ -334,7 +334,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(name)
     if not args.all:
         print("(plus every open_clip architecture: mmcoa models --all; hf-hub:<org>/<name>; "
-              "hf:<id or directory>)")
+              "hf:<id or directory>; local-dir:<open_clip model folder, e.g. a run's export/>)")
     return 0
 
 

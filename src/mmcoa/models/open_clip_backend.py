@@ -226,8 +226,12 @@ def check_open_clip_checkpoint(name: str, path: str) -> None:
     """Whether ``path`` loads into architecture ``name`` (keys and shapes), from the file's
     header and a model built on the meta device: milliseconds, no weights read."""
     open_clip = open_clip_registered()
-    with _quiet_open_clip_logs(), torch.device("meta"):
-        model = open_clip.create_model(name, device="meta", load_weights=False)
+    with _quiet_open_clip_logs():
+        try:
+            with torch.device("meta"):
+                model = open_clip.create_model(name, device="meta", load_weights=False)
+        except RuntimeError:  # a Hugging Face text tower (minilm-clip) refuses the meta device
+            model = open_clip.create_model(name, device="cpu", load_weights=False)
     check_fits(model.state_dict(), path, name, layout=lambda state: _to_open_clip_layout(model, state))
 
 
