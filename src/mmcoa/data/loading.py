@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from mmcoa.errors import BadImageError, MmcoaError
 
@@ -144,7 +144,8 @@ def collate(items: list) -> HostBatch:
     if len({image.dtype for image in images}) > 1:
         images = [as_float_images(image) for image in images]
     labels = torch.tensor([int(label) for _, label, _ in good])
-    return HostBatch(torch.stack(images), labels, [index for _, _, index in good], bad)
+    # default_collate stacks a worker's batch straight into shared memory (no copy to send it)
+    return HostBatch(default_collate(images), labels, [index for _, _, index in good], bad)
 
 
 class _Batches(Sampler):
