@@ -401,3 +401,17 @@ def test_a_suite_interrupted_mid_row_resumes_with_the_same_records(tmp_path, mlm
     resumed = suite.run_suite(load_suite(config_path), tmp_path / "out", resume=True, progress=False)
     fresh = suite.run_suite(load_suite(config_path), tmp_path / "fresh", progress=False)
     assert len(resumed) == 8 and [comparable(r) for r in resumed] == [comparable(r) for r in fresh]
+
+
+def test_a_dataset_workers_cannot_receive_falls_back_to_the_main_process(folder, monkeypatch, capsys):
+    """Under spawn/forkserver the workers get a pickled dataset; one that does not pickle loads
+    in the main process, with a one-line note."""
+    import multiprocessing
+
+    dataset = mmcoa.load_dataset(f"imagefolder:{folder}")
+    dataset.unpicklable = lambda: None  # e.g. a user's dataset holding an open handle or a lambda
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
+    loader = BatchLoader(dataset, [[0, 1]], workers=2)
+    note = capsys.readouterr().err
+    assert loader.workers == 0 and note.count("\n") == 1 and "cannot be sent to worker processes" in note
+    assert [b.indices for b in loader] == [[0, 1]]
