@@ -47,9 +47,10 @@ demo: setup
 demo-docs: demo
 	$(BIN)/python tools/sync_demo_docs.py runs/demo
 
-# Lint first (ruff's rules in pyproject.toml), then the whole test suite.
+# Lint and format check first (ruff, configured in pyproject.toml), then the whole test suite.
 test: setup
 	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

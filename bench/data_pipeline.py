@@ -77,20 +77,41 @@ CHECKPOINTS = (  # the default --checkpoint: the first that exists, else the dem
 WIDTH, HEIGHT, CLASSES, QUALITY = 500, 375, 10, 90
 OCTAVES = ((4, 80), (16, 45), (64, 30), (250, 32))  # (noise cells across, amplitude)
 BATCH, SEED = 256, 0
-METRICS = ("accuracy", "top5", "n_correct", "n_samples", "attack_success_rate",
-           "mean_words_changed", "adversarial_prompts", "sample_indices_sha1")
+METRICS = (
+    "accuracy",
+    "top5",
+    "n_correct",
+    "n_samples",
+    "attack_success_rate",
+    "mean_words_changed",
+    "adversarial_prompts",
+    "sample_indices_sha1",
+)
 
 
 def settings_for(quick: bool) -> dict:
     """Sizes of both figures (``--quick``: a smoke run)."""
     if quick:
-        return {"images": 300, "batch": BATCH, "timed_batches": 3, "suite_images": 100,
-                "pgd_steps": 10, "suite_batch": 250}
-    return {"images": 2000, "batch": BATCH, "timed_batches": 16, "suite_images": 500,
-            "pgd_steps": 100, "suite_batch": 250}
+        return {
+            "images": 300,
+            "batch": BATCH,
+            "timed_batches": 3,
+            "suite_images": 100,
+            "pgd_steps": 10,
+            "suite_batch": 250,
+        }
+    return {
+        "images": 2000,
+        "batch": BATCH,
+        "timed_batches": 16,
+        "suite_images": 500,
+        "pgd_steps": 100,
+        "suite_batch": 250,
+    }
 
 
 # -- the synthetic ImageFolder ----------------------------------------------------------------
+
 
 def smooth_image(rng: np.random.Generator) -> Image.Image:
     """A WIDTH x HEIGHT RGB image: bicubically upsampled random noise at a few scales, so it
@@ -118,11 +139,18 @@ def build_imagefolder(root: Path, n: int) -> dict:
     start = time.perf_counter()
     with multiprocessing.Pool(os.cpu_count()) as pool:
         sizes = pool.map(write_image, [(str(root), i) for i in range(n)], chunksize=16)
-    return {"n": n, "size": [WIDTH, HEIGHT], "classes": CLASSES, "quality": QUALITY,
-            "mean_kb": sum(sizes) / len(sizes) / 1024, "build_s": time.perf_counter() - start}
+    return {
+        "n": n,
+        "size": [WIDTH, HEIGHT],
+        "classes": CLASSES,
+        "quality": QUALITY,
+        "mean_kb": sum(sizes) / len(sizes) / 1024,
+        "build_s": time.perf_counter() - start,
+    }
 
 
 # -- loader: the two paths ----------------------------------------------------------------------
+
 
 def epoch_order(n: int, epoch: int) -> torch.Tensor:
     """The seeded permutation of epoch ``epoch`` (the trainer's: one per epoch)."""
@@ -131,7 +159,7 @@ def epoch_order(n: int, epoch: int) -> torch.Tensor:
 
 def step_indices(order: torch.Tensor, position: int, batch: int) -> list[int]:
     """Batch ``position`` of an epoch permutation (full batches only)."""
-    return order[position * batch:(position + 1) * batch].tolist()
+    return order[position * batch : (position + 1) * batch].tolist()
 
 
 def new_batches(n: int, batch: int, steps: range) -> list[list[int]]:
@@ -163,20 +191,21 @@ def time_old(dataset, batch: int, timed: int, device: str) -> tuple[float, float
     def run():
         for step in range(1, timed + 1):
             old_batch(dataset, step, batch, device)
+
     return other_load(lambda: time_it(run, device))
 
 
 def time_new(dataset, batch: int, timed: int, workers: int, device: str) -> tuple[float, float]:
     """Seconds of ``timed`` batches from a fresh ``BatchLoader`` with ``workers`` processes
     (worker start included), after a warm-up batch through another loader; and the other load."""
-    for _ in BatchLoader(dataset, new_batches(len(dataset), batch, range(1)), device=device,
-                         workers=workers):
+    for _ in BatchLoader(dataset, new_batches(len(dataset), batch, range(1)), device=device, workers=workers):
         pass
     batches = new_batches(len(dataset), batch, range(1, timed + 1))
 
     def run():
         for _ in BatchLoader(dataset, batches, device=device, workers=workers):
             pass
+
     return other_load(lambda: time_it(run, device))
 
 
@@ -204,17 +233,26 @@ def bench_loader(settings: dict, device: str) -> dict:
             n = timed_batches(base, workers)
             seconds, load = time_new(dataset, batch, n, workers, device)
             rows[f"workers={workers}"] = row(n * batch, seconds, load, workers)
-    return {"folder": folder, "rows": rows,
-            "loader_ratio": rows["workers=2"]["images_per_s"] / rows["old"]["images_per_s"]}
+    return {
+        "folder": folder,
+        "rows": rows,
+        "loader_ratio": rows["workers=2"]["images_per_s"] / rows["old"]["images_per_s"],
+    }
 
 
 def row(images: int, seconds: float, load: float | None, workers: int) -> dict:
     """One timed loader path."""
-    return {"images": images, "seconds": seconds, "images_per_s": images / seconds,
-            "workers": workers, "other_load_cores": load}
+    return {
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+        "workers": workers,
+        "other_load_cores": load,
+    }
 
 
 # -- suite: cell by cell versus one pass --------------------------------------------------------
+
 
 def pick_weights(checkpoint: str | None) -> tuple[str, dict, str | None]:
     """(row label, model-row weights, note): ``--checkpoint``, else the first demo checkpoint
@@ -224,25 +262,44 @@ def pick_weights(checkpoint: str | None) -> tuple[str, dict, str | None]:
     for label, path in CHECKPOINTS:
         if path.is_file():
             return label, {"checkpoint": str(path)}, None
-    note = (f"no demo checkpoint under {DEMO_OUTPUT} (run `make demo` first): the suite uses the "
-            f"demo model's starting weights ({DEMO_MODEL} --pretrained random), so its accuracies "
-            f"mean nothing; the timings still compare the two paths")
+    note = (
+        f"no demo checkpoint under {DEMO_OUTPUT} (run `make demo` first): the suite uses the "
+        f"demo model's starting weights ({DEMO_MODEL} --pretrained random), so its accuracies "
+        f"mean nothing; the timings still compare the two paths"
+    )
     return "demo start (random image tower)", {"pretrained": "random"}, note
 
 
-def suite_file(path: Path, settings: dict, weights: tuple[str, dict], n: int, steps: int,
-               device: str, data_root: str | None) -> Path:
+def suite_file(
+    path: Path,
+    settings: dict,
+    weights: tuple[str, dict],
+    n: int,
+    steps: int,
+    device: str,
+    data_root: str | None,
+) -> Path:
     """Write the Table-I-like suite YAML (units of 1/255, as suite files are written)."""
     text = {"mlm": DEMO_MLM, "k": 10, "max_words": 1}
     pgd = {"eps": 1, "step_size": 1, "n_steps": steps}
-    suite = {"name": "bench-table1", "task": "classification", "split": "test", "n_samples": n,
-             "seed": SEED, "batch_size": settings["suite_batch"], "device": device,
-             "data_root": data_root, "datasets": [DEMO_DATASET],
-             "models": [{"label": weights[0], "name": DEMO_MODEL, **weights[1]}],
-             "attacks": [{"label": "clean", "name": "clean"},
-                         {"label": "image", "name": "pgd", **pgd},
-                         {"label": "text", "name": "bert", **text},
-                         {"label": "multimodal", "name": "multimodal", **pgd, **text}]}
+    suite = {
+        "name": "bench-table1",
+        "task": "classification",
+        "split": "test",
+        "n_samples": n,
+        "seed": SEED,
+        "batch_size": settings["suite_batch"],
+        "device": device,
+        "data_root": data_root,
+        "datasets": [DEMO_DATASET],
+        "models": [{"label": weights[0], "name": DEMO_MODEL, **weights[1]}],
+        "attacks": [
+            {"label": "clean", "name": "clean"},
+            {"label": "image", "name": "pgd", **pgd},
+            {"label": "text", "name": "bert", **text},
+            {"label": "multimodal", "name": "multimodal", **pgd, **text},
+        ],
+    }
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     return path
 
@@ -268,8 +325,10 @@ def old_suite(config, output: Path) -> list[dict]:
 
 def identical(old: list[dict], new: list[dict]) -> bool:
     """Whether every cell's numbers (:data:`METRICS`) agree between the two runs."""
+
     def numbers(records):
         return {r["cell"]: {k: r.get(k) for k in METRICS} for r in records}
+
     return numbers(old) == numbers(new)
 
 
@@ -290,15 +349,25 @@ def bench_suite(settings: dict, device: str, checkpoint: str | None, data_root: 
         tmp = Path(tmp)
         warm = read_suite(suite_file(tmp / "warm.yaml", settings, (label, weights), 8, 1, device, data_root))
         run_suite(warm, tmp / "warm", progress=False)  # loads the MLM and the data files once
-        config = read_suite(suite_file(tmp / "suite.yaml", settings, (label, weights), n, steps,
-                                       device, data_root))
+        config = read_suite(
+            suite_file(tmp / "suite.yaml", settings, (label, weights), n, steps, device, data_root)
+        )
         (old, old_s), old_load = other_load(lambda: timed(lambda: old_suite(config, tmp / "old")))
-        (new, new_s), new_load = other_load(lambda: timed(lambda: run_suite(config, tmp / "new",
-                                                                            progress=False)))
-    return {"label": label, "weights": weights, "note": note, "n": n, "pgd_steps": steps,
-            "seconds": {"old": old_s, "new": new_s}, "other_load_cores": {"old": old_load, "new": new_load},
-            "records_identical": identical(old, new), "suite_ratio": old_s / new_s,
-            "accuracy": {r["cell"]: r["accuracy"] for r in new}}
+        (new, new_s), new_load = other_load(
+            lambda: timed(lambda: run_suite(config, tmp / "new", progress=False))
+        )
+    return {
+        "label": label,
+        "weights": weights,
+        "note": note,
+        "n": n,
+        "pgd_steps": steps,
+        "seconds": {"old": old_s, "new": new_s},
+        "other_load_cores": {"old": old_load, "new": new_load},
+        "records_identical": identical(old, new),
+        "suite_ratio": old_s / new_s,
+        "accuracy": {r["cell"]: r["accuracy"] for r in new},
+    }
 
 
 def timed(fn):
@@ -310,44 +379,62 @@ def timed(fn):
 
 # -- report -------------------------------------------------------------------------------------
 
+
 def print_report(info: dict, loader: dict, suite: dict) -> None:
     """The two figures as short tables."""
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     f = loader["folder"]
-    print(f"loader: {f['n']} JPEGs {f['size'][0]}x{f['size'][1]}, mean {f['mean_kb']:.0f} KB "
-          f"(written in {f['build_s']:.1f} s); Resize 256 + CenterCrop 224, batch {BATCH}")
+    print(
+        f"loader: {f['n']} JPEGs {f['size'][0]}x{f['size'][1]}, mean {f['mean_kb']:.0f} KB "
+        f"(written in {f['build_s']:.1f} s); Resize 256 + CenterCrop 224, batch {BATCH}"
+    )
     header = f"{'path':<12} {'images':>7} {'seconds':>8} {'images/s':>9} {'vs old':>7} {'other load':>11}"
     print(header + "\n" + "-" * len(header))
     old_rate = loader["rows"]["old"]["images_per_s"]
     for name, r in loader["rows"].items():
         load = "n/a" if r["other_load_cores"] is None else f"{r['other_load_cores']:.2f} cores"
-        print(f"{name:<12} {r['images']:>7} {r['seconds']:>8.2f} {r['images_per_s']:>9.1f} "
-              f"{r['images_per_s'] / old_rate:>6.2f}x {load:>11}")
+        print(
+            f"{name:<12} {r['images']:>7} {r['seconds']:>8.2f} {r['images_per_s']:>9.1f} "
+            f"{r['images_per_s'] / old_rate:>6.2f}x {load:>11}"
+        )
     print(f"loader_ratio (workers=2 / old): {loader['loader_ratio']:.2f}  (target >= 1.7)")
     if suite is None:  # --loader-only
         return
-    print(f"suite: {suite['label']}, {DEMO_DATASET} {suite['n']} images, clean/pgd/bert/multimodal, "
-          f"PGD 1/255 x {suite['pgd_steps']} steps")
+    print(
+        f"suite: {suite['label']}, {DEMO_DATASET} {suite['n']} images, clean/pgd/bert/multimodal, "
+        f"PGD 1/255 x {suite['pgd_steps']} steps"
+    )
     for path in ("old", "new"):
         load = suite["other_load_cores"][path]
-        print(f"  {path:<4} {suite['seconds'][path]:>8.1f} s   other load "
-              f"{'n/a' if load is None else f'{load:.2f} cores'}")
-    print(f"suite_ratio (old / new): {suite['suite_ratio']:.2f}  (target >= 1.8); "
-          f"records_identical: {suite['records_identical']}")
+        print(
+            f"  {path:<4} {suite['seconds'][path]:>8.1f} s   other load "
+            f"{'n/a' if load is None else f'{load:.2f} cores'}"
+        )
+    print(
+        f"suite_ratio (old / new): {suite['suite_ratio']:.2f}  (target >= 1.8); "
+        f"records_identical: {suite['records_identical']}"
+    )
     print("accuracy: " + ", ".join(f"{c.rsplit('__', 1)[-1]} {a:.4f}" for c, a in suite["accuracy"].items()))
-    loads = [r["other_load_cores"] for r in loader["rows"].values()] + list(suite["other_load_cores"].values())
+    loads = [r["other_load_cores"] for r in loader["rows"].values()] + list(
+        suite["other_load_cores"].values()
+    )
     loads = [v for v in loads if v is not None]
     if loads and max(loads) > 0.2:
-        print(f"WARNING: other processes kept up to {max(loads):.2f} cores busy while timing; "
-              "the numbers are contended; rerun on an idle machine")
+        print(
+            f"WARNING: other processes kept up to {max(loads):.2f} cores busy while timing; "
+            "the numbers are contended; rerun on an idle machine"
+        )
 
 
 def main(argv=None) -> None:
     parser = bench_parser(__doc__, "300 images and 3 batches; 100 suite images, 10 PGD steps")
     parser.add_argument("--checkpoint", help="suite weights (default: the demo's MMCoA checkpoint)")
     parser.add_argument("--data-root", help="where Fashion-MNIST is (default: the library's search)")
-    parser.add_argument("--loader-only", action="store_true",
-                        help="only the loader figure (no suite: a machine without the MiniLM package)")
+    parser.add_argument(
+        "--loader-only",
+        action="store_true",
+        help="only the loader figure (no suite: a machine without the MiniLM package)",
+    )
     args = parse_bench_args(parser, argv)
     settings = settings_for(args.quick)
     start = time.perf_counter()
@@ -357,15 +444,23 @@ def main(argv=None) -> None:
     print_report(info, loader, suite)
     print(f"whole script: {time.perf_counter() - start:.0f} s")
     if args.output:
-        result = {"loader_ratio": loader["loader_ratio"],
-                  "images_per_s": {k: r["images_per_s"] for k, r in loader["rows"].items()},
-                  "machine": info, "settings": {**settings, "device": args.device, "folder": loader["folder"]},
-                  "loader": loader["rows"]}
+        result = {
+            "loader_ratio": loader["loader_ratio"],
+            "images_per_s": {k: r["images_per_s"] for k, r in loader["rows"].items()},
+            "machine": info,
+            "settings": {**settings, "device": args.device, "folder": loader["folder"]},
+            "loader": loader["rows"],
+        }
         if suite is not None:
-            result.update(suite_ratio=suite["suite_ratio"], suite_s=suite["seconds"],
-                          records_identical=suite["records_identical"], suite=suite)
-            result["settings"].update(suite_weights={"label": suite["label"], **suite["weights"]},
-                                      note=suite["note"])
+            result.update(
+                suite_ratio=suite["suite_ratio"],
+                suite_s=suite["seconds"],
+                records_identical=suite["records_identical"],
+                suite=suite,
+            )
+            result["settings"].update(
+                suite_weights={"label": suite["label"], **suite["weights"]}, note=suite["note"]
+            )
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)
         print(f"wrote {args.output}")

@@ -40,8 +40,7 @@ from mmcoa.models import ZeroShotClassifier
 
 EPS = 4 / 255
 STEP_SIZE = 1 / 255
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck")
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PROMPTS = [f"a photo of a {c}." for c in CLASSES]
 
 
@@ -68,12 +67,12 @@ def configs(device: str, quick: bool) -> list[Config]:
         Config("ViT-B-32 cpu", "ViT-B-32", "random", "cpu", 224, 16 // scale, 1 if quick else 3),
     ]
     if device == "cuda":
-        out.append(Config("ViT-B-32 cuda", "ViT-B-32", "random", "cuda", 224, 256 // scale, steps,
-                          bf16=True))
+        out.append(Config("ViT-B-32 cuda", "ViT-B-32", "random", "cuda", 224, 256 // scale, steps, bf16=True))
     return out
 
 
 # -- the two PGD paths ------------------------------------------------------------------------
+
 
 def naive_pgd(classifier, images, labels, eps, step_size, n_steps, generator=None):
     """PGD as the published research code wrote it: fp32, eager, ``loss.backward()``.
@@ -104,6 +103,7 @@ def ours_pgd(classifier, images, labels, eps, step_size, n_steps, generator=None
 
 # -- timing -----------------------------------------------------------------------------------
 
+
 def measure(paths: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int):
     """Per path: the list of timed seconds, after ``warmup`` untimed calls each."""
     for fn in paths.values():
@@ -117,6 +117,7 @@ def measure(paths: dict[str, Callable[[], object]], device: str, warmup: int, re
 
 
 # -- one configuration ------------------------------------------------------------------------
+
 
 def setup(cfg: Config):
     """Model (all weights requires_grad=True), classifier, seeded images and labels."""
@@ -132,6 +133,7 @@ def setup(cfg: Config):
 
 def paths_for(cfg: Config, classifier, images, labels) -> dict[str, Callable[[], object]]:
     """Zero-argument callables, one per path, each with its own seeded generator."""
+
     def run(pgd, **kw):
         gen = torch.Generator(device=cfg.device).manual_seed(0)
         return lambda: pgd(classifier, images, labels, EPS, STEP_SIZE, cfg.steps, generator=gen, **kw)
@@ -140,9 +142,16 @@ def paths_for(cfg: Config, classifier, images, labels) -> dict[str, Callable[[],
     if cfg.bf16:
         paths["ours bf16"] = run(ours_pgd, precision="bf16")
         compiled = compiled_classifier(classifier)
-        paths["ours bf16+compile"] = lambda: ours_pgd(compiled, images, labels, EPS, STEP_SIZE, cfg.steps,
-                                                       generator=torch.Generator(device=cfg.device).manual_seed(0),
-                                                       precision="bf16")
+        paths["ours bf16+compile"] = lambda: ours_pgd(
+            compiled,
+            images,
+            labels,
+            EPS,
+            STEP_SIZE,
+            cfg.steps,
+            generator=torch.Generator(device=cfg.device).manual_seed(0),
+            precision="bf16",
+        )
     paths["naive fp32"] = run(naive_pgd)
     return paths
 
@@ -203,10 +212,18 @@ def bench_config(cfg: Config, warmup: int, repeats: int) -> tuple[list[dict], di
     rows = []
     for path, seconds in times.items():
         rate = cfg.batch * cfg.steps / statistics.median(seconds)
-        rows.append({**asdict(cfg), "path": path, "seconds": seconds,
-                     "median_s": statistics.median(seconds), "image_steps_per_s": rate,
-                     "best_image_steps_per_s": cfg.batch * cfg.steps / min(seconds),
-                     "ratio_vs_naive": rate / naive_rate, "other_load_cores": load})
+        rows.append(
+            {
+                **asdict(cfg),
+                "path": path,
+                "seconds": seconds,
+                "median_s": statistics.median(seconds),
+                "image_steps_per_s": rate,
+                "best_image_steps_per_s": cfg.batch * cfg.steps / min(seconds),
+                "ratio_vs_naive": rate / naive_rate,
+                "other_load_cores": load,
+            }
+        )
     del model, classifier
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
@@ -215,32 +232,45 @@ def bench_config(cfg: Config, warmup: int, repeats: int) -> tuple[list[dict], di
 
 # -- report -----------------------------------------------------------------------------------
 
+
 def print_report(info: dict, rows: list[dict], grads: dict) -> None:
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    header = (f"{'config':<16} {'batch x steps':>13}  {'path':<11} {'image-steps/s':>14} "
-              f"{'(best)':>10} {'ours/naive':>11} {'other load':>11}")
+    header = (
+        f"{'config':<16} {'batch x steps':>13}  {'path':<11} {'image-steps/s':>14} "
+        f"{'(best)':>10} {'ours/naive':>11} {'other load':>11}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         ratio = "" if r["path"].startswith("naive") else f"{r['ratio_vs_naive']:.2f}x"
         load = "n/a" if r["other_load_cores"] is None else f"{r['other_load_cores']:.2f} cores"
-        print(f"{r['name']:<16} {r['batch']:>6} x {r['steps']:<4}  {r['path']:<11} "
-              f"{r['image_steps_per_s']:>14,.1f} {r['best_image_steps_per_s']:>10,.1f} "
-              f"{ratio:>11} {load:>11}")
-    print("image-steps/s: median of the repeats; (best): fastest repeat; other load: cores kept "
-          "busy by other processes while timing (non-zero means contended numbers)")
+        print(
+            f"{r['name']:<16} {r['batch']:>6} x {r['steps']:<4}  {r['path']:<11} "
+            f"{r['image_steps_per_s']:>14,.1f} {r['best_image_steps_per_s']:>10,.1f} "
+            f"{ratio:>11} {load:>11}"
+        )
+    print(
+        "image-steps/s: median of the repeats; (best): fastest repeat; other load: cores kept "
+        "busy by other processes while timing (non-zero means contended numbers)"
+    )
     loads = [r["other_load_cores"] for r in rows if r["other_load_cores"] is not None]
     if loads and max(loads) > 0.2:
-        print(f"WARNING: other processes kept up to {max(loads):.2f} cores busy while timing; "
-              "the CPU numbers are contended; rerun on an idle machine")
+        print(
+            f"WARNING: other processes kept up to {max(loads):.2f} cores busy while timing; "
+            "the CPU numbers are contended; rerun on an idle machine"
+        )
     for name, g in grads.items():
         ok = g["ours"] == 0 and g["naive"] > 0
-        print(f"grad check [{name}]: after ours {g['ours']}/{g['params']} weights hold .grad, "
-              f"after naive {g['naive']}/{g['params']} -> {'OK' if ok else 'UNEXPECTED'}")
+        print(
+            f"grad check [{name}]: after ours {g['ours']}/{g['params']} weights hold .grad, "
+            f"after naive {g['naive']}/{g['params']} -> {'OK' if ok else 'UNEXPECTED'}"
+        )
         if "precision_gap" in g:
             gap = g["precision_gap"]
-            print(f"precision gap [{name}]: robust accuracy fp32 {gap['fp32']:.4f}, bf16 "
-                  f"{gap['bf16']:.4f} on {gap['n']} images: {gap['gap_pp']:.2f} pp (target <= 0.5)")
+            print(
+                f"precision gap [{name}]: robust accuracy fp32 {gap['fp32']:.4f}, bf16 "
+                f"{gap['bf16']:.4f} on {gap['n']} images: {gap['gap_pp']:.2f} pp (target <= 0.5)"
+            )
 
 
 def main(argv=None) -> None:
@@ -258,8 +288,19 @@ def main(argv=None) -> None:
     print_report(info, rows, grads)
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"machine": info, "eps": EPS, "step_size": STEP_SIZE, "warmup": warmup,
-                       "repeats": repeats, "results": rows, "grad_check": grads}, f, indent=2)
+            json.dump(
+                {
+                    "machine": info,
+                    "eps": EPS,
+                    "step_size": STEP_SIZE,
+                    "warmup": warmup,
+                    "repeats": repeats,
+                    "results": rows,
+                    "grad_check": grads,
+                },
+                f,
+                indent=2,
+            )
         print(f"wrote {args.output}")
 
 

@@ -69,7 +69,8 @@ CIFAR100 = (
     "plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew "
     "skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank "
     "telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf "
-    "woman worm").split()
+    "woman worm"
+).split()
 PROMPTS = [f"This is a photo of a {name.replace('_', ' ')}" for name in CIFAR100]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VOCAB_SIZE = 30522
@@ -89,8 +90,7 @@ class Config:
 
 
 def configs(device: str) -> list[Config]:
-    tiny_bert = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=512)
+    tiny_bert = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
     out = [Config("tiny-clip cpu", "tiny-clip", None, "cpu", tiny_bert)]
     if device == "cuda":
         out.append(Config("ViT-B-32 cuda", "ViT-B-32", "random", "cuda"))
@@ -98,6 +98,7 @@ def configs(device: str) -> list[Config]:
 
 
 # -- the masked LM ----------------------------------------------------------------------------
+
 
 def wordpiece_vocab(size: int = VOCAB_SIZE, piece_share: float = 0.19) -> list[str]:
     """A deterministic WordPiece vocabulary like BERT's: specials, letters, the commonest word
@@ -107,17 +108,20 @@ def wordpiece_vocab(size: int = VOCAB_SIZE, piece_share: float = 0.19) -> list[s
     as rarer names do with BERT's own vocabulary)."""
     from open_clip.tokenizer import default_bpe
 
-    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     left_out = {w for name in CIFAR100[::4] for w in name.split("_")}
     clip_words = ("".join(m.split())[:-4] for m in merges if m.replace(" ", "").endswith("</w>"))
     prompt_words = (w.lower() for p in PROMPTS for w in p.split())
-    words = [w for w in dict.fromkeys(itertools.chain(prompt_words, clip_words))
-             if w.isascii() and w.isalpha() and w not in left_out]
+    words = [
+        w
+        for w in dict.fromkeys(itertools.chain(prompt_words, clip_words))
+        if w.isascii() and w.isalpha() and w not in left_out
+    ]
     endings = Counter(w[-n:] for w in words for n in range(1, 6) if len(w) > n)
     letters = list(string.ascii_lowercase)
     pieces = ["##" + e for e, _ in sorted(endings.items(), key=lambda kv: (-kv[1], kv[0]))]
     head = SPECIALS + letters + ["##" + c for c in letters]
-    return list(dict.fromkeys(head + pieces[:int(size * piece_share)] + words))[:size]
+    return list(dict.fromkeys(head + pieces[: int(size * piece_share)] + words))[:size]
 
 
 def build_mlm(cfg: Config, vocab: list[str], folder: str) -> MaskedLM:
@@ -129,11 +133,13 @@ def build_mlm(cfg: Config, vocab: list[str], folder: str) -> MaskedLM:
     tokenizer = BertTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     model = BertForMaskedLM(BertConfig(vocab_size=len(vocab), **cfg.bert))
-    return MaskedLM(tokenizer, model.requires_grad_(False), name=f"random BERT {cfg.bert or 'base'}",
-                    device=cfg.device)
+    return MaskedLM(
+        tokenizer, model.requires_grad_(False), name=f"random BERT {cfg.bert or 'base'}", device=cfg.device
+    )
 
 
 # -- the per-text loop, written like the published code --------------------------------------
+
 
 class VictimCounter:
     """Victim forwards (strings encoded) spent by a loop."""
@@ -155,25 +161,25 @@ def loop_attack(text: str, mlm: MaskedLM, victim: VictimCounter, per_word: bool)
         pieces = tokenizer.tokenize(word)
         keys.append((len(sub_words), len(sub_words) + len(pieces)))
         sub_words += pieces
-    tokens = ["[CLS]"] + sub_words[:MAX_LENGTH - 2] + ["[SEP]"]
+    tokens = ["[CLS]"] + sub_words[: MAX_LENGTH - 2] + ["[SEP]"]
     ids = torch.tensor([tokenizer.convert_tokens_to_ids(tokens)], device=mlm.device)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
     scores, predictions = logits.topk(K, dim=-1)
-    scores, predictions = scores[1:len(sub_words) + 1], predictions[1:len(sub_words) + 1]
+    scores, predictions = scores[1 : len(sub_words) + 1], predictions[1 : len(sub_words) + 1]
     original = victim.embed([text])
     kl = lambda emb: kl_divergence_score(original, emb, torch.zeros(len(emb), dtype=torch.long))  # noqa: E731
-    masked = [" ".join(words[:i] + ["[UNK]"] + words[i + 1:]) for i in range(len(words))]
+    masked = [" ".join(words[:i] + ["[UNK]"] + words[i + 1 :]) for i in range(len(words))]
     importance = _scores(masked, victim, kl, per_word)
     current = 0.0
     for i in sorted(range(len(words)), key=lambda i: -importance[i]):
         if words[i].lower() in stop or keys[i][1] > MAX_LENGTH - 2:
             continue
-        subs = _substitutes(predictions[keys[i][0]:keys[i][1]], scores[keys[i][0]:keys[i][1]], mlm)
+        subs = _substitutes(predictions[keys[i][0] : keys[i][1]], scores[keys[i][0] : keys[i][1]], mlm)
         cands = _filter(subs, words[i], stop, mlm.id_to_token)
         if not cands:
             continue
-        texts = [" ".join(words[:i] + [c] + words[i + 1:]) for c in cands]
+        texts = [" ".join(words[:i] + [c] + words[i + 1 :]) for c in cands]
         values = _scores(texts, victim, kl, per_word)
         best = max(range(len(values)), key=values.__getitem__)
         if values[best] > current:
@@ -203,8 +209,9 @@ def _substitutes(predictions: torch.Tensor, scores: torch.Tensor, mlm: MaskedLM)
     return [list(combos[j]) for j in order[:K]]
 
 
-def _filter(substitutes: list[list[int]], original: str, stop: frozenset[str],
-            id_to_token: list[str]) -> list[str]:
+def _filter(
+    substitutes: list[list[int]], original: str, stop: frozenset[str], id_to_token: list[str]
+) -> list[str]:
     """Drop the original, pieces that do not spell one word, non-alphabetic tokens, stop words."""
     out = []
     for ids in substitutes:
@@ -214,13 +221,18 @@ def _filter(substitutes: list[list[int]], original: str, stop: frozenset[str],
         if pieces[0].startswith("##") or not all(p.startswith("##") for p in pieces[1:]):
             continue
         word = pieces[0] + "".join(p[2:] for p in pieces[1:])
-        if word.isalpha() and word.lower() not in stop and word.lower() != original.lower() \
-                and word not in out:
+        if (
+            word.isalpha()
+            and word.lower() not in stop
+            and word.lower() != original.lower()
+            and word not in out
+        ):
             out.append(word)
     return out
 
 
 # -- timing -----------------------------------------------------------------------------------
+
 
 def paths(mlm: MaskedLM, victim) -> dict:
     """Zero-argument callables returning (adversarial texts, victim strings encoded)."""
@@ -236,10 +248,12 @@ def paths(mlm: MaskedLM, victim) -> dict:
         texts = [loop_attack(t, mlm, counter, per_word) for t in PROMPTS]
         return texts, counter.strings
 
-    return {"ours": lambda: ours(BertAttack(mlm, k=K, max_words=MAX_WORDS, min_logit=MIN_LOGIT)),
-            "ours cached": lambda: ours(cached),
-            "loop/word": lambda: loop(True),
-            "loop": lambda: loop(False)}
+    return {
+        "ours": lambda: ours(BertAttack(mlm, k=K, max_words=MAX_WORDS, min_logit=MIN_LOGIT)),
+        "ours cached": lambda: ours(cached),
+        "loop/word": lambda: loop(True),
+        "loop": lambda: loop(False),
+    }
 
 
 def measure(fns: dict, device: str, repeats: int) -> tuple[dict, dict]:
@@ -264,38 +278,56 @@ def bench_config(cfg: Config, vocab: list[str], repeats: int) -> list[dict]:
     rows = []
     for path, seconds in times.items():
         rate = len(PROMPTS) / statistics.median(seconds)
-        rows.append({**asdict(cfg), "path": path, "seconds": seconds, "texts_per_s": rate,
-                     "best_texts_per_s": len(PROMPTS) / min(seconds), "ratio_vs_loop": rate / loop_rate,
-                     "victim_strings": outputs[path][1],
-                     "same_edits": sum(a == b for a, b in zip(outputs[path][0], reference)),
-                     "changed": sum(a != b for a, b in zip(outputs[path][0], PROMPTS)),
-                     "multi_piece_class_words": multi, "other_load_cores": load})
+        rows.append(
+            {
+                **asdict(cfg),
+                "path": path,
+                "seconds": seconds,
+                "texts_per_s": rate,
+                "best_texts_per_s": len(PROMPTS) / min(seconds),
+                "ratio_vs_loop": rate / loop_rate,
+                "victim_strings": outputs[path][1],
+                "same_edits": sum(a == b for a, b in zip(outputs[path][0], reference)),
+                "changed": sum(a != b for a, b in zip(outputs[path][0], PROMPTS)),
+                "multi_piece_class_words": multi,
+                "other_load_cores": load,
+            }
+        )
     return rows
 
 
 def print_report(info: dict, rows: list[dict]) -> None:
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    header = (f"{'config':<14} {'path':<12} {'texts/s':>10} {'(best)':>10} {'vs loop':>8} "
-              f"{'victim strings':>14} {'same edits':>10} {'other load':>11}")
+    header = (
+        f"{'config':<14} {'path':<12} {'texts/s':>10} {'(best)':>10} {'vs loop':>8} "
+        f"{'victim strings':>14} {'same edits':>10} {'other load':>11}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         load = "n/a" if r["other_load_cores"] is None else f"{r['other_load_cores']:.2f} cores"
-        print(f"{r['name']:<14} {r['path']:<12} {r['texts_per_s']:>10,.1f} "
-              f"{r['best_texts_per_s']:>10,.1f} {r['ratio_vs_loop']:>7.1f}x "
-              f"{r['victim_strings']:>14,} {r['same_edits']:>6}/{len(PROMPTS)} {load:>11}")
-    print(f"{len(PROMPTS)} prompts, k={K}, max_words={MAX_WORDS}, min_logit={MIN_LOGIT}; "
-          f"texts/s: median of the repeats; (best): fastest repeat; victim strings: strings the "
-          f"victim encoded (ours: TextEdit.queries; cached: as first computed); same edits: "
-          f"adversarial prompts equal to ours'; prompts changed: {rows[0]['changed']}; class "
-          f"words split into several WordPieces: {rows[0]['multi_piece_class_words']}")
+        print(
+            f"{r['name']:<14} {r['path']:<12} {r['texts_per_s']:>10,.1f} "
+            f"{r['best_texts_per_s']:>10,.1f} {r['ratio_vs_loop']:>7.1f}x "
+            f"{r['victim_strings']:>14,} {r['same_edits']:>6}/{len(PROMPTS)} {load:>11}"
+        )
+    print(
+        f"{len(PROMPTS)} prompts, k={K}, max_words={MAX_WORDS}, min_logit={MIN_LOGIT}; "
+        f"texts/s: median of the repeats; (best): fastest repeat; victim strings: strings the "
+        f"victim encoded (ours: TextEdit.queries; cached: as first computed); same edits: "
+        f"adversarial prompts equal to ours'; prompts changed: {rows[0]['changed']}; class "
+        f"words split into several WordPieces: {rows[0]['multi_piece_class_words']}"
+    )
     loads = [r["other_load_cores"] for r in rows if r["other_load_cores"] is not None]
     if loads and max(loads) > 0.2:
-        print(f"WARNING: other processes kept up to {max(loads):.2f} cores busy while timing; "
-              "the CPU numbers are contended; rerun on an idle machine")
+        print(
+            f"WARNING: other processes kept up to {max(loads):.2f} cores busy while timing; "
+            "the CPU numbers are contended; rerun on an idle machine"
+        )
 
 
 # -- the text side of a training step (--config train-text) ------------------------------------
+
 
 def imagenet_prompts(n: int | None = None) -> list[str]:
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
@@ -322,8 +354,10 @@ def train_text_step(model, mlm: MaskedLM, prompts: list[str], attack: BertAttack
     attack = attack or BertAttack(mlm, k=K, max_words=MAX_WORDS, min_logit=MIN_LOGIT)
     with torch.no_grad():
         adversarial = [e.adversarial for e in attack.attack_embeddings(prompts, model)]
-    features = torch.cat([model.encode_text(prompts[i:i + 256]) for i in range(0, len(prompts), 256)]
-                         + [model.encode_text(adversarial[i:i + 256]) for i in range(0, len(prompts), 256)])
+    features = torch.cat(
+        [model.encode_text(prompts[i : i + 256]) for i in range(0, len(prompts), 256)]
+        + [model.encode_text(adversarial[i : i + 256]) for i in range(0, len(prompts), 256)]
+    )
     features.float().pow(2).sum().backward()
     model.zero_grad(set_to_none=True)
     return sum(a != p for a, p in zip(adversarial, prompts))
@@ -331,22 +365,37 @@ def train_text_step(model, mlm: MaskedLM, prompts: list[str], attack: BertAttack
 
 def bench_train_text(device: str, quick: bool, repeats: int) -> dict:
     prompts = imagenet_prompts(200 if quick else None)
-    cfg = Config("tiny-clip-77 cpu", "tiny-clip-77", None, device,
-                 dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512))
+    cfg = Config(
+        "tiny-clip-77 cpu",
+        "tiny-clip-77",
+        None,
+        device,
+        dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+    )
     with tempfile.TemporaryDirectory() as folder:
         mlm = build_mlm(cfg, wordpiece_vocab(), folder)
     new = mmcoa.load_model(cfg.victim, device=device).eval()
     old = old_text_path(mmcoa.load_model(cfg.victim, device=device).eval())
     lengths = [len(row) for row in new.token_cache.rows(new.tokenizer, prompts, new._tokenize_rows)]
     kept = BertAttack(mlm, k=K, max_words=MAX_WORDS, min_logit=MIN_LOGIT)  # the trainer's
-    fns = {"old": lambda: train_text_step(old, mlm, prompts),
-           "new": lambda: train_text_step(new, mlm, prompts, kept)}
+    fns = {
+        "old": lambda: train_text_step(old, mlm, prompts),
+        "new": lambda: train_text_step(new, mlm, prompts, kept),
+    }
     (outputs, times), load = other_load(lambda: measure(fns, device, repeats))
     seconds = {name: statistics.median(t) for name, t in times.items()}
-    return {"config": "train-text", "model": cfg.victim, "n_prompts": len(prompts),
-            "prompt_tokens_max": max(lengths), "prompt_tokens_mean": statistics.mean(lengths),
-            "seconds": times, "median_s": seconds, "changed": outputs,
-            "train_text_ratio": seconds["old"] / seconds["new"], "other_load_cores": load}
+    return {
+        "config": "train-text",
+        "model": cfg.victim,
+        "n_prompts": len(prompts),
+        "prompt_tokens_max": max(lengths),
+        "prompt_tokens_mean": statistics.mean(lengths),
+        "seconds": times,
+        "median_s": seconds,
+        "changed": outputs,
+        "train_text_ratio": seconds["old"] / seconds["new"],
+        "other_load_cores": load,
+    }
 
 
 def main(argv=None) -> None:
@@ -364,19 +413,22 @@ def main(argv=None) -> None:
     print(f"whole script: {time.perf_counter() - start:.0f} s")
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"machine": info, "prompts": PROMPTS, "repeats": repeats,
-                       "results": rows}, f, indent=2)
+            json.dump({"machine": info, "prompts": PROMPTS, "repeats": repeats, "results": rows}, f, indent=2)
         print(f"wrote {args.output}")
 
 
 def main_train_text(args, repeats: int) -> None:
     result = {"machine": machine(args.device), **bench_train_text(args.device, args.quick, repeats)}
     print("machine: " + ", ".join(f"{k}={v}" for k, v in result["machine"].items()))
-    print(f"train-text: {result['n_prompts']} ImageNet prompts on {result['model']} "
-          f"(tokens: max {result['prompt_tokens_max']}, mean {result['prompt_tokens_mean']:.1f} of 77)")
+    print(
+        f"train-text: {result['n_prompts']} ImageNet prompts on {result['model']} "
+        f"(tokens: max {result['prompt_tokens_max']}, mean {result['prompt_tokens_mean']:.1f} of 77)"
+    )
     for name in ("old", "new"):
-        print(f"  {name:<4} {result['median_s'][name]:8.2f} s per step (median of {repeats}); "
-              f"prompts changed: {result['changed'][name]}")
+        print(
+            f"  {name:<4} {result['median_s'][name]:8.2f} s per step (median of {repeats}); "
+            f"prompts changed: {result['changed'][name]}"
+        )
     print(f"  train_text_ratio (old / new): {result['train_text_ratio']:.2f}x")
     if result["other_load_cores"] and result["other_load_cores"] > 0.2:
         print(f"WARNING: other processes kept {result['other_load_cores']:.2f} cores busy; rerun idle")

@@ -69,8 +69,7 @@ from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.trainer import TrainLoop, build_optimizer, build_schedule, total_steps
 
 METHOD_NAMES = ("ft-standard", "tecoa", "mmcoa", "fare", "pmg-aft", "vp")
-CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck")
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 K, MAX_WORDS = 10, 1  # BERT-Attack: k candidates per word, 1 word (TrainConfig defaults)
 EVERY = (1, 10)  # adversarial-prompt refresh periods timed for mmcoa
 EPOCH_IMAGES, GOAL_S = 50_000, 90.0  # the issue's GPU goal: a CIFAR10 epoch in <= 90 s on one H100
@@ -96,19 +95,56 @@ class Config:
 
 def configs(device: str, quick: bool, vit_cpu_smoke: bool) -> list[Config]:
     """The CPU configuration always; the CUDA one on CUDA; a ViT smoke one on request."""
-    out = [Config("tiny-clip cpu", "tiny-clip", None, "cpu", 16 if quick else 64, 2 if quick else 10,
-                  "fashion_mnist", 28, "tiny")]
+    out = [
+        Config(
+            "tiny-clip cpu",
+            "tiny-clip",
+            None,
+            "cpu",
+            16 if quick else 64,
+            2 if quick else 10,
+            "fashion_mnist",
+            28,
+            "tiny",
+        )
+    ]
     if device == "cuda":
-        out.append(Config("ViT-B-32 cuda", "ViT-B-32", "random", "cuda", 64 if quick else 256,
-                          2 if quick else 10, "random", 224, "random", "bf16"))
+        out.append(
+            Config(
+                "ViT-B-32 cuda",
+                "ViT-B-32",
+                "random",
+                "cuda",
+                64 if quick else 256,
+                2 if quick else 10,
+                "random",
+                224,
+                "random",
+                "bf16",
+            )
+        )
     if vit_cpu_smoke:  # exercises the CUDA configuration's code paths on a CPU (not a benchmark)
-        out.append(Config("ViT-B-32 cpu smoke", "ViT-B-32", "random", "cpu", 2, 1, "random", 224,
-                          "random", "bf16", dict(hidden_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=2, intermediate_size=512), (1, 2)))
+        out.append(
+            Config(
+                "ViT-B-32 cpu smoke",
+                "ViT-B-32",
+                "random",
+                "cpu",
+                2,
+                1,
+                "random",
+                224,
+                "random",
+                "bf16",
+                dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+                (1, 2),
+            )
+        )
     return out
 
 
 # -- data and the masked LM -------------------------------------------------------------------
+
 
 def training_batch(cfg: Config) -> tuple[TensorClassificationDataset, str]:
     """``cfg.batch`` seeded images and labels as a dataset (its ``prompts()`` are the classes')."""
@@ -116,20 +152,27 @@ def training_batch(cfg: Config) -> tuple[TensorClassificationDataset, str]:
     if cfg.data == "random":
         images = torch.rand(cfg.batch, 3, cfg.image_size, cfg.image_size, generator=gen)
         labels = torch.randint(len(CIFAR10), (cfg.batch,), generator=gen)
-        return (TensorClassificationDataset(images, labels, name="random", split="train",
-                                            classnames=CIFAR10), "random images, CIFAR10 classes")
+        return (
+            TensorClassificationDataset(images, labels, name="random", split="train", classnames=CIFAR10),
+            "random images, CIFAR10 classes",
+        )
     try:
         source, what = load_dataset("fashion_mnist", split="train"), "Fashion-MNIST train"
     except MmcoaError:
-        source = load_dataset("synthetic", split="train", n_samples=max(cfg.batch, 64), n_classes=10,
-                              image_size=cfg.image_size)
+        source = load_dataset(
+            "synthetic", split="train", n_samples=max(cfg.batch, 64), n_classes=10, image_size=cfg.image_size
+        )
         what = "synthetic (Fashion-MNIST not on disk)"
-    chosen = torch.randperm(len(source), generator=gen)[:cfg.batch].tolist()
+    chosen = torch.randperm(len(source), generator=gen)[: cfg.batch].tolist()
     items = [source[i] for i in chosen]
     images = torch.stack([image for image, _ in items])
     labels = torch.tensor([label for _, label in items])
-    return (TensorClassificationDataset(images, labels, name=source.name, split="train",
-                                        classnames=source.classnames), what)
+    return (
+        TensorClassificationDataset(
+            images, labels, name=source.name, split="train", classnames=source.classnames
+        ),
+        what,
+    )
 
 
 def masked_lm(cfg: Config, classnames: list[str], folder: str):
@@ -141,41 +184,89 @@ def masked_lm(cfg: Config, classnames: list[str], folder: str):
         path = train_tiny_mlm(caption_corpus(classnames, CAPTION_TEMPLATES), Path(folder) / "mlm", seed=0)
         info = json.loads((path / INFO_FILE).read_text())
         mlm = load_mlm(str(path), device=cfg.device)
-        return mlm, 0.3, (f"tiny MLM trained here on {info['corpus_size']} captions "
-                          f"({info['steps']} steps, final loss {info['final_loss']:.2f}, "
-                          f"{time.perf_counter() - start:.1f} s)")
+        return (
+            mlm,
+            0.3,
+            (
+                f"tiny MLM trained here on {info['corpus_size']} captions "
+                f"({info['steps']} steps, final loss {info['final_loss']:.2f}, "
+                f"{time.perf_counter() - start:.1f} s)"
+            ),
+        )
     from text_attack import MIN_LOGIT, Config as MLMConfig, build_mlm, wordpiece_vocab
 
-    mlm = build_mlm(MLMConfig(cfg.name, cfg.model, cfg.pretrained, cfg.device, cfg.bert),
-                    wordpiece_vocab(), folder)
+    mlm = build_mlm(
+        MLMConfig(cfg.name, cfg.model, cfg.pretrained, cfg.device, cfg.bert), wordpiece_vocab(), folder
+    )
     return mlm, MIN_LOGIT, f"random BertForMaskedLM {cfg.bert or '(bert-base sizes)'}"
 
 
 # -- the two paths ----------------------------------------------------------------------------
 
+
 def train_config(cfg: Config, method: str, every: int, output: str) -> TrainConfig:
     """MMCoA's settings for every method (eps 1/255, step 1/255, AdamW, constant lr, alpha =
     beta = 0.5: the naive loop's, not each method's own published optimizer), with the
     benchmark's batch, training PGD steps, precision and refresh period."""
-    return TrainConfig(method=method, model=cfg.model, pretrained=cfg.pretrained, batch_size=cfg.batch,
-                       optimizer="adamw", lr=1e-5, weight_decay=0.2, schedule="constant",
-                       warmup_steps=0, train_eps=1 / 255, train_step_size=1 / 255,
-                       train_steps=cfg.pgd_steps, text_attack_every=every, k=K, max_words=MAX_WORDS,
-                       precision=cfg.precision, device=cfg.device, output=output)
+    return TrainConfig(
+        method=method,
+        model=cfg.model,
+        pretrained=cfg.pretrained,
+        batch_size=cfg.batch,
+        optimizer="adamw",
+        lr=1e-5,
+        weight_decay=0.2,
+        schedule="constant",
+        warmup_steps=0,
+        train_eps=1 / 255,
+        train_step_size=1 / 255,
+        train_steps=cfg.pgd_steps,
+        text_attack_every=every,
+        k=K,
+        max_words=MAX_WORDS,
+        precision=cfg.precision,
+        device=cfg.device,
+        output=output,
+    )
 
 
 class OursPath:
     """The trainer's step (``TrainLoop.step``), ``every`` steps per call (one refresh per call)."""
 
-    def __init__(self, cfg: Config, method, model, frozen, dataset, images, labels, mlm, min_logit,
-                 every: int, run_dir: str):
+    def __init__(
+        self,
+        cfg: Config,
+        method,
+        model,
+        frozen,
+        dataset,
+        images,
+        labels,
+        mlm,
+        min_logit,
+        every: int,
+        run_dir: str,
+    ):
         config = train_config(cfg, method.name, every, run_dir)
         optimizer = build_optimizer(model, config)
         schedule = build_schedule(optimizer, config, total_steps(config, len(dataset)))
-        text_attack = (BertAttack(mlm, k=config.k, max_words=config.max_words, min_logit=min_logit)
-                       if method.needs_text_attack and config.adv_text_weight else None)
-        self.loop = TrainLoop(config, method, model, frozen, dataset, list(range(len(dataset))),
-                          optimizer, schedule, text_attack, Path(run_dir))
+        text_attack = (
+            BertAttack(mlm, k=config.k, max_words=config.max_words, min_logit=min_logit)
+            if method.needs_text_attack and config.adv_text_weight
+            else None
+        )
+        self.loop = TrainLoop(
+            config,
+            method,
+            model,
+            frozen,
+            dataset,
+            list(range(len(dataset))),
+            optimizer,
+            schedule,
+            text_attack,
+            Path(run_dir),
+        )
         self.state = {"step": 0, "adversarial_prompts": None}
         self.images, self.labels = images, labels
         self.steps_per_call = every if text_attack is not None else 1
@@ -220,11 +311,22 @@ class NaivePath:
     def __init__(self, cfg: Config, method, model, frozen, prompts, images, labels, mlm, min_logit):
         config = train_config(cfg, method.name, 1, "")
         self.cfg, self.config, self.name = cfg, config, method.name
-        self.model, self.frozen, self.prompts, self.images, self.labels = model, frozen, prompts, images, labels
+        self.model, self.frozen, self.prompts, self.images, self.labels = (
+            model,
+            frozen,
+            prompts,
+            images,
+            labels,
+        )
         self.mlm, self.min_logit = mlm, min_logit
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=config.betas,
-                                           eps=config.adam_eps, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
         self.sample_prompts = [prompts[int(y)] for y in labels]
         self.step, self.leaked = 0, 0
 
@@ -239,18 +341,24 @@ class NaivePath:
 
     def text_attack(self) -> list[str]:
         """Per sample, one text at a time, a fresh engine each (no batching, no cache)."""
-        return [BertAttack(self.mlm, k=K, max_words=MAX_WORDS, min_logit=self.min_logit)
-                .attack_embeddings([p], self.model)[0].adversarial for p in self.sample_prompts]
+        return [
+            BertAttack(self.mlm, k=K, max_words=MAX_WORDS, min_logit=self.min_logit)
+            .attack_embeddings([p], self.model)[0]
+            .adversarial
+            for p in self.sample_prompts
+        ]
 
     def loss(self) -> torch.Tensor:
         model, images, labels, name = self.model, self.images, self.labels, self.name
         if name == "ft-standard":
-            return clip_loss(model.encode_image(images), model.encode_text(self.sample_prompts),
-                             model.logit_scale)
+            return clip_loss(
+                model.encode_image(images), model.encode_text(self.sample_prompts), model.logit_scale
+            )
         if name in ("tecoa", "vp"):
             adv, _ = self.ce_pgd()
-            return clip_loss(model.encode_image(adv), model.encode_text(self.sample_prompts),
-                             model.logit_scale)
+            return clip_loss(
+                model.encode_image(adv), model.encode_text(self.sample_prompts), model.logit_scale
+            )
         if name == "mmcoa":
             adv, _ = self.ce_pgd()
             adversarial_prompts = self.text_attack()
@@ -285,8 +393,14 @@ def ours_leak_check(cfg: Config, method, model, frozen, prompts, images, labels)
     from cleared gradients, on 4 images (clean prompts stand in for the adversarial ones)."""
     config = train_config(cfg, method.name, 1, "")
     generator = torch.Generator(device=cfg.device).manual_seed(0)
-    ctx = StepContext(model=model, prompts=prompts, config=config, generator=generator,
-                      adversarial_prompts=prompts, frozen=frozen)
+    ctx = StepContext(
+        model=model,
+        prompts=prompts,
+        config=config,
+        generator=generator,
+        adversarial_prompts=prompts,
+        frozen=frozen,
+    )
     model.zero_grad(set_to_none=True)
     model.train()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else None
@@ -299,11 +413,12 @@ def ours_leak_check(cfg: Config, method, model, frozen, prompts, images, labels)
 
 # -- timing -----------------------------------------------------------------------------------
 
-def text_attack_seconds(cfg: Config, model, prompts, naive: NaivePath, mlm, min_logit,
-                        repeats: int) -> dict:
+
+def text_attack_seconds(cfg: Config, model, prompts, naive: NaivePath, mlm, min_logit, repeats: int) -> dict:
     """Median seconds of the text attack alone, as each path runs it once per (refresh) step:
     ours, one batched call on the C class prompts with a fresh engine; naive, B per-sample
     calls. The model is left as training left it."""
+
     def ours():
         BertAttack(mlm, k=K, max_words=MAX_WORDS, min_logit=min_logit).attack_embeddings(prompts, model)
 
@@ -323,8 +438,19 @@ def measure(paths: dict, device: str, warmup: int, repeats: int) -> dict:
     return times
 
 
-def bench_method(cfg: Config, name: str, base, dataset, images, labels, mlm, min_logit,
-                 warmup: int, repeats: int, folder: str) -> list[dict]:
+def bench_method(
+    cfg: Config,
+    name: str,
+    base,
+    dataset,
+    images,
+    labels,
+    mlm,
+    min_logit,
+    warmup: int,
+    repeats: int,
+    folder: str,
+) -> list[dict]:
     """Rows (one per path) for one method on a fresh copy of ``base``."""
     torch.manual_seed(0)
     method = METHODS.get(name)()
@@ -338,13 +464,28 @@ def bench_method(cfg: Config, name: str, base, dataset, images, labels, mlm, min
     paths = {}
     for every in everies:
         label = "ours" if every == 1 else f"ours N={every}"
-        paths[label] = OursPath(cfg, method, model, frozen, dataset, images, labels, mlm, min_logit,
-                                every, os.path.join(folder, f"{name}-{every}"))
+        paths[label] = OursPath(
+            cfg,
+            method,
+            model,
+            frozen,
+            dataset,
+            images,
+            labels,
+            mlm,
+            min_logit,
+            every,
+            os.path.join(folder, f"{name}-{every}"),
+        )
     naive = paths["naive"] = NaivePath(cfg, method, model, frozen, prompts, images, labels, mlm, min_logit)
+
     def timed():
         times = measure(paths, cfg.device, warmup, repeats)
-        text_s = text_attack_seconds(cfg, model, prompts, naive, mlm, min_logit, repeats) \
-            if method.needs_text_attack else {}
+        text_s = (
+            text_attack_seconds(cfg, model, prompts, naive, mlm, min_logit, repeats)
+            if method.needs_text_attack
+            else {}
+        )
         return times, text_s
 
     (times, text_s), load = other_load(timed)
@@ -353,15 +494,23 @@ def bench_method(cfg: Config, name: str, base, dataset, images, labels, mlm, min
     rows = []
     for path, seconds in times.items():
         median = rate(path, statistics.median(seconds))
-        rows.append({**asdict(cfg), "method": name, "path": path,
-                     "steps_per_call": getattr(paths[path], "steps_per_call", 1),
-                     "precision_used": "fp32" if path == "naive" else cfg.precision,
-                     "seconds": seconds, "images_per_s": median,
-                     "best_images_per_s": rate(path, min(seconds)), "ratio_vs_naive": median / naive_rate,
-                     "trainable_tensors": trainable,
-                     "grads_after_attack": naive.leaked if path == "naive" else ours_held,
-                     "text_attack_s": text_s.get("naive" if path == "naive" else "ours"),
-                     "other_load_cores": load})
+        rows.append(
+            {
+                **asdict(cfg),
+                "method": name,
+                "path": path,
+                "steps_per_call": getattr(paths[path], "steps_per_call", 1),
+                "precision_used": "fp32" if path == "naive" else cfg.precision,
+                "seconds": seconds,
+                "images_per_s": median,
+                "best_images_per_s": rate(path, min(seconds)),
+                "ratio_vs_naive": median / naive_rate,
+                "trainable_tensors": trainable,
+                "grads_after_attack": naive.leaked if path == "naive" else ours_held,
+                "text_attack_s": text_s.get("naive" if path == "naive" else "ours"),
+                "other_load_cores": load,
+            }
+        )
     paths = naive = model = frozen = None  # drop them before empty_cache (timed() shares them)
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
@@ -377,8 +526,9 @@ def bench_config(cfg: Config, methods, warmup: int, repeats: int) -> tuple[list[
         mlm, min_logit, mlm_info = masked_lm(cfg, dataset.classnames, folder)
         for name in methods:
             started = time.perf_counter()
-            rows += bench_method(cfg, name, base, dataset, images, labels, mlm, min_logit,
-                                 warmup, repeats, folder)
+            rows += bench_method(
+                cfg, name, base, dataset, images, labels, mlm, min_logit, warmup, repeats, folder
+            )
             print(f"  [{cfg.name}] {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
     info = {"data": data, "mlm": mlm_info, "min_logit": min_logit, "prompts": dataset.prompts()}
     del base, mlm
@@ -389,22 +539,27 @@ def bench_config(cfg: Config, methods, warmup: int, repeats: int) -> tuple[list[
 
 # -- report -----------------------------------------------------------------------------------
 
+
 def goal_projection(rows: list[dict]) -> list[str]:
     """Seconds for a 50,000-image MMCoA epoch at the measured CUDA rates (ours N=1 and N=10)."""
     cuda = [r for r in rows if r["device"] == "cuda" and r["method"] == "mmcoa"]
     if not cuda:
-        return [f"GPU goal (MMCoA epoch over CIFAR10's {EPOCH_IMAGES:,} images, {10}-step training "
-                f"PGD + text attack, <= {GOAL_S:.0f} s on one H100): pending, no CUDA device here; "
-                "run: python bench/train.py --device cuda --output train-cuda.json"]
+        return [
+            f"GPU goal (MMCoA epoch over CIFAR10's {EPOCH_IMAGES:,} images, {10}-step training "
+            f"PGD + text attack, <= {GOAL_S:.0f} s on one H100): pending, no CUDA device here; "
+            "run: python bench/train.py --device cuda --output train-cuda.json"
+        ]
     out = []
     for r in cuda:
         seconds = EPOCH_IMAGES / r["images_per_s"]
         verdict = "meets" if seconds <= GOAL_S else "misses"
-        out.append(f"GPU goal projection [{r['name']} {r['path']} {r['precision_used']}, "
-                   f"{r['pgd_steps']}-step PGD, batch {r['batch']}]: {EPOCH_IMAGES:,} / "
-                   f"{r['images_per_s']:,.1f} images/s = {seconds:,.1f} s per epoch -> {verdict} "
-                   f"the <= {GOAL_S:.0f} s goal (random images at {r['image_size']} px; data loading "
-                   f"not included; GPU: see machine line)")
+        out.append(
+            f"GPU goal projection [{r['name']} {r['path']} {r['precision_used']}, "
+            f"{r['pgd_steps']}-step PGD, batch {r['batch']}]: {EPOCH_IMAGES:,} / "
+            f"{r['images_per_s']:,.1f} images/s = {seconds:,.1f} s per epoch -> {verdict} "
+            f"the <= {GOAL_S:.0f} s goal (random images at {r['image_size']} px; data loading "
+            f"not included; GPU: see machine line)"
+        )
     return out
 
 
@@ -412,33 +567,46 @@ def print_report(info: dict, rows: list[dict], details: dict) -> None:
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     for name, d in details.items():
         print(f"[{name}] data: {d['data']}; MLM: {d['mlm']}; min_logit {d['min_logit']}")
-    header = (f"{'config':<18} {'method':<11} {'path':<10} {'prec':<4} {'batch x PGD':>11} "
-              f"{'images/s':>9} {'(best)':>9} {'vs naive':>9} {'.grad after attack':>18} {'other load':>11}")
+    header = (
+        f"{'config':<18} {'method':<11} {'path':<10} {'prec':<4} {'batch x PGD':>11} "
+        f"{'images/s':>9} {'(best)':>9} {'vs naive':>9} {'.grad after attack':>18} {'other load':>11}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         ratio = "" if r["path"] == "naive" else f"{r['ratio_vs_naive']:.2f}x"
         load = "n/a" if r["other_load_cores"] is None else f"{r['other_load_cores']:.2f} cores"
         grads = f"{r['grads_after_attack']}/{r['trainable_tensors']}"
-        print(f"{r['name']:<18} {r['method']:<11} {r['path']:<10} {r['precision_used']:<4} "
-              f"{r['batch']:>5} x {r['pgd_steps']:<3} {r['images_per_s']:>9,.1f} "
-              f"{r['best_images_per_s']:>9,.1f} {ratio:>9} {grads:>18} {load:>11}")
-    print("images/s: training images per wall second, median of the repeats ('ours N=10': blocks of "
-          "10 steps with one prompt refresh); (best): fastest repeat; .grad after attack: trainable "
-          "tensors holding a gradient from the attack when the training loss is back-propagated "
-          "(naive: leaked and stepped; ours: checked untimed after method.loss from cleared grads); "
-          "other load: cores kept busy by other processes while timing")
+        print(
+            f"{r['name']:<18} {r['method']:<11} {r['path']:<10} {r['precision_used']:<4} "
+            f"{r['batch']:>5} x {r['pgd_steps']:<3} {r['images_per_s']:>9,.1f} "
+            f"{r['best_images_per_s']:>9,.1f} {ratio:>9} {grads:>18} {load:>11}"
+        )
+    print(
+        "images/s: training images per wall second, median of the repeats ('ours N=10': blocks of "
+        "10 steps with one prompt refresh); (best): fastest repeat; .grad after attack: trainable "
+        "tensors holding a gradient from the attack when the training loss is back-propagated "
+        "(naive: leaked and stepped; ours: checked untimed after method.loss from cleared grads); "
+        "other load: cores kept busy by other processes while timing"
+    )
     for r in rows:
         if r["method"] == "mmcoa" and r["path"] in ("ours", "naive") and r["text_attack_s"]:
-            what = (f"one batched call on the {len(details[r['name']]['prompts'])} class prompts"
-                    if r["path"] == "ours" else f"{r['batch']} per-sample calls")
+            what = (
+                f"one batched call on the {len(details[r['name']]['prompts'])} class prompts"
+                if r["path"] == "ours"
+                else f"{r['batch']} per-sample calls"
+            )
             step_s = r["batch"] / r["images_per_s"]
-            print(f"[{r['name']}] mmcoa {r['path']}: text attack alone {r['text_attack_s']:.3f} s "
-                  f"({what}) of a {step_s:.3f} s step ({r['text_attack_s'] / step_s:.0%})")
+            print(
+                f"[{r['name']}] mmcoa {r['path']}: text attack alone {r['text_attack_s']:.3f} s "
+                f"({what}) of a {step_s:.3f} s step ({r['text_attack_s'] / step_s:.0%})"
+            )
     loads = [r["other_load_cores"] for r in rows if r["other_load_cores"] is not None]
     if loads and max(loads) > 0.2:
-        print(f"WARNING: other processes kept up to {max(loads):.2f} cores busy while timing; "
-              "the CPU numbers are contended; rerun on an idle machine")
+        print(
+            f"WARNING: other processes kept up to {max(loads):.2f} cores busy while timing; "
+            "the CPU numbers are contended; rerun on an idle machine"
+        )
     for line in goal_projection(rows):
         print(line)
 
@@ -447,8 +615,11 @@ def main(argv=None) -> None:
     parser = bench_parser(__doc__, "smaller batches, 2 PGD steps, 1 repeat")
     parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=list(METHOD_NAMES))
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per path")
-    parser.add_argument("--vit-cpu-smoke", action="store_true",
-                        help="also run the CUDA configuration's code on the CPU, tiny (not a benchmark)")
+    parser.add_argument(
+        "--vit-cpu-smoke",
+        action="store_true",
+        help="also run the CUDA configuration's code on the CPU, tiny (not a benchmark)",
+    )
     args = parse_bench_args(parser, argv)
     repeats = args.repeats or (1 if args.quick else 3)
     start = time.perf_counter()
@@ -461,8 +632,18 @@ def main(argv=None) -> None:
     print(f"whole script: {time.perf_counter() - start:.0f} s")
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"machine": info, "warmup": args.warmup, "repeats": repeats, "details": details,
-                       "results": rows, "goal": goal_projection(rows)}, f, indent=2)
+            json.dump(
+                {
+                    "machine": info,
+                    "warmup": args.warmup,
+                    "repeats": repeats,
+                    "details": details,
+                    "results": rows,
+                    "goal": goal_projection(rows),
+                },
+                f,
+                indent=2,
+            )
         print(f"wrote {args.output}")
 
 

@@ -11,10 +11,24 @@ import pytest
 import torch
 
 import mmcoa
-from mmcoa.analysis import (eps_sweep, feature_analysis, gallery, interpolate_state_dicts,
-                            interpolation, mean_cosine_similarity, plot_curves, plot_eps_sweep,
-                            plot_features, plot_gallery, plot_interpolation, plot_time_cost,
-                            read_runs, time_cost, training_curves, tsne)
+from mmcoa.analysis import (
+    eps_sweep,
+    feature_analysis,
+    gallery,
+    interpolate_state_dicts,
+    interpolation,
+    mean_cosine_similarity,
+    plot_curves,
+    plot_eps_sweep,
+    plot_features,
+    plot_gallery,
+    plot_interpolation,
+    plot_time_cost,
+    read_runs,
+    time_cost,
+    training_curves,
+    tsne,
+)
 from mmcoa.analysis.gallery import changed_words, magnified
 from mmcoa.analysis.plotting import DPI
 from mmcoa.analysis.timecost import training_time
@@ -47,8 +61,13 @@ def tuned_model(tiny_model):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A finished 2-epoch ft-standard run (64 images, batch 16: 4 steps per epoch)."""
-    config = TrainConfig(method="ft-standard", batch_size=16, epochs=2, lr=1e-3,
-                         output=str(tmp_path_factory.mktemp("run") / "ft"))
+    config = TrainConfig(
+        method="ft-standard",
+        batch_size=16,
+        epochs=2,
+        lr=1e-3,
+        output=str(tmp_path_factory.mktemp("run") / "ft"),
+    )
     train(config, progress=False)
     return config.output
 
@@ -84,7 +103,7 @@ def test_interpolation_endpoints_are_exact(tiny_model, tuned_model):
     middle = interpolate_state_dicts(start, end, 0.25)
     key = next(k for k in start if start[k].is_floating_point() and not torch.equal(start[k], end[k]))
     assert torch.allclose(middle[key], 0.75 * start[key] + 0.25 * end[key])
-    assert at_zero[key].data_ptr() != start[key].data_ptr()      # copies, not the originals
+    assert at_zero[key].data_ptr() != start[key].data_ptr()  # copies, not the originals
 
 
 def test_interpolation_mixes_only_floating_tensors():
@@ -102,10 +121,18 @@ def test_interpolation_mixes_only_floating_tensors():
 def test_interpolation_evaluates_the_endpoint_models(tiny_model, tuned_model, synthetic_test, tmp_path):
     before = {k: v.clone() for k, v in tiny_model.model.state_dict().items()}
     attacks = ["clean", PGD(eps=4 / 255, **FAST)]
-    records = interpolation(tiny_model, tuned_model, synthetic_test, lambdas=(0, 0.5, 1),
-                            attacks=attacks, n_samples=8, batch_size=8)
+    records = interpolation(
+        tiny_model,
+        tuned_model,
+        synthetic_test,
+        lambdas=(0, 0.5, 1),
+        attacks=attacks,
+        n_samples=8,
+        batch_size=8,
+    )
     assert [(r["lambda"], r["attack"]) for r in records] == [
-        (lam, a) for lam in (0, 0.5, 1) for a in ("clean", "pgd")]
+        (lam, a) for lam in (0, 0.5, 1) for a in ("clean", "pgd")
+    ]
     for lam, model in ((0, tiny_model), (1, tuned_model)):
         direct = evaluate(model, synthetic_test, attacks, n_samples=8, batch_size=8, progress=False)
         assert [r["n_correct"] for r in records if r["lambda"] == lam] == [r["n_correct"] for r in direct]
@@ -118,11 +145,20 @@ def test_interpolation_evaluates_the_endpoint_models(tiny_model, tuned_model, sy
 
 # -- eps sweep (Fig. 6) --------------------------------------------------------------------------
 def test_eps_sweep_records_and_plot(tiny_model, tuned_model, synthetic_test, tmp_path):
-    records = eps_sweep({"CLIP": tiny_model, "Tuned": tuned_model}, synthetic_test, eps=(1, 4),
-                        attacks=("pgd",), attack_params=FAST, n_samples=8, batch_size=8)
+    records = eps_sweep(
+        {"CLIP": tiny_model, "Tuned": tuned_model},
+        synthetic_test,
+        eps=(1, 4),
+        attacks=("pgd",),
+        attack_params=FAST,
+        n_samples=8,
+        batch_size=8,
+    )
     assert [(r["label"], r["attack"], r["attack_params"].get("eps")) for r in records] == [
-        (label, attack, eps) for label in ("CLIP", "Tuned")
-        for attack, eps in (("clean", None), ("pgd", 1 / 255), ("pgd", 4 / 255))]
+        (label, attack, eps)
+        for label in ("CLIP", "Tuned")
+        for attack, eps in (("clean", None), ("pgd", 1 / 255), ("pgd", 4 / 255))
+    ]
     summary = assert_outputs(plot_eps_sweep(records, tmp_path), "eps-sweep", (8, 5))
     assert summary["table"]["columns"] == ["series", "eps=1/255", "eps=4/255", "clean"]
     assert set(summary["data"]["series"]) == {"CLIP", "Tuned"}
@@ -134,7 +170,7 @@ def test_eps_sweep_records_and_plot(tiny_model, tuned_model, synthetic_test, tmp
 def test_mean_cosine_similarity_on_hand_made_features():
     clean = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
     adversarial = torch.tensor([[5.0, 0.0], [1.0, 1.0], [-3.0, -4.0]])  # cos 1, 1/√2, -1
-    expected = (1 + 2 ** -0.5 - 1) / 3
+    expected = (1 + 2**-0.5 - 1) / 3
     assert mean_cosine_similarity(clean, adversarial) == pytest.approx(expected)
     assert mean_cosine_similarity(clean.numpy(), clean.numpy()) == pytest.approx(1.0)
     with pytest.raises(MmcoaError, match="two \\[N, D\\] arrays"):
@@ -149,13 +185,19 @@ def test_tsne_keeps_separated_clusters_apart():
     embedded = tsne(points, perplexity=10, n_iter=400)
     assert embedded.shape == (60, 2)
     distances = torch.cdist(torch.tensor(embedded), torch.tensor(embedded)).fill_diagonal_(float("inf"))
-    assert (labels[distances.argmin(1)] == labels).all()           # nearest neighbour: same cluster
+    assert (labels[distances.argmin(1)] == labels).all()  # nearest neighbour: same cluster
     assert (tsne(points, perplexity=10, n_iter=400) == embedded).all()  # deterministic
 
 
 def test_feature_analysis_and_plot(tiny_model, tuned_model, synthetic_test, tmp_path):
-    result = feature_analysis({"CLIP": tiny_model, "Tuned": tuned_model}, synthetic_test,
-                              PGD(eps=4 / 255, **FAST), n_samples=12, batch_size=6, n_iter=100)
+    result = feature_analysis(
+        {"CLIP": tiny_model, "Tuned": tuned_model},
+        synthetic_test,
+        PGD(eps=4 / 255, **FAST),
+        n_samples=12,
+        batch_size=6,
+        n_iter=100,
+    )
     assert result["CLIP"]["n"] == 12 and result["CLIP"]["tsne"].shape == (24, 2)
     assert -1 <= result["CLIP"]["cosine"] <= 1
     summary = assert_outputs(plot_features(result, tmp_path), "features", (10, 5))
@@ -166,8 +208,14 @@ def test_feature_analysis_and_plot(tiny_model, tuned_model, synthetic_test, tmp_
 def test_training_curves_from_a_run(run_dir, tuned_model, synthetic_test, tmp_path):
     extra = tmp_path / "epoch1.pt"
     torch.save(tuned_model.model.state_dict(), extra)
-    curves = training_curves([run_dir], checkpoints={1: str(extra)}, dataset=synthetic_test,
-                             attacks=["clean"], n_samples=8, batch_size=8)
+    curves = training_curves(
+        [run_dir],
+        checkpoints={1: str(extra)},
+        dataset=synthetic_test,
+        attacks=["clean"],
+        n_samples=8,
+        batch_size=8,
+    )
     assert curves["loss"]["ft-standard"]["epoch"] == [s / 4 for s in range(1, 9)]
     # epoch 0 (the run's starting weights), 1 (given), 2 (final.pt; last.pt is the same step)
     assert [r["epoch"] for r in curves["records"]] == [0.0, 1.0, 2.0]
@@ -181,12 +229,17 @@ def test_training_curves_from_a_run(run_dir, tuned_model, synthetic_test, tmp_pa
 def test_training_time_handles_resumes_and_partial_epochs(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"method": "tecoa", "dataset": "cifar10",
-                                                  "batch_size": 2, "shots": "full", "device": "cpu"}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {"method": "tecoa", "dataset": "cifar10", "batch_size": 2, "shots": "full", "device": "cpu"}
+        )
+    )
     (run / "shots.json").write_text(json.dumps({"indices": [0, 1, 2, 3]}))  # 2 steps per epoch
     elapsed = [1.0, 3.0, 4.0, 0.5, 2.5]  # restarted (resumed) before step 4
-    rows = [{"step": i + 1, "epoch": i // 2, "loss": 1.0, "images": 2, "elapsed_s": e}
-            for i, e in enumerate(elapsed)]
+    rows = [
+        {"step": i + 1, "epoch": i // 2, "loss": 1.0, "images": 2, "elapsed_s": e}
+        for i, e in enumerate(elapsed)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     timing = training_time(read_runs([run])[0])
     # steps take 1, 2, 1, 0.5, 2 s; epochs 0 and 1 are complete (3 s and 1.5 s)
@@ -198,8 +251,18 @@ def test_training_time_handles_resumes_and_partial_epochs(tmp_path):
 
 
 def test_time_cost_plot(run_dir, tmp_path):
-    records = [{"label": "CLIP", "model": "m", "dataset": "cifar10", "attack": "pgd",
-                "attack_params": {"eps": 1 / 255}, "n_samples": 100, "accuracy": 0.1, "elapsed_s": 5.0}]
+    records = [
+        {
+            "label": "CLIP",
+            "model": "m",
+            "dataset": "cifar10",
+            "attack": "pgd",
+            "attack_params": {"eps": 1 / 255},
+            "n_samples": 100,
+            "accuracy": 0.1,
+            "elapsed_s": 5.0,
+        }
+    ]
     cost = time_cost(read_runs([run_dir]), records)
     assert cost["evaluation"][0]["ms_per_sample"] == pytest.approx(50.0)
     assert cost["training"][0]["complete_epochs"] == 2
@@ -219,8 +282,14 @@ def test_changed_words_and_magnified_perturbation():
 
 
 def test_gallery_examples_and_plot(tiny_model, synthetic_test, mlm, tmp_path):
-    examples = gallery(tiny_model, synthetic_test, [PGD(eps=4 / 255, **FAST), "bert"],
-                       attack_params={"mlm": mlm}, per_attack=2, pool=8)
+    examples = gallery(
+        tiny_model,
+        synthetic_test,
+        [PGD(eps=4 / 255, **FAST), "bert"],
+        attack_params={"mlm": mlm},
+        per_attack=2,
+        pool=8,
+    )
     assert [e.attack for e in examples] == ["pgd", "pgd", "bert", "bert"]
     pgd, bert = examples[0], examples[2]
     assert pgd.attacked_prompt == pgd.original_prompt and 0 < pgd.linf_255 <= 4 + 1e-3
@@ -234,22 +303,76 @@ def test_gallery_examples_and_plot(tiny_model, synthetic_test, mlm, tmp_path):
 # -- command line --------------------------------------------------------------------------------
 def test_cli_analyze(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["analyze", "eps-sweep", "--model", "tiny-clip", "--dataset", "synthetic",
-                 "--attacks", "pgd", "--eps", "1,4", "--n-steps", "1", "--n-samples", "8",
-                 "--batch-size", "8", "--output", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "eps-sweep",
+                "--model",
+                "tiny-clip",
+                "--dataset",
+                "synthetic",
+                "--attacks",
+                "pgd",
+                "--eps",
+                "1,4",
+                "--n-steps",
+                "1",
+                "--n-samples",
+                "8",
+                "--batch-size",
+                "8",
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "eps_sweep.png" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"eps_sweep.png", "eps_sweep.json", "eps_sweep_records.json"}
     assert main(["report", str(out), "--output", str(tmp_path / "report")]) == 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["analyze", "nope", "--output", "x"], "unknown analysis 'nope'; known: curves, eps-sweep"),
-    (["analyze", "interpolation", "--model", "tiny-clip", "--tuned", "x.pt", "--dataset",
-      "synthetic", "--mlm", "m", "--output", "x"], "no chosen attack takes mlm"),
-    (["analyze", "curves", "/nonexistent", "--output", "x"], "not a training run directory"),
-    (["analyze", "eps-sweep", "--model", "tiny-clip", "--dataset", "synthetic", "--eps", "a",
-      "--output", "x"], "--eps takes comma-separated numbers"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["analyze", "nope", "--output", "x"], "unknown analysis 'nope'; known: curves, eps-sweep"),
+        (
+            [
+                "analyze",
+                "interpolation",
+                "--model",
+                "tiny-clip",
+                "--tuned",
+                "x.pt",
+                "--dataset",
+                "synthetic",
+                "--mlm",
+                "m",
+                "--output",
+                "x",
+            ],
+            "no chosen attack takes mlm",
+        ),
+        (["analyze", "curves", "/nonexistent", "--output", "x"], "not a training run directory"),
+        (
+            [
+                "analyze",
+                "eps-sweep",
+                "--model",
+                "tiny-clip",
+                "--dataset",
+                "synthetic",
+                "--eps",
+                "a",
+                "--output",
+                "x",
+            ],
+            "--eps takes comma-separated numbers",
+        ),
+    ],
+)
 def test_cli_analyze_errors_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

@@ -27,7 +27,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-
 def _predictions(classifier, images):
     with torch.no_grad():
         return classifier.logits(images).argmax(1)
@@ -55,8 +54,16 @@ def test_registered_on_import():
     assert isinstance(build_attack("apgd-ce"), APGDCE)
     assert isinstance(build_attack("apgd-t"), APGDT)
     defaults = build_attack("apgd").params()
-    assert defaults == dict(eps=pytest.approx(1 / 255), norm="linf", n_steps=100, n_restarts=1,
-                            seed=0, rho=0.75, precision="fp32", n_target_classes=9)
+    assert defaults == dict(
+        eps=pytest.approx(1 / 255),
+        norm="linf",
+        n_steps=100,
+        n_restarts=1,
+        seed=0,
+        rho=0.75,
+        precision="fp32",
+        n_target_classes=9,
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -83,8 +90,7 @@ def test_robust_accuracy_apgd_le_apgd_ce_le_clean(classifier, predicted, norm, e
     accuracy = {}
     fooled = {}
     for name in ("apgd-ce", "apgd"):
-        adv = build_attack(name, eps=eps, norm=norm, n_steps=5)(
-            classifier, images, labels, _seeded(7)).images
+        adv = build_attack(name, eps=eps, norm=norm, n_steps=5)(classifier, images, labels, _seeded(7)).images
         accuracy[name] = _accuracy(classifier, adv, labels)
         fooled[name] = _predictions(classifier, adv) != labels
     assert accuracy["apgd"] <= accuracy["apgd-ce"] <= clean
@@ -104,8 +110,9 @@ def test_fooled_samples_get_adversarial_images_others_stay_clean(classifier, pre
 def test_robust_accuracy_never_above_clean_in_evaluate(tiny_model, synthetic_test):
     from mmcoa.eval import evaluate
 
-    records = evaluate(tiny_model, synthetic_test, ["clean", APGD(eps=8 / 255, n_steps=5)],
-                       batch_size=8, progress=False)
+    records = evaluate(
+        tiny_model, synthetic_test, ["clean", APGD(eps=8 / 255, n_steps=5)], batch_size=8, progress=False
+    )
     clean, robust = records
     assert robust["accuracy"] <= clean["accuracy"]
     assert robust["queries_per_sample"] == (1 + 1 * (5 + 1)) + (1 + 3 * 1 * (5 + 2))
@@ -226,22 +233,25 @@ def test_works_when_called_under_no_grad(classifier, predicted):
 def _count_forwarded_samples(classifier):
     counts = []
     hook = classifier.model.model.visual.register_forward_pre_hook(
-        lambda m, args: counts.append(args[0].shape[0]))
+        lambda m, args: counts.append(args[0].shape[0])
+    )
     return counts, hook
 
 
-@pytest.mark.parametrize("name,per_sample", [
-    ("apgd-ce", 1 + 2 * (4 + 1)),
-    ("apgd-t", 1 + 3 * 2 * (4 + 2)),
-    ("apgd", 1 + 2 * (4 + 1) + 1 + 3 * 2 * (4 + 2)),
-])
+@pytest.mark.parametrize(
+    "name,per_sample",
+    [
+        ("apgd-ce", 1 + 2 * (4 + 1)),
+        ("apgd-t", 1 + 3 * 2 * (4 + 2)),
+        ("apgd", 1 + 2 * (4 + 1) + 1 + 3 * 2 * (4 + 2)),
+    ],
+)
 def test_queries_count_forward_passes_of_a_sample_never_fooled(classifier, predicted, name, per_sample):
     images, labels = predicted
     counts, hook = _count_forwarded_samples(classifier)
     try:
         # a budget too small to fool anyone: every sample goes through every run
-        result = build_attack(name, eps=1e-6, n_steps=4, n_restarts=2)(
-            classifier, images, labels, _seeded())
+        result = build_attack(name, eps=1e-6, n_steps=4, n_restarts=2)(classifier, images, labels, _seeded())
     finally:
         hook.remove()
     assert (_predictions(classifier, result.images) == labels).all()
@@ -303,8 +313,16 @@ def test_apgd_ce_matches_torchattacks_called_directly(classifier, predicted, nor
     generator = _seeded(9)
     seed = torchattacks_seed(_seeded(9), default=0)
     got = APGDCE(eps=eps, norm=norm, n_steps=6)(classifier, images, labels, generator).images
-    reference = torchattacks.APGD(LogitsModule(classifier), norm={"linf": "Linf", "l2": "L2"}[norm],
-                                  eps=eps, steps=6, n_restarts=1, seed=seed, loss="ce", rho=0.75)
+    reference = torchattacks.APGD(
+        LogitsModule(classifier),
+        norm={"linf": "Linf", "l2": "L2"}[norm],
+        eps=eps,
+        steps=6,
+        n_restarts=1,
+        seed=seed,
+        loss="ce",
+        rho=0.75,
+    )
     with torch.random.fork_rng(devices=[]):
         expected = reference(images, labels)
     assert torch.equal(got, expected)
@@ -314,8 +332,16 @@ def test_apgd_t_matches_torchattacks_called_directly(classifier, predicted):
     """Four classes: the targeted DLR loss is torchattacks' own."""
     images, labels = predicted
     got = APGDT(eps=1 / 255, n_steps=6, seed=3)(classifier, images, labels).images
-    reference = torchattacks.APGDT(LogitsModule(classifier), norm="Linf", eps=1 / 255, steps=6,
-                                   n_restarts=1, seed=3, rho=0.75, n_classes=classifier.n_classes)
+    reference = torchattacks.APGDT(
+        LogitsModule(classifier),
+        norm="Linf",
+        eps=1 / 255,
+        steps=6,
+        n_restarts=1,
+        seed=3,
+        rho=0.75,
+        n_classes=classifier.n_classes,
+    )
     with torch.random.fork_rng(devices=[]):
         expected = reference(images, labels)
     assert torch.equal(got, expected)
@@ -331,19 +357,22 @@ def test_works_on_the_transformers_backend(any_tiny_model, synthetic_test):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("params,message", [
-    (dict(eps=0.0), "eps must be in"),
-    (dict(eps=2.0), "eps must be in"),
-    (dict(norm="l1"), "norm must be one of linf, l2"),
-    (dict(n_steps=0), "n_steps must be in"),
-    (dict(n_steps=2.5), "n_steps must be an integer"),
-    (dict(n_restarts=0), "n_restarts must be in"),
-    (dict(seed=-1), "seed must be in"),
-    (dict(seed=1.5), "seed must be an integer"),
-    (dict(rho=0.0), "rho must be in"),
-    (dict(rho=1.5), "rho must be in"),
-    (dict(step_size=1.0), "takes no parameter step_size; accepted: eps"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        (dict(eps=0.0), "eps must be in"),
+        (dict(eps=2.0), "eps must be in"),
+        (dict(norm="l1"), "norm must be one of linf, l2"),
+        (dict(n_steps=0), "n_steps must be in"),
+        (dict(n_steps=2.5), "n_steps must be an integer"),
+        (dict(n_restarts=0), "n_restarts must be in"),
+        (dict(seed=-1), "seed must be in"),
+        (dict(seed=1.5), "seed must be an integer"),
+        (dict(rho=0.0), "rho must be in"),
+        (dict(rho=1.5), "rho must be in"),
+        (dict(step_size=1.0), "takes no parameter step_size; accepted: eps"),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(name, params, message):
     with pytest.raises(MmcoaError, match=message) as caught:
         build_attack(name, **params)

@@ -32,8 +32,16 @@ from conftest import assert_valid_perturbation
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Tiny budgets for the parameters an attack has (eps 4/255 so that a perturbation is visible).
-FAST = {"eps": 4 / 255, "step_size": 1 / 255, "n_steps": 2, "n_target_classes": 2, "fab_steps": 2,
-        "square_queries": 8, "n_queries": 8, "k": 4}
+FAST = {
+    "eps": 4 / 255,
+    "step_size": 1 / 255,
+    "n_steps": 2,
+    "n_target_classes": 2,
+    "fab_steps": 2,
+    "square_queries": 8,
+    "n_queries": 8,
+    "k": 4,
+}
 
 
 def fast_params(cls, mlm: str) -> dict:

@@ -23,8 +23,18 @@ from test_apgd import _count_forwarded_samples  # the same forward-pass counter
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(n_steps=4, fab_steps=3, square_queries=15)  # budgets small enough for a unit test
-STANDARD = dict(eps=pytest.approx(1 / 255), norm="linf", n_steps=100, n_restarts=1, seed=0,
-                rho=0.75, precision="fp32", n_target_classes=9, fab_steps=100, square_queries=5000)
+STANDARD = dict(
+    eps=pytest.approx(1 / 255),
+    norm="linf",
+    n_steps=100,
+    n_restarts=1,
+    seed=0,
+    rho=0.75,
+    precision="fp32",
+    n_target_classes=9,
+    fab_steps=100,
+    square_queries=5000,
+)
 
 
 def _predictions(classifier, images):
@@ -64,8 +74,9 @@ def test_registered_with_the_standard_budgets():
     listed = {row["name"]: row for row in list_attacks()}
     assert {"autoattack", "square", "noise"} <= set(listed)
     assert listed["autoattack"]["defaults"]["square_queries"] == 5000
-    assert build_attack("square").params() == dict(eps=pytest.approx(1 / 255), norm="linf",
-                                                   n_queries=5000, n_restarts=1, p_init=0.8, seed=0)
+    assert build_attack("square").params() == dict(
+        eps=pytest.approx(1 / 255), norm="linf", n_queries=5000, n_restarts=1, p_init=0.8, seed=0
+    )
 
 
 def test_stages_are_the_reference_standard_version(classifier):
@@ -73,7 +84,11 @@ def test_stages_are_the_reference_standard_version(classifier):
     9 targets, 1 restart, 5,000 queries, Square's schedule not rescaled."""
     ce, t, fab, square = AutoAttack().stages(LogitsModule(classifier), seed=5, n_classes=100)
     assert (type(ce), isinstance(t, torchattacks.APGDT), type(fab), type(square)) == (
-        torchattacks.APGD, True, torchattacks.FAB, torchattacks.Square)
+        torchattacks.APGD,
+        True,
+        torchattacks.FAB,
+        torchattacks.Square,
+    )
     assert (ce.steps, ce.loss, ce.n_restarts, ce.eps) == (100, "ce", 1, pytest.approx(1 / 255))
     assert (t.steps, t.n_target_classes, t.n_restarts) == (100, 9, 1)
     assert (fab.steps, fab.n_target_classes, fab.n_restarts, fab.multi_targeted) == (100, 9, 1, True)
@@ -171,10 +186,26 @@ def test_matches_torchattacks_multiattack_called_directly(classifier, predicted,
     stages = [
         torchattacks.APGD(frozen, norm="Linf", eps=0.5 / 255, steps=4, n_restarts=1, seed=seed, loss="ce"),
         torchattacks.APGDT(frozen, norm="Linf", eps=0.5 / 255, steps=4, n_restarts=1, seed=seed, n_classes=4),
-        torchattacks.FAB(frozen, norm="Linf", eps=0.5 / 255, steps=3, n_restarts=1, seed=seed,
-                         multi_targeted=True, n_classes=4),
-        torchattacks.Square(frozen, norm="Linf", eps=0.5 / 255, n_queries=15, n_restarts=1, p_init=0.8,
-                            seed=seed, resc_schedule=False),
+        torchattacks.FAB(
+            frozen,
+            norm="Linf",
+            eps=0.5 / 255,
+            steps=3,
+            n_restarts=1,
+            seed=seed,
+            multi_targeted=True,
+            n_classes=4,
+        ),
+        torchattacks.Square(
+            frozen,
+            norm="Linf",
+            eps=0.5 / 255,
+            n_queries=15,
+            n_restarts=1,
+            p_init=0.8,
+            seed=seed,
+            resc_schedule=False,
+        ),
     ]
     expected = torchattacks.MultiAttack(stages)(images, labels)
     assert torch.equal(got, expected)
@@ -183,7 +214,9 @@ def test_matches_torchattacks_multiattack_called_directly(classifier, predicted,
 def test_square_matches_torchattacks_called_directly(classifier, predicted, frozen):
     images, labels = predicted
     got = Square(eps=2 / 255, n_queries=30, seed=4)(classifier, images, labels).images
-    expected = torchattacks.Square(frozen, eps=2 / 255, n_queries=30, seed=4, resc_schedule=False)(images, labels)
+    expected = torchattacks.Square(frozen, eps=2 / 255, n_queries=30, seed=4, resc_schedule=False)(
+        images, labels
+    )
     assert torch.equal(got, expected)
 
 
@@ -202,12 +235,17 @@ def test_misclassified_samples_come_back_clean(classifier, predicted):
 
 
 # -- queries, edge cases, errors -----------------------------------------------------------------
-@pytest.mark.parametrize("name,params,per_sample", [
-    # apgd-ce 1 + 2·(3+1); apgd-t 1 + 3·2·(3+2); fab-t 1 + 3·2·(2·2+3); square 1 + 2·(5+2); 4 checks
-    ("autoattack", dict(n_steps=3, fab_steps=2, square_queries=5), 9 + 31 + 43 + 15 + 4),
-    ("square", dict(n_queries=5), 15),
-])
-def test_queries_count_forward_passes_of_a_sample_never_fooled(classifier, predicted, name, params, per_sample):
+@pytest.mark.parametrize(
+    "name,params,per_sample",
+    [
+        # apgd-ce 1 + 2·(3+1); apgd-t 1 + 3·2·(3+2); fab-t 1 + 3·2·(2·2+3); square 1 + 2·(5+2); 4 checks
+        ("autoattack", dict(n_steps=3, fab_steps=2, square_queries=5), 9 + 31 + 43 + 15 + 4),
+        ("square", dict(n_queries=5), 15),
+    ],
+)
+def test_queries_count_forward_passes_of_a_sample_never_fooled(
+    classifier, predicted, name, params, per_sample
+):
     images, labels = predicted
     counts, hook = _count_forwarded_samples(classifier)
     try:
@@ -239,17 +277,20 @@ def test_single_sample_and_one_class(tiny_model, classifier, predicted, syntheti
     assert torch.equal(result.images, images[:4]) and result.queries == 0
 
 
-@pytest.mark.parametrize("name,params,message", [
-    ("autoattack", dict(fab_steps=0), "fab_steps must be in"),
-    ("autoattack", dict(square_queries=2.5), "square_queries must be an integer"),
-    ("autoattack", dict(n_target_classes=0), "n_target_classes must be in"),
-    ("autoattack", dict(norm="l1"), "norm must be one of linf, l2"),
-    ("autoattack", dict(eps=0.0), "eps must be in"),
-    ("square", dict(n_queries=0), "n_queries must be in"),
-    ("square", dict(p_init=1.5), "p_init must be in"),
-    ("square", dict(n_steps=3), "takes no parameter n_steps"),
-    ("noise", dict(norm="l1"), "norm must be one of linf, l2"),
-])
+@pytest.mark.parametrize(
+    "name,params,message",
+    [
+        ("autoattack", dict(fab_steps=0), "fab_steps must be in"),
+        ("autoattack", dict(square_queries=2.5), "square_queries must be an integer"),
+        ("autoattack", dict(n_target_classes=0), "n_target_classes must be in"),
+        ("autoattack", dict(norm="l1"), "norm must be one of linf, l2"),
+        ("autoattack", dict(eps=0.0), "eps must be in"),
+        ("square", dict(n_queries=0), "n_queries must be in"),
+        ("square", dict(p_init=1.5), "p_init must be in"),
+        ("square", dict(n_steps=3), "takes no parameter n_steps"),
+        ("noise", dict(norm="l1"), "norm must be one of linf, l2"),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(name, params, message):
     with pytest.raises(MmcoaError, match=message) as caught:
         build_attack(name, **params)
@@ -269,9 +310,26 @@ def test_noise_is_uniform_in_the_ball_and_seeded(classifier, predicted):
 def test_eval_command_runs_autoattack(tmp_path, capsys):
     """A budget that fools every sample in APGD-CE: the later stages have nothing left to do."""
     output = tmp_path / "r.json"
-    code = main(["eval", "--dataset", "synthetic", "--model", "tiny-clip", "--attacks",
-                 "clean,autoattack", "--eps", "64", "--n-steps", "3", "--n-samples", "8",
-                 "--output", str(output), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "tiny-clip",
+            "--attacks",
+            "clean,autoattack",
+            "--eps",
+            "64",
+            "--n-steps",
+            "3",
+            "--n-samples",
+            "8",
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and "autoattack" in capsys.readouterr().out
     clean, robust = json.loads(output.read_text())
     assert robust["attack"] == "autoattack" and robust["attack_params"]["n_steps"] == 3

@@ -22,8 +22,10 @@ from mmcoa.attacks.text.stopwords import default_stop_words, parse_stop_words
 from mmcoa.errors import MmcoaError
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ("this is a an the of photo cat dog car truck bird fish fox wolf ship boat red blue big "
-         "small tree picture image plane aard ze koa , . 7").split()
+WORDS = (
+    "this is a an the of photo cat dog car truck bird fish fox wolf ship boat red blue big "
+    "small tree picture image plane aard ze koa , . 7"
+).split()
 PIECES = ["##vark", "##bra", "##la", "##s"]
 FILLERS = [a + b + "q" for a in "bcdfghjklmnp" for b in "aeiouy"]  # > 100 tokens in all
 VOCAB = SPECIALS + WORDS + PIECES + FILLERS
@@ -67,7 +69,10 @@ PREFS = {
     # multi-piece "aardvark" = aard ##vark: top-4 per piece, fluency (self logit) of each piece
     "aard": {"ze": 8, "koa": 7, "aard": 6.5, "##bra": 6},
     "##vark": {"##bra": 8, "##la": 7, "##vark": 6.5, "fox": 6},
-    "ze": {"ze": 3}, "koa": {"koa": 9}, "##bra": {"##bra": 2}, "##la": {"##la": 9},
+    "ze": {"ze": 3},
+    "koa": {"koa": 9},
+    "##bra": {"##bra": 2},
+    "##la": {"##la": 9},
 }
 
 
@@ -94,6 +99,7 @@ def crc_score(owner: torch.Tensor, texts: list[str]) -> torch.Tensor:
 
 # -- candidates ------------------------------------------------------------------------------
 
+
 def test_candidates_come_from_the_words_own_positions_after_cls(mlm):
     # Without the [CLS] offset "cat" would get [CLS]'s (ship, boat) and "dog" would get cat's.
     [cands] = BertAttack(mlm).candidates(["cat dog"])
@@ -113,8 +119,9 @@ def test_stop_words_junk_and_the_original_never_come_back(mlm):
     assert dog == cap_dog == ["bird", "fish"]
 
 
-def expected_multi_piece(table: torch.Tensor, pieces: tuple[str, ...], n_combos: int,
-                         original: str) -> list[str]:
+def expected_multi_piece(
+    table: torch.Tensor, pieces: tuple[str, ...], n_combos: int, original: str
+) -> list[str]:
     """Independent: the first ``n_combos`` combos of the top-4 per piece, ALL ranked by mean CE
     of [CLS] combo [SEP] (the published BERT-Attack keeps every one of its 24, no cut at k)."""
     rows = [table[tid(p)].topk(4).indices.tolist() for p in pieces]
@@ -174,8 +181,16 @@ def test_words_past_the_length_limit_and_punctuation(mlm):
 
 # -- greedy search ---------------------------------------------------------------------------
 
-TEXTS = ["This is a photo of a cat", "a big dog", "the truck of the dog", "This cat is big",
-         "This is a photo of a aardvark", "an aardvark of the photo", "this", ""]
+TEXTS = [
+    "This is a photo of a cat",
+    "a big dog",
+    "the truck of the dog",
+    "This cat is big",
+    "This is a photo of a aardvark",
+    "an aardvark of the photo",
+    "this",
+    "",
+]
 
 
 def changed_positions(edit: TextEdit) -> list[int]:
@@ -187,7 +202,7 @@ def changed_positions(edit: TextEdit) -> list[int]:
 def reference_attack(text: str, cands: list[list[str]], score_one, max_words: int) -> str:
     """Independent greedy loop: every string scored alone, one at a time."""
     words = text.split()
-    with_word = lambda ws, i, w: " ".join(ws[:i] + [w] + ws[i + 1:])  # noqa: E731
+    with_word = lambda ws, i, w: " ".join(ws[:i] + [w] + ws[i + 1 :])  # noqa: E731
     eligible = [i for i, c in enumerate(cands) if c]
     importance = {i: score_one(text, with_word(words, i, "[UNK]")) for i in eligible}
     current, changed = score_one(text, text), 0
@@ -250,6 +265,7 @@ def test_batched_over_texts_equals_each_text_alone_and_is_deterministic(mlm, tin
 
 # -- the Eq. 4 cache -------------------------------------------------------------------------
 
+
 def test_cache_skips_the_victim_until_the_text_tower_changes(mlm, tiny_model, monkeypatch):
     calls = []
     encode = tiny_model.encode_text
@@ -276,19 +292,20 @@ def test_cache_skips_the_victim_until_the_text_tower_changes(mlm, tiny_model, mo
 
 def test_cache_keeps_working_when_smaller_than_the_batch(mlm, tiny_model):
     attack = BertAttack(mlm, cache_size=1)
-    assert attack.attack_embeddings(TEXTS, tiny_model) == BertAttack(mlm).attack_embeddings(
-        TEXTS, tiny_model)
+    assert attack.attack_embeddings(TEXTS, tiny_model) == BertAttack(mlm).attack_embeddings(TEXTS, tiny_model)
 
 
 # -- the score, stop words, settings ---------------------------------------------------------
+
 
 def test_kl_divergence_score_is_eq4_over_embedding_dims():
     gen = torch.Generator().manual_seed(0)
     ref = F.normalize(torch.randn(3, 16, generator=gen), dim=-1)
     cand = F.normalize(torch.randn(5, 16, generator=gen), dim=-1)
     owner = torch.tensor([0, 2, 2, 1, 0])
-    expected = F.kl_div(F.log_softmax(cand, -1), F.log_softmax(ref[owner], -1), log_target=True,
-                        reduction="none").sum(-1)
+    expected = F.kl_div(
+        F.log_softmax(cand, -1), F.log_softmax(ref[owner], -1), log_target=True, reduction="none"
+    ).sum(-1)
     assert torch.allclose(kl_divergence_score(ref, cand, owner).float(), expected, atol=1e-7)
     assert kl_divergence_score(ref, ref, torch.arange(3)).abs().max() < 1e-15
 
@@ -307,6 +324,7 @@ def test_bad_settings_fail_in_one_line(mlm):
 
 # -- loading a masked LM ---------------------------------------------------------------------
 
+
 def test_load_mlm_unknown_hub_id_fails_fast_in_one_line():
     start = time.perf_counter()
     with pytest.raises(MmcoaError) as info:
@@ -319,8 +337,14 @@ def tiny_bert(tokenizer):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     return BertForMaskedLM(config)
 
 

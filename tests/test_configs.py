@@ -11,8 +11,11 @@ from mmcoa.settings import read_mapping
 from mmcoa.train.config import METHOD_DEFAULTS, PER_255, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-YAML_FILES = [p for p in sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
-              if "paper" not in p.relative_to(CONFIGS).parts]  # configs/paper: suites (test_suite.py)
+YAML_FILES = [
+    p
+    for p in sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
+    if "paper" not in p.relative_to(CONFIGS).parts
+]  # configs/paper: suites (test_suite.py)
 TABLE1 = {  # name: (method, adv_image_weight, adv_text_weight, towers)
     "ft-standard": ("ft-standard", None, None, "both"),
     "tecoa": ("tecoa", None, None, "image"),
@@ -37,12 +40,21 @@ def test_table1_configs_hold_the_papers_settings(name):
     method, alpha, beta, towers = TABLE1[name]
     config = load_config(str(CONFIGS / "table1" / f"{name}.yaml"), {})
     assert config.method == method and config.train_towers == towers
-    assert (config.model, config.pretrained, config.dataset, config.shots) == ("ViT-B-32", "openai",
-                                                                               "cifar10", "full")
+    assert (config.model, config.pretrained, config.dataset, config.shots) == (
+        "ViT-B-32",
+        "openai",
+        "cifar10",
+        "full",
+    )
     assert (config.epochs, config.batch_size) == (10, 256)
     assert config.betas == (0.9, 0.98) and config.adam_eps == 1e-6
     assert_method_settings(config)
-    assert (config.mlm, config.k, config.max_words, config.text_attack_every) == ("bert-base-uncased", 10, 1, 1)
+    assert (config.mlm, config.k, config.max_words, config.text_attack_every) == (
+        "bert-base-uncased",
+        10,
+        1,
+        1,
+    )
     assert config.precision == "bf16" and config.device == "cuda"
     assert config.output == f"runs/table1/cifar10/{name}"  # where configs/paper/table1.yaml looks
     if alpha is not None:

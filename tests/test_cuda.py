@@ -24,15 +24,27 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.fixture(scope="module")
 def mlm(tmp_path_factory):
     classes = mmcoa.load_dataset("synthetic", split="train").classnames
-    return str(train_tiny_mlm(caption_corpus(classes, CAPTION_TEMPLATES),
-                              tmp_path_factory.mktemp("cuda-mlm") / "mlm", steps=30))
+    return str(
+        train_tiny_mlm(
+            caption_corpus(classes, CAPTION_TEMPLATES), tmp_path_factory.mktemp("cuda-mlm") / "mlm", steps=30
+        )
+    )
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_trains_on_cuda(name, precision, mlm, tmp_path):
-    config = TrainConfig(method=name, model="tiny-clip", batch_size=16, max_steps=2, lr=1e-3,
-                         mlm=mlm, precision=precision, device="cuda", output=str(tmp_path / "run"))
+    config = TrainConfig(
+        method=name,
+        model="tiny-clip",
+        batch_size=16,
+        max_steps=2,
+        lr=1e-3,
+        mlm=mlm,
+        precision=precision,
+        device="cuda",
+        output=str(tmp_path / "run"),
+    )
     metrics = train(config, progress=False)
     assert metrics["steps"] == 2 and metrics["final_loss"] == metrics["final_loss"]  # not NaN
     assert os.path.isfile(tmp_path / "run" / "final.pt")
@@ -44,8 +56,9 @@ def test_pgd_on_cuda_keeps_the_budget():
     images = torch.stack([data[i][0] for i in range(8)]).cuda()
     labels = torch.tensor([data[i][1] for i in range(8)]).cuda()
     generator = torch.Generator(device="cuda").manual_seed(0)
-    adv = PGD(eps=4 / 255, n_steps=5, precision="bf16")(ZeroShotClassifier(model, data.prompts()),
-                                                         images, labels, generator).images
+    adv = PGD(eps=4 / 255, n_steps=5, precision="bf16")(
+        ZeroShotClassifier(model, data.prompts()), images, labels, generator
+    ).images
     assert adv.is_cuda and (adv - images).abs().max() <= 4 / 255 + 1e-6
     assert adv.min() >= 0 and adv.max() <= 1
 

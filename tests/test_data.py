@@ -12,8 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mmcoa.data import (DATASETS, DEFAULT_TEMPLATE, ClassificationDataset, clean_classname,
-                        describe_datasets, load_dataset)
+from mmcoa.data import (
+    DATASETS,
+    DEFAULT_TEMPLATE,
+    ClassificationDataset,
+    clean_classname,
+    describe_datasets,
+    load_dataset,
+)
 from mmcoa.data.fashion_mnist import SYSTEM_DIR
 from mmcoa.errors import DatasetUnavailableError, MmcoaError, UnknownNameError
 
@@ -27,23 +33,32 @@ def check_images(dataset: ClassificationDataset, shape: tuple[int, int, int]) ->
         assert isinstance(label, int) and 0 <= label < len(dataset.classnames)
 
 
-@pytest.mark.parametrize("raw, clean", [
-    ("T-shirt/top", "t shirt top"), ("Ankle_boot", "ankle boot"), ("Ankle boot", "ankle boot"),
-    ("  aquarium_fish ", "aquarium fish"), ("a__b--c//d", "a b c d"), ("Trouser", "trouser"),
-])
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("T-shirt/top", "t shirt top"),
+        ("Ankle_boot", "ankle boot"),
+        ("Ankle boot", "ankle boot"),
+        ("  aquarium_fish ", "aquarium fish"),
+        ("a__b--c//d", "a b c d"),
+        ("Trouser", "trouser"),
+    ],
+)
 def test_clean_classname(raw, clean):
     assert clean_classname(raw) == clean
 
 
 # --- Fashion-MNIST ---------------------------------------------------------------------------
 
+
 def idx_bytes(magic: int, array: np.ndarray) -> bytes:
     """An unsigned-byte IDX file holding ``array``."""
     return struct.pack(f">i{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
 
 
-def write_fashion(folder: Path, split: str, images: np.ndarray, labels: np.ndarray,
-                  compress: bool = True) -> None:
+def write_fashion(
+    folder: Path, split: str, images: np.ndarray, labels: np.ndarray, compress: bool = True
+) -> None:
     """Write one split's two IDX files as torchvision names them."""
     folder.mkdir(parents=True, exist_ok=True)
     prefix = {"train": "train", "test": "t10k"}[split]
@@ -95,8 +110,9 @@ def test_fashion_mnist_corrupt_file(tmp_path, fake_images, damage):
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.skipif(not SYSTEM_DIR.is_dir(), reason=f"{SYSTEM_DIR} not installed "
-                    "(Debian package dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not SYSTEM_DIR.is_dir(), reason=f"{SYSTEM_DIR} not installed (Debian package dataset-fashion-mnist)"
+)
 def test_fashion_mnist_system_copy(tmp_path):
     dataset = load_dataset("fashion_mnist", split="test", root=str(tmp_path))
     assert len(dataset) == 10000 and len(dataset.classnames) == 10
@@ -106,8 +122,7 @@ def test_fashion_mnist_system_copy(tmp_path):
 
 # --- CIFAR-10 --------------------------------------------------------------------------------
 
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                 "dog", "frog", "horse", "ship", "truck"]
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def write_cifar10(root: Path, per_batch: int = 3) -> None:
@@ -116,8 +131,10 @@ def write_cifar10(root: Path, per_batch: int = 3) -> None:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
-                 "labels": [int(x) for x in rng.integers(0, 10, size=per_batch)]}
+        batch = {
+            "data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+            "labels": [int(x) for x in rng.integers(0, 10, size=per_batch)],
+        }
         (folder / name).write_bytes(pickle.dumps(batch))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CIFAR_CLASSES}))
 
@@ -148,6 +165,7 @@ def test_cifar10_incomplete_folder(tmp_path):
 
 
 # --- imagefolder ----------------------------------------------------------------------------
+
 
 def write_images(folder: Path, classes=("golden_retriever", "Tabby-Cat"), per_class: int = 2) -> None:
     """``per_class`` small PNGs for each class under ``folder``."""
@@ -181,6 +199,7 @@ def test_imagefolder_empty_or_missing(tmp_path):
 
 # --- synthetic ------------------------------------------------------------------------------
 
+
 def test_synthetic_deterministic():
     first, again = load_dataset("synthetic", seed=3), load_dataset("synthetic", seed=3)
     assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
@@ -207,6 +226,7 @@ def test_synthetic_bad_options():
 
 
 # --- names, splits, listing -----------------------------------------------------------------
+
 
 def test_unknown_name_lists_names():
     with pytest.raises(UnknownNameError) as caught:

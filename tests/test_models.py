@@ -28,7 +28,7 @@ def test_batch_items_are_encoded_independently(any_tiny_model):
     images = torch.rand(4, 3, 28, 28)
     with torch.no_grad():
         together = any_tiny_model.encode_image(images)
-        alone = torch.cat([any_tiny_model.encode_image(images[i:i + 1]) for i in range(4)])
+        alone = torch.cat([any_tiny_model.encode_image(images[i : i + 1]) for i in range(4)])
         texts = torch.cat([any_tiny_model.encode_text([p]) for p in PROMPTS])
     assert torch.allclose(together, alone, atol=1e-5)
     assert torch.allclose(any_tiny_model.encode_text(PROMPTS), texts, atol=1e-5)
@@ -179,11 +179,14 @@ def test_real_architecture_requires_explicit_weights():
         load_model("ViT-B-32")
 
 
-@pytest.mark.parametrize("name,pretrained", [
-    ("ViT-B-32", "openai"),
-    ("hf-hub:timm/vit_base_patch32_clip_224.openai", None),
-    ("hf:openai/clip-vit-base-patch32", None),
-])
+@pytest.mark.parametrize(
+    "name,pretrained",
+    [
+        ("ViT-B-32", "openai"),
+        ("hf-hub:timm/vit_base_patch32_clip_224.openai", None),
+        ("hf:openai/clip-vit-base-patch32", None),
+    ],
+)
 def test_unobtainable_weights_fail_fast_with_one_line(name, pretrained):
     started = time.perf_counter()
     with pytest.raises(WeightsUnavailableError) as info:

@@ -13,9 +13,12 @@ from mmcoa.analysis.commands import ANALYSES, Analysis
 from mmcoa.cli import build_parser, main
 
 SYNTHETIC = ["--model", "tiny-clip", "--dataset", "synthetic", "--attacks", "clean"]
-SUITE = {"models": [{"label": "CLIP", "name": "tiny-clip"}],
-         "datasets": [{"name": "synthetic", "options": {"n_samples": 8}}],
-         "attacks": [{"name": "clean"}, {"name": "pgd", "n_steps": 2}], "n_samples": 4}
+SUITE = {
+    "models": [{"label": "CLIP", "name": "tiny-clip"}],
+    "datasets": [{"name": "synthetic", "options": {"n_samples": 8}}],
+    "attacks": [{"name": "clean"}, {"name": "pgd", "n_steps": 2}],
+    "n_samples": 4,
+}
 
 
 def one_error_line(capsys, prefix: str = "mmcoa: error: ") -> str:
@@ -38,9 +41,14 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(SUITE))
     curves = ANALYSES.get("curves")
     monkeypatch.setitem(ANALYSES._entries, "curves", Analysis(curves.help, curves.configure, no_work))
-    for module, name in [("mmcoa.eval", "evaluate"), ("mmcoa.models", "load_model"),
-                         ("mmcoa.train.trainer", "train"), ("mmcoa.eval.suite", "run_suite"),
-                         ("mmcoa.report", "write_report"), ("mmcoa.demo", "run_demo")]:
+    for module, name in [
+        ("mmcoa.eval", "evaluate"),
+        ("mmcoa.models", "load_model"),
+        ("mmcoa.train.trainer", "train"),
+        ("mmcoa.eval.suite", "run_suite"),
+        ("mmcoa.report", "write_report"),
+        ("mmcoa.demo", "run_demo"),
+    ]:
         monkeypatch.setattr(f"{module}.{name}", no_work)
     return tmp_path
 
@@ -57,10 +65,13 @@ COMMANDS = {  # command → (its arguments but --output, whether --output is a d
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize("output, words", [
-    ("afile/sub/out.json", ["'afile' is a file, not a directory"]),
-    ("", ["--output is empty"]),
-])
+@pytest.mark.parametrize(
+    "output, words",
+    [
+        ("afile/sub/out.json", ["'afile' is a file, not a directory"]),
+        ("", ["--output is empty"]),
+    ],
+)
 def test_unwritable_output_is_one_line_before_any_work(workdir, capsys, command, output, words):
     argv, _ = COMMANDS[command]
     assert main([*argv, "--output", output]) == 2
@@ -77,8 +88,10 @@ def test_a_file_where_a_directory_is_needed(workdir, capsys, command):
     assert (workdir / "afile").read_text() == "not a folder\n"
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root writes into read-only folders; the other cases cover root")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root writes into read-only folders; the other cases cover root",
+)
 def test_read_only_folder(workdir, capsys):
     locked = workdir / "locked"
     locked.mkdir()
@@ -92,6 +105,7 @@ def test_read_only_folder(workdir, capsys):
 
 def test_a_refused_probe_is_one_line(workdir, capsys, monkeypatch):
     """What a read-only folder does to a user who is not root (the probe file is refused)."""
+
     def refuse(**kwargs):
         raise PermissionError(13, "Permission denied")
 
@@ -110,17 +124,20 @@ def test_the_output_check_leaves_nothing_behind(workdir, capsys, monkeypatch):
 
 
 # -- 4. settings files: one line naming the key, the value and what is accepted -----------------
-@pytest.mark.parametrize("text, words", [
-    ("123: abc\n", "unknown training setting(s) 123"),
-    ("epochs: [1]\n", "epochs must be an integer; got [1]"),
-    ("lr: [1]\n", "lr must be a number or null; got [1]"),
-    ("shots: 3.5\n", "shots must be one of 1, 5, 50, full; got 3.5"),
-    ("betas: [a, b]\n", "betas must be a pair of numbers; got ['a', 'b']"),
-    ("- a\n- b\n", "must be a mapping of settings, one 'name: value' per line; got a list"),
-    ("epochs: null\n", "epochs must be an integer; got null"),
-    ("keep_epoch_checkpoints: 1\n", "keep_epoch_checkpoints must be true or false; got 1"),
-    ("device: [cpu]\n", "device must be a string; got ['cpu']"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("123: abc\n", "unknown training setting(s) 123"),
+        ("epochs: [1]\n", "epochs must be an integer; got [1]"),
+        ("lr: [1]\n", "lr must be a number or null; got [1]"),
+        ("shots: 3.5\n", "shots must be one of 1, 5, 50, full; got 3.5"),
+        ("betas: [a, b]\n", "betas must be a pair of numbers; got ['a', 'b']"),
+        ("- a\n- b\n", "must be a mapping of settings, one 'name: value' per line; got a list"),
+        ("epochs: null\n", "epochs must be an integer; got null"),
+        ("keep_epoch_checkpoints: 1\n", "keep_epoch_checkpoints must be true or false; got 1"),
+        ("device: [cpu]\n", "device must be a string; got ['cpu']"),
+    ],
+)
 def test_training_yaml_type_errors(tmp_path, capsys, text, words):
     config = tmp_path / "train.yaml"
     config.write_text(text)
@@ -133,26 +150,41 @@ def suite_with(**changes) -> dict:
     return {**SUITE, **changes}
 
 
-@pytest.mark.parametrize("values, words", [
-    ({**SUITE, 123: "abc"}, "the suite has unknown key(s) 123"),
-    (suite_with(seed=[1]), "seed must be an integer; got [1]"),
-    (suite_with(n_samples=3.5), "n_samples must be a positive integer or null; got 3.5"),
-    (suite_with(batch_size=None), "batch_size must be a positive integer; got null"),
-    (suite_with(split=None), "split must be a non-empty string; got null"),
-    (suite_with(attacks=[{"name": "pgd", "n_steps": 2.5}]), "attacks[0].n_steps must be an integer; got 2.5"),
-    (suite_with(attacks=[{"name": "pgd", "n_steps": [2]}]), "attacks[0].n_steps must be an integer; got [2]"),
-    (suite_with(attacks=[{"name": "pgd", "eps": [2]}]), "attacks[0].eps must be a number; got [2]"),
-    (suite_with(attacks=[{"name": "pgd", "random_start": 1}]),
-     "attacks[0].random_start must be true or false; got 1"),
-    (suite_with(attacks=[{"name": "bert", "k": 2.5}]), "attacks[0].k must be an integer; got 2.5"),
-    (suite_with(attacks=[{"name": "pgd", 123: "abc"}]), "takes no parameter 123"),
-    (suite_with(datasets=[{"name": "synthetic", "options": {123: 1, "a": 2}}]), "takes no option 123, a"),
-    (suite_with(datasets=[{"name": "synthetic", "options": {"n_samples": [8]}}]),
-     "datasets[0].options.n_samples must be an integer; got [8]"),
-    (suite_with(models=[{"name": "tiny-clip", "datasets": [1, [2]]}]),
-     "models[0].datasets must be a non-empty list of the suite's datasets (synthetic); got [1, [2]]"),
-    (["a", "b"], "must be a mapping of settings, one 'name: value' per line; got a list"),
-])
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({**SUITE, 123: "abc"}, "the suite has unknown key(s) 123"),
+        (suite_with(seed=[1]), "seed must be an integer; got [1]"),
+        (suite_with(n_samples=3.5), "n_samples must be a positive integer or null; got 3.5"),
+        (suite_with(batch_size=None), "batch_size must be a positive integer; got null"),
+        (suite_with(split=None), "split must be a non-empty string; got null"),
+        (
+            suite_with(attacks=[{"name": "pgd", "n_steps": 2.5}]),
+            "attacks[0].n_steps must be an integer; got 2.5",
+        ),
+        (
+            suite_with(attacks=[{"name": "pgd", "n_steps": [2]}]),
+            "attacks[0].n_steps must be an integer; got [2]",
+        ),
+        (suite_with(attacks=[{"name": "pgd", "eps": [2]}]), "attacks[0].eps must be a number; got [2]"),
+        (
+            suite_with(attacks=[{"name": "pgd", "random_start": 1}]),
+            "attacks[0].random_start must be true or false; got 1",
+        ),
+        (suite_with(attacks=[{"name": "bert", "k": 2.5}]), "attacks[0].k must be an integer; got 2.5"),
+        (suite_with(attacks=[{"name": "pgd", 123: "abc"}]), "takes no parameter 123"),
+        (suite_with(datasets=[{"name": "synthetic", "options": {123: 1, "a": 2}}]), "takes no option 123, a"),
+        (
+            suite_with(datasets=[{"name": "synthetic", "options": {"n_samples": [8]}}]),
+            "datasets[0].options.n_samples must be an integer; got [8]",
+        ),
+        (
+            suite_with(models=[{"name": "tiny-clip", "datasets": [1, [2]]}]),
+            "models[0].datasets must be a non-empty list of the suite's datasets (synthetic); got [1, [2]]",
+        ),
+        (["a", "b"], "must be a mapping of settings, one 'name: value' per line; got a list"),
+    ],
+)
 def test_suite_yaml_type_errors(tmp_path, capsys, values, words):
     config = tmp_path / "suite.yaml"
     config.write_text(yaml.safe_dump(values))
@@ -186,17 +218,25 @@ def test_interrupted_suite_counts_its_finished_cells(tmp_path, capsys, monkeypat
     cells.mkdir(parents=True)
     for name in ("a", "b"):
         (cells / f"{name}.json").write_text("{}")
-    line = interrupted(monkeypatch, capsys, "cmd_suite", ["suite", "s.yaml", "--output", str(tmp_path / "out")])
+    line = interrupted(
+        monkeypatch, capsys, "cmd_suite", ["suite", "s.yaml", "--output", str(tmp_path / "out")]
+    )
     assert "2 finished cells" in line and str(cells) in line and "--resume" in line
 
 
-@pytest.mark.parametrize("handler, argv, words", [
-    ("cmd_eval", ["eval", *SYNTHETIC, "--output", "r.json"], "r.json was not written"),
-    ("cmd_retrieval", ["retrieval", "--model", "m", "--data-root", "d", "--output", "r.json"],
-     "r.json was not written"),
-    ("cmd_report", ["report", "x", "--output", "rep"], "rep"),
-    ("cmd_models", ["models"], "nothing was written"),
-])
+@pytest.mark.parametrize(
+    "handler, argv, words",
+    [
+        ("cmd_eval", ["eval", *SYNTHETIC, "--output", "r.json"], "r.json was not written"),
+        (
+            "cmd_retrieval",
+            ["retrieval", "--model", "m", "--data-root", "d", "--output", "r.json"],
+            "r.json was not written",
+        ),
+        ("cmd_report", ["report", "x", "--output", "rep"], "rep"),
+        ("cmd_models", ["models"], "nothing was written"),
+    ],
+)
 def test_other_interrupted_commands_say_what_was_written(capsys, monkeypatch, handler, argv, words):
     assert words in interrupted(monkeypatch, capsys, handler, argv)
 
@@ -207,7 +247,8 @@ def test_a_bad_number_is_one_line(capsys):
         main(["eval", *SYNTHETIC, "--n-samples", "abc", "--output", "r.json"])
     assert stop.value.code == 2
     assert one_error_line(capsys, "mmcoa eval: error: ") == (
-        "mmcoa eval: error: argument --n-samples: invalid int value: 'abc' (see mmcoa eval --help)")
+        "mmcoa eval: error: argument --n-samples: invalid int value: 'abc' (see mmcoa eval --help)"
+    )
 
 
 def subcommands() -> list[str]:
@@ -223,11 +264,27 @@ def test_every_subcommand_reports_a_bad_flag_in_one_line(capsys, command):
     assert one_error_line(capsys, f"mmcoa {command}: error: ").endswith(f"(see mmcoa {command} --help)")
 
 
-@pytest.mark.parametrize("argv, prog", [
-    ([], "mmcoa"),
-    (["analyze", "eps-sweep", "--model", "tiny-clip", "--dataset", "synthetic", "--n-samples", "x",
-      "--output", "o"], "mmcoa analyze eps-sweep"),
-])
+@pytest.mark.parametrize(
+    "argv, prog",
+    [
+        ([], "mmcoa"),
+        (
+            [
+                "analyze",
+                "eps-sweep",
+                "--model",
+                "tiny-clip",
+                "--dataset",
+                "synthetic",
+                "--n-samples",
+                "x",
+                "--output",
+                "o",
+            ],
+            "mmcoa analyze eps-sweep",
+        ),
+    ],
+)
 def test_the_main_and_analysis_parsers_are_one_line_too(capsys, argv, prog):
     with pytest.raises(SystemExit) as stop:
         main(argv)

@@ -41,6 +41,5 @@ def test_same_class_images_are_not_negatives():
     two = class_aware_contrastive_loss(images, text, torch.tensor([0, 0]), scale)
     assert torch.allclose(two, one + math.log(2) / 2, atol=1e-6)
     per_sample_prompts = text[[0, 0]]
-    arange_i2t = torch.nn.functional.cross_entropy(scale * images @ per_sample_prompts.T,
-                                                   torch.arange(2))
+    arange_i2t = torch.nn.functional.cross_entropy(scale * images @ per_sample_prompts.T, torch.arange(2))
     assert arange_i2t >= math.log(2) - 1e-6

@@ -24,16 +24,35 @@ from mmcoa.data.paper_sets import COUNTRY_NAMES, caltech256_name
 from mmcoa.errors import DatasetUnavailableError, MmcoaError
 
 TEMPLATES = {
-    "stl10": DEFAULT_TEMPLATE, "food101": "A photo of {}, a type of food.",
-    "oxford_pets": "A photo of a {}, a type of pet.", "flowers102": "A photo of a {}, a type of flower.",
-    "dtd": "A surface with a {} texture.", "eurosat": "A centered satellite photo of {}.",
-    "fgvc_aircraft": "A photo of a {}, a type of aircraft.", "sun397": DEFAULT_TEMPLATE,
-    "country211": "A photo I took in {}.", "caltech101": "A photo of a {}.",
-    "caltech256": "A photo of a {}.", "tiny_imagenet": DEFAULT_TEMPLATE, "imagenet": DEFAULT_TEMPLATE,
+    "stl10": DEFAULT_TEMPLATE,
+    "food101": "A photo of {}, a type of food.",
+    "oxford_pets": "A photo of a {}, a type of pet.",
+    "flowers102": "A photo of a {}, a type of flower.",
+    "dtd": "A surface with a {} texture.",
+    "eurosat": "A centered satellite photo of {}.",
+    "fgvc_aircraft": "A photo of a {}, a type of aircraft.",
+    "sun397": DEFAULT_TEMPLATE,
+    "country211": "A photo I took in {}.",
+    "caltech101": "A photo of a {}.",
+    "caltech256": "A photo of a {}.",
+    "tiny_imagenet": DEFAULT_TEMPLATE,
+    "imagenet": DEFAULT_TEMPLATE,
 }
-N_CLASSES = {"stl10": 10, "food101": 101, "oxford_pets": 37, "flowers102": 102, "dtd": 47,
-             "eurosat": 10, "fgvc_aircraft": 100, "sun397": 397, "country211": 211,
-             "caltech101": 101, "caltech256": 257, "tiny_imagenet": 200, "imagenet": 1000}
+N_CLASSES = {
+    "stl10": 10,
+    "food101": 101,
+    "oxford_pets": 37,
+    "flowers102": 102,
+    "dtd": 47,
+    "eurosat": 10,
+    "fgvc_aircraft": 100,
+    "sun397": 397,
+    "country211": 211,
+    "caltech101": 101,
+    "caltech256": 257,
+    "tiny_imagenet": 200,
+    "imagenet": 1000,
+}
 PAPER_SETS = sorted(TEMPLATES)
 
 
@@ -78,9 +97,13 @@ def fake_stl10(root: Path):
 
 def fake_food101(root: Path):
     base = root / "food-101"
-    meta = {"train": {"apple_pie": ["apple_pie/1005649", "apple_pie/1014775"],
-                      "baby_back_ribs": ["baby_back_ribs/1000205"]},
-            "test": {"apple_pie": ["apple_pie/1011328"], "baby_back_ribs": ["baby_back_ribs/1005293"]}}
+    meta = {
+        "train": {
+            "apple_pie": ["apple_pie/1005649", "apple_pie/1014775"],
+            "baby_back_ribs": ["baby_back_ribs/1000205"],
+        },
+        "test": {"apple_pie": ["apple_pie/1011328"], "baby_back_ribs": ["baby_back_ribs/1005293"]},
+    }
     for split, classes in meta.items():
         (base / "meta").mkdir(parents=True, exist_ok=True)
         (base / "meta" / f"{split}.json").write_text(json.dumps(classes))
@@ -92,8 +115,10 @@ def fake_food101(root: Path):
 
 def fake_oxford_pets(root: Path):
     base = root / "oxford-iiit-pet"
-    rows = {"trainval": ["Abyssinian_100 1 1 1", "Abyssinian_101 1 1 1", "american_bulldog_10 2 2 1"],
-            "test": ["Abyssinian_1 1 1 1", "american_bulldog_100 2 2 1"]}
+    rows = {
+        "trainval": ["Abyssinian_100 1 1 1", "Abyssinian_101 1 1 1", "american_bulldog_10 2 2 1"],
+        "test": ["Abyssinian_1 1 1 1", "american_bulldog_100 2 2 1"],
+    }
     for split, lines in rows.items():
         write_lines(base / "annotations" / f"{split}.txt", lines)
         for k, line in enumerate(lines):
@@ -108,19 +133,26 @@ def fake_flowers102(root: Path):
 
     base = root / "flowers-102"
     for image_id in range(1, 8):
-        save_image(base / "jpg" / f"image_{image_id:05d}.jpg", image_id,
-                   mode="L" if image_id == 1 else "RGB")
+        save_image(base / "jpg" / f"image_{image_id:05d}.jpg", image_id, mode="L" if image_id == 1 else "RGB")
     savemat(base / "imagelabels.mat", {"labels": np.array([[77, 77, 1, 1, 102, 102, 1]], np.uint8)})
-    savemat(base / "setid.mat", {"trnid": np.array([[1, 3]], np.uint16), "valid": np.array([[2, 4]], np.uint16),
-                                 "tstid": np.array([[5, 6, 7]], np.uint16)})
+    savemat(
+        base / "setid.mat",
+        {
+            "trnid": np.array([[1, 3]], np.uint16),
+            "valid": np.array([[2, 4]], np.uint16),
+            "tstid": np.array([[5, 6, 7]], np.uint16),
+        },
+    )
     return {"train": 2, "val": 2, "test": 3}, [clean_classname(c) for c in Flowers102.classes]
 
 
 def fake_dtd(root: Path):
     base = root / "dtd" / "dtd"
-    files = {"train": ["banded/banded_0002.jpg", "zigzagged/zigzagged_0010.jpg"],
-             "val": ["banded/banded_0004.jpg", "zigzagged/zigzagged_0011.jpg"],
-             "test": ["banded/banded_0005.jpg", "zigzagged/zigzagged_0012.jpg", "banded/banded_0006.jpg"]}
+    files = {
+        "train": ["banded/banded_0002.jpg", "zigzagged/zigzagged_0010.jpg"],
+        "val": ["banded/banded_0004.jpg", "zigzagged/zigzagged_0011.jpg"],
+        "test": ["banded/banded_0005.jpg", "zigzagged/zigzagged_0012.jpg", "banded/banded_0006.jpg"],
+    }
     for split, names in files.items():
         write_lines(base / "labels" / f"{split}1.txt", names)
         for k, name in enumerate(names):
@@ -141,8 +173,11 @@ def fake_eurosat(root: Path, per_class: int = 5):
 def fake_fgvc_aircraft(root: Path):
     data = root / "fgvc-aircraft-2013b" / "data"
     write_lines(data / "variants.txt", ["707-320", "A300B4", "F-16A/B"])
-    rows = {"train": ["1025794 707-320", "0056978 F-16A/B"], "val": ["1340192 A300B4", "0062765 707-320"],
-            "test": ["1919098 F-16A/B", "0235120 A300B4", "2234018 707-320"]}
+    rows = {
+        "train": ["1025794 707-320", "0056978 F-16A/B"],
+        "val": ["1340192 A300B4", "0062765 707-320"],
+        "test": ["1919098 F-16A/B", "0235120 A300B4", "2234018 707-320"],
+    }
     rows["trainval"] = rows["train"] + rows["val"]
     for split, lines in rows.items():
         write_lines(data / f"images_variant_{split}.txt", lines)
@@ -192,13 +227,25 @@ TINY_WNIDS = ["n02124075", "n01443537", "n09193705"]  # wnids.txt is not sorted
 def fake_tiny_imagenet(root: Path, val_lines=None):
     base = root / "tiny-imagenet-200"
     write_lines(base / "wnids.txt", TINY_WNIDS)
-    write_lines(base / "words.txt", ["n00001740\tentity", "n01443537\tgoldfish, Carassius auratus",
-                                     "n02124075\tEgyptian cat", "n09193705\talp", "n99999999\tunused"])
+    write_lines(
+        base / "words.txt",
+        [
+            "n00001740\tentity",
+            "n01443537\tgoldfish, Carassius auratus",
+            "n02124075\tEgyptian cat",
+            "n09193705\talp",
+            "n99999999\tunused",
+        ],
+    )
     for c, wnid in enumerate(TINY_WNIDS):
         write_lines(base / "train" / wnid / f"{wnid}_boxes.txt", [f"{wnid}_0.JPEG\t0\t0\t63\t63"])
         for k in range(3):
-            save_image(base / "train" / wnid / "images" / f"{wnid}_{k}.JPEG", 10 * c + k, size=(64, 64),
-                       mode="L" if k == 0 else "RGB")
+            save_image(
+                base / "train" / wnid / "images" / f"{wnid}_{k}.JPEG",
+                10 * c + k,
+                size=(64, 64),
+                mode="L" if k == 0 else "RGB",
+            )
     if val_lines is None:
         val_lines = [f"val_{k}.JPEG\t{TINY_WNIDS[k % 3]}\t0\t5\t60\t62" for k in range(4)]
     write_lines(base / "val" / "val_annotations.txt", val_lines)
@@ -215,7 +262,7 @@ def fake_imagenet(root: Path, n_val_classes: int = 1000):
     for split, colour in (("train", (255, 0, 0)), ("val", (0, 0, 255))):
         source = root / f"{split}.JPEG"
         Image.new("RGB", (40, 30), colour).save(source)
-        for wnid in IMAGENET_WNIDS[:1000 if split == "train" else n_val_classes]:
+        for wnid in IMAGENET_WNIDS[: 1000 if split == "train" else n_val_classes]:
             folder = root / "imagenet" / split / wnid
             folder.mkdir(parents=True)
             os.link(source, folder / f"{wnid}_{split}.JPEG")
@@ -224,11 +271,12 @@ def fake_imagenet(root: Path, n_val_classes: int = 1000):
     return {"train": 1000, "test": 1000}, [clean_classname(n) for n in IMAGENET_CLASSNAMES]
 
 
-FAKES = {name[len("fake_"):]: fn for name, fn in globals().items() if name.startswith("fake_")}
+FAKES = {name[len("fake_") :]: fn for name, fn in globals().items() if name.startswith("fake_")}
 NATIVE_SIZE = {"stl10": (96, 96), "tiny_imagenet": (64, 64)}
 
 
 # --- registry and listing ---------------------------------------------------------------------
+
 
 def test_every_paper_set_is_registered_with_its_template():
     assert set(PAPER_SETS) <= set(DATASETS.names()) and set(FAKES) == set(PAPER_SETS)
@@ -250,6 +298,7 @@ def test_describe_datasets_rows(tmp_path):
 
 
 # --- every loader on its fake layout ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", PAPER_SETS)
 def test_loader_on_fake_layout(tmp_path, name):
@@ -293,6 +342,7 @@ def test_grey_and_cmyk_images_become_rgb(tmp_path):
 
 # --- seeded splits for sets that ship without one ---------------------------------------------
 
+
 def test_seeded_split_is_fixed_disjoint_and_per_class():
     labels = [0] * 10 + [1] * 5 + [2] * 1 + [3] * 2
     split = seeded_split(labels)
@@ -309,8 +359,9 @@ def test_seeded_split_is_fixed_disjoint_and_per_class():
 @pytest.mark.parametrize("name", ["eurosat", "sun397", "caltech101", "caltech256"])
 def test_seeded_datasets_split_deterministically(tmp_path, name):
     counts, _ = FAKES[name](tmp_path)
-    loads = [{s: load_dataset(name, split=s, root=str(tmp_path)) for s in ("train", "test")}
-             for _ in range(2)]
+    loads = [
+        {s: load_dataset(name, split=s, root=str(tmp_path)) for s in ("train", "test")} for _ in range(2)
+    ]
     first, again = ([d.inner.indices for d in (load["train"], load["test"])] for load in loads)
     assert first == again
     train, test = map(set, first)
@@ -327,6 +378,7 @@ def test_sun397_split_does_not_depend_on_listing_order(tmp_path):
 
 # --- TinyImageNet and ImageNet --------------------------------------------------------------
 
+
 def test_tiny_imagenet_reads_val_annotations_at_64px(tmp_path):
     fake_tiny_imagenet(tmp_path)
     test = load_dataset("tiny_imagenet", split="test", root=str(tmp_path))
@@ -340,11 +392,14 @@ def test_tiny_imagenet_reads_val_annotations_at_64px(tmp_path):
     assert torch.allclose(test[0][0], torch.from_numpy(expected).permute(2, 0, 1))
 
 
-@pytest.mark.parametrize("line, match", [
-    ("val_0.JPEG", r"val_annotations.txt, line 2: expected '<image><TAB><wnid>"),
-    ("val_0.JPEG\tn00000001\t0\t0\t1\t1", r"line 2: class 'n00000001' is not in wnids.txt"),
-    ("val_9.JPEG\tn01443537\t0\t0\t1\t1", r"missing from .*val_9.JPEG"),
-])
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("val_0.JPEG", r"val_annotations.txt, line 2: expected '<image><TAB><wnid>"),
+        ("val_0.JPEG\tn00000001\t0\t0\t1\t1", r"line 2: class 'n00000001' is not in wnids.txt"),
+        ("val_9.JPEG\tn01443537\t0\t0\t1\t1", r"missing from .*val_9.JPEG"),
+    ],
+)
 def test_tiny_imagenet_malformed_annotations(tmp_path, line, match):
     fake_tiny_imagenet(tmp_path, val_lines=["val_1.JPEG\tn01443537\t0\t0\t1\t1", line])
     with pytest.raises(MmcoaError, match=match) as caught:
@@ -397,8 +452,10 @@ LAYOUT_HINTS = {  # a fragment of the expected layout and of how to obtain it, p
     "country211": ("country211/{train,valid,test}/<ISO 3166 code>/<id>.jpg", "--download"),
     "caltech101": ("caltech101/101_ObjectCategories/<class>/image_<4 digits>.jpg", "--download"),
     "caltech256": ("caltech256/256_ObjectCategories/<NNN>.<class>/", "--download"),
-    "tiny_imagenet": ("tiny-imagenet-200/val/val_annotations.txt",
-                      "cs231n.stanford.edu/tiny-imagenet-200.zip"),
+    "tiny_imagenet": (
+        "tiny-imagenet-200/val/val_annotations.txt",
+        "cs231n.stanford.edu/tiny-imagenet-200.zip",
+    ),
     "imagenet": ("imagenet/val/<wnid>/*.JPEG", "image-net.org"),
 }
 
@@ -428,15 +485,21 @@ def test_missing_split_file_is_named(tmp_path):
         load_dataset("food101", split="test", root=str(tmp_path))
 
 
-@pytest.mark.parametrize("name, damage, match", [
-    ("oxford_pets", ("oxford-iiit-pet/annotations/test.txt", "Abyssinian_1 1\n"), "not enough values"),
-    ("food101", ("food-101/meta/test.json", '{"apple_pie": ['), "Expecting value"),
-    ("dtd", ("dtd/dtd/labels/test1.txt", "banded_0005.jpg\n"), "not enough values"),
-    ("fgvc_aircraft", ("fgvc-aircraft-2013b/data/images_variant_test.txt", "1919098 Spitfire\n"),
-     "unknown key 'Spitfire'"),
-    ("flowers102", ("flowers-102/setid.mat", "not a mat file"), "cannot read"),
-    ("stl10", ("stl10_binary/test_X.bin", "short"), "cannot reshape"),
-])
+@pytest.mark.parametrize(
+    "name, damage, match",
+    [
+        ("oxford_pets", ("oxford-iiit-pet/annotations/test.txt", "Abyssinian_1 1\n"), "not enough values"),
+        ("food101", ("food-101/meta/test.json", '{"apple_pie": ['), "Expecting value"),
+        ("dtd", ("dtd/dtd/labels/test1.txt", "banded_0005.jpg\n"), "not enough values"),
+        (
+            "fgvc_aircraft",
+            ("fgvc-aircraft-2013b/data/images_variant_test.txt", "1919098 Spitfire\n"),
+            "unknown key 'Spitfire'",
+        ),
+        ("flowers102", ("flowers-102/setid.mat", "not a mat file"), "cannot read"),
+        ("stl10", ("stl10_binary/test_X.bin", "short"), "cannot reshape"),
+    ],
+)
 def test_malformed_annotation_is_one_line_error(tmp_path, name, damage, match):
     FAKES[name](tmp_path)
     path, text = damage
@@ -451,6 +514,7 @@ def test_malformed_annotation_is_one_line_error(tmp_path, name, damage, match):
 def test_flowers_label_out_of_range(tmp_path):
     fake_flowers102(tmp_path)
     from scipy.io import savemat
+
     savemat(tmp_path / "flowers-102" / "imagelabels.mat", {"labels": np.array([[103] * 7], np.uint8)})
     with pytest.raises(MmcoaError, match="label 103, outside 1..102"):
         load_dataset("flowers102", split="test", root=str(tmp_path))

@@ -89,8 +89,9 @@ def test_same_seed_same_result_other_seed_other_start(classifier, batch):
 def test_robust_accuracy_never_above_clean(tiny_model, synthetic_test):
     from mmcoa.eval import evaluate
 
-    records = evaluate(tiny_model, synthetic_test, ["clean", PGD(eps=8 / 255, n_steps=5)],
-                       batch_size=8, progress=False)
+    records = evaluate(
+        tiny_model, synthetic_test, ["clean", PGD(eps=8 / 255, n_steps=5)], batch_size=8, progress=False
+    )
     clean, robust = records
     assert robust["accuracy"] <= clean["accuracy"]
     assert robust["top5"] <= clean["top5"]
@@ -100,7 +101,8 @@ def test_restarts_only_add_successes(classifier, batch):
     images, labels = batch
     single = PGD(eps=2 / 255, n_steps=2)(classifier, images, labels, torch.Generator().manual_seed(5))
     multi = PGD(eps=2 / 255, n_steps=2, n_restarts=3)(
-        classifier, images, labels, torch.Generator().manual_seed(5))
+        classifier, images, labels, torch.Generator().manual_seed(5)
+    )
     fooled_single = _fooled(classifier, single.images, labels)
     fooled_multi = _fooled(classifier, multi.images, labels)
     assert (fooled_multi | ~fooled_single).all()
@@ -145,7 +147,8 @@ def test_matches_a_plain_reference_loop_with_random_start(classifier, batch):
     images, labels = batch
     eps, step, steps = 4 / 255, 1 / 255, 4
     got = PGD(eps=eps, step_size=step, n_steps=steps)(
-        classifier, images, labels, torch.Generator().manual_seed(11)).images
+        classifier, images, labels, torch.Generator().manual_seed(11)
+    ).images
     noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(11)) * 2 - 1
     adv = (images + noise * eps).clamp(0, 1)
     for _ in range(steps):
@@ -164,15 +167,18 @@ def test_bf16_autocast_path_keeps_invariants(classifier, batch):
     assert (adv - images).abs().max() <= 4 / 255 + 1e-6
 
 
-@pytest.mark.parametrize("params,message", [
-    (dict(eps=0.0), "eps must be in"),
-    (dict(eps=2.0), "eps must be in"),
-    (dict(norm="l1"), "norm must be one of linf, l2"),
-    (dict(n_steps=0), "n_steps must be in"),
-    (dict(step_size=-1.0), "step_size must be in"),
-    (dict(precision="fp8"), "precision must be one of"),
-    (dict(gamma=1.0), "takes no parameter gamma; accepted: eps"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        (dict(eps=0.0), "eps must be in"),
+        (dict(eps=2.0), "eps must be in"),
+        (dict(norm="l1"), "norm must be one of linf, l2"),
+        (dict(n_steps=0), "n_steps must be in"),
+        (dict(step_size=-1.0), "step_size must be in"),
+        (dict(precision="fp8"), "precision must be one of"),
+        (dict(gamma=1.0), "takes no parameter gamma; accepted: eps"),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(params, message):
     with pytest.raises(MmcoaError, match=message):
         build_attack("pgd", **params)

@@ -82,15 +82,20 @@ def test_uint8_travels_and_becomes_what_to_tensor_gives(folder):
     raw, _ = dataset.raw_item(0)
     assert raw.dtype == torch.uint8 and raw.shape == (3, 224, 224)
     with Image.open(dataset.source(0)) as image:
-        reference = to_tensor(dataset.inner.transform.transforms[1](
-            dataset.inner.transform.transforms[0](image.convert("RGB"))))
+        reference = to_tensor(
+            dataset.inner.transform.transforms[1](dataset.inner.transform.transforms[0](image.convert("RGB")))
+        )
     assert torch.equal(as_float_images(raw.unsqueeze(0))[0], reference)
 
 
 def test_positions_pick_the_batches_and_a_batch_function_works(folder):
     dataset = mmcoa.load_dataset(f"imagefolder:{folder}")
     loaded = list(BatchLoader(dataset, lambda p: [p, p + 1], positions=range(3, 6), workers=0))
-    assert [b.indices for b in loaded] == [[3, 4], [4, 5], [5, 6]] and [b.position for b in loaded] == [3, 4, 5]
+    assert [b.indices for b in loaded] == [[3, 4], [4, 5], [5, 6]] and [b.position for b in loaded] == [
+        3,
+        4,
+        5,
+    ]
     with pytest.raises(MmcoaError, match="positions"):
         BatchLoader(dataset, lambda p: [p])
 
@@ -130,18 +135,38 @@ def test_a_corrupt_file_in_a_worker_is_one_line_naming_it(folder, tmp_path, work
 
 def test_eval_cli_with_workers_names_the_corrupt_file(folder, tmp_path, capsys):
     copy, bad = corrupt_copy(folder, tmp_path)
-    code = main(["eval", "--model", "tiny-clip", "--dataset", f"imagefolder:{copy}", "--attacks", "clean",
-                 "--workers", "2", "--output", str(tmp_path / "r.json"), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            "tiny-clip",
+            "--dataset",
+            f"imagefolder:{copy}",
+            "--attacks",
+            "clean",
+            "--workers",
+            "2",
+            "--output",
+            str(tmp_path / "r.json"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1 and str(bad) in err and "--skip-bad-images" in err
     assert not (tmp_path / "r.json").exists()
 
 
 def test_eval_records_do_not_depend_on_workers(folder):
-    records = [mmcoa.evaluate("tiny-clip", f"imagefolder:{folder}", ["clean", "pgd"], batch_size=5,
-                              workers=w, progress=False) for w in (0, 2)]
+    records = [
+        mmcoa.evaluate(
+            "tiny-clip", f"imagefolder:{folder}", ["clean", "pgd"], batch_size=5, workers=w, progress=False
+        )
+        for w in (0, 2)
+    ]
     for a, b in zip(*records):
-        assert {k: v for k, v in a.items() if k != "elapsed_s"} == {k: v for k, v in b.items() if k != "elapsed_s"}
+        assert {k: v for k, v in a.items() if k != "elapsed_s"} == {
+            k: v for k, v in b.items() if k != "elapsed_s"
+        }
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -155,8 +180,17 @@ def test_epoch_order_is_one_permutation_per_epoch():
 
 
 def folder_config(folder, tmp_path, name, **overrides) -> TrainConfig:
-    settings = dict(method="tecoa", model="tiny-clip", dataset=f"imagefolder:{folder}", batch_size=5,
-                    max_steps=None, epochs=2, lr=1e-3, save_every=1, output=str(tmp_path / name))
+    settings = dict(
+        method="tecoa",
+        model="tiny-clip",
+        dataset=f"imagefolder:{folder}",
+        batch_size=5,
+        max_steps=None,
+        epochs=2,
+        lr=1e-3,
+        save_every=1,
+        output=str(tmp_path / name),
+    )
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -243,7 +277,9 @@ def test_no_host_read_between_the_loss_and_backward(tmp_path, monkeypatch):
         return result
 
     monkeypatch.setattr(trainer.METHODS.get("tecoa"), "loss", opening_loss)
-    train(TrainConfig(method="tecoa", batch_size=16, max_steps=2, output=str(tmp_path / "run")), progress=False)
+    train(
+        TrainConfig(method="tecoa", batch_size=16, max_steps=2, output=str(tmp_path / "run")), progress=False
+    )
     assert reads == []
 
 
@@ -256,8 +292,15 @@ def test_checkpoints_by_wall_clock_and_model_only_epoch_files(tmp_path, monkeypa
         return write(self, files)
 
     monkeypatch.setattr(checkpointing.BackgroundWriter, "write", recording)
-    config = TrainConfig(method="tecoa", batch_size=16, epochs=2, max_steps=None, save_every_minutes=1e-9,
-                         keep_epoch_checkpoints=True, output=str(tmp_path / "run"))  # 4 steps an epoch
+    config = TrainConfig(
+        method="tecoa",
+        batch_size=16,
+        epochs=2,
+        max_steps=None,
+        save_every_minutes=1e-9,
+        keep_epoch_checkpoints=True,
+        output=str(tmp_path / "run"),
+    )  # 4 steps an epoch
     train(config, progress=False)
     assert [s[0][0] for s in saves] == list(range(1, 9))  # overdue after every step
     epochs = [entry for s in saves for entry in s if entry[1].startswith("epoch")]
@@ -268,8 +311,17 @@ def test_checkpoints_by_wall_clock_and_model_only_epoch_files(tmp_path, monkeypa
     model = mmcoa.load_model("tiny-clip", pretrained=str(epoch1))  # what the curves load
     assert model is not None
     saves.clear()
-    train(TrainConfig(method="tecoa", batch_size=16, epochs=2, max_steps=5, save_every_minutes=0,
-                      output=str(tmp_path / "steps")), progress=False)
+    train(
+        TrainConfig(
+            method="tecoa",
+            batch_size=16,
+            epochs=2,
+            max_steps=5,
+            save_every_minutes=0,
+            output=str(tmp_path / "steps"),
+        ),
+        progress=False,
+    )
     assert [s[0][0] for s in saves] == [4, 5]  # the epoch end and the end
 
 
@@ -279,8 +331,12 @@ def test_a_failed_background_write_surfaces_as_one_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpointing, "save_atomic", full_disk)
     with pytest.raises(MmcoaError, match="no space left to write .*last.pt"):
-        train(TrainConfig(method="tecoa", batch_size=16, max_steps=3, save_every=1,
-                          output=str(tmp_path / "run")), progress=False)
+        train(
+            TrainConfig(
+                method="tecoa", batch_size=16, max_steps=3, save_every=1, output=str(tmp_path / "run")
+            ),
+            progress=False,
+        )
 
 
 def test_prompt_log_rows_only_when_the_prompts_change(tmp_path, mlm, monkeypatch):
@@ -297,7 +353,9 @@ def test_prompt_log_rows_only_when_the_prompts_change(tmp_path, mlm, monkeypatch
     monkeypatch.setattr(bert_attack.BertAttack, "attack_embeddings", every_other_step_the_same)
     config = TrainConfig(method="mmcoa", batch_size=16, max_steps=4, mlm=mlm, output=str(tmp_path / "run"))
     train(config, progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "adversarial_prompts.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "adversarial_prompts.jsonl").read_text().splitlines()
+    ]
     assert rows and rows[0]["step"] == 0
     assert all(a["prompts"] != b["prompts"] for a, b in zip(rows, rows[1:]))  # a row means a change
     assert len(rows) <= 4
@@ -322,12 +380,20 @@ OTHER = {"name": "synthetic", "options": {"n_samples": 10, "n_classes": 3, "imag
 
 def table_one(path: Path, mlm: str, **values) -> Path:
     pgd = {"eps": 4, "step_size": 1, "n_steps": 3}
-    base = {"name": "t1", "n_samples": 10, "batch_size": 4, "device": "cpu",
-            "models": [{"label": "CLIP", "name": "tiny-clip"}, {"label": "HF", "name": "tiny-clip-hf"}],
-            "datasets": [SYNTHETIC],
-            "attacks": [{"name": "clean"}, {"label": "image", "name": "pgd", **pgd},
-                        {"label": "text", "name": "bert", "mlm": mlm},
-                        {"label": "multimodal", "name": "multimodal", "mlm": mlm, **pgd}]}
+    base = {
+        "name": "t1",
+        "n_samples": 10,
+        "batch_size": 4,
+        "device": "cpu",
+        "models": [{"label": "CLIP", "name": "tiny-clip"}, {"label": "HF", "name": "tiny-clip-hf"}],
+        "datasets": [SYNTHETIC],
+        "attacks": [
+            {"name": "clean"},
+            {"label": "image", "name": "pgd", **pgd},
+            {"label": "text", "name": "bert", "mlm": mlm},
+            {"label": "multimodal", "name": "multimodal", "mlm": mlm, **pgd},
+        ],
+    }
     path.write_text(yaml.safe_dump({**base, **values}, sort_keys=False))
     return path
 
@@ -379,8 +445,12 @@ def test_multimodal_with_other_pgd_settings_runs_its_own(tmp_path, mlm, monkeypa
 
 
 def test_a_suite_interrupted_mid_row_resumes_with_the_same_records(tmp_path, mlm, monkeypatch):
-    config_path = table_one(tmp_path / "t1.yaml", mlm, datasets=[SYNTHETIC, OTHER],
-                            models=[{"label": "CLIP", "name": "tiny-clip"}])
+    config_path = table_one(
+        tmp_path / "t1.yaml",
+        mlm,
+        datasets=[SYNTHETIC, OTHER],
+        models=[{"label": "CLIP", "name": "tiny-clip"}],
+    )
     # two datasets of one name are not a valid suite: give the second its own name
     values = yaml.safe_load(config_path.read_text())
     values["datasets"][1] = {"name": "imagefolder:" + str(write_folder(tmp_path / "folder"))}

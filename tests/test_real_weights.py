@@ -28,6 +28,7 @@ from mmcoa.eval.retrieval import recall_at_k
 from mmcoa.models import ZeroShotClassifier, load_model
 from mmcoa.train.config import TrainConfig
 
+
 def meta_sidecar(path):
     from mmcoa.models.checkpoints import meta_sidecar as sidecar  # imported late: each test fails
 
@@ -74,8 +75,14 @@ def test_vit_b_32_openai_asks_open_clip_for_quick_gelu(monkeypatch):
 def test_fine_tuned_quick_gelu_weights_reload_as_quick_gelu(quick_gelu_tag, tmp_path):
     """The export records the activation, so `tiny-clip` + final.pt cannot switch back to GELU
     (open_clip issue #771's trap); a checkpoint payload (last.pt) carries it too."""
-    config = TrainConfig(method="ft-standard", model="tiny-clip", pretrained=QUICK_TAG, batch_size=16,
-                         max_steps=1, output=str(tmp_path / "run"))
+    config = TrainConfig(
+        method="ft-standard",
+        model="tiny-clip",
+        pretrained=QUICK_TAG,
+        batch_size=16,
+        max_steps=1,
+        output=str(tmp_path / "run"),
+    )
     mmcoa.train.train(config, progress=False)
     final = tmp_path / "run" / "final.pt"
     assert json.loads(Path(meta_sidecar(final)).read_text())["quick_gelu"] is True
@@ -89,8 +96,11 @@ def test_recorded_gelu_against_a_quick_gelu_architecture_is_refused(tmp_path, mo
     path = tmp_path / "gelu.pt"
     torch.save(open_clip.create_model("tiny-clip").state_dict(), path)
     Path(meta_sidecar(path)).write_text(json.dumps({"quick_gelu": False}))
-    monkeypatch.setattr(open_clip, "get_model_config",
-                        lambda name: {**open_clip.factory.get_model_config("tiny-clip"), "quick_gelu": True})
+    monkeypatch.setattr(
+        open_clip,
+        "get_model_config",
+        lambda name: {**open_clip.factory.get_model_config("tiny-clip"), "quick_gelu": True},
+    )
     with pytest.raises(MmcoaError, match="records GELU"):
         load_model("tiny-clip", pretrained=str(path))
 
@@ -196,8 +206,11 @@ def test_copies_and_loads_get_fresh_fingerprints(tiny_model):
 def test_trainer_marks_weights_after_each_step(tmp_path, monkeypatch):
     marks = []
     original = mmcoa.models.base.VisionLanguageModel.mark_weights_changed
-    monkeypatch.setattr(mmcoa.models.base.VisionLanguageModel, "mark_weights_changed",
-                        lambda self: (marks.append(1), original(self)))
+    monkeypatch.setattr(
+        mmcoa.models.base.VisionLanguageModel,
+        "mark_weights_changed",
+        lambda self: (marks.append(1), original(self)),
+    )
     config = TrainConfig(method="ft-standard", batch_size=16, max_steps=1, output=str(tmp_path / "r"))
     mmcoa.train.train(config, progress=False)
     steps = len(marks)
@@ -250,8 +263,9 @@ def test_tecoa_loss_is_image_to_text_cross_entropy(tiny_model, synthetic_test):
     config = TrainConfig(method="tecoa", train_eps=1e-6, train_step_size=1e-6, train_steps=1)
 
     def context():
-        return StepContext(model=tiny_model, prompts=prompts, config=config,
-                           generator=torch.Generator().manual_seed(0))
+        return StepContext(
+            model=tiny_model, prompts=prompts, config=config, generator=torch.Generator().manual_seed(0)
+        )
 
     loss, _ = METHODS.get("tecoa")().loss(context(), images, labels)
     with torch.no_grad():
@@ -266,11 +280,20 @@ def test_each_method_gets_its_published_training_settings():
     from mmcoa.train.config import METHOD_DEFAULTS
 
     fare, pmg, tecoa, mmcoa_ = (TrainConfig(method=m) for m in ("fare", "pmg-aft", "tecoa", "mmcoa"))
-    assert (fare.optimizer, fare.weight_decay, fare.train_eps, fare.train_steps) == ("adamw", 1e-4, 4 / 255, 10)
+    assert (fare.optimizer, fare.weight_decay, fare.train_eps, fare.train_steps) == (
+        "adamw",
+        1e-4,
+        4 / 255,
+        10,
+    )
     assert (pmg.optimizer, pmg.lr, pmg.weight_decay, pmg.schedule) == ("sgd", 5e-5, 0.0, "cosine")
     assert (tecoa.optimizer, tecoa.train_steps, tecoa.warmup_steps) == ("sgd", 2, 1000)
-    assert (mmcoa_.weight_decay, mmcoa_.train_eps, mmcoa_.train_step_size, mmcoa_.train_steps) == \
-        (0.2, 1 / 255, 1 / 255, 10)
+    assert (mmcoa_.weight_decay, mmcoa_.train_eps, mmcoa_.train_step_size, mmcoa_.train_steps) == (
+        0.2,
+        1 / 255,
+        1 / 255,
+        10,
+    )
     assert TrainConfig(method="fare", train_steps=3, lr=2e-5).train_steps == 3  # given values win
     assert set(METHOD_DEFAULTS) >= set(mmcoa.train.METHODS.names())
 

@@ -50,8 +50,9 @@ def test_a_corrupt_image_is_one_line_naming_file_and_index(bad_folder):
 
 def test_skip_bad_images_counts_them_in_the_record(bad_folder):
     folder, _ = bad_folder
-    record, = mmcoa.evaluate("tiny-clip", f"imagefolder:{folder}", ["clean"], batch_size=4,
-                             skip_bad_images=True, progress=False)
+    (record,) = mmcoa.evaluate(
+        "tiny-clip", f"imagefolder:{folder}", ["clean"], batch_size=4, skip_bad_images=True, progress=False
+    )
     assert record["skipped_images"] == 1 and record["n_samples"] == 7
 
 
@@ -66,8 +67,9 @@ def test_a_corrupt_image_read_by_a_dataloader_worker_is_still_one_line(bad_folde
 
 # -- resume after a crash ----------------------------------------------------------------------
 def _config(tmp_path, **overrides):
-    settings = dict(method="ft-standard", batch_size=16, max_steps=2, save_every=1,
-                    output=str(tmp_path / "run"))
+    settings = dict(
+        method="ft-standard", batch_size=16, max_steps=2, save_every=1, output=str(tmp_path / "run")
+    )
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -158,12 +160,14 @@ except MmcoaError as error:
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_files(tmp_path):
     target = str(tmp_path / "out")
-    done = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, target], capture_output=True,
-                          text=True, env=ENV, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, target], capture_output=True, text=True, env=ENV, timeout=120
+    )
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len(lines) == 2 and all("no space left" in line and "previous file is intact" in line
-                                   for line in lines)
+    assert len(lines) == 2 and all(
+        "no space left" in line and "previous file is intact" in line for line in lines
+    )
     assert json.loads(Path(target + ".json").read_text()) == {"previous": True}
     assert torch.equal(torch.load(target + ".pt", weights_only=True)["previous"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.pt"]  # no temp files
@@ -179,11 +183,21 @@ def test_a_suite_with_a_truncated_checkpoint_writes_nothing(tmp_path):
     torch.save(mmcoa.load_model("tiny-clip").model.state_dict(), weights)
     weights.write_bytes(weights.read_bytes()[:5000])
     config = tmp_path / "suite.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "mini", "n_samples": 4, "device": "cpu", "datasets": ["synthetic"],
-        "models": [{"label": "CLIP", "name": "tiny-clip"},
-                   {"label": "Tuned", "name": "tiny-clip", "checkpoint": str(weights)}],
-        "attacks": [{"name": "clean"}]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "mini",
+                "n_samples": 4,
+                "device": "cpu",
+                "datasets": ["synthetic"],
+                "models": [
+                    {"label": "CLIP", "name": "tiny-clip"},
+                    {"label": "Tuned", "name": "tiny-clip", "checkpoint": str(weights)},
+                ],
+                "attacks": [{"name": "clean"}],
+            }
+        )
+    )
     output = tmp_path / "out"
     assert main(["suite", str(config), "--output", str(output), "--no-progress"]) == 2
     assert not output.exists() or not any(output.iterdir())
@@ -213,10 +227,31 @@ def _saved(tmp_path):
 def test_a_failing_rank_ends_every_rank_fast_with_its_message(bad_folder, tmp_path):
     """Rank 1's batch (images 4-7) holds the corrupt image; rank 0 must not wait for it."""
     folder, bad = bad_folder
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "mmcoa",
-               "eval", "--model", "tiny-clip", "--dataset", f"imagefolder:{folder}", "--attacks",
-               "clean", "--batch-size", "4", "--output", str(tmp_path / "out.json"), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "mmcoa",
+        "eval",
+        "--model",
+        "tiny-clip",
+        "--dataset",
+        f"imagefolder:{folder}",
+        "--attacks",
+        "clean",
+        "--batch-size",
+        "4",
+        "--output",
+        str(tmp_path / "out.json"),
+        "--no-progress",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode != 0 and time.perf_counter() - started < 120

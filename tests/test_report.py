@@ -25,17 +25,40 @@ EPS1, EPS4 = 1 / 255, 4 / 255
 
 def record(label, dataset, attack, accuracy, n=100, **params):
     """A classification record as `mmcoa eval` writes it (plus the suite's label)."""
-    out = {"model": "ViT-B-32", "pretrained": "openai", "dataset": dataset, "split": "test",
-           "attack": attack, "attack_params": params, "n_samples": n, "accuracy": accuracy,
-           "top5": 1.0, "seed": 0, "elapsed_s": 2.0, "versions": {}}
+    out = {
+        "model": "ViT-B-32",
+        "pretrained": "openai",
+        "dataset": dataset,
+        "split": "test",
+        "attack": attack,
+        "attack_params": params,
+        "n_samples": n,
+        "accuracy": accuracy,
+        "top5": 1.0,
+        "seed": 0,
+        "elapsed_s": 2.0,
+        "versions": {},
+    }
     return {**out, "label": label} if label else out
 
 
 def retrieval_record(label, attack, base, **params):
     scores = {f"{d}_r{k}": base * k / 10 for d in ("i2t", "t2i") for k in (1, 5, 10)}
-    return {"label": label, "model": "ViT-B-32", "pretrained": "openai", "dataset": "mscoco",
-            "split": "test", "attack": attack, "attack_params": params, "n_images": 50,
-            "n_captions": 250, **scores, "seed": 0, "elapsed_s": 1.0, "versions": {}}
+    return {
+        "label": label,
+        "model": "ViT-B-32",
+        "pretrained": "openai",
+        "dataset": "mscoco",
+        "split": "test",
+        "attack": attack,
+        "attack_params": params,
+        "n_images": 50,
+        "n_captions": 250,
+        **scores,
+        "seed": 0,
+        "elapsed_s": 1.0,
+        "versions": {},
+    }
 
 
 @pytest.fixture()
@@ -44,9 +67,11 @@ def paper_records():
     rows = []
     for label, base in (("MMCoA", 0.5), ("TeCoA", 0.4), ("CLIP", 0.1)):
         for dataset in ("cifar10", "cifar100"):
-            rows += [record(label, dataset, "pgd", base, eps=EPS1, step_size=EPS1, n_steps=100),
-                     record(label, dataset, "multimodal", base - 0.05, eps=EPS1, mlm="bert"),
-                     record(label, dataset, "clean", base + 0.3)]
+            rows += [
+                record(label, dataset, "pgd", base, eps=EPS1, step_size=EPS1, n_steps=100),
+                record(label, dataset, "multimodal", base - 0.05, eps=EPS1, mlm="bert"),
+                record(label, dataset, "clean", base + 0.3),
+            ]
             if not (label == "MMCoA" and dataset == "cifar100"):
                 rows.append(record(label, dataset, "bert", base + 0.1, mlm="bert"))
     return rows
@@ -64,11 +89,12 @@ def test_table1_layout_missing_cells_and_gains(paper_records):
     table1 = build_tables(paper_records)[0]
     assert [r.label for r in table1.rows if not r.gain] == ["CLIP", "MMCoA", "TeCoA"]  # CLIP first
     headers = [f"{c.group} {c.name}" for c in table1.columns]
-    assert headers == [f"{d} {t}" for d in ("cifar10", "cifar100")
-                       for t in ("Image", "Text", "Multimodal", "Clean")]
+    assert headers == [
+        f"{d} {t}" for d in ("cifar10", "cifar100") for t in ("Image", "Text", "Multimodal", "Clean")
+    ]
     mmcoa = values(table1, "MMCoA")
     assert mmcoa["cifar10 Image"] == pytest.approx(50.0) and mmcoa["cifar100 Clean"] == pytest.approx(80.0)
-    assert mmcoa["cifar100 Text"] is None                       # missing, not 0
+    assert mmcoa["cifar100 Text"] is None  # missing, not 0
     assert {r.label for r in table1.rows if r.gain} == {"MMCoA − CLIP", "TeCoA − CLIP", "MMCoA − TeCoA"}
     assert gain_row(table1, "MMCoA − CLIP").values[0] == pytest.approx(40.0)
     assert gain_row(table1, "MMCoA − TeCoA").values[5] is None  # a gain over a missing cell
@@ -77,21 +103,34 @@ def test_table1_layout_missing_cells_and_gains(paper_records):
 
 
 def test_different_attack_settings_are_never_merged():
-    records = [record("CLIP", "cifar10", "pgd", 0.30, eps=EPS1), record("CLIP", "cifar10", "pgd", 0.05, eps=EPS4),
-               record("TeCoA", "cifar10", "pgd", 0.60, eps=EPS1), record("CLIP", "cifar10", "apgd", 0.20, eps=EPS1)]
+    records = [
+        record("CLIP", "cifar10", "pgd", 0.30, eps=EPS1),
+        record("CLIP", "cifar10", "pgd", 0.05, eps=EPS4),
+        record("TeCoA", "cifar10", "pgd", 0.60, eps=EPS1),
+        record("CLIP", "cifar10", "apgd", 0.20, eps=EPS1),
+    ]
     table1 = build_tables(records)[0]
-    assert [c.name for c in table1.columns] == ["Image (apgd, eps=1/255)", "Image (pgd, eps=1/255)",
-                                                "Image (pgd, eps=4/255)"]
+    assert [c.name for c in table1.columns] == [
+        "Image (apgd, eps=1/255)",
+        "Image (pgd, eps=1/255)",
+        "Image (pgd, eps=4/255)",
+    ]
     assert table1.row("CLIP").values == pytest.approx([20.0, 30.0, 5.0])
-    assert table1.row("TeCoA").values[:2] == [None, pytest.approx(60.0)] and table1.row("TeCoA").values[2] is None
+    assert (
+        table1.row("TeCoA").values[:2] == [None, pytest.approx(60.0)]
+        and table1.row("TeCoA").values[2] is None
+    )
     ood_titles = [t.title for t in build_tables(records)[1:]]
     assert len(ood_titles) == 3 and any("eps=4/255" in t for t in ood_titles)
 
 
 def test_other_parameters_and_sample_counts_show_in_headers():
-    records = [record("CLIP", "cifar10", "pgd", 0.3, eps=EPS1, n_steps=10),
-               record("CLIP", "cifar10", "pgd", 0.2, eps=EPS1, n_steps=100),
-               record("CLIP", "cifar10", "clean", 0.8, n=100), record("CLIP", "cifar10", "clean", 0.7, n=500)]
+    records = [
+        record("CLIP", "cifar10", "pgd", 0.3, eps=EPS1, n_steps=10),
+        record("CLIP", "cifar10", "pgd", 0.2, eps=EPS1, n_steps=100),
+        record("CLIP", "cifar10", "clean", 0.8, n=100),
+        record("CLIP", "cifar10", "clean", 0.7, n=500),
+    ]
     names = [c.name for c in build_tables(records)[0].columns]
     assert names == ["Image (n_steps=10)", "Image (n_steps=100)", "Clean (n=100)", "Clean (n=500)"]
 
@@ -108,29 +147,38 @@ def test_ood_table_average_only_for_complete_rows(paper_records):
     text = next(t for t in build_tables(paper_records) if t.title.startswith("Table II layout: Text"))
     assert [c.name for c in text.columns] == ["cifar10", "cifar100", "Average"]
     assert text.row("CLIP").values == pytest.approx([20.0, 20.0, 20.0])
-    assert text.row("MMCoA").values[1:] == [None, None]      # no CIFAR100 record: no average
+    assert text.row("MMCoA").values[1:] == [None, None]  # no CIFAR100 record: no average
     clean = next(t for t in build_tables(paper_records) if "Clean accuracy" in t.title)
     assert gain_row(clean, "MMCoA − CLIP").values[-1] == pytest.approx(40.0)
 
 
 def test_retrieval_table():
-    records = [retrieval_record("CLIP", "coattack", 0.1, eps=2 / 255),
-               retrieval_record("MMCoA", "coattack", 0.3, eps=2 / 255)]
+    records = [
+        retrieval_record("CLIP", "coattack", 0.1, eps=2 / 255),
+        retrieval_record("MMCoA", "coattack", 0.3, eps=2 / 255),
+    ]
     (table,) = build_tables(records)
-    assert [(c.group, c.name) for c in table.columns] == [(g, f"R@{k}") for g in ("TR", "IR") for k in (1, 5, 10)]
+    assert [(c.group, c.name) for c in table.columns] == [
+        (g, f"R@{k}") for g in ("TR", "IR") for k in (1, 5, 10)
+    ]
     assert table.row("MMCoA").values == pytest.approx([3.0, 15.0, 30.0, 3.0, 15.0, 30.0])
     assert gain_row(table, "MMCoA − CLIP").values[2] == pytest.approx(20.0)
     assert "coattack" in table.title and "mscoco" in table.title
 
 
 def test_demo_rows_match_the_default_zero_shot_label():
-    records = [{**record(None, "cifar10", attack, accuracy), "row": row}
-               for row, accuracy in (("CLIP (zero-shot)", 0), ("TeCoA", 1), ("MMCoA", 1))
-               for attack in ("clean", "pgd")]
+    records = [
+        {**record(None, "cifar10", attack, accuracy), "row": row}
+        for row, accuracy in (("CLIP (zero-shot)", 0), ("TeCoA", 1), ("MMCoA", 1))
+        for attack in ("clean", "pgd")
+    ]
     table = build_tables(records)[0]
     assert table.row("CLIP (zero-shot)").values == [0.0, 0.0]
-    assert [r.label for r in table.rows if r.gain] == ["TeCoA − CLIP (zero-shot)", "MMCoA − CLIP (zero-shot)",
-                                                       "MMCoA − TeCoA"]
+    assert [r.label for r in table.rows if r.gain] == [
+        "TeCoA − CLIP (zero-shot)",
+        "MMCoA − CLIP (zero-shot)",
+        "MMCoA − TeCoA",
+    ]
     assert "| TeCoA | 100.00 | 100.00 |" in table_markdown(table)  # integer accuracies as percent
 
 
@@ -138,8 +186,11 @@ def test_rows_without_label_use_demo_row_or_shortest_distinct_path():
     first = {**record(None, "cifar10", "clean", 0.5), "pretrained": "runs/tecoa/final.pt"}
     second = {**record(None, "cifar10", "clean", 0.6), "pretrained": "runs/mmcoa/final.pt"}
     demo = {**record(None, "cifar10", "clean", 0.7), "row": "CLIP (zero-shot)"}
-    assert C.row_labels([first, second, demo]) == ["ViT-B-32:tecoa/final.pt", "ViT-B-32:mmcoa/final.pt",
-                                                   "CLIP (zero-shot)"]
+    assert C.row_labels([first, second, demo]) == [
+        "ViT-B-32:tecoa/final.pt",
+        "ViT-B-32:mmcoa/final.pt",
+        "CLIP (zero-shot)",
+    ]
 
 
 def test_baseline_labels_match_exactly_or_with_a_parenthesis():
@@ -162,21 +213,24 @@ def test_every_attack_has_a_threat_column():
 # -- loading -------------------------------------------------------------------------------------
 def test_load_files_and_directories(tmp_path, paper_records):
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "cell.json").write_text(json.dumps(paper_records[0]))          # one object
+    (tmp_path / "a" / "cell.json").write_text(json.dumps(paper_records[0]))  # one object
     (tmp_path / "a" / "deep").mkdir()
     (tmp_path / "a" / "deep" / "list.json").write_text(json.dumps(paper_records[1:4]))
-    (tmp_path / "a" / "config.json").write_text(json.dumps({"method": "tecoa"}))    # not a record
+    (tmp_path / "a" / "config.json").write_text(json.dumps({"method": "tecoa"}))  # not a record
     (tmp_path / "b.json").write_text(json.dumps(paper_records[4:6]))
     records = load_records([tmp_path / "a", tmp_path / "b.json", tmp_path / "a" / "cell.json"])
-    assert len(records) == 6                                    # cell.json read once
+    assert len(records) == 6  # cell.json read once
     assert all(r["_source"].endswith(".json") for r in records)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "malformed record file .*not valid JSON"),
-    (json.dumps([{"model": "m"}]), "malformed record file .*item 0 lacks dataset, attack"),
-    (json.dumps({"method": "tecoa"}), "malformed record file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "malformed record file .*not valid JSON"),
+        (json.dumps([{"model": "m"}]), "malformed record file .*item 0 lacks dataset, attack"),
+        (json.dumps({"method": "tecoa"}), "malformed record file"),
+    ],
+)
 def test_malformed_files_are_one_line_errors(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -225,8 +279,16 @@ def test_report_embeds_analysis_figures(tmp_path, paper_records):
     folder = write_inputs(tmp_path / "in", paper_records)
     figure, (ax,) = new_figure(4, 3)
     ax.plot([1, 2], [3, 4])
-    write_analysis(folder / "plots", "demo_plot", analysis="eps-sweep", title="A plot", figure=figure,
-                   columns=["series", "value"], rows=[["a", 1.5], ["b", None]], data={})
+    write_analysis(
+        folder / "plots",
+        "demo_plot",
+        analysis="eps-sweep",
+        title="A plot",
+        figure=figure,
+        columns=["series", "value"],
+        rows=[["a", 1.5], ["b", None]],
+        data={},
+    )
     page = write_report([folder], tmp_path / "out").read_text()
     assert page.count("data:image/png;base64,") == 1 and 'id="table-demo_plot-numbers"' in page
     assert (tmp_path / "out" / "figures" / "01-demo_plot.png").is_file()
@@ -241,18 +303,31 @@ def test_table_csv_roundtrip(paper_records):
 
 # -- the HTML in a browser -----------------------------------------------------------------------
 def chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                           "--enable-logging=stderr", "--v=0", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def console_problems(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
-needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
-                                    reason="Debian's chromium is not installed (make setup installs "
-                                           "it when run as root: apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="Debian's chromium is not installed (make setup installs "
+    "it when run as root: apt-get install chromium)",
+)
 
 
 @needs_chromium
@@ -269,8 +344,16 @@ def test_html_report_opens_in_headless_chromium(tmp_path, paper_records):
 
     folder = write_inputs(tmp_path / "in", paper_records)
     figure, (ax,) = new_figure(4, 3)
-    write_analysis(folder, "plot", analysis="eps-sweep", title="A plot", figure=figure,
-                   columns=["series", "value"], rows=[["a", 1.0]], data={})
+    write_analysis(
+        folder,
+        "plot",
+        analysis="eps-sweep",
+        title="A plot",
+        figure=figure,
+        columns=["series", "value"],
+        rows=[["a", 1.0]],
+        data={},
+    )
     page = write_report([folder], tmp_path / "out")
     result = chromium("--dump-dom", page.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
@@ -286,8 +369,21 @@ def test_html_report_opens_in_headless_chromium(tmp_path, paper_records):
 # -- command line --------------------------------------------------------------------------------
 def test_cli_report(tmp_path, capsys, paper_records):
     folder = write_inputs(tmp_path / "in", paper_records)
-    assert main(["report", str(folder), "--output", str(tmp_path / "out"),
-                 "--zero-shot-label", "CLIP", "--tecoa-label", "TeCoA"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(folder),
+                "--output",
+                str(tmp_path / "out"),
+                "--zero-shot-label",
+                "CLIP",
+                "--tecoa-label",
+                "TeCoA",
+            ]
+        )
+        == 0
+    )
     assert "report.html" in capsys.readouterr().out
     assert (tmp_path / "out" / "report.html").is_file()
 
@@ -303,8 +399,15 @@ def test_cli_report_errors_are_one_line(tmp_path, capsys):
 def test_interpolation_points_stay_out_of_the_tables(tmp_path, paper_records):
     """theta(lambda) mixtures are a figure's points (Fig. 8), not table rows: the report's
     tables hold only the models; records.csv keeps every record."""
-    mixtures = [{**record(f"lambda={lam:g}", "cifar10", attack, 0.3, eps=EPS1), "lambda": lam,
-                 "analysis": "interpolation"} for lam in (0, 0.5, 1) for attack in ("clean", "pgd")]
+    mixtures = [
+        {
+            **record(f"lambda={lam:g}", "cifar10", attack, 0.3, eps=EPS1),
+            "lambda": lam,
+            "analysis": "interpolation",
+        }
+        for lam in (0, 0.5, 1)
+        for attack in ("clean", "pgd")
+    ]
     (tmp_path / "records.json").write_text(json.dumps(paper_records + mixtures))
     write_report([tmp_path / "records.json"], tmp_path / "report")
     markdown = (tmp_path / "report" / "report.md").read_text()

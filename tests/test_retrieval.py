@@ -17,14 +17,26 @@ from mmcoa.attacks.text.tiny_mlm import train_tiny_mlm
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy, pre_caption
 from mmcoa.errors import DatasetUnavailableError, MmcoaError, UnknownNameError
 from mmcoa.attacks.retrieval import (
-    RetrievalCoAttack, RetrievalPGD, RetrievalSGA, build_retrieval_attack, coattack_loss, encode_texts,
-    pgd_loss, sga_loss)
+    RetrievalCoAttack,
+    RetrievalPGD,
+    RetrievalSGA,
+    build_retrieval_attack,
+    coattack_loss,
+    encode_texts,
+    pgd_loss,
+    sga_loss,
+)
 from mmcoa.eval import retrieval
 from mmcoa.eval.retrieval import evaluate_retrieval, recall_at_k
 from conftest import assert_valid_perturbation
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230),
-           "yellow": (230, 220, 20), "black": (10, 10, 10)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 200, 40),
+    "blue": (20, 40, 230),
+    "yellow": (230, 220, 20),
+    "black": (10, 10, 10),
+}
 TEST_IMAGES = ("red", "green", "blue")
 THINGS = ("dog", "cat", "car", "boat", "bird")
 
@@ -36,16 +48,26 @@ def captions_for(colour: str) -> list[str]:
 def make_layout(root, extra_entries=()):
     """3 test images (5 captions each), 1 val and 1 restval image, Karpathy's JSON format."""
     entries = []
-    for index, (colour, split) in enumerate([(c, "test") for c in TEST_IMAGES]
-                                            + [("yellow", "val"), ("black", "restval")]):
+    for index, (colour, split) in enumerate(
+        [(c, "test") for c in TEST_IMAGES] + [("yellow", "val"), ("black", "restval")]
+    ):
         folder = "val2014" if split != "restval" else "train2014"
         filename = f"COCO_{folder}_{index:012d}.jpg"
         (root / folder).mkdir(parents=True, exist_ok=True)
-        pixels = torch.full((40, 48, 3), 0, dtype=torch.uint8) + torch.tensor(COLOURS[colour], dtype=torch.uint8)
-        pixels[index * 4:index * 4 + 10, 5:20] = 255 - pixels[0, 0]
+        pixels = torch.full((40, 48, 3), 0, dtype=torch.uint8) + torch.tensor(
+            COLOURS[colour], dtype=torch.uint8
+        )
+        pixels[index * 4 : index * 4 + 10, 5:20] = 255 - pixels[0, 0]
         Image.fromarray(pixels.numpy()).save(root / folder / filename)
-        entries.append({"filepath": folder, "filename": filename, "split": split, "cocoid": index,
-                        "sentences": [{"raw": text, "tokens": text.split()} for text in captions_for(colour)]})
+        entries.append(
+            {
+                "filepath": folder,
+                "filename": filename,
+                "split": split,
+                "cocoid": index,
+                "sentences": [{"raw": text, "tokens": text.split()} for text in captions_for(colour)],
+            }
+        )
     entries.extend(extra_entries)
     (root / "dataset_coco.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
     return root
@@ -78,12 +100,14 @@ def test_recall_at_k_against_hand_computed_ranks():
     # images 0, 1, 2 with captions {0, 1}, {2, 3, 4}, {5, 6}
     image_to_captions = [[0, 1], [2, 3, 4], [5, 6]]
     caption_to_image = [0, 0, 1, 1, 1, 2, 2]
-    similarity = torch.tensor([
-        # c0   c1   c2   c3   c4   c5   c6
-        [0.9, 0.1, 0.2, 0.3, 0.0, 0.5, 0.4],  # image 0: own caption 0 ranked 1st -> i2t hit @1
-        [0.1, 0.2, 0.3, 0.8, 0.0, 0.7, 0.6],  # image 1: only its 2nd caption (c3) is top 1
-        [0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # image 2: best own caption c5 ranked 6th
-    ])
+    similarity = torch.tensor(
+        [
+            # c0   c1   c2   c3   c4   c5   c6
+            [0.9, 0.1, 0.2, 0.3, 0.0, 0.5, 0.4],  # image 0: own caption 0 ranked 1st -> i2t hit @1
+            [0.1, 0.2, 0.3, 0.8, 0.0, 0.7, 0.6],  # image 1: only its 2nd caption (c3) is top 1
+            [0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # image 2: best own caption c5 ranked 6th
+        ]
+    )
     scores = recall_at_k(similarity, image_to_captions, caption_to_image, ks=(1, 5, 10))
     assert scores["i2t_r1"] == pytest.approx(2 / 3)
     assert scores["i2t_r5"] == pytest.approx(2 / 3)
@@ -195,15 +219,24 @@ def test_annotation_missing_keys_names_the_file(tmp_path):
     make_layout(tmp_path, [{"filepath": "val2014", "filename": "x.jpg", "split": "test"}])
     with pytest.raises(MmcoaError, match=r"dataset_coco.json: images\[5\] lacks key 'sentences'"):
         load_coco_karpathy(tmp_path)
-    make_layout(tmp_path, [{"filepath": "val2014", "filename": "x.jpg", "split": "test",
-                            "sentences": [{"tokens": []}]}])
+    make_layout(
+        tmp_path,
+        [{"filepath": "val2014", "filename": "x.jpg", "split": "test", "sentences": [{"tokens": []}]}],
+    )
     with pytest.raises(MmcoaError, match="lacks key 'raw'"):
         load_coco_karpathy(tmp_path)
 
 
 def test_empty_split_and_missing_images(tmp_path):
-    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": [
-        {"filepath": "val2014", "filename": "a.jpg", "split": "val", "sentences": [{"raw": "x"}]}]}))
+    (tmp_path / "dataset_coco.json").write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"filepath": "val2014", "filename": "a.jpg", "split": "val", "sentences": [{"raw": "x"}]}
+                ]
+            }
+        )
+    )
     with pytest.raises(MmcoaError, match="split 'test' .* has no image .*splits present: val"):
         load_coco_karpathy(tmp_path)
     with pytest.raises(DatasetUnavailableError, match="1 of 1 val images are missing"):
@@ -235,11 +268,15 @@ def test_losses_over_every_caption(tiny_model, coco):
     expected = -torch.stack([cos[i, coco.image_to_captions[i]].sum() for i in range(3)])
     assert torch.allclose(pgd_loss(e, text, owner), expected, atol=1e-5)
     clean = F.normalize(e + 0.1, dim=-1)
-    expected = torch.stack([
-        embedding_kl(clean[i:i + 1], e[i:i + 1])[0]
-        + 3 * sum(embedding_kl(text[c:c + 1], e[i:i + 1])[0] for c in coco.image_to_captions[i])
-        / len(coco.image_to_captions[i])
-        for i in range(3)])
+    expected = torch.stack(
+        [
+            embedding_kl(clean[i : i + 1], e[i : i + 1])[0]
+            + 3
+            * sum(embedding_kl(text[c : c + 1], e[i : i + 1])[0] for c in coco.image_to_captions[i])
+            / len(coco.image_to_captions[i])
+            for i in range(3)
+        ]
+    )
     assert torch.allclose(coattack_loss(clean, e, text, owner, 3.0), expected, atol=1e-6)
 
 
@@ -275,8 +312,9 @@ def test_attack_invariants_and_determinism(name, tiny_model, coco, retrieval_mlm
     params[0].grad = torch.full_like(params[0], 3.0)
     batch_sizes = []
     encode = tiny_model.encode_image
-    monkeypatch.setattr(tiny_model, "encode_image",
-                        lambda x, **kw: (batch_sizes.append(len(x)), encode(x, **kw))[1])
+    monkeypatch.setattr(
+        tiny_model, "encode_image", lambda x, **kw: (batch_sizes.append(len(x)), encode(x, **kw))[1]
+    )
     try:
         first = attack.attack_images(tiny_model, images, text, owner, torch.Generator().manual_seed(4))
     finally:
@@ -313,8 +351,9 @@ def test_sga_loss_sums_every_scale_and_every_caption(tiny_model, coco, monkeypat
         assert torch.allclose(sga_loss(tiny_model, images, text, owner, (0.5, 1.5)), expected, atol=1e-5)
     sizes = []
     encode = tiny_model.encode_image
-    monkeypatch.setattr(tiny_model, "encode_image",
-                        lambda x, **kw: (sizes.append(tuple(x.shape[-2:])), encode(x, **kw))[1])
+    monkeypatch.setattr(
+        tiny_model, "encode_image", lambda x, **kw: (sizes.append(tuple(x.shape[-2:])), encode(x, **kw))[1]
+    )
     RetrievalSGA(n_steps=2, scales=(0.5, 1.5)).attack_images(tiny_model, images, text, owner)
     assert sizes == [(32, 32), (16, 16), (48, 48)] * 2
 
@@ -322,8 +361,12 @@ def test_sga_loss_sums_every_scale_and_every_caption(tiny_model, coco, monkeypat
 def plain_copies(images, scales):
     """Independent: the images and their bicubic resizes, no noise (SGA before the noise)."""
     size = images.shape[-1]
-    return [images] + [F.interpolate(images, size=(round(size * s),) * 2, mode="bicubic",
-                                     align_corners=False, antialias=s < 1).clamp(0, 1) for s in scales]
+    return [images] + [
+        F.interpolate(
+            images, size=(round(size * s),) * 2, mode="bicubic", align_corners=False, antialias=s < 1
+        ).clamp(0, 1)
+        for s in scales
+    ]
 
 
 def test_sga_noise_std_zero_is_the_noiseless_attack(tiny_model, coco):
@@ -332,11 +375,19 @@ def test_sga_noise_std_zero_is_the_noiseless_attack(tiny_model, coco):
     assert attack.params()["noise_std"] == 0
 
     def noiseless(adv):
-        return sum(pgd_loss(tiny_model.encode_image(c, normalize=True), text, owner)
-                   for c in plain_copies(adv, attack.scales))
+        return sum(
+            pgd_loss(tiny_model.encode_image(c, normalize=True), text, owner)
+            for c in plain_copies(adv, attack.scales)
+        )
 
-    expected = maximize(noiseless, images, eps=2 / 255, step_size=0.5 / 255, n_steps=3,
-                        generator=torch.Generator().manual_seed(4))
+    expected = maximize(
+        noiseless,
+        images,
+        eps=2 / 255,
+        step_size=0.5 / 255,
+        n_steps=3,
+        generator=torch.Generator().manual_seed(4),
+    )
     got = attack.attack_images(tiny_model, images, text, owner, torch.Generator().manual_seed(4))
     assert torch.equal(got, expected)
 
@@ -345,7 +396,8 @@ def test_sga_noise_is_seeded_and_changes_the_attack(tiny_model, coco):
     images, text, owner = attack_inputs(tiny_model, coco)
     assert RetrievalSGA().noise_std == 0.05 and RetrievalSGA().params()["noise_std"] == 0.05
     run = lambda **p: RetrievalSGA(n_steps=3, **p).attack_images(  # noqa: E731
-        tiny_model, images, text, owner, torch.Generator().manual_seed(4))
+        tiny_model, images, text, owner, torch.Generator().manual_seed(4)
+    )
     noisy, again, plain = run(), run(), run(noise_std=0)
     assert torch.equal(noisy, again) and not torch.equal(noisy, plain)
     for adv in (noisy, plain):
@@ -377,18 +429,25 @@ def test_evaluate_sga_alternates_captions_and_images(tiny_model, coco, retrieval
         return outputs[-1]
 
     monkeypatch.setattr(RetrievalSGA, "attack_captions", spy_captions)
-    monkeypatch.setattr(retrieval, "_attacked_image_embeddings",
-                        lambda *a: (image_embeddings.append(embed_images(*a)), image_embeddings[-1])[1])
-    record = evaluate_retrieval(tiny_model, coco, "sga", mlm=retrieval_mlm,
-                                attack_params={"n_steps": 2}, batch_size=2, seed=1)
+    monkeypatch.setattr(
+        retrieval,
+        "_attacked_image_embeddings",
+        lambda *a: (image_embeddings.append(embed_images(*a)), image_embeddings[-1])[1],
+    )
+    record = evaluate_retrieval(
+        tiny_model, coco, "sga", mlm=retrieval_mlm, attack_params={"n_steps": 2}, batch_size=2, seed=1
+    )
     images, _, owner = attack_inputs(tiny_model, coco)
     with torch.no_grad():
         clean = tiny_model.encode_image(images, normalize=True)
     assert len(guides) == 2 and torch.allclose(guides[0], clean[owner], atol=1e-6)
     assert torch.equal(guides[1], image_embeddings[0][owner]) and not torch.allclose(guides[1], guides[0])
     final_captions, final_changed = outputs[1]
-    expected = recall_at_k(image_embeddings[0] @ encode_texts(tiny_model, final_captions).T,
-                           coco.image_to_captions, coco.caption_to_image)
+    expected = recall_at_k(
+        image_embeddings[0] @ encode_texts(tiny_model, final_captions).T,
+        coco.image_to_captions,
+        coco.caption_to_image,
+    )
     assert {k: record[k] for k in expected} == pytest.approx(expected)
     assert record["n_captions_changed"] == sum(1 for c in final_changed if c)
     assert record["attack"] == "sga" and record["attack_params"]["scales"] == (0.5, 0.75, 1.25, 1.5)
@@ -413,9 +472,24 @@ def test_attack_parameters_and_names():
 
 
 # -- end to end ----------------------------------------------------------------------------------
-RECORD_KEYS = {"model", "pretrained", "dataset", "split", "attack", "attack_params", "n_images",
-               "n_captions", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10",
-               "elapsed_s", "versions"}
+RECORD_KEYS = {
+    "model",
+    "pretrained",
+    "dataset",
+    "split",
+    "attack",
+    "attack_params",
+    "n_images",
+    "n_captions",
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "elapsed_s",
+    "versions",
+}
 
 
 def test_evaluate_clean_matches_a_direct_computation(tiny_model, coco):
@@ -468,11 +542,14 @@ def test_evaluate_pgd_attacks_each_image_once_with_all_captions(tiny_model, coco
 def test_evaluate_coattack_uses_adversarial_captions(tiny_model, coco, retrieval_mlm, monkeypatch):
     encoded = []
     original = retrieval.encode_texts
-    monkeypatch.setattr(retrieval, "encode_texts",
-                        lambda model, captions, **kw: (encoded.append(list(captions)),
-                                                       original(model, captions, **kw))[1])
-    record = evaluate_retrieval(tiny_model, coco, "coattack", mlm=retrieval_mlm,
-                                attack_params={"n_steps": 2}, batch_size=3)
+    monkeypatch.setattr(
+        retrieval,
+        "encode_texts",
+        lambda model, captions, **kw: (encoded.append(list(captions)), original(model, captions, **kw))[1],
+    )
+    record = evaluate_retrieval(
+        tiny_model, coco, "coattack", mlm=retrieval_mlm, attack_params={"n_steps": 2}, batch_size=3
+    )
     assert record["attack"] == "coattack" and RECORD_KEYS <= set(record)
     assert record["attack_params"]["mlm"] == retrieval_mlm
     assert record["attack_params"]["text_weight"] == 3
@@ -492,8 +569,20 @@ def test_cli_retrieval_writes_one_record_per_attack(coco_root, tmp_path, capsys)
     from mmcoa.cli import main
 
     output = tmp_path / "retrieval.json"
-    code = main(["retrieval", "--model", "tiny-clip", "--data-root", str(coco_root),
-                 "--attacks", "clean,pgd", "--output", str(output), "--no-progress"])
+    code = main(
+        [
+            "retrieval",
+            "--model",
+            "tiny-clip",
+            "--data-root",
+            str(coco_root),
+            "--attacks",
+            "clean,pgd",
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     records = json.loads(output.read_text())
     assert [r["attack"] for r in records] == ["clean", "pgd"]

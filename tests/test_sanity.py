@@ -16,9 +16,18 @@ from mmcoa.errors import MmcoaError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # a healthy evaluation: monotone, 0 % at the large eps, Square weaker than PGD, noise harmless
-HEALTHY = SanityNumbers(clean=0.80, eps={1: 0.50, 2: 0.30, 4: 0.10, 8: 0.02, 16: 0.0},
-                        steps={10: 0.55, 50: 0.51, 100: 0.50}, large_eps=64, large=0.0, check_eps=1,
-                        square=0.60, noise=0.78, n_samples=1000, n_classes=10)
+HEALTHY = SanityNumbers(
+    clean=0.80,
+    eps={1: 0.50, 2: 0.30, 4: 0.10, 8: 0.02, 16: 0.0},
+    steps={10: 0.55, 50: 0.51, 100: 0.50},
+    large_eps=64,
+    large=0.0,
+    check_eps=1,
+    square=0.60,
+    noise=0.78,
+    n_samples=1000,
+    n_classes=10,
+)
 
 
 def _verdicts(numbers: SanityNumbers, **kwargs) -> dict[str, bool]:
@@ -32,13 +41,16 @@ def test_a_healthy_evaluation_passes_every_check():
     assert "1/255: 50.00" in checks[0].numbers and "Square 60.00, PGD 50.00" in checks[3].numbers
 
 
-@pytest.mark.parametrize("change,failing", [
-    (dict(eps={1: 0.50, 2: 0.30, 4: 0.35, 8: 0.02, 16: 0.0}), "eps-monotone"),     # rises at 4
-    (dict(steps={10: 0.50, 50: 0.53, 100: 0.50}), "steps-monotone"),               # rises at 50
-    (dict(large=0.20), "large-eps"),                                               # chance 0.10
-    (dict(square=0.40), "black-box"),                                              # beats PGD
-    (dict(noise=0.60), "noise"),                                                   # drop 0.20 > 0.15
-])
+@pytest.mark.parametrize(
+    "change,failing",
+    [
+        (dict(eps={1: 0.50, 2: 0.30, 4: 0.35, 8: 0.02, 16: 0.0}), "eps-monotone"),  # rises at 4
+        (dict(steps={10: 0.50, 50: 0.53, 100: 0.50}), "steps-monotone"),  # rises at 50
+        (dict(large=0.20), "large-eps"),  # chance 0.10
+        (dict(square=0.40), "black-box"),  # beats PGD
+        (dict(noise=0.60), "noise"),  # drop 0.20 > 0.15
+    ],
+)
 def test_each_failure_fails_its_check_only(change, failing):
     verdicts = _verdicts(dataclasses.replace(HEALTHY, **change))
     assert [name for name, passed in verdicts.items() if not passed] == [failing]
@@ -49,13 +61,16 @@ def test_the_failure_names_where_the_sweep_rises():
     assert not check.passed and "rises 1→2" in check.numbers
 
 
-@pytest.mark.parametrize("name,passing,failing", [
-    ("eps-monotone", dict(eps={1: 0.50, 2: 0.51}), dict(eps={1: 0.50, 2: 0.52})),
-    ("steps-monotone", dict(steps={10: 0.50, 100: 0.51}), dict(steps={10: 0.50, 100: 0.515})),
-    ("large-eps", dict(large=0.11), dict(large=0.111)),
-    ("black-box", dict(square=0.49), dict(square=0.489)),
-    ("noise", dict(noise=0.64), dict(noise=0.63)),  # PGD drop 0.30: noise may drop 0.15 + 0.01
-])
+@pytest.mark.parametrize(
+    "name,passing,failing",
+    [
+        ("eps-monotone", dict(eps={1: 0.50, 2: 0.51}), dict(eps={1: 0.50, 2: 0.52})),
+        ("steps-monotone", dict(steps={10: 0.50, 100: 0.51}), dict(steps={10: 0.50, 100: 0.515})),
+        ("large-eps", dict(large=0.11), dict(large=0.111)),
+        ("black-box", dict(square=0.49), dict(square=0.489)),
+        ("noise", dict(noise=0.64), dict(noise=0.63)),  # PGD drop 0.30: noise may drop 0.15 + 0.01
+    ],
+)
 def test_the_slack_is_the_tolerance_at_its_edge(name, passing, failing):
     assert _verdicts(dataclasses.replace(HEALTHY, **passing))[name]
     assert not _verdicts(dataclasses.replace(HEALTHY, **failing))[name]
@@ -80,17 +95,20 @@ def test_no_pgd_drop_means_noise_may_not_drop_either():
     assert not _verdicts(dataclasses.replace(flat, noise=0.70))["noise"]
 
 
-@pytest.mark.parametrize("params,message", [
-    (dict(eps=(1,)), "eps needs at least two distinct values"),
-    (dict(eps=(1, 0)), r"eps must be in \(0, 255\]"),
-    (dict(eps=(1, 300)), r"eps must be in \(0, 255\]"),
-    (dict(steps=(10, 2.5)), "steps takes positive integers; got 2.5"),
-    (dict(steps=(10, 0)), "steps takes positive integers; got 0"),
-    (dict(check_eps=0), r"check_eps must be in \(0, 255\]"),
-    (dict(large_eps=-1), r"large_eps must be in \(0, 255\]"),
-    (dict(square_queries=0), "square_queries takes positive integers"),
-    (dict(step_size=0), r"step_size must be in \(0, 255\]"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        (dict(eps=(1,)), "eps needs at least two distinct values"),
+        (dict(eps=(1, 0)), r"eps must be in \(0, 255\]"),
+        (dict(eps=(1, 300)), r"eps must be in \(0, 255\]"),
+        (dict(steps=(10, 2.5)), "steps takes positive integers; got 2.5"),
+        (dict(steps=(10, 0)), "steps takes positive integers; got 0"),
+        (dict(check_eps=0), r"check_eps must be in \(0, 255\]"),
+        (dict(large_eps=-1), r"large_eps must be in \(0, 255\]"),
+        (dict(square_queries=0), "square_queries takes positive integers"),
+        (dict(step_size=0), r"step_size must be in \(0, 255\]"),
+    ],
+)
 def test_bad_budgets_are_one_line_errors(params, message):
     with pytest.raises(MmcoaError, match=message) as caught:
         SanityPlan(**params)
@@ -101,8 +119,11 @@ def test_bad_input_fails_before_any_evaluation(tiny_model, synthetic_test, tmp_p
     import mmcoa.analysis.sanity as sanity
 
     monkeypatch.setattr(sanity, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
-    for kwargs, message in [(dict(tolerance=1.5), "tolerance must be"), (dict(noise_fraction=-1), "noise_fraction"),
-                            (dict(steps=(5,)), "steps needs at least two")]:
+    for kwargs, message in [
+        (dict(tolerance=1.5), "tolerance must be"),
+        (dict(noise_fraction=-1), "noise_fraction"),
+        (dict(steps=(5,)), "steps needs at least two"),
+    ]:
         with pytest.raises(MmcoaError, match=message):
             run_sanity(tiny_model, synthetic_test, output_dir=tmp_path, **kwargs)
     assert not any(tmp_path.iterdir())
@@ -122,18 +143,41 @@ def test_the_plan_measures_each_setting_once():
 def test_defaults_are_the_documented_budgets():
     plan = SanityPlan()
     assert (plan.eps, plan.steps, plan.check_eps, plan.large_eps, plan.square_queries, plan.step_size) == (
-        (1, 2, 4, 8, 16), (10, 50, 100), 1, 64, 5000, 1)
+        (1, 2, 4, 8, 16),
+        (10, 50, 100),
+        1,
+        64,
+        5000,
+        1,
+    )
 
 
 def test_end_to_end_on_the_tiny_model(tiny_model, synthetic_test, tmp_path):
-    summary = run_sanity(tiny_model, synthetic_test, eps=(1, 4), steps=(1, 3), check_eps=2, large_eps=32,
-                         square_queries=10, n_samples=16, batch_size=8, output_dir=tmp_path)
-    assert [c["name"] for c in summary["checks"]] == ["eps-monotone", "steps-monotone", "large-eps",
-                                                     "black-box", "noise"]
+    summary = run_sanity(
+        tiny_model,
+        synthetic_test,
+        eps=(1, 4),
+        steps=(1, 3),
+        check_eps=2,
+        large_eps=32,
+        square_queries=10,
+        n_samples=16,
+        batch_size=8,
+        output_dir=tmp_path,
+    )
+    assert [c["name"] for c in summary["checks"]] == [
+        "eps-monotone",
+        "steps-monotone",
+        "large-eps",
+        "black-box",
+        "noise",
+    ]
     assert summary["passed"] == all(c["passed"] for c in summary["checks"])
     numbers = summary["numbers"]
     assert set(numbers["eps"]) == {"1", "4"} and set(numbers["steps"]) == {"1", "3"}
-    assert numbers["pgd"] == numbers["steps"]["3"] and numbers["n_samples"] == 16 and numbers["n_classes"] == 4
+    assert (
+        numbers["pgd"] == numbers["steps"]["3"] and numbers["n_samples"] == 16 and numbers["n_classes"] == 4
+    )
     files = summary["files"]
     assert sorted(files) == ["json", "png", "records", "table"]
     table = (tmp_path / "sanity.md").read_text()
@@ -152,9 +196,29 @@ def test_command_line_and_report(tmp_path, capsys):
     from mmcoa.report import write_report
 
     output = tmp_path / "sanity"
-    assert run_command("sanity", ["--model", "tiny-clip", "--dataset", "synthetic", "--n-samples", "8",
-                                  "--eps", "1,2", "--n-steps", "1,2", "--square-queries", "5",
-                                  "--output", str(output), "--no-progress"]) == 0
+    assert (
+        run_command(
+            "sanity",
+            [
+                "--model",
+                "tiny-clip",
+                "--dataset",
+                "synthetic",
+                "--n-samples",
+                "8",
+                "--eps",
+                "1,2",
+                "--n-steps",
+                "1,2",
+                "--square-queries",
+                "5",
+                "--output",
+                str(output),
+                "--no-progress",
+            ],
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "eps-monotone" in out and ("PASS" in out or "FAIL" in out) and "sanity.md" in out
     page = write_report([output], tmp_path / "report")
@@ -163,10 +227,22 @@ def test_command_line_and_report(tmp_path, capsys):
 
 
 def test_command_line_errors_before_loading(tmp_path):
-    for flags, message in [(["--n-steps", "10,x"], "--n-steps takes comma-separated numbers"),
-                           (["--eps", "4"], "eps needs at least two"),
-                           (["--check-eps", "0"], "--check-eps must be from 0.1 to 255"),
-                           (["--step-size", "0.0039"], "--step-size is in units of 1/255")]:
+    for flags, message in [
+        (["--n-steps", "10,x"], "--n-steps takes comma-separated numbers"),
+        (["--eps", "4"], "eps needs at least two"),
+        (["--check-eps", "0"], "--check-eps must be from 0.1 to 255"),
+        (["--step-size", "0.0039"], "--step-size is in units of 1/255"),
+    ]:
         with pytest.raises(MmcoaError, match=message):
-            run_command("sanity", ["--model", "no-such-model", "--dataset", "synthetic",
-                                   "--output", str(tmp_path / "o"), *flags])
+            run_command(
+                "sanity",
+                [
+                    "--model",
+                    "no-such-model",
+                    "--dataset",
+                    "synthetic",
+                    "--output",
+                    str(tmp_path / "o"),
+                    *flags,
+                ],
+            )

@@ -28,9 +28,15 @@ PGD = {"label": "image", "name": "pgd", "eps": 1, "step_size": 1, "n_steps": 2}
 
 
 def write_suite(path: Path, **values) -> Path:
-    base = {"name": "mini", "n_samples": 6, "batch_size": 4, "device": "cpu",
-            "models": [{"label": "CLIP", "name": "tiny-clip"}], "datasets": [SYNTHETIC],
-            "attacks": [{"name": "clean"}, PGD]}
+    base = {
+        "name": "mini",
+        "n_samples": 6,
+        "batch_size": 4,
+        "device": "cpu",
+        "models": [{"label": "CLIP", "name": "tiny-clip"}],
+        "datasets": [SYNTHETIC],
+        "attacks": [{"name": "clean"}, PGD],
+    }
     path.write_text(yaml.safe_dump({**base, **values}, sort_keys=False))
     return path
 
@@ -87,22 +93,43 @@ def test_suite_produces_the_table_structure(tmp_path, fake_root, prompt_mlm, mon
         save_checkpoint(runs / dataset / "mmcoa" / "final.pt", shift)
     save_checkpoint(runs / "ood" / "tecoa.pt", 0.02)
     config = write_suite(
-        tmp_path / "table.yaml", data_root=str(fake_root), n_samples=3,
-        models=[{"label": "CLIP", "name": "tiny-clip"},
-                {"label": "MMCoA", "name": "tiny-clip", "checkpoint": str(runs / "{dataset}" / "mmcoa" / "final.pt")},
-                {"label": "TeCoA (1-shot)", "name": "tiny-clip", "checkpoint": str(runs / "ood" / "tecoa.pt"),
-                 "datasets": ["eurosat"]}],
+        tmp_path / "table.yaml",
+        data_root=str(fake_root),
+        n_samples=3,
+        models=[
+            {"label": "CLIP", "name": "tiny-clip"},
+            {
+                "label": "MMCoA",
+                "name": "tiny-clip",
+                "checkpoint": str(runs / "{dataset}" / "mmcoa" / "final.pt"),
+            },
+            {
+                "label": "TeCoA (1-shot)",
+                "name": "tiny-clip",
+                "checkpoint": str(runs / "ood" / "tecoa.pt"),
+                "datasets": ["eurosat"],
+            },
+        ],
         datasets=["stl10", "eurosat"],
-        attacks=[{"name": "clean"}, PGD, {"label": "text", "name": "bert", "mlm": prompt_mlm}])
-    model_loads, dataset_loads = count_calls(monkeypatch, "load_model"), count_calls(monkeypatch, "load_dataset")
+        attacks=[{"name": "clean"}, PGD, {"label": "text", "name": "bert", "mlm": prompt_mlm}],
+    )
+    model_loads, dataset_loads = (
+        count_calls(monkeypatch, "load_model"),
+        count_calls(monkeypatch, "load_dataset"),
+    )
     output = tmp_path / "out"
     assert main(["suite", str(config), "--output", str(output), "--no-progress"]) == 0
 
     records = json.loads((output / "records.json").read_text())
     grid = {(r["label"], r["dataset"], r["attack_label"]): r["accuracy"] for r in records}
     labels = ("CLIP", "MMCoA", "TeCoA (1-shot)")
-    expected = [(m, d, a) for m in labels for d in ("stl10", "eurosat") for a in ("clean", "image", "text")
-                if m != "TeCoA (1-shot)" or d == "eurosat"]
+    expected = [
+        (m, d, a)
+        for m in labels
+        for d in ("stl10", "eurosat")
+        for a in ("clean", "image", "text")
+        if m != "TeCoA (1-shot)" or d == "eurosat"
+    ]
     assert list(grid) == expected and all(0 <= v <= 1 for v in grid.values())
     assert len(model_loads) == 4  # CLIP once, MMCoA once per dataset, TeCoA once
     assert sorted(dataset_loads) == ["eurosat", "stl10"]
@@ -122,8 +149,10 @@ def test_suite_produces_the_table_structure(tmp_path, fake_root, prompt_mlm, mon
 
 
 def test_interrupted_suite_resumes_without_recomputing(tmp_path, monkeypatch):
-    config = write_suite(tmp_path / "s.yaml", models=[{"label": "CLIP", "name": "tiny-clip"},
-                                                      {"label": "Other", "name": "tiny-clip-hf"}])
+    config = write_suite(
+        tmp_path / "s.yaml",
+        models=[{"label": "CLIP", "name": "tiny-clip"}, {"label": "Other", "name": "tiny-clip-hf"}],
+    )
     calls = count_calls(monkeypatch, "evaluate", fail_on=2)  # one pass per (row, dataset)
     output = tmp_path / "out"
     with pytest.raises(RuntimeError, match="interrupted"):
@@ -162,8 +191,9 @@ def test_output_folder_rules(tmp_path, capsys):
     with pytest.raises(MmcoaError, match="already holds this suite's results; pass --resume"):
         suite.run_suite(load_suite(config), output, progress=False)
     with pytest.raises(MmcoaError, match=r"different suite settings \(attacks\).*--resume"):
-        suite.run_suite(load_suite(write_suite(tmp_path / "t.yaml", attacks=[{"name": "clean"}])),
-                        output, progress=False)
+        suite.run_suite(
+            load_suite(write_suite(tmp_path / "t.yaml", attacks=[{"name": "clean"}])), output, progress=False
+        )
     with pytest.raises(MmcoaError, match=r"settings \(n_samples\); give a new folder$"):
         suite.run_suite(load_suite(config, n_samples=5), output, progress=False)
     with pytest.raises(MmcoaError, match="was drawn with other n_samples .*n_samples=6; now n_samples=5"):
@@ -178,30 +208,41 @@ def test_output_folder_rules(tmp_path, capsys):
 
 
 def test_subset_is_seeded_and_stored_with_the_seed(tmp_path):
-    records = suite.run_suite(load_suite(write_suite(tmp_path / "s.yaml", seed=3)), tmp_path / "a",
-                              progress=False)
+    records = suite.run_suite(
+        load_suite(write_suite(tmp_path / "s.yaml", seed=3)), tmp_path / "a", progress=False
+    )
     subset = json.loads((tmp_path / "a" / "subsets" / "synthetic.json").read_text())
     assert (subset["seed"], subset["n_samples"], subset["n_total"]) == (3, 6, 16)
     assert all(r["seed"] == 3 and r["cell_settings"]["seed"] == 3 for r in records)
-    other = suite.run_suite(load_suite(write_suite(tmp_path / "t.yaml", seed=4)), tmp_path / "b",
-                            progress=False)
+    other = suite.run_suite(
+        load_suite(write_suite(tmp_path / "t.yaml", seed=4)), tmp_path / "b", progress=False
+    )
     assert other[0]["subset"]["sha1"] != records[0]["subset"]["sha1"]
 
 
 # -- retrieval suites (Table VI) -----------------------------------------------------------------
 def test_retrieval_suite_with_sga(tmp_path):
     root = make_layout(tmp_path / "coco")
-    captions = [c for e in json.loads((root / "dataset_coco.json").read_text())["images"]
-                for c in (s["raw"].lower().rstrip(".") for s in e["sentences"])]
+    captions = [
+        c
+        for e in json.loads((root / "dataset_coco.json").read_text())["images"]
+        for c in (s["raw"].lower().rstrip(".") for s in e["sentences"])
+    ]
     mlm = str(train_tiny_mlm(captions, tmp_path / "mlm", steps=30))
-    config = write_suite(tmp_path / "t6.yaml", task="retrieval", n_samples=2, datasets=["mscoco_karpathy"],
-                         attacks=[{"name": "clean"},
-                                  {"name": "sga", "eps": 2, "step_size": 0.5, "n_steps": 2, "mlm": mlm}])
+    config = write_suite(
+        tmp_path / "t6.yaml",
+        task="retrieval",
+        n_samples=2,
+        datasets=["mscoco_karpathy"],
+        attacks=[{"name": "clean"}, {"name": "sga", "eps": 2, "step_size": 0.5, "n_steps": 2, "mlm": mlm}],
+    )
     with pytest.raises(MmcoaError, match="retrieval suites need data_root"):
         suite.run_suite(load_suite(config), tmp_path / "out", progress=False)
     records = suite.run_suite(load_suite(config, data_root=str(root)), tmp_path / "out", progress=False)
     assert [(r["label"], r["attack_label"], r["n_images"], r["n_captions"]) for r in records] == [
-        ("CLIP", "clean", 2, 10), ("CLIP", "sga", 2, 10)]
+        ("CLIP", "clean", 2, 10),
+        ("CLIP", "sga", 2, 10),
+    ]
     assert records[1]["attack_params"]["eps"] == pytest.approx(2 / 255)
     assert all(0 <= r["i2t_r1"] <= r["i2t_r5"] <= 1 and SUITE_KEYS <= set(r) for r in records)
     subset = json.loads((tmp_path / "out" / "subsets" / "mscoco_karpathy.json").read_text())
@@ -214,11 +255,22 @@ BAD = [
     ({"models": [{"name": "no-such-model"}]}, "models\\[0\\]: unknown model 'no-such-model'"),
     ({"models": [{"name": "ViT-B-32"}]}, "ViT-B-32 needs pretrained"),
     ({"models": [{"name": "ViT-B-32", "pretrained": "nope"}]}, "unknown pretrained tag 'nope'"),
-    ({"models": [{"name": "tiny-clip", "checkpoint": "missing/{dataset}.pt"}]},
-     "1 checkpoint file\\(s\\) missing, e.g. missing/synthetic.pt"),
-    ({"models": [{"name": "tiny-clip", "checkpoint": "runs/{method}.pt"}]}, "only the \\{dataset\\} placeholder"),
-    ({"models": [{"name": "tiny-clip", "datasets": ["cifar10"]}]}, "must be a non-empty list of the suite's datasets"),
-    ({"models": [{"name": "tiny-clip"}, {"name": "tiny-clip"}]}, "model labels must be distinct; repeated: tiny-clip"),
+    (
+        {"models": [{"name": "tiny-clip", "checkpoint": "missing/{dataset}.pt"}]},
+        "1 checkpoint file\\(s\\) missing, e.g. missing/synthetic.pt",
+    ),
+    (
+        {"models": [{"name": "tiny-clip", "checkpoint": "runs/{method}.pt"}]},
+        "only the \\{dataset\\} placeholder",
+    ),
+    (
+        {"models": [{"name": "tiny-clip", "datasets": ["cifar10"]}]},
+        "must be a non-empty list of the suite's datasets",
+    ),
+    (
+        {"models": [{"name": "tiny-clip"}, {"name": "tiny-clip"}]},
+        "model labels must be distinct; repeated: tiny-clip",
+    ),
     ({"models": [{"name": "tiny-clip", "weights": "x"}]}, "models\\[0\\] has unknown key\\(s\\) weights"),
     ({"datasets": ["no_such_set"]}, "datasets\\[0\\]: unknown dataset 'no_such_set'"),
     ({"datasets": ["mscoco_karpathy"]}, "unknown dataset 'mscoco_karpathy'.*task: retrieval"),
@@ -227,12 +279,18 @@ BAD = [
     ({"datasets": [{"name": "synthetic", "options": {"colour": 1}}]}, "takes no option colour"),
     ({"attacks": [{"name": "nope"}]}, "attacks\\[0\\]: unknown attack 'nope'"),
     ({"attacks": [{"name": "pgd", "eps": 0}]}, "attacks\\[0\\]: eps must be from 0.1 to 255"),
-    ({"attacks": [{"name": "pgd", "eps": 300}]}, "eps must be from 0.1 to 255 \\(units of 1/255: 1 means 1/255\\); got 300"),
+    (
+        {"attacks": [{"name": "pgd", "eps": 300}]},
+        "eps must be from 0.1 to 255 \\(units of 1/255: 1 means 1/255\\); got 300",
+    ),
     ({"attacks": [{"name": "pgd", "text_weight": 3}]}, "attack 'pgd' takes no parameter text_weight"),
     ({"attacks": [{"name": "coattack", "alpha": 3}]}, "attacks\\[0\\]: alpha was renamed to text_weight"),
     ({"attacks": [{"name": "pgd", "steps": 2}]}, "attacks\\[0\\]: steps was renamed to n_steps"),
     ({"attacks": [{"name": "pgd", "eps": 0.0039}]}, "eps is in units of 1/255.*write 0.9945"),
-    ({"attacks": [{"name": "pgd", "n_steps": "ten"}]}, "attacks\\[0\\].n_steps must be an integer; got 'ten'"),
+    (
+        {"attacks": [{"name": "pgd", "n_steps": "ten"}]},
+        "attacks\\[0\\].n_steps must be an integer; got 'ten'",
+    ),
     ({"attacks": [{"name": "pgd"}, {"name": "pgd", "eps": 2}]}, "attack labels must be distinct"),
     ({"attacks": [{"name": "pgd", "label": "a b"}, {"name": "clean", "label": "a-b"}]}, "same file name"),
     ({"attacks": []}, "attacks must be a non-empty list"),
@@ -256,10 +314,13 @@ def test_config_errors_are_one_line_before_any_work(tmp_path, capsys, monkeypatc
     assert not output.exists()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("models: [tiny-clip\n", "is not valid YAML: .* at line 2"),
-    ("- just\n- a list\n", "must be a mapping of settings"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("models: [tiny-clip\n", "is not valid YAML: .* at line 2"),
+        ("- just\n- a list\n", "must be a mapping of settings"),
+    ],
+)
 def test_malformed_yaml(tmp_path, capsys, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -274,17 +335,45 @@ def test_cli_overrides_and_missing_file(tmp_path, capsys):
     config = write_suite(tmp_path / "s.yaml", device="cuda:7")
     assert main(["suite", str(config), "--output", str(tmp_path / "o")]) == 2
     assert "device 'cuda:7' is not available" in capsys.readouterr().err and not (tmp_path / "o").exists()
-    assert main(["suite", str(config), "--output", str(tmp_path / "o"), "--device", "cpu",
-                 "--n-samples", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "suite",
+                str(config),
+                "--output",
+                str(tmp_path / "o"),
+                "--device",
+                "cpu",
+                "--n-samples",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     records = json.loads((tmp_path / "o" / "records.json").read_text())
     assert [r["n_samples"] for r in records] == [2, 2]
 
 
 # -- the paper's configurations ------------------------------------------------------------------
 IN_DISTRIBUTION = ["cifar10", "cifar100", "tiny_imagenet", "imagenet"]
-FIFTEEN = {"imagenet", "cifar10", "cifar100", "tiny_imagenet", "stl10", "sun397", "food101",
-           "oxford_pets", "flowers102", "dtd", "eurosat", "fgvc_aircraft", "country211",
-           "caltech101", "caltech256"}
+FIFTEEN = {
+    "imagenet",
+    "cifar10",
+    "cifar100",
+    "tiny_imagenet",
+    "stl10",
+    "sun397",
+    "food101",
+    "oxford_pets",
+    "flowers102",
+    "dtd",
+    "eurosat",
+    "fgvc_aircraft",
+    "country211",
+    "caltech101",
+    "caltech256",
+}
 PAPER_ATTACKS = ["multimodal", "image", "text", "clean"]
 
 
@@ -293,7 +382,13 @@ def paper(name):
 
 
 def test_every_paper_config_validates_without_weights():
-    assert sorted(p.stem for p in PAPER.glob("*.yaml")) == ["table1", "table2_3", "table4", "table5", "table6"]
+    assert sorted(p.stem for p in PAPER.glob("*.yaml")) == [
+        "table1",
+        "table2_3",
+        "table4",
+        "table5",
+        "table6",
+    ]
     for path in PAPER.glob("*.yaml"):
         config = load_suite(path, check_files=False)
         assert config.device == "cuda" and config.n_samples is None and config.seed == 0
@@ -304,9 +399,13 @@ def test_every_paper_config_validates_without_weights():
 
 
 def test_table1_and_table4_in_distribution():
-    for name, labels in (("table1", ["CLIP", "FT-standard", "TeCoA", "MMCoA"]),
-                         ("table4", ["CLIP", "MMCoA (alpha=1, beta=0)", "MMCoA (alpha=0, beta=1)",
-                                     "MMCoA (alpha=0.5, beta=0.5)"])):
+    for name, labels in (
+        ("table1", ["CLIP", "FT-standard", "TeCoA", "MMCoA"]),
+        (
+            "table4",
+            ["CLIP", "MMCoA (alpha=1, beta=0)", "MMCoA (alpha=0, beta=1)", "MMCoA (alpha=0.5, beta=0.5)"],
+        ),
+    ):
         config = paper(name)
         assert [m.label for m in config.models] == labels
         assert [d.name for d in config.datasets] == IN_DISTRIBUTION
@@ -322,8 +421,9 @@ def test_table2_3_out_of_distribution():
     config = paper("table2_3")
     assert {d.name for d in config.datasets} == FIFTEEN and FIFTEEN <= set(DATASETS.names())
     shots = ["1-shot", "5-shot", "50-shot", "full"]
-    assert [m.label for m in config.models[1:]] == [f"{m} ({s})" for s in shots
-                                                    for m in ("FT-standard", "TeCoA", "MMCoA")]
+    assert [m.label for m in config.models[1:]] == [
+        f"{m} ({s})" for s in shots for m in ("FT-standard", "TeCoA", "MMCoA")
+    ]
     assert config.models[-1].weights("dtd") == "runs/ood/imagenet-full/mmcoa/final.pt"
     assert [a.label for a in config.attacks] == PAPER_ATTACKS and len(config.cells()) == 13 * 15 * 4
 
@@ -344,5 +444,7 @@ def test_table6_retrieval():
     assert [m.label for m in config.models] == ["CLIP", "TeCoA", "MMCoA"]
     params = {a.label: a.params for a in config.attacks}
     assert params["coattack"]["step_size"] == pytest.approx(2 / 255 / 10 * 1.25)
-    assert params["sga"]["step_size"] == pytest.approx(0.5 / 255) and params["sga"]["eps"] == pytest.approx(2 / 255)
+    assert params["sga"]["step_size"] == pytest.approx(0.5 / 255) and params["sga"]["eps"] == pytest.approx(
+        2 / 255
+    )
     assert params["pgd"]["n_steps"] == 10

@@ -16,8 +16,7 @@ from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from conftest import assert_valid_perturbation
 
 TEXT_ATTACKS = ("bert", "bert-targeted", "multimodal", "multimodal-joint", "coattack", "sga")
-IMAGE_BUDGET = {"multimodal": 4 / 255, "multimodal-joint": 4 / 255, "coattack": 4 / 255,
-                "sga": 4 / 255}
+IMAGE_BUDGET = {"multimodal": 4 / 255, "multimodal-joint": 4 / 255, "coattack": 4 / 255, "sga": 4 / 255}
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +114,8 @@ def test_random_start_takes_both_signs(name, mlm_dir, classifier, batch):
     images, labels = batch
     images = images.clamp(0.1, 0.9)
     result = make(name, mlm_dir, step_size=1e-12, n_steps=1)(
-        classifier, images, labels, torch.Generator().manual_seed(4))
+        classifier, images, labels, torch.Generator().manual_seed(4)
+    )
     delta = result.images - images
     assert (delta > 2 / 255).any() and (delta < -2 / 255).any()
 
@@ -162,8 +162,10 @@ def test_scaled_copies_noise_is_added_before_each_resize():
     assert all(torch.equal(c, e) for c, e in zip(plain, scaled_copies(images, (0.5, 1.5))))
     noisy = scaled_copies(images, (0.5, 1.5), 0.05, torch.Generator().manual_seed(7))
     draws = torch.Generator().manual_seed(7)
-    expected = [resize(images + 0.05 * torch.randn(images.shape, generator=draws), size, s).clamp(0, 1)
-                for size, s in (((10, 10), 0.5), ((30, 30), 1.5))]
+    expected = [
+        resize(images + 0.05 * torch.randn(images.shape, generator=draws), size, s).clamp(0, 1)
+        for size, s in (((10, 10), 0.5), ((30, 30), 1.5))
+    ]
     assert torch.equal(noisy[0], images)
     assert all(torch.allclose(c, e, atol=1e-6) for c, e in zip(noisy[1:], expected))
     assert not torch.allclose(noisy[1], plain[1], atol=1e-3)
@@ -174,11 +176,16 @@ def test_sga_noise_std_zero_is_the_noiseless_attack(mlm_dir, classifier, batch, 
     from mmcoa.attacks import sga
 
     images, labels = batch
-    run = lambda: make("sga", mlm_dir, noise_std=0)(  # noqa: E731
-        classifier, images, labels, torch.Generator().manual_seed(3)).images
+
+    def run():
+        return make("sga", mlm_dir, noise_std=0)(
+            classifier, images, labels, torch.Generator().manual_seed(3)
+        ).images
+
+    def plain(x, scales, *_):
+        return [x] + [resize(x, (round(x.shape[-1] * s),) * 2, s).clamp(0, 1) for s in scales]
+
     got = run()
-    plain = lambda x, scales, *_: [x] + [resize(x, (round(x.shape[-1] * s),) * 2, s).clamp(0, 1)  # noqa: E731
-                                        for s in scales]
     monkeypatch.setattr(sga, "scaled_copies", plain)
     assert torch.equal(got, run())
 
@@ -188,8 +195,10 @@ def test_sga_noise_is_seeded_and_changes_the_attack(mlm_dir, classifier, batch):
 
     images, labels = batch
     assert make("sga", mlm_dir).params()["noise_std"] == 0.05
-    run = lambda **p: make("sga", mlm_dir, **p)(  # noqa: E731
-        classifier, images, labels, torch.Generator().manual_seed(3)).images
+
+    def run(**p):
+        return make("sga", mlm_dir, **p)(classifier, images, labels, torch.Generator().manual_seed(3)).images
+
     noisy, again, plain = run(), run(), run(noise_std=0)
     assert torch.equal(noisy, again) and not torch.equal(noisy, plain)
     for adv in (noisy, plain):
@@ -200,8 +209,7 @@ def test_sga_noise_is_seeded_and_changes_the_attack(mlm_dir, classifier, batch):
 
 def test_records_report_words_and_queries(mlm_dir, tiny_model, synthetic_test):
     attacks = ["clean", make("bert", mlm_dir), make("multimodal", mlm_dir)]
-    clean, bert, multimodal = evaluate(tiny_model, synthetic_test, attacks, batch_size=8,
-                                       progress=False)
+    clean, bert, multimodal = evaluate(tiny_model, synthetic_test, attacks, batch_size=8, progress=False)
     assert clean["mean_words_changed"] == 0 and clean["adversarial_prompts"] is None
     assert 0 < bert["mean_words_changed"] <= 1
     assert bert["attack_params"]["mlm"] == mlm_dir
@@ -225,5 +233,4 @@ def test_missing_mlm_fails_before_any_work(tiny_model, synthetic_test):
     from mmcoa.errors import MmcoaError
 
     with pytest.raises(MmcoaError, match="masked LM"):
-        evaluate(tiny_model, synthetic_test, [build_attack("bert", mlm="no-org/no-such-mlm")],
-                 progress=False)
+        evaluate(tiny_model, synthetic_test, [build_attack("bert", mlm="no-org/no-such-mlm")], progress=False)

@@ -10,10 +10,25 @@ import torch
 from mmcoa.attacks.text.tiny_mlm import INFO_FILE, caption_corpus, train_tiny_mlm
 from mmcoa.errors import MmcoaError
 
-CLASSNAMES = ["t shirt top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
-              "bag", "ankle boot"]
-TEMPLATES = ["This is a photo of a {}", "a photo of a {}.", "a picture of a {}", "an image of a {}.",
-             "a {} on a plain background"]
+CLASSNAMES = [
+    "t shirt top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
+TEMPLATES = [
+    "This is a photo of a {}",
+    "a photo of a {}.",
+    "a picture of a {}",
+    "an image of a {}.",
+    "a {} on a plain background",
+]
 CLASS_WORDS = {word for name in CLASSNAMES for word in name.split()}
 
 
@@ -23,8 +38,14 @@ def trained(tmp_path_factory):
     parent = tmp_path_factory.mktemp("mlm")
     rng_before, threads_before = torch.get_rng_state(), torch.get_num_threads()
     out = train_tiny_mlm(caption_corpus(CLASSNAMES, TEMPLATES), parent / "tiny-mlm", seed=0)
-    return {"dir": out, "parent": parent, "rng_before": rng_before, "rng_after": torch.get_rng_state(),
-            "threads_before": threads_before, "threads_after": torch.get_num_threads()}
+    return {
+        "dir": out,
+        "parent": parent,
+        "rng_before": rng_before,
+        "rng_after": torch.get_rng_state(),
+        "threads_before": threads_before,
+        "threads_after": torch.get_num_threads(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +53,9 @@ def loaded(trained):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(trained["dir"], local_files_only=True)
-    model, info = AutoModelForMaskedLM.from_pretrained(trained["dir"], local_files_only=True,
-                                                       output_loading_info=True)
+    model, info = AutoModelForMaskedLM.from_pretrained(
+        trained["dir"], local_files_only=True, output_loading_info=True
+    )
     return tokenizer, model.eval(), info
 
 
@@ -46,9 +68,16 @@ def test_caption_corpus_is_every_template_times_every_class():
     assert len(set(corpus)) == 50
 
 
-@pytest.mark.parametrize("classnames,templates", [([], TEMPLATES), (CLASSNAMES, []),
-                                                  (CLASSNAMES, ["no slot"]), (CLASSNAMES, ["{} and {}"]),
-                                                  ("coat", TEMPLATES)])
+@pytest.mark.parametrize(
+    "classnames,templates",
+    [
+        ([], TEMPLATES),
+        (CLASSNAMES, []),
+        (CLASSNAMES, ["no slot"]),
+        (CLASSNAMES, ["{} and {}"]),
+        ("coat", TEMPLATES),
+    ],
+)
 def test_caption_corpus_rejects_bad_input(classnames, templates):
     with pytest.raises(MmcoaError):
         caption_corpus(classnames, templates)
@@ -57,8 +86,7 @@ def test_caption_corpus_rejects_bad_input(classnames, templates):
 def test_output_directory_is_complete_and_nothing_is_left_behind(trained):
     out = trained["dir"]
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            INFO_FILE} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", INFO_FILE} <= names
     assert [p.name for p in trained["parent"].iterdir()] == ["tiny-mlm"]  # no temp dir beside it
     info = json.loads((out / INFO_FILE).read_text())
     assert info["corpus_size"] == 50 and info["steps"] == 300 and info["seed"] == 0
@@ -103,8 +131,10 @@ def test_training_is_deterministic_under_the_seed(tmp_path):
     from safetensors.torch import load_file
 
     corpus = caption_corpus(CLASSNAMES, TEMPLATES)
-    dirs = [train_tiny_mlm(corpus, tmp_path / name, seed=seed, steps=25)
-            for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    dirs = [
+        train_tiny_mlm(corpus, tmp_path / name, seed=seed, steps=25)
+        for name, seed in (("a", 0), ("b", 0), ("c", 1))
+    ]
     infos = [json.loads((d / INFO_FILE).read_text()) for d in dirs]
     weights = [load_file(d / "model.safetensors") for d in dirs]
     assert infos[0]["final_loss"] == infos[1]["final_loss"]
@@ -125,9 +155,17 @@ def test_retraining_replaces_the_directory_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["mlm"]
 
 
-@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"hidden_size": 63, "heads": 2}, {"layers": 0},
-                                    {"corpus": []}, {"corpus": "a photo of a coat"},
-                                    {"corpus": ["a coat", ""]}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"steps": 0},
+        {"hidden_size": 63, "heads": 2},
+        {"layers": 0},
+        {"corpus": []},
+        {"corpus": "a photo of a coat"},
+        {"corpus": ["a coat", ""]},
+    ],
+)
 def test_bad_arguments_raise_a_user_error(tmp_path, kwargs):
     corpus = kwargs.pop("corpus", ["a photo of a coat"])
     with pytest.raises(MmcoaError):

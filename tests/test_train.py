@@ -27,12 +27,25 @@ from mmcoa.train.shots import dataset_labels, few_shot_indices
 from mmcoa.train.trainer import build_optimizer, train
 
 ADVERSARIAL = ("tecoa", "mmcoa", "fare", "pmg-aft", "vp")
-DEFAULT_TOWERS = {"ft-standard": {"image", "text"}, "mmcoa": {"image", "text"}, "tecoa": {"image"},
-                  "tecoa-symmetric": {"image"},
-                  "fare": {"image"}, "pmg-aft": {"image"}, "vp": set(), "advpt": set()}
+DEFAULT_TOWERS = {
+    "ft-standard": {"image", "text"},
+    "mmcoa": {"image", "text"},
+    "tecoa": {"image"},
+    "tecoa-symmetric": {"image"},
+    "fare": {"image"},
+    "pmg-aft": {"image"},
+    "vp": set(),
+    "advpt": set(),
+}
 PROMPTED = {"vp": "visual_prompt", "advpt": "text_prompt"}  # methods that train a prompt module
-FINAL_FILES = ("final.pt", "metrics.json", "config.json", "shots.json", "metrics.jsonl",
-               "checkpoints/last.pt")
+FINAL_FILES = (
+    "final.pt",
+    "metrics.json",
+    "config.json",
+    "shots.json",
+    "metrics.jsonl",
+    "checkpoints/last.pt",
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -53,8 +66,14 @@ def mlm(tmp_path_factory, train_data):
 @pytest.fixture()
 def make_config(tmp_path, mlm):
     def make(method="tecoa", name=None, **overrides):
-        settings = dict(method=method, batch_size=16, max_steps=2, lr=1e-3, mlm=mlm,
-                        output=str(tmp_path / (name or method)))
+        settings = dict(
+            method=method,
+            batch_size=16,
+            max_steps=2,
+            lr=1e-3,
+            mlm=mlm,
+            output=str(tmp_path / (name or method)),
+        )
         return TrainConfig(**{**settings, **overrides})
 
     return make
@@ -63,8 +82,14 @@ def make_config(tmp_path, mlm):
 @pytest.fixture(scope="module")
 def tecoa_run(tmp_path_factory, mlm):
     """One finished 2-step TeCoA run, shared by the read-only tests."""
-    config = TrainConfig(method="tecoa", batch_size=16, max_steps=2, lr=1e-3, mlm=mlm,
-                         output=str(tmp_path_factory.mktemp("tecoa") / "run"))
+    config = TrainConfig(
+        method="tecoa",
+        batch_size=16,
+        max_steps=2,
+        lr=1e-3,
+        mlm=mlm,
+        output=str(tmp_path_factory.mktemp("tecoa") / "run"),
+    )
     train(config, progress=False)
     return config
 
@@ -92,14 +117,20 @@ def build(name, train_data, **overrides):
 
 def context(config, model, frozen, prompts, seed=0, n=16):
     """What the trainer passes for a batch of the first ``n`` items (``fixed_batch``)."""
-    return StepContext(model=model, prompts=prompts, config=config,
-                       generator=torch.Generator().manual_seed(seed),
-                       adversarial_prompts=adversarial_prompt_set(prompts), frozen=frozen,
-                       batch_indices=list(range(n)))
+    return StepContext(
+        model=model,
+        prompts=prompts,
+        config=config,
+        generator=torch.Generator().manual_seed(seed),
+        adversarial_prompts=adversarial_prompt_set(prompts),
+        frozen=frozen,
+        batch_indices=list(range(n)),
+    )
 
 
 def recording(function, store: list):
     """``function``, also appending each result to ``store``."""
+
     def record(*args, **kwargs):
         store.append(function(*args, **kwargs))
         return store[-1]
@@ -174,6 +205,7 @@ def reference_contrastive(image, text, labels, scale):
     """Class-aware CLIP loss in plain Python: the mean of image→text CE over the class prompts
     and text→image CE over the batch (target spread evenly over that class's images, for each
     class present)."""
+
     def unit(v):
         norm = math.sqrt(sum(x * x for x in v))
         return [x / norm for x in v]
@@ -196,9 +228,16 @@ def test_mmcoa_loss_matches_hand_computation(alpha, beta):
     adv_image, clean_image, clean_text, adv_text = (torch.randn(n, 8, generator=g) for n in (6, 6, 4, 4))
     labels = torch.tensor([0, 2, 0, 1, 2, 0])  # class 3 absent, classes 0 and 2 repeated
     scale = torch.tensor(5.0)
-    loss, terms = mmcoa_loss(adv_image if alpha else None, clean_image if beta else None,
-                             clean_text if alpha else None, adv_text if beta else None,
-                             labels, scale, alpha=alpha, beta=beta)
+    loss, terms = mmcoa_loss(
+        adv_image if alpha else None,
+        clean_image if beta else None,
+        clean_text if alpha else None,
+        adv_text if beta else None,
+        labels,
+        scale,
+        alpha=alpha,
+        beta=beta,
+    )
     image_term = reference_contrastive(adv_image, clean_text, labels, 5.0)
     text_term = reference_contrastive(clean_image, adv_text, labels, 5.0)
     assert float(loss) == pytest.approx(alpha * image_term + beta * text_term, rel=1e-5)
@@ -217,8 +256,10 @@ def test_mmcoa_ablations_skip_the_unused_attack(train_data, make_config, monkeyp
     _, terms = method.loss(context(config, model, frozen, train_data.prompts()), images, labels)
     assert set(terms) == {"text_adv"}
     monkeypatch.undo()
-    metrics = train(make_config("mmcoa", adv_image_weight=1.0, adv_text_weight=0.0, mlm="/no/such/mlm", max_steps=1),
-                    progress=False)
+    metrics = train(
+        make_config("mmcoa", adv_image_weight=1.0, adv_text_weight=0.0, mlm="/no/such/mlm", max_steps=1),
+        progress=False,
+    )
     assert metrics["steps"] == 1
 
 
@@ -230,9 +271,19 @@ def tower_of(name: str) -> str:
     return "image" if name.startswith("visual.") else "text"
 
 
-@pytest.mark.parametrize("name,towers", [(m, None) for m in METHODS.names()] + [
-    ("ft-standard", "image"), ("ft-standard", "text"), ("ft-standard", "both"), ("tecoa", "text"),
-    ("mmcoa", "image"), ("pmg-aft", "both"), ("fare", "image")])
+@pytest.mark.parametrize(
+    "name,towers",
+    [(m, None) for m in METHODS.names()]
+    + [
+        ("ft-standard", "image"),
+        ("ft-standard", "text"),
+        ("ft-standard", "both"),
+        ("tecoa", "text"),
+        ("mmcoa", "image"),
+        ("pmg-aft", "both"),
+        ("fare", "image"),
+    ],
+)
 def test_gradients_reach_only_the_trained_parameters(name, towers, make_config, monkeypatch):
     """Trained set: the chosen towers, plus the shared logit scale whenever any tower trains
     (`set_trainable`'s documented rule); VP trains only its prompt. Everything else keeps its
@@ -242,8 +293,11 @@ def test_gradients_reach_only_the_trained_parameters(name, towers, make_config, 
     config = make_config(name, train_towers=towers, max_steps=1)
     train(config, progress=False)
     (model,) = models
-    trained = set({"image": ["image"], "text": ["text"], "both": ["image", "text"]}[towers] if towers
-                  else DEFAULT_TOWERS[name])
+    trained = set(
+        {"image": ["image"], "text": ["text"], "both": ["image", "text"]}[towers]
+        if towers
+        else DEFAULT_TOWERS[name]
+    )
     trained |= {"logit_scale"} if trained else set()
     before = mmcoa.load_model("tiny-clip").model.state_dict()
     after = load_state(os.path.join(config.output, "final.pt"))
@@ -301,12 +355,15 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("name,interrupt,extra", [
-    ("tecoa", "max_steps", {}),
-    ("mmcoa", "max_steps", {"text_attack_every": 2}),  # step 3 must reuse step 2's prompts
-    ("tecoa", "crash", {"schedule": "cosine", "warmup_steps": 1}),
-    *[(name, "max_steps", {}) for name in ("ft-standard", "fare", "pmg-aft", "vp", "advpt")],
-])
+@pytest.mark.parametrize(
+    "name,interrupt,extra",
+    [
+        ("tecoa", "max_steps", {}),
+        ("mmcoa", "max_steps", {"text_attack_every": 2}),  # step 3 must reuse step 2's prompts
+        ("tecoa", "crash", {"schedule": "cosine", "warmup_steps": 1}),
+        *[(name, "max_steps", {}) for name in ("ft-standard", "fare", "pmg-aft", "vp", "advpt")],
+    ],
+)
 def test_resume_gives_bit_identical_weights(name, interrupt, extra, make_config, monkeypatch):
     full = make_config(name, "straight", max_steps=None, save_every=1, **extra)  # 4 steps
     train(full, progress=False)
@@ -375,8 +432,9 @@ def test_few_shot_list_is_saved_used_and_reused_on_resume(make_config, train_dat
 
     monkeypatch.setattr(trainer, "few_shot_indices", lambda *a: pytest.fail("list redrawn on resume"))
     read.clear()
-    metrics = train(make_config("ft-standard", shots="5", epochs=2, max_steps=None), resume=True,
-                    progress=False)
+    metrics = train(
+        make_config("ft-standard", shots="5", epochs=2, max_steps=None), resume=True, progress=False
+    )
     assert metrics["steps"] == 4 and sorted(read) == expected
     assert read_json(config.output, "shots.json") == saved
 
@@ -387,8 +445,9 @@ def test_classes_short_of_k_shots_are_reported_and_saved(make_config, train_data
     config = make_config("ft-standard", shots="50", max_steps=1)
     train(config, progress=False)
     saved = read_json(config.output, "shots.json")
-    assert saved["short_classes"] == [{"label": c, "name": name, "images": 16}
-                                      for c, name in enumerate(train_data.classnames)]
+    assert saved["short_classes"] == [
+        {"label": c, "name": name, "images": 16} for c, name in enumerate(train_data.classnames)
+    ]
     assert len(saved["indices"]) == 64
     err = capsys.readouterr().err
     assert err.count("fewer than --shots 50") == len(train_data.classnames)
@@ -400,16 +459,20 @@ def test_corrupt_checkpoint_is_a_one_line_error(make_config):
     path = os.path.join(config.output, "checkpoints", "last.pt")
     os.makedirs(os.path.dirname(path))
     with open(path, "wb") as handle:
-        handle.write(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
-                                   dtype=torch.uint8).numpy().tobytes())
+        handle.write(
+            torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+            .numpy()
+            .tobytes()
+        )
     with pytest.raises(MmcoaError) as error:
         train(config, resume=True, progress=False)
     assert_one_line(error.value, "corrupt", "last.pt")
     assert sorted(os.listdir(config.output)) == ["checkpoints"]
 
 
-@pytest.mark.parametrize("change,word", [({"method": "ft-standard"}, "method"),
-                                         ({"batch_size": 8}, "batch_size")])
+@pytest.mark.parametrize(
+    "change,word", [({"method": "ft-standard"}, "method"), ({"batch_size": 8}, "batch_size")]
+)
 def test_mismatched_checkpoint_is_a_one_line_error(change, word, tecoa_run):
     config = TrainConfig(**{**vars(tecoa_run), **change})
     with pytest.raises(MmcoaError) as error:
@@ -444,8 +507,24 @@ def test_final_weights_load_in_plain_open_clip(tecoa_run):
 def test_final_weights_evaluate_with_mmcoa_eval(tecoa_run, tmp_path, capsys):
     path = os.path.join(tecoa_run.output, "final.pt")
     output = tmp_path / "results.json"
-    code = main(["eval", "--model", "tiny-clip", "--pretrained", path, "--dataset", "synthetic",
-                 "--attacks", "clean", "--n-samples", "8", "--output", str(output), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            "tiny-clip",
+            "--pretrained",
+            path,
+            "--dataset",
+            "synthetic",
+            "--attacks",
+            "clean",
+            "--n-samples",
+            "8",
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
     capsys.readouterr()
     assert code == 0
     (record,) = json.loads(output.read_text())
@@ -456,8 +535,9 @@ def test_final_weights_evaluate_with_mmcoa_eval(tecoa_run, tmp_path, capsys):
 def test_cli_flags_override_the_yaml_config(tmp_path, capsys):
     output = tmp_path / "run"
     config = tmp_path / "train.yaml"
-    config.write_text(f"method: tecoa\nbatch-size: 16\nmax_steps: 1\nlr: 1e-3\nseed: 7\n"
-                      f"output: {output}\n")  # YAML reads 1e-3 (no dot) as a string
+    config.write_text(
+        f"method: tecoa\nbatch-size: 16\nmax_steps: 1\nlr: 1e-3\nseed: 7\noutput: {output}\n"
+    )  # YAML reads 1e-3 (no dot) as a string
     code = main(["train", "--config", str(config), "--lr", "0.002", "--train-eps", "2", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     saved = read_json(output, "config.json")
@@ -466,23 +546,37 @@ def test_cli_flags_override_the_yaml_config(tmp_path, capsys):
     assert "final.pt" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("yaml_text,flags,words", [
-    ("method: [tecoa\n", [], "not valid YAML"),
-    ("learning_rate: 0.1\n", [], "unknown training setting(s) learning_rate"),
-    ("lr: fast\n", [], "lr must be a number"),
-    ("batch_size: 1.5\n", [], "batch_size must be an integer"),
-    ("method: ft-standard\n", ["--train-towers", "none"], "trains nothing"),
-    ("method: mmcoa\n", ["--mlm", "{tmp}/no-such-mlm"], "no-such-mlm"),
-    ("method: tecoa\n", ["--template", "no placeholder"], "'no placeholder' has no"),
-    ("method: tecoa\n", ["--pretrained", "{tmp}/missing.pt"], "missing.pt"),
-])
+@pytest.mark.parametrize(
+    "yaml_text,flags,words",
+    [
+        ("method: [tecoa\n", [], "not valid YAML"),
+        ("learning_rate: 0.1\n", [], "unknown training setting(s) learning_rate"),
+        ("lr: fast\n", [], "lr must be a number"),
+        ("batch_size: 1.5\n", [], "batch_size must be an integer"),
+        ("method: ft-standard\n", ["--train-towers", "none"], "trains nothing"),
+        ("method: mmcoa\n", ["--mlm", "{tmp}/no-such-mlm"], "no-such-mlm"),
+        ("method: tecoa\n", ["--template", "no placeholder"], "'no placeholder' has no"),
+        ("method: tecoa\n", ["--pretrained", "{tmp}/missing.pt"], "missing.pt"),
+    ],
+)
 def test_cli_bad_settings_exit_2_and_write_nothing(yaml_text, flags, words, tmp_path, capsys):
     output = tmp_path / "run"
     config = tmp_path / "train.yaml"
     config.write_text(yaml_text)
     flags = [f.format(tmp=tmp_path) for f in flags]
-    code = main(["train", "--config", str(config), "--max-steps", "1", "--output", str(output),
-                 "--no-progress", *flags])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--max-steps",
+            "1",
+            "--output",
+            str(output),
+            "--no-progress",
+            *flags,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("mmcoa: error:") and err.count("\n") == 1 and words in err
@@ -520,8 +614,7 @@ def test_text_context_started_from_a_phrase_encodes_like_that_phrase(model_name)
     context = text_context_for(model, n_ctx=4, init="a photo of a")
     plain = model.encode_text(["a photo of a cat.", "a photo of a dog.", "a dog."])
     model.text_prompt = context
-    prompted = model.encode_text([context.template.format("cat"), context.template.format("dog"),
-                                  "a dog."])
+    prompted = model.encode_text([context.template.format("cat"), context.template.format("dog"), "a dog."])
     torch.testing.assert_close(prompted, plain, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         context.context.add_(1.0)
@@ -544,8 +637,9 @@ def test_advpt_attacks_images_once_before_training_within_budget(train_data, mon
     assert torch.equal(first, method.adversarial_features)
     with torch.no_grad():
         torch.testing.assert_close(first, model.encode_image(adversarial))
-    loss, _ = method.loss(context(config, model, frozen, method.class_prompts(train_data, config, model)),
-                          images, labels)
+    loss, _ = method.loss(
+        context(config, model, frozen, method.class_prompts(train_data, config, model)), images, labels
+    )
     assert len(made) == 2  # the two prepare calls; the loss attacked nothing
     loss.backward()
     assert [n for n, p in model.named_parameters() if p.grad is not None] == ["text_prompt.context"]
@@ -572,23 +666,59 @@ def test_saved_prompt_reattaches_and_evaluates(name, make_config, tmp_path, caps
         torch.testing.assert_close(fresh.encode_text(texts), trained.encode_text(texts))
     assert (template is not None) == (name == "advpt")
     out = tmp_path / "eval.json"
-    assert main(["eval", "--model", "tiny-clip", "--pretrained", os.path.join(config.output, "final.pt"),
-                 "--prompt", os.path.join(config.output, "prompt.pt"), "--dataset", "synthetic",
-                 "--attacks", "clean", "--n-samples", "8", "--no-progress", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "tiny-clip",
+                "--pretrained",
+                os.path.join(config.output, "final.pt"),
+                "--prompt",
+                os.path.join(config.output, "prompt.pt"),
+                "--dataset",
+                "synthetic",
+                "--attacks",
+                "clean",
+                "--n-samples",
+                "8",
+                "--no-progress",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (record,) = read_json(out)
     assert record["n_samples"] == 8
 
 
-@pytest.mark.parametrize("content,words", [(None, "does not exist"), (b"garbage", "corrupt"),
-                                           ("state", "not an mmcoa prompt")])
+@pytest.mark.parametrize(
+    "content,words", [(None, "does not exist"), (b"garbage", "corrupt"), ("state", "not an mmcoa prompt")]
+)
 def test_bad_prompt_file_is_a_one_line_error_before_loading(content, words, tmp_path, capsys):
     path = tmp_path / "prompt.pt"
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif content == "state":
         torch.save({"context": torch.zeros(2)}, path)
-    code = main(["eval", "--model", "tiny-clip", "--pretrained", "random", "--prompt", str(path),
-                 "--dataset", "synthetic", "--attacks", "clean", "--output", str(tmp_path / "o.json")])
+    code = main(
+        [
+            "eval",
+            "--model",
+            "tiny-clip",
+            "--pretrained",
+            "random",
+            "--prompt",
+            str(path),
+            "--dataset",
+            "synthetic",
+            "--attacks",
+            "clean",
+            "--output",
+            str(tmp_path / "o.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and words in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o.json").exists()
@@ -599,8 +729,9 @@ def test_step_attacks_draw_from_a_generator_on_the_training_device(make_config, 
     the training device (a CPU generator fails for CUDA images)."""
     seen = []
     real = methods_module.train_pgd
-    monkeypatch.setattr(methods_module, "train_pgd",
-                        lambda ctx, *a: seen.append(ctx.generator.device) or real(ctx, *a))
+    monkeypatch.setattr(
+        methods_module, "train_pgd", lambda ctx, *a: seen.append(ctx.generator.device) or real(ctx, *a)
+    )
     train(make_config("tecoa", max_steps=1), progress=False)
     assert seen == [torch.device("cpu")]
 

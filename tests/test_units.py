@@ -53,21 +53,25 @@ def test_a_training_yaml_gives_eps_in_255ths(tmp_path):
     assert flags.train_eps == pytest.approx(4 / 255)  # a flag overrides the file, same unit
 
 
-@pytest.mark.parametrize("text,message", [
-    ("train_eps: 0.00392156862745098\n", "train_eps is in units of 1/255"),
-    ("train_eps: 0.0039\n", "the unit changed from pixels"),
-    ("train_step_size: 0.0039\n", "train_step_size is in units of 1/255"),
-    ("train_step_size: 0\n", "train_step_size must be from 0.1 to 255"),
-    ("train_eps: 300\n", "train_eps must be from 0.1 to 255"),
-    ("train_eps: true\n", "train_eps must be a number"),
-    ("alpha: 1\n", "alpha was renamed to adv_image_weight"),
-    ("beta: 0\n", "beta was renamed to adv_text_weight"),
-    ("betas: [0.9, 1.5]\n", "betas must be two numbers in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("train_eps: 0.00392156862745098\n", "train_eps is in units of 1/255"),
+        ("train_eps: 0.0039\n", "the unit changed from pixels"),
+        ("train_step_size: 0.0039\n", "train_step_size is in units of 1/255"),
+        ("train_step_size: 0\n", "train_step_size must be from 0.1 to 255"),
+        ("train_eps: 300\n", "train_eps must be from 0.1 to 255"),
+        ("train_eps: true\n", "train_eps must be a number"),
+        ("alpha: 1\n", "alpha was renamed to adv_image_weight"),
+        ("beta: 0\n", "beta was renamed to adv_text_weight"),
+        ("betas: [0.9, 1.5]\n", "betas must be two numbers in [0, 1)"),
+    ],
+)
 def test_a_bad_training_yaml_is_one_line_before_any_file(tmp_path, capsys, text, message):
     output = tmp_path / "run"
-    code, _, err = run(capsys, "train", "--config", str(write_yaml(tmp_path, text)),
-                       "--output", str(output), "--no-progress")
+    code, _, err = run(
+        capsys, "train", "--config", str(write_yaml(tmp_path, text)), "--output", str(output), "--no-progress"
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("mmcoa: error: ")
     assert message in lines[0]
@@ -79,11 +83,14 @@ def test_the_pixel_refusal_names_the_value_to_write():
         from_255(4 / 255, "train_eps")
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--train-eps", "0.0039"], "--train-eps is in units of 1/255"),
-    (["--train-step-size", "0"], "--train-step-size must be from 0.1 to 255"),
-    (["--alpha", "1"], "--alpha was renamed to --adv-image-weight"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--train-eps", "0.0039"], "--train-eps is in units of 1/255"),
+        (["--train-step-size", "0"], "--train-step-size must be from 0.1 to 255"),
+        (["--alpha", "1"], "--alpha was renamed to --adv-image-weight"),
+    ],
+)
 def test_bad_train_flags_are_one_line_before_any_file(tmp_path, capsys, argv, message):
     output = tmp_path / "run"
     code, _, err = run(capsys, "train", "--method", "tecoa", *argv, "--output", str(output), "--no-progress")
@@ -91,14 +98,29 @@ def test_bad_train_flags_are_one_line_before_any_file(tmp_path, capsys, argv, me
     assert not output.exists()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--eps", "0.0039"], "--eps is in units of 1/255"),
-    (["--step-size", "0.004"], "--step-size is in units of 1/255"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--eps", "0.0039"], "--eps is in units of 1/255"),
+        (["--step-size", "0.004"], "--step-size is in units of 1/255"),
+    ],
+)
 def test_eval_refuses_pixel_looking_budgets(tmp_path, capsys, argv, message):
     output = tmp_path / "r.json"
-    code, _, err = run(capsys, "eval", "--model", "tiny-clip", "--dataset", "synthetic",
-                       "--attacks", "pgd", *argv, "--output", str(output), "--no-progress")
+    code, _, err = run(
+        capsys,
+        "eval",
+        "--model",
+        "tiny-clip",
+        "--dataset",
+        "synthetic",
+        "--attacks",
+        "pgd",
+        *argv,
+        "--output",
+        str(output),
+        "--no-progress",
+    )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert os.listdir(tmp_path) == []
 
@@ -116,9 +138,28 @@ def test_train_flags_reach_the_config(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(trainer, "train", lambda config, **_: seen.setdefault("config", config) and {})
-    code = main(["train", "--method", "mmcoa", "--betas", "0.8", "0.9", "--adam-eps", "1e-8",
-                 "--adv-image-weight", "1", "--adv-text-weight", "0", "--train-eps", "4",
-                 "--skip-nonfinite", "--output", str(tmp_path / "run"), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--method",
+            "mmcoa",
+            "--betas",
+            "0.8",
+            "0.9",
+            "--adam-eps",
+            "1e-8",
+            "--adv-image-weight",
+            "1",
+            "--adv-text-weight",
+            "0",
+            "--train-eps",
+            "4",
+            "--skip-nonfinite",
+            "--output",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     config = seen["config"]
     assert code == 0 and config.betas == (0.8, 0.9) and config.adam_eps == 1e-8
     assert (config.adv_image_weight, config.adv_text_weight) == (1, 0)
@@ -128,7 +169,9 @@ def test_train_flags_reach_the_config(tmp_path, monkeypatch):
 
 def test_help_shows_units_and_defaults():
     text = subparser("train").format_help()
-    assert "training PGD eps [units of 1/255] (default: the method's: mmcoa 1; 4: fare)" in " ".join(text.split())
+    assert "training PGD eps [units of 1/255] (default: the method's: mmcoa 1; 4: fare)" in " ".join(
+        text.split()
+    )
     assert "AdamW betas (default: 0.9 0.98)" in " ".join(text.split())
     assert "--adam-eps" in text and "--betas" in text and "auto" in text
     assert "[units of 1/255]" in subparser("eval").format_help()
@@ -159,8 +202,18 @@ def test_flags_are_the_attack_field_names(tmp_path, capsys):
 
     fields = set().union(*(parameter_names(ATTACKS.get(n)) for n in ATTACKS.names()))
     assert {f.name for f in ATTACK_FLAGS} <= fields  # no bridge table between flag and field
-    code, _, err = run(capsys, "eval", "--model", "tiny-clip", "--dataset", "synthetic", "--steps", "2",
-                       "--output", str(tmp_path / "r.json"))
+    code, _, err = run(
+        capsys,
+        "eval",
+        "--model",
+        "tiny-clip",
+        "--dataset",
+        "synthetic",
+        "--steps",
+        "2",
+        "--output",
+        str(tmp_path / "r.json"),
+    )
     assert code == 2 and "--steps was renamed to --n-steps" in err and os.listdir(tmp_path) == []
 
 

@@ -28,7 +28,7 @@ HELD_OUT = 500  # of pre-training's 1,000 held-out training images (its val spli
 def held_out_indices(dataset, n: int = HELD_OUT, seed: int = 0) -> list[int]:
     """The first ``n`` of the images :func:`pretrain_contrastive` holds out (same permutation)."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    return order[:min(n, PRETRAIN.val_size)]
+    return order[: min(n, PRETRAIN.val_size)]
 
 
 def extra_attacks(settings: Table1Settings, zero_shot: bool) -> list:
@@ -43,16 +43,30 @@ def main(output: str = "runs/demo-heldout") -> int:
     train_set = load_dataset("fashion_mnist", split="train")
     weights = {None: pretrain_demo_clip(output, train_set, PRETRAIN, progress=False)}
     for method in settings.methods:
-        config = settings.train_config(method, checkpoint=weights[None], mlm=DEMO_MLM,
-                                       output=output / "train" / method, data_root=None,
-                                       device="cpu", seed=0)
+        config = settings.train_config(
+            method,
+            checkpoint=weights[None],
+            mlm=DEMO_MLM,
+            output=output / "train" / method,
+            data_root=None,
+            device="cpu",
+            seed=0,
+        )
         train(config, progress=False)
         weights[method] = output / "train" / method / "final.pt"
     indices = held_out_indices(train_set)
     for row, method in TABLE1_ROWS:
         attacks = settings.attacks(DEMO_MLM) + extra_attacks(settings, method is None)
-        records = evaluate(DEMO_MODEL, "fashion_mnist", attacks, pretrained=str(weights[method]),
-                           split="train", indices=indices, batch_size=250, progress=False)
+        records = evaluate(
+            DEMO_MODEL,
+            "fashion_mnist",
+            attacks,
+            pretrained=str(weights[method]),
+            split="train",
+            indices=indices,
+            batch_size=250,
+            progress=False,
+        )
         cells = [f"{_name(r)} {100 * r['accuracy']:.1f}" for r in records]
         print(f"{row}: " + ", ".join(cells), flush=True)
     return 0

@@ -34,8 +34,9 @@ def _requirements(dist: metadata.Distribution, extras: tuple[str, ...]) -> list[
     wanted = []
     for line in dist.requires or []:
         requirement = Requirement(line)
-        if requirement.marker is None or any(requirement.marker.evaluate({"extra": e})
-                                             for e in ("", *extras)):
+        if requirement.marker is None or any(
+            requirement.marker.evaluate({"extra": e}) for e in ("", *extras)
+        ):
             wanted.append(requirement)
     return wanted
 

@@ -22,10 +22,14 @@ from mmcoa.data.fashion_mnist import CLASSNAMES
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-SENTENCES = ("A man is riding a horse on the beach", "Two children are playing football in the park",
-             "The movie was surprisingly good and the actors were great",
-             "A red car parked next to an old building", "She bought fresh vegetables at the market",
-             "The weather today is cold and rainy")
+SENTENCES = (
+    "A man is riding a horse on the beach",
+    "Two children are playing football in the park",
+    "The movie was surprisingly good and the actors were great",
+    "A red car parked next to an old building",
+    "She bought fresh vegetables at the market",
+    "The weather today is cold and rainy",
+)
 CUTS = (2.0, 3.0, 3.5, 4.0, 4.5)
 
 
@@ -56,13 +60,19 @@ def main() -> int:
     texts = [t.format(c) for t in CAPTION_TEMPLATES for c in names] + list(SENTENCES)
     z, raw = candidate_z_scores(texts)
     tenth = z[:, -1]
-    print(f"raw scores over the vocabulary: mean {raw[:, 0].mean():.2f}, spread (std) "
-          f"{raw[:, 1].min():.2f} to {raw[:, 1].max():.2f}, {raw[:, 1].mean():.2f} on average")
-    print(f"{len(z)} word positions in {len(texts)} texts; z of the 10th candidate: min "
-          f"{tenth.min():.2f}, median {tenth.median():.2f}; of the best: min {z[:, 0].min():.2f}")
+    print(
+        f"raw scores over the vocabulary: mean {raw[:, 0].mean():.2f}, spread (std) "
+        f"{raw[:, 1].min():.2f} to {raw[:, 1].max():.2f}, {raw[:, 1].mean():.2f} on average"
+    )
+    print(
+        f"{len(z)} word positions in {len(texts)} texts; z of the 10th candidate: min "
+        f"{tenth.min():.2f}, median {tenth.median():.2f}; of the best: min {z[:, 0].min():.2f}"
+    )
     for cut in CUTS:
-        print(f"cut z >= {cut:g}: drops {(z < cut).float().mean():.1%} of the top-10 slots, "
-              f"shortens {(tenth < cut).float().mean():.1%} of the lists")
+        print(
+            f"cut z >= {cut:g}: drops {(z < cut).float().mean():.1%} of the top-10 slots, "
+            f"shortens {(tenth < cut).float().mean():.1%} of the lists"
+        )
     return 0
 
 

@@ -11,8 +11,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- demo-output:start (make demo-docs) -->", "<!-- demo-output:end -->"
-COPIED = ("summary.md", "results.json", "table1.json", "table1.md",
-          "analyses/sanity-clip/sanity.json", "analyses/sanity-mmcoa/sanity.json")
+COPIED = (
+    "summary.md",
+    "results.json",
+    "table1.json",
+    "table1.md",
+    "analyses/sanity-clip/sanity.json",
+    "analyses/sanity-mmcoa/sanity.json",
+)
 
 
 def replace_block(text: str, block: str) -> str:

@@ -11,5 +11,12 @@ from mmcoa.errors import MmcoaError
 from mmcoa.eval import evaluate
 from mmcoa.models import ZeroShotClassifier, load_model
 
-__all__ = ["MmcoaError", "ZeroShotClassifier", "build_attack", "evaluate", "load_dataset",
-           "load_model", "__version__"]
+__all__ = [
+    "MmcoaError",
+    "ZeroShotClassifier",
+    "build_attack",
+    "evaluate",
+    "load_dataset",
+    "load_model",
+    "__version__",
+]

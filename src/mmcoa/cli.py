@@ -67,15 +67,22 @@ def _add_eval(commands) -> None:
     add_attack_flags(p, skip=("precision",))  # --precision: add_runtime_flags
     p.add_argument("--template", default=None, help="prompt template with {} (default: the dataset's)")
     p.add_argument("--prompt", default=None, help="a vp/advpt run's prompt.pt to put on the model")
-    p.add_argument("--resize", default="torch", choices=("torch", "pil"),
-                   help="bicubic resize to the model's input: 'torch' (published code: unclamped) "
-                        "or 'pil' (open_clip/clip_benchmark's PIL transform, clamped)")
+    p.add_argument(
+        "--resize",
+        default="torch",
+        choices=("torch", "pil"),
+        help="bicubic resize to the model's input: 'torch' (published code: unclamped) "
+        "or 'pil' (open_clip/clip_benchmark's PIL transform, clamped)",
+    )
     p.add_argument("--n-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
     add_device_flag(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave unreadable images out and count them in the record (default: stop)")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave unreadable images out and count them in the record (default: stop)",
+    )
     add_workers_flag(p)
     add_runtime_flags(p)
     p.add_argument("--output", required=True, help="result JSON file")
@@ -84,25 +91,41 @@ def _add_eval(commands) -> None:
 
 
 def add_workers_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None,
-                   help="data-loading processes (0: in the main process; default: min(8, CPUs per "
-                        "process on this node), 0 for datasets held in memory)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data-loading processes (0: in the main process; default: min(8, CPUs per "
+        "process on this node), 0 for datasets held in memory)",
+    )
 
 
 def add_device_flag(p: argparse.ArgumentParser, default: str | None = AUTO) -> None:
     shown = default or "the suite file's, else auto"
-    p.add_argument("--device", default=default,
-                   help=f"cpu, cuda, cuda:N or auto: cuda when available (default: {shown})")
+    p.add_argument(
+        "--device", default=default, help=f"cpu, cuda, cuda:N or auto: cuda when available (default: {shown})"
+    )
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """--precision (every image-side attack), --tf32/--no-tf32 and --compile."""
-    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
-                   help="image attacks' precision: bf16 autocasts the model (default fp32)")
-    p.add_argument("--tf32", default=None, action=argparse.BooleanOptionalAction,
-                   help="TF32 matmuls on CUDA (default: on for CUDA, as open_clip)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoders (the "
-                   "compile time is in each record's runtime field)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=("fp32", "bf16"),
+        help="image attacks' precision: bf16 autocasts the model (default fp32)",
+    )
+    p.add_argument(
+        "--tf32",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="TF32 matmuls on CUDA (default: on for CUDA, as open_clip)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the encoders (the compile time is in each record's runtime field)",
+    )
 
 
 def runtime_settings(args: argparse.Namespace) -> dict:
@@ -112,9 +135,12 @@ def runtime_settings(args: argparse.Namespace) -> dict:
 def _add_train(commands) -> None:
     from mmcoa.train.config import RENAMED, TrainConfig, default_text
 
-    p = commands.add_parser("train", help="adversarial fine-tuning → run directory",
-                            description="Every setting of a YAML file is also a flag (flags override "
-                            "the file); eps and step sizes in units of 1/255, as in the YAML files.")
+    p = commands.add_parser(
+        "train",
+        help="adversarial fine-tuning → run directory",
+        description="Every setting of a YAML file is also a flag (flags override "
+        "the file); eps and step sizes in units of 1/255, as in the YAML files.",
+    )
     p.add_argument("--config", default=None, help="YAML file of settings (flags override it)")
     add_field_flags(p, TrainConfig, default_text)  # one flag per TrainConfig field
     refuse_renamed(p, RENAMED)
@@ -179,26 +205,49 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     model = load_model(args.model, pretrained=args.pretrained, device=args.device)
     configure_runtime(model, **runtime_settings(args))
     dataset = load_coco_karpathy(args.data_root, split=args.split, image_size=model.image_size[0])
-    records = [evaluate_retrieval(model, dataset, name, mlm=args.mlm, n_images=args.n_images,
-                                  attack_params=_precision_for(RETRIEVAL_ATTACKS.get(name), args.precision),
-                                  batch_size=args.batch_size, seed=args.seed, device=args.device,
-                                  workers=args.workers, progress=not args.no_progress) for name in names]
+    records = [
+        evaluate_retrieval(
+            model,
+            dataset,
+            name,
+            mlm=args.mlm,
+            n_images=args.n_images,
+            attack_params=_precision_for(RETRIEVAL_ATTACKS.get(name), args.precision),
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        for name in names
+    ]
     write_json_atomic(args.output, records)
     for r in records:
-        print(f"{r['attack']:<9} i2t R@1/5/10 {r['i2t_r1']:.4f} {r['i2t_r5']:.4f} {r['i2t_r10']:.4f}"
-              f"   t2i R@1/5/10 {r['t2i_r1']:.4f} {r['t2i_r5']:.4f} {r['t2i_r10']:.4f}")
+        print(
+            f"{r['attack']:<9} i2t R@1/5/10 {r['i2t_r1']:.4f} {r['i2t_r5']:.4f} {r['i2t_r10']:.4f}"
+            f"   t2i R@1/5/10 {r['t2i_r1']:.4f} {r['t2i_r5']:.4f} {r['t2i_r10']:.4f}"
+        )
     print(f"results written to {args.output}")
     return 0
 
 
 def _add_suite(commands) -> None:
-    p = commands.add_parser("suite", help="a paper table: models × datasets × attacks, one record "
-                            "per cell, resumable (configs/paper/*.yaml)")
+    p = commands.add_parser(
+        "suite",
+        help="a paper table: models × datasets × attacks, one record "
+        "per cell, resumable (configs/paper/*.yaml)",
+    )
     p.add_argument("config", help="suite YAML file, e.g. configs/paper/table1.yaml")
     p.add_argument("--output", required=True, help="results folder (cells/, subsets/, records.json)")
-    p.add_argument("--resume", action="store_true", help="skip cells whose record exists with the same settings")
-    p.add_argument("--n-samples", type=int, default=None,
-                   help="a fixed seeded subset of N samples (retrieval: images) per dataset")
+    p.add_argument(
+        "--resume", action="store_true", help="skip cells whose record exists with the same settings"
+    )
+    p.add_argument(
+        "--n-samples",
+        type=int,
+        default=None,
+        help="a fixed seeded subset of N samples (retrieval: images) per dataset",
+    )
     add_device_flag(p, default=None)  # the suite file's device (default there: auto)
     p.add_argument("--data-root", default=None, help="overrides the suite's data_root")
     add_workers_flag(p)
@@ -211,24 +260,31 @@ def cmd_suite(args: argparse.Namespace) -> int:
     from mmcoa.data.loading import resolve_workers
     from mmcoa.eval.suite_config import load_suite
 
-    config = load_suite(args.config, n_samples=args.n_samples, device=args.device,
-                        data_root=args.data_root)
+    config = load_suite(args.config, n_samples=args.n_samples, device=args.device, data_root=args.data_root)
     if args.workers is not None:
         config.workers = resolve_workers(args.workers, None)  # a bad value: one line, now
     check_output(args.output, directory=True)
     records = run_suite(config, args.output, resume=args.resume, progress=not args.no_progress)
     print(format_cells(records))
-    print(f"{len(records)} of {len(config.cells())} cells done; records in "
-          f"{Path(args.output) / 'records.json'}")
+    print(
+        f"{len(records)} of {len(config.cells())} cells done; records in {Path(args.output) / 'records.json'}"
+    )
     return 0
 
 
 def _add_demo(commands) -> None:
-    p = commands.add_parser("demo", help="offline demo: a CLIP with a pretrained MiniLM text tower on "
-                                         "Fashion-MNIST, attacks, miniature Table I")
+    p = commands.add_parser(
+        "demo",
+        help="offline demo: a CLIP with a pretrained MiniLM text tower on "
+        "Fashion-MNIST, attacks, miniature Table I",
+    )
     p.add_argument("--output", default="runs/demo")
-    p.add_argument("--mlm", default="minilm", help="BERT-Attack's candidate source: minilm (the "
-                   "text tower's pretrained encoder, tied head) or a masked-LM directory or hub id")
+    p.add_argument(
+        "--mlm",
+        default="minilm",
+        help="BERT-Attack's candidate source: minilm (the "
+        "text tower's pretrained encoder, tied head) or a masked-LM directory or hub id",
+    )
     p.add_argument("--data-root", default=None)
     add_device_flag(p, default="cpu")  # the demo's numbers are CPU runs
     p.add_argument("--n-samples", type=int, default=500, help="test images of the attack table")
@@ -238,8 +294,9 @@ def _add_demo(commands) -> None:
 
 
 def _add_report(commands) -> None:
-    p = commands.add_parser("report", help="paper-style tables and plots from result files → "
-                            "report.md, report.html, CSVs")
+    p = commands.add_parser(
+        "report", help="paper-style tables and plots from result files → report.md, report.html, CSVs"
+    )
     p.add_argument("results", nargs="+", help="record files or directories (searched recursively)")
     p.add_argument("--output", required=True, help="report directory")
     p.add_argument("--zero-shot-label", default="CLIP", help="row the gain rows subtract first")
@@ -252,17 +309,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mmcoa.report import write_report
 
     check_output(args.output, directory=True)
-    page = write_report(args.results, args.output, zero_shot=args.zero_shot_label,
-                        tecoa=args.tecoa_label, title=args.title)
+    page = write_report(
+        args.results, args.output, zero_shot=args.zero_shot_label, tecoa=args.tecoa_label, title=args.title
+    )
     print(f"report written to {page} (also report.md, tables/*.csv, records.csv)")
     return 0
 
 
 def _add_analyze(commands) -> None:
-    p = commands.add_parser("analyze", help="paper figures: eps-sweep, curves, interpolation, "
-                            "features, time, gallery → PNG + JSON",
-                            description="mmcoa analyze KIND [options]; mmcoa analyze KIND --help "
-                            "lists a kind's options.")
+    p = commands.add_parser(
+        "analyze",
+        help="paper figures: eps-sweep, curves, interpolation, features, time, gallery → PNG + JSON",
+        description="mmcoa analyze KIND [options]; mmcoa analyze KIND --help lists a kind's options.",
+    )
     p.add_argument("kind", help="eps-sweep, curves, interpolation, features, time or gallery")
     p.add_argument("options", nargs=argparse.REMAINDER, help="the kind's options")
     p.set_defaults(handler=cmd_analyze, saved=folder_saved)
@@ -290,13 +349,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_output(args.output, directory=False)
     world, args.device = world_from_env(args.device)  # torchrun: shard the samples
     model, template = _prompted_model(args) if args.prompt else (args.model, args.template)
-    records = evaluate(model, args.dataset, attacks, pretrained=args.pretrained,
-                       split=args.split, data_root=args.data_root, download=args.download,
-                       n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device, template=template, resize=args.resize,
-                       skip_bad_images=args.skip_bad_images, workers=args.workers,
-                       runtime=runtime_settings(args),
-                       progress=not args.no_progress, world=world)
+    records = evaluate(
+        model,
+        args.dataset,
+        attacks,
+        pretrained=args.pretrained,
+        split=args.split,
+        data_root=args.data_root,
+        download=args.download,
+        n_samples=args.n_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        template=template,
+        resize=args.resize,
+        skip_bad_images=args.skip_bad_images,
+        workers=args.workers,
+        runtime=runtime_settings(args),
+        progress=not args.no_progress,
+        world=world,
+    )
     if world.is_main:
         write_records(args.output, [{**r, "world_size": world.size} for r in records])
         print(format_table(records))
@@ -322,8 +394,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     args.device = check_device(args.device)
     check_output(args.output, directory=True)
-    run_demo(args.output, data_root=args.data_root, device=args.device, n_samples=args.n_samples,
-             seed=args.seed, progress=not args.no_progress, mlm=args.mlm)
+    run_demo(
+        args.output,
+        data_root=args.data_root,
+        device=args.device,
+        n_samples=args.n_samples,
+        seed=args.seed,
+        progress=not args.no_progress,
+        mlm=args.mlm,
+    )
     return 0
 
 
@@ -333,8 +412,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in list_models(include_open_clip=args.all):
         print(name)
     if not args.all:
-        print("(plus every open_clip architecture: mmcoa models --all; hf-hub:<org>/<name>; "
-              "hf:<id or directory>; local-dir:<open_clip model folder, e.g. a run's export/>)")
+        print(
+            "(plus every open_clip architecture: mmcoa models --all; hf-hub:<org>/<name>; "
+            "hf:<id or directory>; local-dir:<open_clip model folder, e.g. a run's export/>)"
+        )
     return 0
 
 
@@ -344,8 +425,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for row in describe_datasets(args.data_root):
         found = "found" if row["found"] else "not found"
         classes = row["n_classes"] if row["n_classes"] is not None else "?"
-        print(f"{row['name']:<20} {classes!s:>4} classes  splits={','.join(row['splits'])}  "
-              f"{found:<9}  template={row['template']!r}  {row['description']}")
+        print(
+            f"{row['name']:<20} {classes!s:>4} classes  splits={','.join(row['splits'])}  "
+            f"{found:<9}  template={row['template']!r}  {row['description']}"
+        )
     return 0
 
 
@@ -363,8 +446,7 @@ def nothing_saved(args: argparse.Namespace) -> str:
 
 
 def file_saved(args: argparse.Namespace) -> str:
-    return (f"{args.output} was not written (it is written once every attack is done); "
-            "run the command again")
+    return f"{args.output} was not written (it is written once every attack is done); run the command again"
 
 
 def folder_saved(args: argparse.Namespace) -> str:
@@ -378,8 +460,10 @@ def train_saved(args: argparse.Namespace) -> str:
     last = Path(args.output) / "checkpoints" / "last.pt"
     if last.is_file():
         return f"the last checkpoint is {last}; run the same command with --resume to continue from it"
-    return (f"no checkpoint was saved yet in {args.output} (one is saved every epoch and every "
-            "--save-every steps); run the command again to start over")
+    return (
+        f"no checkpoint was saved yet in {args.output} (one is saved every epoch and every "
+        "--save-every steps); run the command again to start over"
+    )
 
 
 def suite_saved(args: argparse.Namespace) -> str:
@@ -389,8 +473,10 @@ def suite_saved(args: argparse.Namespace) -> str:
     done = len(list(cells.glob("*.json")))
     if not done:
         return f"no cell had finished; nothing was written to {cells}"
-    return (f"{done} finished cell{'s' if done != 1 else ''} saved in {cells}; run the same "
-            "command with --resume to skip them and continue")
+    return (
+        f"{done} finished cell{'s' if done != 1 else ''} saved in {cells}; run the same "
+        "command with --resume to skip them and continue"
+    )
 
 
 if __name__ == "__main__":

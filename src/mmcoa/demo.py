@@ -100,13 +100,21 @@ SUMMARY_NAME = "summary.md"
 PRETRAIN = PretrainConfig(lock_text=True, target_accuracy=0.80)
 
 ZERO_SHOT_ROW = "CLIP (zero-shot)"
-TABLE1_ROWS = ((ZERO_SHOT_ROW, None), ("FT-standard", "ft-standard"), ("TeCoA", "tecoa"),
-               ("MMCoA", "mmcoa"))
-TABLE1_COLUMNS = (("Image Attack", "pgd"), ("Text Attack", "bert"),
-                  ("Multimodal Attack", "multimodal"), ("Co-Attack", "coattack"), ("Clean", "clean"))
+TABLE1_ROWS = ((ZERO_SHOT_ROW, None), ("FT-standard", "ft-standard"), ("TeCoA", "tecoa"), ("MMCoA", "mmcoa"))
+TABLE1_COLUMNS = (
+    ("Image Attack", "pgd"),
+    ("Text Attack", "bert"),
+    ("Multimodal Attack", "multimodal"),
+    ("Co-Attack", "coattack"),
+    ("Clean", "clean"),
+)
 SANITY_ROWS = (ZERO_SHOT_ROW, "MMCoA")  # the models whose gradients the report checks
-TABLE1_DELTAS = (("FT-standard", ZERO_SHOT_ROW), ("TeCoA", ZERO_SHOT_ROW), ("MMCoA", ZERO_SHOT_ROW),
-                 ("MMCoA", "TeCoA"))
+TABLE1_DELTAS = (
+    ("FT-standard", ZERO_SHOT_ROW),
+    ("TeCoA", ZERO_SHOT_ROW),
+    ("MMCoA", ZERO_SHOT_ROW),
+    ("MMCoA", "TeCoA"),
+)
 PAPER_EPS = 1 / 255  # the paper's evaluation budget (the attack table's)
 # One intra-op thread: the demo's tensors are small, and on a shared 2-core machine a second
 # thread that waits for a busy core made a TeCoA step 3x slower (1.51 s against 0.46 s).
@@ -132,79 +140,130 @@ class Table1Settings:
     """The miniature Table I: evaluation size and attacks, and the shared fine-tuning schedule
     (see the module docstring for why they differ from the paper's)."""
 
-    n_samples: int = 500               # test images, a seeded subset (the same for every row)
-    eps: float = 4 / 255               # L-inf budget of the evaluation PGD and of training PGD
+    n_samples: int = 500  # test images, a seeded subset (the same for every row)
+    eps: float = 4 / 255  # L-inf budget of the evaluation PGD and of training PGD
     eval_step_size: float = 1 / 255
     eval_steps: int = 10
-    shots: str = "full"                # training images drawn from the whole train split
-    max_steps: int = 100               # optimizer steps per method
+    shots: str = "full"  # training images drawn from the whole train split
+    max_steps: int = 100  # optimizer steps per method
     batch_size: int = 100
     lr: float = 1e-4
-    train_steps: int = 2               # training PGD: the paper's 2 steps of step = eps
-    text_attack_every: int = 10        # MMCoA: adversarial prompts recomputed every 10 steps
+    train_steps: int = 2  # training PGD: the paper's 2 steps of step = eps
+    text_attack_every: int = 10  # MMCoA: adversarial prompts recomputed every 10 steps
     alpha: float = 0.5
     beta: float = 0.5
     methods: tuple[str, ...] = ("ft-standard", "tecoa", "mmcoa")
-    report_samples: int = 200          # test images of the report's eps sweep and interpolation
-    sweep_eps: tuple[float, ...] = (1, 2, 4)          # units of 1/255 (paper Fig. 6)
+    report_samples: int = 200  # test images of the report's eps sweep and interpolation
+    sweep_eps: tuple[float, ...] = (1, 2, 4)  # units of 1/255 (paper Fig. 6)
     lambdas: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 1)  # paper Fig. 8
     sanity: SanitySettings | None = field(default_factory=SanitySettings)
 
-    def train_config(self, method: str, *, checkpoint: Path, mlm: str, output: Path,
-                     data_root: str | None, device: str, seed: int) -> TrainConfig:
+    def train_config(
+        self,
+        method: str,
+        *,
+        checkpoint: Path,
+        mlm: str,
+        output: Path,
+        data_root: str | None,
+        device: str,
+        seed: int,
+    ) -> TrainConfig:
         """``method``'s fine-tuning of the zero-shot ``checkpoint``: the schedule every method
         shares here, passed explicitly (not the method's own defaults)."""
-        return TrainConfig(method=method, model=DEMO_MODEL, pretrained=str(checkpoint),
-                           dataset=DEMO_DATASET, data_root=data_root, shots=self.shots, epochs=1,
-                           max_steps=self.max_steps, batch_size=self.batch_size,
-                           optimizer="adamw", lr=self.lr, weight_decay=0.2, schedule="constant",
-                           warmup_steps=0, adv_image_weight=self.alpha, adv_text_weight=self.beta, train_eps=self.eps,
-                           train_step_size=self.eps, train_steps=self.train_steps,
-                           text_attack_every=self.text_attack_every, mlm=mlm, seed=seed,
-                           device=device, output=str(output))
+        return TrainConfig(
+            method=method,
+            model=DEMO_MODEL,
+            pretrained=str(checkpoint),
+            dataset=DEMO_DATASET,
+            data_root=data_root,
+            shots=self.shots,
+            epochs=1,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            optimizer="adamw",
+            lr=self.lr,
+            weight_decay=0.2,
+            schedule="constant",
+            warmup_steps=0,
+            adv_image_weight=self.alpha,
+            adv_text_weight=self.beta,
+            train_eps=self.eps,
+            train_step_size=self.eps,
+            train_steps=self.train_steps,
+            text_attack_every=self.text_attack_every,
+            mlm=mlm,
+            seed=seed,
+            device=device,
+            output=str(output),
+        )
 
     def pgd_params(self, eps: float | None = None) -> dict:
-        return {"eps": self.eps if eps is None else eps, "step_size": self.eval_step_size,
-                "n_steps": self.eval_steps}
+        return {
+            "eps": self.eps if eps is None else eps,
+            "step_size": self.eval_step_size,
+            "n_steps": self.eval_steps,
+        }
 
     def attacks(self, mlm: str) -> list:
         """Clean, image (PGD), text (BERT-Attack), multimodal (both, independently) and
         Co-Attack (BERT-Attack, then PGD guided by the attacked prompts)."""
         pgd = self.pgd_params()
-        return [build_attack("clean"), PGD(**pgd), build_attack("bert", mlm=mlm),
-                build_attack("multimodal", mlm=mlm, **pgd), build_attack("coattack", mlm=mlm, **pgd)]
+        return [
+            build_attack("clean"),
+            PGD(**pgd),
+            build_attack("bert", mlm=mlm),
+            build_attack("multimodal", mlm=mlm, **pgd),
+            build_attack("coattack", mlm=mlm, **pgd),
+        ]
 
     def describe(self, mlm: str, n_train_images: int | None = None) -> str:
         eps, step = _per255(self.eps), _per255(self.eval_step_size)
         images = f" ({n_train_images:,} images seen)" if n_train_images else ""
-        return (f"Robust accuracy (%) on {self.n_samples} Fashion-MNIST test images (a seeded "
-                f"subset, the same for every row).\n"
-                f"Image attack: L-inf PGD eps {eps}, step {step}, {self.eval_steps} steps, one "
-                f"random start. Text attack: BERT-Attack on the class prompts (MLM {mlm}, k 10, "
-                f"1 word). Multimodal attack: both, independently (the paper's). Co-Attack: "
-                f"BERT-Attack, then {self.eval_steps} image steps against the attacked prompts "
-                f"(paper Table V). Each attack is run against the row's own model.\n"
-                f"Fine-tuning (each row from the zero-shot checkpoint): {self.max_steps} steps of "
-                f"{self.batch_size} images{images}, AdamW lr {self.lr:g}, weight decay 0.2; "
-                f"training PGD eps {eps}, step {eps}, {self.train_steps} steps; MMCoA alpha "
-                f"{self.alpha:g}, beta {self.beta:g}, adversarial prompts every "
-                f"{self.text_attack_every} step(s).")
+        return (
+            f"Robust accuracy (%) on {self.n_samples} Fashion-MNIST test images (a seeded "
+            f"subset, the same for every row).\n"
+            f"Image attack: L-inf PGD eps {eps}, step {step}, {self.eval_steps} steps, one "
+            f"random start. Text attack: BERT-Attack on the class prompts (MLM {mlm}, k 10, "
+            f"1 word). Multimodal attack: both, independently (the paper's). Co-Attack: "
+            f"BERT-Attack, then {self.eval_steps} image steps against the attacked prompts "
+            f"(paper Table V). Each attack is run against the row's own model.\n"
+            f"Fine-tuning (each row from the zero-shot checkpoint): {self.max_steps} steps of "
+            f"{self.batch_size} images{images}, AdamW lr {self.lr:g}, weight decay 0.2; "
+            f"training PGD eps {eps}, step {eps}, {self.train_steps} steps; MMCoA alpha "
+            f"{self.alpha:g}, beta {self.beta:g}, adversarial prompts every "
+            f"{self.text_attack_every} step(s)."
+        )
 
 
 def demo_attacks(mlm: str, steps: int = Table1Settings.eval_steps) -> list:
     """The attack table, at the paper's eps 1/255: clean, PGD (also at Table I's 4/255, to
     show why Table I uses it), BERT-Attack, the multimodal attack and Co-Attack."""
     image = {"eps": PAPER_EPS, "step_size": 1 / 255, "n_steps": steps}
-    return [build_attack("clean"), PGD(**image), PGD(**{**image, "eps": Table1Settings.eps}),
-            build_attack("bert", mlm=mlm), build_attack("multimodal", mlm=mlm, **image),
-            build_attack("coattack", mlm=mlm, **image)]
+    return [
+        build_attack("clean"),
+        PGD(**image),
+        PGD(**{**image, "eps": Table1Settings.eps}),
+        build_attack("bert", mlm=mlm),
+        build_attack("multimodal", mlm=mlm, **image),
+        build_attack("coattack", mlm=mlm, **image),
+    ]
 
 
-def run_demo(output: str | Path, *, data_root: str | None = None, device: str = "cpu",
-             n_samples: int = 500, seed: int = 0, progress: bool = True, mlm: str = DEMO_MLM,
-             pretrain: PretrainConfig = PRETRAIN,
-             table1: Table1Settings | None = Table1Settings(), show_table: bool = True,
-             threads: int | None = DEMO_THREADS) -> list[dict]:
+def run_demo(
+    output: str | Path,
+    *,
+    data_root: str | None = None,
+    device: str = "cpu",
+    n_samples: int = 500,
+    seed: int = 0,
+    progress: bool = True,
+    mlm: str = DEMO_MLM,
+    pretrain: PretrainConfig = PRETRAIN,
+    table1: Table1Settings | None = Table1Settings(),
+    show_table: bool = True,
+    threads: int | None = DEMO_THREADS,
+) -> list[dict]:
     """Run the whole demo; returns the result records also written to ``output/results.json``.
 
     ``mlm`` is BERT-Attack's candidate source (``minilm``, or a BERT directory); ``pretrain``
@@ -216,29 +275,51 @@ def run_demo(output: str | Path, *, data_root: str | None = None, device: str = 
     with torch_threads(threads):
         train_set = load_dataset(DEMO_DATASET, split="train", root=data_root)
         load_dataset(DEMO_DATASET, split="test", root=data_root)  # fail now, not after training
-        checkpoint = pretrain_demo_clip(output, train_set, pretrain, device=device, seed=seed,
-                                        progress=progress)
+        checkpoint = pretrain_demo_clip(
+            output, train_set, pretrain, device=device, seed=seed, progress=progress
+        )
         steps = (table1 or Table1Settings()).eval_steps
-        records = evaluate(DEMO_MODEL, DEMO_DATASET, demo_attacks(mlm, steps),
-                           pretrained=str(checkpoint), data_root=data_root, n_samples=n_samples,
-                           batch_size=250, seed=seed, device=device, progress=progress)
+        records = evaluate(
+            DEMO_MODEL,
+            DEMO_DATASET,
+            demo_attacks(mlm, steps),
+            pretrained=str(checkpoint),
+            data_root=data_root,
+            n_samples=n_samples,
+            batch_size=250,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
         write_records(output / "results.json", records)
         _show(show_table, format_table(records), f"results written to {output / 'results.json'}\n")
         if table1 is not None:
             run = {"data_root": data_root, "device": device, "seed": seed, "progress": progress}
             table1_records, table = run_table1(output, checkpoint, mlm, table1, **run)
-            _show(show_table, table, f"Table I written to {output / 'table1.md'} (records: "
-                                     f"{output / 'table1.json'})")
+            _show(
+                show_table,
+                table,
+                f"Table I written to {output / 'table1.md'} (records: {output / 'table1.json'})",
+            )
             page = write_demo_report(output, checkpoint, mlm, table1, **run)
-            _show(show_table, f"report (tables, eps sweep, interpolation, gallery, sanity checks) "
-                              f"written to {page}")
+            _show(
+                show_table,
+                f"report (tables, eps sweep, interpolation, gallery, sanity checks) written to {page}",
+            )
             summary = demo_summary(records, table1_records, read_sanity(output))
             write_text_atomic(output / SUMMARY_NAME, summary)
     return records
 
 
-def pretrain_demo_clip(output: Path, train_set, config: PretrainConfig, *, device: str = "cpu",
-                       seed: int = 0, progress: bool = True) -> Path:
+def pretrain_demo_clip(
+    output: Path,
+    train_set,
+    config: PretrainConfig,
+    *,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """Step 1: ``minilm-clip`` from a seeded random image tower and the pretrained MiniLM text
     tower, trained LiT-style (``config.lock_text``); writes the checkpoint, its open_clip
     configuration and ``pretrain.json`` (the history); returns the checkpoint's path."""
@@ -250,9 +331,17 @@ def pretrain_demo_clip(output: Path, train_set, config: PretrainConfig, *, devic
     return save_checkpoint(model, output / CHECKPOINT_NAME)
 
 
-def run_table1(output: Path, checkpoint: Path, mlm: str, settings: Table1Settings, *,
-               data_root: str | None = None, device: str = "cpu", seed: int = 0,
-               progress: bool = True) -> tuple[list[dict], str]:
+def run_table1(
+    output: Path,
+    checkpoint: Path,
+    mlm: str,
+    settings: Table1Settings,
+    *,
+    data_root: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[list[dict], str]:
     """Fine-tune, evaluate and tabulate; writes ``table1.json`` and ``table1.md`` under
     ``output`` and returns (records, markdown table)."""
     output = Path(output)
@@ -260,17 +349,26 @@ def run_table1(output: Path, checkpoint: Path, mlm: str, settings: Table1Setting
     for method in settings.methods:
         run = output / "train" / method
         shutil.rmtree(run, ignore_errors=True)  # a fresh run, not rows appended to an old one
-        config = settings.train_config(method, checkpoint=checkpoint, mlm=mlm, output=run,
-                                       data_root=data_root, device=device, seed=seed)
+        config = settings.train_config(
+            method, checkpoint=checkpoint, mlm=mlm, output=run, data_root=data_root, device=device, seed=seed
+        )
         n_train = train(config, progress=progress)["steps"] * settings.batch_size
         weights[method] = run / "final.pt"
     records = []
     for row, method in TABLE1_ROWS:
         if method in weights:
-            found = evaluate(DEMO_MODEL, DEMO_DATASET, settings.attacks(mlm),
-                             pretrained=str(weights[method]), data_root=data_root,
-                             n_samples=settings.n_samples, batch_size=250, seed=seed, device=device,
-                             progress=progress)
+            found = evaluate(
+                DEMO_MODEL,
+                DEMO_DATASET,
+                settings.attacks(mlm),
+                pretrained=str(weights[method]),
+                data_root=data_root,
+                n_samples=settings.n_samples,
+                batch_size=250,
+                seed=seed,
+                device=device,
+                progress=progress,
+            )
             records += [{**record, "row": row, "method": method} for record in found]
     write_records(output / "table1.json", records)
     table = format_table1(records, settings.describe(mlm, n_train))
@@ -278,46 +376,83 @@ def run_table1(output: Path, checkpoint: Path, mlm: str, settings: Table1Setting
     return records, table
 
 
-def write_demo_report(output: Path, checkpoint: Path, mlm: str, settings: Table1Settings, *,
-                      data_root: str | None = None, device: str = "cpu", seed: int = 0,
-                      progress: bool = True) -> Path:
+def write_demo_report(
+    output: Path,
+    checkpoint: Path,
+    mlm: str,
+    settings: Table1Settings,
+    *,
+    data_root: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """The eps sweep (paper Fig. 6: zero-shot, TeCoA and MMCoA under the image and multimodal
     attacks at each of ``sweep_eps``), the weight interpolation from the zero-shot model to
     MMCoA (Fig. 8), a gallery of attacks on the zero-shot model and the sanity checks of the
     zero-shot model and MMCoA into ``OUTPUT/analyses``, then ``mmcoa report`` over Table I and
     them into ``OUTPUT/report``; returns the report's HTML path."""
-    from mmcoa.analysis import (eps_sweep, gallery, interpolation, plot_eps_sweep, plot_gallery,
-                                plot_interpolation)
+    from mmcoa.analysis import (
+        eps_sweep,
+        gallery,
+        interpolation,
+        plot_eps_sweep,
+        plot_gallery,
+        plot_interpolation,
+    )
     from mmcoa.report import write_report
 
     test_set = load_dataset(DEMO_DATASET, split="test", root=data_root)
-    models = {row: load_model(DEMO_MODEL, pretrained=str(weights), device=device)
-              for row, weights in _report_weights(output, checkpoint, settings).items()}
+    models = {
+        row: load_model(DEMO_MODEL, pretrained=str(weights), device=device)
+        for row, weights in _report_weights(output, checkpoint, settings).items()
+    }
     steps = {"step_size": settings.eval_step_size, "n_steps": settings.eval_steps}
-    common = {"n_samples": settings.report_samples, "batch_size": 250, "seed": seed,
-              "progress": progress}
+    common = {"n_samples": settings.report_samples, "batch_size": 250, "seed": seed, "progress": progress}
     analyses = output / "analyses"
-    sweep = eps_sweep(models, test_set, eps=settings.sweep_eps, attacks=("pgd", "multimodal"),
-                      attack_params={**steps, "mlm": mlm}, **common)
+    sweep = eps_sweep(
+        models,
+        test_set,
+        eps=settings.sweep_eps,
+        attacks=("pgd", "multimodal"),
+        attack_params={**steps, "mlm": mlm},
+        **common,
+    )
     write_records(analyses / "eps_sweep_records.json", sweep)
     plot_eps_sweep(sweep, analyses)
     if "MMCoA" in models:
-        path = interpolation(models[ZERO_SHOT_ROW], models["MMCoA"], test_set, lambdas=settings.lambdas,
-                             attacks=("clean", "pgd"), attack_params={"eps": settings.eps, **steps},
-                             **common)
+        path = interpolation(
+            models[ZERO_SHOT_ROW],
+            models["MMCoA"],
+            test_set,
+            lambdas=settings.lambdas,
+            attacks=("clean", "pgd"),
+            attack_params={"eps": settings.eps, **steps},
+            **common,
+        )
         write_records(analyses / "interpolation_records.json", path)
         plot_interpolation(path, analyses)
-    examples = gallery(models[ZERO_SHOT_ROW], test_set, ("pgd", "multimodal"), per_attack=2,
-                       attack_params={"eps": settings.eps, **steps, "mlm": mlm}, seed=seed)
+    examples = gallery(
+        models[ZERO_SHOT_ROW],
+        test_set,
+        ("pgd", "multimodal"),
+        per_attack=2,
+        attack_params={"eps": settings.eps, **steps, "mlm": mlm},
+        seed=seed,
+    )
     plot_gallery(examples, analyses)
     if settings.sanity is not None:
         write_sanity_checks(models, test_set, settings, analyses, seed=seed)
-    return write_report([output / "table1.json", analyses], output / "report",
-                        title="mmcoa demo: MiniLM CLIP on Fashion-MNIST")
+    return write_report(
+        [output / "table1.json", analyses],
+        output / "report",
+        title="mmcoa demo: MiniLM CLIP on Fashion-MNIST",
+    )
 
 
-def write_sanity_checks(models: dict, test_set, settings: Table1Settings, analyses: Path, *,
-                        seed: int = 0) -> dict[str, dict]:
+def write_sanity_checks(
+    models: dict, test_set, settings: Table1Settings, analyses: Path, *, seed: int = 0
+) -> dict[str, dict]:
     """The gradient-masking checks (Carlini et al. 2019) of the zero-shot model and of MMCoA,
     at Table I's eps and step size, into ``analyses/sanity-<row>/``; returns their summaries."""
     from mmcoa.analysis import run_sanity
@@ -327,10 +462,19 @@ def write_sanity_checks(models: dict, test_set, settings: Table1Settings, analys
     for row in SANITY_ROWS:
         if row in models:
             summaries[row] = run_sanity(
-                models[row], test_set, eps=plan.eps, steps=plan.steps, check_eps=settings.eps * 255,
-                large_eps=plan.large_eps, square_queries=plan.square_queries,
-                step_size=settings.eval_step_size * 255, n_samples=plan.n_samples, batch_size=250,
-                seed=seed, output_dir=sanity_path(analyses.parent, row).parent)
+                models[row],
+                test_set,
+                eps=plan.eps,
+                steps=plan.steps,
+                check_eps=settings.eps * 255,
+                large_eps=plan.large_eps,
+                square_queries=plan.square_queries,
+                step_size=settings.eval_step_size * 255,
+                n_samples=plan.n_samples,
+                batch_size=250,
+                seed=seed,
+                output_dir=sanity_path(analyses.parent, row).parent,
+            )
     return summaries
 
 
@@ -355,13 +499,17 @@ def _report_weights(output: Path, checkpoint: Path, settings: Table1Settings) ->
     return weights
 
 
-def demo_summary(records: list[dict], table1_records: list[dict],
-                 sanity: dict[str, dict] | None = None) -> str:
+def demo_summary(
+    records: list[dict], table1_records: list[dict], sanity: dict[str, dict] | None = None
+) -> str:
     """The README's demo block (``OUTPUT/summary.md``): the attack table, Table I, the
     zero-shot model's attacked prompts and the sanity checks, all rendered from the run's
     records and summaries (``make demo-docs`` copies them to docs/demo/)."""
-    parts = [f"```\n{format_table(records)}\n```", format_table1(table1_records),
-             format_attacked_prompts(table1_records)]
+    parts = [
+        f"```\n{format_table(records)}\n```",
+        format_table1(table1_records),
+        format_attacked_prompts(table1_records),
+    ]
     if sanity:
         parts.append(format_sanity(sanity))
     return "\n\n".join(parts) + "\n"
@@ -373,10 +521,14 @@ def format_sanity(sanity: dict[str, dict]) -> str:
     checks = {row: {c["name"]: c for c in sanity[row]["checks"]} for row in rows}
     first = sanity[rows[0]]
     plan, n = first["plan"], first["numbers"]["n_samples"]
-    lines = [f"Gradient-masking sanity checks (Carlini et al. 2019; {n} test images, PGD step "
-             f"{plan['step_size']:g}/255, check eps {plan['check_eps']:g}/255, Square "
-             f"{plan['square_queries']} queries; accuracy %):", "",
-             "| Check | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
+    lines = [
+        f"Gradient-masking sanity checks (Carlini et al. 2019; {n} test images, PGD step "
+        f"{plan['step_size']:g}/255, check eps {plan['check_eps']:g}/255, Square "
+        f"{plan['square_queries']} queries; accuracy %):",
+        "",
+        "| Check | " + " | ".join(rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
     for name in checks[rows[0]]:
         cells = [f"{checks[r][name]['result']}: {checks[r][name]['numbers']}" for r in rows]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -398,9 +550,13 @@ def attacked_prompts(records: list[dict], row: str = ZERO_SHOT_ROW) -> list[tupl
 def format_attacked_prompts(records: list[dict], row: str = ZERO_SHOT_ROW) -> str:
     """The class prompts BERT-Attack (paper Eq. 4) produced against ``row``, as Markdown."""
     mlm = text_attack_record(records, row)["attack_params"]["mlm"]
-    lines = [f"BERT-Attack's class prompts against the {row} model (candidates from {mlm}, "
-             "k 10, 1 word; the paper's template):", "",
-             "| Class prompt | Attacked prompt |", "|---|---|"]
+    lines = [
+        f"BERT-Attack's class prompts against the {row} model (candidates from {mlm}, "
+        "k 10, 1 word; the paper's template):",
+        "",
+        "| Class prompt | Attacked prompt |",
+        "|---|---|",
+    ]
     lines += [f"| {clean} | {adversarial} |" for clean, adversarial in attacked_prompts(records, row)]
     return "\n".join(lines)
 
@@ -419,9 +575,12 @@ def format_table1(records: list[dict], note: str = "") -> str:
     one row per model, then the delta rows."""
     table = table1_accuracies(records)
     columns = [column for column, _ in TABLE1_COLUMNS]
-    lines = ["## Table I (miniature): MiniLM CLIP on Fashion-MNIST", "",
-             "| Method | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = [
+        "## Table I (miniature): MiniLM CLIP on Fashion-MNIST",
+        "",
+        "| Method | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
     for row, _ in TABLE1_ROWS:
         if row in table:
             lines.append(f"| {row} | " + " | ".join(f"{table[row][c]:.1f}" for c in columns) + " |")

@@ -26,6 +26,7 @@ def check_device(device: str) -> str:
     that do."""
     resolved = resolve_device(device)
     if resolved not in usable_devices():
-        raise MmcoaError(f"device {device!r} is not available here; usable: "
-                         f"{', '.join(usable_devices())}, {AUTO}")
+        raise MmcoaError(
+            f"device {device!r} is not available here; usable: {', '.join(usable_devices())}, {AUTO}"
+        )
     return resolved

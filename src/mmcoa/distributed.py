@@ -70,7 +70,7 @@ class World:
     def shard(self, items: list) -> list:
         """This rank's contiguous part of ``items``."""
         start = self.shard_start(len(items))
-        return items[start:start + len(items) // self.size + (self.rank < len(items) % self.size)]
+        return items[start : start + len(items) // self.size + (self.rank < len(items) % self.size)]
 
 
 SINGLE = World()
@@ -83,13 +83,13 @@ def world_from_env(device: str) -> tuple[World, str]:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return SINGLE, device
-    world = World(rank=int(os.environ["RANK"]), size=size,
-                  local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    world = World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     cuda = torch.device(device).type == "cuda"
     if cuda:
         if torch.cuda.device_count() <= world.local_rank:
-            raise MmcoaError(f"rank {world.rank} needs GPU {world.local_rank} but "
-                             f"{torch.cuda.device_count()} are visible")
+            raise MmcoaError(
+                f"rank {world.rank} needs GPU {world.local_rank} but {torch.cuda.device_count()} are visible"
+            )
         device = f"cuda:{world.local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():  # long timeout: rank 0 alone saves checkpoints
@@ -125,10 +125,10 @@ def _all_gather_rows(local: torch.Tensor, world: World) -> list[torch.Tensor]:
     dist.all_gather(counts, count)
     longest = int(max(c.item() for c in counts))
     padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    padded[:local.shape[0]] = local
+    padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(world.size)]
     dist.all_gather(parts, padded.contiguous())
-    return [part[:int(c.item())] for part, c in zip(parts, counts)]
+    return [part[: int(c.item())] for part, c in zip(parts, counts)]
 
 
 def average_gradients(parameters, world: World) -> None:
@@ -143,7 +143,7 @@ def average_gradients(parameters, world: World) -> None:
     flat /= world.size
     offset = 0
     for grad in grads:
-        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
         offset += grad.numel()
 
 
@@ -161,8 +161,9 @@ def mean_terms_over_ranks(terms: dict, world: World, device) -> dict[str, float]
     if not terms:
         return {}
     names = list(terms)
-    stacked = torch.stack([torch.as_tensor(terms[n], device=device).detach().double().reshape(())
-                           for n in names])
+    stacked = torch.stack(
+        [torch.as_tensor(terms[n], device=device).detach().double().reshape(()) for n in names]
+    )
     if world.distributed:
         dist.all_reduce(stacked)
         stacked /= world.size

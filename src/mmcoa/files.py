@@ -35,8 +35,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if _disk_full(error, path.parent):
             kept = "the previous file is intact" if path.exists() else "nothing was written"
             reason = os.strerror(_errno(error)) if _errno(error) else "the disk is full"
-            raise MmcoaError(f"no space left to write {path} ({reason}); {kept}; "
-                             f"free some space and run again (training: --resume)") from error
+            raise MmcoaError(
+                f"no space left to write {path} ({reason}); {kept}; "
+                f"free some space and run again (training: --resume)"
+            ) from error
         raise
 
 
@@ -59,7 +61,7 @@ def _disk_full(error: BaseException, folder: Path) -> bool:
         return _errno(error) in FULL_DISK
     try:
         with tempfile.TemporaryFile(dir=folder) as probe:
-            probe.write(b"\0" * 2 ** 20)
+            probe.write(b"\0" * 2**20)
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as probe_error:

@@ -37,14 +37,24 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{prog}: error: {' '.join(message.splitlines())} (see {prog} --help)\n")
 
 
-def setting(default: Any, help: str = "", *, unit: str | None = None,
-            choices: Iterable[str] | None = None, run_default: Any = None) -> Any:
+def setting(
+    default: Any,
+    help: str = "",
+    *,
+    unit: str | None = None,
+    choices: Iterable[str] | None = None,
+    run_default: Any = None,
+) -> Any:
     """A dataclass field with the metadata its flag is made from: ``help``; ``unit`` (``"1/255"``
     for a value users write in 1/255 that the field holds in pixels); ``choices``; and
     ``run_default``, the default of a run from the command line or a YAML file where it differs
     from the Python default (``device``: ``auto`` there, ``cpu`` in Python)."""
-    metadata = {"help": help, "unit": unit, "choices": tuple(choices) if choices else None,
-                "run_default": run_default}
+    metadata = {
+        "help": help,
+        "unit": unit,
+        "choices": tuple(choices) if choices else None,
+        "run_default": run_default,
+    }
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -52,8 +62,9 @@ def flag_name(name: str) -> str:
     return f"--{name.replace('_', '-')}"
 
 
-def add_field_flags(parser: argparse.ArgumentParser, cls: type,
-                    describe_default: Callable[[dataclasses.Field], str]) -> None:
+def add_field_flags(
+    parser: argparse.ArgumentParser, cls: type, describe_default: Callable[[dataclasses.Field], str]
+) -> None:
     """One flag per field of the dataclass ``cls``; every flag defaults to None (not given), so
     a YAML value stands unless the flag is given. ``describe_default(field)`` is the default
     as ``--help`` shows it."""
@@ -69,8 +80,11 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type,
         if base == "bool":
             options["action"] = argparse.BooleanOptionalAction
         elif base.startswith("tuple[float"):
-            options.update(type=float, nargs=base.count("float"),
-                           metavar=tuple(f"{f.name.upper()}{i + 1}" for i in range(base.count("float"))))
+            options.update(
+                type=float,
+                nargs=base.count("float"),
+                metavar=tuple(f"{f.name.upper()}{i + 1}" for i in range(base.count("float"))),
+            )
         else:
             options["type"] = {"int": int, "float": float}.get(base, str)
             if meta.get("choices"):
@@ -93,5 +107,11 @@ def refuse_renamed(parser: argparse.ArgumentParser, renamed: dict[str, str]) -> 
     """Old flag spellings (``{"steps": "n_steps"}``) that stop with one line naming the new
     flag; hidden from ``--help``."""
     for old, new in renamed.items():
-        parser.add_argument(flag_name(old), action=_Renamed, const=flag_name(new), nargs="?",
-                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        parser.add_argument(
+            flag_name(old),
+            action=_Renamed,
+            const=flag_name(new),
+            nargs="?",
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )

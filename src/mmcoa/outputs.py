@@ -38,11 +38,14 @@ def nearest_existing(path: Path) -> Path:
 def _probe(folder: Path, path: Path, flag: str) -> None:
     """Create and remove a file in ``folder``, or say in one line why ``path`` cannot be written."""
     if not folder.is_dir():
-        raise MmcoaError(f"{flag} {str(path)!r} cannot be written: {str(folder)!r} is a file, not a directory")
+        raise MmcoaError(
+            f"{flag} {str(path)!r} cannot be written: {str(folder)!r} is a file, not a directory"
+        )
     try:
         fd, name = tempfile.mkstemp(prefix=".mmcoa-probe-", dir=folder)
     except OSError as error:
-        raise MmcoaError(f"{flag} {str(path)!r} cannot be written: {folder}: "
-                         f"{error.strerror or type(error).__name__}") from None
+        raise MmcoaError(
+            f"{flag} {str(path)!r} cannot be written: {folder}: {error.strerror or type(error).__name__}"
+        ) from None
     os.close(fd)
     os.unlink(name)

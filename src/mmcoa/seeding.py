@@ -11,5 +11,5 @@ def derived_generator(*parts: int, device: str | torch.device = "cpu") -> torch.
     Attacks draw their random starts on the images' device, so they need a generator there."""
     seed = 0
     for part in parts:
-        seed = (seed * 1_000_003 + int(part)) % (2 ** 63 - 1)
+        seed = (seed * 1_000_003 + int(part)) % (2**63 - 1)
     return torch.Generator(device=device).manual_seed(seed)

@@ -17,8 +17,14 @@ import yaml
 
 from mmcoa.errors import MmcoaError
 
-ACCEPTED = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string",
-            "tuple[float, float]": "a pair of numbers", "tuple[float, ...]": "a list of numbers"}
+ACCEPTED = {
+    "float": "a number",
+    "int": "an integer",
+    "bool": "true or false",
+    "str": "a string",
+    "tuple[float, float]": "a pair of numbers",
+    "tuple[float, ...]": "a list of numbers",
+}
 _BAD = object()  # what _convert returns for a value of the wrong type
 
 
@@ -38,8 +44,9 @@ def read_mapping(path: str | os.PathLike, what: str) -> dict:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise MmcoaError(f"{what} {path} must be a mapping of settings, one 'name: value' per line; "
-                         f"got {kind_of(values)}")
+        raise MmcoaError(
+            f"{what} {path} must be a mapping of settings, one 'name: value' per line; got {kind_of(values)}"
+        )
     return string_keys(values)
 
 
@@ -53,8 +60,14 @@ def string_keys(value: Any) -> Any:
     return value
 
 
-def typed(name: str, value: Any, kind: str, *, accepted: str | None = None,
-          ok: Callable[[Any], bool] = lambda v: True) -> Any:
+def typed(
+    name: str,
+    value: Any,
+    kind: str,
+    *,
+    accepted: str | None = None,
+    ok: Callable[[Any], bool] = lambda v: True,
+) -> Any:
     """``value`` as the annotation ``kind`` (``"int"``, ``"float | None"``, ...), or a one-line
     error naming ``name``, the value and what is accepted (``accepted`` overrides the type's
     wording; ``ok`` adds a condition, e.g. positive). YAML reads ``1e-5`` (no dot) as a string,
@@ -108,6 +121,12 @@ def shown(value: Any) -> str:
 
 def kind_of(value: Any) -> str:
     """``a list``, ``a number``, ... for messages about a whole file or entry."""
-    names = {list: "a list", dict: "a mapping", str: "a string", int: "a number", float: "a number",
-             bool: "true or false"}
+    names = {
+        list: "a list",
+        dict: "a mapping",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true or false",
+    }
     return names.get(type(value), type(value).__name__)

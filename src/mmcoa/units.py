@@ -23,9 +23,11 @@ def check_255(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MmcoaError(f"{name} must be a number from {ACCEPTED}; got {value!r}")
     if 0 < value < SMALLEST:
-        raise MmcoaError(f"{name} is in units of {UNIT} (the unit changed from pixels: {name} 1 "
-                         f"means 1/255); got {value:g}, a pixel value? write {value * 255:.4g}; "
-                         f"accepted: {SMALLEST:g} to {LARGEST}")
+        raise MmcoaError(
+            f"{name} is in units of {UNIT} (the unit changed from pixels: {name} 1 "
+            f"means 1/255); got {value:g}, a pixel value? write {value * 255:.4g}; "
+            f"accepted: {SMALLEST:g} to {LARGEST}"
+        )
     if not SMALLEST <= value <= LARGEST:
         raise MmcoaError(f"{name} must be from {ACCEPTED}; got {value:g}")
     return float(value)
@@ -39,4 +41,3 @@ def from_255(value: object, name: str) -> float:
 def to_255(pixels: float) -> float:
     """A pixel-unit value in units of 1/255 (rounded to hide float noise: 4/255 → 4.0)."""
     return round(pixels * 255, 6)
-

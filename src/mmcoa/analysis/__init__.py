@@ -14,15 +14,37 @@ The command line is ``mmcoa analyze <kind>`` (:mod:`mmcoa.analysis.commands`).
 
 from mmcoa.analysis.curves import plot_curves, training_curves
 from mmcoa.analysis.eps_sweep import eps_sweep, plot_eps_sweep
-from mmcoa.analysis.features import (attacked_features, feature_analysis, mean_cosine_similarity,
-                                     plot_features, tsne)
+from mmcoa.analysis.features import (
+    attacked_features,
+    feature_analysis,
+    mean_cosine_similarity,
+    plot_features,
+    tsne,
+)
 from mmcoa.analysis.gallery import gallery, plot_gallery
 from mmcoa.analysis.interpolation import interpolate_state_dicts, interpolation, plot_interpolation
 from mmcoa.analysis.runs import read_runs
 from mmcoa.analysis.sanity import run_sanity, sanity_checks
 from mmcoa.analysis.timecost import plot_time_cost, time_cost
 
-__all__ = ["attacked_features", "eps_sweep", "feature_analysis", "gallery", "interpolate_state_dicts",
-           "interpolation", "mean_cosine_similarity", "plot_curves", "plot_eps_sweep", "plot_features",
-           "plot_gallery", "plot_interpolation", "plot_time_cost", "read_runs", "run_sanity",
-           "sanity_checks", "time_cost", "training_curves", "tsne"]
+__all__ = [
+    "attacked_features",
+    "eps_sweep",
+    "feature_analysis",
+    "gallery",
+    "interpolate_state_dicts",
+    "interpolation",
+    "mean_cosine_similarity",
+    "plot_curves",
+    "plot_eps_sweep",
+    "plot_features",
+    "plot_gallery",
+    "plot_interpolation",
+    "plot_time_cost",
+    "read_runs",
+    "run_sanity",
+    "sanity_checks",
+    "time_cost",
+    "training_curves",
+    "tsne",
+]

@@ -30,7 +30,9 @@ def make_attack(attack: str | Attack, **params) -> Attack:
     return build_attack(attack, **{k: v for k, v in params.items() if k in accepted and v is not None})
 
 
-def labelled(models: VisionLanguageModel | Mapping[str, VisionLanguageModel]) -> dict[str, VisionLanguageModel]:
+def labelled(
+    models: VisionLanguageModel | Mapping[str, VisionLanguageModel],
+) -> dict[str, VisionLanguageModel]:
     """``{label: model}``; a single model is labelled by its name and weights."""
     if isinstance(models, VisionLanguageModel):
         return {models.describe(): models}
@@ -49,15 +51,23 @@ class AttackedBatch:
     attacked_predictions: torch.Tensor
 
 
-def attacked_batches(model: VisionLanguageModel, dataset, attack: Attack, *, n_samples: int | None,
-                     batch_size: int = 64, seed: int = 0, template: str | None = None,
-                     workers: int | None = None) -> Iterator[AttackedBatch]:
+def attacked_batches(
+    model: VisionLanguageModel,
+    dataset,
+    attack: Attack,
+    *,
+    n_samples: int | None,
+    batch_size: int = 64,
+    seed: int = 0,
+    template: str | None = None,
+    workers: int | None = None,
+) -> Iterator[AttackedBatch]:
     """Seeded subset of ``dataset``, batch by batch: clean images, the attack's result and the
     zero-shot predictions before and after."""
     attack.prepare(str(model.device))
     classifier = ZeroShotClassifier(model, dataset.prompts(template))
     indices = sample_indices(len(dataset), n_samples, seed)
-    batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
     with eval_mode(model):
         for batch in BatchLoader(dataset, batches, device=model.device, workers=workers, seed=seed):
             images, labels = batch.images, batch.labels

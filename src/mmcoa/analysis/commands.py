@@ -59,10 +59,18 @@ def describe_analyses() -> str:
 def _model_flags(p: argparse.ArgumentParser, several: bool = True) -> None:
     p.add_argument("--model", required=True, help="tiny-clip, ViT-B-32, hf-hub:..., hf:...")
     if several:
-        p.add_argument("--pretrained", action="append", default=None,
-                       help="weights (tag, checkpoint path or 'random'); repeat to compare models")
-        p.add_argument("--label", action="append", default=None,
-                       help="display name of each --pretrained, in the same order")
+        p.add_argument(
+            "--pretrained",
+            action="append",
+            default=None,
+            help="weights (tag, checkpoint path or 'random'); repeat to compare models",
+        )
+        p.add_argument(
+            "--label",
+            action="append",
+            default=None,
+            help="display name of each --pretrained, in the same order",
+        )
     else:
         p.add_argument("--pretrained", default=None)
     _data_flags(p)
@@ -75,8 +83,9 @@ def _data_flags(p: argparse.ArgumentParser, dataset_required: bool = True) -> No
     p.add_argument("--n-samples", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=AUTO, help="cpu, cuda, cuda:N or auto: cuda when available "
-                   "(default: auto)")
+    p.add_argument(
+        "--device", default=AUTO, help="cpu, cuda, cuda:N or auto: cuda when available (default: auto)"
+    )
     p.add_argument("--template", default=None)
 
 
@@ -127,9 +136,12 @@ def _models(args: argparse.Namespace) -> dict:
     weights = args.pretrained or [None]
     labels = args.label or row_labels([{"model": args.model, "pretrained": w} for w in weights])
     if len(labels) != len(weights) or len(set(labels)) != len(labels):
-        raise MmcoaError(f"give one distinct --label per --pretrained; got {len(labels)} labels "
-                         f"for {len(weights)} weights")
-    return {label: load_model(args.model, pretrained=w, device=args.device) for label, w in zip(labels, weights)}
+        raise MmcoaError(
+            f"give one distinct --label per --pretrained; got {len(labels)} labels for {len(weights)} weights"
+        )
+    return {
+        label: load_model(args.model, pretrained=w, device=args.device) for label, w in zip(labels, weights)
+    }
 
 
 def _dataset(args: argparse.Namespace):
@@ -158,9 +170,18 @@ def _run_eps_sweep(args) -> Path:
     args.eps, attacks = None, _names(args.attacks)
     params = _attack_params(args, attacks)
     dataset, models = _dataset(args), _models(args)
-    records = eps_sweep(models, dataset, eps=budgets, attacks=attacks,
-                        attack_params=params, n_samples=args.n_samples, batch_size=args.batch_size,
-                        seed=args.seed, template=args.template, progress=not args.no_progress)
+    records = eps_sweep(
+        models,
+        dataset,
+        eps=budgets,
+        attacks=attacks,
+        attack_params=params,
+        n_samples=args.n_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        template=args.template,
+        progress=not args.no_progress,
+    )
     _write_records(args, "eps_sweep", records)
     return plot_eps_sweep(records, args.output)
 
@@ -168,8 +189,13 @@ def _run_eps_sweep(args) -> Path:
 # -- training curves (Fig. 7) --------------------------------------------------------------------
 def _configure_curves(p):
     p.add_argument("runs", nargs="+", help="training run directories (mmcoa train --output)")
-    p.add_argument("--checkpoint", action="append", default=None, metavar="EPOCH=PATH",
-                   help="extra checkpoint of the (single) run at that epoch; repeatable")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=None,
+        metavar="EPOCH=PATH",
+        help="extra checkpoint of the (single) run at that epoch; repeatable",
+    )
     p.add_argument("--attacks", default="clean,pgd")
     p.add_argument("--no-eval", action="store_true", help="loss curves only")
     _data_flags(p, dataset_required=False)
@@ -180,11 +206,20 @@ def _run_curves(args) -> Path:
     from mmcoa.analysis.curves import plot_curves, training_curves
 
     attacks = _names(args.attacks)
-    curves = training_curves(args.runs, checkpoints=_epoch_paths(args.checkpoint or []),
-                             dataset=args.dataset, split=args.split, attacks=attacks,
-                             attack_params=_attack_params(args, attacks), n_samples=args.n_samples,
-                             batch_size=args.batch_size, seed=args.seed, device=args.device,
-                             evaluate_checkpoints=not args.no_eval, progress=not args.no_progress)
+    curves = training_curves(
+        args.runs,
+        checkpoints=_epoch_paths(args.checkpoint or []),
+        dataset=args.dataset,
+        split=args.split,
+        attacks=attacks,
+        attack_params=_attack_params(args, attacks),
+        n_samples=args.n_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        evaluate_checkpoints=not args.no_eval,
+        progress=not args.no_progress,
+    )
     if curves["records"]:
         _write_records(args, "curves", curves["records"])
     return plot_curves(curves, args.output)
@@ -220,10 +255,19 @@ def _run_interpolation(args) -> Path:
     args.pretrained, args.label = [args.zero_shot], ["zero-shot"]
     dataset, (start,) = _dataset(args), _models(args).values()
     tuned = load_model(args.model, pretrained=args.tuned, device=args.device)
-    records = interpolation(start, tuned, dataset, lambdas=_floats(args.lambdas, "--lambdas"),
-                            attacks=attacks, attack_params=params,
-                            n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                            template=args.template, progress=not args.no_progress)
+    records = interpolation(
+        start,
+        tuned,
+        dataset,
+        lambdas=_floats(args.lambdas, "--lambdas"),
+        attacks=attacks,
+        attack_params=params,
+        n_samples=args.n_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        template=args.template,
+        progress=not args.no_progress,
+    )
     _write_records(args, "interpolation", records)
     return plot_interpolation(records, args.output)
 
@@ -242,16 +286,27 @@ def _run_features(args) -> Path:
 
     params = _attack_params(args, [args.attack])
     dataset, models = _dataset(args), _models(args)
-    result = feature_analysis(models, dataset, args.attack, attack_params=params,
-                              n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                              perplexity=args.perplexity, n_iter=args.iterations)
+    result = feature_analysis(
+        models,
+        dataset,
+        args.attack,
+        attack_params=params,
+        n_samples=args.n_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        perplexity=args.perplexity,
+        n_iter=args.iterations,
+    )
     return plot_features(result, args.output, attack_name=args.attack)
 
 
 # -- time cost (Table VIII) ----------------------------------------------------------------------
 def _configure_time(p):
-    p.add_argument("paths", nargs="+", help="training run directories and/or result files or "
-                   "directories (searched recursively)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        help="training run directories and/or result files or directories (searched recursively)",
+    )
 
 
 def _run_time(args) -> Path:
@@ -283,28 +338,57 @@ def _run_gallery(args) -> Path:
     params = _attack_params(args, attacks)
     args.pretrained, args.label = [args.pretrained], None
     dataset, (model,) = _dataset(args), _models(args).values()
-    examples = gallery(model, dataset, attacks, attack_params=params,
-                       per_attack=args.per_attack, pool=args.pool, seed=args.seed, template=args.template)
+    examples = gallery(
+        model,
+        dataset,
+        attacks,
+        attack_params=params,
+        per_attack=args.per_attack,
+        pool=args.pool,
+        seed=args.seed,
+        template=args.template,
+    )
     return plot_gallery(examples, args.output)
 
 
 # -- sanity: gradient-masking checks (Carlini et al. 2019) --------------------------------------
 def _configure_sanity(p):
     _model_flags(p, several=False)
-    p.add_argument("--eps", default="1,2,4,8,16",
-                   help="PGD budgets of the monotonicity sweep, comma-separated, units of 1/255")
-    p.add_argument("--n-steps", default="10,50,100", help="PGD iterations of the steps check, comma-separated")
+    p.add_argument(
+        "--eps",
+        default="1,2,4,8,16",
+        help="PGD budgets of the monotonicity sweep, comma-separated, units of 1/255",
+    )
+    p.add_argument(
+        "--n-steps", default="10,50,100", help="PGD iterations of the steps check, comma-separated"
+    )
     refuse_renamed(p, {"steps": "n_steps"})
-    p.add_argument("--check-eps", type=float, default=1,
-                   help="eps of the steps, Square and noise checks, units of 1/255 (default 1, the paper's)")
-    p.add_argument("--large-eps", type=float, default=64,
-                   help="eps whose accuracy must be at most chance, units of 1/255")
+    p.add_argument(
+        "--check-eps",
+        type=float,
+        default=1,
+        help="eps of the steps, Square and noise checks, units of 1/255 (default 1, the paper's)",
+    )
+    p.add_argument(
+        "--large-eps",
+        type=float,
+        default=64,
+        help="eps whose accuracy must be at most chance, units of 1/255",
+    )
     p.add_argument("--square-queries", type=int, default=5000, help="Square queries (AutoAttack: 5000)")
     p.add_argument("--step-size", type=float, default=1, help="PGD step, units of 1/255")
-    p.add_argument("--tolerance", type=float, default=0.01,
-                   help="accuracy fraction a comparison forgives (at least one sample); default 0.01")
-    p.add_argument("--noise-fraction", type=float, default=0.5,
-                   help="noise may remove at most this share of PGD's accuracy drop")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="accuracy fraction a comparison forgives (at least one sample); default 0.01",
+    )
+    p.add_argument(
+        "--noise-fraction",
+        type=float,
+        default=0.5,
+        help="noise may remove at most this share of PGD's accuracy drop",
+    )
 
 
 def _run_sanity(args) -> Path:
@@ -312,16 +396,30 @@ def _run_sanity(args) -> Path:
 
     for name in ("check_eps", "large_eps", "step_size"):
         check_255(getattr(args, name), f"--{name.replace('_', '-')}")
-    plan = SanityPlan(eps=tuple(_budgets(args.eps, "--eps")), steps=tuple(_ints(args.n_steps, "--n-steps")),
-                      check_eps=args.check_eps, large_eps=args.large_eps,
-                      square_queries=args.square_queries, step_size=args.step_size)
+    plan = SanityPlan(
+        eps=tuple(_budgets(args.eps, "--eps")),
+        steps=tuple(_ints(args.n_steps, "--n-steps")),
+        check_eps=args.check_eps,
+        large_eps=args.large_eps,
+        square_queries=args.square_queries,
+        step_size=args.step_size,
+    )
     check_tolerances(args.tolerance, args.noise_fraction)
     args.pretrained, args.label = [args.pretrained], None
     dataset, (model,) = _dataset(args), _models(args).values()
-    summary = run_sanity(model, dataset, **dataclasses.asdict(plan), n_samples=args.n_samples,
-                         batch_size=args.batch_size, seed=args.seed, template=args.template,
-                         tolerance=args.tolerance, noise_fraction=args.noise_fraction,
-                         output_dir=args.output, progress=not args.no_progress)
+    summary = run_sanity(
+        model,
+        dataset,
+        **dataclasses.asdict(plan),
+        n_samples=args.n_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        template=args.template,
+        tolerance=args.tolerance,
+        noise_fraction=args.noise_fraction,
+        output_dir=args.output,
+        progress=not args.no_progress,
+    )
     for check in summary["checks"]:
         print(f"{check['result']}  {check['name']:<15} {check['numbers']}")
     print(f"table {summary['files']['table']}")
@@ -334,15 +432,30 @@ def _ints(text: str, flag: str) -> list:
 
 
 for _name, _analysis in {
-    "eps-sweep": Analysis("robust accuracy at eps 1, 2, 4/255 (paper Fig. 6)", _configure_eps_sweep, _run_eps_sweep),
-    "curves": Analysis("loss and accuracy against epochs from a run (paper Fig. 7)", _configure_curves, _run_curves),
-    "interpolation": Analysis("zero-shot/fine-tuned weight interpolation (paper Fig. 8)",
-                              _configure_interpolation, _run_interpolation),
-    "features": Analysis("t-SNE and clean/adversarial cosine similarity (paper Fig. 9)",
-                         _configure_features, _run_features),
-    "time": Analysis("training time per epoch and evaluation time (paper Table VIII)", _configure_time, _run_time),
-    "gallery": Analysis("clean/adversarial images, perturbation, prompts, predictions", _configure_gallery, _run_gallery),
-    "sanity": Analysis("gradient-masking checks: monotone in eps and steps, large eps, Square, noise "
-                       "(Carlini et al. 2019)", _configure_sanity, _run_sanity),
+    "eps-sweep": Analysis(
+        "robust accuracy at eps 1, 2, 4/255 (paper Fig. 6)", _configure_eps_sweep, _run_eps_sweep
+    ),
+    "curves": Analysis(
+        "loss and accuracy against epochs from a run (paper Fig. 7)", _configure_curves, _run_curves
+    ),
+    "interpolation": Analysis(
+        "zero-shot/fine-tuned weight interpolation (paper Fig. 8)",
+        _configure_interpolation,
+        _run_interpolation,
+    ),
+    "features": Analysis(
+        "t-SNE and clean/adversarial cosine similarity (paper Fig. 9)", _configure_features, _run_features
+    ),
+    "time": Analysis(
+        "training time per epoch and evaluation time (paper Table VIII)", _configure_time, _run_time
+    ),
+    "gallery": Analysis(
+        "clean/adversarial images, perturbation, prompts, predictions", _configure_gallery, _run_gallery
+    ),
+    "sanity": Analysis(
+        "gradient-masking checks: monotone in eps and steps, large eps, Square, noise (Carlini et al. 2019)",
+        _configure_sanity,
+        _run_sanity,
+    ),
 }.items():
     ANALYSES.register(_name)(_analysis)

@@ -34,8 +34,13 @@ START = "start"
 
 def loss_curves(runs: Sequence[Run]) -> dict[str, dict[str, list[float]]]:
     """``{run label: {"epoch": [...], "loss": [...]}}`` for every logged step."""
-    return {run.label: {"epoch": [run.epoch_at(r["step"]) for r in run.rows],
-                        "loss": [float(r["loss"]) for r in run.rows]} for run in runs}
+    return {
+        run.label: {
+            "epoch": [run.epoch_at(r["step"]) for r in run.rows],
+            "loss": [float(r["loss"]) for r in run.rows],
+        }
+        for run in runs
+    }
 
 
 def checkpoint_points(run: Run, extra: Mapping[float, str] | None = None) -> list[tuple[float, str | None]]:
@@ -65,11 +70,21 @@ def _trainer_step(path: Path) -> int | None:
     return None
 
 
-def training_curves(run_dirs: Sequence[str | os.PathLike], *, checkpoints: Mapping[float, str] | None = None,
-                    dataset=None, split: str = "test", attacks: Sequence = ("clean", "pgd"),
-                    attack_params: dict | None = None, n_samples: int | None = 500,
-                    batch_size: int = 128, seed: int = 0, device: str = "cpu",
-                    evaluate_checkpoints: bool = True, progress: bool = False) -> dict:
+def training_curves(
+    run_dirs: Sequence[str | os.PathLike],
+    *,
+    checkpoints: Mapping[float, str] | None = None,
+    dataset=None,
+    split: str = "test",
+    attacks: Sequence = ("clean", "pgd"),
+    attack_params: dict | None = None,
+    n_samples: int | None = 500,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    evaluate_checkpoints: bool = True,
+    progress: bool = False,
+) -> dict:
     """Loss curves of the runs and, unless ``evaluate_checkpoints`` is false, the records of
     every checkpoint point (each tagged with ``run`` (the run's label), ``epoch`` and ``label``
     = "RUN @ epoch E", so a report shows one row per checkpoint).
@@ -78,19 +93,31 @@ def training_curves(run_dirs: Sequence[str | os.PathLike], *, checkpoints: Mappi
     name (default: each run's training dataset, ``split`` test)."""
     runs = read_runs(run_dirs)
     if checkpoints and len(runs) != 1:
-        raise MmcoaError("explicit checkpoints need exactly one run; with several runs, put "
-                         "trainer checkpoints under RUN/checkpoints/")
+        raise MmcoaError(
+            "explicit checkpoints need exactly one run; with several runs, put "
+            "trainer checkpoints under RUN/checkpoints/"
+        )
     records = []
     if evaluate_checkpoints:
         attacks = [make_attack(a, **(attack_params or {})) for a in attacks]
         for run in runs:
             data = _dataset_for(run, dataset, split)
             for epoch, weights in checkpoint_points(run, checkpoints):
-                found = evaluate(run.config["model"], data, attacks, pretrained=weights,
-                                 n_samples=n_samples, batch_size=batch_size, seed=seed,
-                                 device=device, progress=progress)
-                records += [{**r, "label": f"{run.label} @ epoch {epoch:g}", "run": run.label,
-                             "epoch": epoch} for r in found]
+                found = evaluate(
+                    run.config["model"],
+                    data,
+                    attacks,
+                    pretrained=weights,
+                    n_samples=n_samples,
+                    batch_size=batch_size,
+                    seed=seed,
+                    device=device,
+                    progress=progress,
+                )
+                records += [
+                    {**r, "label": f"{run.label} @ epoch {epoch:g}", "run": run.label, "epoch": epoch}
+                    for r in found
+                ]
     return {"loss": loss_curves(runs), "records": records}
 
 
@@ -131,8 +158,17 @@ def plot_curves(curves: dict, output_dir: str | os.PathLike, name: str = "curves
     notes = ["Loss is logged per optimizer step; epochs are fractional (step / steps per epoch)."]
     if not series:
         notes.append("No checkpoint was evaluated (loss curves only).")
-    return write_analysis(output_dir, name, analysis="curves", title=title, figure=figure,
-                          columns=["series", "epoch", "accuracy (%)"], rows=rows, data=data, notes=notes)
+    return write_analysis(
+        output_dir,
+        name,
+        analysis="curves",
+        title=title,
+        figure=figure,
+        columns=["series", "epoch", "accuracy (%)"],
+        rows=rows,
+        data=data,
+        notes=notes,
+    )
 
 
 def _label_axes(ax, ylabel: str, title: str) -> None:

@@ -20,16 +20,24 @@ from mmcoa.eval import evaluate
 from mmcoa.models import VisionLanguageModel
 from mmcoa.report import columns as C
 
-SWEEP_EPS = (1, 2, 4)              # in units of 1/255
+SWEEP_EPS = (1, 2, 4)  # in units of 1/255
 SWEEP_ATTACKS = ("pgd", "multimodal")
 THREAT_STYLES = {"image": "-", "multimodal": "--", "text": ":"}
 
 
-def eps_sweep(models: VisionLanguageModel | Mapping[str, VisionLanguageModel], dataset, *,
-              eps: Sequence[float] = SWEEP_EPS, attacks: Sequence[str] = SWEEP_ATTACKS,
-              attack_params: dict | None = None, n_samples: int | None = None,
-              batch_size: int = 128, seed: int = 0, template: str | None = None,
-              progress: bool = False) -> list[dict]:
+def eps_sweep(
+    models: VisionLanguageModel | Mapping[str, VisionLanguageModel],
+    dataset,
+    *,
+    eps: Sequence[float] = SWEEP_EPS,
+    attacks: Sequence[str] = SWEEP_ATTACKS,
+    attack_params: dict | None = None,
+    n_samples: int | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    template: str | None = None,
+    progress: bool = False,
+) -> list[dict]:
     """Evaluate each model (one, or ``{label: model}``) clean and under each attack at each
     ``eps`` (units of 1/255); returns the records, each with its ``label``.
 
@@ -37,12 +45,21 @@ def eps_sweep(models: VisionLanguageModel | Mapping[str, VisionLanguageModel], d
     ``{"n_steps": 20, "mlm": "runs/demo/mlm"}``; ``eps`` is set by the sweep."""
     _check_sweep(eps, attacks)
     params = {k: v for k, v in (attack_params or {}).items() if k != "eps"}
-    sweep = [make_attack("clean")] + [make_attack(name, **params, eps=e / 255)
-                                      for name in attacks for e in eps]
+    sweep = [make_attack("clean")] + [
+        make_attack(name, **params, eps=e / 255) for name in attacks for e in eps
+    ]
     records = []
     for label, model in labelled(models).items():
-        found = evaluate(model, dataset, sweep, n_samples=n_samples, batch_size=batch_size,
-                         seed=seed, template=template, progress=progress)
+        found = evaluate(
+            model,
+            dataset,
+            sweep,
+            n_samples=n_samples,
+            batch_size=batch_size,
+            seed=seed,
+            template=template,
+            progress=progress,
+        )
         records += [{**record, "label": label} for record in found]
     return records
 
@@ -66,8 +83,9 @@ def sweep_series(records: list[dict]) -> dict:
         if record["attack"] == "clean":
             entry["clean"] = record["accuracy"]
         elif eps is not None:
-            series = entry["series"].setdefault(names[C.setting_key(_base(record))], {
-                "threat": C.threat_of(record["attack"]), "points": {}})
+            series = entry["series"].setdefault(
+                names[C.setting_key(_base(record))], {"threat": C.threat_of(record["attack"]), "points": {}}
+            )
             series["points"][round(eps * 255, 4)] = record["accuracy"]
     return out
 
@@ -81,8 +99,7 @@ def plot_eps_sweep(records: list[dict], output_dir: str | os.PathLike, name: str
     """``NAME.png`` (robust accuracy in % against eps in 1/255) and ``NAME.json``; returns the
     JSON path."""
     series = sweep_series(records)
-    budgets = sorted({e for entry in series.values() for s in entry["series"].values()
-                      for e in s["points"]})
+    budgets = sorted({e for entry in series.values() for s in entry["series"].values() for e in s["points"]})
     if not budgets:
         raise MmcoaError("no attacked record with an eps among the records; nothing to plot")
     figure, (ax,) = new_figure(8, 5)
@@ -91,20 +108,35 @@ def plot_eps_sweep(records: list[dict], output_dir: str | os.PathLike, name: str
         for series_name, line in entry["series"].items():
             points = line["points"]
             xs = sorted(points)
-            ax.plot(xs, [100 * points[x] for x in xs], marker="o", color=color,
-                    linestyle=THREAT_STYLES.get(line["threat"], "-."), label=f"{label}: {series_name}")
+            ax.plot(
+                xs,
+                [100 * points[x] for x in xs],
+                marker="o",
+                color=color,
+                linestyle=THREAT_STYLES.get(line["threat"], "-."),
+                label=f"{label}: {series_name}",
+            )
             rows.append([f"{label}: {series_name}", *[percent(points.get(e)) for e in budgets], None])
         if entry["clean"] is not None:
-            ax.axhline(100 * entry["clean"], color=color, linestyle="dotted", linewidth=1,
-                       label=f"{label}: clean")
+            ax.axhline(
+                100 * entry["clean"], color=color, linestyle="dotted", linewidth=1, label=f"{label}: clean"
+            )
             rows.append([f"{label}: clean", *[None] * len(budgets), percent(entry["clean"])])
     _style_axes(ax, budgets)
     title = "Robust accuracy against the perturbation budget (paper Fig. 6)"
     ax.set_title(title)
     columns = ["series", *[f"eps={e:g}/255" for e in budgets], "clean"]
-    return write_analysis(output_dir, name, analysis="eps-sweep", title=title, figure=figure,
-                          columns=columns, rows=rows, data={"series": _jsonable(series)},
-                          notes=["Accuracy in %; clean accuracy is drawn dotted."])
+    return write_analysis(
+        output_dir,
+        name,
+        analysis="eps-sweep",
+        title=title,
+        figure=figure,
+        columns=columns,
+        rows=rows,
+        data={"series": _jsonable(series)},
+        notes=["Accuracy in %; clean accuracy is drawn dotted."],
+    )
 
 
 def _style_axes(ax, budgets: list[float]) -> None:
@@ -117,12 +149,32 @@ def _style_axes(ax, budgets: list[float]) -> None:
 
 
 def _colors():
-    return iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-                 "tab:pink", "tab:gray", "tab:olive", "tab:cyan"] * 10)
+    return iter(
+        [
+            "tab:blue",
+            "tab:orange",
+            "tab:green",
+            "tab:red",
+            "tab:purple",
+            "tab:brown",
+            "tab:pink",
+            "tab:gray",
+            "tab:olive",
+            "tab:cyan",
+        ]
+        * 10
+    )
 
 
 def _jsonable(series: dict) -> dict:
     """JSON object keys must be strings: eps values as text."""
-    return {label: {"clean": e["clean"], "series": {
-        n: {"threat": s["threat"], "points": {f"{k:g}": v for k, v in s["points"].items()}}
-        for n, s in e["series"].items()}} for label, e in series.items()}
+    return {
+        label: {
+            "clean": e["clean"],
+            "series": {
+                n: {"threat": s["threat"], "points": {f"{k:g}": v for k, v in s["points"].items()}}
+                for n, s in e["series"].items()
+            },
+        }
+        for label, e in series.items()
+    }

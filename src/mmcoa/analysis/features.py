@@ -31,8 +31,10 @@ def mean_cosine_similarity(clean: torch.Tensor | np.ndarray, adversarial: torch.
     a = torch.as_tensor(np.asarray(clean), dtype=torch.float64)
     b = torch.as_tensor(np.asarray(adversarial), dtype=torch.float64)
     if a.ndim != 2 or a.shape != b.shape or len(a) == 0:
-        raise MmcoaError(f"clean and adversarial features must be two [N, D] arrays of one shape "
-                         f"with N > 0; got {list(a.shape)} and {list(b.shape)}")
+        raise MmcoaError(
+            f"clean and adversarial features must be two [N, D] arrays of one shape "
+            f"with N > 0; got {list(a.shape)} and {list(b.shape)}"
+        )
     return float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean())
 
 
@@ -116,40 +118,67 @@ def _encode(model: VisionLanguageModel, images: torch.Tensor) -> torch.Tensor:
     return model.encode_image(images, normalize=True).float().cpu()
 
 
-def attacked_features(model: VisionLanguageModel, dataset, attack: str | Attack = "pgd", *,
-                      attack_params: dict | None = None, n_samples: int | None = 500,
-                      batch_size: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
+def attacked_features(
+    model: VisionLanguageModel,
+    dataset,
+    attack: str | Attack = "pgd",
+    *,
+    attack_params: dict | None = None,
+    n_samples: int | None = 500,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """Normalized image features of a seeded subset, clean and under ``attack``:
     ``{"clean": [N, D], "adversarial": [N, D], "labels": [N]}``."""
     attack = make_attack(attack, **(attack_params or {}))
     clean, adversarial, labels = [], [], []
-    for batch in attacked_batches(model, dataset, attack, n_samples=n_samples,
-                                  batch_size=batch_size, seed=seed):
+    for batch in attacked_batches(
+        model, dataset, attack, n_samples=n_samples, batch_size=batch_size, seed=seed
+    ):
         clean.append(_encode(model, batch.images))
         adversarial.append(_encode(model, batch.result.images))
         labels.append(batch.labels.cpu())
     return {"clean": torch.cat(clean), "adversarial": torch.cat(adversarial), "labels": torch.cat(labels)}
 
 
-def feature_analysis(models: VisionLanguageModel | Mapping[str, VisionLanguageModel], dataset,
-                     attack: str | Attack = "pgd", *, attack_params: dict | None = None,
-                     n_samples: int | None = 500, batch_size: int = 64, seed: int = 0,
-                     perplexity: float = 30.0, n_iter: int = 1000) -> dict:
+def feature_analysis(
+    models: VisionLanguageModel | Mapping[str, VisionLanguageModel],
+    dataset,
+    attack: str | Attack = "pgd",
+    *,
+    attack_params: dict | None = None,
+    n_samples: int | None = 500,
+    batch_size: int = 64,
+    seed: int = 0,
+    perplexity: float = 30.0,
+    n_iter: int = 1000,
+) -> dict:
     """For each model (one, or ``{label: model}``): mean clean/adversarial cosine similarity and
     a joint t-SNE map of its clean and adversarial features (clean rows first)."""
     out = {}
     for label, model in labelled(models).items():
-        features = attacked_features(model, dataset, attack, attack_params=attack_params,
-                                     n_samples=n_samples, batch_size=batch_size, seed=seed)
+        features = attacked_features(
+            model,
+            dataset,
+            attack,
+            attack_params=attack_params,
+            n_samples=n_samples,
+            batch_size=batch_size,
+            seed=seed,
+        )
         both = torch.cat([features["clean"], features["adversarial"]]).numpy()
-        out[label] = {"cosine": mean_cosine_similarity(features["clean"], features["adversarial"]),
-                      "tsne": tsne(both, perplexity=perplexity, n_iter=n_iter, seed=seed),
-                      "labels": features["labels"].tolist(), "n": len(features["clean"])}
+        out[label] = {
+            "cosine": mean_cosine_similarity(features["clean"], features["adversarial"]),
+            "tsne": tsne(both, perplexity=perplexity, n_iter=n_iter, seed=seed),
+            "labels": features["labels"].tolist(),
+            "n": len(features["clean"]),
+        }
     return out
 
 
-def plot_features(analysis: dict, output_dir: str | os.PathLike, *, attack_name: str = "pgd",
-                  name: str = "features") -> Path:
+def plot_features(
+    analysis: dict, output_dir: str | os.PathLike, *, attack_name: str = "pgd", name: str = "features"
+) -> Path:
     """``NAME.png`` (one t-SNE panel per model: clean ○, adversarial ×) and ``NAME.json``;
     returns the JSON path."""
     if not analysis:
@@ -158,8 +187,15 @@ def plot_features(analysis: dict, output_dir: str | os.PathLike, *, attack_name:
     for ax, (label, entry) in zip(axes, analysis.items()):
         points, n = np.asarray(entry["tsne"]), entry["n"]
         ax.scatter(points[:n, 0], points[:n, 1], s=10, marker="o", c="tab:blue", alpha=0.6, label="clean")
-        ax.scatter(points[n:, 0], points[n:, 1], s=12, marker="x", c="tab:red", alpha=0.6,
-                   label=f"adversarial ({attack_name})")
+        ax.scatter(
+            points[n:, 0],
+            points[n:, 1],
+            s=12,
+            marker="x",
+            c="tab:red",
+            alpha=0.6,
+            label=f"adversarial ({attack_name})",
+        )
         ax.set_title(f"{label}\nmean cos(clean, adv) = {entry['cosine']:.3f}", fontsize=10)
         ax.set_xlabel("t-SNE dimension 1 (arbitrary units)")
         ax.set_ylabel("t-SNE dimension 2 (arbitrary units)")
@@ -168,9 +204,26 @@ def plot_features(analysis: dict, output_dir: str | os.PathLike, *, attack_name:
     figure.suptitle(title, fontsize=11)
     figure.subplots_adjust(top=0.82, wspace=0.3)
     rows = [[label, entry["n"], round(entry["cosine"], 4)] for label, entry in analysis.items()]
-    data = {label: {"cosine": e["cosine"], "n": e["n"], "labels": e["labels"],
-                    "tsne": np.round(np.asarray(e["tsne"]), 4).tolist()} for label, e in analysis.items()}
-    return write_analysis(output_dir, name, analysis="features", title=title, figure=figure,
-                          columns=["model", "images", "mean cosine similarity"], rows=rows, data=data,
-                          notes=["Cosine similarity between each image's clean and adversarial "
-                                 "features, averaged over the images (1 = unaffected)."])
+    data = {
+        label: {
+            "cosine": e["cosine"],
+            "n": e["n"],
+            "labels": e["labels"],
+            "tsne": np.round(np.asarray(e["tsne"]), 4).tolist(),
+        }
+        for label, e in analysis.items()
+    }
+    return write_analysis(
+        output_dir,
+        name,
+        analysis="features",
+        title=title,
+        figure=figure,
+        columns=["model", "images", "mean cosine similarity"],
+        rows=rows,
+        data=data,
+        notes=[
+            "Cosine similarity between each image's clean and adversarial "
+            "features, averaged over the images (1 = unaffected)."
+        ],
+    )

@@ -26,15 +26,18 @@ from mmcoa.report import columns as C
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def interpolate_state_dicts(zero_shot: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
-                            lam: float) -> dict[str, torch.Tensor]:
+def interpolate_state_dicts(
+    zero_shot: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor], lam: float
+) -> dict[str, torch.Tensor]:
     """``(1 - lam) · zero_shot + lam · tuned`` for floating tensors. At ``lam`` 0 and 1 the
     endpoint tensors are returned exactly (copies), not recomputed; integer and boolean
     buffers, which cannot be mixed, are taken from the nearer endpoint."""
     if set(zero_shot) != set(tuned):
         missing = sorted(set(zero_shot) ^ set(tuned))
-        raise MmcoaError(f"the two state dicts have different keys (e.g. {missing[:2]}); "
-                         "interpolate checkpoints of the same architecture")
+        raise MmcoaError(
+            f"the two state dicts have different keys (e.g. {missing[:2]}); "
+            "interpolate checkpoints of the same architecture"
+        )
     if not 0 <= lam <= 1:
         raise MmcoaError(f"lambda must be in [0, 1]; got {lam:g}")
     return {key: _mix(key, zero_shot[key], tuned[key], lam) for key in zero_shot}
@@ -42,18 +45,28 @@ def interpolate_state_dicts(zero_shot: Mapping[str, torch.Tensor], tuned: Mappin
 
 def _mix(key: str, a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
     if a.shape != b.shape:
-        raise MmcoaError(f"tensor {key!r} has shape {list(a.shape)} in one state dict and "
-                         f"{list(b.shape)} in the other")
+        raise MmcoaError(
+            f"tensor {key!r} has shape {list(a.shape)} in one state dict and {list(b.shape)} in the other"
+        )
     if lam == 0 or lam == 1 or not a.is_floating_point():
         return (a if lam < 0.5 else b).detach().clone()
     return ((1 - lam) * a.detach() + lam * b.detach().to(a.dtype)).to(a.dtype)
 
 
-def interpolation(zero_shot: VisionLanguageModel, tuned: VisionLanguageModel | Mapping[str, torch.Tensor],
-                  dataset, *, lambdas: Sequence[float] = LAMBDAS,
-                  attacks: Sequence = ("clean", "pgd"), attack_params: dict | None = None,
-                  n_samples: int | None = None, batch_size: int = 128, seed: int = 0,
-                  template: str | None = None, progress: bool = False) -> list[dict]:
+def interpolation(
+    zero_shot: VisionLanguageModel,
+    tuned: VisionLanguageModel | Mapping[str, torch.Tensor],
+    dataset,
+    *,
+    lambdas: Sequence[float] = LAMBDAS,
+    attacks: Sequence = ("clean", "pgd"),
+    attack_params: dict | None = None,
+    n_samples: int | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    template: str | None = None,
+    progress: bool = False,
+) -> list[dict]:
     """Evaluate ``theta(lambda)`` for each lambda; returns the records, each tagged with
     ``lambda`` and ``label`` ("lambda=0.5"). ``tuned`` is a model or its backend state dict;
     neither input model is modified. ``attacks`` must include ``clean``."""
@@ -68,10 +81,19 @@ def interpolation(zero_shot: VisionLanguageModel, tuned: VisionLanguageModel | M
     records = []
     for lam in lambdas:
         work.model.load_state_dict(interpolate_state_dicts(start, end, lam))
-        found = evaluate(work, dataset, attacks, n_samples=n_samples, batch_size=batch_size,
-                         seed=seed, template=template, progress=progress)
-        records += [{**r, "label": f"lambda={lam:g}", "lambda": lam, "analysis": "interpolation"}
-                    for r in found]
+        found = evaluate(
+            work,
+            dataset,
+            attacks,
+            n_samples=n_samples,
+            batch_size=batch_size,
+            seed=seed,
+            template=template,
+            progress=progress,
+        )
+        records += [
+            {**r, "label": f"lambda={lam:g}", "lambda": lam, "analysis": "interpolation"} for r in found
+        ]
     return records
 
 
@@ -98,12 +120,14 @@ def interpolation_points(records: list[dict]) -> dict:
     out: dict = {}
     for r in attacked:
         out.setdefault(names[C.setting_key(C.setting_of(r))], []).append(
-            (r["lambda"], clean.get(r["lambda"]), r["accuracy"]))
+            (r["lambda"], clean.get(r["lambda"]), r["accuracy"])
+        )
     return {name: sorted(points) for name, points in out.items()}
 
 
-def plot_interpolation(records: list[dict], output_dir: str | os.PathLike,
-                       name: str = "interpolation") -> Path:
+def plot_interpolation(
+    records: list[dict], output_dir: str | os.PathLike, name: str = "interpolation"
+) -> Path:
     """``NAME.png`` (robust against clean accuracy, %, points labelled with lambda) and
     ``NAME.json``; returns the JSON path."""
     series = interpolation_points(records)
@@ -122,11 +146,21 @@ def plot_interpolation(records: list[dict], output_dir: str | os.PathLike,
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("robust accuracy (%)")
-    _zoom(ax, [x for _, c, _ in sum(series.values(), []) if c is not None for x in [100 * c]],
-          [100 * r for _, _, r in sum(series.values(), [])])
+    _zoom(
+        ax,
+        [x for _, c, _ in sum(series.values(), []) if c is not None for x in [100 * c]],
+        [100 * r for _, _, r in sum(series.values(), [])],
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return write_analysis(output_dir, name, analysis="interpolation", title=title, figure=figure,
-                          columns=["point", "lambda", "clean (%)", "robust (%)"], rows=rows,
-                          data={"series": {n: [list(p) for p in pts] for n, pts in series.items()}},
-                          notes=["λ = 0 is the zero-shot model, λ = 1 the fine-tuned one."])
+    return write_analysis(
+        output_dir,
+        name,
+        analysis="interpolation",
+        title=title,
+        figure=figure,
+        columns=["point", "lambda", "clean (%)", "robust (%)"],
+        rows=rows,
+        data={"series": {n: [list(p) for p in pts] for n, pts in series.items()}},
+        notes=["λ = 0 is the zero-shot model, λ = 1 the fine-tuned one."],
+    )

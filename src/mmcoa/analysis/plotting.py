@@ -39,16 +39,31 @@ def save_png(figure: Figure, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def write_analysis(output_dir: str | os.PathLike, name: str, *, analysis: str, title: str,
-                   figure: Figure, columns: Sequence[str], rows: Sequence[Sequence], data: dict,
-                   notes: Sequence[str] = ()) -> Path:
+def write_analysis(
+    output_dir: str | os.PathLike,
+    name: str,
+    *,
+    analysis: str,
+    title: str,
+    figure: Figure,
+    columns: Sequence[str],
+    rows: Sequence[Sequence],
+    data: dict,
+    notes: Sequence[str] = (),
+) -> Path:
     """Save ``NAME.png`` and ``NAME.json`` (see the module docstring) under ``output_dir``;
     returns the JSON path."""
     output = Path(output_dir)
     png = save_png(figure, output / f"{name}.png")
-    summary = {"analysis": analysis, "title": title, "figure": png.name,
-               "table": {"columns": list(columns), "rows": [list(r) for r in rows]},
-               "notes": list(notes), "data": data, "versions": versions()}
+    summary = {
+        "analysis": analysis,
+        "title": title,
+        "figure": png.name,
+        "table": {"columns": list(columns), "rows": [list(r) for r in rows]},
+        "notes": list(notes),
+        "data": data,
+        "versions": versions(),
+    }
     write_json_atomic(output / f"{name}.json", summary)
     return output / f"{name}.json"
 

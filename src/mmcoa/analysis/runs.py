@@ -24,7 +24,7 @@ class Run:
     label: str
     config: dict
     rows: list[dict]
-    per_epoch: int          # optimizer steps per epoch
+    per_epoch: int  # optimizer steps per epoch
 
     @property
     def steps(self) -> int:
@@ -54,8 +54,10 @@ def read_runs(paths: Iterable[str | os.PathLike]) -> list[Run]:
     paths = list(paths)
     for path in paths:
         if not is_run(Path(path)):
-            raise MmcoaError(f"{str(path)!r} is not a training run directory (no config.json and "
-                             "metrics.jsonl; see mmcoa train --output)")
+            raise MmcoaError(
+                f"{str(path)!r} is not a training run directory (no config.json and "
+                "metrics.jsonl; see mmcoa train --output)"
+            )
     runs = [_read(Path(p)) for p in paths]
     methods = [r.config.get("method", r.path.name) for r in runs]
     for run, method in zip(runs, methods):

@@ -43,14 +43,14 @@ from mmcoa.models import VisionLanguageModel
 from mmcoa.report.render import table_markdown
 from mmcoa.report.tables import Column, Row, Table
 
-SANITY_EPS = (1, 2, 4, 8, 16)      # units of 1/255
+SANITY_EPS = (1, 2, 4, 8, 16)  # units of 1/255
 SANITY_STEPS = (10, 50, 100)
-LARGE_EPS = 64                     # units of 1/255
-CHECK_EPS = 1                      # the paper's evaluation budget, units of 1/255
-SQUARE_QUERIES = 5000              # AutoAttack's standard Square budget
-STEP_SIZE = 1                      # PGD step, units of 1/255 (the paper's test setting)
-TOLERANCE = 0.01                   # accuracy fraction; the slack is at least one sample
-NOISE_FRACTION = 0.5               # noise may remove at most this share of PGD's drop
+LARGE_EPS = 64  # units of 1/255
+CHECK_EPS = 1  # the paper's evaluation budget, units of 1/255
+SQUARE_QUERIES = 5000  # AutoAttack's standard Square budget
+STEP_SIZE = 1  # PGD step, units of 1/255 (the paper's test setting)
+TOLERANCE = 0.01  # accuracy fraction; the slack is at least one sample
+NOISE_FRACTION = 0.5  # noise may remove at most this share of PGD's drop
 NAME = "sanity"
 
 
@@ -75,8 +75,9 @@ class SanityPlan:
 
     def pgd(self, eps: float, n_steps: int | None = None) -> Attack:
         """PGD at ``eps`` (1/255) with ``n_steps`` (default: the most of :attr:`steps`)."""
-        return make_attack("pgd", eps=eps / 255, step_size=self.step_size / 255,
-                           n_steps=n_steps or max(self.steps))
+        return make_attack(
+            "pgd", eps=eps / 255, step_size=self.step_size / 255, n_steps=n_steps or max(self.steps)
+        )
 
     def square(self) -> Attack:
         return make_attack("square", eps=self.check_eps / 255, n_queries=self.square_queries)
@@ -87,8 +88,13 @@ class SanityPlan:
     def attacks(self) -> list[Attack]:
         """Clean, PGD over the eps sweep and at the large eps (most steps), PGD over the steps
         at the check eps, Square and uniform noise at the check eps; each setting once."""
-        wanted = [make_attack("clean"), *[self.pgd(e) for e in (*self.eps, self.large_eps)],
-                  *[self.pgd(self.check_eps, s) for s in self.steps], self.square(), self.noise()]
+        wanted = [
+            make_attack("clean"),
+            *[self.pgd(e) for e in (*self.eps, self.large_eps)],
+            *[self.pgd(self.check_eps, s) for s in self.steps],
+            self.square(),
+            self.noise(),
+        ]
         return list({_key(a.name, a.params()): a for a in wanted}.values())
 
 
@@ -98,7 +104,9 @@ def _sorted_distinct(name: str, values: Sequence, check) -> tuple:
     for value in values:
         check(name, value)
     if len(set(values)) < 2:
-        raise MmcoaError(f"{name} needs at least two distinct values to check monotonicity; got {list(values)}")
+        raise MmcoaError(
+            f"{name} needs at least two distinct values to check monotonicity; got {list(values)}"
+        )
     return tuple(sorted(set(values)))
 
 
@@ -153,11 +161,17 @@ def sanity_numbers(records: list[dict], plan: SanityPlan, n_classes: int) -> San
         return found[_key(attack.name, attack.params())]
 
     return SanityNumbers(
-        clean=accuracy(make_attack("clean")), eps={e: accuracy(plan.pgd(e)) for e in plan.eps},
+        clean=accuracy(make_attack("clean")),
+        eps={e: accuracy(plan.pgd(e)) for e in plan.eps},
         steps={s: accuracy(plan.pgd(plan.check_eps, s)) for s in plan.steps},
-        large_eps=plan.large_eps, large=accuracy(plan.pgd(plan.large_eps)), check_eps=plan.check_eps,
-        square=accuracy(plan.square()), noise=accuracy(plan.noise()),
-        n_samples=records[0]["n_samples"], n_classes=n_classes)
+        large_eps=plan.large_eps,
+        large=accuracy(plan.pgd(plan.large_eps)),
+        check_eps=plan.check_eps,
+        square=accuracy(plan.square()),
+        noise=accuracy(plan.noise()),
+        n_samples=records[0]["n_samples"],
+        n_classes=n_classes,
+    )
 
 
 # -- the checks --------------------------------------------------------------------------------
@@ -192,12 +206,17 @@ def _non_increasing(name: str, points: dict, unit: str, grows: str, allowed: flo
     shown = ", ".join(f"{x:g}{unit}: {_pct(points[x])}" for x in xs)
     if rises:
         shown += "; rises " + ", ".join(f"{a:g}→{b:g}" for a, b in rises)
-    return Check(name, not rises, shown,
-                 f"robust accuracy never rises by more than {_pct(allowed)} points as {grows} grows")
+    return Check(
+        name,
+        not rises,
+        shown,
+        f"robust accuracy never rises by more than {_pct(allowed)} points as {grows} grows",
+    )
 
 
-def sanity_checks(numbers: SanityNumbers, *, tolerance: float = TOLERANCE,
-                  noise_fraction: float = NOISE_FRACTION) -> list[Check]:
+def sanity_checks(
+    numbers: SanityNumbers, *, tolerance: float = TOLERANCE, noise_fraction: float = NOISE_FRACTION
+) -> list[Check]:
     """The five checks (module docstring) on ``numbers``; comparisons allow
     :func:`slack` (``tolerance`` or one sample)."""
     check_tolerances(tolerance, noise_fraction)
@@ -208,16 +227,25 @@ def sanity_checks(numbers: SanityNumbers, *, tolerance: float = TOLERANCE,
     return [
         _non_increasing("eps-monotone", numbers.eps, "/255", "eps", allowed),
         _non_increasing("steps-monotone", numbers.steps, " steps", "the number of steps", allowed),
-        Check("large-eps", not _above(numbers.large, chance + allowed),
-              f"eps {numbers.large_eps:g}/255: {_pct(numbers.large)}; chance {_pct(chance)}",
-              f"accuracy at most chance (1/{numbers.n_classes}) + {_pct(allowed)} points"),
-        Check("black-box", not _above(numbers.pgd - allowed, numbers.square),
-              f"{at}: Square {_pct(numbers.square)}, PGD {_pct(numbers.pgd)}",
-              f"Square accuracy at least PGD's − {_pct(allowed)} points"),
-        Check("noise", not _above(noise_drop, noise_fraction * pgd_drop + allowed),
-              f"{at}: clean {_pct(numbers.clean)}, noise {_pct(numbers.noise)} (drop {_pct(noise_drop)}), "
-              f"PGD {_pct(numbers.pgd)} (drop {_pct(pgd_drop)})",
-              f"noise drop at most {noise_fraction:g} × PGD drop + {_pct(allowed)} points"),
+        Check(
+            "large-eps",
+            not _above(numbers.large, chance + allowed),
+            f"eps {numbers.large_eps:g}/255: {_pct(numbers.large)}; chance {_pct(chance)}",
+            f"accuracy at most chance (1/{numbers.n_classes}) + {_pct(allowed)} points",
+        ),
+        Check(
+            "black-box",
+            not _above(numbers.pgd - allowed, numbers.square),
+            f"{at}: Square {_pct(numbers.square)}, PGD {_pct(numbers.pgd)}",
+            f"Square accuracy at least PGD's − {_pct(allowed)} points",
+        ),
+        Check(
+            "noise",
+            not _above(noise_drop, noise_fraction * pgd_drop + allowed),
+            f"{at}: clean {_pct(numbers.clean)}, noise {_pct(numbers.noise)} (drop {_pct(noise_drop)}), "
+            f"PGD {_pct(numbers.pgd)} (drop {_pct(pgd_drop)})",
+            f"noise drop at most {noise_fraction:g} × PGD drop + {_pct(allowed)} points",
+        ),
     ]
 
 
@@ -233,13 +261,25 @@ def _pct(value: float) -> str:
 
 
 # -- running and writing -----------------------------------------------------------------------
-def run_sanity(model: VisionLanguageModel, dataset, *, eps: Sequence[float] = SANITY_EPS,
-               steps: Sequence[int] = SANITY_STEPS, check_eps: float = CHECK_EPS,
-               large_eps: float = LARGE_EPS, square_queries: int = SQUARE_QUERIES,
-               step_size: float = STEP_SIZE, n_samples: int | None = 500, batch_size: int = 128,
-               seed: int = 0, template: str | None = None, tolerance: float = TOLERANCE,
-               noise_fraction: float = NOISE_FRACTION, output_dir: str | os.PathLike | None = None,
-               progress: bool = False) -> dict:
+def run_sanity(
+    model: VisionLanguageModel,
+    dataset,
+    *,
+    eps: Sequence[float] = SANITY_EPS,
+    steps: Sequence[int] = SANITY_STEPS,
+    check_eps: float = CHECK_EPS,
+    large_eps: float = LARGE_EPS,
+    square_queries: int = SQUARE_QUERIES,
+    step_size: float = STEP_SIZE,
+    n_samples: int | None = 500,
+    batch_size: int = 128,
+    seed: int = 0,
+    template: str | None = None,
+    tolerance: float = TOLERANCE,
+    noise_fraction: float = NOISE_FRACTION,
+    output_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> dict:
     """Run the five gradient-masking checks on ``model`` and ``dataset``.
 
     Budgets (``eps``, ``check_eps``, ``large_eps``, ``step_size``) are in units of 1/255.
@@ -249,23 +289,43 @@ def run_sanity(model: VisionLanguageModel, dataset, *, eps: Sequence[float] = SA
     Every argument is checked before any evaluation."""
     plan = SanityPlan(eps, steps, check_eps, large_eps, square_queries, step_size)
     check_tolerances(tolerance, noise_fraction)
-    records = evaluate(model, dataset, plan.attacks(), n_samples=n_samples, batch_size=batch_size,
-                       seed=seed, template=template, progress=progress)
+    records = evaluate(
+        model,
+        dataset,
+        plan.attacks(),
+        n_samples=n_samples,
+        batch_size=batch_size,
+        seed=seed,
+        template=template,
+        progress=progress,
+    )
     records = [{**r, "label": model.describe(), "analysis": NAME} for r in records]
     numbers = sanity_numbers(records, plan, len(dataset.classnames))
     checks = sanity_checks(numbers, tolerance=tolerance, noise_fraction=noise_fraction)
-    summary = {"passed": all(c.passed for c in checks),
-               "checks": [{**asdict(c), "result": c.result} for c in checks],
-               "numbers": numbers.jsonable(), "plan": asdict(plan), "tolerance": tolerance,
-               "noise_fraction": noise_fraction, "model": model.describe(),
-               "dataset": f"{dataset.name} {dataset.split}", "records": records, "files": {}}
+    summary = {
+        "passed": all(c.passed for c in checks),
+        "checks": [{**asdict(c), "result": c.result} for c in checks],
+        "numbers": numbers.jsonable(),
+        "plan": asdict(plan),
+        "tolerance": tolerance,
+        "noise_fraction": noise_fraction,
+        "model": model.describe(),
+        "dataset": f"{dataset.name} {dataset.split}",
+        "records": records,
+        "files": {},
+    }
     if output_dir is not None:
         summary["files"] = write_sanity(summary, numbers, checks, output_dir)
     return summary
 
 
-def write_sanity(summary: dict, numbers: SanityNumbers, checks: list[Check],
-                 output_dir: str | os.PathLike, name: str = NAME) -> dict[str, str]:
+def write_sanity(
+    summary: dict,
+    numbers: SanityNumbers,
+    checks: list[Check],
+    output_dir: str | os.PathLike,
+    name: str = NAME,
+) -> dict[str, str]:
     """``NAME.md`` (the table), ``NAME.png`` (the three panels), ``NAME.json`` (the analysis
     summary ``mmcoa report`` embeds, with the same table) and ``NAME_records.json``."""
     output = Path(output_dir)
@@ -274,24 +334,46 @@ def write_sanity(summary: dict, numbers: SanityNumbers, checks: list[Check],
     write_records(output / f"{name}_records.json", summary["records"])
     write_text_atomic(output / f"{name}.md", table_markdown(table) + "\n")
     data = {k: v for k, v in summary.items() if k not in ("records", "files")}
-    path = write_analysis(output, name, analysis=NAME, title=table.title, figure=_figure(numbers, checks),
-                          columns=["check", "result", "numbers (accuracy %)", "criterion"],
-                          rows=[[r.label, *r.values] for r in table.rows], data=data, notes=table.notes)
-    return {"table": str(output / f"{name}.md"), "json": str(path), "png": str(path.with_suffix(".png")),
-            "records": str(output / f"{name}_records.json")}
+    path = write_analysis(
+        output,
+        name,
+        analysis=NAME,
+        title=table.title,
+        figure=_figure(numbers, checks),
+        columns=["check", "result", "numbers (accuracy %)", "criterion"],
+        rows=[[r.label, *r.values] for r in table.rows],
+        data=data,
+        notes=table.notes,
+    )
+    return {
+        "table": str(output / f"{name}.md"),
+        "json": str(path),
+        "png": str(path.with_suffix(".png")),
+        "records": str(output / f"{name}_records.json"),
+    }
 
 
 def _table(checks: list[Check], summary: dict) -> Table:
     passed = sum(c.passed for c in checks)
-    title = (f"Gradient-masking sanity checks (Carlini et al. 2019): {passed}/{len(checks)} PASS "
-             f"— {summary['model']}, {summary['dataset']}")
+    title = (
+        f"Gradient-masking sanity checks (Carlini et al. 2019): {passed}/{len(checks)} PASS "
+        f"— {summary['model']}, {summary['dataset']}"
+    )
     plan, n = summary["plan"], summary["numbers"]["n_samples"]
-    notes = [f"PGD: step {plan['step_size']:g}/255, {max(plan['steps'])} steps in the eps sweep; "
-             f"Square: {plan['square_queries']} queries; {n} samples; slack "
-             f"{_pct(slack(summary['tolerance'], n))} points (one sample or the tolerance).",
-             "Carlini et al. 2019, arXiv:1902.06705; Croce & Hein 2020, arXiv:2003.01690."]
-    return Table(NAME, title, [Column("", "result"), Column("", "numbers (accuracy %)"), Column("", "criterion")],
-                 [Row(c.name, [c.result, c.numbers, c.criterion]) for c in checks], notes, corner="check")
+    notes = [
+        f"PGD: step {plan['step_size']:g}/255, {max(plan['steps'])} steps in the eps sweep; "
+        f"Square: {plan['square_queries']} queries; {n} samples; slack "
+        f"{_pct(slack(summary['tolerance'], n))} points (one sample or the tolerance).",
+        "Carlini et al. 2019, arXiv:1902.06705; Croce & Hein 2020, arXiv:2003.01690.",
+    ]
+    return Table(
+        NAME,
+        title,
+        [Column("", "result"), Column("", "numbers (accuracy %)"), Column("", "criterion")],
+        [Row(c.name, [c.result, c.numbers, c.criterion]) for c in checks],
+        notes,
+        corner="check",
+    )
 
 
 def _figure(numbers: SanityNumbers, checks: list[Check]):
@@ -300,25 +382,37 @@ def _figure(numbers: SanityNumbers, checks: list[Check]):
     _plot_sweep(sweep, numbers, verdict)
     _plot_line(steps, numbers.steps, "PGD iterations", f"PGD at ε {numbers.check_eps:g}/255")
     steps.set_xticks(sorted(numbers.steps))
-    steps.set_title(f"steps-monotone: {verdict['steps-monotone']}", color=_color(verdict["steps-monotone"] == "PASS"))
+    steps.set_title(
+        f"steps-monotone: {verdict['steps-monotone']}", color=_color(verdict["steps-monotone"] == "PASS")
+    )
     _plot_bars(bars, numbers, verdict)
-    figure.suptitle(f"Gradient-masking sanity checks: {sum(c.passed for c in checks)}/{len(checks)} PASS "
-                    "(Carlini et al. 2019)")
+    figure.suptitle(
+        f"Gradient-masking sanity checks: {sum(c.passed for c in checks)}/{len(checks)} PASS "
+        "(Carlini et al. 2019)"
+    )
     figure.subplots_adjust(top=0.84, wspace=0.28, left=0.05, right=0.98, bottom=0.13)
     return figure
 
 
 def _plot_sweep(ax, numbers: SanityNumbers, verdict: dict) -> None:
     _plot_line(ax, numbers.eps, "perturbation budget ε (L-inf, units of 1/255, log scale)", "PGD")
-    ax.plot([numbers.large_eps], [100 * numbers.large], marker="s", color="tab:red", linestyle="none",
-            label=f"PGD at ε {numbers.large_eps:g}/255")
+    ax.plot(
+        [numbers.large_eps],
+        [100 * numbers.large],
+        marker="s",
+        color="tab:red",
+        linestyle="none",
+        label=f"PGD at ε {numbers.large_eps:g}/255",
+    )
     ax.axhline(100 / numbers.n_classes, color="gray", linestyle="--", linewidth=1, label="chance")
     ax.axhline(100 * numbers.clean, color="tab:green", linestyle="dotted", linewidth=1, label="clean")
     ax.set_xscale("log", base=2)
     ticks = [*numbers.eps, numbers.large_eps]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ok = verdict["eps-monotone"] == verdict["large-eps"] == "PASS"
-    ax.set_title(f"eps-monotone: {verdict['eps-monotone']} · large-eps: {verdict['large-eps']}", color=_color(ok))
+    ax.set_title(
+        f"eps-monotone: {verdict['eps-monotone']} · large-eps: {verdict['large-eps']}", color=_color(ok)
+    )
     ax.legend(fontsize=8)  # again, with the points added after the line
 
 
@@ -348,4 +442,3 @@ def _plot_bars(ax, numbers: SanityNumbers, verdict: dict) -> None:
 
 def _color(passed: bool) -> str:
     return "tab:green" if passed else "tab:red"
-

@@ -27,14 +27,26 @@ def training_time(run: Run) -> dict:
     complete = [sum(s) for s in per_epoch.values() if len(s) == run.per_epoch]
     all_steps = [s for steps in per_epoch.values() for s in steps]
     estimated = not complete
-    seconds = (sum(all_steps) / len(all_steps) * run.per_epoch) if estimated else sum(complete) / len(complete)
+    seconds = (
+        (sum(all_steps) / len(all_steps) * run.per_epoch) if estimated else sum(complete) / len(complete)
+    )
     images = sum(int(r.get("images", 0)) for r in run.rows)
-    return {"run": run.label, "path": str(run.path), "method": run.config.get("method"),
-            "dataset": run.config.get("dataset"), "shots": run.config.get("shots"),
-            "batch_size": run.config.get("batch_size"), "device": run.config.get("device"),
-            "steps": len(run.rows), "steps_per_epoch": run.per_epoch,
-            "complete_epochs": len(complete), "seconds_per_epoch": seconds, "estimated": estimated,
-            "total_s": sum(all_steps), "images_per_s": images / sum(all_steps) if sum(all_steps) else None}
+    return {
+        "run": run.label,
+        "path": str(run.path),
+        "method": run.config.get("method"),
+        "dataset": run.config.get("dataset"),
+        "shots": run.config.get("shots"),
+        "batch_size": run.config.get("batch_size"),
+        "device": run.config.get("device"),
+        "steps": len(run.rows),
+        "steps_per_epoch": run.per_epoch,
+        "complete_epochs": len(complete),
+        "seconds_per_epoch": seconds,
+        "estimated": estimated,
+        "total_s": sum(all_steps),
+        "images_per_s": images / sum(all_steps) if sum(all_steps) else None,
+    }
 
 
 def evaluation_time(records: Sequence[dict]) -> list[dict]:
@@ -42,11 +54,19 @@ def evaluation_time(records: Sequence[dict]) -> list[dict]:
     rows = []
     for label, record in zip(C.row_labels(list(records)), records):
         n = record.get("n_samples", record.get("n_images")) or 0
-        rows.append({"label": label, "dataset": record["dataset"],
-                     "attack": C.describe(C.setting_of(record, with_n=False), protocol=False),
-                     "brief": C.brief(C.setting_of(record)),
-                     "n": n, "elapsed_s": record.get("elapsed_s"),
-                     "ms_per_sample": 1000 * record["elapsed_s"] / n if n and record.get("elapsed_s") is not None else None})
+        rows.append(
+            {
+                "label": label,
+                "dataset": record["dataset"],
+                "attack": C.describe(C.setting_of(record, with_n=False), protocol=False),
+                "brief": C.brief(C.setting_of(record)),
+                "n": n,
+                "elapsed_s": record.get("elapsed_s"),
+                "ms_per_sample": 1000 * record["elapsed_s"] / n
+                if n and record.get("elapsed_s") is not None
+                else None,
+            }
+        )
     return rows
 
 
@@ -57,8 +77,10 @@ def time_cost(runs: Sequence[Run] = (), records: Sequence[dict] = ()) -> dict:
 def plot_time_cost(cost: dict, output_dir: str | os.PathLike, name: str = "time_cost") -> Path:
     """``NAME.png`` (bars: seconds per training epoch; ms per evaluated sample) and
     ``NAME.json`` (the numbers as the paper's Table VIII, plus evaluation rows)."""
-    timed = {"training": cost["training"],
-             "evaluation": [e for e in cost["evaluation"] if e["ms_per_sample"] is not None]}
+    timed = {
+        "training": cost["training"],
+        "evaluation": [e for e in cost["evaluation"] if e["ms_per_sample"] is not None],
+    }
     panels = [p for p in ("training", "evaluation") if timed[p]]
     if not panels:
         raise MmcoaError("no training run and no result record to time")
@@ -68,17 +90,45 @@ def plot_time_cost(cost: dict, output_dir: str | os.PathLike, name: str = "time_
     title = "Time cost: training per epoch, evaluation per sample (paper Table VIII)"
     figure.suptitle(title)
     figure.subplots_adjust(top=0.86, bottom=0.3, wspace=0.35)
-    rows = [[t["run"], t["dataset"], t["shots"], t["batch_size"], t["device"],
-             round(t["seconds_per_epoch"], 2), "estimate" if t["estimated"] else f"{t['complete_epochs']} epochs",
-             round(t["total_s"], 2)] for t in cost["training"]]
-    rows += [[f"eval: {e['label']}", e["dataset"], e["attack"], None, None, None, f"n={e['n']}",
-              e["elapsed_s"]] for e in cost["evaluation"]]
-    return write_analysis(output_dir, name, analysis="time", title=title, figure=figure,
-                          columns=["run / evaluation", "dataset", "shots / attack", "batch size",
-                                   "device", "s per epoch", "basis", "total s"],
-                          rows=rows, data=cost,
-                          notes=["Per-epoch time of runs shorter than an epoch is mean step time × "
-                                 "steps per epoch (an estimate)."])
+    rows = [
+        [
+            t["run"],
+            t["dataset"],
+            t["shots"],
+            t["batch_size"],
+            t["device"],
+            round(t["seconds_per_epoch"], 2),
+            "estimate" if t["estimated"] else f"{t['complete_epochs']} epochs",
+            round(t["total_s"], 2),
+        ]
+        for t in cost["training"]
+    ]
+    rows += [
+        [f"eval: {e['label']}", e["dataset"], e["attack"], None, None, None, f"n={e['n']}", e["elapsed_s"]]
+        for e in cost["evaluation"]
+    ]
+    return write_analysis(
+        output_dir,
+        name,
+        analysis="time",
+        title=title,
+        figure=figure,
+        columns=[
+            "run / evaluation",
+            "dataset",
+            "shots / attack",
+            "batch size",
+            "device",
+            "s per epoch",
+            "basis",
+            "total s",
+        ],
+        rows=rows,
+        data=cost,
+        notes=[
+            "Per-epoch time of runs shorter than an epoch is mean step time × steps per epoch (an estimate)."
+        ],
+    )
 
 
 def _training_bars(ax, runs: list[dict]) -> None:

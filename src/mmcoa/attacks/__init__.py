@@ -7,8 +7,18 @@ from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, build_attack, eval
 from mmcoa.attacks.pgd import PGD, maximize
 from mmcoa.attacks.retrieval import RETRIEVAL_ATTACKS, build_retrieval_attack
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "PGD", "RETRIEVAL_ATTACKS", "build_attack",
-           "build_retrieval_attack", "eval_mode", "maximize", "list_attacks"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackResult",
+    "PGD",
+    "RETRIEVAL_ATTACKS",
+    "build_attack",
+    "build_retrieval_attack",
+    "eval_mode",
+    "maximize",
+    "list_attacks",
+]
 
 
 def list_attacks() -> list[dict]:

@@ -85,8 +85,9 @@ def torchattacks_seed(generator: torch.Generator | None, default: int) -> int:
 
 
 @contextlib.contextmanager
-def attack_session(classifier: ZeroShotClassifier, device: torch.device,
-                   precision: str = "fp32") -> Iterator[LogitsModule]:
+def attack_session(
+    classifier: ZeroShotClassifier, device: torch.device, precision: str = "fp32"
+) -> Iterator[LogitsModule]:
     """The adapter, with the model in eval mode and its parameters frozen, and the global RNG
     forked; on exit every mode, ``requires_grad`` flag and RNG state is as it was.
 
@@ -152,8 +153,9 @@ class TorchattacksAttack(Attack):
             return AttackResult(images=images, queries=0)  # nothing can be misclassified
         with attack_session(classifier, images.device, getattr(self, "precision", "fp32")) as adapter:
             device = next(adapter.parameters()).device
-            adv, queries = self._run(adapter, images.to(device), labels.to(device), seed,
-                                     classifier.n_classes)
+            adv, queries = self._run(
+                adapter, images.to(device), labels.to(device), seed, classifier.n_classes
+            )
         return AttackResult(images=adv.to(images.device), queries=queries)
 
     def _run(self, adapter, images, labels, seed, n_classes) -> tuple[torch.Tensor, int]:
@@ -183,15 +185,29 @@ class APGDBase(TorchattacksAttack):
     # -- the torchattacks stages (AutoAttack reuses them) and their worst-case queries --
     def apgd_ce_attack(self, adapter: LogitsModule, seed: int) -> torchattacks.APGD:
         """torchattacks' APGD on the cross-entropy with this attack's budget."""
-        return torchattacks.APGD(adapter, norm=TORCHATTACKS_NORMS[self.norm], eps=self.eps,
-                                 steps=self.n_steps, n_restarts=self.n_restarts, seed=seed,
-                                 loss="ce", rho=self.rho)
+        return torchattacks.APGD(
+            adapter,
+            norm=TORCHATTACKS_NORMS[self.norm],
+            eps=self.eps,
+            steps=self.n_steps,
+            n_restarts=self.n_restarts,
+            seed=seed,
+            loss="ce",
+            rho=self.rho,
+        )
 
     def apgd_t_attack(self, adapter: LogitsModule, seed: int, targets: int) -> torchattacks.APGDT:
         """torchattacks' APGD-T (targeted DLR) with ``targets`` target classes."""
-        return _TargetedAPGD(adapter, norm=TORCHATTACKS_NORMS[self.norm], eps=self.eps,
-                             steps=self.n_steps, n_restarts=self.n_restarts, seed=seed,
-                             rho=self.rho, n_classes=targets + 1)
+        return _TargetedAPGD(
+            adapter,
+            norm=TORCHATTACKS_NORMS[self.norm],
+            eps=self.eps,
+            steps=self.n_steps,
+            n_restarts=self.n_restarts,
+            seed=seed,
+            rho=self.rho,
+            n_classes=targets + 1,
+        )
 
     def apgd_ce_queries(self) -> int:
         """One clean check, then per restart one forward at the start and one per step."""

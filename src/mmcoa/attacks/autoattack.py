@@ -26,23 +26,52 @@ from dataclasses import dataclass
 import torch
 import torchattacks
 
-from mmcoa.attacks.apgd import (MAX_SEED, TORCHATTACKS_NORMS, APGDBase, LogitsModule,
-                                TorchattacksAttack, check_ball, check_int, target_count)
+from mmcoa.attacks.apgd import (
+    MAX_SEED,
+    TORCHATTACKS_NORMS,
+    APGDBase,
+    LogitsModule,
+    TorchattacksAttack,
+    check_ball,
+    check_int,
+    target_count,
+)
 from mmcoa.attacks.base import ATTACKS, check_range
 
-STANDARD = {"n_steps": 100, "n_restarts": 1, "n_target_classes": 9, "fab_steps": 100,
-            "square_queries": 5000}  # the reference code's set_version("standard")
+STANDARD = {
+    "n_steps": 100,
+    "n_restarts": 1,
+    "n_target_classes": 9,
+    "fab_steps": 100,
+    "square_queries": 5000,
+}  # the reference code's set_version("standard")
 SQUARE_P_INIT = 0.8  # the reference code's fraction of pixels changed by the first square
 
 
-def square_attack(adapter: LogitsModule, *, eps: float, norm: str, n_queries: int, n_restarts: int,
-                  seed: int, p_init: float = SQUARE_P_INIT) -> torchattacks.Square:
+def square_attack(
+    adapter: LogitsModule,
+    *,
+    eps: float,
+    norm: str,
+    n_queries: int,
+    n_restarts: int,
+    seed: int,
+    p_init: float = SQUARE_P_INIT,
+) -> torchattacks.Square:
     """torchattacks' Square (margin loss) as AutoAttack runs it: schedule of the square size in
     raw iterations (``resc_schedule=False``), so a smaller budget stops early in the same
     schedule instead of compressing it."""
-    return torchattacks.Square(adapter, norm=TORCHATTACKS_NORMS[norm], eps=eps, n_queries=n_queries,
-                               n_restarts=n_restarts, p_init=p_init, loss="margin",
-                               resc_schedule=False, seed=seed)
+    return torchattacks.Square(
+        adapter,
+        norm=TORCHATTACKS_NORMS[norm],
+        eps=eps,
+        n_queries=n_queries,
+        n_restarts=n_restarts,
+        p_init=p_init,
+        loss="margin",
+        resc_schedule=False,
+        seed=seed,
+    )
 
 
 def square_queries(n_queries: int, n_restarts: int) -> int:
@@ -106,11 +135,24 @@ class AutoAttack(APGDBase):
     def stages(self, adapter: LogitsModule, seed: int, n_classes: int) -> list[torchattacks.Attack]:
         """The four torchattacks attacks, in AutoAttack's order, with this attack's budgets."""
         targets = target_count(self.n_target_classes, n_classes)
-        fab = torchattacks.FAB(adapter, norm=TORCHATTACKS_NORMS[self.norm], eps=self.eps,
-                               steps=self.fab_steps, n_restarts=self.n_restarts, seed=seed,
-                               multi_targeted=True, n_classes=targets + 1)
-        square = square_attack(adapter, eps=self.eps, norm=self.norm, n_queries=self.square_queries,
-                               n_restarts=self.n_restarts, seed=seed)
+        fab = torchattacks.FAB(
+            adapter,
+            norm=TORCHATTACKS_NORMS[self.norm],
+            eps=self.eps,
+            steps=self.fab_steps,
+            n_restarts=self.n_restarts,
+            seed=seed,
+            multi_targeted=True,
+            n_classes=targets + 1,
+        )
+        square = square_attack(
+            adapter,
+            eps=self.eps,
+            norm=self.norm,
+            n_queries=self.square_queries,
+            n_restarts=self.n_restarts,
+            seed=seed,
+        )
         return [self.apgd_ce_attack(adapter, seed), self.apgd_t_attack(adapter, seed, targets), fab, square]
 
     def queries(self, n_classes: int) -> int:
@@ -119,8 +161,12 @@ class AutoAttack(APGDBase):
         # FAB-T: one clean check; per target and restart two clean forwards (prediction, target
         # choice), per step a forward for the gradient and one to check, and a final check
         fab = 1 + targets * self.n_restarts * (2 * self.fab_steps + 3)
-        own = (self.apgd_ce_queries() + self.apgd_t_queries(targets) + fab
-               + square_queries(self.square_queries, self.n_restarts))
+        own = (
+            self.apgd_ce_queries()
+            + self.apgd_t_queries(targets)
+            + fab
+            + square_queries(self.square_queries, self.n_restarts)
+        )
         return own + 4  # MultiAttack classifies each attack's output
 
     def _run(self, adapter, images, labels, seed, n_classes):
@@ -175,6 +221,13 @@ class Square(TorchattacksAttack):
         check_int("seed", self.seed, 0, MAX_SEED)
 
     def _run(self, adapter, images, labels, seed, n_classes) -> tuple[torch.Tensor, int]:
-        attack = square_attack(adapter, eps=self.eps, norm=self.norm, n_queries=self.n_queries,
-                               n_restarts=self.n_restarts, seed=seed, p_init=self.p_init)
+        attack = square_attack(
+            adapter,
+            eps=self.eps,
+            norm=self.norm,
+            n_queries=self.n_queries,
+            n_restarts=self.n_restarts,
+            seed=seed,
+            p_init=self.p_init,
+        )
         return attack.perturb(images, labels).detach(), square_queries(self.n_queries, self.n_restarts)

@@ -48,8 +48,13 @@ class Attack:
 
     name: ClassVar[str] = "attack"
 
-    def __call__(self, classifier: ZeroShotClassifier, images: torch.Tensor, labels: torch.Tensor,
-                 generator: torch.Generator | None = None) -> AttackResult:
+    def __call__(
+        self,
+        classifier: ZeroShotClassifier,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> AttackResult:
         raise NotImplementedError
 
     def prepare(self, device: str) -> None:
@@ -97,8 +102,10 @@ def build_registered(registry: Registry, name: str, **params):
     accepted = parameter_names(cls)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise MmcoaError(f"{registry.kind} {name!r} takes no parameter {', '.join(unknown)}; "
-                         f"accepted: {', '.join(accepted) or 'none'}")
+        raise MmcoaError(
+            f"{registry.kind} {name!r} takes no parameter {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted) or 'none'}"
+        )
     return cls(**params)
 
 

@@ -106,8 +106,13 @@ class BertPrompts(UsesBertAttack):
     def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
         edits, embeddings = self.adversarial_prompt_set(classifier)
         queries, changed = per_class_costs(edits, labels)
-        return AttackResult(images=images, class_embeddings=embeddings, queries=queries,
-                            words_changed=changed, adversarial_prompts=[e.adversarial for e in edits])
+        return AttackResult(
+            images=images,
+            class_embeddings=embeddings,
+            queries=queries,
+            words_changed=changed,
+            adversarial_prompts=[e.adversarial for e in edits],
+        )
 
 
 @ATTACKS.register("bert-targeted")
@@ -136,8 +141,9 @@ class BertTargeted(UsesBertAttack):
     def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
         with torch.no_grad():
             image_features = classifier.model.encode_image(images, normalize=True).float()
-        edits = per_image_prompt_edits(self.engine, classifier, labels,
-                                       true_class_probability_drop(classifier, image_features, labels))
+        edits = per_image_prompt_edits(
+            self.engine, classifier, labels, true_class_probability_drop(classifier, image_features, labels)
+        )
         return prompt_edit_result(classifier, images, labels, edits)
 
 
@@ -149,9 +155,12 @@ def per_image_prompt_edits(engine: BertAttack, classifier, labels, score_fn) -> 
 def prompt_edit_result(classifier, images, labels, edits: list[TextEdit]) -> AttackResult:
     """Per-sample prompt sets: each image's true-class prompt replaced by its own edit."""
     class_embeddings = per_sample_prompt_sets(classifier, labels, [e.adversarial for e in edits])
-    return AttackResult(images=images, class_embeddings=class_embeddings,
-                        queries=sum(e.queries for e in edits) / max(1, len(edits)),
-                        words_changed=torch.tensor([e.changed_words for e in edits]))
+    return AttackResult(
+        images=images,
+        class_embeddings=class_embeddings,
+        queries=sum(e.queries for e in edits) / max(1, len(edits)),
+        words_changed=torch.tensor([e.changed_words for e in edits]),
+    )
 
 
 def per_sample_prompt_sets(classifier, labels: torch.Tensor, true_class_texts: list[str]) -> torch.Tensor:

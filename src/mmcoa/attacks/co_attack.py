@@ -25,8 +25,9 @@ from mmcoa.attacks.pgd import check_precision, maximize
 
 def embedding_kl(reference: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
     """Per-row KL(softmax(reference) ‖ softmax(moving)) over embedding dimensions."""
-    return F.kl_div(moving.log_softmax(-1), reference.log_softmax(-1), log_target=True,
-                    reduction="none").sum(-1)
+    return F.kl_div(moving.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="none").sum(
+        -1
+    )
 
 
 @ATTACKS.register("coattack")
@@ -84,10 +85,20 @@ class CoAttack(UsesBertAttack):
                 moving = model.encode_image(adv, normalize=True).float()
                 return embedding_kl(clean, moving) + self.text_weight * embedding_kl(text, moving)
 
-            adversarial = maximize(loss_fn, images, eps=self.eps, step_size=self.step_size,
-                                   n_steps=self.n_steps, generator=generator,
-                                   precision=self.precision)
+            adversarial = maximize(
+                loss_fn,
+                images,
+                eps=self.eps,
+                step_size=self.step_size,
+                n_steps=self.n_steps,
+                generator=generator,
+                precision=self.precision,
+            )
         text_queries, changed = per_class_costs(edits, labels)
-        return AttackResult(images=adversarial, class_embeddings=embeddings,
-                            queries=self.n_steps + text_queries, words_changed=changed,
-                            adversarial_prompts=[e.adversarial for e in edits])
+        return AttackResult(
+            images=adversarial,
+            class_embeddings=embeddings,
+            queries=self.n_steps + text_queries,
+            words_changed=changed,
+            adversarial_prompts=[e.adversarial for e in edits],
+        )

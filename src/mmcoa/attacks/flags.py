@@ -34,20 +34,29 @@ ATTACK_FLAGS = (
     AttackFlag("n_steps", int, "attack iterations (default: the attack's, 100 for pgd)"),
     AttackFlag("norm", str, "threat model (default linf)", ("linf", "l2")),
     AttackFlag("n_restarts", int, "random restarts (default 1)"),
-    AttackFlag("mlm", str, "masked LM of the text attacks: hub id, directory or minilm "
-               "(default bert-base-uncased)"),
+    AttackFlag(
+        "mlm", str, "masked LM of the text attacks: hub id, directory or minilm (default bert-base-uncased)"
+    ),
     AttackFlag("k", int, "BERT-Attack candidates per word (default 10)"),
     AttackFlag("max_words", int, "words the text attacks change per prompt (default 1)"),
-    AttackFlag("text_weight", float, "Co-Attack: weight of the text-guidance KL, the published "
-               "code's alpha (default 3)"),
-    AttackFlag("precision", str, "image attacks' precision: bf16 autocasts the model (default fp32)",
-               ("fp32", "bf16")),
+    AttackFlag(
+        "text_weight",
+        float,
+        "Co-Attack: weight of the text-guidance KL, the published code's alpha (default 3)",
+    ),
+    AttackFlag(
+        "precision",
+        str,
+        "image attacks' precision: bf16 autocasts the model (default fp32)",
+        ("fp32", "bf16"),
+    ),
 )
 assert tuple(f.name for f in ATTACK_FLAGS) == SETTINGS  # one list of user-settable attack fields
 
 
-def add_attack_flags(p: argparse.ArgumentParser, *, eps_list: bool = False,
-                     skip: tuple[str, ...] = ()) -> None:
+def add_attack_flags(
+    p: argparse.ArgumentParser, *, eps_list: bool = False, skip: tuple[str, ...] = ()
+) -> None:
     """The attack flags on ``p`` (all default to None: each attack's own default). ``eps_list``:
     ``--eps`` takes comma-separated budgets (a sweep); ``skip``: flags the command declares
     itself (``precision`` where a runtime group has it)."""
@@ -56,8 +65,9 @@ def add_attack_flags(p: argparse.ArgumentParser, *, eps_list: bool = False,
             continue
         text = f.help + (f" [units of {f.unit}]" if f.unit else "")
         if f.name == "eps" and eps_list:
-            p.add_argument("--eps", default=None, help=f"comma-separated budgets [units of {UNIT_255}] "
-                           "(default 1,2,4)")
+            p.add_argument(
+                "--eps", default=None, help=f"comma-separated budgets [units of {UNIT_255}] (default 1,2,4)"
+            )
             continue
         p.add_argument(flag_name(f.name), type=f.type, default=None, choices=f.choices, help=text)
     refuse_renamed(p, RENAMED)
@@ -65,5 +75,4 @@ def add_attack_flags(p: argparse.ArgumentParser, *, eps_list: bool = False,
 
 def attack_params_from_flags(args: argparse.Namespace) -> dict:
     """The attack flags the user set, as attack parameters (eps and step size in pixels)."""
-    return params_from_settings({f.name: getattr(args, f.name, None) for f in ATTACK_FLAGS},
-                                spell=flag_name)
+    return params_from_settings({f.name: getattr(args, f.name, None) for f in ATTACK_FLAGS}, spell=flag_name)

@@ -27,8 +27,9 @@ class _PgdAndPrompts(UsesBertAttack):
 
     def __post_init__(self):
         super().__post_init__()
-        self._pgd = PGD(eps=self.eps, step_size=self.step_size, n_steps=self.n_steps,
-                        precision=self.precision)
+        self._pgd = PGD(
+            eps=self.eps, step_size=self.step_size, n_steps=self.n_steps, precision=self.precision
+        )
 
     def params(self) -> dict:
         params = super().params()
@@ -49,9 +50,13 @@ class _PgdAndPrompts(UsesBertAttack):
             if image_result is None:
                 image_result = self._pgd(target, images, labels, generator)
         text_queries, changed = per_class_costs(edits, labels)
-        return AttackResult(images=image_result.images, class_embeddings=embeddings,
-                            queries=image_result.queries + text_queries, words_changed=changed,
-                            adversarial_prompts=[e.adversarial for e in edits])
+        return AttackResult(
+            images=image_result.images,
+            class_embeddings=embeddings,
+            queries=image_result.queries + text_queries,
+            words_changed=changed,
+            adversarial_prompts=[e.adversarial for e in edits],
+        )
 
 
 @ATTACKS.register("multimodal")

@@ -48,5 +48,4 @@ class UniformNoise(Attack):
 
     def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
         images = images.detach()
-        return AttackResult(images=images + random_start(images, self.eps, self.norm, generator),
-                            queries=0)
+        return AttackResult(images=images + random_start(images, self.eps, self.norm, generator), queries=0)

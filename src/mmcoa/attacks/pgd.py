@@ -33,8 +33,7 @@ class RowsOf:
     total: int
 
 
-def random_start(images: torch.Tensor, eps: float, norm: str,
-                 generator: torch.Generator | RowsOf | None):
+def random_start(images: torch.Tensor, eps: float, norm: str, generator: torch.Generator | RowsOf | None):
     """A perturbation drawn uniformly from the eps-ball (both signs), clipped to valid pixels."""
     shape, device, rows = images.shape, images.device, slice(None)
     if isinstance(generator, RowsOf):
@@ -66,9 +65,18 @@ def project(delta: torch.Tensor, images: torch.Tensor, eps: float, norm: str):
     return (images + delta).clamp(0, 1) - images
 
 
-def maximize(loss_fn: LossFn, images: torch.Tensor, *, eps: float, step_size: float, n_steps: int,
-             norm: str = "linf", start: bool = True, generator: torch.Generator | RowsOf | None = None,
-             precision: str = "fp32") -> torch.Tensor:
+def maximize(
+    loss_fn: LossFn,
+    images: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    n_steps: int,
+    norm: str = "linf",
+    start: bool = True,
+    generator: torch.Generator | RowsOf | None = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """Ascend ``loss_fn(adv).sum()`` for ``n_steps`` steps inside the eps-ball around ``images``.
 
     Gradients are taken with ``torch.autograd.grad`` with respect to the perturbation only, so
@@ -167,9 +175,17 @@ class PGD(Attack):
         return AttackResult(images=best, queries=queries)
 
     def _run_once(self, loss_fn, images, generator):
-        return maximize(loss_fn, images, eps=self.eps, step_size=self.step_size,
-                        n_steps=self.n_steps, norm=self.norm, start=self.random_start,
-                        generator=generator, precision=self.precision)
+        return maximize(
+            loss_fn,
+            images,
+            eps=self.eps,
+            step_size=self.step_size,
+            n_steps=self.n_steps,
+            norm=self.norm,
+            start=self.random_start,
+            generator=generator,
+            precision=self.precision,
+        )
 
     @torch.no_grad()
     def _keep_better(self, classifier, labels, current, candidate):

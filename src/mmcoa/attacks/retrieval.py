@@ -91,15 +91,22 @@ class RetrievalAttack:
     def params(self) -> dict:
         return dataclasses.asdict(self)
 
-    def attack_captions(self, model, captions: list[str], image_embeddings: torch.Tensor | None = None
-                        ) -> tuple[list[str], list[int]]:
+    def attack_captions(
+        self, model, captions: list[str], image_embeddings: torch.Tensor | None = None
+    ) -> tuple[list[str], list[int]]:
         """The captions to use and the words changed in each (unchanged by default);
         ``image_embeddings[j]`` is the normalized embedding of caption j's image (only for
         ``image_guided`` attacks)."""
         return list(captions), [0] * len(captions)
 
-    def attack_images(self, model, images: torch.Tensor, text: torch.Tensor, owner: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+    def attack_images(
+        self,
+        model,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        owner: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         return images
 
 
@@ -131,9 +138,16 @@ class _ImageBudget(RetrievalAttack):
         check_precision(self.precision)
 
     def _maximize(self, loss_fn, images, generator):
-        return maximize(loss_fn, images, eps=self.eps, step_size=self.step_size,
-                        n_steps=self.n_steps, start=self.random_start, generator=generator,
-                        precision=self.precision)
+        return maximize(
+            loss_fn,
+            images,
+            eps=self.eps,
+            step_size=self.step_size,
+            n_steps=self.n_steps,
+            start=self.random_start,
+            generator=generator,
+            precision=self.precision,
+        )
 
 
 @RETRIEVAL_ATTACKS.register("pgd")
@@ -261,16 +275,25 @@ class RetrievalCoAttack(_UsesCaptionAttack):
                 clean = model.encode_image(images, normalize=True).float()
 
             def loss_fn(adv):
-                return coattack_loss(clean, model.encode_image(adv, normalize=True).float(), text,
-                                     owner, self.text_weight)
+                return coattack_loss(
+                    clean, model.encode_image(adv, normalize=True).float(), text, owner, self.text_weight
+                )
 
-            return maximize(loss_fn, images, eps=self.eps, step_size=self.step_size,
-                            n_steps=self.n_steps, start=self.random_start, generator=generator,
-                            precision=self.precision)
+            return maximize(
+                loss_fn,
+                images,
+                eps=self.eps,
+                step_size=self.step_size,
+                n_steps=self.n_steps,
+                start=self.random_start,
+                generator=generator,
+                precision=self.precision,
+            )
 
 
-def coattack_loss(clean: torch.Tensor, moving: torch.Tensor, text: torch.Tensor, owner: torch.Tensor,
-                  alpha: float) -> torch.Tensor:
+def coattack_loss(
+    clean: torch.Tensor, moving: torch.Tensor, text: torch.Tensor, owner: torch.Tensor, alpha: float
+) -> torch.Tensor:
     """Per image: KL(clean ‖ adv) + alpha · the MEAN over its captions of KL(t_adv ‖ adv).
 
     Co-Attack's retrieval loss is per (image, caption) pair, KL_img + alpha · KL_txt (its
@@ -330,25 +353,42 @@ class RetrievalSGA(_UsesCaptionAttack, _ImageBudget):
     def attack_images(self, model, images, text, owner, generator=None):
         text = text.detach().float()
         with eval_mode(model):
-            loss_fn = partial(sga_loss, model, text=text, owner=owner, scales=self.scales,
-                              noise_std=self.noise_std, generator=generator)
+            loss_fn = partial(
+                sga_loss,
+                model,
+                text=text,
+                owner=owner,
+                scales=self.scales,
+                noise_std=self.noise_std,
+                generator=generator,
+            )
             return self._maximize(loss_fn, images, generator)
 
 
-def sga_loss(model, images: torch.Tensor, text: torch.Tensor, owner: torch.Tensor,
-             scales: tuple[float, ...], noise_std: float = 0.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def sga_loss(
+    model,
+    images: torch.Tensor,
+    text: torch.Tensor,
+    owner: torch.Tensor,
+    scales: tuple[float, ...],
+    noise_std: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Per image: minus the summed cosine of the image and each of its scaled copies (noised
     before resizing when ``noise_std > 0``, :func:`~mmcoa.attacks.sga.scaled_copies`) to each of
     its captions (SGA's set-level image loss, which sums over an image's captions; ``text``
     normalized)."""
-    return sum(pgd_loss(model.encode_image(copy, normalize=True).float(), text, owner)
-               for copy in scaled_copies(images, scales, noise_std, generator))
+    return sum(
+        pgd_loss(model.encode_image(copy, normalize=True).float(), text, owner)
+        for copy in scaled_copies(images, scales, noise_std, generator)
+    )
 
 
 @torch.no_grad()
 def encode_texts(model, captions: Sequence[str], batch_size: int = TEXT_BATCH) -> torch.Tensor:
     """Normalized float32 text embeddings [N, D], ``batch_size`` captions at a time."""
-    parts = [model.encode_text(list(captions[i:i + batch_size]), normalize=True).float()
-             for i in range(0, len(captions), batch_size)]
+    parts = [
+        model.encode_text(list(captions[i : i + batch_size]), normalize=True).float()
+        for i in range(0, len(captions), batch_size)
+    ]
     return torch.cat(parts)

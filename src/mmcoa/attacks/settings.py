@@ -16,13 +16,22 @@ from mmcoa.registry import Registry
 from mmcoa.units import from_255
 
 PER_255 = ("eps", "step_size")  # given in units of 1/255
-SETTINGS = ("eps", "step_size", "n_steps", "norm", "n_restarts", "mlm", "k", "max_words",
-            "text_weight", "precision")  # the attack fields users set by name (flags, suite YAMLs)
+SETTINGS = (
+    "eps",
+    "step_size",
+    "n_steps",
+    "norm",
+    "n_restarts",
+    "mlm",
+    "k",
+    "max_words",
+    "text_weight",
+    "precision",
+)  # the attack fields users set by name (flags, suite YAMLs)
 RENAMED = {"steps": "n_steps", "restarts": "n_restarts", "alpha": "text_weight"}  # old spellings
 
 
-def params_from_settings(settings: Mapping[str, object],
-                         spell: Callable[[str], str] = str) -> dict:
+def params_from_settings(settings: Mapping[str, object], spell: Callable[[str], str] = str) -> dict:
     """Attack parameters (pixel units) from user ``settings``; unset (None) values are dropped
     and other names pass through unchanged (e.g. ``scales``); an old spelling (``steps``) is a
     one-line error naming the new one. ``spell(name)`` is how an error names a setting
@@ -30,8 +39,7 @@ def params_from_settings(settings: Mapping[str, object],
     params = {}
     for name, value in settings.items():
         if name in RENAMED:
-            raise MmcoaError(f"{spell(name)} was renamed to {spell(RENAMED[name])} (the attack's "
-                             "field name)")
+            raise MmcoaError(f"{spell(name)} was renamed to {spell(RENAMED[name])} (the attack's field name)")
         if value is None:
             continue
         params[name] = per_255(value, spell(name)) if name in PER_255 else value
@@ -43,8 +51,7 @@ def per_255(value: object, spelled: str) -> float:
     return from_255(value, spelled)
 
 
-def build_attacks(names: Sequence[str], params: Mapping[str, object],
-                  registry: Registry = ATTACKS) -> list:
+def build_attacks(names: Sequence[str], params: Mapping[str, object], registry: Registry = ATTACKS) -> list:
     """Each named attack of ``registry`` with the parameters it accepts; a parameter that no
     named attack takes is an error (a flag the user set must act somewhere)."""
     classes = [registry.get(name) for name in names]
@@ -56,6 +63,8 @@ def build_attacks(names: Sequence[str], params: Mapping[str, object],
         used |= accepted & set(params)
     unused = sorted(set(params) - used)
     if unused:
-        raise MmcoaError(f"no chosen {registry.kind} takes {', '.join(unused)}; "
-                         f"{registry.kind}s chosen: {', '.join(names) or 'none'}")
+        raise MmcoaError(
+            f"no chosen {registry.kind} takes {', '.join(unused)}; "
+            f"{registry.kind}s chosen: {', '.join(names) or 'none'}"
+        )
     return attacks

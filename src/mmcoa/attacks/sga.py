@@ -27,13 +27,16 @@ import torch
 import torch.nn.functional as F
 
 from mmcoa.attacks.base import ATTACKS, AttackResult, check_range, eval_mode
-from mmcoa.attacks.bert import (UsesBertAttack, encode_unique, per_image_prompt_edits,
-                                prompt_edit_result)
+from mmcoa.attacks.bert import UsesBertAttack, encode_unique, per_image_prompt_edits, prompt_edit_result
 from mmcoa.attacks.pgd import check_precision, maximize
 
 
-def scaled_copies(images: torch.Tensor, scales: tuple[float, ...], noise_std: float = 0.0,
-                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def scaled_copies(
+    images: torch.Tensor,
+    scales: tuple[float, ...],
+    noise_std: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
     """The images and their copies resized by each factor (bicubic, values kept in [0, 1]).
 
     With ``noise_std > 0`` each resized copy is made from ``images + N(0, noise_std²)`` noise
@@ -49,8 +52,11 @@ def scaled_copies(images: torch.Tensor, scales: tuple[float, ...], noise_std: fl
     for scale in scales:
         scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
         noisy = images + gaussian_noise(images, noise_std, generator) if noise_std else images
-        copies.append(F.interpolate(noisy, size=scaled, mode="bicubic", align_corners=False,
-                                    antialias=scale < 1).clamp(0, 1))
+        copies.append(
+            F.interpolate(noisy, size=scaled, mode="bicubic", align_corners=False, antialias=scale < 1).clamp(
+                0, 1
+            )
+        )
     return copies
 
 
@@ -133,9 +139,15 @@ class SGA(UsesBertAttack):
         with eval_mode(model):
             first = self._guided_edits(classifier, labels, images)
             text_sets = self._text_sets(classifier, labels, first)
-            adversarial = maximize(self._image_loss(model, text_sets, generator), images, eps=self.eps,
-                                   step_size=self.step_size, n_steps=self.n_steps,
-                                   generator=generator, precision=self.precision)
+            adversarial = maximize(
+                self._image_loss(model, text_sets, generator),
+                images,
+                eps=self.eps,
+                step_size=self.step_size,
+                n_steps=self.n_steps,
+                generator=generator,
+                precision=self.precision,
+            )
             final = self._guided_edits(classifier, labels, adversarial)
             result = prompt_edit_result(classifier, adversarial, labels, final)
         result.queries += sum(e.queries for e in first) / max(1, len(first))

@@ -10,12 +10,23 @@ the dataset's own resolution (native for CIFAR, STL10 and TinyImageNet, a 224 ce
 """
 
 from mmcoa.data import (  # noqa: F401  (register)
-    fashion_mnist, imagenet_sets, paper_sets, synthetic, torchvision_sets)
+    fashion_mnist,
+    imagenet_sets,
+    paper_sets,
+    synthetic,
+    torchvision_sets,
+)
 from mmcoa.data.base import DATASETS, DEFAULT_TEMPLATE, ClassificationDataset, clean_classname
 from mmcoa.data.catalog import describe_datasets, load_dataset
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy
 
 __all__ = [
-    "DATASETS", "DEFAULT_TEMPLATE", "ClassificationDataset", "RetrievalDataset", "clean_classname",
-    "describe_datasets", "load_coco_karpathy", "load_dataset",
+    "DATASETS",
+    "DEFAULT_TEMPLATE",
+    "ClassificationDataset",
+    "RetrievalDataset",
+    "clean_classname",
+    "describe_datasets",
+    "load_coco_karpathy",
+    "load_dataset",
 ]

@@ -58,8 +58,14 @@ class ClassificationDataset(Dataset):
     implement ``__len__`` and ``_item(i)``.
     """
 
-    def __init__(self, name: str, split: str, classnames: Sequence[str],
-                 template: str = DEFAULT_TEMPLATE, image_size: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        classnames: Sequence[str],
+        template: str = DEFAULT_TEMPLATE,
+        image_size: tuple[int, int] | None = None,
+    ):
         self.name = name
         self.split = split
         self.classnames = [clean_classname(c) for c in classnames]
@@ -86,10 +92,14 @@ class ClassificationDataset(Dataset):
             image, label = self._item(index)
         except UNREADABLE as error:
             source = self.source(index)
-            what = (f"image {index} of {self.name} {self.split}{f' ({source})' if source else ''} "
-                    f"is unreadable ({type(error).__name__}: {first_line(error)})")
-            raise BadImageError(f"{what}; fix or remove it, or pass --skip-bad-images to skip and "
-                                f"count such images", what=what) from error
+            what = (
+                f"image {index} of {self.name} {self.split}{f' ({source})' if source else ''} "
+                f"is unreadable ({type(error).__name__}: {first_line(error)})"
+            )
+            raise BadImageError(
+                f"{what}; fix or remove it, or pass --skip-bad-images to skip and count such images",
+                what=what,
+            ) from error
         if image.shape[0] == 1:
             image = image.repeat(3, 1, 1)
         return image, int(label)
@@ -106,8 +116,10 @@ class ClassificationDataset(Dataset):
         return [template.format(c) for c in self.classnames]
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
-                f"n={len(self)}, classes={len(self.classnames)}, image_size={self.image_size})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
+            f"n={len(self)}, classes={len(self.classnames)}, image_size={self.image_size})"
+        )
 
 
 class TensorClassificationDataset(ClassificationDataset):

@@ -14,8 +14,9 @@ def known_names() -> list[str]:
     return DATASETS.names() + [FOLDER_PATTERN]
 
 
-def load_dataset(name: str, split: str = "test", root: str | None = None, download: bool = False,
-                 **kwargs) -> ClassificationDataset:
+def load_dataset(
+    name: str, split: str = "test", root: str | None = None, download: bool = False, **kwargs
+) -> ClassificationDataset:
     """Load split ``split`` of dataset ``name`` (a registered name or ``imagefolder:<path>``).
 
     ``root`` is the data folder (default ``$MMCOA_DATA`` or ``~/.cache/mmcoa/data``); ``download``
@@ -24,7 +25,7 @@ def load_dataset(name: str, split: str = "test", root: str | None = None, downlo
     """
     if name.startswith(folder.PREFIX):
         _check_options(name, kwargs, ())
-        return folder.load(name[len(folder.PREFIX):], split)
+        return folder.load(name[len(folder.PREFIX) :], split)
     if name not in DATASETS:
         raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(known_names())}")
     spec = DATASETS.get(name)
@@ -47,12 +48,28 @@ def describe_datasets(root: str | None = None) -> list[dict]:
     ``n_classes``, ``template``, ``splits``, ``found`` (files on disk under ``root`` or the default
     places) and ``description``."""
     path = resolve_root(root)
-    rows = [dict(name=spec.name, n_classes=spec.n_classes, template=spec.template,
-                 splits=list(spec.splits), found=bool(spec.found(path)), description=spec.description)
-            for spec in map(DATASETS.get, DATASETS.names())]
-    rows.append(dict(name=FOLDER_PATTERN, n_classes=None, template=DEFAULT_TEMPLATE, splits=["any"],
-                     found=False, description="your own <path>/<class>/<image> tree (uses "
-                     "<path>/<split> when that folder exists), resized to 224x224"))
+    rows = [
+        dict(
+            name=spec.name,
+            n_classes=spec.n_classes,
+            template=spec.template,
+            splits=list(spec.splits),
+            found=bool(spec.found(path)),
+            description=spec.description,
+        )
+        for spec in map(DATASETS.get, DATASETS.names())
+    ]
+    rows.append(
+        dict(
+            name=FOLDER_PATTERN,
+            n_classes=None,
+            template=DEFAULT_TEMPLATE,
+            splits=["any"],
+            found=False,
+            description="your own <path>/<class>/<image> tree (uses "
+            "<path>/<split> when that folder exists), resized to 224x224",
+        )
+    )
     rows.append(_coco_row(path))
     return rows
 
@@ -63,6 +80,11 @@ def _coco_row(path) -> dict:
     from mmcoa.data.coco import ANNOTATION_FILE, DATASET_NAME, LAYOUT_HINT, SPLITS
 
     places = [path, path / "coco", path / "mscoco"] if path is not None else []
-    return dict(name=DATASET_NAME, n_classes=None, template="(captions)", splits=list(SPLITS),
-                found=any((place / ANNOTATION_FILE).is_file() for place in places),
-                description=f"image-text retrieval only: mmcoa retrieval --data-root DIR, {LAYOUT_HINT}")
+    return dict(
+        name=DATASET_NAME,
+        n_classes=None,
+        template="(captions)",
+        splits=list(SPLITS),
+        found=any((place / ANNOTATION_FILE).is_file() for place in places),
+        description=f"image-text retrieval only: mmcoa retrieval --data-root DIR, {LAYOUT_HINT}",
+    )

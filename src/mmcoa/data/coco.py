@@ -34,8 +34,10 @@ from mmcoa.errors import DatasetUnavailableError, MmcoaError
 DATASET_NAME = "mscoco_karpathy"
 ANNOTATION_FILE = "dataset_coco.json"
 SPLITS = ("train", "val", "test", "restval")
-LAYOUT_HINT = (f"expected <root>/{ANNOTATION_FILE} (Karpathy's split file) and images at "
-               "<root>/<filepath>/<filename>, e.g. <root>/val2014/COCO_val2014_000000391895.jpg")
+LAYOUT_HINT = (
+    f"expected <root>/{ANNOTATION_FILE} (Karpathy's split file) and images at "
+    "<root>/<filepath>/<filename>, e.g. <root>/val2014/COCO_val2014_000000391895.jpg"
+)
 MAX_WORDS = 30
 
 
@@ -57,9 +59,16 @@ class RetrievalDataset(Dataset):
     ``image_to_captions[i]`` the caption indices of image i (each image has at least one).
     """
 
-    def __init__(self, image_paths: Sequence[Path], captions_per_image: Sequence[Sequence[str]], *,
-                 name: str = DATASET_NAME, split: str = "test", image_size: int = 224,
-                 root: Path | None = None):
+    def __init__(
+        self,
+        image_paths: Sequence[Path],
+        captions_per_image: Sequence[Sequence[str]],
+        *,
+        name: str = DATASET_NAME,
+        split: str = "test",
+        image_size: int = 224,
+        root: Path | None = None,
+    ):
         if len(image_paths) != len(captions_per_image):
             raise MmcoaError(f"{len(image_paths)} images but {len(captions_per_image)} caption lists")
         self.name, self.split, self.root = name, split, root
@@ -98,27 +107,42 @@ class RetrievalDataset(Dataset):
 
     def subset(self, indices: Sequence[int]) -> RetrievalDataset:
         """The given images (in the given order) with all of their captions."""
-        return RetrievalDataset([self.image_paths[i] for i in indices],
-                                [[self.captions[j] for j in self.image_to_captions[i]] for i in indices],
-                                name=self.name, split=self.split, image_size=self.image_size[0],
-                                root=self.root)
+        return RetrievalDataset(
+            [self.image_paths[i] for i in indices],
+            [[self.captions[j] for j in self.image_to_captions[i]] for i in indices],
+            name=self.name,
+            split=self.split,
+            image_size=self.image_size[0],
+            root=self.root,
+        )
 
     def __repr__(self) -> str:
-        return (f"RetrievalDataset(name={self.name!r}, split={self.split!r}, images={len(self)}, "
-                f"captions={len(self.captions)}, image_size={self.image_size})")
+        return (
+            f"RetrievalDataset(name={self.name!r}, split={self.split!r}, images={len(self)}, "
+            f"captions={len(self.captions)}, image_size={self.image_size})"
+        )
 
 
 def _transform(image_size: int):
     from torchvision import transforms
 
-    return transforms.Compose([
-        transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size),
-        to_image_tensor,
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(round(image_size * 256 / 224)),
+            transforms.CenterCrop(image_size),
+            to_image_tensor,
+        ]
+    )
 
 
-def load_coco_karpathy(root: str | os.PathLike, split: str = "test", image_size: int = 224, *,
-                       pre_caption_text: bool = True, check_images: bool = True) -> RetrievalDataset:
+def load_coco_karpathy(
+    root: str | os.PathLike,
+    split: str = "test",
+    image_size: int = 224,
+    *,
+    pre_caption_text: bool = True,
+    check_images: bool = True,
+) -> RetrievalDataset:
     """MSCOCO Karpathy ``split`` from ``root`` (see the module docstring for the layout).
 
     Raises :class:`DatasetUnavailableError` when the folder, the split file or (with
@@ -145,23 +169,30 @@ def load_coco_karpathy(root: str | os.PathLike, split: str = "test", image_size:
             path = root / entry["filepath"] / entry["filename"]
             texts = [sentence["raw"] for sentence in entry["sentences"]]
         except (KeyError, TypeError) as error:
-            raise MmcoaError(f"malformed annotation {annotation}: images[{position}] lacks "
-                             f"{_missing(error)}; {LAYOUT_HINT}") from None
+            raise MmcoaError(
+                f"malformed annotation {annotation}: images[{position}] lacks "
+                f"{_missing(error)}; {LAYOUT_HINT}"
+            ) from None
         if not texts or not all(isinstance(t, str) for t in texts):
-            raise MmcoaError(f"malformed annotation {annotation}: images[{position}] needs a "
-                             "non-empty list of sentences with string 'raw' captions")
+            raise MmcoaError(
+                f"malformed annotation {annotation}: images[{position}] needs a "
+                "non-empty list of sentences with string 'raw' captions"
+            )
         paths.append(path)
         captions.append([pre_caption(t) for t in texts] if pre_caption_text else list(texts))
     if not paths:
         present = sorted({str(e.get("split")) for e in entries if isinstance(e, dict)})
-        raise MmcoaError(f"dataset {DATASET_NAME}: split {split!r} of {annotation} has no image "
-                         f"(splits present: {', '.join(present) or 'none'})")
+        raise MmcoaError(
+            f"dataset {DATASET_NAME}: split {split!r} of {annotation} has no image "
+            f"(splits present: {', '.join(present) or 'none'})"
+        )
     if check_images:
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise DatasetUnavailableError(
                 f"dataset {DATASET_NAME}: {len(missing)} of {len(paths)} {split} images are "
-                f"missing, e.g. {missing[0]}; {LAYOUT_HINT}")
+                f"missing, e.g. {missing[0]}; {LAYOUT_HINT}"
+            )
     return RetrievalDataset(paths, captions, split=split, image_size=image_size, root=root)
 
 
@@ -174,8 +205,9 @@ def _read_entries(annotation: Path) -> list:
         raise MmcoaError(f"malformed annotation {annotation}: not valid JSON ({reason})") from None
     entries = data.get("images") if isinstance(data, dict) else None
     if not isinstance(entries, list):
-        raise MmcoaError(f"malformed annotation {annotation}: expected an object with an 'images' "
-                         f"list; {LAYOUT_HINT}")
+        raise MmcoaError(
+            f"malformed annotation {annotation}: expected an object with an 'images' list; {LAYOUT_HINT}"
+        )
     return entries
 
 

@@ -10,13 +10,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmcoa.data.base import (DatasetSpec, TensorClassificationDataset, first_line,
-                             register_dataset, resolve_root)
+from mmcoa.data.base import (
+    DatasetSpec,
+    TensorClassificationDataset,
+    first_line,
+    register_dataset,
+    resolve_root,
+)
 from mmcoa.errors import DatasetUnavailableError, MmcoaError
 
 NAME = "fashion_mnist"
-CLASSNAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASSNAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package puts the files."""
 
@@ -78,8 +93,9 @@ def _download(root: Path) -> None:
     try:
         FashionMNIST(str(root), download=True)
     except (OSError, RuntimeError) as error:
-        raise DatasetUnavailableError(f"dataset {NAME}: download into {root} failed: "
-                                      f"{first_line(error)}") from None
+        raise DatasetUnavailableError(
+            f"dataset {NAME}: download into {root} failed: {first_line(error)}"
+        ) from None
 
 
 def load(split: str, root: str | None, download: bool) -> TensorClassificationDataset:
@@ -92,11 +108,17 @@ def load(split: str, root: str | None, download: bool) -> TensorClassificationDa
     if files is None:
         raise DatasetUnavailableError(
             f"dataset {NAME}: no {_FILE_PREFIX[split]}-*-ubyte files in {root / 'FashionMNIST' / 'raw'}, "
-            f"{root} or {SYSTEM_DIR}; pass --download on a machine with internet")
+            f"{root} or {SYSTEM_DIR}; pass --download on a machine with internet"
+        )
     images, labels = read_idx(files[0], IMAGES_MAGIC), read_idx(files[1], LABELS_MAGIC)
     _check_consistent(images, labels, files)
-    return TensorClassificationDataset(torch.from_numpy(images), torch.from_numpy(labels).long(),
-                                       name=NAME, split=split, classnames=CLASSNAMES)
+    return TensorClassificationDataset(
+        torch.from_numpy(images),
+        torch.from_numpy(labels).long(),
+        name=NAME,
+        split=split,
+        classnames=CLASSNAMES,
+    )
 
 
 def _check_consistent(images: np.ndarray, labels: np.ndarray, files: tuple[Path, Path]) -> None:
@@ -107,8 +129,13 @@ def _check_consistent(images: np.ndarray, labels: np.ndarray, files: tuple[Path,
         raise MmcoaError(f"corrupt IDX file {files[1]}: label {labels.max()} is not below {len(CLASSNAMES)}")
 
 
-register_dataset(DatasetSpec(
-    name=NAME, splits=("train", "test"), n_classes=len(CLASSNAMES), load=load,
-    found=lambda root: all(find_split_files(s, root) for s in _FILE_PREFIX),
-    description="Zalando Fashion-MNIST, 28x28 grey clothing images (60000 train / 10000 test)",
-))
+register_dataset(
+    DatasetSpec(
+        name=NAME,
+        splits=("train", "test"),
+        n_classes=len(CLASSNAMES),
+        load=load,
+        found=lambda root: all(find_split_files(s, root) for s in _FILE_PREFIX),
+        description="Zalando Fashion-MNIST, 28x28 grey clothing images (60000 train / 10000 test)",
+    )
+)

@@ -12,9 +12,13 @@ from mmcoa.errors import MmcoaError
 
 PREFIX = "imagefolder:"
 IMAGE_SIZE = (224, 224)
-TRANSFORM = transforms.Compose([
-    transforms.Resize(256), transforms.CenterCrop(IMAGE_SIZE), to_image_tensor,
-])
+TRANSFORM = transforms.Compose(
+    [
+        transforms.Resize(256),
+        transforms.CenterCrop(IMAGE_SIZE),
+        to_image_tensor,
+    ]
+)
 
 
 def split_folder(path: Path, split: str) -> Path:
@@ -38,5 +42,6 @@ def load(spec: str, split: str) -> WrappedClassificationDataset:
         raise empty from None
     if len(inner) == 0:
         raise empty
-    return WrappedClassificationDataset(inner, name=name, split=split,
-                                        classnames=inner.classes, image_size=IMAGE_SIZE)
+    return WrappedClassificationDataset(
+        inner, name=name, split=split, classnames=inner.classes, image_size=IMAGE_SIZE
+    )

@@ -24,13 +24,17 @@ SPLIT_FOLDERS = {"train": "train", "test": "val"}
 
 TINY = "tiny_imagenet"
 TINY_FOLDER = "tiny-imagenet-200"
-TINY_OBTAIN = ("download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into "
-               "--data-root (no --download for this set)")
+TINY_OBTAIN = (
+    "download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into "
+    "--data-root (no --download for this set)"
+)
 IMAGENET = "imagenet"
 IMAGENET_N_CLASSES = 1000
-IMAGENET_OBTAIN = ("get ILSVRC-2012 train and val from https://image-net.org (registration), untar "
-                   "them into imagenet/train and imagenet/val and sort val/ into its wnid folders "
-                   "(e.g. with the common valprep.sh); no --download for this set")
+IMAGENET_OBTAIN = (
+    "get ILSVRC-2012 train and val from https://image-net.org (registration), untar "
+    "them into imagenet/train and imagenet/val and sort val/ into its wnid folders "
+    "(e.g. with the common valprep.sh); no --download for this set"
+)
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
@@ -39,8 +43,7 @@ def _lines(path: Path) -> list[tuple[int, str]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise MmcoaError(f"{path} is not UTF-8 text: {first_line(error)}") from None
-    return [(number, line.rstrip("\r")) for number, line in enumerate(text.split("\n"), 1)
-            if line.strip()]
+    return [(number, line.rstrip("\r")) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
 
 
 def read_wnids(path: Path) -> list[str]:
@@ -48,8 +51,9 @@ def read_wnids(path: Path) -> list[str]:
     wnids = []
     for number, line in _lines(path):
         if not WNID.fullmatch(line.strip()):
-            raise MmcoaError(f"{path}, line {number}: {line.strip()[:40]!r} is not a WordNet id "
-                             f"(n followed by 8 digits)")
+            raise MmcoaError(
+                f"{path}, line {number}: {line.strip()[:40]!r} is not a WordNet id (n followed by 8 digits)"
+            )
         wnids.append(line.strip())
     if not wnids or len(set(wnids)) != len(wnids):
         raise MmcoaError(f"{path} must list distinct WordNet ids, one per line")
@@ -101,8 +105,9 @@ def _tiny_imagenet(split: str, root: Path):
         for label, wnid in enumerate(wnids):
             folder = base / "train" / wnid / "images"
             if not folder.is_dir():
-                raise DatasetUnavailableError(f"dataset {TINY}: no folder {folder} for class {wnid} "
-                                              f"of wnids.txt; {TINY_OBTAIN}")
+                raise DatasetUnavailableError(
+                    f"dataset {TINY}: no folder {folder} for class {wnid} of wnids.txt; {TINY_OBTAIN}"
+                )
             found = _images_in(folder)
             files += found
             labels += [label] * len(found)
@@ -111,8 +116,10 @@ def _tiny_imagenet(split: str, root: Path):
         files = [base / "val" / "images" / name for name in names]
         absent = [f for f in files if not f.is_file()]
         if absent:
-            raise MmcoaError(f"dataset {TINY}: val_annotations.txt names {len(absent)} image(s) "
-                             f"missing from {absent[0].parent}, e.g. {absent[0].name}")
+            raise MmcoaError(
+                f"dataset {TINY}: val_annotations.txt names {len(absent)} image(s) "
+                f"missing from {absent[0].parent}, e.g. {absent[0].name}"
+            )
     return FileListDataset(files, labels, NATIVE), classnames
 
 
@@ -126,7 +133,8 @@ def _imagenet(split: str, root: Path):
         detail = f", e.g. {odd[0]!r}" if odd else ""
         raise DatasetUnavailableError(
             f"dataset {IMAGENET}: {folder} has {len(classes)} class folders{detail}; expected the "
-            f"{IMAGENET_N_CLASSES} ILSVRC-2012 wnid folders (n01440764 ... n15075141); {IMAGENET_OBTAIN}")
+            f"{IMAGENET_N_CLASSES} ILSVRC-2012 wnid folders (n01440764 ... n15075141); {IMAGENET_OBTAIN}"
+        )
     try:
         inner = ImageFolder(str(folder), transform=RESIZED)
     except FileNotFoundError as error:  # a class folder without images
@@ -137,19 +145,30 @@ def _imagenet(split: str, root: Path):
 
 SETS = [
     PaperSet(
-        name=TINY, folder=TINY_FOLDER, splits=("train", "test"), n_classes=200,
+        name=TINY,
+        folder=TINY_FOLDER,
+        splits=("train", "test"),
+        n_classes=200,
         description="TinyImageNet, 64x64 native in both splits; train 100000 / test = val 10000",
         layout=f"{TINY_FOLDER}/{{wnids.txt,words.txt}}, {TINY_FOLDER}/train/<wnid>/images/*.JPEG, "
-               f"{TINY_FOLDER}/val/images/*.JPEG and {TINY_FOLDER}/val/val_annotations.txt",
-        obtain=TINY_OBTAIN, needs=("wnids.txt", "words.txt"),
+        f"{TINY_FOLDER}/val/images/*.JPEG and {TINY_FOLDER}/val/val_annotations.txt",
+        obtain=TINY_OBTAIN,
+        needs=("wnids.txt", "words.txt"),
         split_needs={"train": ("train/",), "test": ("val/images/", "val/val_annotations.txt")},
-        build=_tiny_imagenet, image_size=(64, 64)),
+        build=_tiny_imagenet,
+        image_size=(64, 64),
+    ),
     PaperSet(
-        name=IMAGENET, folder=IMAGENET, splits=("train", "test"), n_classes=IMAGENET_N_CLASSES,
+        name=IMAGENET,
+        folder=IMAGENET,
+        splits=("train", "test"),
+        n_classes=IMAGENET_N_CLASSES,
         description="ImageNet-1k (ILSVRC-2012); train = train/, test = val/ (50000); 224 crop",
         layout="imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG (1000 wnid folders each)",
-        obtain=IMAGENET_OBTAIN, split_needs={s: (f"{f}/",) for s, f in SPLIT_FOLDERS.items()},
-        build=_imagenet),
+        obtain=IMAGENET_OBTAIN,
+        split_needs={s: (f"{f}/",) for s, f in SPLIT_FOLDERS.items()},
+        build=_imagenet,
+    ),
 ]
 
 for _set in SETS:

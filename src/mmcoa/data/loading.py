@@ -55,8 +55,9 @@ def resolve_workers(workers: int | None, dataset) -> int:
     dataset held in memory (``in_memory``) and :func:`default_workers` otherwise."""
     if workers is not None:
         if int(workers) != workers or workers < 0:
-            raise MmcoaError(f"workers must be a non-negative integer (0: load in the main "
-                             f"process); got {workers}")
+            raise MmcoaError(
+                f"workers must be a non-negative integer (0: load in the main process); got {workers}"
+            )
         return int(workers)
     return 0 if getattr(dataset, "in_memory", False) else default_workers()
 
@@ -151,8 +152,9 @@ def collate(items: list) -> HostBatch:
 class _Batches(Sampler):
     """A batch sampler over index lists given by the caller (lists, or a callable per position)."""
 
-    def __init__(self, batches: Sequence[Sequence[int]] | Callable[[int], Sequence[int]],
-                 positions: Sequence[int]):
+    def __init__(
+        self, batches: Sequence[Sequence[int]] | Callable[[int], Sequence[int]], positions: Sequence[int]
+    ):
         self.batches, self.positions = batches, positions
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -173,10 +175,19 @@ class BatchLoader:
     workers stay up between passes.
     """
 
-    def __init__(self, dataset, batches, *, device: str | torch.device = "cpu",
-                 workers: int | None = None, positions: Sequence[int] | None = None,
-                 skip_bad_images: bool = False, persistent: bool = False, seed: int = 0,
-                 prefetch: int = 2):
+    def __init__(
+        self,
+        dataset,
+        batches,
+        *,
+        device: str | torch.device = "cpu",
+        workers: int | None = None,
+        positions: Sequence[int] | None = None,
+        skip_bad_images: bool = False,
+        persistent: bool = False,
+        seed: int = 0,
+        prefetch: int = 2,
+    ):
         if positions is None:
             if callable(batches):
                 raise MmcoaError("BatchLoader: give positions with a batch function")
@@ -185,11 +196,15 @@ class BatchLoader:
         self.skip_bad_images = skip_bad_images
         self.workers = _usable_workers(resolve_workers(workers, dataset), dataset)
         self._loader = DataLoader(
-            _Items(dataset), batch_sampler=_Batches(batches, positions), collate_fn=collate,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            _Items(dataset),
+            batch_sampler=_Batches(batches, positions),
+            collate_fn=collate,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
             persistent_workers=persistent and self.workers > 0,
             prefetch_factor=prefetch if self.workers > 0 else None,
-            generator=torch.Generator().manual_seed(int(seed)))
+            generator=torch.Generator().manual_seed(int(seed)),
+        )
         self._positions = list(positions)
 
     def __len__(self) -> int:
@@ -233,9 +248,11 @@ def _usable_workers(workers: int, dataset) -> int:
     try:
         pickle.dumps(dataset)
     except Exception as error:  # noqa: BLE001 - any pickling failure means: no workers
-        print(f"mmcoa: note: dataset {getattr(dataset, 'name', type(dataset).__name__)} cannot be "
-              f"sent to worker processes ({type(error).__name__}); loading in the main process",
-              file=sys.stderr)
+        print(
+            f"mmcoa: note: dataset {getattr(dataset, 'name', type(dataset).__name__)} cannot be "
+            f"sent to worker processes ({type(error).__name__}); loading in the main process",
+            file=sys.stderr,
+        )
         return 0
     return workers
 

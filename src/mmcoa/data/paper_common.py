@@ -24,8 +24,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from mmcoa.data.base import (DEFAULT_TEMPLATE, DatasetSpec, WrappedClassificationDataset,
-                             first_line, register_dataset, resolve_root, to_image_tensor)
+from mmcoa.data.base import (
+    DEFAULT_TEMPLATE,
+    DatasetSpec,
+    WrappedClassificationDataset,
+    first_line,
+    register_dataset,
+    resolve_root,
+    to_image_tensor,
+)
 from mmcoa.errors import DatasetUnavailableError, MmcoaError
 
 CROP_SIZE = (224, 224)
@@ -42,8 +49,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 NATIVE = transforms.Compose([transforms.Lambda(to_rgb), to_image_tensor])
 """Native resolution, for CIFAR-like sets (STL10 96 px, TinyImageNet 64 px)."""
-RESIZED = transforms.Compose([transforms.Lambda(to_rgb), transforms.Resize(256),
-                              transforms.CenterCrop(CROP_SIZE), to_image_tensor])
+RESIZED = transforms.Compose(
+    [transforms.Lambda(to_rgb), transforms.Resize(256), transforms.CenterCrop(CROP_SIZE), to_image_tensor]
+)
 """``Resize(256)`` + ``CenterCrop(224)``, for every other set."""
 
 
@@ -52,8 +60,9 @@ def split_camel_case(name: str) -> str:
     return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name)
 
 
-def seeded_split(labels: Sequence[int], seed: int = SPLIT_SEED,
-                 test_fraction: float = TEST_FRACTION) -> dict[str, list[int]]:
+def seeded_split(
+    labels: Sequence[int], seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION
+) -> dict[str, list[int]]:
     """A fixed per-class train/test split of sample indices ``0 .. len(labels) - 1``.
 
     Each class's indices (in sample order) are shuffled by a generator seeded with
@@ -159,24 +168,41 @@ class PaperSet:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise DatasetUnavailableError(
                 f"dataset {self.name}: {root / self.folder} lacks {shown}; expected under "
-                f"--data-root: {self.layout}; {self.obtain}")
+                f"--data-root: {self.layout}; {self.obtain}"
+            )
         with reading(self.name, root / self.folder):
             inner, classnames = self.build(split, root)
-        return WrappedClassificationDataset(inner, name=self.name, split=split, classnames=classnames,
-                                            template=self.template, image_size=self.image_size)
+        return WrappedClassificationDataset(
+            inner,
+            name=self.name,
+            split=split,
+            classnames=classnames,
+            template=self.template,
+            image_size=self.image_size,
+        )
 
     def _download(self, root: Path) -> None:
         if self.fetch is None:
             raise DatasetUnavailableError(
-                f"dataset {self.name} cannot be downloaded automatically (--download); {self.obtain}")
+                f"dataset {self.name} cannot be downloaded automatically (--download); {self.obtain}"
+            )
         try:
             self.fetch(root)
         except (OSError, RuntimeError) as error:
-            raise DatasetUnavailableError(f"dataset {self.name}: download into {root} failed: "
-                                          f"{first_line(error)}") from None
+            raise DatasetUnavailableError(
+                f"dataset {self.name}: download into {root} failed: {first_line(error)}"
+            ) from None
 
     def register(self) -> DatasetSpec:
         """Add this set to the dataset registry."""
-        return register_dataset(DatasetSpec(
-            name=self.name, splits=self.splits, n_classes=self.n_classes,
-            description=self.description, load=self.load, found=self.found, template=self.template))
+        return register_dataset(
+            DatasetSpec(
+                name=self.name,
+                splits=self.splits,
+                n_classes=self.n_classes,
+                description=self.description,
+                load=self.load,
+                found=self.found,
+                template=self.template,
+            )
+        )

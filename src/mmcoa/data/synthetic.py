@@ -11,9 +11,14 @@ from mmcoa.errors import MmcoaError
 NAME = "synthetic"
 SPLITS = ("train", "test")
 COLOURS = {
-    "red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.1, 0.2, 0.9),
-    "yellow": (0.9, 0.85, 0.1), "purple": (0.55, 0.15, 0.75), "orange": (1.0, 0.55, 0.05),
-    "cyan": (0.1, 0.85, 0.9), "pink": (1.0, 0.5, 0.75),
+    "red": (0.9, 0.1, 0.1),
+    "green": (0.1, 0.8, 0.2),
+    "blue": (0.1, 0.2, 0.9),
+    "yellow": (0.9, 0.85, 0.1),
+    "purple": (0.55, 0.15, 0.75),
+    "orange": (1.0, 0.55, 0.05),
+    "cyan": (0.1, 0.85, 0.9),
+    "pink": (1.0, 0.5, 0.75),
 }
 PATTERNS = {  # each maps (y, x, phase) grids to values in [-1, 1]
     "stripe": lambda y, x, p: torch.sin(6 * math.pi * y + p),
@@ -43,8 +48,9 @@ def _check_options(n_samples: int, n_classes: int, image_size: int) -> None:
         raise MmcoaError(f"synthetic image_size must be at least 4, got {image_size}")
 
 
-def generate(labels: torch.Tensor, styles: list[tuple[str, str]], image_size: int,
-             generator: torch.Generator) -> torch.Tensor:
+def generate(
+    labels: torch.Tensor, styles: list[tuple[str, str]], image_size: int, generator: torch.Generator
+) -> torch.Tensor:
     """Float images ``[N, 3, S, S]`` in ``[0, 1]``: each class's colour shaded by its pattern
     (random phase per image) plus a little Gaussian noise."""
     n = len(labels)
@@ -62,8 +68,15 @@ def generate(labels: torch.Tensor, styles: list[tuple[str, str]], image_size: in
     return images.clamp_(0, 1)
 
 
-def load(split: str, root: str | None, download: bool, seed: int = 0, n_samples: int = 64,
-         n_classes: int = 4, image_size: int = 32) -> TensorClassificationDataset:
+def load(
+    split: str,
+    root: str | None,
+    download: bool,
+    seed: int = 0,
+    n_samples: int = 64,
+    n_classes: int = 4,
+    image_size: int = 32,
+) -> TensorClassificationDataset:
     """Generate the split deterministically from ``seed`` (train and test use different streams).
     ``root`` and ``download`` are ignored."""
     _check_options(n_samples, n_classes, image_size)
@@ -71,13 +84,20 @@ def load(split: str, root: str | None, download: bool, seed: int = 0, n_samples:
     labels = torch.randperm(n_samples, generator=generator) % n_classes
     styles = [class_style(i) for i in range(n_classes)]
     images = generate(labels, styles, image_size, generator)
-    return TensorClassificationDataset(images, labels, name=NAME, split=split,
-                                       classnames=[f"{c} {p}" for c, p in styles])
+    return TensorClassificationDataset(
+        images, labels, name=NAME, split=split, classnames=[f"{c} {p}" for c, p in styles]
+    )
 
 
-register_dataset(DatasetSpec(
-    name=NAME, splits=SPLITS, n_classes=4, load=load, found=lambda root: True,
-    options=("seed", "n_samples", "n_classes", "image_size"),
-    description="generated coloured wave patterns (options: seed, n_samples, n_classes, "
-                "image_size); no files needed",
-))
+register_dataset(
+    DatasetSpec(
+        name=NAME,
+        splits=SPLITS,
+        n_classes=4,
+        load=load,
+        found=lambda root: True,
+        options=("seed", "n_samples", "n_classes", "image_size"),
+        description="generated coloured wave patterns (options: seed, n_samples, n_classes, "
+        "image_size); no files needed",
+    )
+)

@@ -7,8 +7,14 @@ from pathlib import Path
 
 from torchvision import datasets
 
-from mmcoa.data.base import (DatasetSpec, WrappedClassificationDataset, first_line, to_image_tensor,
-                             register_dataset, resolve_root)
+from mmcoa.data.base import (
+    DatasetSpec,
+    WrappedClassificationDataset,
+    first_line,
+    to_image_tensor,
+    register_dataset,
+    resolve_root,
+)
 from mmcoa.errors import DatasetUnavailableError, MmcoaError
 
 
@@ -19,15 +25,20 @@ def _without_md5(tv_class: type) -> type:
     not know, which also rules out small stand-in files in tests. Clearing the per-file MD5s makes
     ``check_integrity`` test existence only; the downloaded archive is still checked (``tgz_md5``).
     """
+
     def strip(files):
         return [[filename, None] for filename, _ in files]
 
-    return type(f"Unhashed{tv_class.__name__}", (tv_class,), {
-        "__module__": __name__,
-        "train_list": strip(tv_class.train_list),
-        "test_list": strip(tv_class.test_list),
-        "meta": {**tv_class.meta, "md5": None},
-    })
+    return type(
+        f"Unhashed{tv_class.__name__}",
+        (tv_class,),
+        {
+            "__module__": __name__,
+            "train_list": strip(tv_class.train_list),
+            "test_list": strip(tv_class.test_list),
+            "meta": {**tv_class.meta, "md5": None},
+        },
+    )
 
 
 # Module-level names so that datasets holding them pickle (DataLoader workers under spawn).
@@ -50,10 +61,12 @@ def _download(name: str, tv_class: type, root: Path) -> None:
     """Fetch and unpack the archive into ``root`` (what torchvision's ``download()`` does)."""
     try:
         datasets.utils.download_and_extract_archive(
-            tv_class.url, str(root), filename=tv_class.filename, md5=tv_class.tgz_md5)
+            tv_class.url, str(root), filename=tv_class.filename, md5=tv_class.tgz_md5
+        )
     except (OSError, RuntimeError) as error:
-        raise DatasetUnavailableError(f"dataset {name}: download into {root} failed: "
-                                      f"{first_line(error)}") from None
+        raise DatasetUnavailableError(
+            f"dataset {name}: download into {root} failed: {first_line(error)}"
+        ) from None
 
 
 def _make_loader(name: str, tv_class: type):
@@ -65,28 +78,38 @@ def _make_loader(name: str, tv_class: type):
         if not _found(tv_class, root) and download:
             _download(name, tv_class, root)
         if not folder.is_dir():
-            raise DatasetUnavailableError(f"dataset {name}: no folder {folder}; "
-                                          f"pass --download on a machine with internet")
+            raise DatasetUnavailableError(
+                f"dataset {name}: no folder {folder}; pass --download on a machine with internet"
+            )
         missing = [f for f in _files(tv_class) if not (folder / f).is_file()]
         if missing:
-            raise DatasetUnavailableError(f"dataset {name}: {folder} lacks {', '.join(missing)}; "
-                                          f"pass --download on a machine with internet")
+            raise DatasetUnavailableError(
+                f"dataset {name}: {folder} lacks {', '.join(missing)}; "
+                f"pass --download on a machine with internet"
+            )
         try:
             inner = tv_class(str(root), train=split == "train", transform=to_image_tensor)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
             raise MmcoaError(f"dataset {name}: cannot read {folder}: {first_line(error)}") from None
-        return WrappedClassificationDataset(inner, name=name, split=split,
-                                            classnames=inner.classes, image_size=(32, 32))
+        return WrappedClassificationDataset(
+            inner, name=name, split=split, classnames=inner.classes, image_size=(32, 32)
+        )
 
     return load
 
 
 def _register(name: str, tv_class: type, n_classes: int, description: str) -> None:
     """Register one CIFAR variant."""
-    register_dataset(DatasetSpec(
-        name=name, splits=("train", "test"), n_classes=n_classes, description=description,
-        load=_make_loader(name, tv_class), found=lambda root: _found(tv_class, root),
-    ))
+    register_dataset(
+        DatasetSpec(
+            name=name,
+            splits=("train", "test"),
+            n_classes=n_classes,
+            description=description,
+            load=_make_loader(name, tv_class),
+            found=lambda root: _found(tv_class, root),
+        )
+    )
 
 
 _register("cifar10", UnhashedCIFAR10, 10, "CIFAR-10, 32x32 colour images of 10 object classes")

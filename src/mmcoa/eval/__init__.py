@@ -4,5 +4,14 @@ from mmcoa.eval.results import format_table, read_records, write_json_atomic, wr
 from mmcoa.eval.retrieval import RETRIEVAL_ATTACKS, evaluate_retrieval, recall_at_k
 from mmcoa.eval.runner import evaluate, sample_indices
 
-__all__ = ["RETRIEVAL_ATTACKS", "evaluate", "evaluate_retrieval", "recall_at_k", "format_table", "read_records", "sample_indices", "write_json_atomic",
-           "write_records"]
+__all__ = [
+    "RETRIEVAL_ATTACKS",
+    "evaluate",
+    "evaluate_retrieval",
+    "recall_at_k",
+    "format_table",
+    "read_records",
+    "sample_indices",
+    "write_json_atomic",
+    "write_records",
+]

@@ -10,11 +10,30 @@ from typing import Iterable, Sequence
 from mmcoa.files import write_json_atomic
 from mmcoa.provenance import PACKAGES, versions
 
-__all__ = ["PACKAGES", "RECORD_KEYS", "format_table", "read_records", "versions", "write_json_atomic",
-           "write_records"]  # versions and write_json_atomic live below eval (files, provenance)
+__all__ = [
+    "PACKAGES",
+    "RECORD_KEYS",
+    "format_table",
+    "read_records",
+    "versions",
+    "write_json_atomic",
+    "write_records",
+]  # versions and write_json_atomic live below eval (files, provenance)
 
-RECORD_KEYS = ("model", "pretrained", "dataset", "split", "attack", "attack_params", "n_samples",
-               "accuracy", "top5", "seed", "elapsed_s", "versions")
+RECORD_KEYS = (
+    "model",
+    "pretrained",
+    "dataset",
+    "split",
+    "attack",
+    "attack_params",
+    "n_samples",
+    "accuracy",
+    "top5",
+    "seed",
+    "elapsed_s",
+    "versions",
+)
 
 
 def write_records(path: str | os.PathLike, records: Sequence[dict]) -> None:
@@ -31,8 +50,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 def format_table(records: Iterable[dict]) -> str:
     """A fixed-width text table: one row per record."""
-    header = ("model", "dataset", "attack", "eps", "n", "accuracy", "top5", "success", "words",
-              "time_s")
+    header = ("model", "dataset", "attack", "eps", "n", "accuracy", "top5", "success", "words", "time_s")
     rows = [header] + [_row(r) for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
@@ -44,10 +62,16 @@ def _row(record: dict) -> tuple[str, ...]:
     eps = record["attack_params"].get("eps")
     success = record.get("attack_success_rate")
     return (
-        _short_model(record), record["dataset"], record["attack"],
+        _short_model(record),
+        record["dataset"],
+        record["attack"],
         "-" if eps is None else f"{eps * 255:g}/255",
-        str(record["n_samples"]), f"{record['accuracy']:.4f}", f"{record['top5']:.4f}",
-        "-" if success is None else f"{success:.4f}", _words(record), f"{record['elapsed_s']:.1f}",
+        str(record["n_samples"]),
+        f"{record['accuracy']:.4f}",
+        f"{record['top5']:.4f}",
+        "-" if success is None else f"{success:.4f}",
+        _words(record),
+        f"{record['elapsed_s']:.1f}",
     )
 
 

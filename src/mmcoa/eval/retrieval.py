@@ -24,8 +24,7 @@ from typing import Sequence
 import torch
 
 from mmcoa.attacks.base import eval_mode, parameter_names, seed_params
-from mmcoa.attacks.retrieval import (RETRIEVAL_ATTACKS, RetrievalAttack, build_retrieval_attack,
-                                     encode_texts)
+from mmcoa.attacks.retrieval import RETRIEVAL_ATTACKS, RetrievalAttack, build_retrieval_attack, encode_texts
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy
 from mmcoa.data.loading import BatchLoader, resolve_workers
 from mmcoa.errors import MmcoaError
@@ -37,9 +36,13 @@ DEFAULT_KS = (1, 5, 10)
 
 
 # -- metrics -------------------------------------------------------------------------------------
-def recall_at_k(similarity: torch.Tensor, image_to_captions: Sequence[Sequence[int]],
-                caption_to_image: Sequence[int], ks: Sequence[int] = DEFAULT_KS,
-                chunk: int = 256) -> dict[str, float]:
+def recall_at_k(
+    similarity: torch.Tensor,
+    image_to_captions: Sequence[Sequence[int]],
+    caption_to_image: Sequence[int],
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk: int = 256,
+) -> dict[str, float]:
     """``{"i2t_r1": ..., "t2i_r1": ..., ...}`` for each K in ``ks`` (see the module docstring).
 
     ``similarity[i, j]`` scores image i against caption j; rows are ranked ``chunk`` at a time,
@@ -78,14 +81,15 @@ def _check_recall_args(similarity, image_to_captions, caption_to_image, ks) -> t
         raise MmcoaError(f"similarity must be [n_images, n_captions]; got {list(similarity.shape)}")
     n_images, n_captions = similarity.shape
     if len(image_to_captions) != n_images or len(caption_to_image) != n_captions:
-        raise MmcoaError(f"similarity is {n_images} x {n_captions} but there are "
-                         f"{len(image_to_captions)} images and {len(caption_to_image)} captions")
+        raise MmcoaError(
+            f"similarity is {n_images} x {n_captions} but there are "
+            f"{len(image_to_captions)} images and {len(caption_to_image)} captions"
+        )
     for image, captions in enumerate(image_to_captions):
         if not captions:
             raise MmcoaError(f"image {image} has no caption; image-to-text recall is undefined")
         if any(not 0 <= c < n_captions or caption_to_image[c] != image for c in captions):
-            raise MmcoaError(f"image_to_captions[{image}] = {list(captions)} disagrees with "
-                             "caption_to_image")
+            raise MmcoaError(f"image_to_captions[{image}] = {list(captions)} disagrees with caption_to_image")
     if sum(len(c) for c in image_to_captions) != n_captions:
         raise MmcoaError("caption_to_image lists captions that image_to_captions does not")
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
@@ -94,13 +98,24 @@ def _check_recall_args(similarity, image_to_captions, caption_to_image, ks) -> t
 
 
 # -- evaluation ----------------------------------------------------------------------------------
-def evaluate_retrieval(model, dataset: RetrievalDataset | str | os.PathLike,
-                       attack: str | RetrievalAttack = "clean", *, mlm: str | None = None,
-                       attack_params: dict | None = None, split: str = "test",
-                       pretrained: str | None = None, device: str = "cpu", n_images: int | None = None,
-                       indices: Sequence[int] | None = None, batch_size: int = 64, seed: int = 0,
-                       ks: Sequence[int] = DEFAULT_KS, progress: bool = False,
-                       workers: int | None = None) -> dict:
+def evaluate_retrieval(
+    model,
+    dataset: RetrievalDataset | str | os.PathLike,
+    attack: str | RetrievalAttack = "clean",
+    *,
+    mlm: str | None = None,
+    attack_params: dict | None = None,
+    split: str = "test",
+    pretrained: str | None = None,
+    device: str = "cpu",
+    n_images: int | None = None,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    ks: Sequence[int] = DEFAULT_KS,
+    progress: bool = False,
+    workers: int | None = None,
+) -> dict:
     """Retrieval R@K of ``model`` on ``dataset`` under ``attack``; one result record (paper
     Table VI).
 
@@ -138,8 +153,9 @@ def evaluate_retrieval(model, dataset: RetrievalDataset | str | os.PathLike,
 
     started = time.perf_counter()
     with eval_mode(model):
-        words_changed, text, images = _attacked_embeddings(model, dataset, attack, batch_size, seed, progress,
-                                                           workers)
+        words_changed, text, images = _attacked_embeddings(
+            model, dataset, attack, batch_size, seed, progress, workers
+        )
         scores = recall_at_k(images @ text.T, dataset.image_to_captions, dataset.caption_to_image, ks)
     elapsed = time.perf_counter() - started
     return {
@@ -170,7 +186,9 @@ def _attacked_embeddings(model, dataset, attack, batch_size, seed, progress, wor
     ``attack``: captions first, then images; an ``image_guided`` attack edits the clean
     captions again against the adversarial images (SGA's alternation)."""
     owner = torch.as_tensor(dataset.caption_to_image, device=model.device)
-    guide = _clean_image_embeddings(model, dataset, batch_size, workers)[owner] if attack.image_guided else None
+    guide = (
+        _clean_image_embeddings(model, dataset, batch_size, workers)[owner] if attack.image_guided else None
+    )
     captions, words_changed = attack.attack_captions(model, dataset.captions, guide)
     text = encode_texts(model, captions)
     images = _attacked_image_embeddings(model, dataset, attack, text, batch_size, seed, progress, workers)
@@ -182,26 +200,37 @@ def _attacked_embeddings(model, dataset, attack, batch_size, seed, progress, wor
 
 def _image_batches(model, dataset, batch_size: int, workers: int | None) -> BatchLoader:
     """The dataset's images in order, in batches, through the batch pipeline."""
-    batches = [list(range(start, min(start + batch_size, len(dataset))))
-               for start in range(0, len(dataset), batch_size)]
+    batches = [
+        list(range(start, min(start + batch_size, len(dataset))))
+        for start in range(0, len(dataset), batch_size)
+    ]
     return BatchLoader(dataset, batches, device=model.device, workers=workers)
 
 
 @torch.no_grad()
 def _clean_image_embeddings(model, dataset, batch_size: int, workers: int | None = None) -> torch.Tensor:
-    return torch.cat([model.encode_image(batch.images, normalize=True).float()
-                      for batch in _image_batches(model, dataset, batch_size, workers)])
+    return torch.cat(
+        [
+            model.encode_image(batch.images, normalize=True).float()
+            for batch in _image_batches(model, dataset, batch_size, workers)
+        ]
+    )
 
 
-def _attacked_image_embeddings(model, dataset, attack, text, batch_size, seed, progress,
-                               workers: int | None = None) -> torch.Tensor:
+def _attacked_image_embeddings(
+    model, dataset, attack, text, batch_size, seed, progress, workers: int | None = None
+) -> torch.Tensor:
     from tqdm.auto import tqdm
 
     device = model.device
     caption_lists = dataset.image_to_captions
     embeddings = []
-    for batch in tqdm(_image_batches(model, dataset, batch_size, workers), desc=f"retrieval {attack.name}",
-                      unit="batch", disable=not progress):
+    for batch in tqdm(
+        _image_batches(model, dataset, batch_size, workers),
+        desc=f"retrieval {attack.name}",
+        unit="batch",
+        disable=not progress,
+    ):
         images = batch.images
         rows = [caption_lists[int(i)] for i in batch.indices]
         caption_ids = torch.tensor([c for row in rows for c in row], device=text.device)

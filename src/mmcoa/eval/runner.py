@@ -92,15 +92,23 @@ def evaluate(
         indices = sample_indices(len(dataset), n_samples, seed)
     indices = _checked(indices, dataset)
     classifier = ZeroShotClassifier(model, dataset.prompts(template))
-    batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
-    loader = BatchLoader(dataset, batches, device=model.device, workers=workers, seed=seed,
-                         positions=range(world.rank, len(batches), world.size),  # every size-th batch
-                         skip_bad_images=skip_bad_images)
+    batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    loader = BatchLoader(
+        dataset,
+        batches,
+        device=model.device,
+        workers=workers,
+        seed=seed,
+        positions=range(world.rank, len(batches), world.size),  # every size-th batch
+        skip_bad_images=skip_bad_images,
+    )
     with eval_mode(model):
         outcomes = _run(classifier, loader, attacks, seed, progress and world.is_main)
     outcomes = [(_summed(tally, world, model.device), prompts) for tally, prompts in outcomes]
-    return [_record(model, dataset, attack, tally, prompts, indices, seed)
-            for attack, (tally, prompts) in zip(attacks, outcomes)]
+    return [
+        _record(model, dataset, attack, tally, prompts, indices, seed)
+        for attack, (tally, prompts) in zip(attacks, outcomes)
+    ]
 
 
 def _check_run_args(attacks: Sequence[Attack], n_samples: int | None, batch_size: int) -> None:
@@ -116,8 +124,10 @@ def _checked(indices: Sequence[int], dataset) -> list[int]:
     """``indices`` as ints, or a one-line error when one lies outside the dataset."""
     indices = [int(i) for i in indices]
     if not indices or min(indices) < 0 or max(indices) >= len(dataset):
-        raise MmcoaError(f"indices must be a non-empty list of sample positions in [0, {len(dataset)}) "
-                         f"of {dataset.name} {dataset.split}")
+        raise MmcoaError(
+            f"indices must be a non-empty list of sample positions in [0, {len(dataset)}) "
+            f"of {dataset.name} {dataset.split}"
+        )
     return indices
 
 
@@ -138,7 +148,9 @@ def _run(classifier, loader: BatchLoader, attacks, seed, progress) -> list[tuple
         done: dict = {}  # this batch's results of the image attacks a Sep attack reuses
         for attack_index, (attack, tally) in enumerate(zip(attacks, tallies)):
             result, elapsed = _attacked(attack, classifier, batch, seed, shared, done)
-            tally.add(_predict(classifier, result.images, result.class_embeddings), clean_logits, batch.labels)
+            tally.add(
+                _predict(classifier, result.images, result.class_embeddings), clean_logits, batch.labels
+            )
             tally.add_cost(len(batch), result.queries, result.words_changed)
             tally.elapsed_s += elapsed
             prompts[attack_index] = result.adversarial_prompts
@@ -202,8 +214,14 @@ def attack_generator(device: torch.device, *parts) -> torch.Generator:
 
 def record_identity(model, dataset, attack) -> dict:
     """The keys that say what a result record measured (shared by every kind of record)."""
-    return {"model": model.name, "pretrained": model.pretrained, "dataset": dataset.name,
-            "split": dataset.split, "attack": attack.name, "attack_params": attack.params()}
+    return {
+        "model": model.name,
+        "pretrained": model.pretrained,
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "attack": attack.name,
+        "attack_params": attack.params(),
+    }
 
 
 def _record(model, dataset, attack, tally: Tally, prompts, indices, seed) -> dict:

@@ -44,28 +44,37 @@ SUBSETS_DIR = "subsets"
 SUBSET_KEYS = ("split", "n_samples", "seed")  # settings that fix the saved sample subsets
 
 
-def run_suite(config: SuiteConfig, output: str | Path, *, resume: bool = False,
-              progress: bool = True) -> list[dict]:
+def run_suite(
+    config: SuiteConfig, output: str | Path, *, resume: bool = False, progress: bool = True
+) -> list[dict]:
     """Evaluate every cell of ``config`` not already finished under ``output``; returns all
     finished records in table order. Everything that can be checked is checked before the first
     file is written; each model row (per checkpoint) and each dataset is loaded once."""
     output = Path(output)
     _check_output(output, config, resume)
     check_device(config.device)
-    _require(config.task != "retrieval" or config.data_root,
-             "retrieval suites need data_root (the MSCOCO folder holding dataset_coco.json): "
-             "set it in the suite file or pass --data-root")
+    _require(
+        config.task != "retrieval" or config.data_root,
+        "retrieval suites need data_root (the MSCOCO folder holding dataset_coco.json): "
+        "set it in the suite file or pass --data-root",
+    )
     world, device = world_from_env(config.device)
-    _require(config.task != "retrieval" or not world.distributed,
-             "retrieval suites run in one process; start them without torchrun")
+    _require(
+        config.task != "retrieval" or not world.distributed,
+        "retrieval suites run in one process; start them without torchrun",
+    )
     cells = config.cells()
     records = _finished_records(output, config, cells) if resume else {}
     pending = [cell for cell in cells if cell.id not in records]
     datasets = DatasetCache(config)
-    subsets = {entry.name: _subset(output, config, entry, datasets.get(entry))
-               for entry in _unique_entries(pending)}
-    attacks = {entry.label: _build_attack(config, entry) for entry in config.attacks
-               if any(cell.attack == entry for cell in pending)}
+    subsets = {
+        entry.name: _subset(output, config, entry, datasets.get(entry)) for entry in _unique_entries(pending)
+    }
+    attacks = {
+        entry.label: _build_attack(config, entry)
+        for entry in config.attacks
+        if any(cell.attack == entry for cell in pending)
+    }
     barrier(world)  # every rank has checked the folder before rank 0 writes to it
     if world.is_main:
         _write_start(output, config, cells, subsets)
@@ -89,19 +98,33 @@ class _Run:
     def cells(self, pending, datasets, subsets, attacks, progress, total) -> None:
         """Each model row is loaded once and iterates each of its datasets once: the cells of a
         (row, dataset) are evaluated on the same batches (classification suites)."""
-        bar = tqdm(total=total, initial=total - len(pending), desc=f"suite {self.config.name}",
-                   unit="cell", disable=not progress)
+        bar = tqdm(
+            total=total,
+            initial=total - len(pending),
+            desc=f"suite {self.config.name}",
+            unit="cell",
+            disable=not progress,
+        )
         for (row, weights), group in groupby(pending, key=lambda cell: (cell.model, cell.weights)):
             model = load_model(row.name, pretrained=weights, device=self.device)
             for _, same_data in groupby(group, key=lambda cell: cell.dataset.name):
                 same_data = list(same_data)
-                bar.set_postfix_str(same_data[0].id if len(same_data) == 1 else
-                                    f"{slug(row.label)}__{slug(same_data[0].dataset.name)}")
+                bar.set_postfix_str(
+                    same_data[0].id
+                    if len(same_data) == 1
+                    else f"{slug(row.label)}__{slug(same_data[0].dataset.name)}"
+                )
                 dataset = datasets.get(same_data[0].dataset, model.image_size[0])
-                records = evaluate_cells(self.config, same_data, model, dataset,
-                                         subsets[same_data[0].dataset.name]["indices"],
-                                         [attacks[cell.attack.label] for cell in same_data],
-                                         progress, self.world)
+                records = evaluate_cells(
+                    self.config,
+                    same_data,
+                    model,
+                    dataset,
+                    subsets[same_data[0].dataset.name]["indices"],
+                    [attacks[cell.attack.label] for cell in same_data],
+                    progress,
+                    self.world,
+                )
                 for cell, record in zip(same_data, records):
                     if self.world.is_main:
                         write_json_atomic(self.output / CELLS_DIR / f"{cell.id}.json", record)
@@ -111,31 +134,75 @@ class _Run:
         bar.close()
 
 
-def evaluate_cells(config: SuiteConfig, cells: list[Cell], model, dataset, indices: list[int],
-                   attacks: list, progress: bool = False, world: World = SINGLE) -> list[dict]:
+def evaluate_cells(
+    config: SuiteConfig,
+    cells: list[Cell],
+    model,
+    dataset,
+    indices: list[int],
+    attacks: list,
+    progress: bool = False,
+    world: World = SINGLE,
+) -> list[dict]:
     """The records of cells sharing a model and a dataset: the evaluation records plus the suite
     keys (module docstring). Classification cells run in one pass over the dataset (each batch
     decoded once, every attack on it; a ``multimodal`` column reuses the images of a ``pgd``
     column with its PGD settings); each attack is seeded on its own, so every record is the one
     its cell gives alone. Retrieval cells run one by one."""
     if config.task == "retrieval":
-        records = [evaluate_retrieval(model, dataset, attack, indices=indices, batch_size=config.batch_size,
-                                      seed=config.seed, progress=progress, workers=config.workers)
-                   for attack in attacks]
+        records = [
+            evaluate_retrieval(
+                model,
+                dataset,
+                attack,
+                indices=indices,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                progress=progress,
+                workers=config.workers,
+            )
+            for attack in attacks
+        ]
     else:
-        records = evaluate(model, dataset, attacks, indices=indices, batch_size=config.batch_size,
-                           seed=config.seed, device=str(model.device), template=config.template,
-                           progress=progress, world=world, workers=config.workers)
+        records = evaluate(
+            model,
+            dataset,
+            attacks,
+            indices=indices,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            device=str(model.device),
+            template=config.template,
+            progress=progress,
+            world=world,
+            workers=config.workers,
+        )
     for cell, record in zip(cells, records):
-        record.update(suite=config.name, cell=cell.id, label=cell.model.label,
-                      attack_label=cell.attack.label, cell_settings=config.cell_settings(cell),
-                      subset={"file": f"{SUBSETS_DIR}/{slug(cell.dataset.name)}.json", "n": len(indices),
-                              "sha1": indices_sha1(indices)})
+        record.update(
+            suite=config.name,
+            cell=cell.id,
+            label=cell.model.label,
+            attack_label=cell.attack.label,
+            cell_settings=config.cell_settings(cell),
+            subset={
+                "file": f"{SUBSETS_DIR}/{slug(cell.dataset.name)}.json",
+                "n": len(indices),
+                "sha1": indices_sha1(indices),
+            },
+        )
     return records
 
 
-def evaluate_cell(config: SuiteConfig, cell: Cell, model, dataset, indices: list[int], attack,
-                  progress: bool = False, world: World = SINGLE) -> dict:
+def evaluate_cell(
+    config: SuiteConfig,
+    cell: Cell,
+    model,
+    dataset,
+    indices: list[int],
+    attack,
+    progress: bool = False,
+    world: World = SINGLE,
+) -> dict:
     """One cell's record, as :func:`evaluate_cells` gives it."""
     return evaluate_cells(config, [cell], model, dataset, indices, [attack], progress, world)[0]
 
@@ -174,17 +241,28 @@ def _check_output(output: Path, config: SuiteConfig, resume: bool) -> None:
     if not output.is_dir() or not any(output.iterdir()):
         return
     saved = _read_json(output / SUITE_FILE)
-    _require(saved is not None, f"--output {output} is not empty and holds no {SUITE_FILE}; "
-             "give a new or empty folder")
+    _require(
+        saved is not None,
+        f"--output {output} is not empty and holds no {SUITE_FILE}; give a new or empty folder",
+    )
     if resume:
         return
     differences = _differences(saved.get("settings") or {}, config.settings())
-    _require(differences, f"--output {output} already holds this suite's results; pass --resume "
-             "to continue it (finished cells are skipped)")
-    keep = ("" if set(differences) & set(SUBSET_KEYS) else
-            ", or pass --resume to keep the cells whose settings still match")
-    _require(False, f"--output {output} holds results of different suite settings "
-             f"({', '.join(differences)}); give a new folder{keep}")
+    _require(
+        differences,
+        f"--output {output} already holds this suite's results; pass --resume "
+        "to continue it (finished cells are skipped)",
+    )
+    keep = (
+        ""
+        if set(differences) & set(SUBSET_KEYS)
+        else ", or pass --resume to keep the cells whose settings still match"
+    )
+    _require(
+        False,
+        f"--output {output} holds results of different suite settings "
+        f"({', '.join(differences)}); give a new folder{keep}",
+    )
 
 
 def _differences(saved: dict, current: dict) -> list[str]:
@@ -205,26 +283,51 @@ def _subset(output: Path, config: SuiteConfig, entry: DatasetEntry, dataset) -> 
     """The dataset's subset file content: the one saved in this folder (checked against the
     settings), else a fresh seeded draw of ``n_samples`` indices (all when it is null)."""
     path = output / SUBSETS_DIR / f"{slug(entry.name)}.json"
-    header = json_ready({"dataset": entry.name, "options": entry.options, "split": config.split,
-                         "n_total": len(dataset), "n_samples": config.n_samples, "seed": config.seed})
+    header = json_ready(
+        {
+            "dataset": entry.name,
+            "options": entry.options,
+            "split": config.split,
+            "n_total": len(dataset),
+            "n_samples": config.n_samples,
+            "seed": config.seed,
+        }
+    )
     saved = _read_json(path)
     if saved is None:
         indices = sample_indices(len(dataset), config.n_samples, config.seed)
         return {**header, "sha1": indices_sha1(indices), "indices": indices}
     differs = [k for k in header if saved.get(k) != header[k]]
-    _require(not differs, f"{path} was drawn with other {', '.join(differs)} "
-             f"({', '.join(f'{k}={saved.get(k)!r}' for k in differs)}; now "
-             f"{', '.join(f'{k}={header[k]!r}' for k in differs)}); give a new --output")
+    _require(
+        not differs,
+        f"{path} was drawn with other {', '.join(differs)} "
+        f"({', '.join(f'{k}={saved.get(k)!r}' for k in differs)}; now "
+        f"{', '.join(f'{k}={header[k]!r}' for k in differs)}); give a new --output",
+    )
     return saved
 
 
 def _write_start(output: Path, config: SuiteConfig, cells: list[Cell], subsets: dict) -> None:
-    write_json_atomic(output / SUITE_FILE, {
-        "suite": config.name, "config": config.resolved(), "settings": config.settings(),
-        "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cells": [{"id": c.id, "label": c.model.label, "dataset": c.dataset.name,
-                   "attack_label": c.attack.label, "weights": c.weights} for c in cells],
-    })
+    write_json_atomic(
+        output / SUITE_FILE,
+        {
+            "suite": config.name,
+            "config": config.resolved(),
+            "settings": config.settings(),
+            "versions": versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "cells": [
+                {
+                    "id": c.id,
+                    "label": c.model.label,
+                    "dataset": c.dataset.name,
+                    "attack_label": c.attack.label,
+                    "weights": c.weights,
+                }
+                for c in cells
+            ],
+        },
+    )
     for name, subset in subsets.items():
         path = output / SUBSETS_DIR / f"{slug(name)}.json"
         if not path.is_file():
@@ -252,8 +355,11 @@ def format_cells(records: list[dict]) -> str:
     """One line per cell: row label, dataset, attack column and its headline metric."""
     lines = []
     for r in records:
-        metric = (f"accuracy {r['accuracy']:.4f}" if "accuracy" in r else
-                  f"i2t R@1/5/10 {r['i2t_r1']:.4f} {r['i2t_r5']:.4f} {r['i2t_r10']:.4f}  "
-                  f"t2i R@1/5/10 {r['t2i_r1']:.4f} {r['t2i_r5']:.4f} {r['t2i_r10']:.4f}")
+        metric = (
+            f"accuracy {r['accuracy']:.4f}"
+            if "accuracy" in r
+            else f"i2t R@1/5/10 {r['i2t_r1']:.4f} {r['i2t_r5']:.4f} {r['i2t_r10']:.4f}  "
+            f"t2i R@1/5/10 {r['t2i_r1']:.4f} {r['t2i_r5']:.4f} {r['t2i_r10']:.4f}"
+        )
         lines.append(f"{r['label']:<28} {r['dataset']:<16} {r['attack_label']:<14} {metric}")
     return "\n".join(lines)

@@ -47,8 +47,22 @@ from mmcoa.registry import Registry
 from mmcoa.settings import one_of, read_mapping, shown, typed
 
 TASKS = ("classification", "retrieval")
-TOP_LEVEL = ("name", "description", "task", "split", "n_samples", "seed", "batch_size", "device",
-             "data_root", "template", "precision", "models", "datasets", "attacks")
+TOP_LEVEL = (
+    "name",
+    "description",
+    "task",
+    "split",
+    "n_samples",
+    "seed",
+    "batch_size",
+    "device",
+    "data_root",
+    "template",
+    "precision",
+    "models",
+    "datasets",
+    "attacks",
+)
 PRECISIONS = ("fp32", "bf16")
 MODEL_KEYS = ("label", "name", "pretrained", "checkpoint", "datasets")
 DATASET_KEYS = ("name", "options")
@@ -130,14 +144,20 @@ class SuiteConfig:
 
     def cells(self) -> list[Cell]:
         """The grid in table order: model rows, then datasets, then attacks."""
-        return [Cell(row, entry, attack) for row in self.models for entry in self.datasets
-                if row.datasets is None or entry.name in row.datasets for attack in self.attacks]
+        return [
+            Cell(row, entry, attack)
+            for row in self.models
+            for entry in self.datasets
+            if row.datasets is None or entry.name in row.datasets
+            for attack in self.attacks
+        ]
 
     def resolved(self) -> dict:
         """Every setting, JSON-ready (saved as ``suite.json``)."""
         values = dataclasses.asdict(self)
-        values["attacks"] = [{"label": a.label, "name": a.name, **a.settings, "params": a.params}
-                             for a in self.attacks]
+        values["attacks"] = [
+            {"label": a.label, "name": a.name, **a.settings, "params": a.params} for a in self.attacks
+        ]
         return json_ready(values)
 
     def settings(self) -> dict:
@@ -150,14 +170,23 @@ class SuiteConfig:
 
     def cell_settings(self, cell: Cell) -> dict:
         """What decides one cell's record; a resumed suite reuses a record only if they match."""
-        return json_ready({
-            "task": self.task, "model": cell.model.name, "weights": cell.weights,
-            "label": cell.model.label, "dataset": cell.dataset.name,
-            "dataset_options": cell.dataset.options, "split": self.split,
-            "attack": cell.attack.name, "attack_params": cell.attack.params,
-            "n_samples": self.n_samples, "seed": self.seed, "batch_size": self.batch_size,
-            "template": self.template,
-        })
+        return json_ready(
+            {
+                "task": self.task,
+                "model": cell.model.name,
+                "weights": cell.weights,
+                "label": cell.model.label,
+                "dataset": cell.dataset.name,
+                "dataset_options": cell.dataset.options,
+                "split": self.split,
+                "attack": cell.attack.name,
+                "attack_params": cell.attack.params,
+                "n_samples": self.n_samples,
+                "seed": self.seed,
+                "batch_size": self.batch_size,
+                "template": self.template,
+            }
+        )
 
 
 def attack_registry(task: str) -> Registry:
@@ -173,8 +202,14 @@ def json_ready(value: Any) -> Any:
 
 
 # -- loading and validation ----------------------------------------------------------------------
-def load_suite(path: str | Path, *, n_samples: int | None = None, device: str | None = None,
-               data_root: str | None = None, check_files: bool = True) -> SuiteConfig:
+def load_suite(
+    path: str | Path,
+    *,
+    n_samples: int | None = None,
+    device: str | None = None,
+    data_root: str | None = None,
+    check_files: bool = True,
+) -> SuiteConfig:
     """Read and check the suite file ``path``; ``n_samples``, ``device`` and ``data_root``
     override its values when given. ``check_files=False`` skips the checkpoint-file check (to
     validate the paper configs' structure before anything is trained)."""
@@ -200,8 +235,10 @@ def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
     _known_keys("the suite", values, TOP_LEVEL)
     task = one_of("task", values.get("task", "classification"), TASKS)
     for key in ("models", "datasets", "attacks"):
-        _require(isinstance(values.get(key), list) and values[key],
-                 f"{key} must be a non-empty list; got {shown(values.get(key))}")
+        _require(
+            isinstance(values.get(key), list) and values[key],
+            f"{key} must be a non-empty list; got {shown(values.get(key))}",
+        )
     split = _string("split", values.get("split", "test"))
     datasets = [_dataset(i, v, task, split) for i, v in enumerate(values["datasets"])]
     _unique("datasets", [d.name for d in datasets])
@@ -212,30 +249,40 @@ def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
     attacks = [_attack(i, v, task, precision) for i, v in enumerate(values["attacks"])]
     _unique("attack labels", [a.label for a in attacks])
     return SuiteConfig(
-        name=_string("name", values.get("name", default_name)), task=task, models=models,
-        datasets=datasets, attacks=attacks, split=split,
+        name=_string("name", values.get("name", default_name)),
+        task=task,
+        models=models,
+        datasets=datasets,
+        attacks=attacks,
+        split=split,
         n_samples=_positive("n_samples", values.get("n_samples"), optional=True),
         seed=_integer("seed", values.get("seed", 0)),
         batch_size=_positive("batch_size", values.get("batch_size", 128)),
         device=resolve_device(_string("device", values.get("device", AUTO))),
         data_root=_optional_string("data_root", values.get("data_root")),
         template=_template(values.get("template"), task),
-        description=typed("description", values.get("description", ""), "str"), source=source)
+        description=typed("description", values.get("description", ""), "str"),
+        source=source,
+    )
 
 
 def _model(index: int, value: Any, dataset_names: list[str]) -> ModelRow:
     where = f"models[{index}]"
-    _require(isinstance(value, dict) and "name" in value,
-             f"{where} must be a mapping with at least a name; got {shown(value)}")
+    _require(
+        isinstance(value, dict) and "name" in value,
+        f"{where} must be a mapping with at least a name; got {shown(value)}",
+    )
     _known_keys(where, value, MODEL_KEYS)
     name = _string(f"{where}.name", value["name"])
     pretrained = _optional_string(f"{where}.pretrained", value.get("pretrained"))
     checkpoint = _optional_string(f"{where}.checkpoint", value.get("checkpoint"))
     datasets = value.get("datasets")
     if datasets is not None:
-        _require(isinstance(datasets, list) and datasets and all(d in dataset_names for d in datasets),
-                 f"{where}.datasets must be a non-empty list of the suite's datasets "
-                 f"({', '.join(dataset_names)}); got {shown(datasets)}")
+        _require(
+            isinstance(datasets, list) and datasets and all(d in dataset_names for d in datasets),
+            f"{where}.datasets must be a non-empty list of the suite's datasets "
+            f"({', '.join(dataset_names)}); got {shown(datasets)}",
+        )
         datasets = tuple(datasets)
     _check_weights(where, name, pretrained, checkpoint)
     label = value.get("label") or (f"{name}:{pretrained or checkpoint}" if pretrained or checkpoint else name)
@@ -257,23 +304,31 @@ def _check_weights(where: str, name: str, pretrained: str | None, checkpoint: st
     architecture = name in open_clip.list_models()
     if pretrained is not None:
         tags = open_clip.list_pretrained_tags_by_model(name) if architecture else []
-        _require(pretrained in tags + [RANDOM] and architecture,
-                 f"{where}: unknown pretrained tag {pretrained!r} for {name}; known: "
-                 f"{', '.join(tags + [RANDOM]) if architecture else 'none'}; a weights file goes under checkpoint:")
+        _require(
+            pretrained in tags + [RANDOM] and architecture,
+            f"{where}: unknown pretrained tag {pretrained!r} for {name}; known: "
+            f"{', '.join(tags + [RANDOM]) if architecture else 'none'}; a weights file goes under checkpoint:",
+        )
     if checkpoint is not None:
         fields = {f for _, f, _, _ in string.Formatter().parse(checkpoint) if f is not None}
-        _require(fields <= {"dataset"}, f"{where}.checkpoint may hold only the {{dataset}} "
-                 f"placeholder; got {checkpoint!r}")
-    _require(not architecture or name in TINY_ARCHITECTURES or pretrained or checkpoint,
-             f"{where}: {name} needs pretrained (a tag such as openai) or checkpoint (a file)")
+        _require(
+            fields <= {"dataset"},
+            f"{where}.checkpoint may hold only the {{dataset}} placeholder; got {checkpoint!r}",
+        )
+    _require(
+        not architecture or name in TINY_ARCHITECTURES or pretrained or checkpoint,
+        f"{where}: {name} needs pretrained (a tag such as openai) or checkpoint (a file)",
+    )
 
 
 def _dataset(index: int, value: Any, task: str, split: str) -> DatasetEntry:
     where = f"datasets[{index}]"
     if isinstance(value, str):
         value = {"name": value}
-    _require(isinstance(value, dict) and isinstance(value.get("name"), str),
-             f"{where} must be a dataset name or a mapping with name and options; got {shown(value)}")
+    _require(
+        isinstance(value, dict) and isinstance(value.get("name"), str),
+        f"{where} must be a dataset name or a mapping with name and options; got {shown(value)}",
+    )
     _known_keys(where, value, DATASET_KEYS)
     options = value.get("options") or {}
     _require(isinstance(options, dict), f"{where}.options must be a mapping; got {shown(options)}")
@@ -293,16 +348,27 @@ def _check_classification_dataset(where: str, name: str, split: str, options: di
     if name.startswith(PREFIX):
         _require(not options, f"{where}: {FOLDER_PATTERN} takes no options")
         return options
-    _require(name in DATASETS, f"{where}: unknown dataset {name!r}; known: {', '.join(known_names())}"
-             " (retrieval suites: task: retrieval)")
+    _require(
+        name in DATASETS,
+        f"{where}: unknown dataset {name!r}; known: {', '.join(known_names())}"
+        " (retrieval suites: task: retrieval)",
+    )
     spec = DATASETS.get(name)
-    _require(split in spec.splits, f"{where}: dataset {name} has no split {split!r}; "
-             f"accepted: {', '.join(spec.splits)}")
+    _require(
+        split in spec.splits,
+        f"{where}: dataset {name} has no split {split!r}; accepted: {', '.join(spec.splits)}",
+    )
     unknown = sorted(set(options) - set(spec.options))
-    _require(not unknown, f"{where}: dataset {name} takes no option {', '.join(unknown)}; "
-             f"accepted: {', '.join(spec.options) or 'none'}")
-    kinds = {k: p.annotation for k, p in inspect.signature(spec.load).parameters.items()
-             if isinstance(p.annotation, str)}  # annotations are strings here (__future__)
+    _require(
+        not unknown,
+        f"{where}: dataset {name} takes no option {', '.join(unknown)}; "
+        f"accepted: {', '.join(spec.options) or 'none'}",
+    )
+    kinds = {
+        k: p.annotation
+        for k, p in inspect.signature(spec.load).parameters.items()
+        if isinstance(p.annotation, str)
+    }  # annotations are strings here (__future__)
     return {k: typed(f"{where}.options.{k}", v, kinds.get(k, "")) for k, v in options.items()}
 
 
@@ -311,27 +377,36 @@ def _check_retrieval_dataset(where: str, name: str, split: str, options: dict) -
 
     _require(name == DATASET_NAME, f"{where}: retrieval suites evaluate {DATASET_NAME}; got {name!r}")
     _require(not options, f"{where}: {DATASET_NAME} takes no options")
-    _require(split in SPLITS, f"{where}: {DATASET_NAME} has no split {split!r}; accepted: {', '.join(SPLITS)}")
+    _require(
+        split in SPLITS, f"{where}: {DATASET_NAME} has no split {split!r}; accepted: {', '.join(SPLITS)}"
+    )
 
 
 def _attack(index: int, value: Any, task: str, precision: str | None = None) -> AttackEntry:
     """An attack column; its settings go through the same conversion as ``mmcoa eval`` flags.
     ``precision`` (the suite's) is the default of an attack that takes one."""
     where = f"attacks[{index}]"
-    _require(isinstance(value, dict) and isinstance(value.get("name"), str),
-             f"{where} must be a mapping with a name and its settings; got {shown(value)}")
+    _require(
+        isinstance(value, dict) and isinstance(value.get("name"), str),
+        f"{where} must be a mapping with a name and its settings; got {shown(value)}",
+    )
     settings = {k: v for k, v in value.items() if k not in ("name", "label")}
     try:
         registry = attack_registry(task)
-        if precision and "precision" not in settings and "precision" in parameter_names(registry.get(value["name"])):
+        if (
+            precision
+            and "precision" not in settings
+            and "precision" in parameter_names(registry.get(value["name"]))
+        ):
             settings["precision"] = precision
         params = params_from_settings(_typed_settings(where, registry.get(value["name"]), settings))
         attack = build_registered(registry, value["name"], **params)
     except MmcoaError as error:
         raise MmcoaError(f"{where}: {error}") from None
     except (TypeError, ValueError) as error:  # e.g. n_steps: ten
-        raise MmcoaError(f"{where}: a setting of {value['name']} has the wrong type "
-                         f"({error}); settings: {settings}") from None
+        raise MmcoaError(
+            f"{where}: a setting of {value['name']} has the wrong type ({error}); settings: {settings}"
+        ) from None
     label = _string(f"{where}.label", value.get("label") or value["name"])
     return AttackEntry(label, value["name"], settings, attack.params())
 
@@ -340,8 +415,7 @@ def _typed_settings(where: str, cls: type, settings: dict) -> dict:
     """``settings`` typed as the attack's fields declare them (unset ones and names the attack
     does not take pass through, for :func:`build_registered` to report)."""
     kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-    return {k: v if v is None else typed(f"{where}.{k}", v, kinds.get(k, ""))
-            for k, v in settings.items()}
+    return {k: v if v is None else typed(f"{where}.{k}", v, kinds.get(k, "")) for k, v in settings.items()}
 
 
 def _check_checkpoints(config: SuiteConfig) -> None:
@@ -351,8 +425,11 @@ def _check_checkpoints(config: SuiteConfig) -> None:
 
     files = sorted({(c.model.name, c.weights) for c in config.cells() if c.model.checkpoint})
     missing = sorted({path for _, path in files if not Path(path).expanduser().is_file()})
-    _require(not missing, f"{len(missing)} checkpoint file(s) missing, e.g. {missing[0] if missing else ''}"
-             "; train them first (docs/reproduce.md) or fix the paths")
+    _require(
+        not missing,
+        f"{len(missing)} checkpoint file(s) missing, e.g. {missing[0] if missing else ''}"
+        "; train them first (docs/reproduce.md) or fix the paths",
+    )
     for name, path in files:
         check_checkpoint(name, str(Path(path).expanduser()))
 
@@ -361,9 +438,12 @@ def _check_cell_ids(config: SuiteConfig) -> None:
     seen: dict[str, Cell] = {}
     for cell in config.cells():
         other = seen.setdefault(cell.id, cell)
-        _require(other is cell, f"labels {other.model.label!r}/{other.attack.label!r} and "
-                 f"{cell.model.label!r}/{cell.attack.label!r} give the same file name {cell.id}; "
-                 "make them differ in letters or digits")
+        _require(
+            other is cell,
+            f"labels {other.model.label!r}/{other.attack.label!r} and "
+            f"{cell.model.label!r}/{cell.attack.label!r} give the same file name {cell.id}; "
+            "make them differ in letters or digits",
+        )
 
 
 # -- small checks --------------------------------------------------------------------------------
@@ -395,8 +475,9 @@ def _integer(name: str, value: Any) -> int:
 
 
 def _positive(name: str, value: Any, optional: bool = False) -> int | None:
-    return typed(name, value, "int | None" if optional else "int", accepted="a positive integer",
-                 ok=lambda v: v >= 1)
+    return typed(
+        name, value, "int | None" if optional else "int", accepted="a positive integer", ok=lambda v: v >= 1
+    )
 
 
 def _template(value: Any, task: str) -> str | None:

@@ -22,16 +22,33 @@ from typing import Callable
 
 from mmcoa.errors import UnknownNameError
 from mmcoa.models.base import RESIZE_MODES, TOWERS, VisionLanguageModel, check_resize_mode
-from mmcoa.models.open_clip_backend import (LOCAL_DIR, LOCAL_DIR_CONFIG, TINY_ARCHITECTURES,
-                                            check_local_dir, is_open_clip_name, load_open_clip,
-                                            open_clip_registered)
+from mmcoa.models.open_clip_backend import (
+    LOCAL_DIR,
+    LOCAL_DIR_CONFIG,
+    TINY_ARCHITECTURES,
+    check_local_dir,
+    is_open_clip_name,
+    load_open_clip,
+    open_clip_registered,
+)
 from mmcoa.models.zeroshot import ZeroShotClassifier
 from mmcoa.registry import Registry
 
 open_clip_registered()  # registers the tiny configurations with open_clip at import
 
-__all__ = ["MODELS", "ModelSpec", "RESIZE_MODES", "TOWERS", "VisionLanguageModel", "ZeroShotClassifier",
-           "check_checkpoint", "list_models", "load_model", "model_spec", "validate_model_name"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "RESIZE_MODES",
+    "TOWERS",
+    "VisionLanguageModel",
+    "ZeroShotClassifier",
+    "check_checkpoint",
+    "list_models",
+    "load_model",
+    "model_spec",
+    "validate_model_name",
+]
 
 HF_PREFIX = "hf:"
 HUB_PREFIX = "hf-hub:"
@@ -52,8 +69,9 @@ class ModelSpec:
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
-def load_model(name: str, pretrained: str | None = None, device: str = "cpu",
-               resize: str = "torch") -> VisionLanguageModel:
+def load_model(
+    name: str, pretrained: str | None = None, device: str = "cpu", resize: str = "torch"
+) -> VisionLanguageModel:
     """Load a CLIP-style model by name; see the module docstring for accepted names.
     ``resize`` picks the bicubic resize of :func:`mmcoa.models.base.resize_images`."""
     check_resize_mode(resize)
@@ -79,7 +97,8 @@ def model_spec(name: str) -> ModelSpec:
     raise UnknownNameError(
         f"unknown model {name!r}; known: {', '.join(list_models())}, any open_clip "
         f"architecture (mmcoa models --all), {HUB_PREFIX}<org>/<name>, {LOCAL_DIR}<folder>, "
-        f"{HF_PREFIX}<id or directory>")
+        f"{HF_PREFIX}<id or directory>"
+    )
 
 
 def check_checkpoint(name: str, path: str) -> None:

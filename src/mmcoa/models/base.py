@@ -131,7 +131,8 @@ class VisionLanguageModel(nn.Module):
             return
         prompt = self.text_prompt
         handle = self.token_embedding().register_forward_hook(
-            lambda module, args, output: prompt(args[0], output))
+            lambda module, args, output: prompt(args[0], output)
+        )
         try:
             yield
         finally:
@@ -232,10 +233,10 @@ def resize_images(images: torch.Tensor, size: tuple[int, int], mode: str = "torc
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     if mode == "pil":
-        wide = F.interpolate(images, size=(images.shape[-2], size[1]), mode="bicubic",
-                             align_corners=False, antialias=True).clamp(0, 1)
-        return F.interpolate(wide, size=size, mode="bicubic", align_corners=False,
-                             antialias=True).clamp(0, 1)
+        wide = F.interpolate(
+            images, size=(images.shape[-2], size[1]), mode="bicubic", align_corners=False, antialias=True
+        ).clamp(0, 1)
+        return F.interpolate(wide, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
     shrinking = images.shape[-1] > size[1] or images.shape[-2] > size[0]
     return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=shrinking)
 

@@ -53,8 +53,10 @@ def _read_sidecar(path: str) -> dict:
     try:
         meta = json.loads(open(sidecar).read())
     except (OSError, ValueError) as error:
-        raise MmcoaError(f"model metadata {sidecar!r} is unreadable ({type(error).__name__}); "
-                         f"remove it or restore it from the run") from error
+        raise MmcoaError(
+            f"model metadata {sidecar!r} is unreadable ({type(error).__name__}); "
+            f"remove it or restore it from the run"
+        ) from error
     return meta if isinstance(meta, dict) else {}
 
 
@@ -77,8 +79,9 @@ def _load_payload(path: str, mmap: bool = False):
 
 
 def _unreadable(path: str, error: BaseException) -> MmcoaError:
-    return MmcoaError(f"checkpoint {path!r} is corrupt or unreadable "
-                      f"({type(error).__name__}); expected {ACCEPTED}")
+    return MmcoaError(
+        f"checkpoint {path!r} is corrupt or unreadable ({type(error).__name__}); expected {ACCEPTED}"
+    )
 
 
 def _unwrap(state: object, path: str) -> dict[str, torch.Tensor]:
@@ -98,8 +101,9 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str, mode
         raise _does_not_fit(path, model_name, module.state_dict(), state) from error
 
 
-def check_fits(own: Mapping[str, torch.Tensor], path: str, model_name: str,
-               layout=lambda state: state) -> None:
+def check_fits(
+    own: Mapping[str, torch.Tensor], path: str, model_name: str, layout=lambda state: state
+) -> None:
     """Raise the one-line error :func:`load_into` would, from the file's header alone: its keys
     and shapes (``read_shapes``; ``layout`` maps them as the loader maps the state dict)."""
     given = layout(read_shapes(path))
@@ -108,8 +112,9 @@ def check_fits(own: Mapping[str, torch.Tensor], path: str, model_name: str,
 
 
 def _does_not_fit(path: str, model_name: str, own, given) -> MmcoaError:
-    return MmcoaError(f"checkpoint {path!r} does not fit model {model_name}: "
-                      f"{_mismatch(_shapes(own), _shapes(given))}")
+    return MmcoaError(
+        f"checkpoint {path!r} does not fit model {model_name}: {_mismatch(_shapes(own), _shapes(given))}"
+    )
 
 
 def read_shapes(path: str) -> dict[str, torch.Tensor]:
@@ -136,8 +141,10 @@ def _mismatch(own: dict[str, tuple], given: dict[str, tuple]) -> str:
     """What differs: missing/unexpected keys, else the first key whose shape differs."""
     missing, unexpected = sorted(set(own) - set(given)), sorted(set(given) - set(own))
     if missing or unexpected:
-        return (f"missing {len(missing)} keys (e.g. {missing[:2]}), unexpected {len(unexpected)}"
-                f" (e.g. {unexpected[:2]})")
+        return (
+            f"missing {len(missing)} keys (e.g. {missing[:2]}), unexpected {len(unexpected)}"
+            f" (e.g. {unexpected[:2]})"
+        )
     for key, shape in own.items():
         if given[key] != shape:
             return f"{key} has shape {list(given[key])} in the file, {list(shape)} in the model"

@@ -24,11 +24,25 @@ class HFClipModel(VisionLanguageModel):
         "text": ("text_model.", "text_projection."),
     }
 
-    def __init__(self, model, tokenizer, *, name: str, pretrained: str | None,
-                 mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str,
+        pretrained: str | None,
+        mean: Sequence[float] = OPENAI_MEAN,
+        std: Sequence[float] = OPENAI_STD,
+    ):
         check_tokenizer(tokenizer, model.config.text_config.vocab_size, name)
-        super().__init__(model, name=name, pretrained=pretrained,
-                         image_size=model.config.vision_config.image_size, mean=mean, std=std)
+        super().__init__(
+            model,
+            name=name,
+            pretrained=pretrained,
+            image_size=model.config.vision_config.image_size,
+            mean=mean,
+            std=std,
+        )
         self.tokenizer = tokenizer
         self.context_length = model.config.text_config.max_position_embeddings
         self.token_cache = TokenCache()
@@ -61,9 +75,11 @@ def check_tokenizer(tokenizer, model_vocab_size: int, name: str) -> None:
     """Refuse the empty tokenizer transformers 5 returns offline, and mismatched vocabularies."""
     size = len(tokenizer)
     if size < MIN_VOCAB or size > model_vocab_size:
-        raise MmcoaError(f"tokenizer of {name} has {size} tokens but the model expects up to "
-                         f"{model_vocab_size}: the tokenizer files are missing or wrong (offline "
-                         f"transformers builds an empty one); download the model with internet")
+        raise MmcoaError(
+            f"tokenizer of {name} has {size} tokens but the model expects up to "
+            f"{model_vocab_size}: the tokenizer files are missing or wrong (offline "
+            f"transformers builds an empty one); download the model with internet"
+        )
 
 
 def load_hf_clip(source: str, device: str) -> HFClipModel:
@@ -75,8 +91,7 @@ def load_hf_clip(source: str, device: str) -> HFClipModel:
         model = CLIPModel.from_pretrained(source, local_files_only=only_local)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=only_local)
         mean, std = _image_stats(source, only_local)
-    wrapped = HFClipModel(model, tokenizer, name=f"hf:{source}", pretrained=source, mean=mean,
-                          std=std)
+    wrapped = HFClipModel(model, tokenizer, name=f"hf:{source}", pretrained=source, mean=mean, std=std)
     return wrapped.to(device).eval()
 
 

@@ -21,8 +21,10 @@ PROBE_TIMEOUT_S = 3.0
 
 def offline_requested() -> bool:
     """True when the user asked the hub libraries to stay offline."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 @functools.cache
@@ -64,10 +66,10 @@ def fetching_weights(what: str, how_to_provide: str) -> Iterator[bool]:
     except WeightsUnavailableError:
         raise
     except Exception as error:  # the hub clients raise many types; all mean "no weights"
-        reason = ("not in the local cache and the hub is unreachable" if offline
-                  else _first_line(error))
+        reason = "not in the local cache and the hub is unreachable" if offline else _first_line(error)
         raise WeightsUnavailableError(
-            f"cannot obtain weights for {what}: {reason}; {how_to_provide}") from error
+            f"cannot obtain weights for {what}: {reason}; {how_to_provide}"
+        ) from error
 
 
 def _first_line(error: BaseException) -> str:
@@ -103,7 +105,10 @@ def pretrained_source(what: str, source: str) -> Iterator[bool]:
     ``local_files_only`` to pass (a local directory, or a hub that cannot be reached), turns a
     missing download into a one-line error naming ``what``, and keeps progress bars quiet."""
     local = os.path.isdir(source)
-    hint = ("the directory must hold config.json, the weights and the tokenizer files" if local
-            else f"download {source} on a machine with internet, or pass a local directory")
+    hint = (
+        "the directory must hold config.json, the weights and the tokenizer files"
+        if local
+        else f"download {source} on a machine with internet, or pass a local directory"
+    )
     with fetching_weights(what, hint) as offline, quiet_transformers_progress():
         yield local or offline

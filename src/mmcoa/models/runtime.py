@@ -19,8 +19,13 @@ import torch
 from mmcoa.models.base import VisionLanguageModel
 
 
-def configure_runtime(model: VisionLanguageModel, *, tf32: bool | None = None, compile: bool = False,
-                      compile_backend: str = "inductor") -> dict:
+def configure_runtime(
+    model: VisionLanguageModel,
+    *,
+    tf32: bool | None = None,
+    compile: bool = False,
+    compile_backend: str = "inductor",
+) -> dict:
     """Apply the settings to ``model`` (and torch's process-wide TF32 flags) and return what the
     records store. ``tf32=None``: on for CUDA, off elsewhere."""
     cuda = model.device.type == "cuda"
@@ -40,8 +45,13 @@ def runtime_of(model: VisionLanguageModel) -> dict:
 
 
 def _record(model: VisionLanguageModel, tf32: bool, compile_s: float | None) -> dict:
-    return {"device": str(model.device), "tf32": bool(tf32), "compile": compile_s is not None,
-            "compile_s": compile_s, "attention": attention_kind(model)}
+    return {
+        "device": str(model.device),
+        "tf32": bool(tf32),
+        "compile": compile_s is not None,
+        "compile_s": compile_s,
+        "attention": attention_kind(model),
+    }
 
 
 def attention_kind(model: VisionLanguageModel) -> str:

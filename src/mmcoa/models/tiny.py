@@ -24,11 +24,25 @@ BOS_ID, EOS_ID = 49406, 49407
 def tiny_hf_config():
     from transformers import CLIPConfig
 
-    text = dict(vocab_size=49408, hidden_size=_WIDTH, intermediate_size=4 * _WIDTH,
-                num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=_CONTEXT,
-                bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
-    vision = dict(image_size=_IMAGE_SIZE, patch_size=_PATCH, hidden_size=_WIDTH,
-                  intermediate_size=4 * _WIDTH, num_hidden_layers=4, num_attention_heads=3)
+    text = dict(
+        vocab_size=49408,
+        hidden_size=_WIDTH,
+        intermediate_size=4 * _WIDTH,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        max_position_embeddings=_CONTEXT,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+    )
+    vision = dict(
+        image_size=_IMAGE_SIZE,
+        patch_size=_PATCH,
+        hidden_size=_WIDTH,
+        intermediate_size=4 * _WIDTH,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=_WIDTH)
 
 
@@ -41,7 +55,7 @@ def clip_bpe_tokenizer():
     specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
     vocab = {specials.get(k, k): v for k, v in SimpleTokenizer().encoder.items()}
     lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     return CLIPTokenizer(vocab=vocab, merges=merges)
 
 

@@ -27,8 +27,9 @@ class TokenCache:
         self._rows: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._owner: Hashable | None = None
 
-    def rows(self, owner, texts: Sequence[str],
-             tokenize_rows: Callable[[list[str]], list[torch.Tensor]]) -> list[torch.Tensor]:
+    def rows(
+        self, owner, texts: Sequence[str], tokenize_rows: Callable[[list[str]], list[torch.Tensor]]
+    ) -> list[torch.Tensor]:
         if owner is not self._owner:
             self._rows.clear()
             self._owner = owner
@@ -46,13 +47,14 @@ class TokenCache:
         return len(self._rows)
 
 
-def pad_rows(rows: Sequence[torch.Tensor], pad_id: int, length: int | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(
+    rows: Sequence[torch.Tensor], pad_id: int, length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``[n, length]`` ids (``length`` defaults to the longest row) and the attention mask."""
     length = max(len(row) for row in rows) if length is None else length
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, :len(row)] = row
-        mask[i, :len(row)] = 1
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
     return ids, mask

@@ -39,8 +39,10 @@ class ZeroShotClassifier:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        chunks = [self.model.encode_text(prompts[i:i + self.text_batch_size], normalize=True)
-                  for i in range(0, len(prompts), self.text_batch_size)]
+        chunks = [
+            self.model.encode_text(prompts[i : i + self.text_batch_size], normalize=True)
+            for i in range(0, len(prompts), self.text_batch_size)
+        ]
         return torch.cat(chunks).float()
 
     def logits(self, images: torch.Tensor, class_embeddings: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,18 +21,53 @@ from mmcoa.report import columns as C
 from mmcoa.report import render
 from mmcoa.report.records import Loaded, is_retrieval, load_records, load_results
 from mmcoa.report.render import Figure
-from mmcoa.report.tables import (Column, Row, Table, add_gains, find_label, ood_tables,
-                                 retrieval_tables, table1)
+from mmcoa.report.tables import (
+    Column,
+    Row,
+    Table,
+    add_gains,
+    find_label,
+    ood_tables,
+    retrieval_tables,
+    table1,
+)
 
-__all__ = ["DEFAULT_TECOA", "DEFAULT_ZERO_SHOT", "build_tables", "load_records", "load_results",
-           "write_report"]
+__all__ = [
+    "DEFAULT_TECOA",
+    "DEFAULT_ZERO_SHOT",
+    "build_tables",
+    "load_records",
+    "load_results",
+    "write_report",
+]
 
 DEFAULT_ZERO_SHOT = "CLIP"
 DEFAULT_TECOA = "TeCoA"
-RECORD_COLUMNS = ("label", "dataset", "split", "threat", "attack", "eps", "attack_params",
-                  "n_samples", "accuracy", "top5", "attack_success_rate", "mean_words_changed",
-                  "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "seed",
-                  "elapsed_s", "model", "pretrained", "source")
+RECORD_COLUMNS = (
+    "label",
+    "dataset",
+    "split",
+    "threat",
+    "attack",
+    "eps",
+    "attack_params",
+    "n_samples",
+    "accuracy",
+    "top5",
+    "attack_success_rate",
+    "mean_words_changed",
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "seed",
+    "elapsed_s",
+    "model",
+    "pretrained",
+    "source",
+)
 
 
 # Records that are points of a figure, not models of a table: the interpolation's theta(lambda)
@@ -41,8 +76,9 @@ RECORD_COLUMNS = ("label", "dataset", "split", "threat", "attack", "eps", "attac
 FIGURE_ONLY = ("interpolation", "sanity")
 
 
-def build_tables(records: list[dict], zero_shot: str | None = DEFAULT_ZERO_SHOT,
-                 tecoa: str | None = DEFAULT_TECOA) -> list[Table]:
+def build_tables(
+    records: list[dict], zero_shot: str | None = DEFAULT_ZERO_SHOT, tecoa: str | None = DEFAULT_TECOA
+) -> list[Table]:
     """Table I, the Table II (OOD) tables and the Table VI (retrieval) tables, each followed by
     its gain rows over the ``zero_shot`` and ``tecoa`` rows (matched by :func:`find_label`)."""
     labels = C.row_labels(records)
@@ -56,9 +92,14 @@ def build_tables(records: list[dict], zero_shot: str | None = DEFAULT_ZERO_SHOT,
     return tables
 
 
-def write_report(paths: Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
-                 zero_shot: str | None = DEFAULT_ZERO_SHOT, tecoa: str | None = DEFAULT_TECOA,
-                 title: str = "mmcoa report") -> Path:
+def write_report(
+    paths: Iterable[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    zero_shot: str | None = DEFAULT_ZERO_SHOT,
+    tecoa: str | None = DEFAULT_TECOA,
+    title: str = "mmcoa report",
+) -> Path:
     """Write the report of every record and analysis under ``paths`` into ``output_dir``;
     returns the path of ``report.html``. One-line errors for no records, unreadable or
     malformed files, and conflicting records."""
@@ -73,10 +114,14 @@ def write_report(paths: Iterable[str | os.PathLike], output_dir: str | os.PathLi
     write_text_atomic(output / "records.csv", records_csv(loaded.records))
     pngs = _copy_figures(figures, output / "figures")
     write_text_atomic(output / "report.md", _markdown(title, loaded, tables, figures, pngs))
-    page = render.page_html(title, [
-        ("Tables", [render.table_html(t) for t in tables]),
-        ("Analyses", [render.figure_html(f) for f in figures]),
-        ("Sources", [_sources_html(loaded)])])
+    page = render.page_html(
+        title,
+        [
+            ("Tables", [render.table_html(t) for t in tables]),
+            ("Analyses", [render.figure_html(f) for f in figures]),
+            ("Sources", [_sources_html(loaded)]),
+        ],
+    )
     write_text_atomic(output / "report.html", page)
     return output / "report.html"
 
@@ -88,11 +133,15 @@ def records_csv(records: list[dict]) -> str:
     writer.writerow(RECORD_COLUMNS)
     for label, record in zip(C.row_labels(records), records):
         eps = record["attack_params"].get("eps")
-        values = {**record, "label": label, "threat": C.threat_of(record["attack"]),
-                  "eps": C.format_value("eps", eps) if eps is not None else "",
-                  "attack_params": C.describe(C.setting_of(record, with_n=False)),
-                  "n_samples": record.get("n_samples", record.get("n_images")),
-                  "source": record.get("_source", "")}
+        values = {
+            **record,
+            "label": label,
+            "threat": C.threat_of(record["attack"]),
+            "eps": C.format_value("eps", eps) if eps is not None else "",
+            "attack_params": C.describe(C.setting_of(record, with_n=False)),
+            "n_samples": record.get("n_samples", record.get("n_images")),
+            "source": record.get("_source", ""),
+        }
         writer.writerow(["" if values.get(k) is None else values.get(k) for k in RECORD_COLUMNS])
     return buffer.getvalue()
 
@@ -104,12 +153,20 @@ def _figure(summary: dict) -> Figure:
     numbers = summary.get("table") or {}
     table = None
     if numbers.get("columns"):
-        table = Table(f"{source.stem}-numbers", f"Numbers behind: {summary.get('title', source.stem)}",
-                      [Column("", str(c)) for c in numbers["columns"][1:]],
-                      [Row(str(r[0]), list(r[1:])) for r in numbers.get("rows", [])],
-                      corner=str(numbers["columns"][0]))
-    return Figure(source.stem, summary.get("title", summary["analysis"]), png if png.is_file() else None,
-                  table, list(summary.get("notes", [])) + [f"Source: {source}"])
+        table = Table(
+            f"{source.stem}-numbers",
+            f"Numbers behind: {summary.get('title', source.stem)}",
+            [Column("", str(c)) for c in numbers["columns"][1:]],
+            [Row(str(r[0]), list(r[1:])) for r in numbers.get("rows", [])],
+            corner=str(numbers["columns"][0]),
+        )
+    return Figure(
+        source.stem,
+        summary.get("title", summary["analysis"]),
+        png if png.is_file() else None,
+        table,
+        list(summary.get("notes", [])) + [f"Source: {source}"],
+    )
 
 
 def _copy_figures(figures: list[Figure], folder: Path) -> dict[str, str]:
@@ -123,8 +180,9 @@ def _copy_figures(figures: list[Figure], folder: Path) -> dict[str, str]:
     return copied
 
 
-def _markdown(title: str, loaded: Loaded, tables: list[Table], figures: list[Figure],
-              pngs: dict[str, str]) -> str:
+def _markdown(
+    title: str, loaded: Loaded, tables: list[Table], figures: list[Figure], pngs: dict[str, str]
+) -> str:
     parts = [f"# {title}", "", _summary_line(loaded), ""]
     if tables:
         parts += ["## Tables", ""] + [render.table_markdown(t) + "\n" for t in tables]
@@ -136,13 +194,13 @@ def _markdown(title: str, loaded: Loaded, tables: list[Table], figures: list[Fig
 def _summary_line(loaded: Loaded) -> str:
     sources = sorted({r["_source"] for r in loaded.records} | {a["_source"] for a in loaded.analyses})
     kinds = sum(1 for r in loaded.records if is_retrieval(r))
-    return (f"{len(loaded.records)} records ({kinds} retrieval) and {len(loaded.analyses)} analyses "
-            f"from {len(sources)} files. Accuracy and R@K in %; — marks a missing cell.")
+    return (
+        f"{len(loaded.records)} records ({kinds} retrieval) and {len(loaded.analyses)} analyses "
+        f"from {len(sources)} files. Accuracy and R@K in %; — marks a missing cell."
+    )
 
 
 def _sources_html(loaded: Loaded) -> str:
     sources = sorted({r["_source"] for r in loaded.records} | {a["_source"] for a in loaded.analyses})
     items = "".join(f"<li><code>{html.escape(s)}</code></li>" for s in sources)
     return f"<p>{html.escape(_summary_line(loaded))}</p><ul>{items}</ul>"
-
-

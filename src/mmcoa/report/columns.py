@@ -22,10 +22,18 @@ THREAT_ORDER = ("image", "text", "multimodal", "clean")
 THREAT_NAMES = {"image": "Image", "text": "Text", "multimodal": "Multimodal", "clean": "Clean"}
 ATTACK_THREATS = {
     "clean": "clean",
-    "pgd": "image", "apgd": "image", "apgd-ce": "image", "apgd-t": "image",
-    "autoattack": "image", "square": "image", "noise": "image",
-    "bert": "text", "bert-targeted": "text",
-    "multimodal": "multimodal", "multimodal-joint": "multimodal", "coattack": "multimodal",
+    "pgd": "image",
+    "apgd": "image",
+    "apgd-ce": "image",
+    "apgd-t": "image",
+    "autoattack": "image",
+    "square": "image",
+    "noise": "image",
+    "bert": "text",
+    "bert-targeted": "text",
+    "multimodal": "multimodal",
+    "multimodal-joint": "multimodal",
+    "coattack": "multimodal",
     "sga": "multimodal",
 }
 PIXEL_PARAMS = ("eps", "step_size")  # shown in units of 1/255
@@ -47,8 +55,12 @@ def threat_name(threat: str) -> str:
 
 def setting_of(record: dict, *, with_n: bool = True) -> dict:
     """The attack and protocol a record was produced under (what a column must share)."""
-    setting = {"attack": record["attack"], **record["attack_params"],
-               "split": record.get("split"), "seed": record.get("seed")}
+    setting = {
+        "attack": record["attack"],
+        **record["attack_params"],
+        "split": record.get("split"),
+        "seed": record.get("seed"),
+    }
     if with_n:
         setting["n"] = record.get("n_samples", record.get("n_images"))
     return setting
@@ -76,10 +88,13 @@ def difference_parts(settings: list[dict]) -> list[list[str]]:
     out = []
     for setting in settings:
         same_attack = [s for s in settings if s["attack"] == setting["attack"]]
-        keys = [k for k in _ordered_fields(settings)
-                if (k == "attack" and _varies(settings, k))
-                or (k == "eps" and k in setting and _varies([s for s in settings if k in s], k))
-                or (k not in ("attack", "eps") and _varies(same_attack, k))]
+        keys = [
+            k
+            for k in _ordered_fields(settings)
+            if (k == "attack" and _varies(settings, k))
+            or (k == "eps" and k in setting and _varies([s for s in settings if k in s], k))
+            or (k not in ("attack", "eps") and _varies(same_attack, k))
+        ]
         out.append([_field_text(k, setting.get(k)) for k in keys])
     return out
 
@@ -110,8 +125,9 @@ def brief(setting: dict) -> str:
 
 
 def _ordered_fields(settings: list[dict]) -> list[str]:
-    return sorted({k for s in settings for k in s},
-                  key=lambda k: (k != "attack", k != "eps", k in PROTOCOL_KEYS, k))
+    return sorted(
+        {k for s in settings for k in s}, key=lambda k: (k != "attack", k != "eps", k in PROTOCOL_KEYS, k)
+    )
 
 
 def _varies(settings: list[dict], key: str) -> bool:
@@ -120,8 +136,11 @@ def _varies(settings: list[dict], key: str) -> bool:
 
 def describe(setting: dict, protocol: bool = True) -> str:
     """Every field of a setting (without split, seed and n unless ``protocol``)."""
-    params = [_field_text(k, v) for k, v in setting.items()
-              if k != "attack" and v is not None and (protocol or k not in PROTOCOL_KEYS)]
+    params = [
+        _field_text(k, v)
+        for k, v in setting.items()
+        if k != "attack" and v is not None and (protocol or k not in PROTOCOL_KEYS)
+    ]
     return f"{setting['attack']} " + " ".join(params) if params else setting["attack"]
 
 

@@ -64,8 +64,10 @@ def load_results(paths: Iterable[str | os.PathLike], required: bool = True) -> L
                 seen.add(file.resolve())
                 _add_file(loaded, file, explicit)
     if required and not loaded.records and not loaded.analyses:
-        raise MmcoaError(f"no result records found in {', '.join(map(str, paths))}; expected JSON "
-                         "files written by mmcoa eval, mmcoa retrieval, mmcoa suite or mmcoa analyze")
+        raise MmcoaError(
+            f"no result records found in {', '.join(map(str, paths))}; expected JSON "
+            "files written by mmcoa eval, mmcoa retrieval, mmcoa suite or mmcoa analyze"
+        )
     return loaded
 
 
@@ -111,8 +113,9 @@ def _read_json(file: Path) -> object:
     except (OSError, UnicodeDecodeError) as error:
         raise MmcoaError(f"cannot read result file {str(file)!r} ({type(error).__name__})") from error
     except json.JSONDecodeError as error:
-        raise MmcoaError(f"malformed record file {str(file)!r}: not valid JSON (line {error.lineno}: "
-                         f"{error.msg})") from error
+        raise MmcoaError(
+            f"malformed record file {str(file)!r}: not valid JSON (line {error.lineno}: {error.msg})"
+        ) from error
 
 
 def _what_is_wrong(items: list) -> str:
@@ -125,8 +128,7 @@ def _what_is_wrong(items: list) -> str:
             missing = [k for k in CORE_KEYS if k not in item]
             if missing:
                 return f"item {index} lacks {', '.join(missing)}"
-            return (f"item {index} has no numeric accuracy (classification) or i2t_r1/t2i_r1 "
-                    "(retrieval)")
+            return f"item {index} has no numeric accuracy (classification) or i2t_r1/t2i_r1 (retrieval)"
     return "not a record"
 
 

@@ -49,9 +49,12 @@ def header_texts(table: Table) -> list[str]:
 
 
 def table_markdown(table: Table) -> str:
-    lines = [f"### {table.title}", "",
-             f"| {_md(table.corner)} | " + " | ".join(_md(h) for h in header_texts(table)) + " |",
-             "|---|" + "---:|" * len(table.columns)]
+    lines = [
+        f"### {table.title}",
+        "",
+        f"| {_md(table.corner)} | " + " | ".join(_md(h) for h in header_texts(table)) + " |",
+        "|---|" + "---:|" * len(table.columns),
+    ]
     for row in table.rows:
         cells = [cell_text(v, row.gain) for v in row.values]
         label = f"*{_md(row.label)}*" if row.gain else _md(row.label)
@@ -72,17 +75,22 @@ def table_html(table: Table) -> str:
     head = _html_head(table)
     body = "\n".join(
         f'<tr class="{"gain" if row.gain else "method"}"><th scope="row">{html.escape(row.label)}</th>'
-        + "".join(f"<td>{html.escape(cell_text(v, row.gain))}</td>" for v in row.values) + "</tr>"
-        for row in table.rows)
+        + "".join(f"<td>{html.escape(cell_text(v, row.gain))}</td>" for v in row.values)
+        + "</tr>"
+        for row in table.rows
+    )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
-    return (f'<section id="{table.key}"><table class="results" id="table-{table.key}">'
-            f"<caption>{html.escape(table.title)}</caption>\n<thead>{head}</thead>\n"
-            f"<tbody>\n{body}\n</tbody></table>" + (f"<ul class=\"notes\">{notes}</ul>" if notes else "")
-            + "</section>")
+    return (
+        f'<section id="{table.key}"><table class="results" id="table-{table.key}">'
+        f"<caption>{html.escape(table.title)}</caption>\n<thead>{head}</thead>\n"
+        f"<tbody>\n{body}\n</tbody></table>"
+        + (f'<ul class="notes">{notes}</ul>' if notes else "")
+        + "</section>"
+    )
 
 
 def _html_head(table: Table) -> str:
-    names = "".join(f"<th scope=\"col\">{html.escape(c.name)}</th>" for c in table.columns)
+    names = "".join(f'<th scope="col">{html.escape(c.name)}</th>' for c in table.columns)
     if not any(c.group for c in table.columns):
         return f'<tr><th scope="col">{html.escape(table.corner)}</th>{names}</tr>'
     spans: list[list] = []
@@ -92,8 +100,7 @@ def _html_head(table: Table) -> str:
         else:
             spans.append([column.group, 1])
     groups = "".join(f'<th colspan="{n}" scope="colgroup">{html.escape(g)}</th>' for g, n in spans)
-    return (f'<tr><th rowspan="2" scope="col">{html.escape(table.corner)}</th>{groups}</tr>'
-            f"<tr>{names}</tr>")
+    return f'<tr><th rowspan="2" scope="col">{html.escape(table.corner)}</th>{groups}</tr><tr>{names}</tr>'
 
 
 def figure_markdown(figure: Figure, relative_png: str | None) -> str:
@@ -112,8 +119,10 @@ def figure_html(figure: Figure) -> str:
         image = "<p>(figure file missing)</p>"
     numbers = table_html(figure.table) if figure.table is not None else ""
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in figure.notes)
-    return (f'<figure id="figure-{figure.key}">{image}<figcaption>{html.escape(figure.title)}'
-            f"</figcaption></figure>{numbers}" + (f'<ul class="notes">{notes}</ul>' if notes else ""))
+    return (
+        f'<figure id="figure-{figure.key}">{image}<figcaption>{html.escape(figure.title)}'
+        f"</figcaption></figure>{numbers}" + (f'<ul class="notes">{notes}</ul>' if notes else "")
+    )
 
 
 STYLE = """
@@ -131,11 +140,14 @@ figure img{max-width:100%;border:1px solid #ddd}
 
 def page_html(title: str, sections: list[tuple[str, list[str]]]) -> str:
     """A self-contained HTML page: inline CSS, inline images, no script."""
-    body = "\n".join(f"<h2>{html.escape(name)}</h2>\n" + "\n".join(parts)
-                     for name, parts in sections if parts)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
-            f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+    body = "\n".join(
+        f"<h2>{html.escape(name)}</h2>\n" + "\n".join(parts) for name, parts in sections if parts
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
 
 
 def _md(text: str) -> str:

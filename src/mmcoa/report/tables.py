@@ -21,8 +21,14 @@ from mmcoa.errors import MmcoaError
 from mmcoa.report import columns as C
 from mmcoa.report.records import is_retrieval
 
-RETRIEVAL_COLUMNS = (("TR", "i2t_r1", "R@1"), ("TR", "i2t_r5", "R@5"), ("TR", "i2t_r10", "R@10"),
-                     ("IR", "t2i_r1", "R@1"), ("IR", "t2i_r5", "R@5"), ("IR", "t2i_r10", "R@10"))
+RETRIEVAL_COLUMNS = (
+    ("TR", "i2t_r1", "R@1"),
+    ("TR", "i2t_r5", "R@5"),
+    ("TR", "i2t_r10", "R@10"),
+    ("IR", "t2i_r1", "R@1"),
+    ("IR", "t2i_r5", "R@5"),
+    ("IR", "t2i_r10", "R@10"),
+)
 AVERAGE = "Average"
 
 
@@ -61,13 +67,19 @@ def table1(records: list[dict], labels: list[str]) -> Table | None:
         return None
     keys = [(r["dataset"], C.threat_of(r["attack"]), C.setting_of(r)) for _, r in rows]
     datasets = _first_seen(k[0] for k in keys)
-    order = sorted({_id(k): k for k in keys}.values(),
-                   key=lambda k: (datasets.index(k[0]), C.threat_rank(k[1]), C.sort_key(k[2])))
+    order = sorted(
+        {_id(k): k for k in keys}.values(),
+        key=lambda k: (datasets.index(k[0]), C.threat_rank(k[1]), C.sort_key(k[2])),
+    )
     names = _column_names(order)
     entries = [(label, _id(k), r, r["accuracy"]) for (label, r), k in zip(rows, keys)]
-    table = _assemble("table1", "Table I layout: accuracy (%) per dataset and attack",
-                      [_id(k) for k in order], [Column(k[0], names[_id(k)]) for k in order],
-                      entries)
+    table = _assemble(
+        "table1",
+        "Table I layout: accuracy (%) per dataset and attack",
+        [_id(k) for k in order],
+        [Column(k[0], names[_id(k)]) for k in order],
+        entries,
+    )
     table.notes = _setting_notes(order, names)
     return table
 
@@ -80,9 +92,15 @@ def ood_tables(records: list[dict], labels: list[str]) -> list[Table]:
         setting = C.setting_of(r, with_n=False)
         groups.setdefault(C.setting_key(setting), (C.threat_of(r["attack"]), setting))
     ordered = sorted(groups.items(), key=lambda kv: (C.threat_rank(kv[1][0]), C.sort_key(kv[1][1])))
-    return [_ood_table(index, threat, setting,
-                       [(lb, r) for lb, r in rows if C.setting_key(C.setting_of(r, with_n=False)) == key])
-            for index, (key, (threat, setting)) in enumerate(ordered, 1)]
+    return [
+        _ood_table(
+            index,
+            threat,
+            setting,
+            [(lb, r) for lb, r in rows if C.setting_key(C.setting_of(r, with_n=False)) == key],
+        )
+        for index, (key, (threat, setting)) in enumerate(ordered, 1)
+    ]
 
 
 def _ood_table(index: int, threat: str, setting: dict, rows: list[tuple[str, dict]]) -> Table:
@@ -92,9 +110,13 @@ def _ood_table(index: int, threat: str, setting: dict, rows: list[tuple[str, dic
     columns = [Column("", f"{d} (n={n})" if d in several_n else d) for d, n in order]
     entries = [(label, _id(k), r, r["accuracy"]) for (label, r), k in zip(rows, keys)]
     kind = "accuracy" if threat == "clean" else f"attack ({C.brief(setting)})"
-    table = _assemble(f"ood{index}", f"Table II layout: {C.threat_name(threat)} {kind} across "
-                      "datasets (%)",
-                      [_id(k) for k in order], columns, entries)
+    table = _assemble(
+        f"ood{index}",
+        f"Table II layout: {C.threat_name(threat)} {kind} across datasets (%)",
+        [_id(k) for k in order],
+        columns,
+        entries,
+    )
     table.notes = [f"Setting: {C.describe(setting)}."]
     _add_average(table, complete=not several_n)
     return table
@@ -108,12 +130,20 @@ def retrieval_tables(records: list[dict], labels: list[str]) -> list[Table]:
     for index, group in enumerate(_first_seen(group_of), 1):
         members = [row for row, g in zip(rows, group_of) if g == group]
         setting = C.setting_of(members[0][1])
-        entries = [(label, metric, r, r[metric]) for label, r in members
-                   for _, metric, _ in RETRIEVAL_COLUMNS if metric in r]
+        entries = [
+            (label, metric, r, r[metric])
+            for label, r in members
+            for _, metric, _ in RETRIEVAL_COLUMNS
+            if metric in r
+        ]
         threat = C.threat_name(C.threat_of(setting["attack"]))
-        table = _assemble(f"retrieval{index}", f"Table VI layout: {group[0]} retrieval, {threat} "
-                          f"({setting['attack']}), R@K (%)", [m for _, m, _ in RETRIEVAL_COLUMNS],
-                          [Column(g, n) for g, _, n in RETRIEVAL_COLUMNS], entries)
+        table = _assemble(
+            f"retrieval{index}",
+            f"Table VI layout: {group[0]} retrieval, {threat} ({setting['attack']}), R@K (%)",
+            [m for _, m, _ in RETRIEVAL_COLUMNS],
+            [Column(g, n) for g, _, n in RETRIEVAL_COLUMNS],
+            entries,
+        )
         table.notes = [f"Setting: {C.describe(setting)}. TR: image → text; IR: text → image."]
         tables.append(table)
     return tables
@@ -179,10 +209,12 @@ def _cells(entries) -> dict:
     for label, column, record, number in entries:
         known = cells.get((label, column))
         if known is not None and known[0] != number:
-            raise MmcoaError(f"two records for row {label!r} disagree ({known[1]}: {known[0]:.4f}, "
-                             f"{record.get('_source', '?')}: {number:.4f}) on {record['dataset']} "
-                             f"{C.describe(C.setting_of(record))}; give them different labels or "
-                             "pass only one")
+            raise MmcoaError(
+                f"two records for row {label!r} disagree ({known[1]}: {known[0]:.4f}, "
+                f"{record.get('_source', '?')}: {number:.4f}) on {record['dataset']} "
+                f"{C.describe(C.setting_of(record))}; give them different labels or "
+                "pass only one"
+            )
         cells[(label, column)] = (number, record.get("_source", "?"))
     return cells
 

@@ -54,7 +54,11 @@ def saved_step(path: Path) -> int | None:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - unreadable: not a checkpoint
         return None
-    return payload.get("step") if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT else None
+    return (
+        payload.get("step")
+        if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
+        else None
+    )
 
 
 class BackgroundWriter:
@@ -101,5 +105,7 @@ class BackgroundWriter:
             return
         if isinstance(error, MmcoaError):
             raise error
-        raise MmcoaError(f"saving a checkpoint failed ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+        raise MmcoaError(
+            f"saving a checkpoint failed ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from error

@@ -25,21 +25,53 @@ TOWERS = ("image", "text", "both", "none")
 # AdamW betas 0.9/0.98, wd 0.2, constant lr 1e-5 (the code used 1e-6), training PGD L-inf
 # eps 1/255, step 1/255, 10 steps.
 METHOD_DEFAULTS: dict[str, dict] = {
-    "mmcoa": dict(optimizer="adamw", lr=1e-5, weight_decay=0.2, schedule="constant",
-                  warmup_steps=0, train_eps=1 / 255, train_step_size=1 / 255, train_steps=10),
+    "mmcoa": dict(
+        optimizer="adamw",
+        lr=1e-5,
+        weight_decay=0.2,
+        schedule="constant",
+        warmup_steps=0,
+        train_eps=1 / 255,
+        train_step_size=1 / 255,
+        train_steps=10,
+    ),
     # TeCoA (Mao et al. 2023, finetuning.py): SGD momentum 0.9, no weight decay, cosine with
     # 1000 warm-up steps, PGD eps 1/255, 2 steps of 1/255 (its README); lr 1e-5, the top of
     # the range the MMCoA paper tuned TeCoA in (1e-7..1e-5; the code's default is 1e-7).
-    "tecoa": dict(optimizer="sgd", lr=1e-5, weight_decay=0.0, schedule="cosine",
-                  warmup_steps=1000, train_eps=1 / 255, train_step_size=1 / 255, train_steps=2),
+    "tecoa": dict(
+        optimizer="sgd",
+        lr=1e-5,
+        weight_decay=0.0,
+        schedule="cosine",
+        warmup_steps=1000,
+        train_eps=1 / 255,
+        train_step_size=1 / 255,
+        train_steps=2,
+    ),
     # FARE (Schlarmann et al. 2024, FARE^4 training command): AdamW lr 1e-5, wd 1e-4, cosine
     # with 1400 warm-up steps, PGD eps 4/255, 10 steps of 1/255 (FARE^2: train_eps 2/255).
-    "fare": dict(optimizer="adamw", lr=1e-5, weight_decay=1e-4, schedule="cosine",
-                 warmup_steps=1400, train_eps=4 / 255, train_step_size=1 / 255, train_steps=10),
+    "fare": dict(
+        optimizer="adamw",
+        lr=1e-5,
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_steps=1400,
+        train_eps=4 / 255,
+        train_step_size=1 / 255,
+        train_steps=10,
+    ),
     # PMG-AFT (Wang et al. 2024, PMG_AFT.py and its README command): SGD momentum 0.9, lr 5e-5,
     # no weight decay, cosine with 1000 warm-up steps, PGD eps 1/255, 2 steps of 1/255.
-    "pmg-aft": dict(optimizer="sgd", lr=5e-5, weight_decay=0.0, schedule="cosine",
-                    warmup_steps=1000, train_eps=1 / 255, train_step_size=1 / 255, train_steps=2),
+    "pmg-aft": dict(
+        optimizer="sgd",
+        lr=5e-5,
+        weight_decay=0.0,
+        schedule="cosine",
+        warmup_steps=1000,
+        train_eps=1 / 255,
+        train_step_size=1 / 255,
+        train_steps=2,
+    ),
 }
 METHOD_DEFAULTS["ft-standard"] = {**METHOD_DEFAULTS["mmcoa"]}  # FT-standard in the MMCoA code
 METHOD_DEFAULTS["tecoa-symmetric"] = {**METHOD_DEFAULTS["tecoa"]}
@@ -82,10 +114,12 @@ class TrainConfig:
     momentum: float = setting(0.9, "SGD momentum")
     schedule: str | None = setting(None, "learning-rate schedule", choices=SCHEDULES)
     warmup_steps: int | None = setting(None, "linear warm-up steps")
-    adv_image_weight: float = setting(0.5, "MMCoA: weight of L(adversarial image, clean text), "
-                                      "the paper's alpha (Eq. 7)")
-    adv_text_weight: float = setting(0.5, "MMCoA: weight of L(clean image, adversarial text), "
-                                     "the paper's beta (Eq. 8)")
+    adv_image_weight: float = setting(
+        0.5, "MMCoA: weight of L(adversarial image, clean text), the paper's alpha (Eq. 7)"
+    )
+    adv_text_weight: float = setting(
+        0.5, "MMCoA: weight of L(clean image, adversarial text), the paper's beta (Eq. 8)"
+    )
     train_towers: str | None = setting(None, "towers to fine-tune (none: the method's)", choices=TOWERS)
     train_eps: float | None = setting(None, "training PGD eps", unit=UNIT_255)  # pixels here
     train_step_size: float | None = setting(None, "training PGD step size", unit=UNIT_255)  # pixels here
@@ -99,12 +133,16 @@ class TrainConfig:
     precision: str = setting("fp32", "bf16 trains under autocast", choices=PRECISIONS)
     save_every: int = setting(0, "also save checkpoints/last.pt every N steps (0: off)")
     save_every_minutes: float = setting(20.0, "also save last.pt when this many minutes passed (0: off)")
-    keep_epoch_checkpoints: bool = setting(False, "keep model-only checkpoints/epoch<N>.pt at each "
-                                           "epoch end (for mmcoa analyze curves)")
+    keep_epoch_checkpoints: bool = setting(
+        False, "keep model-only checkpoints/epoch<N>.pt at each epoch end (for mmcoa analyze curves)"
+    )
     workers: int | None = setting(None, "data-loading processes (none: auto, see mmcoa.data.loading)")
     skip_nonfinite: bool = setting(False, "skip (and count) steps whose loss is NaN/inf; else stop")
-    log: str | None = setting(None, "also log to: tensorboard (<output>/tensorboard/; needs the "
-                              "tensorboard extra); metrics.jsonl is always written")
+    log: str | None = setting(
+        None,
+        "also log to: tensorboard (<output>/tensorboard/; needs the "
+        "tensorboard extra); metrics.jsonl is always written",
+    )
     seed: int = setting(0, "seed of the shot list, the attacks and the data order")
     device: str = setting("cpu", "cpu, cuda, cuda:N or auto (cuda when available)", run_default=AUTO)
     output: str = setting("runs/train", "run directory")
@@ -118,8 +156,11 @@ class TrainConfig:
                 setattr(self, name, value)
         for f in dataclasses.fields(self):
             value, choices = getattr(self, f.name), f.metadata.get("choices")
-            setattr(self, f.name, one_of(f.name, value, choices, f.type) if choices
-                    else typed(f.name, value, f.type))
+            setattr(
+                self,
+                f.name,
+                one_of(f.name, value, choices, f.type) if choices else typed(f.name, value, f.type),
+            )
         self._check_ranges()
         if self.device == AUTO:
             from mmcoa.devices import resolve_device
@@ -130,29 +171,44 @@ class TrainConfig:
         check_log_setting(self.log)
         for name in ("train_eps", "train_step_size"):  # pixels here; users write 1/255
             value = getattr(self, name)
-            _check(0 < value <= 1, f"{name} must be in (0, 1] pixels in Python (TrainConfig({name}="
-                   f"4 / 255); YAML files and flags take 1/255: {name}: 4); got {value:g}")
-        _check(self.weight_decay >= 0 and self.warmup_steps >= 0 and 0 <= self.momentum < 1,
-               f"weight_decay and warmup_steps must be non-negative and momentum in [0, 1); got "
-               f"{self.weight_decay}, {self.warmup_steps}, {self.momentum}")
-        _check(self.max_steps is None or self.max_steps >= 1,
-               f"max_steps must be at least 1; got {self.max_steps}")
-        for name in ("epochs", "batch_size", "train_steps", "text_attack_every", "k", "max_words",
-                     "n_ctx"):
+            _check(
+                0 < value <= 1,
+                f"{name} must be in (0, 1] pixels in Python (TrainConfig({name}="
+                f"4 / 255); YAML files and flags take 1/255: {name}: 4); got {value:g}",
+            )
+        _check(
+            self.weight_decay >= 0 and self.warmup_steps >= 0 and 0 <= self.momentum < 1,
+            f"weight_decay and warmup_steps must be non-negative and momentum in [0, 1); got "
+            f"{self.weight_decay}, {self.warmup_steps}, {self.momentum}",
+        )
+        _check(
+            self.max_steps is None or self.max_steps >= 1,
+            f"max_steps must be at least 1; got {self.max_steps}",
+        )
+        for name in ("epochs", "batch_size", "train_steps", "text_attack_every", "k", "max_words", "n_ctx"):
             _check(getattr(self, name) >= 1, f"{name} must be at least 1; got {getattr(self, name)}")
         _check(self.lr > 0, f"lr must be positive; got {self.lr}")
-        _check(0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1 and self.adam_eps > 0,
-               f"betas must be two numbers in [0, 1) and adam_eps positive; got "
-               f"{list(self.betas)}, {self.adam_eps}")
-        _check(self.save_every >= 0 and self.save_every_minutes >= 0,
-               f"save_every and save_every_minutes must be non-negative (0: off); got "
-               f"{self.save_every}, {self.save_every_minutes}")
-        _check(self.workers is None or self.workers >= 0,
-               f"workers must be a non-negative integer (0: load in the main process); got {self.workers}")
-        _check(self.adv_image_weight >= 0 and self.adv_text_weight >= 0
-               and self.adv_image_weight + self.adv_text_weight > 0,
-               f"adv_image_weight and adv_text_weight must be non-negative and not both 0; got "
-               f"{self.adv_image_weight}, {self.adv_text_weight}")
+        _check(
+            0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1 and self.adam_eps > 0,
+            f"betas must be two numbers in [0, 1) and adam_eps positive; got "
+            f"{list(self.betas)}, {self.adam_eps}",
+        )
+        _check(
+            self.save_every >= 0 and self.save_every_minutes >= 0,
+            f"save_every and save_every_minutes must be non-negative (0: off); got "
+            f"{self.save_every}, {self.save_every_minutes}",
+        )
+        _check(
+            self.workers is None or self.workers >= 0,
+            f"workers must be a non-negative integer (0: load in the main process); got {self.workers}",
+        )
+        _check(
+            self.adv_image_weight >= 0
+            and self.adv_text_weight >= 0
+            and self.adv_image_weight + self.adv_text_weight > 0,
+            f"adv_image_weight and adv_text_weight must be non-negative and not both 0; got "
+            f"{self.adv_image_weight}, {self.adv_text_weight}",
+        )
 
 
 # Settings whose name changed: a YAML key or flag with the old name is a one-line error.
@@ -165,8 +221,7 @@ def _check(ok: bool, message: str) -> None:
         raise MmcoaError(message)
 
 
-def load_config(path: str | None, overrides: dict,
-                spell: Callable[[str], str] = str) -> TrainConfig:
+def load_config(path: str | None, overrides: dict, spell: Callable[[str], str] = str) -> TrainConfig:
     """A TrainConfig from a YAML file (optional) with ``overrides`` (non-None values; flags) on
     top. Both give eps and step sizes in units of 1/255 (``train_eps: 1`` is 1/255); a value
     below 0.1 there is refused as a pixel value. ``spell(name)`` is how an error names an
@@ -178,9 +233,14 @@ def load_config(path: str | None, overrides: dict,
         renamed = [name for name in source if name in RENAMED]
         _check(not renamed, "; ".join(f"{name_of(n)} was renamed to {name_of(RENAMED[n])}" for n in renamed))
     unknown = sorted(set(written) - known)
-    _check(not unknown, f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    values = {f.name: f.metadata.get("run_default") for f in dataclasses.fields(TrainConfig)
-              if f.metadata.get("run_default") is not None}
+    _check(
+        not unknown, f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+    )
+    values = {
+        f.name: f.metadata.get("run_default")
+        for f in dataclasses.fields(TrainConfig)
+        if f.metadata.get("run_default") is not None
+    }
     for source, name_of in ((written, str), (given, spell)):
         for name, value in source.items():
             if name in PER_255 and value is not None:
@@ -192,6 +252,7 @@ def load_config(path: str | None, overrides: dict,
 def default_text(f: dataclasses.Field) -> str:
     """A field's default as ``mmcoa train --help`` shows it (per-method ones: MMCoA's and how
     the others differ; eps and step sizes in 1/255)."""
+
     def shown(value):
         if f.metadata.get("unit") == UNIT_255 and value is not None:
             return f"{to_255(value):g}"

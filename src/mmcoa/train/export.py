@@ -47,20 +47,21 @@ PREPROCESS_KEYS = ("interpolation", "resize_mode")
 RUN_FILES = {"config.json", "metrics.json", "shots.json"}
 METHODS = {
     "mmcoa": "MMCoA, multimodal contrastive adversarial training: a contrastive loss on "
-             "(PGD image, clean text) and on (clean image, BERT-Attack text) pairs, weighted",
+    "(PGD image, clean text) and on (clean image, BERT-Attack text) pairs, weighted",
     "tecoa": "TeCoA, text-guided contrastive adversarial training: image-to-text loss on PGD images",
     "tecoa-symmetric": "TeCoA with the text-to-image term added",
     "ft-standard": "standard fine-tuning on clean images (the paper's FT-standard)",
     "fare": "FARE, unsupervised adversarial fine-tuning of the image encoder: L2 distance of PGD "
-            "image features to the frozen original's clean features",
+    "image features to the frozen original's clean features",
     "pmg-aft": "PMG-AFT, pre-trained-model-guided adversarial fine-tuning",
     "vp": "adversarial visual prompting (a learned pixel padding; the encoders stay frozen)",
     "advpt": "AdvPT, adversarial prompt tuning (learned text context tokens; the encoders stay frozen)",
 }
 
 
-def write_export(run_dir: str | Path, model, config, metrics: dict | None = None,
-                 records: list[dict] | None = None) -> Path | None:
+def write_export(
+    run_dir: str | Path, model, config, metrics: dict | None = None, records: list[dict] | None = None
+) -> Path | None:
     """Write ``<run_dir>/export/`` for ``model`` (a :class:`~mmcoa.models.VisionLanguageModel`)
     trained with ``config`` (a :class:`~mmcoa.train.TrainConfig`); ``metrics`` is the run's
     ``metrics.json``, ``records`` evaluation records (default: those found in the run folder).
@@ -79,17 +80,26 @@ def write_export(run_dir: str | Path, model, config, metrics: dict | None = None
         elif isinstance(model, HFClipModel):
             _write_transformers(partial, model)
         else:
-            print(f"mmcoa: warning: no export/ for {type(model).__name__} models; final.pt holds "
-                  f"the weights", file=sys.stderr)
+            print(
+                f"mmcoa: warning: no export/ for {type(model).__name__} models; final.pt holds the weights",
+                file=sys.stderr,
+            )
             shutil.rmtree(partial)
             return None
         prompt = run_dir / "prompt.pt"
         if prompt.is_file():
             shutil.copyfile(prompt, partial / prompt.name)
         settings = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-        write_text_atomic(partial / CARD, model_card(
-            settings, metrics, _found_records(run_dir) if records is None else records,
-            files=sorted(p.name for p in partial.iterdir()), open_clip=isinstance(model, OpenClipModel)))
+        write_text_atomic(
+            partial / CARD,
+            model_card(
+                settings,
+                metrics,
+                _found_records(run_dir) if records is None else records,
+                files=sorted(p.name for p in partial.iterdir()),
+                open_clip=isinstance(model, OpenClipModel),
+            ),
+        )
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -108,13 +118,22 @@ def _write_open_clip(folder: Path, model) -> None:
     model_cfg = dict(model_cfg)
     model_cfg["quick_gelu"] = bool(model.quick_gelu)  # what the weights were trained with
     visual_cfg = getattr(model.model.visual, "preprocess_cfg", {}) or {}
-    preprocess_cfg = {"mean": _floats(model.pixel_mean), "std": _floats(model.pixel_std),
-                      **{k: visual_cfg[k] for k in PREPROCESS_KEYS if k in visual_cfg}}
-    write_json_atomic(folder / OPEN_CLIP_CONFIG, {
-        "model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg,
-        "mmcoa": {**model.build_meta(), "image_size": list(model.image_size), "resize": model.resize}})
-    safetensors.torch.save_file(_unshared(model.model.state_dict()), folder / OPEN_CLIP_WEIGHTS,
-                                metadata={"format": "pt"})
+    preprocess_cfg = {
+        "mean": _floats(model.pixel_mean),
+        "std": _floats(model.pixel_std),
+        **{k: visual_cfg[k] for k in PREPROCESS_KEYS if k in visual_cfg},
+    }
+    write_json_atomic(
+        folder / OPEN_CLIP_CONFIG,
+        {
+            "model_cfg": model_cfg,
+            "preprocess_cfg": preprocess_cfg,
+            "mmcoa": {**model.build_meta(), "image_size": list(model.image_size), "resize": model.resize},
+        },
+    )
+    safetensors.torch.save_file(
+        _unshared(model.model.state_dict()), folder / OPEN_CLIP_WEIGHTS, metadata={"format": "pt"}
+    )
     if hasattr(model.tokenizer, "save_pretrained"):  # a Hugging Face tokenizer (minilm-clip)
         model.tokenizer.save_pretrained(str(folder))
 
@@ -125,9 +144,12 @@ def _write_transformers(folder: Path, model) -> None:
     model.model.save_pretrained(str(folder))
     model.tokenizer.save_pretrained(str(folder))
     height, width = model.image_size
-    CLIPImageProcessor(image_mean=_floats(model.pixel_mean), image_std=_floats(model.pixel_std),
-                       size={"shortest_edge": min(height, width)},
-                       crop_size={"height": height, "width": width}).save_pretrained(str(folder))
+    CLIPImageProcessor(
+        image_mean=_floats(model.pixel_mean),
+        image_std=_floats(model.pixel_std),
+        size={"shortest_edge": min(height, width)},
+        crop_size={"height": height, "width": width},
+    ).save_pretrained(str(folder))
 
 
 def _floats(tensor) -> list[float]:
@@ -158,29 +180,52 @@ def _found_records(run_dir: Path) -> list[dict]:
         except (OSError, ValueError):
             continue
         rows = payload if isinstance(payload, list) else [payload]
-        records += [{**r, "_file": str(path.relative_to(run_dir))} for r in rows
-                    if isinstance(r, dict) and "attack" in r and "accuracy" in r]
+        records += [
+            {**r, "_file": str(path.relative_to(run_dir))}
+            for r in rows
+            if isinstance(r, dict) and "attack" in r and "accuracy" in r
+        ]
     return records
 
 
-def model_card(settings: dict, metrics: dict | None, records: list[dict], files: list[str],
-               open_clip: bool = True) -> str:
+def model_card(
+    settings: dict, metrics: dict | None, records: list[dict], files: list[str], open_clip: bool = True
+) -> str:
     """The export's README.md: Hugging Face front matter, then method, data, settings,
     training and evaluation sections."""
     method, model = settings.get("method", "?"), settings.get("model", "?")
     pretrained = settings.get("pretrained") or "random init"
-    lines = ["---", "tags:", "- clip", "- adversarial-robustness", "- mmcoa",
-             f"library_name: {'open_clip' if open_clip else 'transformers'}",
-             "pipeline_tag: zero-shot-image-classification", "license: other"]
+    lines = [
+        "---",
+        "tags:",
+        "- clip",
+        "- adversarial-robustness",
+        "- mmcoa",
+        f"library_name: {'open_clip' if open_clip else 'transformers'}",
+        "pipeline_tag: zero-shot-image-classification",
+        "license: other",
+    ]
     if settings.get("dataset"):
         lines += ["datasets:", f"- {settings['dataset']}"]
     lines += ["---", "", f"# {model} fine-tuned with {method} on {settings.get('dataset', '?')}", ""]
-    lines += [f"Starting point: `{model}` with `{pretrained}`. The license of these weights is "
-              f"that of the starting weights.", ""]
-    lines += ["## Method", "", f"`{method}`: {METHODS.get(method, method)}. Towers trained: "
-              f"{settings.get('towers') or settings.get('train_towers') or 'the method default'}.", ""]
-    lines += ["## Data", "", f"Dataset `{settings.get('dataset')}` (train split), shots per class "
-              f"`{settings.get('shots')}`, seed {settings.get('seed')}"]
+    lines += [
+        f"Starting point: `{model}` with `{pretrained}`. The license of these weights is "
+        f"that of the starting weights.",
+        "",
+    ]
+    lines += [
+        "## Method",
+        "",
+        f"`{method}`: {METHODS.get(method, method)}. Towers trained: "
+        f"{settings.get('towers') or settings.get('train_towers') or 'the method default'}.",
+        "",
+    ]
+    lines += [
+        "## Data",
+        "",
+        f"Dataset `{settings.get('dataset')}` (train split), shots per class "
+        f"`{settings.get('shots')}`, seed {settings.get('seed')}",
+    ]
     if metrics and metrics.get("n_train_items") is not None:
         lines[-1] += f": {metrics['n_train_items']} training images"
     lines[-1] += "."
@@ -188,38 +233,69 @@ def model_card(settings: dict, metrics: dict | None, records: list[dict], files:
     lines += [f"| {k} | {_cell(v)} |" for k, v in sorted(settings.items())]
     if metrics:
         lines += ["", "## Training", ""]
-        lines += [f"- {k}: {_cell(metrics[k])}" for k in ("steps", "final_loss", "elapsed_s",
-                                                          "images_per_s", "world_size",
-                                                          "skipped_nonfinite_steps") if k in metrics]
+        lines += [
+            f"- {k}: {_cell(metrics[k])}"
+            for k in (
+                "steps",
+                "final_loss",
+                "elapsed_s",
+                "images_per_s",
+                "world_size",
+                "skipped_nonfinite_steps",
+            )
+            if k in metrics
+        ]
         if metrics.get("versions"):
             lines.append(f"- versions: {_cell(metrics['versions'])}")
     lines += ["", "## Evaluation", ""]
     if records:
-        lines += ["| file | dataset | attack | eps | n | accuracy | top5 |", "|---|---|---|---|---|---:|---:|"]
+        lines += [
+            "| file | dataset | attack | eps | n | accuracy | top5 |",
+            "|---|---|---|---|---|---:|---:|",
+        ]
         for r in records:
             params = r.get("attack_params") or {}
             eps = params.get("eps")
-            lines.append(f"| {r.get('_file', '')} | {r.get('dataset', '')} | {r.get('attack')} | "
-                         f"{_eps(eps)} | {r.get('n_samples', '')} | {_cell(r.get('accuracy'))} | "
-                         f"{_cell(r.get('top5'))} |")
+            lines.append(
+                f"| {r.get('_file', '')} | {r.get('dataset', '')} | {r.get('attack')} | "
+                f"{_eps(eps)} | {r.get('n_samples', '')} | {_cell(r.get('accuracy'))} | "
+                f"{_cell(r.get('top5'))} |"
+            )
     else:
-        lines += ["No evaluation records in the run folder yet. Evaluate with `mmcoa eval --model "
-                  "local-dir:<this folder> ... --output <run>/eval/NAME.json`, then "
-                  "`python -m mmcoa.train.export <run>` rewrites this card with them."]
+        lines += [
+            "No evaluation records in the run folder yet. Evaluate with `mmcoa eval --model "
+            "local-dir:<this folder> ... --output <run>/eval/NAME.json`, then "
+            "`python -m mmcoa.train.export <run>` rewrites this card with them."
+        ]
     lines += ["", "## Usage", ""]
     if open_clip:
-        lines += ["```python", "import open_clip", "",
-                  'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:path/to/export")',
-                  'tokenizer = open_clip.get_tokenizer("local-dir:path/to/export")',
-                  "# uploaded to the Hugging Face hub: \"hf-hub:user/name\" instead", "```", "",
-                  "```bash", "mmcoa eval --model local-dir:path/to/export --dataset ... --attacks clean,pgd",
-                  "```"]
+        lines += [
+            "```python",
+            "import open_clip",
+            "",
+            'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:path/to/export")',
+            'tokenizer = open_clip.get_tokenizer("local-dir:path/to/export")',
+            '# uploaded to the Hugging Face hub: "hf-hub:user/name" instead',
+            "```",
+            "",
+            "```bash",
+            "mmcoa eval --model local-dir:path/to/export --dataset ... --attacks clean,pgd",
+            "```",
+        ]
     else:
-        lines += ["```bash", "mmcoa eval --model hf:path/to/export --dataset ... --attacks clean,pgd",
-                  "```", "", "`transformers.CLIPModel.from_pretrained(\"path/to/export\")` loads it too."]
+        lines += [
+            "```bash",
+            "mmcoa eval --model hf:path/to/export --dataset ... --attacks clean,pgd",
+            "```",
+            "",
+            '`transformers.CLIPModel.from_pretrained("path/to/export")` loads it too.',
+        ]
     if "prompt.pt" in files:
-        lines += ["", "The encoders are the starting weights; the learned prompt is `prompt.pt` "
-                  "(`mmcoa eval --prompt path/to/export/prompt.pt`)."]
+        lines += [
+            "",
+            "The encoders are the starting weights; the learned prompt is `prompt.pt` "
+            "(`mmcoa eval --prompt path/to/export/prompt.pt`).",
+        ]
     lines += ["", "## Files", "", *[f"- `{name}`" for name in [*files, CARD]], ""]
     return "\n".join(lines)
 
@@ -251,8 +327,12 @@ def refresh_card(run_dir: str | Path) -> Path:
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
     files = sorted(p.name for p in folder.iterdir() if p.name != CARD)
-    write_text_atomic(folder / CARD, model_card(settings, metrics, _found_records(run_dir), files,
-                                                open_clip=(folder / OPEN_CLIP_CONFIG).is_file()))
+    write_text_atomic(
+        folder / CARD,
+        model_card(
+            settings, metrics, _found_records(run_dir), files, open_clip=(folder / OPEN_CLIP_CONFIG).is_file()
+        ),
+    )
     return folder / CARD
 
 
@@ -261,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m mmcoa.train.export RUN_DIR   (rewrites RUN_DIR/export/README.md)",
-              file=sys.stderr)
+        print(
+            "usage: python -m mmcoa.train.export RUN_DIR   (rewrites RUN_DIR/export/README.md)",
+            file=sys.stderr,
+        )
         return 2
     try:
         print(refresh_card(args[0]))

@@ -33,8 +33,10 @@ def check_log_setting(value: str | None) -> str | None:
         if sink not in SINKS:
             raise MmcoaError(f"log must be one of {', '.join(SINKS)} (comma-separated); got {value!r}")
         if sink == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-            raise MmcoaError("--log tensorboard needs the tensorboard package, which is not "
-                             "installed: pip install 'mmcoa[tensorboard]' (or pip install tensorboard)")
+            raise MmcoaError(
+                "--log tensorboard needs the tensorboard package, which is not "
+                "installed: pip install 'mmcoa[tensorboard]' (or pip install tensorboard)"
+            )
     return value
 
 
@@ -42,8 +44,7 @@ def parse_sinks(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
 
-def write_sinks(log: str | None, run_dir: str | Path, step: int, values: dict,
-                final: bool = False) -> None:
+def write_sinks(log: str | None, run_dir: str | Path, step: int, values: dict, final: bool = False) -> None:
     """Mirror one metrics row (``step`` counted from 1) to each sink named in ``log``; the
     numbers of ``values`` become scalars ``train/<name>``. ``final`` closes the writers (the
     run's last step); each row is flushed, so a run that stops early keeps its curve too."""

@@ -23,8 +23,7 @@ from mmcoa.models.prompts import PaddingPrompt, text_context_for
 from mmcoa.registry import Registry
 from mmcoa.seeding import derived_generator
 from mmcoa.train.config import TrainConfig
-from mmcoa.train.objectives import (class_aware_contrastive_loss, fare_loss, mmcoa_loss,
-                                    pmg_aft_loss)
+from mmcoa.train.objectives import class_aware_contrastive_loss, fare_loss, mmcoa_loss, pmg_aft_loss
 
 METHODS: Registry[type[Method]] = Registry("method")
 
@@ -92,8 +91,12 @@ def train_pgd(ctx: StepContext, images, labels) -> torch.Tensor:
     """Training-time PGD (paper: L-inf, eps 1/255, step 1/255, 2 steps by default) against the
     current model and the clean class prompts; precision follows training."""
     config = ctx.config
-    attack = PGD(eps=config.train_eps, step_size=config.train_step_size,
-                 n_steps=config.train_steps, precision=config.precision)
+    attack = PGD(
+        eps=config.train_eps,
+        step_size=config.train_step_size,
+        n_steps=config.train_steps,
+        precision=config.precision,
+    )
     return attack(ZeroShotClassifier(ctx.model, ctx.prompts), images, labels, ctx.generator).images
 
 
@@ -114,9 +117,12 @@ def class_logits(model: VisionLanguageModel, prompts: list[str]):
 def contrastive(ctx: StepContext, images, prompts, labels) -> torch.Tensor:
     """The class-aware contrastive loss (paper Eq. 7-8) over the global batch."""
     model = ctx.model
-    return class_aware_contrastive_loss(ctx.gather(model.encode_image(images)),
-                                        ctx.encode_prompts(prompts), ctx.gather_labels(labels),
-                                        model.logit_scale)
+    return class_aware_contrastive_loss(
+        ctx.gather(model.encode_image(images)),
+        ctx.encode_prompts(prompts),
+        ctx.gather_labels(labels),
+        model.logit_scale,
+    )
 
 
 @METHODS.register("ft-standard")
@@ -181,9 +187,16 @@ class MMCoA(Method):
         if config.adv_text_weight:
             clean_features = model.encode_image(images)
             adv_text = ctx.encode_prompts(ctx.adversarial_prompts)
-        return mmcoa_loss(_gathered(ctx, adv_features), _gathered(ctx, clean_features), clean_text,
-                          adv_text, ctx.gather_labels(labels), model.logit_scale,
-                          alpha=config.adv_image_weight, beta=config.adv_text_weight)
+        return mmcoa_loss(
+            _gathered(ctx, adv_features),
+            _gathered(ctx, clean_features),
+            clean_text,
+            adv_text,
+            ctx.gather_labels(labels),
+            model.logit_scale,
+            alpha=config.adv_image_weight,
+            beta=config.adv_text_weight,
+        )
 
 
 def _gathered(ctx: StepContext, features: torch.Tensor | None) -> torch.Tensor | None:
@@ -204,10 +217,15 @@ class FARE(Method):
             target = ctx.frozen.encode_image(images)
         was_training = model.training
         model.eval()
-        adv = maximize(lambda x: (model.encode_image(x) - target).pow(2).sum(-1), images,
-                       eps=config.train_eps, step_size=config.train_step_size,
-                       n_steps=config.train_steps, generator=ctx.generator,
-                       precision=config.precision)
+        adv = maximize(
+            lambda x: (model.encode_image(x) - target).pow(2).sum(-1),
+            images,
+            eps=config.train_eps,
+            step_size=config.train_step_size,
+            n_steps=config.train_steps,
+            generator=ctx.generator,
+            precision=config.precision,
+        )
         model.train(was_training)
         loss = fare_loss(model.encode_image(adv), target)
         return loss, {"fare": loss.detach()}
@@ -269,9 +287,10 @@ class AdvPT(Method):
         model.eval()
         chunks = []
         size = config.batch_size
-        batches = [indices[start:start + size] for start in range(0, len(indices), size)]
-        for batch in BatchLoader(dataset, batches, device=model.device, workers=config.workers,
-                                 seed=config.seed):
+        batches = [indices[start : start + size] for start in range(0, len(indices), size)]
+        for batch in BatchLoader(
+            dataset, batches, device=model.device, workers=config.workers, seed=config.seed
+        ):
             generator = derived_generator(config.seed, batch.position * size, 2, device=model.device)
             chunks.append(image_only_adversarial_features(model, batch.images, config, generator).cpu())
         self.row_of = {index: row for row, index in enumerate(indices)}
@@ -288,9 +307,15 @@ def image_only_adversarial_features(model, images, config, generator) -> torch.T
     """f(x_adv) for PGD maximizing KL(softmax(f(x)) ‖ softmax(f(x_adv))): no text involved."""
     with torch.no_grad():
         clean = model.encode_image(images)
-    adv = maximize(lambda x: embedding_kl(clean, model.encode_image(x)), images,
-                   eps=config.train_eps, step_size=config.train_step_size,
-                   n_steps=config.train_steps, generator=generator, precision=config.precision)
+    adv = maximize(
+        lambda x: embedding_kl(clean, model.encode_image(x)),
+        images,
+        eps=config.train_eps,
+        step_size=config.train_step_size,
+        n_steps=config.train_steps,
+        generator=generator,
+        precision=config.precision,
+    )
     with torch.no_grad():
         return model.encode_image(adv)
 

@@ -6,8 +6,12 @@ import torch
 import torch.nn.functional as F
 
 
-def class_aware_contrastive_loss(image_features: torch.Tensor, class_text_features: torch.Tensor,
-                                 labels: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def class_aware_contrastive_loss(
+    image_features: torch.Tensor,
+    class_text_features: torch.Tensor,
+    labels: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
     """Symmetric CLIP contrastive loss with class-aware targets (the form of paper Eq. 7-8).
 
     Image→text: cross-entropy of ``logit_scale · cos(image_i, prompt_c)`` over the C class
@@ -27,16 +31,24 @@ def class_aware_contrastive_loss(image_features: torch.Tensor, class_text_featur
     return (image_to_text + text_to_image) / 2
 
 
-def mmcoa_loss(adv_image_features: torch.Tensor | None, clean_image_features: torch.Tensor | None,
-               clean_text_features: torch.Tensor | None, adv_text_features: torch.Tensor | None,
-               labels: torch.Tensor, logit_scale: torch.Tensor, alpha: float = 0.5,
-               beta: float = 0.5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def mmcoa_loss(
+    adv_image_features: torch.Tensor | None,
+    clean_image_features: torch.Tensor | None,
+    clean_text_features: torch.Tensor | None,
+    adv_text_features: torch.Tensor | None,
+    labels: torch.Tensor,
+    logit_scale: torch.Tensor,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MMCoA (paper Eq. 7-9): alpha · L(adversarial images, clean prompts)
     + beta · L(clean images, adversarial prompts), each the class-aware contrastive loss."""
     terms = {}
     total = logit_scale.new_zeros(())
     if alpha:
-        image_term = class_aware_contrastive_loss(adv_image_features, clean_text_features, labels, logit_scale)
+        image_term = class_aware_contrastive_loss(
+            adv_image_features, clean_text_features, labels, logit_scale
+        )
         total = total + alpha * image_term
         terms["image_adv"] = image_term.detach()
     if beta:
@@ -52,14 +64,17 @@ def fare_loss(adv_image_features: torch.Tensor, frozen_clean_features: torch.Ten
     return (adv_image_features - frozen_clean_features).pow(2).sum(-1).mean()
 
 
-def pmg_aft_loss(adv_logits: torch.Tensor, clean_logits: torch.Tensor, original_logits: torch.Tensor,
-                 labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def pmg_aft_loss(
+    adv_logits: torch.Tensor, clean_logits: torch.Tensor, original_logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
     """PMG-AFT (Wang et al. 2024): CE(adv) + KL(p_clean ‖ p_adv) + KL(p_original ‖ p_adv), with
     p_original the frozen pre-trained model's prediction on the adversarial image."""
     log_adv = adv_logits.log_softmax(-1)
     ce = F.cross_entropy(adv_logits, labels)
     to_clean = F.kl_div(log_adv, clean_logits.log_softmax(-1), log_target=True, reduction="batchmean")
-    to_original = F.kl_div(log_adv, original_logits.log_softmax(-1), log_target=True,
-                           reduction="batchmean")
-    return ce + to_clean + to_original, {"ce": ce.detach(), "kl_clean": to_clean.detach(),
-                                         "kl_original": to_original.detach()}
+    to_original = F.kl_div(log_adv, original_logits.log_softmax(-1), log_target=True, reduction="batchmean")
+    return ce + to_clean + to_original, {
+        "ce": ce.detach(),
+        "kl_clean": to_clean.detach(),
+        "kl_original": to_original.detach(),
+    }

@@ -29,7 +29,7 @@ class EpochOrder:
         """Dataset positions of step ``step``'s global batch."""
         epoch, position = divmod(step, self.per_epoch)
         order = self._epoch_order(epoch)
-        return [self.indices[i] for i in order[position * self.batch_size:(position + 1) * self.batch_size]]
+        return [self.indices[i] for i in order[position * self.batch_size : (position + 1) * self.batch_size]]
 
     def _epoch_order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:

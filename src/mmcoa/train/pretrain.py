@@ -27,8 +27,13 @@ from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
 from mmcoa.models.zeroshot import top_k_correct
 from mmcoa.train.objectives import class_aware_contrastive_loss
 
-CAPTION_TEMPLATES = (DEFAULT_TEMPLATE, "a photo of a {}.", "a picture of a {}",
-                     "an image of a {}.", "a {} on a plain background")
+CAPTION_TEMPLATES = (
+    DEFAULT_TEMPLATE,
+    "a photo of a {}.",
+    "a picture of a {}",
+    "an image of a {}.",
+    "a {} on a plain background",
+)
 
 
 @dataclass
@@ -43,16 +48,20 @@ class PretrainConfig:
     val_size: int = 1000
     seed: int = 0
     templates: tuple[str, ...] = CAPTION_TEMPLATES
-    lock_text: bool = False      # LiT-style: a pretrained text encoder stays as it is
+    lock_text: bool = False  # LiT-style: a pretrained text encoder stays as it is
 
 
-def pretrain_contrastive(model: VisionLanguageModel, dataset: ClassificationDataset,
-                         config: PretrainConfig | None = None, progress: bool = True) -> dict:
+def pretrain_contrastive(
+    model: VisionLanguageModel,
+    dataset: ClassificationDataset,
+    config: PretrainConfig | None = None,
+    progress: bool = True,
+) -> dict:
     """Train ``model`` in place; returns the history and the held-out accuracy reached."""
     config = config or PretrainConfig()
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(dataset), generator=generator).tolist()
-    val, train = Subset(dataset, order[:config.val_size]), Subset(dataset, order[config.val_size:])
+    val, train = Subset(dataset, order[: config.val_size]), Subset(dataset, order[config.val_size :])
     if config.lock_text:
         lock_text_tower(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -67,8 +76,14 @@ def pretrain_contrastive(model: VisionLanguageModel, dataset: ClassificationData
         bar.update()
         if step % config.eval_every == 0 or step == config.max_steps:
             accuracy = zero_shot_accuracy(validator, val)
-            history.append({"step": step, "loss": loss, "val_accuracy": accuracy,
-                            "elapsed_s": round(time.perf_counter() - started, 2)})
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss,
+                    "val_accuracy": accuracy,
+                    "elapsed_s": round(time.perf_counter() - started, 2),
+                }
+            )
             bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{accuracy:.3f}")
             if accuracy >= config.target_accuracy or step >= config.max_steps:
                 break
@@ -98,9 +113,9 @@ def _train_step(model, optimizer, images, labels, dataset, config, generator) ->
     train_unfrozen(model)
     template = config.templates[int(torch.randint(len(config.templates), (1,), generator=generator))]
     images, labels = images.to(model.device), labels.to(model.device)
-    loss = class_aware_contrastive_loss(model.encode_image(images),
-                                        model.encode_text(dataset.prompts(template)),
-                                        labels, model.logit_scale)
+    loss = class_aware_contrastive_loss(
+        model.encode_image(images), model.encode_text(dataset.prompts(template)), labels, model.logit_scale
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -112,8 +127,9 @@ def _batches(train: Subset, config: PretrainConfig, generator: torch.Generator):
     """Shuffled batches, epoch after epoch, until ``max_steps`` batches were yielded."""
     yielded = 0
     while yielded < config.max_steps:
-        loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                            generator=generator)
+        loader = DataLoader(
+            train, batch_size=config.batch_size, shuffle=True, drop_last=True, generator=generator
+        )
         for batch in loader:
             yield batch
             yielded += 1

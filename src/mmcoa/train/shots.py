@@ -36,6 +36,6 @@ def few_shot_indices(labels: list[int], shots: str, seed: int) -> list[int]:
     chosen = []
     for label in sorted(by_class):
         members = by_class[label]
-        order = torch.randperm(len(members), generator=generator)[:int(shots)]
+        order = torch.randperm(len(members), generator=generator)[: int(shots)]
         chosen += [members[int(i)] for i in order]
     return sorted(chosen)

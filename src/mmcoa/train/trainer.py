@@ -25,8 +25,15 @@ from mmcoa.attacks.pgd import RowsOf
 from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data import load_dataset
 from mmcoa.devices import check_device
-from mmcoa.distributed import (SINGLE, World, average_gradients, barrier, gather_objects,
-                               mean_terms_over_ranks, world_from_env)
+from mmcoa.distributed import (
+    SINGLE,
+    World,
+    average_gradients,
+    barrier,
+    gather_objects,
+    mean_terms_over_ranks,
+    world_from_env,
+)
 from mmcoa.errors import MmcoaError
 from mmcoa.files import write_json_atomic
 from mmcoa.models import load_model, validate_model_name
@@ -36,8 +43,14 @@ from mmcoa.models.prompts import prompt_payload
 from mmcoa.provenance import versions
 from mmcoa.seeding import derived_generator
 from mmcoa.data.loading import BatchLoader
-from mmcoa.train.checkpointing import (CHECKPOINT_FORMAT, BackgroundWriter, host_copy, model_only,
-                                       save_atomic, saved_step)
+from mmcoa.train.checkpointing import (
+    CHECKPOINT_FORMAT,
+    BackgroundWriter,
+    host_copy,
+    model_only,
+    save_atomic,
+    saved_step,
+)
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.export import write_export
 from mmcoa.train.logsinks import write_sinks
@@ -67,22 +80,35 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     method.setup(model, dataset.image_size or tuple(dataset[0][0].shape[-2:]), towers, config)
     optimizer = build_optimizer(model, config)
     schedule = build_schedule(optimizer, config, total_steps(config, len(indices)))
-    text_attack = BertAttack(shared_mlm(config.mlm, config.device), k=config.k,
-                             max_words=config.max_words) if method.needs_text_attack and config.adv_text_weight else None
+    text_attack = (
+        BertAttack(shared_mlm(config.mlm, config.device), k=config.k, max_words=config.max_words)
+        if method.needs_text_attack and config.adv_text_weight
+        else None
+    )
     method.prepare(model, dataset, indices, config)  # on the starting weights, resumed or not
     state = {"step": 0, "adversarial_prompts": None}
     if checkpoint is not None:
         _check_world_change(checkpoint, model, world)
         state = _restore(checkpoint, model, optimizer, schedule)
-    loop = TrainLoop(config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack,
-                     run, world)
+    loop = TrainLoop(
+        config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack, run, world
+    )
     # Every setting has been checked (model, MLM, template, optimizer): only now write the run.
     if world.is_main:
         _prepare_run_logs(run, state["step"])
-        _write_json(run / "shots.json", {"shots": config.shots, "seed": config.seed, "indices": indices,
-                                         "short_classes": _short_classes(labels, dataset.classnames, indices, config)})
-        _write_json(run / "config.json", {**dataclasses.asdict(config), "towers": list(towers),
-                                          "world_size": world.size})
+        _write_json(
+            run / "shots.json",
+            {
+                "shots": config.shots,
+                "seed": config.seed,
+                "indices": indices,
+                "short_classes": _short_classes(labels, dataset.classnames, indices, config),
+            },
+        )
+        _write_json(
+            run / "config.json",
+            {**dataclasses.asdict(config), "towers": list(towers), "world_size": world.size},
+        )
     return loop.run(state, progress and world.is_main)
 
 
@@ -122,8 +148,10 @@ def _cut_log(path: Path, name: str, resumed_step: int) -> None:
         for number, line in enumerate(handle, start=1):
             step = _row_step(line, name)
             if step is None:
-                print(f"mmcoa: note: dropped unreadable line {number} of {path} (a write cut short)",
-                      file=sys.stderr)
+                print(
+                    f"mmcoa: note: dropped unreadable line {number} of {path} (a write cut short)",
+                    file=sys.stderr,
+                )
                 clean = False
                 continue
             if not resumed_step or step > resumed_step:
@@ -150,9 +178,11 @@ def _check_shards(n_items: int, batch_size: int, world: World) -> None:
         raise MmcoaError(f"batch_size {batch_size} is smaller than the {world.size} processes")
     tail = n_items % batch_size
     if world.distributed and 0 < tail < world.size:
-        raise MmcoaError(f"the last batch of each epoch holds {tail} of the {n_items} training items, "
-                         f"fewer than the {world.size} processes; change batch_size or the number "
-                         f"of processes")
+        raise MmcoaError(
+            f"the last batch of each epoch holds {tail} of the {n_items} training items, "
+            f"fewer than the {world.size} processes; change batch_size or the number "
+            f"of processes"
+        )
 
 
 def total_steps(config: TrainConfig, n_items: int) -> int:
@@ -170,8 +200,10 @@ def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
             (no_decay if param.ndim < 2 or "logit_scale" in name or "bias" in name else decay).append(param)
     if not decay and not no_decay:
         raise MmcoaError(f"method {config.method} with train_towers={config.train_towers} trains nothing")
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     groups = [g for g in groups if g["params"]]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
@@ -194,8 +226,20 @@ class TrainLoop:
     """One run's state and steps; kept small so each piece reads on its own. ``bench/train.py``
     times :meth:`step` on its own."""
 
-    def __init__(self, config, method, model, frozen, dataset, indices, optimizer, schedule,
-                 text_attack, run: Path, world: World = SINGLE):
+    def __init__(
+        self,
+        config,
+        method,
+        model,
+        frozen,
+        dataset,
+        indices,
+        optimizer,
+        schedule,
+        text_attack,
+        run: Path,
+        world: World = SINGLE,
+    ):
         self.config, self.method, self.model, self.frozen = config, method, model, frozen
         self.world = world
         self.dataset, self.indices = dataset, indices
@@ -211,8 +255,13 @@ class TrainLoop:
     def run(self, state: dict, progress: bool) -> dict:
         started, losses = time.perf_counter(), []
         self._last_save = started
-        bar = tqdm(total=self.steps, initial=state["step"], desc=f"train {self.config.method}",
-                   unit="step", disable=not progress)
+        bar = tqdm(
+            total=self.steps,
+            initial=state["step"],
+            desc=f"train {self.config.method}",
+            unit="step",
+            disable=not progress,
+        )
         try:
             waited = self._steps(state, bar, started, losses)
         except BaseException:  # Ctrl-C, a crash: the checkpoint being written lands first
@@ -247,20 +296,31 @@ class TrainLoop:
     def batches(self, start: int) -> BatchLoader:
         """This rank's shard of each step's global batch from step ``start`` on (every rank draws
         the same order), decoded by the batch pipeline's worker processes."""
-        return BatchLoader(self.dataset, lambda step: self.world.shard(self.order.global_batch(step)),
-                           positions=range(start, self.steps), device=self.config.device,
-                           workers=self.config.workers, seed=self.config.seed)
+        return BatchLoader(
+            self.dataset,
+            lambda step: self.world.shard(self.order.global_batch(step)),
+            positions=range(start, self.steps),
+            device=self.config.device,
+            workers=self.config.workers,
+            seed=self.config.seed,
+        )
 
     def step(self, step: int, state: dict, images, labels, chosen=None) -> tuple[float, dict]:
         """One optimizer step; returns the loss and the logged terms (means over ranks). Nothing
         reads a value on the host before ``backward()``: the logged values are read once, after
         the update (with ``skip_nonfinite``, the loss is checked after ``backward()``)."""
         self._refresh_adversarial_prompts(step, state)
-        ctx = StepContext(model=self.model, prompts=self.prompts, config=self.config,
-                          generator=self._attack_generator(step),
-                          adversarial_prompts=state["adversarial_prompts"], frozen=self.frozen,
-                          batch_indices=chosen, world=self.world,
-                          share_text=self.method.global_batch_loss)
+        ctx = StepContext(
+            model=self.model,
+            prompts=self.prompts,
+            config=self.config,
+            generator=self._attack_generator(step),
+            adversarial_prompts=state["adversarial_prompts"],
+            frozen=self.frozen,
+            batch_indices=chosen,
+            world=self.world,
+            share_text=self.method.global_batch_loss,
+        )
         self.model.train()
         with self._autocast():
             loss, terms = self.method.loss(ctx, images, labels)
@@ -291,9 +351,15 @@ class TrainLoop:
         """A NaN/inf loss stops the run, naming the step and the intact last checkpoint."""
         self.writer.wait()
         saved = self.run_dir / "checkpoints" / "last.pt"
-        kept = f"{saved} (step {saved_step(saved)}) is intact" if saved.is_file() else "no checkpoint was saved yet"
-        return MmcoaError(f"the loss is {loss} at step {step + 1}; {kept}; lower the learning "
-                          f"rate, or pass --skip-nonfinite to skip such steps")
+        kept = (
+            f"{saved} (step {saved_step(saved)}) is intact"
+            if saved.is_file()
+            else "no checkpoint was saved yet"
+        )
+        return MmcoaError(
+            f"the loss is {loss} at step {step + 1}; {kept}; lower the learning "
+            f"rate, or pass --skip-nonfinite to skip such steps"
+        )
 
     def _skip_nonfinite(self, step: int, state: dict, lr: float) -> tuple[float, dict]:
         """``skip_nonfinite``: leave the weights and optimizer as they were and count the step."""
@@ -325,14 +391,16 @@ class TrainLoop:
 
     def _autocast(self):
         dtype = torch.bfloat16 if self.config.precision == "bf16" else None
-        return torch.autocast(device_type=torch.device(self.config.device).type, dtype=dtype,
-                              enabled=dtype is not None)
+        return torch.autocast(
+            device_type=torch.device(self.config.device).type, dtype=dtype, enabled=dtype is not None
+        )
 
     def _refresh_adversarial_prompts(self, step: int, state: dict) -> None:
         """BERT-Attack on the class prompts against the current text tower, every N steps; the
         prompt log gets a row only when the prompts changed."""
-        if self.text_attack is None or (state["adversarial_prompts"] is not None
-                                        and step % self.config.text_attack_every):
+        if self.text_attack is None or (
+            state["adversarial_prompts"] is not None and step % self.config.text_attack_every
+        ):
             return
         self.model.eval()
         with self._autocast():  # the training precision; each rank attacks its share
@@ -347,26 +415,39 @@ class TrainLoop:
         its batch (``data_share``: the share; near 1 means the run is input-bound)."""
         if not self.world.is_main:
             return
-        _append_jsonl(self.run_dir / "metrics.jsonl",
-                      {"step": step + 1, "epoch": step // self.per_epoch, "loss": loss, **terms,
-                       "images": self.global_size, "elapsed_s": round(elapsed, 3),
-                       "step_s": round(step_s, 4), "data_wait_s": round(waited, 4),
-                       "data_share": round(waited / step_s, 4) if step_s > 0 else 0.0})
+        _append_jsonl(
+            self.run_dir / "metrics.jsonl",
+            {
+                "step": step + 1,
+                "epoch": step // self.per_epoch,
+                "loss": loss,
+                **terms,
+                "images": self.global_size,
+                "elapsed_s": round(elapsed, 3),
+                "step_s": round(step_s, 4),
+                "data_wait_s": round(waited, 4),
+                "data_share": round(waited / step_s, 4) if step_s > 0 else 0.0,
+            },
+        )
         write_sinks(self.config.log, self.run_dir, step + 1, {"loss": loss, **terms}, step + 1 == self.steps)
 
     def _show(self, bar, loss: float, terms: dict, losses: list, waited: float, elapsed: float) -> None:
         rate = _rate(losses, elapsed, self.config)
-        bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3g}" for k, v in terms.items()},
-                        img_s=f"{rate:.0f}" if rate else "-",
-                        data=f"{waited / elapsed:.0%}" if elapsed > 0 else "-")
+        bar.set_postfix(
+            loss=f"{loss:.3f}",
+            **{k: f"{v:.3g}" for k, v in terms.items()},
+            img_s=f"{rate:.0f}" if rate else "-",
+            data=f"{waited / elapsed:.0%}" if elapsed > 0 else "-",
+        )
 
     def _should_save(self, done: int) -> bool:
         """last.pt after every ``save_every`` steps, after ``save_every_minutes`` of wall-clock
         time since the last save, at each epoch end and at the end."""
         every, minutes = self.config.save_every, self.config.save_every_minutes
         overdue = minutes and time.perf_counter() - self._last_save >= 60 * minutes
-        return bool(overdue or (every and done % every == 0) or done % self.per_epoch == 0
-                    or done == self.steps)
+        return bool(
+            overdue or (every and done % every == 0) or done % self.per_epoch == 0 or done == self.steps
+        )
 
     def _epoch_end(self, done: int) -> int | None:
         """The epoch just finished after ``done`` steps, if one did and the run keeps them."""
@@ -382,14 +463,21 @@ class TrainLoop:
         self._last_save = time.perf_counter()
         if not self.world.is_main:
             return
-        payload = host_copy({
-            "format": CHECKPOINT_FORMAT, "step": state["step"],
-            "skipped_nonfinite": state.get("skipped_nonfinite", 0),
-            "adversarial_prompts": state["adversarial_prompts"],
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(),
-            "config": _identity(self.config), "world_size": self.world.size,
-            META_KEY: self.model.build_meta()})
+        payload = host_copy(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "step": state["step"],
+                "skipped_nonfinite": state.get("skipped_nonfinite", 0),
+                "adversarial_prompts": state["adversarial_prompts"],
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "rng": torch.get_rng_state(),
+                "config": _identity(self.config),
+                "world_size": self.world.size,
+                META_KEY: self.model.build_meta(),
+            }
+        )
         folder = self.run_dir / "checkpoints"
         files = [(payload, folder / "last.pt")]
         if epoch is not None:
@@ -413,13 +501,18 @@ class TrainLoop:
         return metrics
 
     def _metrics(self, state: dict, losses: list[float], elapsed: float, waited: float) -> dict:
-        return {"steps": state["step"], "final_loss": losses[-1] if losses else None,
-                "elapsed_s": round(elapsed, 3), "images_per_s": _rate(losses, elapsed, self.config),
-                "data_wait_share": round(waited / elapsed, 4) if elapsed > 0 else None,
-                "workers": self.config.workers, "n_train_items": len(self.indices),
-                "world_size": self.world.size,
-                "skipped_nonfinite_steps": state.get("skipped_nonfinite", 0),
-                "versions": versions()}
+        return {
+            "steps": state["step"],
+            "final_loss": losses[-1] if losses else None,
+            "elapsed_s": round(elapsed, 3),
+            "images_per_s": _rate(losses, elapsed, self.config),
+            "data_wait_share": round(waited / elapsed, 4) if elapsed > 0 else None,
+            "workers": self.config.workers,
+            "n_train_items": len(self.indices),
+            "world_size": self.world.size,
+            "skipped_nonfinite_steps": state.get("skipped_nonfinite", 0),
+            "versions": versions(),
+        }
 
 
 def _grad_norm(parameters) -> torch.Tensor | float:
@@ -432,8 +525,18 @@ def _rate(losses, elapsed, config) -> float | None:
     return round(len(losses) * config.batch_size / elapsed, 2) if losses and elapsed else None
 
 
-IDENTITY_KEYS = ("method", "model", "pretrained", "dataset", "shots", "batch_size", "seed",
-                 "adv_image_weight", "adv_text_weight", "train_towers")
+IDENTITY_KEYS = (
+    "method",
+    "model",
+    "pretrained",
+    "dataset",
+    "shots",
+    "batch_size",
+    "seed",
+    "adv_image_weight",
+    "adv_text_weight",
+    "train_towers",
+)
 
 
 def _identity(config: TrainConfig) -> dict:
@@ -448,12 +551,16 @@ def _load_checkpoint(run: Path, config: TrainConfig, world: World = SINGLE) -> d
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise MmcoaError(f"--resume: checkpoint {path} is corrupt or unreadable "
-                         f"({type(error).__name__})") from error
+        raise MmcoaError(
+            f"--resume: checkpoint {path} is corrupt or unreadable ({type(error).__name__})"
+        ) from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise MmcoaError(f"--resume: {path} is not an mmcoa training checkpoint")
-    mismatched = {k: (v, checkpoint["config"].get(k)) for k, v in _identity(config).items()
-                  if not _same_setting(k, checkpoint["config"].get(k), v)}
+    mismatched = {
+        k: (v, checkpoint["config"].get(k))
+        for k, v in _identity(config).items()
+        if not _same_setting(k, checkpoint["config"].get(k), v)
+    }
     if mismatched:
         detail = ", ".join(f"{k}={new!r} (checkpoint {old!r})" for k, (new, old) in mismatched.items())
         raise MmcoaError(f"--resume: settings differ from the checkpoint's: {detail}")
@@ -478,12 +585,17 @@ def _check_world_change(checkpoint: dict, model, world: World) -> None:
     if saved == world.size:
         return
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise MmcoaError(f"--resume: the run was started with {saved} process(es), now "
-                         f"{world.size}; this model has BatchNorm layers, whose statistics are per "
-                         f"process: resume with {saved}")
+        raise MmcoaError(
+            f"--resume: the run was started with {saved} process(es), now "
+            f"{world.size}; this model has BatchNorm layers, whose statistics are per "
+            f"process: resume with {saved}"
+        )
     if world.is_main:
-        print(f"mmcoa: note: resuming a {saved}-process run on {world.size} process(es); the "
-              f"updates are those of the global batch either way", file=sys.stderr)
+        print(
+            f"mmcoa: note: resuming a {saved}-process run on {world.size} process(es); the "
+            f"updates are those of the global batch either way",
+            file=sys.stderr,
+        )
 
 
 def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
@@ -491,12 +603,16 @@ def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
-        raise MmcoaError(f"--resume: checkpoint does not fit this model/method "
-                         f"({str(error).splitlines()[0][:120]})") from error
+        raise MmcoaError(
+            f"--resume: checkpoint does not fit this model/method ({str(error).splitlines()[0][:120]})"
+        ) from error
     schedule.load_state_dict(checkpoint["schedule"])
     torch.set_rng_state(checkpoint["rng"])
-    return {"step": checkpoint["step"], "adversarial_prompts": checkpoint["adversarial_prompts"],
-            "skipped_nonfinite": checkpoint.get("skipped_nonfinite", 0)}
+    return {
+        "step": checkpoint["step"],
+        "adversarial_prompts": checkpoint["adversarial_prompts"],
+        "skipped_nonfinite": checkpoint.get("skipped_nonfinite", 0),
+    }
 
 
 def _shot_indices(run: Path, labels, config: TrainConfig, reuse: bool) -> list[int]:
@@ -518,11 +634,17 @@ def _short_classes(labels, classnames: list[str], indices: list[int], config: Tr
         return []
     every = labels()
     counts = Counter(every[i] for i in indices)
-    short = [{"label": c, "name": name, "images": counts.get(c, 0)}
-             for c, name in enumerate(classnames) if counts.get(c, 0) < int(config.shots)]
+    short = [
+        {"label": c, "name": name, "images": counts.get(c, 0)}
+        for c, name in enumerate(classnames)
+        if counts.get(c, 0) < int(config.shots)
+    ]
     for entry in short:
-        print(f"mmcoa: warning: class {entry['name']!r} has {entry['images']} training images, "
-              f"fewer than --shots {config.shots}; all are used", file=sys.stderr)
+        print(
+            f"mmcoa: warning: class {entry['name']!r} has {entry['images']} training images, "
+            f"fewer than --shots {config.shots}; all are used",
+            file=sys.stderr,
+        )
     return short
 
 

@@ -9,5 +9,12 @@ from mmcoa.attacks.text.bert_attack import BertAttack, ScoreFn, TextEdit, kl_div
 from mmcoa.attacks.text.mlm import MaskedLM, load_mlm
 from mmcoa.attacks.text.stopwords import default_stop_words
 
-__all__ = ["BertAttack", "MaskedLM", "ScoreFn", "TextEdit", "default_stop_words",
-           "kl_divergence_score", "load_mlm"]
+__all__ = [
+    "BertAttack",
+    "MaskedLM",
+    "ScoreFn",
+    "TextEdit",
+    "default_stop_words",
+    "kl_divergence_score",
+    "load_mlm",
+]

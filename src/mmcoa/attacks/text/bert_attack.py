@@ -25,8 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from mmcoa.attacks.base import eval_mode
-from mmcoa.attacks.text.candidates import (MAX_COMBINATIONS, PIECE_TOP, CandidatePool,
-                                           CandidateSettings, chunked, propose)
+from mmcoa.attacks.text.candidates import (
+    MAX_COMBINATIONS,
+    PIECE_TOP,
+    CandidatePool,
+    CandidateSettings,
+    chunked,
+    propose,
+)
 from mmcoa.attacks.text.mlm import MaskedLM
 from mmcoa.attacks.text.stopwords import as_stop_words
 from mmcoa.errors import MmcoaError
@@ -49,8 +55,9 @@ class TextEdit:
     queries: int
 
 
-def kl_divergence_score(reference: torch.Tensor, candidates: torch.Tensor,
-                        owner: torch.Tensor) -> torch.Tensor:
+def kl_divergence_score(
+    reference: torch.Tensor, candidates: torch.Tensor, owner: torch.Tensor
+) -> torch.Tensor:
     """``KL(softmax(reference[owner[i]]) ‖ softmax(candidates[i]))`` over the embedding
     dimensions (paper Eq. 4). Computed in float64: unit-norm embeddings give near-uniform
     softmaxes, so the divergences are tiny differences of nearly equal log-probabilities."""
@@ -72,7 +79,7 @@ class _Progress:
     changed: int = 0
 
     def variant(self, position: int, word: str) -> str:
-        return " ".join(self.words[:position] + [word] + self.words[position + 1:])
+        return " ".join(self.words[:position] + [word] + self.words[position + 1 :])
 
     def edit(self) -> TextEdit:
         adversarial = " ".join(self.words) if self.changed else self.original
@@ -93,15 +100,28 @@ class BertAttack:
     :meth:`attack_embeddings`.
     """
 
-    def __init__(self, mlm: MaskedLM, k: int = 10, max_words: int = 1, min_logit: float | None = None,
-                 max_length: int = 30, piece_top: int = PIECE_TOP,
-                 max_combinations: int = MAX_COMBINATIONS,
-                 batch_size: int = 256, stop_words: frozenset[str] | None = None,
-                 cache_size: int = 100_000):
-        for name, value, low in (("k", k, 1), ("max_words", max_words, 1),
-                                 ("max_length", max_length, 3), ("piece_top", piece_top, 1),
-                                 ("max_combinations", max_combinations, 1),
-                                 ("batch_size", batch_size, 1), ("cache_size", cache_size, 0)):
+    def __init__(
+        self,
+        mlm: MaskedLM,
+        k: int = 10,
+        max_words: int = 1,
+        min_logit: float | None = None,
+        max_length: int = 30,
+        piece_top: int = PIECE_TOP,
+        max_combinations: int = MAX_COMBINATIONS,
+        batch_size: int = 256,
+        stop_words: frozenset[str] | None = None,
+        cache_size: int = 100_000,
+    ):
+        for name, value, low in (
+            ("k", k, 1),
+            ("max_words", max_words, 1),
+            ("max_length", max_length, 3),
+            ("piece_top", piece_top, 1),
+            ("max_combinations", max_combinations, 1),
+            ("batch_size", batch_size, 1),
+            ("cache_size", cache_size, 0),
+        ):
             _check_int(name, value, low)
         if min_logit is None:
             own = getattr(mlm, "min_logit", None)
@@ -116,9 +136,15 @@ class BertAttack:
     # -- public interface ----------------------------------------------------------------------
     def params(self) -> dict:
         """The settings that determine the edits (JSON-ready)."""
-        return {"mlm": self.mlm.name, "k": self.k, "max_words": self.max_words,
-                "min_logit": self.min_logit, "max_length": self.max_length,
-                "piece_top": self.piece_top, "max_combinations": self.max_combinations}
+        return {
+            "mlm": self.mlm.name,
+            "k": self.k,
+            "max_words": self.max_words,
+            "min_logit": self.min_logit,
+            "max_length": self.max_length,
+            "piece_top": self.piece_top,
+            "max_combinations": self.max_combinations,
+        }
 
     def candidates(self, texts: Sequence[str]) -> list[list[list[str]]]:
         """Per text, per whitespace word: the replacement words the attack would try."""
@@ -157,16 +183,19 @@ class BertAttack:
         words = [t.split() for t in texts]
         pool = CandidatePool(self.mlm, words, self._settings(), self._known())
         orders, spent = self._visit_orders(words, pool, score_fn)
-        states = [_Progress(t, w, o, b, 1 + q, i)
-                  for i, (t, w, o, b, q) in enumerate(zip(texts, words, orders, base, spent))]
+        states = [
+            _Progress(t, w, o, b, 1 + q, i)
+            for i, (t, w, o, b, q) in enumerate(zip(texts, words, orders, base, spent))
+        ]
         active = [s for s in states if s.queue]
         while active:
             self._greedy_round(active, pool, score_fn)
             active = [s for s in active if s.queue and s.changed < self.max_words]
         return [s.edit() for s in states]
 
-    def _visit_orders(self, words, pool: CandidatePool,
-                      score_fn: ScoreFn) -> tuple[list[list[int]], list[int]]:
+    def _visit_orders(
+        self, words, pool: CandidatePool, score_fn: ScoreFn
+    ) -> tuple[list[list[int]], list[int]]:
         """Words that may have candidates, by decreasing importance (ties: left first). Only the
         order of those words matters, so only they are masked, and only in texts with two or
         more."""
@@ -175,7 +204,7 @@ class BertAttack:
         for i, positions in enumerate(eligible):
             if len(positions) > 1:
                 owner += [i] * len(positions)
-                masked += [" ".join(words[i][:w] + [UNK] + words[i][w + 1:]) for w in positions]
+                masked += [" ".join(words[i][:w] + [UNK] + words[i][w + 1 :]) for w in positions]
         scores = iter(self._score(score_fn, owner, masked))
         orders = []
         for positions in eligible:
@@ -204,24 +233,41 @@ class BertAttack:
         """``score_fn`` in calls of at most ``batch_size`` strings, as Python floats."""
         out: list[float] = []
         for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start:start + self.batch_size]
-            scores = score_fn(torch.tensor(owner[start:start + self.batch_size]), chunk)
+            chunk = texts[start : start + self.batch_size]
+            scores = score_fn(torch.tensor(owner[start : start + self.batch_size]), chunk)
             if scores.shape != (len(chunk),):
-                raise MmcoaError(f"score_fn must return one score per text: got shape "
-                                 f"{list(scores.shape)} for {len(chunk)} texts")
+                raise MmcoaError(
+                    f"score_fn must return one score per text: got shape "
+                    f"{list(scores.shape)} for {len(chunk)} texts"
+                )
             out += scores.detach().double().cpu().tolist()
         return out
 
     # -- helpers -------------------------------------------------------------------------------
     def _state_key(self, model) -> tuple:
         """What an edit of :meth:`attack_embeddings` depends on, besides the text."""
-        return (model.text_fingerprint(), id(self.mlm), self.k, self.max_words,
-                self.min_logit, self.max_length, self.piece_top, self.max_combinations,
-                self.stop_words)
+        return (
+            model.text_fingerprint(),
+            id(self.mlm),
+            self.k,
+            self.max_words,
+            self.min_logit,
+            self.max_length,
+            self.piece_top,
+            self.max_combinations,
+            self.stop_words,
+        )
 
     def _settings(self) -> CandidateSettings:
-        return CandidateSettings(self.k, self.min_logit, self.max_length, self.piece_top,
-                                 self.max_combinations, self.batch_size, self.stop_words)
+        return CandidateSettings(
+            self.k,
+            self.min_logit,
+            self.max_length,
+            self.piece_top,
+            self.max_combinations,
+            self.batch_size,
+            self.stop_words,
+        )
 
     def _known(self) -> dict:
         """The texts whose candidates are known, emptied when it passes ``cache_size`` texts."""

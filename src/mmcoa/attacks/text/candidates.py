@@ -69,11 +69,12 @@ class WordSlot:
 
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
-def layout(mlm: MaskedLM, words: Sequence[str], max_length: int,
-           memo: dict[str, list[int]]) -> tuple[list[int], list[WordSlot]]:
+def layout(
+    mlm: MaskedLM, words: Sequence[str], max_length: int, memo: dict[str, list[int]]
+) -> tuple[list[int], list[WordSlot]]:
     """MLM input ids ``[CLS] pieces... [SEP]`` (at most ``max_length``) and each word's slot."""
     ids, slots = [mlm.tokenizer.cls_token_id], []
     for word in words:
@@ -93,8 +94,9 @@ def _pieces(mlm: MaskedLM, text: str, memo: dict[str, list[int]]) -> list[int]:
     return memo[text]
 
 
-def mlm_top_k(mlm: MaskedLM, inputs: Sequence[list[int]], k: int,
-              batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def mlm_top_k(
+    mlm: MaskedLM, inputs: Sequence[list[int]], k: int, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per input: the top-``k`` ids and logits [tokens, k] at every position, from batched
     (padded) MLM forwards on the unmasked texts."""
     out = []
@@ -103,12 +105,13 @@ def mlm_top_k(mlm: MaskedLM, inputs: Sequence[list[int]], k: int,
         ids = torch.tensor([c + [mlm.tokenizer.pad_token_id] * (width - len(c)) for c in chunk])
         mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunk])
         logits, top = mlm.logits(ids, mask).topk(k, dim=-1)
-        out += [(top[i, :len(c)].cpu(), logits[i, :len(c)].cpu()) for i, c in enumerate(chunk)]
+        out += [(top[i, : len(c)].cpu(), logits[i, : len(c)].cpu()) for i, c in enumerate(chunk)]
     return out
 
 
-def single_piece_sequences(ids: torch.Tensor, logits: torch.Tensor, k: int,
-                           min_logit: float) -> list[tuple[int, ...]]:
+def single_piece_sequences(
+    ids: torch.Tensor, logits: torch.Tensor, k: int, min_logit: float
+) -> list[tuple[int, ...]]:
     """The top-``k`` ids at one position in rank order, up to the first logit below
     ``min_logit``."""
     kept = []
@@ -119,16 +122,16 @@ def single_piece_sequences(ids: torch.Tensor, logits: torch.Tensor, k: int,
     return kept
 
 
-def piece_combinations(ids: torch.Tensor, piece_top: int,
-                       max_combinations: int) -> list[tuple[int, ...]]:
+def piece_combinations(ids: torch.Tensor, piece_top: int, max_combinations: int) -> list[tuple[int, ...]]:
     """The first ``max_combinations`` combinations of the top ``piece_top`` ids of each piece
     position (rows of ``ids``), in ``itertools.product`` order."""
     rows = [row[:piece_top].tolist() for row in ids]
     return list(itertools.islice(itertools.product(*rows), max_combinations))
 
 
-def combination_losses(mlm: MaskedLM, combos: Sequence[tuple[int, ...]],
-                       batch_size: int) -> dict[tuple[int, ...], float]:
+def combination_losses(
+    mlm: MaskedLM, combos: Sequence[tuple[int, ...]], batch_size: int
+) -> dict[tuple[int, ...], float]:
     """Log-perplexity of each distinct combination: the MLM's mean cross-entropy of predicting
     its own ids from ``[CLS] ids [SEP]`` (batched by length, so nothing is padded)."""
     by_length: dict[int, list[tuple[int, ...]]] = defaultdict(list)
@@ -159,8 +162,12 @@ def join_pieces(tokens: Sequence[str]) -> str | None:
     return first + "".join(t[2:] for t in rest)
 
 
-def sequences_to_words(sequences: Sequence[tuple[int, ...]], id_to_token: Sequence[str],
-                       original: str, stop_words: frozenset[str]) -> list[str]:
+def sequences_to_words(
+    sequences: Sequence[tuple[int, ...]],
+    id_to_token: Sequence[str],
+    original: str,
+    stop_words: frozenset[str],
+) -> list[str]:
     """Candidate words in order, without junk, stop words, the original core and repeats."""
     seen, words = {original.lower()}, []
     for seq in sequences:
@@ -193,8 +200,13 @@ class CandidatePool:
     attacked again (MMCoA's prompts at every refresh, the same prompts against every model)
     costs no MLM forward and no second ranking of its multi-piece words."""
 
-    def __init__(self, mlm: MaskedLM, texts_words: Sequence[Sequence[str]],
-                 settings: CandidateSettings, known: dict | None = None):
+    def __init__(
+        self,
+        mlm: MaskedLM,
+        texts_words: Sequence[Sequence[str]],
+        settings: CandidateSettings,
+        known: dict | None = None,
+    ):
         self.mlm, self.settings = mlm, settings
         known = {} if known is None else known
         keys = [tuple(words) for words in texts_words]
@@ -214,15 +226,17 @@ class CandidatePool:
             return _WordCandidates(slot, [], [])
         ids, logits = top[0][slice(*slot.span)], top[1][slice(*slot.span)]
         if len(ids) > 1:
-            return _WordCandidates(slot, piece_combinations(ids, s.piece_top, s.max_combinations),
-                                   multi_piece=True)
+            return _WordCandidates(
+                slot, piece_combinations(ids, s.piece_top, s.max_combinations), multi_piece=True
+            )
         entry = _WordCandidates(slot, single_piece_sequences(ids[0], logits[0], s.k, s.min_logit))
         entry.words = self._words(entry)
         return entry
 
     def _words(self, entry: _WordCandidates) -> list[str]:
-        words = sequences_to_words(entry.sequences, self.mlm.id_to_token, entry.slot.core,
-                                   self.settings.stop_words)
+        words = sequences_to_words(
+            entry.sequences, self.mlm.id_to_token, entry.slot.core, self.settings.stop_words
+        )
         return [entry.slot.with_core(w) for w in words]
 
     def may_have(self, text: int, word: int) -> bool:
@@ -236,8 +250,9 @@ class CandidatePool:
     def resolve(self, requests: Sequence[tuple[int, int]]) -> None:
         """Rank the requested (text, word) multi-piece combinations by perplexity in one batched
         pass (stable: ties keep product order) and turn them all into words (no cut at k)."""
-        pending = list({id(e): e for e in (self.entries[t][w] for t, w in requests)
-                        if e.words is None}.values())  # a repeated text shares its entries
+        pending = list(
+            {id(e): e for e in (self.entries[t][w] for t, w in requests) if e.words is None}.values()
+        )  # a repeated text shares its entries
         combos = [c for entry in pending for c in entry.sequences]
         losses = combination_losses(self.mlm, combos, self.settings.batch_size)
         for entry in pending:
@@ -249,8 +264,12 @@ class CandidatePool:
         return self.entries[text][word].words
 
 
-def propose(mlm: MaskedLM, texts_words: Sequence[Sequence[str]], settings: CandidateSettings,
-            known: dict | None = None) -> list[list[list[str]]]:
+def propose(
+    mlm: MaskedLM,
+    texts_words: Sequence[Sequence[str]],
+    settings: CandidateSettings,
+    known: dict | None = None,
+) -> list[list[list[str]]]:
     """For each text, for each whitespace word: its replacement words (punctuation kept), best
     first; empty for stop words and words past the length limit."""
     pool = CandidatePool(mlm, texts_words, settings, known)

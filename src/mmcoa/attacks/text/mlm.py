@@ -53,12 +53,20 @@ class MaskedLM:
     ``min_logit`` is the single-piece cut on the scale of its logits that BERT-Attack uses unless
     told otherwise (None: the reference's 0.3, calibrated for BERT's trained head)."""
 
-    def __init__(self, tokenizer, model: nn.Module, name: str = "masked-lm",
-                 device: str | torch.device | None = None, min_logit: float | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        model: nn.Module,
+        name: str = "masked-lm",
+        device: str | torch.device | None = None,
+        min_logit: float | None = None,
+    ):
         missing = [s for s in REQUIRED_SPECIALS if getattr(tokenizer, s, None) is None]
         if missing:
-            raise MmcoaError(f"masked LM {name}: the tokenizer lacks {', '.join(missing)}; "
-                             "BERT-Attack needs a WordPiece (BERT-style) tokenizer")
+            raise MmcoaError(
+                f"masked LM {name}: the tokenizer lacks {', '.join(missing)}; "
+                "BERT-Attack needs a WordPiece (BERT-style) tokenizer"
+            )
         self.tokenizer, self.name = tokenizer, name
         self.min_logit = min_logit  # the cut its logits call for; None: BERT-Attack's 0.3
         self.device = torch.device(device) if device is not None else _module_device(model)
@@ -77,8 +85,7 @@ class MaskedLM:
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """MLM logits [batch, tokens, vocab] (float32, on the MLM's device)."""
-        out = self.model(input_ids=input_ids.to(self.device),
-                         attention_mask=attention_mask.to(self.device))
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
         return (out.logits if hasattr(out, "logits") else out[0]).float()
 
     def __repr__(self) -> str:
@@ -96,10 +103,12 @@ def check_mlm_vocab(tokenizer, model_vocab_size: int, name: str) -> None:
     tokens than the model has output rows."""
     size = len(tokenizer)
     if size < MIN_VOCAB or size > model_vocab_size:
-        raise MmcoaError(f"tokenizer of masked LM {name} has {size} tokens but the model expects "
-                         f"{MIN_VOCAB} to {model_vocab_size}: the tokenizer files are missing or "
-                         "wrong (offline transformers builds an empty one); download the model "
-                         "with internet or pass a directory saved with save_pretrained")
+        raise MmcoaError(
+            f"tokenizer of masked LM {name} has {size} tokens but the model expects "
+            f"{MIN_VOCAB} to {model_vocab_size}: the tokenizer files are missing or "
+            "wrong (offline transformers builds an empty one); download the model "
+            "with internet or pass a directory saved with save_pretrained"
+        )
 
 
 def load_mlm(name_or_dir: str = "bert-base-uncased", device: str = "cpu") -> MaskedLM:
@@ -125,8 +134,9 @@ def _load(source: str, name: str, device: str, tied: bool) -> MaskedLM:
     check_mlm_vocab(tokenizer, model.config.vocab_size, name)
     model.requires_grad_(False)
     if tied:
-        return MaskedLM(tokenizer, TiedEmbeddingHead(model), name=name, device=device,
-                        min_logit=TIED_HEAD_MIN_Z)
+        return MaskedLM(
+            tokenizer, TiedEmbeddingHead(model), name=name, device=device, min_logit=TIED_HEAD_MIN_Z
+        )
     return MaskedLM(tokenizer, model, name=name, device=device)
 
 

@@ -58,17 +58,28 @@ def caption_corpus(classnames: Sequence[str], templates: Sequence[str]) -> list[
     if isinstance(classnames, str) or isinstance(templates, str):
         raise MmcoaError("classnames and templates must be lists of strings, not one string")
     if not classnames or not templates:
-        raise MmcoaError(f"need at least one class name and one template "
-                         f"(got {len(classnames)} names and {len(templates)} templates)")
+        raise MmcoaError(
+            f"need at least one class name and one template "
+            f"(got {len(classnames)} names and {len(templates)} templates)"
+        )
     for template in templates:
         if template.count("{}") != 1:
             raise MmcoaError(f"caption template {template!r} must contain exactly one '{{}}'")
     return [template.format(name) for template in templates for name in classnames]
 
 
-def train_tiny_mlm(corpus: Sequence[str], output_dir: str | Path, *, seed: int = 0, steps: int = 300,
-                   hidden_size: int = 64, layers: int = 2, heads: int = 2, lr: float = 3e-3,
-                   progress: bool = False) -> Path:
+def train_tiny_mlm(
+    corpus: Sequence[str],
+    output_dir: str | Path,
+    *,
+    seed: int = 0,
+    steps: int = 300,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    lr: float = 3e-3,
+    progress: bool = False,
+) -> Path:
     """Train a tiny BERT masked LM on ``corpus`` and save it (model + tokenizer) to ``output_dir``.
 
     The WordPiece vocabulary (lowercased, ``[PAD] [UNK] [CLS] [SEP] [MASK]`` first, every caption
@@ -91,8 +102,7 @@ def train_tiny_mlm(corpus: Sequence[str], output_dir: str | Path, *, seed: int =
         raise MmcoaError("the MLM corpus must be a non-empty list of non-empty strings")
     if not isinstance(seed, int):
         raise MmcoaError(f"seed must be an integer, got {seed!r}")
-    for name, value in (("steps", steps), ("hidden_size", hidden_size), ("layers", layers),
-                        ("heads", heads)):
+    for name, value in (("steps", steps), ("hidden_size", hidden_size), ("layers", layers), ("heads", heads)):
         if not isinstance(value, int) or value < 1:
             raise MmcoaError(f"{name} must be a positive integer, got {value!r}")
     if hidden_size % heads:
@@ -113,15 +123,21 @@ def train_tiny_mlm(corpus: Sequence[str], output_dir: str | Path, *, seed: int =
     tokenizer.model_max_length = positions
     input_ids = torch.full((len(encoded), longest), tokenizer.pad_token_id, dtype=torch.long)
     for row, ids in enumerate(encoded):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
+        input_ids[row, : len(ids)] = torch.tensor(ids)
     attention_mask = (input_ids != tokenizer.pad_token_id).long()
     special = torch.tensor(sorted(tokenizer.all_special_ids))
     maskable = ~torch.isin(input_ids, special)
     n_regular = len(tokenizer) - len(SPECIAL_TOKENS)  # random replacements avoid special tokens
 
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=4 * hidden_size,
-                        max_position_embeddings=positions, pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden_size,
+        max_position_embeddings=positions,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     losses: list[float] = []
     threads = torch.get_num_threads()
     # One thread: these matrices are tiny, and with two threads on a busy 2-core machine a run
@@ -129,8 +145,19 @@ def train_tiny_mlm(corpus: Sequence[str], output_dir: str | Path, *, seed: int =
     # independent of the caller's thread setting.
     torch.set_num_threads(1)
     try:
-        model = _train(config, input_ids, attention_mask, maskable, tokenizer.mask_token_id, n_regular,
-                       seed=seed, steps=steps, lr=lr, progress=progress, losses=losses)
+        model = _train(
+            config,
+            input_ids,
+            attention_mask,
+            maskable,
+            tokenizer.mask_token_id,
+            n_regular,
+            seed=seed,
+            steps=steps,
+            lr=lr,
+            progress=progress,
+            losses=losses,
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -153,9 +180,20 @@ def train_tiny_mlm(corpus: Sequence[str], output_dir: str | Path, *, seed: int =
     return output_dir
 
 
-def _train(config, input_ids: torch.Tensor, attention_mask: torch.Tensor, maskable: torch.Tensor,
-           mask_id: int, n_regular: int, *, seed: int, steps: int, lr: float, progress: bool,
-           losses: list[float]):
+def _train(
+    config,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    maskable: torch.Tensor,
+    mask_id: int,
+    n_regular: int,
+    *,
+    seed: int,
+    steps: int,
+    lr: float,
+    progress: bool,
+    losses: list[float],
+):
     """The seeded MLM training loop; appends each step's loss to ``losses``."""
     from transformers import BertForMaskedLM
 
@@ -169,10 +207,10 @@ def _train(config, input_ids: torch.Tensor, attention_mask: torch.Tensor, maskab
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
         bar = _progress_bar(steps, progress)
         for _ in range(steps):
-            rows = (torch.randperm(n, generator=generator)[:_MAX_BATCH] if n > _MAX_BATCH
-                    else torch.arange(n))
-            ids, labels = _mask_tokens(input_ids[rows], maskable[rows], mask_id, len(SPECIAL_TOKENS),
-                                       n_regular, generator)
+            rows = torch.randperm(n, generator=generator)[:_MAX_BATCH] if n > _MAX_BATCH else torch.arange(n)
+            ids, labels = _mask_tokens(
+                input_ids[rows], maskable[rows], mask_id, len(SPECIAL_TOKENS), n_regular, generator
+            )
             loss = model(input_ids=ids, attention_mask=attention_mask[rows], labels=labels).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -205,21 +243,41 @@ def _build_tokenizer(corpus: list[str]):
     from transformers import BertTokenizerFast
 
     normalizer, pre_tokenizer = BertNormalizer(lowercase=True), BertPreTokenizer()
-    counts = Counter(word for text in corpus
-                     for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    counts = Counter(
+        word for text in corpus for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+    )
     chars = sorted(set(_ALPHABET) | {c for word in counts for c in word})
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for piece in [*sorted(counts, key=lambda w: (-counts[w], w)), *chars, *(f"##{c}" for c in chars)]:
         vocab.setdefault(piece, len(vocab))
-    wordpiece = BertWordPieceTokenizer(vocab, lowercase=True, unk_token="[UNK]", sep_token="[SEP]",
-                                       cls_token="[CLS]", pad_token="[PAD]", mask_token="[MASK]")
-    return BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, do_lower_case=True,
-                             unk_token="[UNK]", sep_token="[SEP]", cls_token="[CLS]",
-                             pad_token="[PAD]", mask_token="[MASK]")
+    wordpiece = BertWordPieceTokenizer(
+        vocab,
+        lowercase=True,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        cls_token="[CLS]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+    )
+    return BertTokenizerFast(
+        tokenizer_object=wordpiece._tokenizer,
+        do_lower_case=True,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        cls_token="[CLS]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+    )
 
 
-def _mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, first_regular: int,
-                 n_regular: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _mask_tokens(
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    mask_id: int,
+    first_regular: int,
+    n_regular: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's MLM corruption: select 15% of maskable tokens (at least one per batch); of those
     80% -> [MASK], 10% -> a random non-special token, 10% unchanged. Labels are -100 elsewhere."""
     selected = (torch.rand(input_ids.shape, generator=generator) < 0.15) & maskable
@@ -232,8 +290,9 @@ def _mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, 
     roll = torch.rand(input_ids.shape, generator=generator)
     ids[selected & (roll < 0.8)] = mask_id
     random_slots = selected & (roll >= 0.8) & (roll < 0.9)
-    random_tokens = torch.randint(first_regular, first_regular + n_regular, input_ids.shape,
-                                  generator=generator)
+    random_tokens = torch.randint(
+        first_regular, first_regular + n_regular, input_ids.shape, generator=generator
+    )
     ids[random_slots] = random_tokens[random_slots]
     return ids, labels
 
