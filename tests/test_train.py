@@ -773,3 +773,17 @@ def test_visual_prompt_at_another_resolution_is_a_one_line_error():
     prompt = PaddingPrompt((32, 32))
     with pytest.raises(MmcoaError, match="trained at \\(32, 32\\) px; the images are \\(28, 28\\) px"):
         prompt(torch.zeros(1, 3, 28, 28))
+
+
+def test_a_checkpoint_saved_before_the_alpha_beta_rename_resumes(make_config):
+    """Runs saved with MMCoA's loss weights named alpha/beta (before adv_image_weight and
+    adv_text_weight) resume instead of failing the settings check on names."""
+    config = make_config("tecoa", "old-names", max_steps=2, save_every=1)
+    train(config, progress=False)
+    path = os.path.join(config.output, "checkpoints", "last.pt")
+    checkpoint = load_state(path)
+    saved = checkpoint["config"]
+    saved["alpha"], saved["beta"] = saved.pop("adv_image_weight"), saved.pop("adv_text_weight")
+    torch.save(checkpoint, path)
+    metrics = train(make_config("tecoa", "old-names", max_steps=3, save_every=1), resume=True, progress=False)
+    assert metrics["steps"] == 3

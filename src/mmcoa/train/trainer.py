@@ -544,6 +544,15 @@ def _identity(config: TrainConfig) -> dict:
     return {key: getattr(config, key) for key in IDENTITY_KEYS}
 
 
+OLD_IDENTITY_NAMES = {"alpha": "adv_image_weight", "beta": "adv_text_weight"}  # before the rename
+
+
+def _renamed_identity(saved: dict) -> dict:
+    """A checkpoint's identity settings under today's names (a run saved before MMCoA's loss
+    weights were renamed from alpha/beta resumes as it was)."""
+    return {OLD_IDENTITY_NAMES.get(k, k): v for k, v in saved.items()}
+
+
 def _load_checkpoint(run: Path, config: TrainConfig, world: World = SINGLE) -> dict:
     path = run / "checkpoints" / "last.pt"
     if not path.is_file():
@@ -556,10 +565,9 @@ def _load_checkpoint(run: Path, config: TrainConfig, world: World = SINGLE) -> d
         ) from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise MmcoaError(f"--resume: {path} is not an mmcoa training checkpoint")
+    saved = _renamed_identity(checkpoint["config"])
     mismatched = {
-        k: (v, checkpoint["config"].get(k))
-        for k, v in _identity(config).items()
-        if not _same_setting(k, checkpoint["config"].get(k), v)
+        k: (v, saved.get(k)) for k, v in _identity(config).items() if not _same_setting(k, saved.get(k), v)
     }
     if mismatched:
         detail = ", ".join(f"{k}={new!r} (checkpoint {old!r})" for k, (new, old) in mismatched.items())
