@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from mmcoa.attacks.base import ATTACKS, AttackResult, check_range, eval_mode
 from mmcoa.attacks.bert import UsesBertAttack, per_class_costs
-from mmcoa.attacks.pgd import check_precision, maximize
+from mmcoa.attacks.pgd import check_precision, maximize_in_budget
 
 
 def embedding_kl(reference: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
@@ -85,15 +85,7 @@ class CoAttack(UsesBertAttack):
                 moving = model.encode_image(adv, normalize=True).float()
                 return embedding_kl(clean, moving) + self.text_weight * embedding_kl(text, moving)
 
-            adversarial = maximize(
-                loss_fn,
-                images,
-                eps=self.eps,
-                step_size=self.step_size,
-                n_steps=self.n_steps,
-                generator=generator,
-                precision=self.precision,
-            )
+            adversarial = maximize_in_budget(self, loss_fn, images, generator)
         text_queries, changed = per_class_costs(edits, labels)
         return AttackResult(
             images=adversarial,

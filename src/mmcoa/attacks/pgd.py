@@ -94,6 +94,23 @@ def maximize(
     return (images + delta).detach()
 
 
+def maximize_in_budget(attack, loss_fn: LossFn, images: torch.Tensor, generator=None) -> torch.Tensor:
+    """:func:`maximize` with an attack's own budget fields: ``eps``, ``step_size``, ``n_steps``,
+    ``precision``, and ``norm`` and ``random_start`` where the attack has them (else L-inf with a
+    random start)."""
+    return maximize(
+        loss_fn,
+        images,
+        eps=attack.eps,
+        step_size=attack.step_size,
+        n_steps=attack.n_steps,
+        norm=getattr(attack, "norm", "linf"),
+        start=getattr(attack, "random_start", True),
+        generator=generator,
+        precision=attack.precision,
+    )
+
+
 def check_precision(precision: str) -> str:
     """``precision`` if known: ``fp32`` or ``bf16`` (autocast bf16 for the model's forward and
     backward passes; the perturbation, its projection and the loss stay fp32)."""
@@ -175,17 +192,7 @@ class PGD(Attack):
         return AttackResult(images=best, queries=queries)
 
     def _run_once(self, loss_fn, images, generator):
-        return maximize(
-            loss_fn,
-            images,
-            eps=self.eps,
-            step_size=self.step_size,
-            n_steps=self.n_steps,
-            norm=self.norm,
-            start=self.random_start,
-            generator=generator,
-            precision=self.precision,
-        )
+        return maximize_in_budget(self, loss_fn, images, generator)
 
     @torch.no_grad()
     def _keep_better(self, classifier, labels, current, candidate):

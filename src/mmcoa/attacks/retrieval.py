@@ -42,7 +42,7 @@ import torch
 
 from mmcoa.attacks.base import build_registered, check_range, eval_mode
 from mmcoa.attacks.co_attack import embedding_kl
-from mmcoa.attacks.pgd import check_precision, maximize
+from mmcoa.attacks.pgd import check_precision, maximize_in_budget
 from mmcoa.attacks.sga import away_from_image, checked_noise_std, checked_scales, scaled_copies
 from mmcoa.registry import Registry
 
@@ -138,16 +138,7 @@ class _ImageBudget(RetrievalAttack):
         check_precision(self.precision)
 
     def _maximize(self, loss_fn, images, generator):
-        return maximize(
-            loss_fn,
-            images,
-            eps=self.eps,
-            step_size=self.step_size,
-            n_steps=self.n_steps,
-            start=self.random_start,
-            generator=generator,
-            precision=self.precision,
-        )
+        return maximize_in_budget(self, loss_fn, images, generator)
 
 
 @RETRIEVAL_ATTACKS.register("pgd")
@@ -279,16 +270,7 @@ class RetrievalCoAttack(_UsesCaptionAttack):
                     clean, model.encode_image(adv, normalize=True).float(), text, owner, self.text_weight
                 )
 
-            return maximize(
-                loss_fn,
-                images,
-                eps=self.eps,
-                step_size=self.step_size,
-                n_steps=self.n_steps,
-                start=self.random_start,
-                generator=generator,
-                precision=self.precision,
-            )
+            return maximize_in_budget(self, loss_fn, images, generator)
 
 
 def coattack_loss(

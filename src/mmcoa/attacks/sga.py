@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from mmcoa.attacks.base import ATTACKS, AttackResult, check_range, eval_mode
 from mmcoa.attacks.bert import UsesBertAttack, encode_unique, per_image_prompt_edits, prompt_edit_result
-from mmcoa.attacks.pgd import check_precision, maximize
+from mmcoa.attacks.pgd import check_precision, maximize_in_budget
 
 
 def scaled_copies(
@@ -139,14 +139,8 @@ class SGA(UsesBertAttack):
         with eval_mode(model):
             first = self._guided_edits(classifier, labels, images)
             text_sets = self._text_sets(classifier, labels, first)
-            adversarial = maximize(
-                self._image_loss(model, text_sets, generator),
-                images,
-                eps=self.eps,
-                step_size=self.step_size,
-                n_steps=self.n_steps,
-                generator=generator,
-                precision=self.precision,
+            adversarial = maximize_in_budget(
+                self, self._image_loss(model, text_sets, generator), images, generator
             )
             final = self._guided_edits(classifier, labels, adversarial)
             result = prompt_edit_result(classifier, adversarial, labels, final)
