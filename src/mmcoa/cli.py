@@ -257,12 +257,12 @@ def _add_suite(commands) -> None:
 
 def cmd_suite(args: argparse.Namespace) -> int:
     from mmcoa.eval.suite import format_cells, run_suite
-    from mmcoa.data.loading import resolve_workers
+    from mmcoa.data.loading import check_workers
     from mmcoa.eval.suite_config import load_suite
 
     config = load_suite(args.config, n_samples=args.n_samples, device=args.device, data_root=args.data_root)
     if args.workers is not None:
-        config.workers = resolve_workers(args.workers, None)  # a bad value: one line, now
+        config.workers = check_workers(args.workers)  # a bad value: one line, now
     check_output(args.output, directory=True)
     records = run_suite(config, args.output, resume=args.resume, progress=not args.no_progress)
     print(format_cells(records))

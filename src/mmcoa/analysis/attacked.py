@@ -15,7 +15,7 @@ import torch
 
 from mmcoa.attacks import ATTACKS, Attack, AttackResult, build_attack, eval_mode
 from mmcoa.attacks.base import parameter_names, seed_identity
-from mmcoa.data.loading import BatchLoader
+from mmcoa.data.loading import BatchLoader, consecutive_batches
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.runner import attack_generator, sample_indices
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
@@ -67,7 +67,7 @@ def attacked_batches(
     attack.prepare(str(model.device))
     classifier = ZeroShotClassifier(model, dataset.prompts(template))
     indices = sample_indices(len(dataset), n_samples, seed)
-    batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    batches = consecutive_batches(indices, batch_size)
     with eval_mode(model):
         for batch in BatchLoader(dataset, batches, device=model.device, workers=workers, seed=seed):
             images, labels = batch.images, batch.labels

@@ -59,15 +59,13 @@ def checkpoint_points(run: Run, extra: Mapping[float, str] | None = None) -> lis
 
 def _trainer_step(path: Path) -> int | None:
     """The optimizer step stored in an ``mmcoa train`` checkpoint; None for other files."""
-    from mmcoa.train.checkpointing import CHECKPOINT_FORMAT
+    from mmcoa.train.checkpointing import trainer_step
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise MmcoaError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__})") from error
-    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-        return int(payload["step"])
-    return None
+    return trainer_step(payload)
 
 
 def training_curves(

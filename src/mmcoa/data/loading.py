@@ -29,7 +29,7 @@ import pickle
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
@@ -50,16 +50,28 @@ def default_workers() -> int:
     return max(1, min(MAX_DEFAULT_WORKERS, cpus // max(1, per_node)))
 
 
+def check_workers(workers) -> int | None:
+    """``workers`` as given (None: automatic), or a one-line error unless it is a non-negative
+    integer; every command checks it with this before any work."""
+    if workers is not None and (int(workers) != workers or workers < 0):
+        raise MmcoaError(
+            f"workers must be a non-negative integer (0: load in the main process); got {workers}"
+        )
+    return None if workers is None else int(workers)
+
+
 def resolve_workers(workers: int | None, dataset) -> int:
     """The number of worker processes for ``dataset``: ``workers`` when given, else 0 for a
     dataset held in memory (``in_memory``) and :func:`default_workers` otherwise."""
     if workers is not None:
-        if int(workers) != workers or workers < 0:
-            raise MmcoaError(
-                f"workers must be a non-negative integer (0: load in the main process); got {workers}"
-            )
-        return int(workers)
+        return check_workers(workers)
     return 0 if getattr(dataset, "in_memory", False) else default_workers()
+
+
+def consecutive_batches(indices: Sequence[int], batch_size: int) -> list[list[int]]:
+    """``indices`` cut into consecutive batches of ``batch_size`` (the last may be smaller)."""
+    indices = list(indices)
+    return [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
 
 
 def as_float_images(images: torch.Tensor) -> torch.Tensor:
@@ -255,8 +267,3 @@ def _usable_workers(workers: int, dataset) -> int:
         )
         return 0
     return workers
-
-
-def iterate_batches(dataset, batches: Iterable[Sequence[int]], **options) -> Iterator[Batch]:
-    """Shorthand: ``BatchLoader(dataset, list(batches), **options)``."""
-    return iter(BatchLoader(dataset, list(batches), **options))

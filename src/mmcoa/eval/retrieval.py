@@ -26,7 +26,7 @@ import torch
 from mmcoa.attacks.base import eval_mode, parameter_names, seed_params
 from mmcoa.attacks.retrieval import RETRIEVAL_ATTACKS, RetrievalAttack, build_retrieval_attack, encode_texts
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy
-from mmcoa.data.loading import BatchLoader, resolve_workers
+from mmcoa.data.loading import BatchLoader, check_workers, consecutive_batches
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.runner import attack_generator, record_identity, sample_indices
 from mmcoa.models.runtime import runtime_of
@@ -132,8 +132,7 @@ def evaluate_retrieval(
     attack = _as_attack(attack, attack_params, mlm)
     if batch_size < 1:
         raise MmcoaError(f"batch_size must be a positive integer; got {batch_size}")
-    if workers is not None:
-        resolve_workers(workers, None)  # a bad value is one line before any work
+    check_workers(workers)
     if n_images is not None and n_images < 1:
         raise MmcoaError(f"n_images must be a positive integer (or omitted for all); got {n_images}")
     if isinstance(model, str):
@@ -200,10 +199,7 @@ def _attacked_embeddings(model, dataset, attack, batch_size, seed, progress, wor
 
 def _image_batches(model, dataset, batch_size: int, workers: int | None) -> BatchLoader:
     """The dataset's images in order, in batches, through the batch pipeline."""
-    batches = [
-        list(range(start, min(start + batch_size, len(dataset))))
-        for start in range(0, len(dataset), batch_size)
-    ]
+    batches = consecutive_batches(range(len(dataset)), batch_size)
     return BatchLoader(dataset, batches, device=model.device, workers=workers)
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from mmcoa.attacks import Attack, build_attack, eval_mode
 from mmcoa.attacks.base import seed_identity
 from mmcoa.data import ClassificationDataset, load_dataset
-from mmcoa.data.loading import Batch, BatchLoader, resolve_workers
+from mmcoa.data.loading import Batch, BatchLoader, check_workers, consecutive_batches
 from mmcoa.distributed import SINGLE, World, max_over_ranks, sum_over_ranks
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.metrics import Tally
@@ -75,8 +75,7 @@ def evaluate(
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
-    if workers is not None:
-        resolve_workers(workers, None)  # a bad value is one line before any work
+    check_workers(workers)
     for attack in attacks:
         attack.prepare(device if isinstance(model, str) else str(model.device))
     if isinstance(model, str):
@@ -92,7 +91,7 @@ def evaluate(
         indices = sample_indices(len(dataset), n_samples, seed)
     indices = _checked(indices, dataset)
     classifier = ZeroShotClassifier(model, dataset.prompts(template))
-    batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    batches = consecutive_batches(indices, batch_size)
     loader = BatchLoader(
         dataset,
         batches,

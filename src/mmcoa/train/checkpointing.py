@@ -48,17 +48,20 @@ def save_atomic(payload, path: Path) -> None:
         torch.save(payload, tmp)
 
 
+def trainer_step(payload) -> int | None:
+    """The step stored in a loaded trainer checkpoint; None for any other payload."""
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        return int(payload["step"])
+    return None
+
+
 def saved_step(path: Path) -> int | None:
-    """The step stored in a trainer checkpoint (None when the file is not one)."""
+    """The step stored in a trainer checkpoint file (None when the file is not one)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - unreadable: not a checkpoint
         return None
-    return (
-        payload.get("step")
-        if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
-        else None
-    )
+    return trainer_step(payload)
 
 
 class BackgroundWriter:

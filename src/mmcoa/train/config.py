@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+from mmcoa.data.loading import check_workers
 from mmcoa.devices import AUTO
 from mmcoa.errors import MmcoaError
 from mmcoa.flags import UNIT_255, setting
@@ -198,10 +199,7 @@ class TrainConfig:
             f"save_every and save_every_minutes must be non-negative (0: off); got "
             f"{self.save_every}, {self.save_every_minutes}",
         )
-        _check(
-            self.workers is None or self.workers >= 0,
-            f"workers must be a non-negative integer (0: load in the main process); got {self.workers}",
-        )
+        check_workers(self.workers)
         _check(
             self.adv_image_weight >= 0
             and self.adv_text_weight >= 0

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcoa.attacks.pgd import PGD, maximize
-from mmcoa.data.loading import BatchLoader
+from mmcoa.data.loading import BatchLoader, consecutive_batches
 from mmcoa.attacks.co_attack import embedding_kl
 from mmcoa.distributed import SINGLE, World, gather_rows, gather_with_grad
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
@@ -287,7 +287,7 @@ class AdvPT(Method):
         model.eval()
         chunks = []
         size = config.batch_size
-        batches = [indices[start : start + size] for start in range(0, len(indices), size)]
+        batches = consecutive_batches(indices, size)
         for batch in BatchLoader(
             dataset, batches, device=model.device, workers=config.workers, seed=config.seed
         ):

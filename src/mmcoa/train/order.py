@@ -31,6 +31,11 @@ class EpochOrder:
         order = self._epoch_order(epoch)
         return [self.indices[i] for i in order[position * self.batch_size : (position + 1) * self.batch_size]]
 
+    def global_size(self, step: int) -> int:
+        """How many items step ``step``'s global batch holds (the last of an epoch may be short)."""
+        position = step % self.per_epoch
+        return min(self.batch_size, len(self.indices) - position * self.batch_size)
+
     def _epoch_order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
             generator = derived_generator(self.seed, epoch)

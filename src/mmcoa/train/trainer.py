@@ -279,7 +279,7 @@ class TrainLoop:
         previous = started
         for batch in self.batches(state["step"]):
             step = batch.position
-            self.global_size = len(self.order.global_batch(step))
+            self.global_size = self.order.global_size(step)
             loss, terms = self.step(step, state, batch.images, batch.labels, batch.indices)
             losses.append(loss)
             state["step"] = step + 1
