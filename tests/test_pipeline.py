@@ -32,6 +32,7 @@ from mmcoa.train.config import TrainConfig
 from mmcoa.train.order import EpochOrder
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.trainer import train
+from test_train import crash_training_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 CLASSES = ("cat", "dog", "bird")
@@ -176,6 +177,7 @@ def test_epoch_order_is_one_permutation_per_epoch():
     epoch1 = [i for step in range(3, 6) for i in order.global_batch(step)]
     assert sorted(epoch0) == sorted(epoch1) == list(range(10, 20)) and epoch0 != epoch1
     assert [len(order.global_batch(s)) for s in range(3)] == [4, 4, 2]
+    assert [order.global_size(s) for s in range(6)] == [len(order.global_batch(s)) for s in range(6)]
     assert EpochOrder(list(range(10, 20)), 4, 3).global_batch(4) == order.global_batch(4)  # no state
 
 
@@ -224,25 +226,11 @@ def test_training_with_workers_gives_the_same_batches_and_weights(folder, tmp_pa
     assert 0 <= metrics["data_wait_share"] <= 1 and metrics["workers"] == 2
 
 
-class Interrupted(Exception):
-    pass
-
-
 def test_resume_with_workers_is_exact(folder, tmp_path, monkeypatch):
     full = folder_config(folder, tmp_path, "full", workers=2)
     train(full, progress=False)
     cut = folder_config(folder, tmp_path, "cut", workers=2)
-    step = trainer.TrainLoop.step
-
-    def crash_at_step_4(self, index, *args):
-        if index == 4:
-            raise Interrupted
-        return step(self, index, *args)
-
-    monkeypatch.setattr(trainer.TrainLoop, "step", crash_at_step_4)
-    with pytest.raises(Interrupted):
-        train(cut, progress=False)
-    monkeypatch.undo()
+    crash_training_at(cut, 4, monkeypatch)
     assert checkpointing.saved_step(Path(cut.output) / "checkpoints" / "last.pt") == 4
     train(cut, resume=True, progress=False)
     a, b = final_weights(full), final_weights(cut)

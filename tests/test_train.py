@@ -355,6 +355,22 @@ class Interrupted(Exception):
     pass
 
 
+def crash_training_at(config, at: int, monkeypatch) -> None:
+    """Run ``train(config)`` until it raises :class:`Interrupted` as step ``at`` starts (a
+    crash mid-run: its checkpoints so far are on disk)."""
+    step = trainer.TrainLoop.step
+
+    def crashing(self, index, *args):
+        if index == at:
+            raise Interrupted
+        return step(self, index, *args)
+
+    monkeypatch.setattr(trainer.TrainLoop, "step", crashing)
+    with pytest.raises(Interrupted):
+        train(config, progress=False)
+    monkeypatch.undo()
+
+
 @pytest.mark.parametrize(
     "name,interrupt,extra",
     [
@@ -371,17 +387,7 @@ def test_resume_gives_bit_identical_weights(name, interrupt, extra, make_config,
     if interrupt == "max_steps":
         train(make_config(name, "resumed", max_steps=3, save_every=1, **extra), progress=False)
     else:
-        step = trainer.TrainLoop.step
-
-        def crash_at_step_3(self, index, *args):
-            if index == 3:
-                raise Interrupted
-            return step(self, index, *args)
-
-        monkeypatch.setattr(trainer.TrainLoop, "step", crash_at_step_3)
-        with pytest.raises(Interrupted):
-            train(resumed, progress=False)
-        monkeypatch.undo()
+        crash_training_at(resumed, 3, monkeypatch)
     assert load_state(os.path.join(resumed.output, "checkpoints", "last.pt"))["step"] == 3
     metrics = train(resumed, resume=True, progress=False)
     assert metrics["steps"] == 4
