@@ -152,6 +152,18 @@ class VisionLanguageModel(nn.Module):
             if name.startswith(prefixes):
                 yield name, param
 
+    def tower_modules(self, tower: str) -> list[nn.Module]:
+        """The outermost submodules of ``self.model`` that belong to the ``"image"`` or ``"text"``
+        tower (named by ``tower_prefixes``)."""
+        if tower not in TOWERS:
+            raise UnknownNameError(f"unknown tower {tower!r}; known: {', '.join(TOWERS)}")
+        prefixes, found = self.tower_prefixes[tower], []
+        for name, module in self.model.named_modules():
+            inside = any(name.startswith(f"{outer}.") for outer, _ in found)
+            if name and not inside and f"{name}.".startswith(prefixes):
+                found.append((name, module))
+        return [module for _, module in found]
+
     def set_trainable(self, towers: Sequence[str]) -> None:
         """Let gradients reach only the named towers (the shared logit scale stays trainable
         whenever any tower is)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from mmcoa.attacks.base import eval_mode
 from mmcoa.attacks.pgd import PGD, maximize
 from mmcoa.data.loading import BatchLoader, consecutive_batches
 from mmcoa.attacks.co_attack import embedding_kl
@@ -21,7 +22,7 @@ from mmcoa.distributed import SINGLE, World, gather_rows, gather_with_grad
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
 from mmcoa.models.prompts import PaddingPrompt, text_context_for
 from mmcoa.registry import Registry
-from mmcoa.seeding import derived_generator
+from mmcoa.seeding import ADVPT_STREAM, derived_generator
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.objectives import class_aware_contrastive_loss, fare_loss, mmcoa_loss, pmg_aft_loss
 
@@ -40,7 +41,9 @@ class StepContext:
     frozen: VisionLanguageModel | None = None
     batch_indices: list[int] | None = None  # the batch's dataset indices
     world: World = SINGLE
-    share_text: bool = False  # the loss is the global batch's on every rank (see encode_prompts)
+    # The loss is the global batch's on every rank and the text tower has no active dropout, so
+    # each rank may encode only its share of the prompts (see encode_prompts).
+    share_text: bool = False
     extras: dict = field(default_factory=dict)
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -215,18 +218,16 @@ class FARE(Method):
         config, model = ctx.config, ctx.model
         with torch.no_grad():
             target = ctx.frozen.encode_image(images)
-        was_training = model.training
-        model.eval()
-        adv = maximize(
-            lambda x: (model.encode_image(x) - target).pow(2).sum(-1),
-            images,
-            eps=config.train_eps,
-            step_size=config.train_step_size,
-            n_steps=config.train_steps,
-            generator=ctx.generator,
-            precision=config.precision,
-        )
-        model.train(was_training)
+        with eval_mode(model):  # each part's mode is restored after
+            adv = maximize(
+                lambda x: (model.encode_image(x) - target).pow(2).sum(-1),
+                images,
+                eps=config.train_eps,
+                step_size=config.train_step_size,
+                n_steps=config.train_steps,
+                generator=ctx.generator,
+                precision=config.precision,
+            )
         loss = fare_loss(model.encode_image(adv), target)
         return loss, {"fare": loss.detach()}
 
@@ -291,7 +292,9 @@ class AdvPT(Method):
         for batch in BatchLoader(
             dataset, batches, device=model.device, workers=config.workers, seed=config.seed
         ):
-            generator = derived_generator(config.seed, batch.position * size, 2, device=model.device)
+            generator = derived_generator(
+                config.seed, batch.position * size, ADVPT_STREAM, device=model.device
+            )
             chunks.append(image_only_adversarial_features(model, batch.images, config, generator).cpu())
         self.row_of = {index: row for row, index in enumerate(indices)}
         self.adversarial_features = torch.cat(chunks)
@@ -321,7 +324,8 @@ def image_only_adversarial_features(model, images, config, generator) -> torch.T
 
 
 def frozen_copy(model: VisionLanguageModel) -> VisionLanguageModel:
-    """An eval-mode, gradient-free copy of the model at the start of training."""
+    """An eval-mode, gradient-free copy of the model at the start of training (the teacher of
+    FARE and PMG-AFT): no dropout, fixed targets, for the whole run."""
     frozen = copy.deepcopy(model).eval()
     frozen.requires_grad_(False)
     return frozen

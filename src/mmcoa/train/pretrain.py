@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 from mmcoa.data import DEFAULT_TEMPLATE, ClassificationDataset
 from mmcoa.errors import MmcoaError
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
+from mmcoa.models.modes import train_unfrozen
 from mmcoa.models.zeroshot import top_k_correct
+from mmcoa.seeding import DROPOUT_STREAM, seeded_global_rng
 from mmcoa.train.objectives import class_aware_contrastive_loss
 
 CAPTION_TEMPLATES = (
@@ -71,7 +73,8 @@ def pretrain_contrastive(
     history, accuracy, started = [], 0.0, time.perf_counter()
     bar = tqdm(total=config.max_steps, desc="pretrain", unit="step", disable=not progress)
     for step, (images, labels) in enumerate(_batches(train, config, generator), start=1):
-        loss = _train_step(model, optimizer, images, labels, dataset, config, generator)
+        with seeded_global_rng(config.seed, step, DROPOUT_STREAM):  # dropout masks from (seed, step)
+            loss = _train_step(model, optimizer, images, labels, dataset, config, generator)
         schedule.step()
         bar.update()
         if step % config.eval_every == 0 or step == config.max_steps:
@@ -98,15 +101,6 @@ def lock_text_tower(model: VisionLanguageModel) -> None:
     if not hasattr(backend, "lock_text_tower"):
         raise MmcoaError(f"lock_text: {model.name} has no lock_text_tower (open_clip models have)")
     backend.lock_text_tower()
-
-
-def train_unfrozen(model: VisionLanguageModel) -> None:
-    """Training mode, except for modules whose parameters are all frozen (eval: no dropout)."""
-    model.train()
-    for module in model.modules():
-        params = list(module.parameters())
-        if params and not any(p.requires_grad for p in params):
-            module.eval()
 
 
 def _train_step(model, optimizer, images, labels, dataset, config, generator) -> float:

