@@ -178,3 +178,14 @@ def test_a_text_attacked_again_reuses_its_candidates(mlm, victim, monkeypatch):
     victim.mark_weights_changed()  # a new text-tower state: not the cached edits
     again = attack.attack_embeddings(PROMPTS, victim)
     assert again == first and calls == []
+
+
+def test_minilm_clip_is_listed_by_mmcoa_models_and_in_the_unknown_model_message(capsys):
+    from mmcoa.cli import main
+    from mmcoa.errors import UnknownNameError
+    from mmcoa.models import model_spec
+
+    assert main(["models"]) == 0
+    assert MINILM_CLIP in capsys.readouterr().out.split()
+    with pytest.raises(UnknownNameError, match=f"known: .*{MINILM_CLIP}"):
+        model_spec("no-such-model")

@@ -174,6 +174,17 @@ def test_interrupted_suite_resumes_without_recomputing(tmp_path, monkeypatch):
     assert [comparable(r) for r in resumed] == [comparable(r) for r in fresh]  # cell by cell
 
 
+def test_a_suite_interrupted_before_its_first_record_leaves_no_records_file(tmp_path, monkeypatch):
+    """An empty ``records.json`` would read as a finished suite with no cells."""
+    config = write_suite(tmp_path / "s.yaml")
+    count_calls(monkeypatch, "evaluate", fail_on=1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        suite.run_suite(load_suite(config), tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "suite.json").is_file()  # the run had started
+    assert not (tmp_path / "out" / "records.json").exists()
+    assert not list((tmp_path / "out").glob("cells/*.json"))
+
+
 def test_resume_recomputes_only_cells_whose_settings_changed(tmp_path, monkeypatch):
     config = write_suite(tmp_path / "s.yaml")
     output = tmp_path / "out"

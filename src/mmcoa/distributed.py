@@ -88,7 +88,8 @@ def world_from_env(device: str) -> tuple[World, str]:
     if cuda:
         if torch.cuda.device_count() <= world.local_rank:
             raise MmcoaError(
-                f"rank {world.rank} needs GPU {world.local_rank} but {torch.cuda.device_count()} are visible"
+                f"rank {world.rank} needs GPU {world.local_rank} but {torch.cuda.device_count()} are "
+                "visible; start at most that many processes per node (torchrun --nproc_per_node)"
             )
         device = f"cuda:{world.local_rank}"
         torch.cuda.set_device(device)

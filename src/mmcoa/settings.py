@@ -33,7 +33,9 @@ def read_mapping(path: str | os.PathLike, what: str) -> dict:
     messages (``"config file"``, ``"suite config"``)."""
     path = Path(path)
     if not path.is_file():
-        raise MmcoaError(f"{what} {path} does not exist")
+        raise MmcoaError(
+            f"{what} {path} does not exist; give the path of a YAML file of 'name: value' settings"
+        )
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

@@ -316,7 +316,9 @@ def _run_time(args) -> Path:
 
     for path in args.paths:
         if not os.path.exists(path):
-            raise MmcoaError(f"{path!r} does not exist")
+            raise MmcoaError(
+                f"{path!r} does not exist; pass training run directories and/or result files or directories"
+            )
     runs = read_runs(find_runs(args.paths))
     records = load_results(args.paths, required=False).records
     return plot_time_cost(time_cost(runs, records), args.output)

@@ -64,7 +64,10 @@ def _trainer_step(path: Path) -> int | None:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise MmcoaError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__})") from error
+        raise MmcoaError(
+            f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}); expected an mmcoa train "
+            "checkpoint (RUN/checkpoints/) or a state dict saved with torch.save"
+        ) from error
     return trainer_step(payload)
 
 

@@ -24,6 +24,7 @@ from mmcoa.models import VisionLanguageModel
 from mmcoa.report import columns as C
 
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SAME_ARCHITECTURE = "interpolate checkpoints of the same architecture"
 
 
 def interpolate_state_dicts(
@@ -34,10 +35,7 @@ def interpolate_state_dicts(
     buffers, which cannot be mixed, are taken from the nearer endpoint."""
     if set(zero_shot) != set(tuned):
         missing = sorted(set(zero_shot) ^ set(tuned))
-        raise MmcoaError(
-            f"the two state dicts have different keys (e.g. {missing[:2]}); "
-            "interpolate checkpoints of the same architecture"
-        )
+        raise MmcoaError(f"the two state dicts have different keys (e.g. {missing[:2]}); {SAME_ARCHITECTURE}")
     if not 0 <= lam <= 1:
         raise MmcoaError(f"lambda must be in [0, 1]; got {lam:g}")
     return {key: _mix(key, zero_shot[key], tuned[key], lam) for key in zero_shot}
@@ -46,7 +44,8 @@ def interpolate_state_dicts(
 def _mix(key: str, a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
     if a.shape != b.shape:
         raise MmcoaError(
-            f"tensor {key!r} has shape {list(a.shape)} in one state dict and {list(b.shape)} in the other"
+            f"tensor {key!r} has shape {list(a.shape)} in one state dict and {list(b.shape)} in the "
+            f"other; {SAME_ARCHITECTURE}"
         )
     if lam == 0 or lam == 1 or not a.is_floating_point():
         return (a if lam < 0.5 else b).detach().clone()

@@ -73,7 +73,10 @@ def _read(path: Path) -> Run:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
-                raise MmcoaError(f"{path / 'metrics.jsonl'} line {number} is not JSON") from None
+                raise MmcoaError(
+                    f"{path / 'metrics.jsonl'} line {number} is not JSON; expected one JSON object per "
+                    "line, as mmcoa train logs them"
+                ) from None
     if not rows:
         raise MmcoaError(f"training run {str(path)!r} has logged no step yet (metrics.jsonl is empty)")
     return Run(path, path.name, config, rows, _steps_per_epoch(path, config, rows))

@@ -83,7 +83,10 @@ def plot_time_cost(cost: dict, output_dir: str | os.PathLike, name: str = "time_
     }
     panels = [p for p in ("training", "evaluation") if timed[p]]
     if not panels:
-        raise MmcoaError("no training run and no result record to time")
+        raise MmcoaError(
+            "no training run and no result record to time; pass run directories of mmcoa train "
+            "(config.json and metrics.jsonl) or result records with elapsed_s"
+        )
     figure, axes = new_figure(7 * len(panels), 5, ncols=len(panels))
     for ax, panel in zip(axes, panels):
         (_training_bars if panel == "training" else _evaluation_bars)(ax, timed[panel])

@@ -112,7 +112,9 @@ class ClassificationDataset(Dataset):
         """The template (default: the dataset's own) filled in with each class name, in label order."""
         template = self.template if template is None else template
         if "{}" not in template:
-            raise MmcoaError(f"prompt template {template!r} has no '{{}}' for the class name")
+            raise MmcoaError(
+                f"prompt template {template!r} has no '{{}}' for the class name; e.g. {DEFAULT_TEMPLATE!r}"
+            )
         return [template.format(c) for c in self.classnames]
 
     def __repr__(self) -> str:

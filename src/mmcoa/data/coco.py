@@ -70,7 +70,10 @@ class RetrievalDataset(Dataset):
         root: Path | None = None,
     ):
         if len(image_paths) != len(captions_per_image):
-            raise MmcoaError(f"{len(image_paths)} images but {len(captions_per_image)} caption lists")
+            raise MmcoaError(
+                f"{len(image_paths)} images but {len(captions_per_image)} caption lists; give one "
+                "list of captions per image"
+            )
         self.name, self.split, self.root = name, split, root
         self.image_size = (image_size, image_size)
         self.image_paths = [Path(p) for p in image_paths]
@@ -79,7 +82,9 @@ class RetrievalDataset(Dataset):
         self.image_to_captions: list[list[int]] = []
         for index, texts in enumerate(captions_per_image):
             if not texts:
-                raise MmcoaError(f"image {self.image_paths[index]} has no caption")
+                raise MmcoaError(
+                    f"image {self.image_paths[index]} has no caption; each image needs at least one"
+                )
             first = len(self.captions)
             self.captions.extend(texts)
             self.caption_to_image.extend([index] * len(texts))
@@ -102,7 +107,9 @@ class RetrievalDataset(Dataset):
             with Image.open(path) as image:
                 tensor = self._transform(image.convert("RGB"))
         except FileNotFoundError:
-            raise DatasetUnavailableError(f"dataset {self.name}: image {path} is missing") from None
+            raise DatasetUnavailableError(
+                f"dataset {self.name}: image {path} is missing; {LAYOUT_HINT}"
+            ) from None
         return tensor, index
 
     def subset(self, indices: Sequence[int]) -> RetrievalDataset:

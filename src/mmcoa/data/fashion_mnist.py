@@ -36,6 +36,7 @@ SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package puts the files."""
 
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+REFETCH = "delete {} and pass --download on a machine with internet to fetch a fresh copy"
 _FILE_PREFIX = {"train": "train", "test": "t10k"}
 
 
@@ -45,14 +46,19 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise MmcoaError(f"corrupt IDX file {path}: only {len(data)} bytes, shorter than its header")
+        raise _corrupt(path, f"only {len(data)} bytes, shorter than its header")
     found, *dims = struct.unpack(f">i{ndim}I", data[:header])
     if found != magic:
-        raise MmcoaError(f"corrupt IDX file {path}: magic number {found}, expected {magic}")
+        raise _corrupt(path, f"magic number {found}, expected {magic}")
     size = int(np.prod(dims))
     if len(data) - header != size:
-        raise MmcoaError(f"corrupt IDX file {path}: {len(data) - header} data bytes, header says {size}")
+        raise _corrupt(path, f"{len(data) - header} data bytes, header says {size}")
     return np.frombuffer(data, np.uint8, count=size, offset=header).reshape(dims).copy()
+
+
+def _corrupt(path: Path, problem: str, kind: str = "IDX") -> MmcoaError:
+    """What is wrong with a damaged file, and how to get a whole one."""
+    return MmcoaError(f"corrupt {kind} file {path}: {problem}; {REFETCH.format('the file')}")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -63,7 +69,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as error:
-        raise MmcoaError(f"corrupt gzip file {path}: {first_line(error)}") from None
+        raise _corrupt(path, first_line(error), kind="gzip") from None
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -124,9 +130,12 @@ def load(split: str, root: str | None, download: bool) -> TensorClassificationDa
 def _check_consistent(images: np.ndarray, labels: np.ndarray, files: tuple[Path, Path]) -> None:
     """Images and labels must pair up, and labels must name one of the ten classes."""
     if len(images) != len(labels):
-        raise MmcoaError(f"{files[0]} holds {len(images)} images but {files[1]} {len(labels)} labels")
+        raise MmcoaError(
+            f"{files[0]} holds {len(images)} images but {files[1]} {len(labels)} labels; expected one "
+            f"label per image: {REFETCH.format('both files')}"
+        )
     if labels.size and labels.max() >= len(CLASSNAMES):
-        raise MmcoaError(f"corrupt IDX file {files[1]}: label {labels.max()} is not below {len(CLASSNAMES)}")
+        raise _corrupt(files[1], f"label {labels.max()} is not below {len(CLASSNAMES)}")
 
 
 register_dataset(

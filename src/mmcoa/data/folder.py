@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mmcoa.data.base import WrappedClassificationDataset, require_dir, to_image_tensor
 from mmcoa.errors import MmcoaError
@@ -35,7 +36,10 @@ def load(spec: str, split: str) -> WrappedClassificationDataset:
     path = Path(spec).expanduser()
     require_dir(path, name, "imagefolder:<path> needs a folder of <class>/<image> sub-folders")
     folder = split_folder(path, split)
-    empty = MmcoaError(f"dataset {name} is empty: no <class>/<image> files under {folder}")
+    empty = MmcoaError(
+        f"dataset {name} is empty: no <class>/<image> files under {folder}; expected "
+        f"{path}/[{split}/]<class name>/<image>{'|'.join(IMG_EXTENSIONS)}"
+    )
     try:
         inner = ImageFolder(str(folder), transform=TRANSFORM, allow_empty=True)
     except FileNotFoundError:

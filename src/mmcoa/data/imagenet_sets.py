@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mmcoa.data.base import first_line
 from mmcoa.data.paper_common import NATIVE, RESIZED, FileListDataset, PaperSet
@@ -71,7 +72,10 @@ def read_words(path: Path, wnids: list[str]) -> list[str]:
             names[wnid] = words.split(",")[0].strip()
     missing = [w for w in wnids if w not in names]
     if missing:
-        raise MmcoaError(f"{path} names no class for {', '.join(missing[:3])} (listed in wnids.txt)")
+        raise MmcoaError(
+            f"{path} names no class for {', '.join(missing[:3])} (listed in wnids.txt); expected a "
+            "'<wnid><TAB><names>' line for each"
+        )
     return [names[w] for w in wnids]
 
 
@@ -118,7 +122,7 @@ def _tiny_imagenet(split: str, root: Path):
         if absent:
             raise MmcoaError(
                 f"dataset {TINY}: val_annotations.txt names {len(absent)} image(s) "
-                f"missing from {absent[0].parent}, e.g. {absent[0].name}"
+                f"missing from {absent[0].parent}, e.g. {absent[0].name}; {TINY_OBTAIN}"
             )
     return FileListDataset(files, labels, NATIVE), classnames
 
@@ -138,7 +142,10 @@ def _imagenet(split: str, root: Path):
     try:
         inner = ImageFolder(str(folder), transform=RESIZED)
     except FileNotFoundError as error:  # a class folder without images
-        raise MmcoaError(f"dataset {IMAGENET}: {first_line(error)[:200]}") from None
+        raise MmcoaError(
+            f"dataset {IMAGENET}: {first_line(error)[:200]}; expected {folder}/<wnid>/<image>"
+            f"{'|'.join(IMG_EXTENSIONS)} for each class; {IMAGENET_OBTAIN}"
+        ) from None
     # Sorted wnids are the standard label order, which is the order of open_clip's names.
     return inner, list(IMAGENET_CLASSNAMES)
 

@@ -109,9 +109,9 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def reading(name: str, folder: Path) -> Iterator[None]:
+def reading(name: str, folder: Path, layout: str) -> Iterator[None]:
     """Turn a malformed-file exception raised while indexing ``folder`` into a one-line
-    :class:`MmcoaError` naming the dataset and folder."""
+    :class:`MmcoaError` naming the dataset, the folder and the ``layout`` expected there."""
     try:
         yield
     except MmcoaError:
@@ -120,7 +120,9 @@ def reading(name: str, folder: Path) -> Iterator[None]:
         detail = first_line(error)
         if isinstance(error, KeyError):
             detail = f"unknown key {detail}"
-        raise MmcoaError(f"dataset {name}: cannot read {folder}: {detail}") from None
+        raise MmcoaError(
+            f"dataset {name}: cannot read {folder}: {detail}; expected under --data-root: {layout}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ class PaperSet:
                 f"dataset {self.name}: {root / self.folder} lacks {shown}; expected under "
                 f"--data-root: {self.layout}; {self.obtain}"
             )
-        with reading(self.name, root / self.folder):
+        with reading(self.name, root / self.folder, self.layout):
             inner, classnames = self.build(split, root)
         return WrappedClassificationDataset(
             inner,

@@ -90,7 +90,10 @@ def _make_loader(name: str, tv_class: type):
         try:
             inner = tv_class(str(root), train=split == "train", transform=to_image_tensor)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
-            raise MmcoaError(f"dataset {name}: cannot read {folder}: {first_line(error)}") from None
+            raise MmcoaError(
+                f"dataset {name}: cannot read {folder}: {first_line(error)}; delete the folder and "
+                "pass --download on a machine with internet to fetch a fresh copy"
+            ) from None
         return WrappedClassificationDataset(
             inner, name=name, split=split, classnames=inner.classes, image_size=(32, 32)
         )

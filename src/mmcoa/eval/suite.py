@@ -79,11 +79,13 @@ def run_suite(
     if world.is_main:
         _write_start(output, config, cells, subsets)
     run = _Run(config, output, records, world, device)
+    finished = False
     try:
         run.cells(pending, datasets, subsets, attacks, progress and world.is_main, len(cells))
+        finished = True
     finally:
         ordered = [records[cell.id] for cell in cells if cell.id in records]
-        if world.is_main:
+        if world.is_main and (finished or ordered):  # an interrupted run with no record writes none
             write_json_atomic(output / RECORDS_FILE, ordered)
     return ordered
 

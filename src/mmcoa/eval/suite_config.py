@@ -483,5 +483,8 @@ def _positive(name: str, value: Any, optional: bool = False) -> int | None:
 def _template(value: Any, task: str) -> str | None:
     if value is None:
         return None
-    _require(task == "classification", "template applies to classification suites only")
+    _require(
+        task == "classification",
+        f"template applies to classification suites only; this suite has task: {task} (remove template)",
+    )
     return typed("template", value, "str", accepted="a string with {}", ok=lambda v: "{}" in v)

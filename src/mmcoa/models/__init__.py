@@ -3,7 +3,8 @@
 Names resolve through :func:`model_spec`:
 
 - a name registered in :data:`MODELS`: the tiny models ``tiny-clip`` (open_clip) and
-  ``tiny-clip-hf`` (transformers), random init or a checkpoint path;
+  ``tiny-clip-hf`` (transformers), random init or a checkpoint path; the demo's ``minilm-clip``
+  when its text encoder's package is installed;
 - ``hf:<id or directory>`` or a local directory holding ``config.json``: transformers CLIPModel;
 - ``hf-hub:<org>/<name>``: open_clip weights on the Hugging Face hub;
 - ``local-dir:<folder>``: an open_clip model folder (``open_clip_config.json`` and weights, such
@@ -21,6 +22,7 @@ from functools import partial
 from typing import Callable
 
 from mmcoa.errors import UnknownNameError
+from mmcoa.models.minilm import MINILM_CLIP
 from mmcoa.models.base import RESIZE_MODES, TOWERS, VisionLanguageModel, check_resize_mode
 from mmcoa.models.open_clip_backend import (
     LOCAL_DIR,
@@ -163,3 +165,5 @@ def _is_hf_directory(name: str) -> bool:
 for _name in TINY_ARCHITECTURES:
     MODELS.register(_name)(_open_clip_spec(_name))
 MODELS.register("tiny-clip-hf")(ModelSpec("tiny-clip-hf", "transformers", _load_tiny_hf, _read_shapes))
+if MINILM_CLIP in open_clip_registered().list_models():  # its text encoder's package is installed
+    MODELS.register(MINILM_CLIP)(_open_clip_spec(MINILM_CLIP))

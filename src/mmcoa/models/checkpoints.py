@@ -42,8 +42,18 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, build metadata) of ``path``; the metadata is ``{}`` when the file records
     none (a checkpoint from another tool, or one written before metadata existed)."""
     payload = _load_payload(path)
+    return _unwrap(payload, path), _meta(payload, path)
+
+
+def read_meta(path: str) -> dict:
+    """The build metadata of ``path`` alone (its tensors memory-mapped, not read; a
+    .safetensors file keeps its metadata in the sidecar)."""
+    return _meta({} if path.endswith(".safetensors") else _load_payload(path, mmap=True), path)
+
+
+def _meta(payload: object, path: str) -> dict:
     meta = payload.get(META_KEY) if isinstance(payload, Mapping) else None
-    return _unwrap(payload, path), meta if isinstance(meta, dict) else _read_sidecar(path)
+    return meta if isinstance(meta, dict) else _read_sidecar(path)
 
 
 def _read_sidecar(path: str) -> dict:
@@ -113,8 +123,19 @@ def check_fits(
 
 def _does_not_fit(path: str, model_name: str, own, given) -> MmcoaError:
     return MmcoaError(
-        f"checkpoint {path!r} does not fit model {model_name}: {_mismatch(_shapes(own), _shapes(given))}"
+        f"checkpoint {path!r} does not fit model {model_name}: "
+        f"{_mismatch(_shapes(own), _shapes(given))}; {_what_fits(path, model_name)}"
     )
+
+
+def _what_fits(path: str, model_name: str) -> str:
+    """Which model the file loads into: the architecture its build metadata says it was saved
+    from, when it records one; else the model it had to fit."""
+    saved_from = read_meta(path).get("architecture")
+    if saved_from and saved_from != model_name:
+        return f"the file was saved from {saved_from}: load it as model {saved_from}"
+    unrecorded = "" if saved_from else " (the file does not record its architecture)"
+    return f"expected a state dict saved from {model_name}{unrecorded}"
 
 
 def read_shapes(path: str) -> dict[str, torch.Tensor]:

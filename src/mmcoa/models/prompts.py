@@ -19,6 +19,7 @@ from torch import nn
 from mmcoa.errors import MmcoaError
 
 PROMPT_FORMAT = "mmcoa-prompt-v1"
+PROMPT_FILES = "vp/advpt runs write RUN/prompt.pt"
 # The placeholder is a stop word, which BERT-Attack never replaces: a text attack on a prompt-tuned
 # model leaves the learned context in place and attacks the class name, as against AdvPT's
 # context, which is no text at all. (CoOp writes "X"; a replaced "X" would drop the context.)
@@ -153,7 +154,8 @@ def attach_prompt(model, path: str | os.PathLike, payload: dict | None = None) -
         module.load_state_dict(payload["state"])
     except RuntimeError as error:
         raise MmcoaError(
-            f"prompt {path} does not fit model {model.name} ({str(error).splitlines()[0][:120]})"
+            f"prompt {path} does not fit model {model.name} ({str(error).splitlines()[0][:120]}); a prompt "
+            "fits the model its run trained (model in the run's config.json)"
         ) from error
     setattr(model, target, module.to(model.device))
     return module.template if target == "text_prompt" else None
@@ -161,13 +163,16 @@ def attach_prompt(model, path: str | os.PathLike, payload: dict | None = None) -
 
 def read_prompt(path) -> dict:
     if not os.path.isfile(path):
-        raise MmcoaError(f"prompt file {path} does not exist")
+        raise MmcoaError(f"prompt file {path} does not exist ({PROMPT_FILES})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise MmcoaError(f"prompt file {path} is corrupt or unreadable ({type(error).__name__})") from error
+        raise MmcoaError(
+            f"prompt file {path} is corrupt or unreadable ({type(error).__name__}); expected a prompt "
+            f"file ({PROMPT_FILES})"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != PROMPT_FORMAT:
-        raise MmcoaError(f"{path} is not an mmcoa prompt file (vp/advpt runs write RUN/prompt.pt)")
+        raise MmcoaError(f"{path} is not an mmcoa prompt file ({PROMPT_FILES})")
     if payload.get("kind") not in (PaddingPrompt.kind, TextContext.kind):
         raise MmcoaError(
             f"prompt file {path} has unknown kind {payload.get('kind')!r}; "

@@ -23,6 +23,7 @@ from mmcoa.errors import MmcoaError
 
 CORE_KEYS = ("model", "dataset", "attack", "attack_params")
 RETRIEVAL_KEYS = ("i2t_r1", "t2i_r1")
+RECORD_FILES = "JSON files written by mmcoa eval, mmcoa retrieval, mmcoa suite or mmcoa analyze"
 
 
 @dataclass
@@ -64,10 +65,7 @@ def load_results(paths: Iterable[str | os.PathLike], required: bool = True) -> L
                 seen.add(file.resolve())
                 _add_file(loaded, file, explicit)
     if required and not loaded.records and not loaded.analyses:
-        raise MmcoaError(
-            f"no result records found in {', '.join(map(str, paths))}; expected JSON "
-            "files written by mmcoa eval, mmcoa retrieval, mmcoa suite or mmcoa analyze"
-        )
+        raise MmcoaError(f"no result records found in {', '.join(map(str, paths))}; expected {RECORD_FILES}")
     return loaded
 
 
@@ -76,7 +74,10 @@ def load_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
     paths = list(paths)
     records = load_results(paths).records
     if not records:
-        raise MmcoaError(f"no result records found in {', '.join(map(str, paths))}")
+        raise MmcoaError(
+            f"no result records found in {', '.join(map(str, paths))} (analysis summaries only); "
+            f"expected {RECORD_FILES}"
+        )
     return records
 
 
@@ -85,7 +86,9 @@ def _json_files(path: Path) -> list[tuple[Path, bool]]:
         return [(file, False) for file in sorted(path.rglob("*.json")) if file.is_file()]
     if path.is_file():
         return [(path, True)]
-    raise MmcoaError(f"result path {str(path)!r} does not exist")
+    raise MmcoaError(
+        f"result path {str(path)!r} does not exist; pass {RECORD_FILES}, or directories holding them"
+    )
 
 
 def _add_file(loaded: Loaded, file: Path, explicit: bool) -> None:

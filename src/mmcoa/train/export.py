@@ -322,7 +322,10 @@ def refresh_card(run_dir: str | Path) -> Path:
     if not folder.is_dir():
         from mmcoa.errors import MmcoaError
 
-        raise MmcoaError(f"{folder} does not exist: the run has not finished (or predates export/)")
+        raise MmcoaError(
+            f"{folder} does not exist: the run has not finished (or predates export/); give the "
+            "directory of a finished mmcoa train run (its --output)"
+        )
     settings = json.loads((run_dir / "config.json").read_text())
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None

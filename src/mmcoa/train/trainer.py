@@ -645,7 +645,8 @@ def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
         raise MmcoaError(
-            f"--resume: checkpoint does not fit this model/method ({str(error).splitlines()[0][:120]})"
+            f"--resume: checkpoint does not fit this model/method ({str(error).splitlines()[0][:120]}); "
+            f"it was saved from {_saved_from(checkpoint)}: resume with that model, method and towers"
         ) from error
     schedule.load_state_dict(checkpoint["schedule"])
     return {
@@ -653,6 +654,16 @@ def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
         "adversarial_prompts": checkpoint["adversarial_prompts"],
         "skipped_nonfinite": checkpoint.get("skipped_nonfinite", 0),
     }
+
+
+def _saved_from(checkpoint: dict) -> str:
+    """The architecture, method and towers a training checkpoint records."""
+    saved = _renamed_identity(checkpoint.get("config", {}))
+    architecture = checkpoint.get(META_KEY, {}).get("architecture", saved.get("model"))
+    return (
+        f"model {architecture} with method {saved.get('method')}, "
+        f"train_towers {saved.get('train_towers') or 'the method default'}"
+    )
 
 
 def _shot_indices(run: Path, labels, config: TrainConfig, reuse: bool) -> list[int]:

@@ -111,7 +111,9 @@ def train_tiny_mlm(
         raise MmcoaError(f"lr must be positive, got {lr!r}")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
-        raise MmcoaError(f"MLM output {output_dir} exists and is not a directory")
+        raise MmcoaError(
+            f"MLM output {output_dir} exists and is not a directory; give a directory (new or existing)"
+        )
 
     from transformers import BertConfig
 
