@@ -144,7 +144,7 @@ class TrainConfig:
         "also log to: tensorboard (<output>/tensorboard/; needs the "
         "tensorboard extra); metrics.jsonl is always written",
     )
-    seed: int = setting(0, "seed of the shot list, the attacks and the data order")
+    seed: int = setting(0, "seed of the shot list, the data order, the attacks and the dropout masks")
     device: str = setting("cpu", "cpu, cuda, cuda:N or auto (cuda when available)", run_default=AUTO)
     output: str = setting("runs/train", "run directory")
 
