@@ -63,7 +63,7 @@ from mmcoa.data.base import TensorClassificationDataset
 from mmcoa.errors import MmcoaError
 from mmcoa.models import ZeroShotClassifier
 from mmcoa.train.config import TrainConfig
-from mmcoa.train.methods import METHODS, StepContext, frozen_copy
+from mmcoa.train.methods import METHODS, MMCoA, StepContext
 from mmcoa.train.objectives import fare_loss, pmg_aft_loss
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.trainer import TrainLoop, build_optimizer, build_schedule, total_steps
@@ -238,38 +238,20 @@ class OursPath:
         cfg: Config,
         method,
         model,
-        frozen,
         dataset,
         images,
         labels,
-        mlm,
-        min_logit,
         every: int,
         run_dir: str,
     ):
         config = train_config(cfg, method.name, every, run_dir)
         optimizer = build_optimizer(model, config)
         schedule = build_schedule(optimizer, config, total_steps(config, len(dataset)))
-        text_attack = (
-            BertAttack(mlm, k=config.k, max_words=config.max_words, min_logit=min_logit)
-            if method.needs_text_attack and config.adv_text_weight
-            else None
-        )
-        self.loop = TrainLoop(
-            config,
-            method,
-            model,
-            frozen,
-            dataset,
-            list(range(len(dataset))),
-            optimizer,
-            schedule,
-            text_attack,
-            Path(run_dir),
-        )
-        self.state = {"step": 0, "adversarial_prompts": None}
+        indices = list(range(len(dataset)))
+        self.loop = TrainLoop(config, method, model, dataset, indices, optimizer, schedule, Path(run_dir))
+        self.state = {"step": 0}
         self.images, self.labels = images, labels
-        self.steps_per_call = every if text_attack is not None else 1
+        self.steps_per_call = every if text_attack_of(method) is not None else 1
 
     def __call__(self) -> None:
         for _ in range(self.steps_per_call):
@@ -388,19 +370,19 @@ class NaivePath:
         self.step += 1
 
 
-def ours_leak_check(cfg: Config, method, model, frozen, prompts, images, labels) -> int:
+def text_attack_of(method):
+    """The method's own text adversary (MMCoA's BERT-Attack engine), or None."""
+    return getattr(method, "text_attack", None)
+
+
+def ours_leak_check(cfg: Config, method, model, prompts, images, labels) -> int:
     """Untimed: trainable tensors holding a ``.grad`` after ``method.loss`` (attack included)
     from cleared gradients, on 4 images (clean prompts stand in for the adversarial ones)."""
     config = train_config(cfg, method.name, 1, "")
     generator = torch.Generator(device=cfg.device).manual_seed(0)
-    ctx = StepContext(
-        model=model,
-        prompts=prompts,
-        config=config,
-        generator=generator,
-        adversarial_prompts=prompts,
-        frozen=frozen,
-    )
+    ctx = StepContext(model=model, prompts=prompts, config=config, generator=generator)
+    if "adversarial_prompts" in method.state_dict():
+        method.load_state_dict({"adversarial_prompts": prompts})
     model.zero_grad(set_to_none=True)
     model.train()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else None
@@ -453,38 +435,27 @@ def bench_method(
 ) -> list[dict]:
     """Rows (one per path) for one method on a fresh copy of ``base``."""
     torch.manual_seed(0)
-    method = METHODS.get(name)()
+    engine = BertAttack(mlm, k=K, max_words=MAX_WORDS, min_logit=min_logit)  # the benchmark's MLM
+    method = MMCoA(text_attack=engine) if name == "mmcoa" else METHODS.get(name)()
     model = copy.deepcopy(base)
-    frozen = frozen_copy(model) if method.needs_frozen_copy else None
     method.setup(model, dataset.image_size, method.default_towers, train_config(cfg, name, 1, folder))
+    frozen = getattr(method, "frozen", None)  # FARE's and PMG-AFT's teacher
     prompts = dataset.prompts()
     trainable = sum(p.requires_grad for p in model.parameters())
-    ours_held = ours_leak_check(cfg, method, model, frozen, prompts, images, labels)
-    everies = cfg.every if method.needs_text_attack else (1,)
+    ours_held = ours_leak_check(cfg, method, model, prompts, images, labels)
+    attacks_text = text_attack_of(method) is not None
+    everies = cfg.every if attacks_text else (1,)
     paths = {}
     for every in everies:
         label = "ours" if every == 1 else f"ours N={every}"
-        paths[label] = OursPath(
-            cfg,
-            method,
-            model,
-            frozen,
-            dataset,
-            images,
-            labels,
-            mlm,
-            min_logit,
-            every,
-            os.path.join(folder, f"{name}-{every}"),
-        )
+        run_dir = os.path.join(folder, f"{name}-{every}")
+        paths[label] = OursPath(cfg, method, model, dataset, images, labels, every, run_dir)
     naive = paths["naive"] = NaivePath(cfg, method, model, frozen, prompts, images, labels, mlm, min_logit)
 
     def timed():
         times = measure(paths, cfg.device, warmup, repeats)
         text_s = (
-            text_attack_seconds(cfg, model, prompts, naive, mlm, min_logit, repeats)
-            if method.needs_text_attack
-            else {}
+            text_attack_seconds(cfg, model, prompts, naive, mlm, min_logit, repeats) if attacks_text else {}
         )
         return times, text_s
 

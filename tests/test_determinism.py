@@ -216,7 +216,8 @@ def test_a_tower_that_does_not_train_runs_without_dropout(method, trained, tmp_p
 
     def recording(self, ctx, images, labels):
         text = ctx.model.tower_modules("text")
-        teacher = ctx.frozen is None or not any(m.training for m in ctx.frozen.modules())
+        frozen = getattr(self, "frozen", None)  # FARE's teacher
+        teacher = frozen is None or not any(m.training for m in frozen.modules())
         seen.append((active_dropout(text), teacher))
         return loss(self, ctx, images, labels)
 

@@ -20,7 +20,7 @@ from mmcoa.errors import MmcoaError
 from mmcoa.train import methods as methods_module
 from mmcoa.train import trainer
 from mmcoa.train.config import TrainConfig
-from mmcoa.train.methods import METHODS, StepContext, frozen_copy
+from mmcoa.train.methods import METHODS, StepContext
 from mmcoa.train.objectives import mmcoa_loss
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.shots import dataset_labels, few_shot_indices
@@ -105,25 +105,25 @@ def adversarial_prompt_set(prompts):
 
 
 def build(name, train_data, **overrides):
-    """What the trainer builds for ``name``: model, method (set up), frozen copy, optimizer."""
+    """What the trainer builds for ``name``: model, method (set up: its frozen teacher, its text
+    adversary with the ``mlm`` override, and a stand-in set of adversarial prompts), optimizer."""
     config = TrainConfig(**{"method": name, "batch_size": 16, "lr": 1e-3, **overrides})
     model = mmcoa.load_model("tiny-clip")
     method = METHODS.get(name)()
-    frozen = frozen_copy(model) if method.needs_frozen_copy else None
     method.setup(model, train_data.image_size, method.default_towers, config)
     method.prepare(model, train_data, list(range(16)), config)  # the items of fixed_batch
-    return config, model, method, frozen, build_optimizer(model, config)
+    if "adversarial_prompts" in method.state_dict():
+        method.load_state_dict({"adversarial_prompts": adversarial_prompt_set(train_data.prompts())})
+    return config, model, method, build_optimizer(model, config)
 
 
-def context(config, model, frozen, prompts, seed=0, n=16):
+def context(config, model, prompts, seed=0, n=16):
     """What the trainer passes for a batch of the first ``n`` items (``fixed_batch``)."""
     return StepContext(
         model=model,
         prompts=prompts,
         config=config,
         generator=torch.Generator().manual_seed(seed),
-        adversarial_prompts=adversarial_prompt_set(prompts),
-        frozen=frozen,
         batch_indices=list(range(n)),
     )
 
@@ -179,8 +179,9 @@ def test_each_method_trains_end_to_end(name, make_config):
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_each_method_lowers_its_loss_on_a_fixed_batch(name, train_data):
-    config, model, method, frozen, optimizer = build(name, train_data, lr=1e-2 if name in PROMPTED else 3e-4)
+def test_each_method_lowers_its_loss_on_a_fixed_batch(name, train_data, mlm):
+    lr = 1e-2 if name in PROMPTED else 3e-4
+    config, model, method, optimizer = build(name, train_data, lr=lr, mlm=mlm)
     if name == "fare":  # the model starts equal to FARE's frozen reference, i.e. at the loss floor:
         with torch.no_grad():  # start its image tower elsewhere so there is a loss to lower
             g = torch.Generator().manual_seed(1)
@@ -191,7 +192,7 @@ def test_each_method_lowers_its_loss_on_a_fixed_batch(name, train_data):
     model.train()
     losses = []
     for _ in range(4):  # the same attack randomness every step: only the weights change
-        loss, terms = method.loss(context(config, model, frozen, prompts, seed=0), images, labels)
+        loss, terms = method.loss(context(config, model, prompts, seed=0), images, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -248,12 +249,12 @@ def test_mmcoa_loss_matches_hand_computation(alpha, beta):
         assert terms["text_adv"] == pytest.approx(text_term, rel=1e-5)
 
 
-def test_mmcoa_ablations_skip_the_unused_attack(train_data, make_config, monkeypatch):
+def test_mmcoa_ablations_skip_the_unused_attack(train_data, make_config, monkeypatch, mlm):
     """alpha = 0 runs no PGD; beta = 0 needs neither adversarial prompts nor a masked LM."""
-    config, model, method, frozen, _ = build("mmcoa", train_data, adv_image_weight=0.0, adv_text_weight=1.0)
+    config, model, method, _ = build("mmcoa", train_data, adv_image_weight=0.0, adv_text_weight=1.0, mlm=mlm)
     images, labels = fixed_batch(train_data, 8)
     monkeypatch.setattr(methods_module, "train_pgd", lambda *a: pytest.fail("PGD ran with alpha=0"))
-    _, terms = method.loss(context(config, model, frozen, train_data.prompts()), images, labels)
+    _, terms = method.loss(context(config, model, train_data.prompts()), images, labels)
     assert set(terms) == {"text_adv"}
     monkeypatch.undo()
     metrics = train(
@@ -321,17 +322,17 @@ def test_gradients_reach_only_the_trained_parameters(name, towers, make_config, 
 
 
 @pytest.mark.parametrize("name", ADVERSARIAL)
-def test_no_attack_gradient_reaches_the_optimizer_step(name, train_data, monkeypatch):
+def test_no_attack_gradient_reaches_the_optimizer_step(name, train_data, monkeypatch, mlm):
     """The gradient of the method's loss equals the gradient of the same loss recomputed on the
     (detached) adversarial images with fresh grads: the attack accumulated nothing."""
-    config, model, method, frozen, _ = build(name, train_data)
+    config, model, method, _ = build(name, train_data, mlm=mlm)
     images, labels = fixed_batch(train_data, 8)
     prompts = train_data.prompts()
     made = []
     monkeypatch.setattr(methods_module, "train_pgd", recording(methods_module.train_pgd, made))
     monkeypatch.setattr(methods_module, "maximize", recording(methods_module.maximize, made))
     model.train()
-    loss, _ = method.loss(context(config, model, frozen, prompts), images, labels)
+    loss, _ = method.loss(context(config, model, prompts), images, labels)
     assert all(p.grad is None for p in model.parameters())  # the attack left no gradient behind
     loss.backward()
     first = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -341,7 +342,7 @@ def test_no_attack_gradient_reaches_the_optimizer_step(name, train_data, monkeyp
     model.zero_grad(set_to_none=True)
     monkeypatch.setattr(methods_module, "train_pgd", lambda *a: adversarial)
     monkeypatch.setattr(methods_module, "maximize", lambda *a, **k: adversarial)
-    again, _ = method.loss(context(config, model, frozen, prompts), images, labels)
+    again, _ = method.loss(context(config, model, prompts), images, labels)
     again.backward()
     second = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert torch.equal(loss.detach(), again.detach())
@@ -633,7 +634,7 @@ def test_advpt_attacks_images_once_before_training_within_budget(train_data, mon
     deterministically; no step runs an attack, and only the context gets a gradient."""
     made = []
     monkeypatch.setattr(methods_module, "maximize", recording(methods_module.maximize, made))
-    config, model, method, frozen, _ = build("advpt", train_data, train_eps=4 / 255, train_steps=3)
+    config, model, method, _ = build("advpt", train_data, train_eps=4 / 255, train_steps=3)
     (adversarial,) = made
     images, labels = fixed_batch(train_data)
     assert (adversarial - images).abs().max() <= 4 / 255 + 1e-6
@@ -644,7 +645,7 @@ def test_advpt_attacks_images_once_before_training_within_budget(train_data, mon
     with torch.no_grad():
         torch.testing.assert_close(first, model.encode_image(adversarial))
     loss, _ = method.loss(
-        context(config, model, frozen, method.class_prompts(train_data, config, model)), images, labels
+        context(config, model, method.class_prompts(train_data, config, model)), images, labels
     )
     assert len(made) == 2  # the two prepare calls; the loss attacked nothing
     loss.backward()
@@ -793,3 +794,22 @@ def test_a_checkpoint_saved_before_the_alpha_beta_rename_resumes(make_config):
     torch.save(checkpoint, path)
     metrics = train(make_config("tecoa", "old-names", max_steps=3, save_every=1), resume=True, progress=False)
     assert metrics["steps"] == 3
+
+
+def test_a_checkpoint_from_before_methods_kept_their_state_resumes_exactly(make_config):
+    """Checkpoints saved before the method kept its own state hold MMCoA's adversarial prompts at
+    their top level (no ``method`` entry) and the global RNG state: they resume where the
+    uninterrupted run ends, the prompts reused across the interruption."""
+    extra = dict(save_every=1, text_attack_every=2)  # step 3 reuses step 2's prompts
+    train(make_config("mmcoa", "whole", max_steps=4, **extra), progress=False)
+    train(make_config("mmcoa", "old", max_steps=3, **extra), progress=False)
+    path = os.path.join(make_config("mmcoa", "old").output, "checkpoints", "last.pt")
+    checkpoint = load_state(path)
+    checkpoint.update(checkpoint.pop("method"), rng=torch.get_rng_state())
+    assert checkpoint["adversarial_prompts"]
+    torch.save(checkpoint, path)
+    train(make_config("mmcoa", "old", max_steps=4, **extra), resume=True, progress=False)
+    whole, old = (
+        load_state(os.path.join(make_config("mmcoa", n).output, "final.pt")) for n in ("whole", "old")
+    )
+    assert all(torch.equal(whole[k], old[k]) for k in whole)

@@ -23,7 +23,7 @@ from mmcoa.errors import MmcoaError
 from mmcoa.files import atomic_path
 
 CHECKPOINT_FORMAT = "mmcoa-train-v1"
-MODEL_ONLY_KEYS = ("format", "step", "model", "config", "world_size", "adversarial_prompts")
+MODEL_ONLY_KEYS = ("format", "step", "model", "config", "world_size", "method")
 
 
 def host_copy(value):

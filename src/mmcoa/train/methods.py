@@ -1,9 +1,13 @@
 """Training methods by name: what each trains and its loss (paper Eq. 5-9 and baselines).
 
 A method is a small object with ``default_towers`` (what it fine-tunes unless
-``--train-towers`` says otherwise) and ``loss(ctx, images, labels) -> (loss, terms)``. All
-adversarial examples are made by the library's attacks, which differentiate with respect to
-their perturbation only, so no attack gradient reaches an optimizer step.
+``--train-towers`` says otherwise) and ``loss(ctx, images, labels) -> (loss, terms)``. It owns
+what it needs beyond the model: its frozen teacher (FARE, PMG-AFT, made in ``setup``), its text
+adversary and the adversarial prompts it keeps between steps (MMCoA, refreshed in
+``before_step``, saved and restored with the checkpoint through ``state_dict``), and the logs
+they write; the trainer knows no method by name. All adversarial examples are made by the
+library's attacks, which differentiate with respect to their perturbation only, so no attack
+gradient reaches an optimizer step.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from mmcoa.attacks.base import eval_mode
+from mmcoa.attacks.bert import shared_mlm
 from mmcoa.attacks.pgd import PGD, maximize
+from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data.loading import BatchLoader, consecutive_batches
 from mmcoa.attacks.co_attack import embedding_kl
-from mmcoa.distributed import SINGLE, World, gather_rows, gather_with_grad
+from mmcoa.distributed import SINGLE, World, gather_objects, gather_rows, gather_with_grad
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
 from mmcoa.models.prompts import PaddingPrompt, text_context_for
 from mmcoa.registry import Registry
@@ -37,8 +43,6 @@ class StepContext:
     prompts: list[str]
     config: TrainConfig
     generator: torch.Generator  # or RowsOf under torchrun (mmcoa.attacks.pgd)
-    adversarial_prompts: list[str] | None = None
-    frozen: VisionLanguageModel | None = None
     batch_indices: list[int] | None = None  # the batch's dataset indices
     world: World = SINGLE
     # The loss is the global batch's on every rank and the text tower has no active dropout, so
@@ -63,17 +67,23 @@ class StepContext:
     def gather_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return gather_rows(labels, self.world)
 
+    def autocast(self):
+        """The training precision (``config.precision``) on the model's device."""
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else None
+        return torch.autocast(device_type=self.model.device.type, dtype=dtype, enabled=dtype is not None)
+
 
 class Method:
     """Base: clean class-aware contrastive fine-tuning hooks."""
 
     name = "method"
     default_towers: tuple[str, ...] = ("image", "text")
-    needs_frozen_copy = False
-    needs_text_attack = False
     # True when the loss couples the batch's samples (the contrastive loss's text→image term) and
     # so is computed on the gathered global batch under torchrun; False for per-sample means.
     global_batch_loss = False
+    # The method's own logs in the run folder (JSON lines, each row with the 0-based ``step`` it
+    # was written before); a resumed run cuts them at its checkpoint, as it cuts metrics.jsonl.
+    logs: tuple[str, ...] = ()
 
     def setup(self, model: VisionLanguageModel, image_size, towers, config) -> None:
         """Choose the trainable parameters (and add prompt modules)."""
@@ -86,8 +96,29 @@ class Method:
     def prepare(self, model: VisionLanguageModel, dataset, indices: list[int], config) -> None:
         """Work done once before the first step (after a resume too); nothing by default."""
 
+    def before_step(self, step: int, ctx: StepContext) -> dict[str, dict]:
+        """Work at the start of step ``step`` (0-based), before the loss, with the model in eval
+        mode; returns the rows to append to the method's ``logs``, by log name."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """What the method keeps between steps, saved in each checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s values on resume."""
+
     def loss(self, ctx: StepContext, images, labels) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+
+class WithFrozenTeacher(Method):
+    """A method whose loss compares with the model as it was when training started: ``setup``
+    keeps an eval-mode, gradient-free copy as ``self.frozen``."""
+
+    def setup(self, model, image_size, towers, config) -> None:
+        self.frozen = frozen_copy(model)
+        super().setup(model, image_size, towers, config)
 
 
 def train_pgd(ctx: StepContext, images, labels) -> torch.Tensor:
@@ -178,8 +209,44 @@ class MMCoA(Method):
     (alpha: ``adv_image_weight``, beta: ``adv_text_weight``); both towers. alpha = 1, beta = 0
     and alpha = 0, beta = 1 are the paper's ablations."""
 
-    needs_text_attack = True
     global_batch_loss = True
+    logs = ("adversarial_prompts.jsonl",)  # the prompt set, a row each time a refresh changed it
+
+    def __init__(self, text_attack: BertAttack | None = None):
+        """``text_attack``: the BERT-Attack engine to use (e.g. a benchmark's own); by default
+        ``setup`` builds one from ``config.mlm``, ``k`` and ``max_words``."""
+        self.text_attack = text_attack
+        self.adversarial_prompts: list[str] | None = None
+
+    def setup(self, model, image_size, towers, config):
+        super().setup(model, image_size, towers, config)
+        if config.adv_text_weight and self.text_attack is None:
+            mlm = shared_mlm(config.mlm, config.device)
+            self.text_attack = BertAttack(mlm, k=config.k, max_words=config.max_words)
+        elif not config.adv_text_weight:
+            self.text_attack = None  # beta = 0: no adversarial prompts
+
+    def before_step(self, step, ctx):
+        """BERT-Attack on the class prompts against the current text tower every
+        ``text_attack_every`` steps, under the training precision; under torchrun each rank
+        attacks its share of the prompts and the shares are gathered (BERT-Attack is
+        deterministic per prompt, so the set is one process's)."""
+        if self.text_attack is None or (
+            self.adversarial_prompts is not None and step % ctx.config.text_attack_every
+        ):
+            return {}
+        with ctx.autocast():
+            edits = self.text_attack.attack_embeddings(ctx.world.shard(ctx.prompts), ctx.model)
+        prompts = gather_objects([e.adversarial for e in edits], ctx.world)
+        changed = prompts != self.adversarial_prompts
+        self.adversarial_prompts = prompts
+        return {"adversarial_prompts.jsonl": {"step": step, "prompts": prompts}} if changed else {}
+
+    def state_dict(self):
+        return {"adversarial_prompts": self.adversarial_prompts}
+
+    def load_state_dict(self, state):
+        self.adversarial_prompts = state.get("adversarial_prompts")
 
     def loss(self, ctx, images, labels):
         config, model = ctx.config, ctx.model
@@ -189,7 +256,7 @@ class MMCoA(Method):
             clean_text = ctx.encode_prompts(ctx.prompts)
         if config.adv_text_weight:
             clean_features = model.encode_image(images)
-            adv_text = ctx.encode_prompts(ctx.adversarial_prompts)
+            adv_text = ctx.encode_prompts(self.adversarial_prompts)
         return mmcoa_loss(
             _gathered(ctx, adv_features),
             _gathered(ctx, clean_features),
@@ -207,17 +274,16 @@ def _gathered(ctx: StepContext, features: torch.Tensor | None) -> torch.Tensor |
 
 
 @METHODS.register("fare")
-class FARE(Method):
+class FARE(WithFrozenTeacher):
     """FARE (Schlarmann et al. 2024), unsupervised: the image embedding of x_adv is pulled to
     the frozen original model's embedding of x; x_adv maximizes that same distance."""
 
     default_towers = ("image",)
-    needs_frozen_copy = True
 
     def loss(self, ctx, images, labels):
         config, model = ctx.config, ctx.model
         with torch.no_grad():
-            target = ctx.frozen.encode_image(images)
+            target = self.frozen.encode_image(images)
         with eval_mode(model):  # each part's mode is restored after
             adv = maximize(
                 lambda x: (model.encode_image(x) - target).pow(2).sum(-1),
@@ -233,18 +299,17 @@ class FARE(Method):
 
 
 @METHODS.register("pmg-aft")
-class PMGAFT(Method):
+class PMGAFT(WithFrozenTeacher):
     """PMG-AFT (Wang et al. 2024): CE on adversarial images + KL to the clean prediction + KL to
     the frozen pre-trained model's prediction; image tower."""
 
     default_towers = ("image",)
-    needs_frozen_copy = True
 
     def loss(self, ctx, images, labels):
         adv = train_pgd(ctx, images, labels)
         logits = class_logits(ctx.model, ctx.prompts)  # with gradient, so any tower can train
         with torch.no_grad():
-            original = ZeroShotClassifier(ctx.frozen, ctx.prompts).logits(adv)
+            original = ZeroShotClassifier(self.frozen, ctx.prompts).logits(adv)
         return pmg_aft_loss(logits(adv), logits(images), original, labels)
 
 

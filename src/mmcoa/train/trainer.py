@@ -23,9 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mmcoa.attacks.bert import shared_mlm
 from mmcoa.attacks.pgd import RowsOf
-from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data import load_dataset
 from mmcoa.devices import check_device
 from mmcoa.distributed import (
@@ -33,7 +31,6 @@ from mmcoa.distributed import (
     World,
     average_gradients,
     barrier,
-    gather_objects,
     mean_terms_over_ranks,
     world_from_env,
 )
@@ -58,7 +55,7 @@ from mmcoa.train.checkpointing import (
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.export import write_export
 from mmcoa.train.logsinks import write_sinks
-from mmcoa.train.methods import METHODS, StepContext, frozen_copy
+from mmcoa.train.methods import METHODS, StepContext
 from mmcoa.train.order import EpochOrder
 from mmcoa.train.shots import dataset_labels, few_shot_indices
 
@@ -80,26 +77,18 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     _check_shards(len(indices), config.batch_size, world)
     model = load_model(config.model, pretrained=config.pretrained, device=config.device)
     towers = TOWER_CHOICES[config.train_towers] if config.train_towers else method.default_towers
-    frozen = frozen_copy(model) if method.needs_frozen_copy else None
     method.setup(model, dataset.image_size or tuple(dataset[0][0].shape[-2:]), towers, config)
     optimizer = build_optimizer(model, config)
     schedule = build_schedule(optimizer, config, total_steps(config, len(indices)))
-    text_attack = (
-        BertAttack(shared_mlm(config.mlm, config.device), k=config.k, max_words=config.max_words)
-        if method.needs_text_attack and config.adv_text_weight
-        else None
-    )
     method.prepare(model, dataset, indices, config)  # on the starting weights, resumed or not
-    state = {"step": 0, "adversarial_prompts": None}
+    state = {"step": 0}
     if checkpoint is not None:
         _check_world_change(checkpoint, model, world)
-        state = _restore(checkpoint, model, optimizer, schedule)
-    loop = TrainLoop(
-        config, method, model, frozen, dataset, indices, optimizer, schedule, text_attack, run, world
-    )
+        state = _restore(checkpoint, model, method, optimizer, schedule)
+    loop = TrainLoop(config, method, model, dataset, indices, optimizer, schedule, run, world)
     # Every setting has been checked (model, MLM, template, optimizer): only now write the run.
     if world.is_main:
-        _prepare_run_logs(run, state["step"])
+        _prepare_run_logs(run, state["step"], method.logs)
         _write_json(
             run / "shots.json",
             {
@@ -116,19 +105,20 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     return loop.run(state, progress and world.is_main)
 
 
-LOGS = ("metrics.jsonl", "adversarial_prompts.jsonl")
+METRICS_LOG = "metrics.jsonl"
 
 
-def _prepare_run_logs(run: Path, resumed_step: int) -> None:
+def _prepare_run_logs(run: Path, resumed_step: int, method_logs: tuple[str, ...] = ()) -> None:
     """A fresh run starts with empty logs and no stale checkpoint; a resumed run drops the log
-    rows written after its checkpoint, which the resumed run writes again. Temporary files of an
-    interrupted write (``.<name>.XXXX.tmp``: a kill during a checkpoint save) are swept, and a
-    row cut short (a full disk, a power loss) is dropped with a note."""
+    rows written after its checkpoint, which the resumed run writes again (``metrics.jsonl`` and
+    the method's own ``method_logs``). Temporary files of an interrupted write
+    (``.<name>.XXXX.tmp``: a kill during a checkpoint save) are swept, and a row cut short (a
+    full disk, a power loss) is dropped with a note."""
     sweep_temporary_files(run)
     if resumed_step == 0:
         for stale in [run / "checkpoints" / "last.pt", *(run / "checkpoints").glob("epoch*.pt")]:
             stale.unlink(missing_ok=True)
-    for name in LOGS:
+    for name in (METRICS_LOG, *method_logs):
         path = run / name
         if path.is_file():
             _cut_log(path, name, resumed_step)
@@ -145,8 +135,8 @@ def sweep_temporary_files(run: Path) -> None:
 def _cut_log(path: Path, name: str, resumed_step: int) -> None:
     """Keep the rows of ``path`` logged up to ``resumed_step``: rows are in step order, so the
     file is read only up to the first later row and cut there (rewritten only when a row is
-    unreadable). Metrics rows count steps from 1, prompt rows from 0 (the step they were made
-    before)."""
+    unreadable). Metrics rows count steps done (from 1), a method's rows the step they were
+    written before (from 0)."""
     kept, clean = [], True
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
@@ -173,7 +163,7 @@ def _row_step(line: bytes, name: str) -> int | None:
         step = json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return None
-    return step if name == "metrics.jsonl" else step + 1
+    return step if name == METRICS_LOG else step + 1
 
 
 def _check_shards(n_items: int, batch_size: int, world: World) -> None:
@@ -235,19 +225,17 @@ class TrainLoop:
         config,
         method,
         model,
-        frozen,
         dataset,
         indices,
         optimizer,
         schedule,
-        text_attack,
         run: Path,
         world: World = SINGLE,
     ):
-        self.config, self.method, self.model, self.frozen = config, method, model, frozen
+        self.config, self.method, self.model = config, method, model
         self.world = world
         self.dataset, self.indices = dataset, indices
-        self.optimizer, self.schedule, self.text_attack, self.run_dir = optimizer, schedule, text_attack, run
+        self.optimizer, self.schedule, self.run_dir = optimizer, schedule, run
         self.prompts = method.class_prompts(dataset, config, model)
         self.steps = total_steps(config, len(indices))
         self.order = EpochOrder(indices, config.batch_size, config.seed)
@@ -343,20 +331,18 @@ class TrainLoop:
         """The step's update. Nothing reads a value on the host before ``backward()``: the logged
         values are read once, after the update (with ``skip_nonfinite``, the loss is checked after
         ``backward()``)."""
-        self._refresh_adversarial_prompts(step, state)
         ctx = StepContext(
             model=self.model,
             prompts=self.prompts,
             config=self.config,
             generator=self._attack_generator(step),
-            adversarial_prompts=state["adversarial_prompts"],
-            frozen=self.frozen,
             batch_indices=chosen,
             world=self.world,
             share_text=self.shard_text,
         )
+        self._before_step(step, ctx)
         train_unfrozen(self.model, self.frozen_parts)
-        with self._autocast():
+        with ctx.autocast():
             loss, terms = self.method.loss(ctx, images, labels)
         share = self._shard_weight(len(labels))
         loss = loss * share if share != 1 else loss
@@ -423,26 +409,14 @@ class TrainLoop:
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def _autocast(self):
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else None
-        return torch.autocast(
-            device_type=torch.device(self.config.device).type, dtype=dtype, enabled=dtype is not None
-        )
-
-    def _refresh_adversarial_prompts(self, step: int, state: dict) -> None:
-        """BERT-Attack on the class prompts against the current text tower, every N steps; the
-        prompt log gets a row only when the prompts changed."""
-        if self.text_attack is None or (
-            state["adversarial_prompts"] is not None and step % self.config.text_attack_every
-        ):
-            return
+    def _before_step(self, step: int, ctx: StepContext) -> None:
+        """The method's work before the loss (e.g. refreshing its adversarial prompts), the model in
+        eval mode; rank 0 appends the rows it returns to the method's logs."""
         self.model.eval()
-        with self._autocast():  # the training precision; each rank attacks its share
-            edits = self.text_attack.attack_embeddings(self.world.shard(self.prompts), self.model)
-        prompts = gather_objects([e.adversarial for e in edits], self.world)
-        if self.world.is_main and prompts != state["adversarial_prompts"]:
-            _append_jsonl(self.run_dir / "adversarial_prompts.jsonl", {"step": step, "prompts": prompts})
-        state["adversarial_prompts"] = prompts
+        rows = self.method.before_step(step, ctx)
+        if self.world.is_main:
+            for name, row in rows.items():
+                _append_jsonl(self.run_dir / name, row)
 
     def _log(self, step, loss, terms, waited: float, step_s: float, elapsed: float) -> None:
         """A metrics.jsonl row; ``data_wait_s`` of the step's ``step_s`` went to waiting for
@@ -502,7 +476,7 @@ class TrainLoop:
                 "format": CHECKPOINT_FORMAT,
                 "step": state["step"],
                 "skipped_nonfinite": state.get("skipped_nonfinite", 0),
-                "adversarial_prompts": state["adversarial_prompts"],
+                "method": self.method.state_dict(),
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
@@ -639,7 +613,9 @@ def _check_world_change(checkpoint: dict, model, world: World) -> None:
         )
 
 
-def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
+def _restore(checkpoint: dict, model, method, optimizer, schedule) -> dict:
+    """Load the checkpoint's states; returns the loop's state (step, skipped steps). A checkpoint
+    saved before methods kept their own state holds that state at its top level."""
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -649,11 +625,8 @@ def _restore(checkpoint: dict, model, optimizer, schedule) -> dict:
             f"it was saved from {_saved_from(checkpoint)}: resume with that model, method and towers"
         ) from error
     schedule.load_state_dict(checkpoint["schedule"])
-    return {
-        "step": checkpoint["step"],
-        "adversarial_prompts": checkpoint["adversarial_prompts"],
-        "skipped_nonfinite": checkpoint.get("skipped_nonfinite", 0),
-    }
+    method.load_state_dict(checkpoint.get("method", checkpoint))
+    return {"step": checkpoint["step"], "skipped_nonfinite": checkpoint.get("skipped_nonfinite", 0)}
 
 
 def _saved_from(checkpoint: dict) -> str:
