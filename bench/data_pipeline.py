@@ -4,42 +4,14 @@ once versus cell by cell.
 Usage::
 
     python bench/data_pipeline.py [--quick] [--device cpu|cuda] [--threads N] [--output f.json]
-                                  [--checkpoint PATH] [--data-root DIR]
+                                  [--checkpoint PATH] [--data-root DIR] [--loader-only]
 
-Two figures, each measured in one process, old and new side by side:
-
-1. **Loader**: images per second delivered to the training step (float [0, 1] batches of 256
-   on ``--device``; no training step runs, so this is the most the input side can feed). The
-   data: an ImageFolder of synthetic JPEGs (:func:`build_imagefolder`: 2,000 images of
-   500x375, 10 classes, smooth random content at quality 90 so the files have realistic sizes)
-   in a temporary directory, read through ``mmcoa.load_dataset("imagefolder:...")``, whose
-   transform is the paper's Resize 256 + CenterCrop 224. Paths:
-
-   - ``old``: :func:`old_batch`, the trainer's loop before the batch pipeline (``_Loop._batch``):
-     at every step a ``torch.randperm`` over the dataset length, then ``dataset[i]`` per item in
-     the main process (decoded to float) and ``torch.stack``;
-   - ``workers=N``: :class:`mmcoa.data.loading.BatchLoader` with N worker processes (2,
-     ``os.cpu_count()``, and 16 when there are at least 16 cores) over the same batches (the
-     permutation drawn once per epoch): uint8 from the workers, pinned and copied
-     ``non_blocking`` on CUDA, float on the device. The timed pass starts a fresh loader, so it
-     includes starting the workers.
-
-   Each path first loads one untimed warm-up batch, then 16 timed batches of 256 (two passes
-   over the 2,000 images: the trainer's one loader serves its whole run, so the workers' start
-   is paid once per run, not once per epoch). ``loader_ratio`` = images/s of
-   ``workers=2`` / images/s of ``old``.
-2. **Suite**: a Table-I-like suite (attacks clean, pgd, bert, multimodal at the paper's
-   settings: PGD eps 1/255, step 1/255, 100 steps; BERT-Attack k 10, 1 word with the demo's
-   candidate source ``minilm``) on the demo's MMCoA checkpoint (``runs/demo/train/mmcoa/final.pt``
-   after ``make demo``), 500 Fashion-MNIST test images. ``old``: every cell evaluated alone with
-   :func:`mmcoa.eval.suite.evaluate_cell` (each cell iterates its data again and the multimodal
-   cell runs its own PGD), as ``run_suite`` did before; ``new``: :func:`mmcoa.eval.suite.run_suite`
-   (one pass per row and dataset, every attack on the same batches, multimodal reusing the pgd
-   column's images). Both write their records to temporary folders, after one untimed tiny
-   warm-up suite; ``records_identical`` says whether every cell's numbers agree.
-   ``suite_ratio`` = old / new wall seconds.
-
-``--quick``: 300 images and 3 timed batches for the loader; 100 suite images, 10 PGD steps.
+Two figures, old and new side by side in one process: the images per second that
+:class:`mmcoa.data.loading.BatchLoader` delivers to the training step against :func:`old_batch`,
+the trainer's per-item loop before the batch pipeline (``loader_ratio``), and the wall seconds of
+a Table-I-like suite run by :func:`mmcoa.eval.suite.run_suite` in one pass against every cell
+evaluated alone (``suite_ratio``; ``records_identical`` checks that the numbers agree). The data,
+paths and settings: ``docs/benchmarks.md``, "Data pipeline and suites".
 """
 
 from __future__ import annotations

@@ -5,19 +5,12 @@ Usage::
     python bench/pgd.py [--device cpu|cuda] [--quick] [--output results.json]
 
 Reports image-steps per second (images x PGD steps / wall seconds) for each configuration and
-path, measured in one process on the same model, images and labels. Each path gets warm-up
-calls that are not timed, then the paths are timed in interleaved repeats (so drift on a
-shared machine hits both alike) and the median is reported. On CUDA every timed call ends with
-``torch.cuda.synchronize()``.
-
-Paths:
-
-- ``ours``: :class:`mmcoa.attacks.PGD` (gradients by ``torch.autograd.grad`` with respect to
-  the perturbation only); on CUDA also ``ours`` with ``precision="bf16"`` (autocast) and
-  ``ours bf16+compile`` (the encoders under ``torch.compile``, TF32 on; compile time reported);
-- ``naive``: :func:`naive_pgd`, an fp32 eager loop like the published research code: it calls
-  ``loss.backward()``, so every weight (left with ``requires_grad=True``) gets a ``.grad``
-  computed and accumulated on every step.
+path, measured in one process on the same model, images and labels, timed in interleaved repeats
+after untimed warm-up calls (median reported): ``ours``, :class:`mmcoa.attacks.PGD` (gradients
+with respect to the perturbation only; on CUDA also bf16 and bf16 + ``torch.compile``), against
+``naive``, :func:`naive_pgd`, an fp32 eager loop like the published research code that calls
+``loss.backward()`` and so computes a ``.grad`` for every weight at every step. Configurations
+and results: ``docs/benchmarks.md``, "PGD throughput".
 """
 
 from __future__ import annotations

@@ -5,36 +5,14 @@ Usage::
     python bench/text_attack.py [--device cpu|cuda] [--quick] [--repeats N] [--output f.json]
     python bench/text_attack.py --config train-text [--quick] [--output f.json]
 
-``--config train-text`` times the text side of one MMCoA training step instead (see
-:func:`bench_train_text`): BERT-Attack on the 1,000 ImageNet class prompts, then the clean and
-adversarial prompts encoded with gradient and back-propagated, on ``tiny-clip-77`` (tiny-clip
-with CLIP's 77-token context). ``old``: every call re-tokenizes and encodes at all 77 positions
-and each step's attack starts from nothing (the toolkit before); ``new``: the library's path
-(ids tokenized once per string, each batch cut to its longest prompt, the MLM's candidates kept
-by the trainer's attack object across steps; the victim is re-scored every step). The JSON holds ``train_text_ratio`` = old / new seconds.
-
-Attacks the 100 CIFAR-100 class prompts ``This is a photo of a {name}`` (paper Eq. 4: maximize
-KL(softmax(e_orig) ‖ softmax(e_adv)) of the normalized text embeddings; k 10, 1 word) and reports
-texts per second, all paths on the same victim and masked LM in one process:
-
-- ``ours``: :meth:`mmcoa.attacks.text.BertAttack.attack_embeddings` on a fresh attack object
-  (empty cache: one MLM pass, one perplexity pass and batched victim calls for all texts);
-- ``ours cached``: the same call again on the same object (the edits come from the cache);
-- ``loop``: :func:`loop_attack`, a per-text loop written like the published research code: per
-  text one MLM forward, one victim forward per masked word (importance) and one per candidate;
-- ``loop/word``: the same loop scoring a text's masked words in one victim call and each
-  word's candidates in one call, as the MMCoA/Co-Attack code does.
-
-The loops reuse only the tokenizer and the MLM module; they apply the same fixes as the library
-([CLS] offset, case-insensitive stop words), so every path must produce the same edits (checked).
-
-Models (random init: no weights can be downloaded here): on CPU the ``tiny-clip`` victim and a
-tiny ``BertForMaskedLM``; on CUDA the ``ViT-B-32`` text tower and a ``bert-base-uncased``-sized
-``BertForMaskedLM(BertConfig())``. Both MLMs use a 30,522-token WordPiece vocabulary built here,
-deterministically, from open_clip's bundled BPE vocabulary (:func:`wordpiece_vocab`). A random
-MLM's logits are ~0.2, under the 0.3 cut that a trained BERT's top-10 logits clear, so
-``min_logit`` is disabled (-inf) on every path: each word gets its k candidates, as with a
-trained BERT.
+Attacks the 100 CIFAR-100 class prompts (paper Eq. 4, k 10, 1 word) and reports texts per second,
+all paths on the same victim and masked LM in one process: ``ours``
+(:meth:`mmcoa.attacks.text.BertAttack.attack_embeddings`, fresh and then cached) against
+:func:`loop_attack`, per-text loops written like the published research code; every path must
+produce the same edits (checked). ``--config train-text`` times the text side of one MMCoA
+training step on the 1,000 ImageNet class prompts instead (:func:`bench_train_text`). The models
+are random-init (:func:`wordpiece_vocab` builds the MLM's vocabulary). Paths, models and
+results: ``docs/benchmarks.md``, "BERT-Attack throughput" and "The training step's text side".
 """
 
 from __future__ import annotations

@@ -5,36 +5,13 @@ Usage::
     python bench/train.py [--device cpu|cuda] [--quick] [--repeats N] [--methods m ...]
                           [--threads N] [--output results.json]
 
-Reports training *images per second* (batch x steps / wall seconds) for each method
-(``ft-standard``, ``tecoa``, ``mmcoa``, ``fare``, ``pmg-aft``, ``vp``), all paths of a method in
-one process on the same model object, batch and labels:
-
-- ``ours``: the trainer's own step, :meth:`mmcoa.train.trainer.TrainLoop.step` (``method.loss``
-  under the configured precision, ``zero_grad``, ``backward``, AdamW step, logit-scale clamp).
-  Its training PGD takes ``torch.autograd.grad`` with respect to the perturbation only; for
-  ``mmcoa`` the adversarial class prompts come from one batched :class:`BertAttack` call on the
-  C class prompts, refreshed every N steps: ``ours`` is N = 1 (a fresh attack at every step, the
-  fair comparison), ``ours N=10`` refreshes every 10 steps (timed in blocks of 10 steps, each
-  with exactly one refresh);
-- ``naive``: :class:`NaivePath`, a step written like the published research code: fp32;
-  ``optimizer.zero_grad()`` once at the top of the step, then training PGD that calls
-  ``loss.backward()`` (so the attack's weight gradients land in ``.grad`` and, never zeroed,
-  are applied by the optimizer step together with the training loss's); for ``mmcoa`` a
-  BERT-Attack per sample on the sample's own class prompt, one text at a time (a fresh
-  :class:`BertAttack` per text: no batching across texts, no cache); and for the contrastive
-  methods the CLIP loss with ``arange(batch)`` targets over per-sample prompts (B texts encoded
-  with gradient instead of the C class prompts).
-
-Configurations: ``tiny-clip`` on CPU, 64 Fashion-MNIST 28 px training images (synthetic 28 px
-images when Fashion-MNIST is not on disk), 10-step training PGD, a tiny masked LM trained here
-with :func:`train_tiny_mlm` on the class-name caption corpus; on CUDA also ``ViT-B-32`` (random
-init) at 224 px, batch 256, ours in bf16 (naive fp32), with a random ``bert-base-uncased``-sized
-``BertForMaskedLM`` (built as ``bench/text_attack.py`` builds it). Each path gets one untimed
-warm-up call, then the paths are timed in interleaved repeats and the median is reported.
-
-Also prints the projection for the issue's GPU goal: an MMCoA epoch over CIFAR10's 50,000
-images (10-step training PGD, text attack) in at most 90 s on one H100, estimated from the
-measured ``ours`` images/s of ``mmcoa`` on CUDA (pending when CUDA is absent).
+Reports training *images per second* for each method (``ft-standard``, ``tecoa``, ``mmcoa``,
+``fare``, ``pmg-aft``, ``vp``), all paths of a method in one process on the same model, batch and
+labels: ``ours``, the trainer's own step (:meth:`mmcoa.train.trainer.TrainLoop.step`; for
+``mmcoa`` also ``ours N=10``, adversarial prompts refreshed every 10 steps), against ``naive``
+(:class:`NaivePath`), a step written like the published research code. Also prints the projection
+for the issue's GPU goal, an MMCoA epoch over CIFAR10 in at most 90 s on one H100 (pending
+without CUDA). Paths, configurations and results: ``docs/benchmarks.md``, "Training throughput".
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mmcoa.settings import read_mapping
-from mmcoa.train.config import METHOD_DEFAULTS, PER_255, load_config
+from mmcoa.train.config import PER_255, load_config
+from mmcoa.train.methods import METHODS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 YAML_FILES = [
@@ -62,8 +63,8 @@ def test_table1_configs_hold_the_papers_settings(name):
 
 
 def assert_method_settings(config):
-    """The file holds its method's published settings (train/config.py METHOD_DEFAULTS)."""
-    for key, value in METHOD_DEFAULTS[config.method].items():
+    """The file holds its method's published settings (its class's ``defaults``)."""
+    for key, value in METHODS.get(config.method).defaults.items():
         if key in ("train_eps", "train_step_size"):
             assert getattr(config, key) == pytest.approx(value, rel=1e-9), key
         elif not (config.method in ("ft-standard",) and key.startswith("train_")):

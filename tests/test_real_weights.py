@@ -277,8 +277,6 @@ def test_tecoa_loss_is_image_to_text_cross_entropy(tiny_model, synthetic_test):
 
 # -- 7. per-method defaults --------------------------------------------------------------------
 def test_each_method_gets_its_published_training_settings():
-    from mmcoa.train.config import METHOD_DEFAULTS
-
     fare, pmg, tecoa, mmcoa_ = (TrainConfig(method=m) for m in ("fare", "pmg-aft", "tecoa", "mmcoa"))
     assert (fare.optimizer, fare.weight_decay, fare.train_eps, fare.train_steps) == (
         "adamw",
@@ -295,7 +293,10 @@ def test_each_method_gets_its_published_training_settings():
         10,
     )
     assert TrainConfig(method="fare", train_steps=3, lr=2e-5).train_steps == 3  # given values win
-    assert set(METHOD_DEFAULTS) >= set(mmcoa.train.METHODS.names())
+    for name in mmcoa.train.METHODS.names():  # every method's class holds every per-method setting
+        assert TrainConfig(method=name).lr == mmcoa.train.METHODS.get(name).defaults["lr"]
+    with pytest.raises(mmcoa.errors.UnknownNameError, match="unknown method 'nope'; known: .*mmcoa"):
+        TrainConfig(method="nope")
 
 
 def test_sgd_methods_build_sgd_with_momentum(tiny_model):

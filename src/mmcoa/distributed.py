@@ -1,37 +1,17 @@
 """Multi-process training and evaluation under ``torchrun`` (gloo on CPU, nccl on CUDA).
 
-``torchrun --nproc_per_node N -m mmcoa train ...`` starts N processes; each reads its rank from
-the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``). Training splits every global batch
-into equal contiguous shards, one per rank, and after ``backward`` averages the gradients of
-all ranks in one flattened all-reduce, so the update equals a single process's on the global
-batch:
-
-- losses that are a mean over samples (FARE, PMG-AFT, AdvPT) are computed on the local shard
-  and weighted by ``size · n_local / n_global``, so the mean over ranks is the global batch's
-  mean also when the shards differ in size;
-- the class-aware contrastive loss (paper Eq. 7-8) couples the images of a batch through its
-  text→image term, so each rank gathers the image features of the whole global batch
-  (:func:`gather_with_grad`) and computes the global loss. Its own shard enters with its
-  gradient multiplied by the world size: after averaging, image-tower gradients sum over
-  shards (each shard's images reach only its own rank's graph) while gradients of the shared
-  terms (logit scale), which every rank computes in full, stay as they are. The class prompts
-  of such a loss are shared out the same way (``StepContext.encode_prompts``): each rank
-  encodes its share and gathers the others'.
-
-The gradient all-reduce is explicit rather than through ``DistributedDataParallel``'s forward
-hooks because a training step calls the encoders several times (adversarial, clean and prompt
-passes) outside one ``forward``; the arithmetic is DDP's (sum, then divide by the world size).
-Evaluation shards the samples across ranks and sums the counts.
-
-The random starts of the training attacks are drawn for the whole global batch from (seed,
-step) on every rank, each keeping its rows (:class:`mmcoa.attacks.pgd.RowsOf`), so a shard
-starts where a single process would. BatchNorm layers (open_clip's ResNets) still normalize per
-shard, with rank 0's running statistics saved. A run may resume on another number of processes
-(the updates are those of the global batch), except with BatchNorm layers.
-
-A rank that fails ends the whole job at once (:func:`fail_fast`): it prints its one-line error
-with its rank and leaves without waiting in the process group, and ``torchrun`` then stops the
-other ranks, instead of their waiting in a collective until the process-group timeout.
+Each process reads its rank from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+Training gives each rank a contiguous shard of every global batch and, after ``backward``,
+averages the gradients in one flattened all-reduce (:func:`average_gradients`; explicit rather
+than ``DistributedDataParallel``'s hooks, since a step calls the encoders several times outside
+one ``forward``), so the update equals a single process's on the global batch. Per-sample losses
+are weighted by their shard's share; the class-aware contrastive loss, which couples a batch's
+images, gathers the whole global batch's features (:func:`gather_with_grad`): this rank's rows
+carry their gradient multiplied by the world size, so after averaging the image tower's gradient
+sums over shards while shared terms (logit scale), computed in full on every rank, stay as they
+are. Evaluation shards the samples and sums the counts. A failing rank ends the whole job at once
+(:func:`fail_fast`) instead of leaving the others waiting in a collective. Details: the "Several
+GPUs" section of ``docs/methods.md``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Every eps and step size a user writes, on the command line and in every YAML file (training
 and suite), is in units of 1/255; inside the library (attacks, :class:`~mmcoa.train.TrainConfig`,
 records' ``attack_params``) they are pixel units of [0, 1] images. :func:`from_255` converts at
-that border and refuses what looks like a pixel value (training YAMLs took pixels before, so
-``train_eps: 0.00392156862745098`` now names 0.004/255 and is refused, not run).
+that border and refuses what looks like a pixel value (``train_eps: 0.00392156862745098``
+would name 0.004/255: it is refused, not run).
 """
 
 from __future__ import annotations

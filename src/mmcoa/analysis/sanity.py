@@ -1,27 +1,18 @@
-"""Gradient-masking sanity checks: the evidence robustness papers are asked for.
-
-Carlini et al., "On evaluating adversarial robustness", 2019 (https://arxiv.org/abs/1902.06705),
-§5 and its checklist, and the flags of AutoAttack (Croce & Hein, ICML 2020,
-https://arxiv.org/abs/2003.01690, whose reference code warns when Square beats the white-box
-attacks). An evaluation whose gradients are masked (shattered, vanishing or randomized) looks
-robust to PGD without being robust; these checks catch the usual signs:
+"""Gradient-masking sanity checks: the evidence robustness papers are asked for (Carlini et al.
+2019, https://arxiv.org/abs/1902.06705, §5; AutoAttack's warning when Square beats the
+white-box attacks). An evaluation whose gradients are masked looks robust to PGD without being
+robust; these checks catch the usual signs:
 
 1. ``eps-monotone``: PGD robust accuracy does not rise with the budget (eps 1, 2, 4, 8, 16/255);
 2. ``steps-monotone``: nor with more iterations (10, 50, 100 steps at the check eps);
-3. ``large-eps``: at eps 64/255 accuracy is at or below chance (1 / number of classes): a
-   large enough budget can turn any image into another class;
+3. ``large-eps``: at eps 64/255 accuracy is at or below chance (1 / number of classes);
 4. ``black-box``: Square (gradient-free) is not stronger than PGD at the check eps;
-5. ``noise``: uniform random noise in the same ball lowers accuracy far less than PGD
-   (by at most ``noise_fraction`` of PGD's drop).
+5. ``noise``: uniform noise in the same ball lowers accuracy by at most ``noise_fraction`` of
+   PGD's drop.
 
-Every comparison allows a slack of ``max(tolerance, 1 / n_samples)``: one sample, or
-``tolerance`` (default 0.01, one percentage point) when that is larger, since PGD's random
-start and Square are randomized and one flip is noise, not masking.
-
-Everything is measured by one :func:`mmcoa.eval.evaluate` call (the seeded subset and per-batch
-attack seeds of every other analysis); PGD keeps its step size (default 1/255, the paper's test
-setting) at every eps, as ``mmcoa analyze eps-sweep`` does. :func:`run_sanity` is the entry
-point; the checks themselves (:func:`sanity_checks`) work on plain numbers.
+Each comparison allows ``max(tolerance, 1 / n_samples)``, since one flip is noise, not masking.
+:func:`run_sanity` measures everything in one :func:`mmcoa.eval.evaluate` call;
+:func:`sanity_checks` works on plain numbers. Details: ``docs/reports.md``, "sanity".
 """
 
 from __future__ import annotations

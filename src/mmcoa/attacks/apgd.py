@@ -1,21 +1,14 @@
 """Auto-PGD (Croce & Hein 2020), the attacks AutoAttack's robust accuracy is built on.
 
 Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
-parameter-free attacks", ICML 2020 (https://arxiv.org/abs/2003.01690). This module adapts
-torchattacks' ``APGD`` (``loss="ce"``) and ``APGDT`` (targeted DLR) to the zero-shot classifier
-in [0, 1] pixel space; torchattacks does the optimization, this module supplies the model
-adapter, the seeding, the class-count edge cases and the no-side-effects guarantees every
-mmcoa attack gives (eval mode, no parameter ``.grad`` written, caller's RNG untouched).
-
-Registered attacks:
-
-* ``apgd`` — APGD-CE, then APGD-T on the samples APGD-CE left correctly classified: AutoAttack's
-  ``["apgd-ce", "apgd-t"]`` subset, the field's standard image-only robust accuracy.
-* ``apgd-ce`` — APGD on the cross-entropy alone.
-* ``apgd-t`` — APGD on the targeted DLR loss alone, one run per target class.
-
-:class:`TorchattacksAttack` is the plumbing every torchattacks adapter shares; ``autoattack``
-and ``square`` (:mod:`mmcoa.attacks.autoattack`) reuse it and the APGD stages built here.
+parameter-free attacks", ICML 2020 (https://arxiv.org/abs/2003.01690). torchattacks' ``APGD``
+(``loss="ce"``) and ``APGDT`` (targeted DLR) do the optimization; this module supplies the
+adapter to the zero-shot classifier in [0, 1] pixel space, the seeding, the class-count edge
+cases and the guarantees every mmcoa attack gives (eval mode, no parameter ``.grad`` written,
+caller's RNG untouched). Registered attacks: ``apgd`` (APGD-CE, then APGD-T on the samples
+APGD-CE left correct: AutoAttack's ``["apgd-ce", "apgd-t"]`` subset), ``apgd-ce`` and ``apgd-t``
+(one run per target class). :class:`TorchattacksAttack` is the plumbing every torchattacks
+adapter shares; ``autoattack`` and ``square`` (:mod:`mmcoa.attacks.autoattack`) reuse it.
 """
 
 from __future__ import annotations

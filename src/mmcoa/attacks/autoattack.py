@@ -2,18 +2,12 @@
 
 Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
 parameter-free attacks", ICML 2020 (https://arxiv.org/abs/2003.01690), reference code
-https://github.com/fra31/auto-attack. The standard version runs four attacks in sequence, each
-on the clean images of the samples every earlier attack left correctly classified: APGD-CE,
-APGD-T, FAB-T (Croce & Hein, ICML 2020, https://arxiv.org/abs/1907.02044) and Square
-(Andriushchenko et al., ECCV 2020, https://arxiv.org/abs/1912.00049).
-
-The four come from torchattacks and are chained by torchattacks' ``MultiAttack``, through the
-adapter of :mod:`mmcoa.attacks.apgd` (model in eval mode, parameters frozen and restored,
-torchattacks' global re-seeding confined to a forked RNG). The budgets are the reference
-code's, not torchattacks': torchattacks' ``AutoAttack(version="standard")`` builds APGD, APGD-T
-and FAB with their class defaults of 10 iterations and Square with its rescaled p-schedule;
-the reference ``set_version("standard")`` runs 100 iterations, 9 target classes, one restart and
-5,000 Square queries with the schedule not rescaled (``resc_schedule=False``).
+https://github.com/fra31/auto-attack. The standard version runs APGD-CE, APGD-T, FAB-T
+(https://arxiv.org/abs/1907.02044) and Square (https://arxiv.org/abs/1912.00049) in sequence,
+each on the clean images of the samples every earlier attack left correctly classified. The four
+come from torchattacks, chained by its ``MultiAttack`` through the adapter of
+:mod:`mmcoa.attacks.apgd`, with the reference code's budgets rather than torchattacks' own
+``AutoAttack`` (``docs/deviations.md``, row 19).
 
 Registered attacks: ``autoattack`` (the four in sequence) and ``square`` (Square alone, the
 black-box check of ``mmcoa analyze sanity``).

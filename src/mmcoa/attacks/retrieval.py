@@ -1,34 +1,17 @@
 """Image-text retrieval attacks (paper Table VI): the threat models that
 :func:`mmcoa.eval.retrieval.evaluate_retrieval` measures R@K under.
 
-Retrieval attacks (``RETRIEVAL_ATTACKS``) perturb each image ONCE, with a loss over ALL of its
-captions. The published Co-Attack retrieval code repeats each image once per caption and
-keeps the adversarial image of the last caption (reference notes, bug 5); here there are no
-per-caption copies, so nothing is overwritten. Co-Attack's per-pair loss mixes two terms, so its
-caption term is averaged over the image's captions (the per-pair weighting); the pgd and sga
-losses have one kind of term and sum it, as SGA's image loss does (a positive per-image factor
-does not change an L-inf sign step).
-
-- ``clean``: no attack.
-- ``pgd``: L-inf PGD maximizing ``-Σ_c cos(f(x'), g(c))`` over the image's clean captions;
-  eps 2/255, 10 steps, step 0.5/255 (SGA's retrieval image setting: 10 steps of 0.5/255 can
-  cross the 2/255 ball from a random start and back), uniform random start.
-- ``bert``: BERT-Attack on every caption (paper Eq. 4, 1 word, k 10); images clean.
-- ``coattack``: Co-Attack. Captions are BERT-attacked first (Eq. 4); then each image ascends
-  ``KL(softmax(e_clean) ‖ softmax(e_adv)) + alpha · mean_c KL(softmax(t_adv_c) ‖ softmax(e_adv))``
-  over its adversarial captions (softmax over embedding dimensions; e, t normalized); eps 2/255,
-  10 steps, step eps/steps·1.25, alpha 3, uniform two-sided random start. Retrieval then uses
-  the adversarial images and the adversarial captions.
-- ``sga``: Set-level Guidance Attack (Lu et al. 2023), the image-guided alternation of the SGA
-  project: (1) every caption is BERT-attacked away from its CLEAN image (the candidate of
-  least cosine to the image embedding); (2) each image ascends
-  ``-Σ_s Σ_c cos(f(resize_s(x' + n_s)), g(t_c))`` over its set of step-1 adversarial captions
-  and its scaled copies ``s ∈ {1, 0.5, 0.75, 1.25, 1.5}``, with fresh noise
-  ``n_s ~ N(0, noise_std²)`` (0.05) per scale and step, none on the unscaled copy (as the SGA
-  project makes its scaled copies; :func:`mmcoa.attacks.sga.scaled_copies`); (3) the clean
-  captions are BERT-attacked again, now away from the ADVERSARIAL image. Retrieval uses the
-  step-2 images and the step-3 captions. eps 2/255, 10 steps, step 0.5/255, uniform random
-  start, k 10, 1 word.
+Each image is perturbed once, with a loss over all of its captions, so no per-caption copy of an
+image overwrites another (``docs/deviations.md``, row 5). ``clean``: no attack. ``bert``:
+BERT-Attack on every caption (paper Eq. 4), images clean. ``pgd``: L-inf PGD on
+``-Σ_c cos(f(x'), g(c))`` over the image's clean captions. ``coattack``: captions BERT-attacked
+first, then each image ascends ``KL(softmax(e_clean) ‖ softmax(e_adv)) + alpha · mean_c
+KL(softmax(t_adv_c) ‖ softmax(e_adv))`` (the mean keeps Co-Attack's per-pair weighting,
+``docs/deviations.md``, row 12). ``sga`` (Lu et al. 2023): captions BERT-attacked away from the
+clean image; each image pushed away from its set of adversarial captions at scales {1, 0.5,
+0.75, 1.25, 1.5}, with fresh noise ``N(0, noise_std²)`` on each rescaled copy at each step
+(none on the unscaled one; :func:`mmcoa.attacks.sga.scaled_copies`); then the clean captions
+attacked again, away from the adversarial image. Settings: ``docs/attacks.md``, "Retrieval".
 """
 
 from __future__ import annotations

@@ -4,17 +4,15 @@ transferability of vision-language pre-training models"), adapted to zero-shot c
 Each image is paired with the set of texts of its class (the clean prompt and its adversarial
 version) and augmented by an image scale set. Three alternating updates:
 
-1. text guided by the clean image: the word edit of the image's class prompt that moves it
-   furthest from the clean image embedding (BERT-Attack candidates);
-2. image guided by the text set: PGD (L-inf) pushing every scaled copy of the image away from
-   every text of the set, i.e. maximizing −Σ_s Σ_t cos(f(resize_s(x' + n_s)), g(t)), with fresh
-   Gaussian noise n_s ~ N(0, noise_std²) per scale and step (none on the unscaled copy);
-3. text guided by the adversarial image: the final edit of the class prompt, moving it
-   furthest from the adversarial image embedding.
+1. text guided by the clean image: the word edit of the image's class prompt (BERT-Attack
+   candidates) that moves it furthest from the clean image embedding;
+2. image guided by the text set: L-inf PGD maximizing −Σ_s Σ_t cos(f(resize_s(x' + n_s)), g(t)),
+   with fresh noise n_s ~ N(0, noise_std²) per scale and step (none on the unscaled copy);
+3. text guided by the adversarial image: the final edit, furthest from the adversarial image.
 
-Images are classified against their own prompt set, with the true-class prompt replaced by the
-final adversarial text. Defaults: eps 2/255, 10 steps, step 0.5/255, scales {0.5, 0.75, 1.25,
-1.5}, noise_std 0.05, BERT-Attack k 10, 1 word.
+Images are classified against their own prompt set, the true-class prompt replaced by the final
+adversarial text. Defaults: eps 2/255, 10 steps, step 0.5/255, scales {0.5, 0.75, 1.25, 1.5},
+noise_std 0.05, BERT-Attack k 10, 1 word.
 """
 
 from __future__ import annotations

@@ -6,13 +6,11 @@ Layout on disk (``root``)::
     <root>/val2014/<filename>.jpg     images, at <root>/<filepath>/<filename>
     <root>/train2014/...
 
-``dataset_coco.json`` is ``{"images": [{"filepath": "val2014", "filename": "...",
-"split": "test"|"val"|"train"|"restval", "sentences": [{"raw": "..."}, ...]}, ...]}``.
-The Karpathy test split is 5,000 images with 25,010 captions. ``split="train"`` also takes the
-``restval`` images (the usual 113k training set); ``"restval"`` alone is accepted too.
-
-Images are ``Resize(256) + CenterCrop(224)`` (scaled for other ``image_size``) float tensors in
-[0, 1]; the model wrapper normalizes them. Captions are cleaned as ALBEF / Co-Attack do
+``dataset_coco.json`` is ``{"images": [{"filepath": "val2014", "filename": "...", "split":
+"test"|"val"|"train"|"restval", "sentences": [{"raw": "..."}, ...]}, ...]}``. The test split is
+5,000 images with 25,010 captions; ``split="train"`` also takes the ``restval`` images (the usual
+113k training set). Images are ``Resize(256) + CenterCrop(224)`` (scaled for other
+``image_size``) float tensors in [0, 1]; captions are cleaned as ALBEF / Co-Attack do
 (:func:`pre_caption`: lower case, punctuation dropped, at most 30 words) unless
 ``pre_caption=False``.
 """

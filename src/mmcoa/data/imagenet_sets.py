@@ -1,9 +1,9 @@
 """ImageNet and TinyImageNet, the paper's in-distribution sets that need a manual set-up.
 
-Both fix bug 8 of the published code (REFERENCE_NOTES): TinyImageNet is read at its native 64 px
-in *both* splits (the code trained at 64 and tested at 224), and ImageNet's ``train`` and ``test``
-read distinct folders (the code read one folder for both). Test labels of either set are not
-public, so ``test`` is the labelled validation set (``val/``), as in the paper.
+Both fix a bug of the published code (``docs/deviations.md``, row 8): TinyImageNet is read at its
+native 64 px in *both* splits (the code trained at 64 and tested at 224), and ImageNet's
+``train`` and ``test`` read distinct folders (the code read one folder for both). Test labels of
+either set are not public, so ``test`` is the labelled validation set (``val/``), as in the paper.
 """
 
 from __future__ import annotations

@@ -1,24 +1,16 @@
 """The one batch pipeline: every loop that reads images (training, evaluation, suites,
-retrieval, analyses, AdvPT's preparation) gets its batches from :class:`BatchLoader`.
+retrieval, analyses, AdvPT's preparation) gets its batches from :class:`BatchLoader`, built on
+``torch.utils.data.DataLoader``:
 
-Built on ``torch.utils.data.DataLoader``:
-
-- the caller gives the batches as lists of dataset indices (a batch sampler), so the order is
-  exactly the caller's (the trainer's seeded epoch permutation, a suite's saved subset) whatever
-  the number of worker processes;
-- ``workers`` processes decode and resize (``None``: :func:`default_workers`, or 0 for datasets
-  held in memory, which have nothing to decode); 0 reads in the calling process;
-- images travel as uint8 where the source is 8-bit (a quarter of float32's bytes), pinned on
-  CUDA, copied with ``non_blocking``, and become float [0, 1] on the device (``x / 255``, the same
-  float operation ``ToTensor`` does, so the values are bit-identical to decoding to float);
-- an unreadable image arrives as a value, not a worker traceback: it raises its one-line
-  :class:`~mmcoa.errors.BadImageError` in the calling process, or is skipped and counted;
-- each batch records how long the caller waited for it (``wait_s``), the data-wait share the
-  trainer logs.
-
-Workers draw no randomness (the transforms are deterministic); their seeds come from a generator
-seeded by the caller, never from the global RNG, so creating a loader leaves ``torch``'s global
-random state as it was.
+- the caller gives the batches as lists of dataset indices, so the order is exactly the caller's
+  (the trainer's seeded epoch permutation, a suite's saved subset) whatever the ``workers``
+  (``None``: :func:`default_workers`, or 0 for in-memory datasets; 0 reads in this process);
+- 8-bit images travel as uint8, pinned on CUDA and copied ``non_blocking``, and become float
+  [0, 1] on the device (``x / 255``, bit-identical to ``ToTensor``);
+- an unreadable image raises its one-line :class:`~mmcoa.errors.BadImageError` in the calling
+  process, or is skipped and counted; each batch records the caller's wait for it (``wait_s``);
+- workers draw no randomness and are seeded from the caller's generator, so creating a loader
+  leaves ``torch``'s global random state as it was.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shared pieces of the paper's benchmark datasets (``paper_sets`` and ``imagenet_sets``).
 
-Image transforms follow the MMCoA/TeCoA code (REFERENCE_NOTES, "images"): low-resolution sets
+Image transforms follow the published MMCoA/TeCoA code: low-resolution sets
 (STL10, TinyImageNet) stay at their native size, every other set is ``Resize(256)`` +
 ``CenterCrop(224)``; both end in ``to_image_tensor`` (uint8, float ``[0, 1]`` on the device) after converting to RGB, so grey,
 palette and CMYK files all give 3 channels. Attacks perturb pixels at that size; the model wrapper

@@ -5,7 +5,7 @@
 layout under ``--data-root`` (``--download`` fetches them through torchvision). Splits are
 torchvision's; EuroSAT, SUN397 and Caltech101/256 ship none, so they get a fixed 80/20 per-class
 split (seed 0, :func:`~mmcoa.data.paper_common.seeded_split`) over their sorted file list. Prompts
-are the per-dataset templates of the MMCoA code (REFERENCE_NOTES, "prompt").
+are the per-dataset templates of the published MMCoA code.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ Metrics (:func:`recall_at_k`), on a similarity matrix ``[n_images, n_captions]``
 - text → image (``t2i_rK``): a caption is a hit at K if its image is among the K images most
   similar to it.
 
-Values are fractions in [0, 1] (the paper prints percentages). Ties are broken by index (a
-stable descending sort), so a degenerate model with constant scores does not score 100 %.
-Under attack, R@K is reported directly on the attacked inputs, as the Co-Attack project does.
+Values are fractions in [0, 1] (the paper prints percentages). A tie with a wrong item is a miss
+(``docs/deviations.md``, row 17), so a model with constant scores does not score 100 %. Under
+attack, R@K is reported directly on the attacked inputs, as the Co-Attack project does.
 
 The retrieval attacks (``RETRIEVAL_ATTACKS``, the threat models) live in
 :mod:`mmcoa.attacks.retrieval`; this module ranks, counts and runs them.

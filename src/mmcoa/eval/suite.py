@@ -8,14 +8,11 @@ The output folder::
     DIR/records.json             every finished cell's record, in table order (for mmcoa report)
 
 A cell record is the ``mmcoa eval`` record (``mmcoa retrieval`` for retrieval suites) plus
-``suite`` (the suite's name), ``cell`` (its id), ``label`` (the model row's label),
-``attack_label``, ``cell_settings`` (what decided it) and ``subset`` (file, size, SHA-1 of the
-indices). With ``resume``, cells whose record exists with the same settings are skipped, and the
-saved subsets are reused, so two runs compare cell by cell (as RobustBench fixes its samples).
-
-Under ``torchrun`` every process runs every cell on its share of the cell's batches and the
-counts are summed (:mod:`mmcoa.distributed`); rank 0 alone writes. Retrieval suites run in one
-process.
+``suite``, ``cell``, ``label``, ``attack_label``, ``cell_settings`` and ``subset`` (meanings:
+``docs/reproduce.md``, "The output folder"). With ``resume``, cells whose record exists with the
+same settings are skipped and the saved subsets reused, so two runs compare cell by cell. Under
+``torchrun`` every process runs every cell on its share of the batches and the counts are summed
+(:mod:`mmcoa.distributed`); rank 0 alone writes. Retrieval suites run in one process.
 """
 
 from __future__ import annotations

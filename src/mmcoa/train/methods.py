@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +30,40 @@ from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
 from mmcoa.models.prompts import PaddingPrompt, text_context_for
 from mmcoa.registry import Registry
 from mmcoa.seeding import ADVPT_STREAM, derived_generator
-from mmcoa.train.config import TrainConfig
 from mmcoa.train.objectives import class_aware_contrastive_loss, fare_loss, mmcoa_loss, pmg_aft_loss
 
+if TYPE_CHECKING:  # the configuration looks methods up by name: no import back at run time
+    from mmcoa.train.config import TrainConfig
+
 METHODS: Registry[type[Method]] = Registry("method")
+
+# The settings that differ between methods, in pixel units as TrainConfig holds them; a field
+# left None takes its method's value (``Method.defaults``). MMCoA's come from the published MMCoA
+# code (the paper's Sec. IV-A3 lost its numbers): AdamW betas 0.9/0.98, wd 0.2, constant lr 1e-5
+# (the code used 1e-6), training PGD L-inf eps 1/255, step 1/255, 10 steps.
+MMCOA_DEFAULTS = dict(
+    optimizer="adamw",
+    lr=1e-5,
+    weight_decay=0.2,
+    schedule="constant",
+    warmup_steps=0,
+    train_eps=1 / 255,
+    train_step_size=1 / 255,
+    train_steps=10,
+)
+# TeCoA (Mao et al. 2023, finetuning.py): SGD momentum 0.9, no weight decay, cosine with 1000
+# warm-up steps, PGD eps 1/255, 2 steps of 1/255 (its README); lr 1e-5, the top of the range the
+# MMCoA paper tuned TeCoA in (1e-7..1e-5; the code's default is 1e-7).
+TECOA_DEFAULTS = dict(
+    optimizer="sgd",
+    lr=1e-5,
+    weight_decay=0.0,
+    schedule="cosine",
+    warmup_steps=1000,
+    train_eps=1 / 255,
+    train_step_size=1 / 255,
+    train_steps=2,
+)
 
 
 @dataclass
@@ -74,9 +105,14 @@ class StepContext:
 
 
 class Method:
-    """Base: clean class-aware contrastive fine-tuning hooks."""
+    """Base of every training method.
+
+    A registered method's docstring's first line describes it (``mmcoa train --help``, the
+    exported model card); ``defaults`` are its optimizer, schedule and training-PGD settings
+    (what a TrainConfig field left None takes); ``default_towers`` what it fine-tunes."""
 
     name = "method"
+    defaults: ClassVar[dict] = MMCOA_DEFAULTS
     default_towers: tuple[str, ...] = ("image", "text")
     # True when the loss couples the batch's samples (the contrastive loss's text→image term) and
     # so is computed on the gathered global batch under torchrun; False for per-sample means.
@@ -84,6 +120,11 @@ class Method:
     # The method's own logs in the run folder (JSON lines, each row with the 0-based ``step`` it
     # was written before); a resumed run cuts them at its checkpoint, as it cuts metrics.jsonl.
     logs: tuple[str, ...] = ()
+
+    @classmethod
+    def description(cls) -> str:
+        """The first line of the method's docstring."""
+        return (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
 
     def setup(self, model: VisionLanguageModel, image_size, towers, config) -> None:
         """Choose the trainable parameters (and add prompt modules)."""
@@ -161,7 +202,10 @@ def contrastive(ctx: StepContext, images, prompts, labels) -> torch.Tensor:
 
 @METHODS.register("ft-standard")
 class FTStandard(Method):
-    """Clean contrastive fine-tuning of both towers (paper baseline "FT-standard")."""
+    """Standard fine-tuning on clean images (the paper's FT-standard).
+
+    The class-aware contrastive loss on clean images, both towers; MMCoA's settings (the
+    published MMCoA code's FT-standard)."""
 
     global_batch_loss = True
 
@@ -179,10 +223,13 @@ def tecoa_loss(ctx: StepContext, images, labels) -> torch.Tensor:
 
 @METHODS.register("tecoa")
 class TeCoA(Method):
-    """TeCoA (Mao et al. 2023): adversarial images (PGD against the class prompts) classified
+    """TeCoA, text-guided contrastive adversarial training: image-to-text loss on PGD images.
+
+    TeCoA (Mao et al. 2023): adversarial images (PGD against the class prompts) classified
     against the clean class prompts, image→text cross-entropy only (:func:`tecoa_loss`, as the
     published code); image tower. ``tecoa-symmetric`` adds the text→image term."""
 
+    defaults = TECOA_DEFAULTS
     default_towers = ("image",)
 
     def loss(self, ctx, images, labels):
@@ -192,9 +239,12 @@ class TeCoA(Method):
 
 @METHODS.register("tecoa-symmetric")
 class TeCoASymmetric(Method):
-    """TeCoA with the symmetric class-aware contrastive loss (image→text and text→image, paper
-    Eq. 7 with clean prompts): this toolkit's TeCoA before it followed the published loop."""
+    """TeCoA with the text-to-image term added.
 
+    The symmetric class-aware contrastive loss (image→text and text→image, paper Eq. 7 with
+    clean prompts): this toolkit's TeCoA before it followed the published loop."""
+
+    defaults = TECOA_DEFAULTS
     default_towers = ("image",)
     global_batch_loss = True
 
@@ -205,7 +255,9 @@ class TeCoASymmetric(Method):
 
 @METHODS.register("mmcoa")
 class MMCoA(Method):
-    """MMCoA (paper Eq. 7-9): alpha · L(adv image, clean text) + beta · L(clean image, adv text)
+    """MMCoA, multimodal contrastive adversarial training: PGD images and BERT-Attack prompts.
+
+    MMCoA (paper Eq. 7-9): alpha · L(adv image, clean text) + beta · L(clean image, adv text)
     (alpha: ``adv_image_weight``, beta: ``adv_text_weight``); both towers. alpha = 1, beta = 0
     and alpha = 0, beta = 1 are the paper's ablations."""
 
@@ -275,9 +327,23 @@ def _gathered(ctx: StepContext, features: torch.Tensor | None) -> torch.Tensor |
 
 @METHODS.register("fare")
 class FARE(WithFrozenTeacher):
-    """FARE (Schlarmann et al. 2024), unsupervised: the image embedding of x_adv is pulled to
-    the frozen original model's embedding of x; x_adv maximizes that same distance."""
+    """FARE, unsupervised adversarial fine-tuning of the image encoder (embedding distance).
 
+    FARE (Schlarmann et al. 2024): the image embedding of x_adv is pulled to the frozen original
+    model's embedding of x; x_adv maximizes that same distance. Settings: its FARE^4 training
+    command (AdamW lr 1e-5, wd 1e-4, cosine with 1400 warm-up steps, PGD eps 4/255, 10 steps of
+    1/255; FARE^2: train_eps 2/255)."""
+
+    defaults = dict(
+        optimizer="adamw",
+        lr=1e-5,
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_steps=1400,
+        train_eps=4 / 255,
+        train_step_size=1 / 255,
+        train_steps=10,
+    )
     default_towers = ("image",)
 
     def loss(self, ctx, images, labels):
@@ -300,9 +366,14 @@ class FARE(WithFrozenTeacher):
 
 @METHODS.register("pmg-aft")
 class PMGAFT(WithFrozenTeacher):
-    """PMG-AFT (Wang et al. 2024): CE on adversarial images + KL to the clean prediction + KL to
-    the frozen pre-trained model's prediction; image tower."""
+    """PMG-AFT, pre-trained-model-guided adversarial fine-tuning.
 
+    PMG-AFT (Wang et al. 2024): CE on adversarial images + KL to the clean prediction + KL to
+    the frozen pre-trained model's prediction; image tower. Settings: PMG_AFT.py and its README
+    command (SGD momentum 0.9, lr 5e-5, no weight decay, cosine with 1000 warm-up steps, PGD eps
+    1/255, 2 steps of 1/255)."""
+
+    defaults = {**TECOA_DEFAULTS, "lr": 5e-5}
     default_towers = ("image",)
 
     def loss(self, ctx, images, labels):
@@ -315,9 +386,13 @@ class PMGAFT(WithFrozenTeacher):
 
 @METHODS.register("vp")
 class VisualPrompting(Method):
-    """Adversarial visual prompting: a learnable padding prompt (Bahng et al. 2022) trained with
-    the TeCoA loss (:func:`tecoa_loss`) while the whole model stays frozen."""
+    """Adversarial visual prompting (a learned pixel padding; the encoders stay frozen).
 
+    A learnable padding prompt (Bahng et al. 2022) trained with the TeCoA loss
+    (:func:`tecoa_loss`) while the whole model stays frozen. No published settings ported yet:
+    MMCoA's optimizer with a 2-step training PGD."""
+
+    defaults = {**MMCOA_DEFAULTS, "train_steps": 2}
     default_towers = ()
 
     def setup(self, model, image_size, towers, config):
@@ -331,13 +406,17 @@ class VisualPrompting(Method):
 
 @METHODS.register("advpt")
 class AdvPT(Method):
-    """Adversarial prompt tuning (AdvPT, Zhang et al. 2023; paper Table VII): learnable text
+    """AdvPT, adversarial prompt tuning (learned text context tokens; the encoders stay frozen).
+
+    Adversarial prompt tuning (AdvPT, Zhang et al. 2023; paper Table VII): learnable text
     context vectors (``n_ctx``, CoOp-style, starting from "a photo of a") aligned with the
     embeddings of adversarial images made once, before training, against the frozen image
     encoder alone (PGD maximizing KL(softmax(f(x)) ‖ softmax(f(x_adv))) over embedding
     dimensions, as the paper describes AdvPT's attack). Loss: cross-entropy of
-    ``logit_scale · cos(f(x_adv), g(prompt_c))`` over the class prompts; the model is frozen."""
+    ``logit_scale · cos(f(x_adv), g(prompt_c))`` over the class prompts; the model is frozen. No
+    published settings ported yet: MMCoA's optimizer with a 2-step training PGD."""
 
+    defaults = {**MMCOA_DEFAULTS, "train_steps": 2}
     default_towers = ()
 
     def setup(self, model, image_size, towers, config):
@@ -394,3 +473,9 @@ def frozen_copy(model: VisionLanguageModel) -> VisionLanguageModel:
     frozen = copy.deepcopy(model).eval()
     frozen.requires_grad_(False)
     return frozen
+
+
+def method_description(name: str) -> str:
+    """A method's one-line description (its docstring's first line); the name itself for a
+    method this version does not know (a run saved by another version)."""
+    return METHODS.get(name).description() if name in METHODS else name

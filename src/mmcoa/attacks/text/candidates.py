@@ -2,20 +2,16 @@
 
 Each whitespace word is split into punctuation around a *core* ("truck," → "truck" + ","); the
 MLM input is ``[CLS]`` + every word's WordPiece pieces + ``[SEP]`` (at most ``max_length`` ids),
-and a word's candidates are read at the positions of its core's own pieces. Those positions are
-counted in the MLM input, where ``[CLS]`` sits at 0, so the first word's pieces start at 1: the
-published code sliced the predictions without that offset and gave each word the candidates of
-the token before it (REFERENCE_NOTES, bug 1).
+and a word's candidates are read at its core's own piece positions, counted from ``[CLS]`` at 0
+(the published code left out that offset: ``docs/deviations.md``, row 1).
 
 A single-piece core gets the top-k ids in rank order, stopping at the first logit below
-``min_logit``. A multi-piece core gets the first ``max_combinations`` (:data:`MAX_COMBINATIONS`,
-24) combinations (in ``itertools.product`` order) of the top ``piece_top``
-(:data:`PIECE_TOP`, 4) ids per piece, ALL of them, ranked by the MLM's perplexity of
-``[CLS] combination [SEP]``: ``k`` does not cut them, as in the published BERT-Attack code
-(``get_bpe_substitues`` in the Co-Attack and SGA projects keeps the first 24 combinations of
-the top-4 per piece, sorts them by perplexity and returns every one). Sequences are then
-turned into words and filtered: a word must start with a non-``##`` piece followed only by
-``##`` continuations, be alphabetic, and be neither a stop word, the original core (both
+``min_logit``. A multi-piece core gets ALL of the first ``max_combinations``
+(:data:`MAX_COMBINATIONS`, 24) combinations, in ``itertools.product`` order, of the top
+``piece_top`` (:data:`PIECE_TOP`, 4) ids per piece, ranked by the MLM's perplexity of ``[CLS]
+combination [SEP]``; ``k`` does not cut them, as in the published ``get_bpe_substitues``
+(``docs/deviations.md``, row 14). A candidate must be one non-``##`` piece followed only by
+``##`` continuations, alphabetic, and neither a stop word, the original core (both
 case-insensitive) nor a repeat.
 """
 

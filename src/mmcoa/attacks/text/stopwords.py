@@ -6,7 +6,7 @@ verbatim as data (function words, contractions such as "don't", single letters s
 "s", a few adverbs such as "once" and "please", and punctuation).
 
 Matching is case-insensitive: the published code compared case-sensitively, so the capitalised
-"This" of "This is a photo of a {label}" was attacked (REFERENCE_NOTES, bug 2).
+"This" of "This is a photo of a {label}" was attacked (``docs/deviations.md``, row 2).
 """
 
 from __future__ import annotations

@@ -2,28 +2,15 @@
 
 BERT-Attack (Li et al. 2020) proposes substitutes for a word from a masked LM's top-k predictions
 at that word's WordPiece positions in the *unmasked* text. The paper uses ``bert-base-uncased``;
-offline (no downloadable weights) we train a small BERT from scratch on the very captions the
-tiny CLIP was trained with (every template x every class name) and use it instead.
-
-Why this is a legitimate candidate source, not a rigged one:
-
-* It is an ordinary ``BertForMaskedLM`` with a WordPiece tokenizer, trained with the standard MLM
-  objective (15% of tokens selected; of those 80% become ``[MASK]``, 10% a random token, 10% stay)
-  and saved with ``save_pretrained``, so the attack loads it exactly as it would load a real BERT
-  (``AutoTokenizer`` / ``AutoModelForMaskedLM`` from a directory) and runs the same code path.
-* What it proposes is the same *kind* of substitute a real BERT proposes: at a class word's
-  position ("This is a photo of a [coat]") it ranks the words that fill that slot in context --
-  the other class names and caption words -- just as BERT ranks in-context nouns. Its vocabulary
-  and knowledge are of course narrower than BERT's (it has never seen a synonym that is not in the
-  captions), so an attack using it is weaker in that respect and stronger in that its proposals
-  are all words the victim text encoder was trained on. It is never told the labels or the
-  victim's gradients.
-* Results are therefore only comparable with the paper when they say which MLM produced them.
-  :func:`train_tiny_mlm` writes ``mmcoa_mlm.json`` (corpus size, steps, final loss, seed, sizes)
-  next to the weights; an attack using an MLM directory should record that directory and this
-  file's contents (or, for a hub model, its name) in every result.
-
-Training takes a few seconds on a CPU for a corpus of ~50-100 captions.
+for fast offline tests :func:`train_tiny_mlm` trains a small BERT from scratch on captions (every
+template x every class name) instead. It is a legitimate candidate source, not a rigged one: an
+ordinary ``BertForMaskedLM`` with a WordPiece tokenizer, trained with the standard MLM objective
+(15% of tokens selected; of those 80% ``[MASK]``, 10% random, 10% kept) and saved with
+``save_pretrained``, so the attack loads and runs it exactly as a real BERT; it is never told the
+labels or the victim's gradients. It ranks the words that fill a slot in context, as BERT does,
+but only the captions' words (the other class names), so results are comparable with the paper's
+only when they say which MLM produced them: :func:`train_tiny_mlm` writes ``mmcoa_mlm.json``
+(corpus size, steps, final loss, seed, sizes) next to the weights.
 """
 
 from __future__ import annotations
