@@ -35,7 +35,8 @@ import mmcoa
 from mmcoa.benchmarking import bench_parser, machine, other_load, parse_bench_args, time_it
 from mmcoa.data.loading import BatchLoader
 from mmcoa.demo import CHECKPOINT_NAME, DEMO_DATASET, DEMO_MLM, DEMO_MODEL
-from mmcoa.eval import sample_indices, write_json_atomic
+from mmcoa.eval import sample_indices
+from mmcoa.files import write_json_atomic
 from mmcoa.eval.suite import evaluate_cell, run_suite
 from mmcoa.eval.suite_config import load_suite
 from mmcoa.models import load_model

@@ -191,7 +191,8 @@ def _precision_for(attack_class, precision: str | None) -> dict | None:
 def cmd_retrieval(args: argparse.Namespace) -> int:
     from mmcoa.data import load_coco_karpathy
     from mmcoa.devices import check_device
-    from mmcoa.eval import RETRIEVAL_ATTACKS, evaluate_retrieval, write_json_atomic
+    from mmcoa.eval import RETRIEVAL_ATTACKS, evaluate_retrieval
+    from mmcoa.files import write_json_atomic
     from mmcoa.models import load_model
     from mmcoa.models.runtime import configure_runtime
 

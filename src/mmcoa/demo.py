@@ -30,7 +30,8 @@ from mmcoa.attacks.text.mlm import MINILM
 from mmcoa.data import DEFAULT_TEMPLATE, load_dataset
 from mmcoa.data.base import clean_classname
 from mmcoa.data.fashion_mnist import CLASSNAMES
-from mmcoa.eval import evaluate, format_table, write_json_atomic, write_records
+from mmcoa.eval import evaluate, format_table, write_records
+from mmcoa.files import write_json_atomic
 from mmcoa.files import atomic_path, write_text_atomic
 from mmcoa.models import load_model
 from mmcoa.models.minilm import MINILM_CLIP, require_minilm_dir, write_minilm_clip_config

@@ -1,6 +1,6 @@
 """Evaluation: the zero-shot runner, metrics and result records."""
 
-from mmcoa.eval.results import format_table, read_records, write_json_atomic, write_records
+from mmcoa.eval.results import format_table, read_records, write_records
 from mmcoa.eval.retrieval import RETRIEVAL_ATTACKS, evaluate_retrieval, recall_at_k
 from mmcoa.eval.runner import evaluate, sample_indices
 
@@ -12,6 +12,5 @@ __all__ = [
     "format_table",
     "read_records",
     "sample_indices",
-    "write_json_atomic",
     "write_records",
 ]

@@ -8,17 +8,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from mmcoa.files import write_json_atomic
-from mmcoa.provenance import PACKAGES, versions
 
-__all__ = [
-    "PACKAGES",
-    "RECORD_KEYS",
-    "format_table",
-    "read_records",
-    "versions",
-    "write_json_atomic",
-    "write_records",
-]  # versions and write_json_atomic live below eval (files, provenance)
+__all__ = ["RECORD_KEYS", "format_table", "read_records", "write_records"]
 
 RECORD_KEYS = (
     "model",

@@ -18,7 +18,7 @@ from mmcoa.data.loading import Batch, BatchLoader, check_workers, consecutive_ba
 from mmcoa.distributed import SINGLE, World, max_over_ranks, sum_over_ranks
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.metrics import Tally
-from mmcoa.eval.results import versions
+from mmcoa.provenance import versions
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier, load_model, validate_model_name
 from mmcoa.models.base import check_resize_mode
 from mmcoa.models.runtime import configure_runtime, runtime_of

@@ -28,7 +28,8 @@ from mmcoa.data import load_coco_karpathy, load_dataset
 from mmcoa.devices import check_device
 from mmcoa.distributed import SINGLE, World, barrier, world_from_env
 from mmcoa.errors import MmcoaError
-from mmcoa.eval.results import versions, write_json_atomic
+from mmcoa.files import write_json_atomic
+from mmcoa.provenance import versions
 from mmcoa.eval.retrieval import evaluate_retrieval
 from mmcoa.eval.runner import evaluate, indices_sha1, sample_indices
 from mmcoa.eval.suite_config import Cell, DatasetEntry, SuiteConfig, json_ready, slug

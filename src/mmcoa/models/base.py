@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from typing import Iterator, Sequence
 
 import torch
@@ -142,6 +143,12 @@ class VisionLanguageModel(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         """exp(log-temperature), clamped at 100 as CLIP does during training."""
         return self._raw_logit_scale().exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def clamp_logit_scale(self) -> None:
+        """Clamp the learnable log-temperature at log(100) in place, as CLIP's training does
+        after each optimizer step (no gradient is recorded)."""
+        with torch.no_grad():
+            self._raw_logit_scale().clamp_(max=math.log(MAX_LOGIT_SCALE))
 
     def tower_parameters(self, tower: str) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) pairs of the ``"image"`` or ``"text"`` tower."""

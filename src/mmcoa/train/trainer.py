@@ -37,7 +37,6 @@ from mmcoa.distributed import (
 from mmcoa.errors import MmcoaError
 from mmcoa.files import write_json_atomic
 from mmcoa.models import load_model, validate_model_name
-from mmcoa.models.base import MAX_LOGIT_SCALE
 from mmcoa.models.checkpoints import META_KEY, meta_sidecar
 from mmcoa.models.modes import active_dropout, frozen_parts, train_unfrozen
 from mmcoa.models.prompts import prompt_payload
@@ -89,7 +88,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     # Every setting has been checked (model, MLM, template, optimizer): only now write the run.
     if world.is_main:
         _prepare_run_logs(run, state["step"], method.logs)
-        _write_json(
+        write_json_atomic(
             run / "shots.json",
             {
                 "shots": config.shots,
@@ -98,7 +97,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                 "short_classes": _short_classes(labels, dataset.classnames, indices, config),
             },
         )
-        _write_json(
+        write_json_atomic(
             run / "config.json",
             {**dataclasses.asdict(config), "towers": list(towers), "world_size": world.size},
         )
@@ -356,8 +355,7 @@ class TrainLoop:
         logged["grad_norm"] = _grad_norm(self.trainable)
         self.optimizer.step()
         self.schedule.step()
-        with torch.no_grad():
-            self.model._raw_logit_scale().clamp_(max=math.log(MAX_LOGIT_SCALE))
+        self.model.clamp_logit_scale()
         self.model.mark_weights_changed()  # fused optimizers do not bump Tensor._version
         terms = mean_terms_over_ranks(logged, self.world, self.config.device)  # one host read
         if not math.isfinite(terms["loss"]):  # the mean over ranks: every rank agrees
@@ -498,12 +496,12 @@ class TrainLoop:
         if not self.world.is_main:
             return self._metrics(state, losses, elapsed, waited)
         save_atomic(self.model.model.state_dict(), self.run_dir / "final.pt")
-        _write_json(Path(meta_sidecar(self.run_dir / "final.pt")), self.model.build_meta())
+        write_json_atomic(Path(meta_sidecar(self.run_dir / "final.pt")), self.model.build_meta())
         for prompt in (self.model.visual_prompt, self.model.text_prompt):
             if prompt is not None:
                 save_atomic(prompt_payload(prompt), self.run_dir / "prompt.pt")
         metrics = self._metrics(state, losses, elapsed, waited)
-        _write_json(self.run_dir / "metrics.json", metrics)
+        write_json_atomic(self.run_dir / "metrics.json", metrics)
         write_export(self.run_dir, self.model, self.config, metrics)
         return metrics
 
@@ -670,10 +668,6 @@ def _short_classes(labels, classnames: list[str], indices: list[int], config: Tr
             file=sys.stderr,
         )
     return short
-
-
-def _write_json(path: Path, payload) -> None:
-    write_json_atomic(path, payload)
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
