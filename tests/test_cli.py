@@ -126,6 +126,7 @@ def test_output_that_is_a_directory(tmp_path, capsys):
     assert code == 2 and "is a directory" in err
 
 
+@pytest.mark.slow
 def test_console_script_runs(tmp_path):
     """The installed `mmcoa` entry point, as a user runs it."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")

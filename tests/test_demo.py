@@ -46,7 +46,7 @@ SMALL_TABLE1 = Table1Settings(
 )
 ROW_NAMES = [row for row, _ in TABLE1_ROWS]
 ATTACKS = ["clean", "pgd", "bert", "multimodal", "coattack"]  # the records' order
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -183,6 +183,7 @@ def kill_after_rows(args: list[str], rows: int) -> None:
 
 
 @needs_minilm
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_and_resumed_ends_where_the_whole_run_ends(tmp_path):
     """A real kill at whatever point the run has reached after its second step (mid-step,
     mid-save): the resumed run continues from its last checkpoint and ends bit-identical."""
@@ -194,6 +195,7 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_where_the_whole_run_ends(tmp
 
 
 @needs_minilm
+@pytest.mark.slow
 def test_two_processes_end_where_one_process_ends(tmp_path):
     """MMCoA trains the text tower with its dropout on: every rank draws the masks of all the
     prompts, as one process does, so the update is the single process's within float rounding

@@ -75,6 +75,7 @@ def mlm(tmp_path_factory):
     )
 
 
+@pytest.mark.slow  # torchrun, 2 processes
 @pytest.mark.parametrize(
     "method,extra",
     [
@@ -128,6 +129,7 @@ def without_key_bias(key: str, weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([weight[:third], weight[2 * third :]])
 
 
+@pytest.mark.slow  # torchrun, 2 processes
 def test_two_process_eval_sums_the_shards_counts(tmp_path):
     args = [
         "eval",
@@ -188,6 +190,7 @@ def test_a_last_batch_smaller_than_the_world_is_refused_up_front():
         _check_shards(9, 3, World(rank=0, size=4))
 
 
+@pytest.mark.slow  # torchrun, 2 processes
 def test_resume_on_another_number_of_processes_continues_the_same_run(tmp_path):
     """Batch order and random starts are global, so a 1-process run resumed on 2 processes ends
     where the uninterrupted 1-process run ends."""
@@ -249,6 +252,7 @@ attacks:
 """
 
 
+@pytest.mark.slow  # torchrun, 2 processes
 def test_two_process_suite_writes_the_single_process_records(tmp_path):
     """Each cell's batches are shared out and the counts summed; rank 0 writes the same files."""
     (tmp_path / "suite.yaml").write_text(SUITE)

@@ -210,6 +210,7 @@ def _two_process_gradients(scale: bool) -> dict:
     return {n: torch.from_numpy(g) for n, g in grads[0].items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [True, False], ids=["scaled", "broken-scaling"])
 def test_text_shared_across_two_ranks_gives_one_process_gradient(scale):
     model = mmcoa.load_model("tiny-clip")

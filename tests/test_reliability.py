@@ -224,6 +224,7 @@ def _saved(tmp_path):
 
 
 # -- a failing torchrun rank -------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_failing_rank_ends_every_rank_fast_with_its_message(bad_folder, tmp_path):
     """Rank 1's batch (images 4-7) holds the corrupt image; rank 0 must not wait for it."""
     folder, bad = bad_folder
