@@ -40,7 +40,7 @@ from mmcoa.data.base import TensorClassificationDataset
 from mmcoa.errors import MmcoaError
 from mmcoa.models import ZeroShotClassifier
 from mmcoa.train.config import TrainConfig
-from mmcoa.train.methods import METHODS, MMCoA, StepContext
+from mmcoa.train.methods import METHODS, MMCOA_DEFAULTS, MMCoA, StepContext
 from mmcoa.train.objectives import fare_loss, pmg_aft_loss
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.trainer import TrainLoop, build_optimizer, build_schedule, total_steps
@@ -190,14 +190,7 @@ def train_config(cfg: Config, method: str, every: int, output: str) -> TrainConf
         model=cfg.model,
         pretrained=cfg.pretrained,
         batch_size=cfg.batch,
-        optimizer="adamw",
-        lr=1e-5,
-        weight_decay=0.2,
-        schedule="constant",
-        warmup_steps=0,
-        train_eps=1 / 255,
-        train_step_size=1 / 255,
-        train_steps=cfg.pgd_steps,
+        **{**MMCOA_DEFAULTS, "train_steps": cfg.pgd_steps},
         text_attack_every=every,
         k=K,
         max_words=MAX_WORDS,
