@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcoa.errors import MmcoaError, UnknownNameError
+from mmcoa.models.modes import outermost_modules
 
 TOWERS = ("image", "text")
 MAX_LOGIT_SCALE = 100.0
@@ -164,12 +165,8 @@ class VisionLanguageModel(nn.Module):
         tower (named by ``tower_prefixes``)."""
         if tower not in TOWERS:
             raise UnknownNameError(f"unknown tower {tower!r}; known: {', '.join(TOWERS)}")
-        prefixes, found = self.tower_prefixes[tower], []
-        for name, module in self.model.named_modules():
-            inside = any(name.startswith(f"{outer}.") for outer, _ in found)
-            if name and not inside and f"{name}.".startswith(prefixes):
-                found.append((name, module))
-        return [module for _, module in found]
+        prefixes = self.tower_prefixes[tower]
+        return outermost_modules(self.model, lambda name, _: bool(name) and f"{name}.".startswith(prefixes))
 
     def set_trainable(self, towers: Sequence[str]) -> None:
         """Let gradients reach only the named towers (the shared logit scale stays trainable

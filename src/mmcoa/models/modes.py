@@ -9,25 +9,31 @@ statistics) for the whole run, as its weights are fixed.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from torch import nn
 
 DROPOUT_ATTRIBUTES = ("dropout", "attention_dropout", "attn_drop", "drop_prob", "prob")
 
 
+def outermost_modules(root: nn.Module, keep: Callable[[str, nn.Module], bool]) -> list[nn.Module]:
+    """The submodules of ``root`` for which ``keep(name, module)`` holds, without those inside
+    an earlier kept one (each part once, at its top)."""
+    kept: list[tuple[str, nn.Module]] = []
+    for name, sub in root.named_modules():
+        inside = any(not outer or name.startswith(f"{outer}.") for outer, _ in kept)
+        if not inside and keep(name, sub):
+            kept.append((name, sub))
+    return [sub for _, sub in kept]
+
+
 def frozen_parts(module: nn.Module) -> list[nn.Module]:
     """The outermost submodules of ``module`` that hold parameters, none of them trainable."""
-    found: list[str] = []
-    parts = []
-    for name, sub in module.named_modules():
-        if any(name.startswith(f"{outer}.") for outer in found if outer):
-            continue
-        params = list(sub.parameters())
-        if params and not any(p.requires_grad for p in params):
-            found.append(name)
-            parts.append(sub)
-    return parts
+    return outermost_modules(module, lambda _, sub: _all_frozen(list(sub.parameters())))
+
+
+def _all_frozen(params: list[nn.Parameter]) -> bool:
+    return bool(params) and not any(p.requires_grad for p in params)
 
 
 def train_unfrozen(module: nn.Module, frozen: Iterable[nn.Module] | None = None) -> None:

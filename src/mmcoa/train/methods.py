@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from mmcoa.attacks.base import eval_mode
 from mmcoa.attacks.bert import shared_mlm
-from mmcoa.attacks.pgd import PGD, maximize
+from mmcoa.attacks.pgd import PGD, autocast_for, maximize
 from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data.loading import BatchLoader, consecutive_batches
 from mmcoa.attacks.co_attack import embedding_kl
@@ -100,8 +100,7 @@ class StepContext:
 
     def autocast(self):
         """The training precision (``config.precision``) on the model's device."""
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else None
-        return torch.autocast(device_type=self.model.device.type, dtype=dtype, enabled=dtype is not None)
+        return autocast_for(self.config.precision, self.model.device)
 
 
 class Method:
@@ -351,14 +350,8 @@ class FARE(WithFrozenTeacher):
         with torch.no_grad():
             target = self.frozen.encode_image(images)
         with eval_mode(model):  # each part's mode is restored after
-            adv = maximize(
-                lambda x: (model.encode_image(x) - target).pow(2).sum(-1),
-                images,
-                eps=config.train_eps,
-                step_size=config.train_step_size,
-                n_steps=config.train_steps,
-                generator=ctx.generator,
-                precision=config.precision,
+            adv = maximize_in_train_budget(
+                lambda x: (model.encode_image(x) - target).pow(2).sum(-1), images, config, ctx.generator
             )
         loss = fare_loss(model.encode_image(adv), target)
         return loss, {"fare": loss.detach()}
@@ -454,8 +447,18 @@ def image_only_adversarial_features(model, images, config, generator) -> torch.T
     """f(x_adv) for PGD maximizing KL(softmax(f(x)) ‖ softmax(f(x_adv))): no text involved."""
     with torch.no_grad():
         clean = model.encode_image(images)
-    adv = maximize(
-        lambda x: embedding_kl(clean, model.encode_image(x)),
+    adv = maximize_in_train_budget(
+        lambda x: embedding_kl(clean, model.encode_image(x)), images, config, generator
+    )
+    with torch.no_grad():
+        return model.encode_image(adv)
+
+
+def maximize_in_train_budget(loss_fn, images, config, generator) -> torch.Tensor:
+    """:func:`maximize` within the training attack's budget (``train_eps``, ``train_step_size``,
+    ``train_steps``, ``precision``; L-inf with a random start)."""
+    return maximize(
+        loss_fn,
         images,
         eps=config.train_eps,
         step_size=config.train_step_size,
@@ -463,8 +466,6 @@ def image_only_adversarial_features(model, images, config, generator) -> torch.T
         generator=generator,
         precision=config.precision,
     )
-    with torch.no_grad():
-        return model.encode_image(adv)
 
 
 def frozen_copy(model: VisionLanguageModel) -> VisionLanguageModel:
