@@ -51,13 +51,3 @@ def batch(synthetic_test):
     images = torch.stack([synthetic_test[i][0] for i in range(8)])
     labels = torch.tensor([synthetic_test[i][1] for i in range(8)])
     return images, labels
-
-
-def assert_valid_perturbation(adv: torch.Tensor, images: torch.Tensor, eps: float, norm: str = "linf"):
-    """Adversarial images lie in the eps-ball (L-inf or L2) around the images and in [0, 1]."""
-    delta = adv - images
-    if norm == "linf":
-        assert delta.abs().max() <= eps + 1e-6
-    else:
-        assert delta.flatten(1).norm(dim=1).max() <= eps + 1e-5
-    assert adv.min() >= 0 and adv.max() <= 1

@@ -12,7 +12,7 @@ from mmcoa.attacks.apgd import APGD, APGDCE, APGDT, LogitsModule, torchattacks_s
 from mmcoa.attacks.base import ATTACKS, build_attack
 from mmcoa.errors import MmcoaError
 from mmcoa.models import ZeroShotClassifier
-from conftest import assert_valid_perturbation
+from helpers import assert_valid_perturbation
 
 NAMES = ("apgd", "apgd-ce", "apgd-t")
 

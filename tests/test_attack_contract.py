@@ -27,7 +27,7 @@ from mmcoa.attacks.retrieval import encode_texts
 from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
 from mmcoa.models import ZeroShotClassifier
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
-from conftest import assert_valid_perturbation
+from helpers import assert_valid_perturbation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

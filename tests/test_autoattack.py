@@ -17,7 +17,7 @@ from mmcoa.attacks.base import build_attack
 from mmcoa.cli import main
 from mmcoa.errors import MmcoaError
 from mmcoa.models import ZeroShotClassifier
-from conftest import assert_valid_perturbation
+from helpers import assert_valid_perturbation
 from test_apgd import _count_forwarded_samples  # the same forward-pass counter
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -26,8 +26,7 @@ from mmcoa.seeding import seeded_global_rng
 from mmcoa.train import methods as methods_module
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.trainer import train
-from test_distributed import run_mmcoa
-from test_train import crash_training_at
+from helpers import crash_training_at, run_mmcoa
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

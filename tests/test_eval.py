@@ -161,7 +161,7 @@ def test_public_entry_point():
 
 def test_result_files_get_the_usual_permissions(tmp_path):
     """Atomic writes go through mkstemp (mode 0600); the file in place has 0666 minus umask."""
-    from mmcoa.eval.results import write_json_atomic
+    from mmcoa.files import write_json_atomic
 
     mask = os.umask(0o022)
     try:

@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 import mmcoa
-from conftest import assert_valid_perturbation
+from helpers import assert_valid_perturbation
 from mmcoa.attacks import ATTACKS, build_attack
 from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
 

@@ -12,7 +12,7 @@ from torch import nn
 from mmcoa.attacks import PGD, build_attack
 from mmcoa.attacks.pgd import random_start
 from mmcoa.errors import MmcoaError, UnknownNameError
-from conftest import assert_valid_perturbation
+from helpers import assert_valid_perturbation
 
 
 def _l2(x):

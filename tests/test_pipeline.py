@@ -32,7 +32,7 @@ from mmcoa.train.config import TrainConfig
 from mmcoa.train.order import EpochOrder
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.trainer import train
-from test_train import crash_training_at
+from helpers import crash_training_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 CLASSES = ("cat", "dog", "bird")

@@ -19,6 +19,7 @@ import mmcoa
 from mmcoa.errors import MmcoaError, one_line
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.trainer import train
+from helpers import free_port
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -138,8 +139,7 @@ def test_skip_nonfinite_skips_and_counts_the_step(tmp_path, monkeypatch):
 FULL_DISK_SCRIPT = """
 import resource, signal, sys, torch
 from mmcoa.errors import MmcoaError
-from mmcoa.eval.results import write_json_atomic
-from mmcoa.files import atomic_path
+from mmcoa.files import atomic_path, write_json_atomic
 target = sys.argv[1]
 write_json_atomic(target + ".json", {"previous": True})
 with atomic_path(target + ".pt") as tmp:
@@ -237,7 +237,7 @@ def test_a_failing_rank_ends_every_rank_fast_with_its_message(bad_folder, tmp_pa
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "mmcoa",
         "eval",
@@ -259,11 +259,3 @@ def test_a_failing_rank_ends_every_rank_fast_with_its_message(bad_folder, tmp_pa
     errors = [line for line in done.stderr.splitlines() if line.startswith("mmcoa: error:")]
     assert errors and "rank 1" in errors[0] and str(bad) in errors[0], done.stderr[-3000:]
     assert not (tmp_path / "out.json").exists()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

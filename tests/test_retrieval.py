@@ -28,7 +28,7 @@ from mmcoa.attacks.retrieval import (
 )
 from mmcoa.eval import retrieval
 from mmcoa.eval.retrieval import evaluate_retrieval, recall_at_k
-from conftest import assert_valid_perturbation
+from helpers import assert_valid_perturbation
 
 COLOURS = {
     "red": (220, 30, 30),

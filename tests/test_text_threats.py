@@ -13,7 +13,7 @@ from mmcoa.attacks.sga import scaled_copies
 from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
 from mmcoa.eval import evaluate
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
-from conftest import assert_valid_perturbation
+from helpers import assert_valid_perturbation
 
 TEXT_ATTACKS = ("bert", "bert-targeted", "multimodal", "multimodal-joint", "coattack", "sga")
 IMAGE_BUDGET = {"multimodal": 4 / 255, "multimodal-joint": 4 / 255, "coattack": 4 / 255, "sga": 4 / 255}

@@ -25,6 +25,7 @@ from mmcoa.train.objectives import mmcoa_loss
 from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.shots import dataset_labels, few_shot_indices
 from mmcoa.train.trainer import build_optimizer, train
+from helpers import crash_training_at
 
 ADVERSARIAL = ("tecoa", "mmcoa", "fare", "pmg-aft", "vp")
 DEFAULT_TOWERS = {
@@ -352,26 +353,6 @@ def test_no_attack_gradient_reaches_the_optimizer_step(name, train_data, monkeyp
 
 
 # -- exact resume ----------------------------------------------------------------------------------
-class Interrupted(Exception):
-    pass
-
-
-def crash_training_at(config, at: int, monkeypatch) -> None:
-    """Run ``train(config)`` until it raises :class:`Interrupted` as step ``at`` starts (a
-    crash mid-run: its checkpoints so far are on disk)."""
-    step = trainer.TrainLoop.step
-
-    def crashing(self, index, *args):
-        if index == at:
-            raise Interrupted
-        return step(self, index, *args)
-
-    monkeypatch.setattr(trainer.TrainLoop, "step", crashing)
-    with pytest.raises(Interrupted):
-        train(config, progress=False)
-    monkeypatch.undo()
-
-
 @pytest.mark.parametrize(
     "name,interrupt,extra",
     [
