@@ -47,11 +47,12 @@ demo: setup
 demo-docs: demo
 	$(BIN)/python tools/sync_demo_docs.py runs/demo
 
-# Lint and format check first (ruff, configured in pyproject.toml), then the whole test suite.
+# Lint and format check first (ruff, configured in pyproject.toml), then the whole test suite, one
+# pytest-xdist worker per CPU core (each test runs single-threaded: tests/conftest.py, one_thread).
 test: setup
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist worksteal
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -32,9 +32,9 @@ import yaml
 from PIL import Image
 
 import mmcoa
-from mmcoa.benchmarking import bench_parser, machine, other_load, parse_bench_args, time_it
+from common import bench_parser, machine, other_load, parse_bench_args, time_it
 from mmcoa.data.loading import BatchLoader
-from mmcoa.demo import CHECKPOINT_NAME, DEMO_DATASET, DEMO_MLM, DEMO_MODEL
+from mmcoa_demo.demo import CHECKPOINT_NAME, DEMO_DATASET, DEMO_MLM, DEMO_MODEL
 from mmcoa.eval import sample_indices
 from mmcoa.files import write_json_atomic
 from mmcoa.eval.suite import evaluate_cell, run_suite

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import mmcoa
 from mmcoa.attacks import PGD
-from mmcoa.benchmarking import bench_parser, machine, other_load, parse_bench_args, time_it
+from common import bench_parser, machine, other_load, parse_bench_args, time_it
 from mmcoa.models import ZeroShotClassifier
 
 EPS = 4 / 255

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import mmcoa
 from mmcoa.attacks.text import BertAttack, MaskedLM, kl_divergence_score
 from mmcoa.attacks.text.stopwords import default_stop_words
-from mmcoa.benchmarking import bench_parser, machine, other_load, parse_bench_args, time_it
+from common import bench_parser, machine, other_load, parse_bench_args, time_it
 
 CIFAR100 = (
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "

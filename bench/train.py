@@ -33,8 +33,7 @@ import torch.nn.functional as F
 
 import mmcoa
 from mmcoa.attacks.text import BertAttack, load_mlm
-from mmcoa.attacks.text.tiny_mlm import INFO_FILE, caption_corpus, train_tiny_mlm
-from mmcoa.benchmarking import bench_parser, machine, other_load, parse_bench_args, time_it
+from common import bench_parser, machine, other_load, parse_bench_args, time_it
 from mmcoa.data import load_dataset
 from mmcoa.data.base import TensorClassificationDataset
 from mmcoa.errors import MmcoaError
@@ -42,8 +41,11 @@ from mmcoa.models import ZeroShotClassifier
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, MMCOA_DEFAULTS, MMCoA, StepContext
 from mmcoa.train.objectives import fare_loss, pmg_aft_loss
-from mmcoa.train.pretrain import CAPTION_TEMPLATES
+from mmcoa_demo.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.trainer import TrainLoop, build_optimizer, build_schedule, total_steps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny MLM, a test fixture
+from tiny_mlm import INFO_FILE, caption_corpus, train_tiny_mlm  # noqa: E402
 
 METHOD_NAMES = ("ft-standard", "tecoa", "mmcoa", "fare", "pmg-aft", "vp")
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -1,15 +1,21 @@
 """Helpers the test modules share (fixtures live in conftest.py): the perturbation-budget check,
-a training run crashed at a step, and ``mmcoa`` run in 1 or 2 processes."""
+a training run crashed at a step, ``mmcoa`` run in 1 or 2 processes (several commands in one
+torchrun when run as a script), a forward-pass counter, and
+the small on-disk layouts tests write (an image folder, MSCOCO Karpathy, STL-10 and EuroSAT)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mmcoa.train import trainer
 
@@ -50,6 +56,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_mmcoa_here(args: list[str]) -> None:
+    """``mmcoa ARGS`` in this process (the 1-process reference of a torchrun comparison without
+    starting another interpreter)."""
+    from mmcoa.cli import main
+
+    assert main(list(args)) == 0
+
+
 def run_mmcoa(args: list[str], processes: int) -> None:
     """``python -m mmcoa ARGS``, or ``torchrun --nproc_per_node N -m mmcoa ARGS``."""
     launcher = [
@@ -69,3 +83,161 @@ def run_mmcoa(args: list[str], processes: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def run_mmcoa_commands(commands: list[list[str]], processes: int, folder: Path) -> None:
+    """Several ``mmcoa`` commands in one ``torchrun --nproc_per_node N``: each rank runs them in
+    order in one process (this file's ``__main__``; the process group is joined once and kept),
+    one launch instead of one per command. The command list is written to ``folder``."""
+    spec = Path(folder) / "commands.json"
+    spec.write_text(json.dumps(commands))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), __file__, str(spec)]
+    done = subprocess.run(launcher, env=CHILD_ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # for subprocess.run
+
+
+def corrupt_copy(folder: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the image folder at ``tmp_path / "images"`` whose ``dog/1.jpg`` is a truncated
+    JPEG; returns (copy, the bad file)."""
+    import shutil
+
+    copy = tmp_path / "images"
+    shutil.copytree(folder, copy)
+    bad = copy / "dog" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # a truncated JPEG
+    return copy, bad
+
+
+def count_forwarded_samples(classifier):
+    """(counts, hook): ``counts`` gets the batch size of every image-encoder forward pass until
+    ``hook.remove()``."""
+    counts = []
+    hook = classifier.model.model.visual.register_forward_pre_hook(
+        lambda m, args: counts.append(args[0].shape[0])
+    )
+    return counts, hook
+
+
+# -- small layouts on disk ----------------------------------------------------------------------
+FOLDER_CLASSES = ("cat", "dog", "bird")
+
+
+def write_folder(root: Path, per_class: int = 4, size=(50, 37)) -> Path:
+    """An imagefolder of small JPEGs (classes :data:`FOLDER_CLASSES`), some grey (8-bit L) and
+    some RGB."""
+    rng = np.random.default_rng(0)
+    for name in FOLDER_CLASSES:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+            image = Image.fromarray(pixels)
+            (image.convert("L") if i % 3 == 2 else image).save(root / name / f"{i}.jpg", quality=90)
+    return root
+
+
+def write_bad_folder(root: Path) -> tuple[Path, Path]:
+    """(folder, bad file): ``root/imgs`` holds 8 PNGs in two classes; b/1.png (index 5) is cut
+    short."""
+    rng = np.random.default_rng(0)
+    for name in "ab":
+        (root / "imgs" / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = (rng.random((40, 40, 3)) * 255).astype("uint8")
+            Image.fromarray(pixels).save(root / "imgs" / name / f"{i}.png")
+    bad = root / "imgs" / "b" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    return root / "imgs", bad
+
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 200, 40),
+    "blue": (20, 40, 230),
+    "yellow": (230, 220, 20),
+    "black": (10, 10, 10),
+}
+TEST_IMAGES = ("red", "green", "blue")
+THINGS = ("dog", "cat", "car", "boat", "bird")
+
+
+def captions_for(colour: str) -> list[str]:
+    return [f"A {colour} {thing} sits on the grass." for thing in THINGS]
+
+
+def make_layout(root, extra_entries=()):
+    """MSCOCO Karpathy under ``root``: 3 test images (5 captions each), 1 val and 1 restval
+    image, Karpathy's JSON format."""
+    entries = []
+    for index, (colour, split) in enumerate(
+        [(c, "test") for c in TEST_IMAGES] + [("yellow", "val"), ("black", "restval")]
+    ):
+        folder = "val2014" if split != "restval" else "train2014"
+        filename = f"COCO_{folder}_{index:012d}.jpg"
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        pixels = torch.full((40, 48, 3), 0, dtype=torch.uint8) + torch.tensor(
+            COLOURS[colour], dtype=torch.uint8
+        )
+        pixels[index * 4 : index * 4 + 10, 5:20] = 255 - pixels[0, 0]
+        Image.fromarray(pixels.numpy()).save(root / folder / filename)
+        entries.append(
+            {
+                "filepath": folder,
+                "filename": filename,
+                "split": split,
+                "cocoid": index,
+                "sentences": [{"raw": text, "tokens": text.split()} for text in captions_for(colour)],
+            }
+        )
+    entries.extend(extra_entries)
+    (root / "dataset_coco.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
+    return root
+
+
+def save_image(path: Path, seed: int, size=(24, 20), mode: str = "RGB") -> None:
+    """A small random image; the format follows the suffix (.jpg/.JPEG → JPEG)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = {"RGB": 3, "CMYK": 4, "L": 1}[mode]
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode).save(path)
+
+
+def write_lines(path: Path, lines) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+# Fake paper-dataset layouts: each writes the set under root and returns {split: n_images}, class names.
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+EUROSAT_CLASSES = ("AnnualCrop", "HerbaceousVegetation", "SeaLake")
+
+
+def fake_stl10(root: Path):
+    folder = root / "stl10_binary"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5), ("test", 4)):
+        pixels = rng.integers(0, 256, n * 3 * 96 * 96, dtype=np.uint8)
+        (folder / f"{split}_X.bin").write_bytes(pixels.tobytes())
+        (folder / f"{split}_y.bin").write_bytes(np.arange(1, n + 1, dtype=np.uint8).tobytes())
+    write_lines(folder / "class_names.txt", STL10_CLASSES)
+    return {"train": 5, "test": 4}, STL10_CLASSES
+
+
+def fake_eurosat(root: Path, per_class: int = 5):
+    for c, name in enumerate(EUROSAT_CLASSES):
+        for k in range(1, per_class + 1):
+            save_image(root / "eurosat" / "2750" / name / f"{name}_{k}.jpg", 10 * c + k, size=(64, 64))
+    return {"train": 12, "test": 3}, ["annual crop", "herbaceous vegetation", "sea lake"]
+
+
+if __name__ == "__main__":  # a rank of run_mmcoa_commands: python helpers.py COMMANDS.json
+    from mmcoa.cli import main
+
+    for command in json.loads(Path(sys.argv[1]).read_text()):
+        code = main(command)
+        if code:
+            sys.exit(f"mmcoa {' '.join(command)}: exit status {code}")

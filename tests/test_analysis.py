@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,12 +34,10 @@ from mmcoa.analysis.gallery import changed_words, magnified
 from mmcoa.analysis.plotting import DPI
 from mmcoa.analysis.timecost import training_time
 from mmcoa.attacks import PGD
-from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
 from mmcoa.cli import main
 from mmcoa.errors import MmcoaError
 from mmcoa.eval import evaluate
 from mmcoa.train.config import TrainConfig
-from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.trainer import train
 
 FAST = {"n_steps": 1, "step_size": 4 / 255}
@@ -73,9 +72,8 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mlm(tmp_path_factory, synthetic_test):
-    corpus = caption_corpus(synthetic_test.classnames, CAPTION_TEMPLATES)
-    return str(train_tiny_mlm(corpus, tmp_path_factory.mktemp("mlm") / "mlm", steps=30))
+def mlm(synthetic_mlm):
+    return synthetic_mlm
 
 
 def png_size(path) -> tuple[int, int]:
@@ -183,10 +181,24 @@ def test_tsne_keeps_separated_clusters_apart():
     points = torch.cat([c + torch.randn(20, 16, generator=generator) for c in centers]).numpy()
     labels = torch.arange(3).repeat_interleave(20)
     embedded = tsne(points, perplexity=10, n_iter=400)
-    assert embedded.shape == (60, 2)
+    assert embedded.shape == (60, 2) and embedded.dtype == np.float64 and np.isfinite(embedded).all()
     distances = torch.cdist(torch.tensor(embedded), torch.tensor(embedded)).fill_diagonal_(float("inf"))
     assert (labels[distances.argmin(1)] == labels).all()  # nearest neighbour: same cluster
-    assert (tsne(points, perplexity=10, n_iter=400) == embedded).all()  # deterministic
+    centroids = torch.stack([torch.tensor(embedded)[labels == k].mean(0) for k in range(3)])
+    spread = max(torch.tensor(embedded)[labels == k].std(0).norm() for k in range(3))
+    assert torch.pdist(centroids).min() > 3 * spread  # the clusters stay apart, not just adjacent
+    assert (tsne(points, perplexity=10, n_iter=400) == embedded).all()  # same seed: same map
+
+
+def test_tsne_small_and_impossible_inputs():
+    points = np.random.default_rng(0).normal(size=(5, 1))  # perplexity 30 capped; 1-D input padded
+    assert tsne(points, n_iter=250).shape == (5, 2)
+    with pytest.raises(MmcoaError, match="at least 4 points"):
+        tsne(points[:3])
+    with pytest.raises(MmcoaError, match="not all identical"):
+        tsne(np.ones((6, 3)))
+    with pytest.raises(MmcoaError, match="n_iter >= 250"):
+        tsne(points, n_iter=100)
 
 
 def test_feature_analysis_and_plot(tiny_model, tuned_model, synthetic_test, tmp_path):
@@ -196,7 +208,7 @@ def test_feature_analysis_and_plot(tiny_model, tuned_model, synthetic_test, tmp_
         PGD(eps=4 / 255, **FAST),
         n_samples=12,
         batch_size=6,
-        n_iter=100,
+        n_iter=250,
     )
     assert result["CLIP"]["n"] == 12 and result["CLIP"]["tsne"].shape == (24, 2)
     assert -1 <= result["CLIP"]["cosine"] <= 1

@@ -12,19 +12,9 @@ from mmcoa.attacks.apgd import APGD, APGDCE, APGDT, LogitsModule, torchattacks_s
 from mmcoa.attacks.base import ATTACKS, build_attack
 from mmcoa.errors import MmcoaError
 from mmcoa.models import ZeroShotClassifier
-from helpers import assert_valid_perturbation
+from helpers import assert_valid_perturbation, count_forwarded_samples
 
 NAMES = ("apgd", "apgd-ce", "apgd-t")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model gains nothing from intra-op threads, and on a shared 2-core machine
-    their spin-waiting made this module up to 20x slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _predictions(classifier, images):
@@ -230,14 +220,6 @@ def test_works_when_called_under_no_grad(classifier, predicted):
     assert torch.equal(got, expected)
 
 
-def _count_forwarded_samples(classifier):
-    counts = []
-    hook = classifier.model.model.visual.register_forward_pre_hook(
-        lambda m, args: counts.append(args[0].shape[0])
-    )
-    return counts, hook
-
-
 @pytest.mark.parametrize(
     "name,per_sample",
     [
@@ -248,7 +230,7 @@ def _count_forwarded_samples(classifier):
 )
 def test_queries_count_forward_passes_of_a_sample_never_fooled(classifier, predicted, name, per_sample):
     images, labels = predicted
-    counts, hook = _count_forwarded_samples(classifier)
+    counts, hook = count_forwarded_samples(classifier)
     try:
         # a budget too small to fool anyone: every sample goes through every run
         result = build_attack(name, eps=1e-6, n_steps=4, n_restarts=2)(classifier, images, labels, _seeded())
@@ -261,7 +243,7 @@ def test_queries_count_forward_passes_of_a_sample_never_fooled(classifier, predi
 
 def test_queries_are_an_upper_bound_when_samples_are_fooled(classifier, predicted):
     images, labels = predicted
-    counts, hook = _count_forwarded_samples(classifier)
+    counts, hook = count_forwarded_samples(classifier)
     try:
         result = APGD(eps=4 / 255, n_steps=4, n_restarts=2)(classifier, images, labels, _seeded())
     finally:

@@ -10,8 +10,10 @@ retrieval), at tiny budgets, must
 - rebuild from its recorded parameters: ``build_attack(name, **attack.params())``, also after
   the parameters went through JSON as they do in result records.
 
-A new attack is covered by registering it; give it tiny budgets in :data:`FAST` if its
-defaults are slow.
+Every attack also declares its threat, and a setting many attacks take (``eps``, ``mlm``...)
+has one declaration (the same help, unit and choices everywhere). A new attack is covered by
+registering it; :data:`FAST` gives tiny budgets by field name, so an attack whose slow fields
+have the usual names needs no entry.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import pytest
 import torch
 
 from mmcoa.attacks import ATTACKS, RETRIEVAL_ATTACKS, build_attack, build_retrieval_attack
-from mmcoa.attacks.base import parameter_names
+from mmcoa.attacks.base import THREATS, parameter_names, user_settings
 from mmcoa.attacks.retrieval import encode_texts
-from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
+from tiny_mlm import caption_corpus, train_tiny_mlm
 from mmcoa.models import ZeroShotClassifier
-from mmcoa.train.pretrain import CAPTION_TEMPLATES
+from mmcoa_demo.pretrain import CAPTION_TEMPLATES
 from helpers import assert_valid_perturbation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,3 +121,37 @@ def test_retrieval_attack_contract(name, mlm, watched, synthetic_test, batch):
     assert len(edited) == len(captions)
     assert_valid_perturbation(adversarial, images, attack.params().get("eps", 0))
     assert edited == again[0] and torch.equal(adversarial, again[1])
+
+
+@pytest.mark.parametrize("registry", [ATTACKS, RETRIEVAL_ATTACKS], ids=lambda r: r.kind)
+def test_every_attack_declares_its_threat(registry):
+    threats = {name: registry.get(name).threat for name in registry.names()}
+    assert {name: t for name, t in threats.items() if t not in THREATS} == {}
+
+
+def test_a_setting_shared_by_attacks_has_one_declaration():
+    declared: dict[str, set] = {}
+    for registry in (ATTACKS, RETRIEVAL_ATTACKS):
+        for name in registry.names():
+            for f in user_settings(registry.get(name)):
+                meta = f.metadata
+                declared.setdefault(f.name, set()).add((meta["help"], meta.get("unit"), meta.get("choices")))
+    assert {name: found for name, found in declared.items() if len(found) > 1} == {}
+
+
+def test_a_sep_attack_reuses_its_image_part(mlm, synthetic_test, batch, tiny_model):
+    """The paper's multimodal attack is PGD's images plus the attacked prompts: given PGD's
+    result it returns those images; without it, it computes the same ones (same seed)."""
+    attack = build_attack("multimodal", **fast_params(ATTACKS.get("multimodal"), mlm))
+    attack.prepare("cpu")
+    part = attack.image_part()
+    assert part.name == "pgd" and part.threat == "image"
+    assert build_attack("multimodal-joint", mlm=mlm).image_part() is None
+    classifier = ZeroShotClassifier(tiny_model, synthetic_test.prompts())
+    images, labels = batch
+    given = part(classifier, images, labels, torch.Generator().manual_seed(3))
+    reused = attack(classifier, images, labels, image_result=given)
+    computed = attack(classifier, images, labels, torch.Generator().manual_seed(3))
+    assert reused.images is given.images
+    assert torch.equal(computed.images, given.images)
+    assert reused.queries == computed.queries > given.queries

@@ -17,8 +17,7 @@ from mmcoa.attacks.base import build_attack
 from mmcoa.cli import main
 from mmcoa.errors import MmcoaError
 from mmcoa.models import ZeroShotClassifier
-from helpers import assert_valid_perturbation
-from test_apgd import _count_forwarded_samples  # the same forward-pass counter
+from helpers import assert_valid_perturbation, count_forwarded_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -247,7 +246,7 @@ def test_queries_count_forward_passes_of_a_sample_never_fooled(
     classifier, predicted, name, params, per_sample
 ):
     images, labels = predicted
-    counts, hook = _count_forwarded_samples(classifier)
+    counts, hook = count_forwarded_samples(classifier)
     try:
         result = build_attack(name, eps=1e-6, n_restarts=2, **params)(classifier, images, labels, _seeded())
     finally:

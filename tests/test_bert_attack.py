@@ -1,4 +1,5 @@
-"""BERT-Attack (Li et al. 2020; paper Eq. 4): candidates, greedy search, batching and cache.
+"""BERT-Attack (Li et al. 2020; paper Eq. 4): candidates, greedy search, batching and cache, the
+published filter words.
 
 Most tests use a hand-built masked LM: a real WordPiece ``BertTokenizer`` over a small vocab file
 and a lookup-table "MLM" whose logits at a position depend only on the token there, so every
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 import zlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +22,7 @@ from torch import nn
 from mmcoa.attacks.text import BertAttack, MaskedLM, TextEdit, kl_divergence_score, load_mlm
 from mmcoa.attacks.text.stopwords import default_stop_words, parse_stop_words
 from mmcoa.errors import MmcoaError
+from tiny_mlm import caption_corpus
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = (
@@ -363,3 +366,36 @@ def test_load_mlm_without_tokenizer_files_fails_in_one_line(tokenizer, tmp_path)
     with pytest.raises(MmcoaError) as info:
         load_mlm(str(tmp_path))
     assert "\n" not in str(info.value)
+
+
+# -- the published filter words ------------------------------------------------------------------
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+PUBLISHED_FILTER_WORDS_SHA256 = "eca1b689ed4ecce8db29913a77e05cade8a08162234a4107ee5eda550c58502b"  # shared/reference/bert_attack_filter_words.txt
+
+
+def test_default_filter_words_are_the_published_list():
+    """The shipped file is the published list byte for byte (its SHA-256; compared with the
+    reference file itself where the checkout has it beside it)."""
+    import hashlib
+    from importlib import resources
+
+    shipped = resources.files("mmcoa.attacks.text").joinpath("filter_words.txt").read_bytes()
+    assert hashlib.sha256(shipped).hexdigest() == PUBLISHED_FILTER_WORDS_SHA256
+    reference = REFERENCE / "bert_attack_filter_words.txt"
+    if reference.is_file():
+        assert shipped == reference.read_bytes()
+    published = {line.strip().lower() for line in shipped.decode("utf-8").splitlines() if line.strip()}
+    assert default_stop_words() == published
+    assert {"t", "s", "one", "first", "back", "same", "once", "please", ".", "this"} <= default_stop_words()
+
+
+def test_the_t_of_t_shirt_gets_no_candidates(tiny_mlm):
+    """On the demo, "t shirt top" lost its "t" under the old list; "t" is a published filter word."""
+    corpus = caption_corpus(["t shirt top", "trouser", "pullover", "dress"], ["This is a photo of a {}"])
+    mlm = load_mlm(tiny_mlm(corpus, steps=5))
+    attack = BertAttack(mlm, k=10, min_logit=-1e9)  # every top-k piece is a candidate
+    per_word = attack.candidates(["This is a photo of a t shirt top"])[0]
+    assert per_word[0] == per_word[1] == per_word[5] == []  # This, is, t
+    assert any(per_word[6] + per_word[7])  # content words are still attacked
+    unfiltered = BertAttack(mlm, k=10, min_logit=-1e9, stop_words=frozenset())
+    assert unfiltered.candidates(["This is a photo of a t shirt top"])[0][5]  # the list does it

@@ -11,24 +11,17 @@ import torch
 
 import mmcoa
 from mmcoa.attacks import PGD
-from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
 from mmcoa.models import ZeroShotClassifier
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS
-from mmcoa.train.pretrain import CAPTION_TEMPLATES
 from mmcoa.train.trainer import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture(scope="module")
-def mlm(tmp_path_factory):
-    classes = mmcoa.load_dataset("synthetic", split="train").classnames
-    return str(
-        train_tiny_mlm(
-            caption_corpus(classes, CAPTION_TEMPLATES), tmp_path_factory.mktemp("cuda-mlm") / "mlm", steps=30
-        )
-    )
+def mlm(synthetic_mlm):
+    return synthetic_mlm
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
@@ -63,14 +56,12 @@ def test_pgd_on_cuda_keeps_the_budget():
     assert adv.min() >= 0 and adv.max() <= 1
 
 
-def test_the_batch_pipeline_pins_and_copies_exactly_to_cuda(tmp_path):
+def test_the_batch_pipeline_pins_and_copies_exactly_to_cuda(image_folder):
     """uint8 batches from 2 workers, pinned, copied with non_blocking and scaled on the GPU, are
     bit-identical to the CPU's float images (x / 255 is correctly rounded on both)."""
-    from test_pipeline import write_folder
-
     from mmcoa.data.loading import BatchLoader
 
-    dataset = mmcoa.load_dataset(f"imagefolder:{write_folder(tmp_path / 'images')}")
+    dataset = mmcoa.load_dataset(f"imagefolder:{image_folder}")
     batches = [[0, 5, 9], [2, 1]]
     for batch in BatchLoader(dataset, batches, device="cuda", workers=2):
         expected = torch.stack([dataset[i][0] for i in batch.indices])

@@ -1,4 +1,5 @@
-"""Tests for mmcoa.data: every loader runs on small files the tests write themselves."""
+"""Tests for mmcoa.data: every loader runs on small files the tests write themselves; the batch
+loader gives the same batches with 0 or 2 worker processes and names a corrupt file in one line."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import mmcoa
 from mmcoa.data import (
     DATASETS,
     DEFAULT_TEMPLATE,
@@ -21,7 +23,9 @@ from mmcoa.data import (
     load_dataset,
 )
 from mmcoa.data.fashion_mnist import SYSTEM_DIR
-from mmcoa.errors import DatasetUnavailableError, MmcoaError, UnknownNameError
+from mmcoa.data.loading import BatchLoader, as_float_images, default_workers, resolve_workers
+from mmcoa.errors import BadImageError, DatasetUnavailableError, MmcoaError, UnknownNameError, one_line
+from helpers import corrupt_copy
 
 
 def check_images(dataset: ClassificationDataset, shape: tuple[int, int, int]) -> None:
@@ -263,3 +267,90 @@ def test_prompts_custom_template():
     assert dataset.prompts("a {}.")[0] == "a red stripe."
     with pytest.raises(MmcoaError):
         dataset.prompts("no slot")
+
+
+# -- the batch loader: worker processes change nothing but speed ---------------------------------
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_hold_the_items_in_the_given_order_bit_for_bit(image_folder, workers):
+    dataset = mmcoa.load_dataset(f"imagefolder:{image_folder}")
+    batches = [[5, 0, 7], [11, 2], [3]]
+    state = torch.get_rng_state()
+    loaded = list(BatchLoader(dataset, batches, workers=workers))
+    assert torch.equal(torch.get_rng_state(), state)  # workers' seeds come from their own generator
+    assert [b.indices for b in loaded] == batches and [b.position for b in loaded] == [0, 1, 2]
+    for batch, chosen in zip(loaded, batches):
+        expected = torch.stack([dataset[i][0] for i in chosen])
+        assert batch.images.dtype == torch.float32 and torch.equal(batch.images, expected)
+        assert batch.labels.tolist() == [dataset[i][1] for i in chosen] and batch.wait_s >= 0
+
+
+def test_uint8_travels_and_becomes_what_to_tensor_gives(image_folder):
+    from torchvision.transforms.functional import to_tensor
+
+    dataset = mmcoa.load_dataset(f"imagefolder:{image_folder}")
+    raw, _ = dataset.raw_item(0)
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 224, 224)
+    with Image.open(dataset.source(0)) as image:
+        reference = to_tensor(
+            dataset.inner.transform.transforms[1](dataset.inner.transform.transforms[0](image.convert("RGB")))
+        )
+    assert torch.equal(as_float_images(raw.unsqueeze(0))[0], reference)
+
+
+def test_positions_pick_the_batches_and_a_batch_function_works(image_folder):
+    dataset = mmcoa.load_dataset(f"imagefolder:{image_folder}")
+    loaded = list(BatchLoader(dataset, lambda p: [p, p + 1], positions=range(3, 6), workers=0))
+    assert [b.indices for b in loaded] == [[3, 4], [4, 5], [5, 6]] and [b.position for b in loaded] == [
+        3,
+        4,
+        5,
+    ]
+    with pytest.raises(MmcoaError, match="positions"):
+        BatchLoader(dataset, lambda p: [p])
+
+
+def test_worker_counts(monkeypatch):
+    synthetic = mmcoa.load_dataset("synthetic")
+    assert resolve_workers(None, synthetic) == 0  # held in memory: nothing to decode
+    assert resolve_workers(3, synthetic) == 3 and 1 <= default_workers() <= 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")  # more processes on the node than cores
+    assert default_workers() == 1
+    for bad in (-1, 1.5):
+        with pytest.raises(MmcoaError, match="workers must be a non-negative integer"):
+            resolve_workers(bad, synthetic)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_file_in_a_worker_is_one_line_naming_it(image_folder, tmp_path, workers):
+    copy, bad = corrupt_copy(image_folder, tmp_path)
+    dataset = mmcoa.load_dataset(f"imagefolder:{copy}")
+    with pytest.raises(BadImageError) as caught:
+        list(BatchLoader(dataset, [list(range(len(dataset)))], workers=workers))
+    message = str(caught.value)
+    assert "\n" not in message and str(bad) in message and "Traceback" not in message
+    skipped = list(BatchLoader(dataset, [list(range(len(dataset)))], workers=workers, skip_bad_images=True))
+    assert skipped[0].skipped == 1 and len(skipped[0]) == len(dataset) - 1
+
+
+def test_a_dataset_workers_cannot_receive_falls_back_to_the_main_process(image_folder, monkeypatch, capsys):
+    """Under spawn/forkserver the workers get a pickled dataset; one that does not pickle loads
+    in the main process, with a one-line note."""
+    import multiprocessing
+
+    dataset = mmcoa.load_dataset(f"imagefolder:{image_folder}")
+    dataset.unpicklable = lambda: None  # e.g. a user's dataset holding an open handle or a lambda
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
+    loader = BatchLoader(dataset, [[0, 1]], workers=2)
+    note = capsys.readouterr().err
+    assert loader.workers == 0 and note.count("\n") == 1 and "cannot be sent to worker processes" in note
+    assert [b.indices for b in loader] == [[0, 1]]
+
+
+# -- a corrupt image read by a DataLoader worker -------------------------------------------------
+def test_a_corrupt_image_read_by_a_dataloader_worker_is_still_one_line(bad_folder):
+    folder, bad = bad_folder
+    dataset = mmcoa.load_dataset(f"imagefolder:{folder}")
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [5]), num_workers=1)
+    with pytest.raises(MmcoaError) as caught:
+        next(iter(loader))
+    assert str(bad) in one_line(caught.value) and "Traceback" not in one_line(caught.value)

@@ -1,6 +1,6 @@
-"""The offline demo end to end on real Fashion-MNIST images with the pretrained MiniLM text tower,
-with a shorter pre-training, fewer evaluation samples and a shortened Table I; plus the Table I
-and summary formatting on hand-made records."""
+"""The offline demo (``mmcoa_demo``) end to end on real Fashion-MNIST images with the pretrained
+MiniLM text tower, with a shorter pre-training, fewer evaluation samples and a shortened Table I;
+plus its Table I suite file and its summary on hand-made records."""
 
 from __future__ import annotations
 
@@ -12,29 +12,30 @@ from dataclasses import replace
 import open_clip
 import pytest
 import torch
+import yaml
 
-from mmcoa.demo import (
+from mmcoa.eval.results import RECORD_KEYS
+from mmcoa.eval.suite_config import load_suite
+from mmcoa.models import load_model
+from mmcoa.models.minilm import MINILM_CLIP, minilm_dir
+from mmcoa_demo.demo import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     PRETRAIN,
     SUMMARY_NAME,
-    TABLE1_COLUMNS,
     TABLE1_ROWS,
+    TABLE1_SUITE,
+    TABLE1_SUITE_DIR,
     SanitySettings,
     Table1Settings,
-    attacked_prompts,
-    demo_summary,
-    format_table1,
-    read_sanity,
+    Where,
     run_demo,
-    table1_accuracies,
+    table1_suite,
 )
-from mmcoa.eval.results import RECORD_KEYS
-from mmcoa.models import load_model
-from mmcoa.models.minilm import MINILM_CLIP, minilm_dir
+from mmcoa_demo.summary import TABLE1_TITLE, attacked_prompts, demo_summary, read_sanity, table1_markdown
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-SMALL_PRETRAIN = replace(PRETRAIN, target_accuracy=0.70, eval_every=25, val_size=500)
+SMALL_PRETRAIN = replace(PRETRAIN, target_accuracy=0.60, eval_every=25, val_size=300)
 SMALL_TABLE1 = Table1Settings(
     n_samples=100,
     eval_steps=3,
@@ -71,7 +72,7 @@ def test_demo_trains_saves_and_attacks(demo_run):
         1,
         1,
     ]
-    assert clean["accuracy"] >= 0.70
+    assert clean["accuracy"] >= 0.55  # chance: 0.10
     assert pgd4["accuracy"] < clean["accuracy"] - 0.05
     assert pgd4["accuracy"] <= pgd1["accuracy"] <= clean["accuracy"]
     for text_attack in (bert, multimodal, coattack):
@@ -82,7 +83,7 @@ def test_demo_trains_saves_and_attacks(demo_run):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == json.loads(json.dumps(records))
     assert all(set(RECORD_KEYS) <= set(r) for r in written)
-    assert json.loads((tmp_path / "pretrain.json").read_text())["val_accuracy"] >= 0.70
+    assert json.loads((tmp_path / "pretrain.json").read_text())["val_accuracy"] >= SMALL_PRETRAIN.target_accuracy
 
 
 def test_demo_checkpoint_loads_in_plain_open_clip_from_its_config(demo_run):
@@ -121,7 +122,25 @@ def test_demo_table1_records(demo_run):
     by_row = {row: {r["attack"]: r["accuracy"] for r in records if r["row"] == row} for row in ROW_NAMES}
     for accuracy in by_row.values():  # robust accuracy never exceeds clean accuracy
         assert max(accuracy[a] for a in ATTACKS[1:]) <= accuracy["clean"]
-    assert by_row["CLIP (zero-shot)"]["clean"] >= 0.70
+    assert by_row["CLIP (zero-shot)"]["clean"] >= 0.55
+
+
+def test_demo_table1_is_a_suite_run(demo_run):
+    """Table I is the suite file the demo wrote, run by the suite runner: table1.json holds the
+    runner's records with row and method in place of the suite's keys."""
+    tmp_path, _ = demo_run
+    config = load_suite(tmp_path / TABLE1_SUITE)
+    assert [m.label for m in config.models] == ROW_NAMES
+    assert [a.name for a in config.attacks] == ATTACKS
+    assert [a.params for a in config.attacks] == [a.params() for a in SMALL_TABLE1.attacks("minilm")]
+    suite_records = json.loads((tmp_path / TABLE1_SUITE_DIR / "records.json").read_text())
+    records = json.loads((tmp_path / "table1.json").read_text())
+    assert len(suite_records) == len(records) == len(config.cells())
+    for ours, theirs in zip(records, suite_records):
+        assert ours["row"] == theirs["label"]
+        assert {k: v for k, v in ours.items() if k not in ("row", "method")} == {
+            k: v for k, v in theirs.items() if k in ours
+        }
 
 
 def test_demo_text_attack_is_not_a_label_swap(demo_run):
@@ -168,20 +187,19 @@ def test_demo_table1_markdown_and_summary_match_the_records(demo_run):
     tmp_path, records = demo_run
     table1 = json.loads((tmp_path / "table1.json").read_text())
     text = (tmp_path / "table1.md").read_text()
-    assert (
-        text
-        == format_table1(
-            table1, SMALL_TABLE1.describe("minilm", SMALL_TABLE1.max_steps * SMALL_TABLE1.batch_size)
-        )
-        + "\n"
-    )
+    note = SMALL_TABLE1.describe("minilm", SMALL_TABLE1.max_steps * SMALL_TABLE1.batch_size)
+    assert text == table1_markdown(table1, note) + "\n"
+    assert text.startswith(f"### {TABLE1_TITLE}\n")
     rows = _markdown_rows(text)
-    assert list(rows) == ROW_NAMES + ["FT-standard − CLIP", "TeCoA − CLIP", "MMCoA − CLIP", "MMCoA − TeCoA"]
-    accuracy = table1_accuracies(table1)
+    assert list(rows)[:4] == ROW_NAMES
+    assert {"MMCoA − CLIP (zero-shot)", "MMCoA − TeCoA"} <= set(rows)
+    accuracy = {
+        row: sorted(100 * r["accuracy"] for r in table1 if r["row"] == row) for row in ROW_NAMES
+    }  # the report orders the columns; every record is one cell of its row
     for row in ROW_NAMES:
-        assert rows[row] == pytest.approx([accuracy[row][c] for c, _ in TABLE1_COLUMNS], abs=0.05)
+        assert sorted(rows[row]) == pytest.approx(accuracy[row], abs=0.005)
     assert rows["MMCoA − TeCoA"] == pytest.approx(
-        [a - b for a, b in zip(rows["MMCoA"], rows["TeCoA"])], abs=0.11
+        [a - b for a, b in zip(rows["MMCoA"], rows["TeCoA"])], abs=0.011
     )
     assert "4/255" in text and f"{SMALL_TABLE1.n_samples} Fashion-MNIST test images" in text
     summary = (tmp_path / SUMMARY_NAME).read_text()
@@ -234,27 +252,53 @@ def test_demo_writes_its_report_with_the_sweep_interpolation_and_sanity_checks(d
     assert "MMCoA" in markdown and "sanity" in markdown.lower()
 
 
-def test_table1_format_on_hand_made_records():
+def test_table1_suite_file_on_hand_made_weights(tmp_path):
+    """The suite file: one row per model in the given order, Table I's attacks in units of
+    1/255, and a checkpoint path with braces kept literal (not a ``{dataset}`` placeholder)."""
+    weights = {"CLIP (zero-shot)": tmp_path / "zero{shot}.pt", "TeCoA": tmp_path / "tecoa" / "final.pt"}
+    suite = table1_suite(weights, "minilm", SMALL_TABLE1, Where(device="cpu", seed=3))
+    path = tmp_path / TABLE1_SUITE
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    config = load_suite(path, check_files=False)
+    assert [c.weights for c in config.cells()][:: len(ATTACKS)] == [str(p) for p in weights.values()]
+    assert [m.label for m in config.models] == list(weights)
+    assert (config.n_samples, config.seed, config.device) == (SMALL_TABLE1.n_samples, 3, "cpu")
+    assert config.attacks[1].settings == {"eps": 4.0, "step_size": 1.0, "n_steps": SMALL_TABLE1.eval_steps}
+    assert [a.params for a in config.attacks] == [a.params() for a in SMALL_TABLE1.attacks("minilm")]
+
+
+def test_table1_markdown_is_the_reports_table_on_hand_made_records():
     values = {
         "CLIP (zero-shot)": (0.50, 0.40, 0.30, 0.35, 0.78),
         "FT-standard": (0.49, 0.5, 0.3, 0.3, 0.80),
         "TeCoA": (0.61, 0.45, 0.4, 0.5, 0.77),
         "MMCoA": (0.62, 0.65, 0.55, 0.6, 0.76),
     }
+    threats = ("image", "text", "multimodal", "multimodal", "clean")
     records = [
-        {"row": row, "attack": attack, "accuracy": acc}
+        {
+            "row": row,
+            "model": MINILM_CLIP,
+            "dataset": "fashion_mnist",
+            "attack": attack,
+            "threat": threat,
+            "attack_params": {},
+            "accuracy": acc,
+        }
         for row, accs in values.items()
-        for (_, attack), acc in zip(TABLE1_COLUMNS, accs)
+        for attack, threat, acc in zip(["pgd", "bert", "multimodal", "coattack", "clean"], threats, accs)
     ]
-    rows = _markdown_rows(format_table1(records))
-    assert rows["MMCoA"] == [62.0, 65.0, 55.0, 60.0, 76.0]
-    assert rows["FT-standard − CLIP"] == pytest.approx([-1.0, 10.0, 0.0, -5.0, 2.0])
-    assert rows["MMCoA − TeCoA"] == pytest.approx([1.0, 20.0, 15.0, 10.0, -1.0])
-    header = format_table1(records).splitlines()[2]
-    assert header == "| Method | Image Attack | Text Attack | Multimodal Attack | Co-Attack | Clean |"
-    # only the rows present are printed, and no delta that needs a missing row
-    partial = _markdown_rows(format_table1([r for r in records if r["row"] != "TeCoA"]))
-    assert "TeCoA" not in partial and "MMCoA − TeCoA" not in partial and "MMCoA − CLIP" in partial
+    text = table1_markdown(records, "a note")
+    rows = _markdown_rows(text)
+    assert sorted(rows["MMCoA"]) == sorted([62.0, 65.0, 55.0, 60.0, 76.0])
+    assert sorted(rows["MMCoA − TeCoA"]) == pytest.approx(sorted([1.0, 20.0, 15.0, 10.0, -1.0]))
+    assert sorted(rows["FT-standard − CLIP (zero-shot)"]) == pytest.approx(
+        sorted([-1.0, 10.0, 0.0, -5.0, 2.0])
+    )
+    assert text.endswith("\n\na note") and text.startswith(f"### {TABLE1_TITLE}")
+    # only the rows present are printed, and no gain that needs a missing row
+    partial = _markdown_rows(table1_markdown([r for r in records if r["row"] != "TeCoA"]))
+    assert "TeCoA" not in partial and "MMCoA − TeCoA" not in partial and "MMCoA − CLIP (zero-shot)" in partial
 
 
 def test_attacked_prompts_pair_each_class_prompt_with_its_edit():
@@ -287,10 +331,11 @@ def test_attacked_prompts_pair_each_class_prompt_with_its_edit():
 
 
 def _markdown_rows(text: str) -> dict[str, list[float]]:
-    """Table rows of a Markdown table as {first cell: numbers} ("−" read as minus)."""
+    """Table rows of a Markdown table as {first cell: numbers} ("−" read as minus, a gain row's
+    italics dropped)."""
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells and re.fullmatch(r"[+−-]?\d+\.\d", cells[-1]):
-            rows[cells[0]] = [float(c.replace("−", "-")) for c in cells[1:]]
+        if line.startswith("|") and cells and re.fullmatch(r"[+−-]?\d+\.\d+", cells[-1]):
+            rows[cells[0].strip("*")] = [float(c.replace("−", "-")) for c in cells[1:]]
     return rows

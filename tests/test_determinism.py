@@ -26,7 +26,7 @@ from mmcoa.seeding import seeded_global_rng
 from mmcoa.train import methods as methods_module
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.trainer import train
-from helpers import crash_training_at, run_mmcoa
+from helpers import crash_training_at, run_mmcoa, run_mmcoa_here
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -197,9 +197,9 @@ def kill_after_rows(args: list[str], rows: int) -> None:
 def test_a_run_killed_with_sigkill_and_resumed_ends_where_the_whole_run_ends(tmp_path):
     """A real kill at whatever point the run has reached after its second step (mid-step,
     mid-save): the resumed run continues from its last checkpoint and ends bit-identical."""
-    run_mmcoa(cli_args("mmcoa", tmp_path / "whole", 4), processes=1)
+    run_mmcoa_here(cli_args("mmcoa", tmp_path / "whole", 4))
     kill_after_rows(cli_args("mmcoa", tmp_path / "killed", 4), rows=2)
-    run_mmcoa(cli_args("mmcoa", tmp_path / "killed", 4) + ["--resume"], processes=1)
+    run_mmcoa_here(cli_args("mmcoa", tmp_path / "killed", 4) + ["--resume"])
     assert differing(weights(tmp_path / "whole"), weights(tmp_path / "killed")) == []
     assert losses(tmp_path / "whole") == losses(tmp_path / "killed")
 
@@ -210,7 +210,7 @@ def test_two_processes_end_where_one_process_ends(tmp_path):
     """MMCoA trains the text tower with its dropout on: every rank draws the masks of all the
     prompts, as one process does, so the update is the single process's within float rounding
     (the tolerance of ``test_distributed``)."""
-    run_mmcoa(cli_args("mmcoa", tmp_path / "one", 2), processes=1)
+    run_mmcoa_here(cli_args("mmcoa", tmp_path / "one", 2))
     run_mmcoa(cli_args("mmcoa", tmp_path / "two", 2), processes=2)
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     for key in one:

@@ -1,17 +1,24 @@
 """torchrun with 2 CPU processes (gloo): the update equals one process's on the same global
-batch; evaluation shards samples and sums the counts; the helpers' arithmetic in one process."""
+batch; evaluation shards samples and sums the counts; the helpers' arithmetic in one process;
+text shared across ranks gives one process's gradient; a failing rank ends every rank fast."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import tempfile
+import time
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
+import mmcoa
 from mmcoa.distributed import SINGLE, World, gather_with_grad, scaled_gradient
 from mmcoa.errors import MmcoaError
-from helpers import run_mmcoa
+from helpers import CHILD_ENV, free_port, run_mmcoa_commands, run_mmcoa_here
 
 TRAIN_ARGS = [
     "--model",
@@ -32,43 +39,92 @@ def final_weights(run) -> dict:
     return torch.load(os.path.join(run, "final.pt"), map_location="cpu", weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def mlm(tmp_path_factory):
-    import mmcoa
-    from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
-    from mmcoa.train.pretrain import CAPTION_TEMPLATES
+TRAIN_CASES = [
+    ("ft-standard", []),  # both towers, batch-coupled loss
+    ("mmcoa", ["--adv-image-weight", "0", "--adv-text-weight", "1"]),  # adversarial prompts from rank 0
+    ("tecoa", ["--train-eps", "4", "--train-step-size", "1"]),  # PGD: random starts of the batch
+    ("tecoa", ["--train-eps", "4", "--workers", "2"]),  # each rank's shard from 2 workers
+    ("pmg-aft", ["--train-steps", "1", "--train-eps", "4"]),  # a per-sample loss
+    ("pmg-aft", ["--train-steps", "1", "--batch-size", "15"]),  # shards of 8 and 7: weighted
+    ("fare", ["--train-eps", "4", "--train-step-size", "1"]),  # its own maximize, L2 too below
+]
+EVAL_ARGS = [
+    "eval",
+    "--model",
+    "tiny-clip",
+    "--pretrained",
+    "random",
+    "--dataset",
+    "synthetic",
+    "--attacks",
+    "clean,pgd",
+    "--n-steps",
+    "2",
+    "--eps",
+    "4",
+    "--n-samples",
+    "21",
+    "--batch-size",
+    "4",
+    "--no-progress",
+]
+RESUME_ARGS = [
+    "train",
+    "--method",
+    "tecoa",
+    "--model",
+    "tiny-clip",
+    "--dataset",
+    "synthetic",
+    "--batch-size",
+    "16",
+    "--train-eps",
+    "4",
+    "--save-every",
+    "1",
+    "--no-progress",
+]
 
-    classes = mmcoa.load_dataset("synthetic", split="train").classnames
-    return str(
-        train_tiny_mlm(
-            caption_corpus(classes, CAPTION_TEMPLATES), tmp_path_factory.mktemp("ddp-mlm") / "mlm", steps=30
-        )
-    )
+
+def train_args(case: int, mlm: str) -> list[str]:
+    method, extra = TRAIN_CASES[case]
+    return ["train", "--method", method, "--mlm", mlm, *TRAIN_ARGS, *extra]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, synthetic_mlm):
+    """The folder of every 2-process run the comparisons below read, all made by one torchrun
+    (each rank runs the commands in turn: one launch, not one per comparison). The
+    resume comparison's first step runs here first, in this process."""
+    root = tmp_path_factory.mktemp("ddp")
+    run_mmcoa_here(RESUME_ARGS + ["--max-steps", "1", "--output", str(root / "split"), "--keep-resume-state"])
+    (root / "suite.yaml").write_text(SUITE)
+    commands = [
+        train_args(case, synthetic_mlm) + ["--output", str(root / f"train{case}")] for case in range(7)
+    ]
+    commands += [
+        EVAL_ARGS + ["--output", str(root / "eval.json")],
+        ["suite", str(root / "suite.yaml"), "--output", str(root / "suite"), "--no-progress"],
+        RESUME_ARGS + ["--max-steps", "2", "--output", str(root / "split"), "--resume"],
+    ]
+    run_mmcoa_commands(commands, processes=2, folder=root)
+    return root
 
 
 @pytest.mark.slow  # torchrun, 2 processes
-@pytest.mark.parametrize(
-    "method,extra",
-    [
-        ("ft-standard", []),  # both towers, batch-coupled loss
-        ("mmcoa", ["--adv-image-weight", "0", "--adv-text-weight", "1"]),  # adversarial prompts from rank 0
-        ("tecoa", ["--train-eps", "4", "--train-step-size", "1"]),  # PGD: random starts of the batch
-        ("tecoa", ["--train-eps", "4", "--workers", "2"]),  # each rank's shard from 2 workers
-        ("pmg-aft", ["--train-steps", "1", "--train-eps", "4"]),  # a per-sample loss
-        ("pmg-aft", ["--train-steps", "1", "--batch-size", "15"]),  # shards of 8 and 7: weighted
-        ("fare", ["--train-eps", "4", "--train-step-size", "1"]),  # its own maximize, L2 too below
-    ],
-)
-def test_two_processes_give_the_single_process_update(method, extra, mlm, tmp_path):
+@pytest.mark.parametrize("case", range(len(TRAIN_CASES)), ids=[m for m, _ in TRAIN_CASES])
+def test_two_processes_give_the_single_process_update(case, synthetic_mlm, two_processes, tmp_path):
     """Same global batch of 16 (8 + 8) or 15 (8 + 7): the final weights, each step's loss and
     gradient norm (logged after averaging over ranks; AdamW's update alone would hide a
     gradient off by a constant factor) agree within float tolerance. The attacks' random
     starts are drawn for the global batch on every rank, so the shards start where one process
     does."""
-    args = ["train", "--method", method, "--mlm", mlm, *TRAIN_ARGS, *extra]
-    run_mmcoa(args + ["--output", str(tmp_path / "one")], processes=1)
-    run_mmcoa(args + ["--output", str(tmp_path / "two")], processes=2)
-    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    method = TRAIN_CASES[case][0]
+    run_mmcoa_here(
+        train_args(case, synthetic_mlm) + ["--output", str(tmp_path / "one"), "--keep-resume-state"]
+    )
+    two_dir = two_processes / f"train{case}"
+    one, two = final_weights(tmp_path / "one"), final_weights(two_dir)
     start = torch.load(os.path.join(tmp_path / "one", "checkpoints", "last.pt"), weights_only=True)
     moved = [k for k in one if not torch.equal(one[k], two[k])]
     # AdamW's first steps move each weight by about lr · g/(|g| + eps): a weight whose gradient
@@ -80,9 +136,9 @@ def test_two_processes_give_the_single_process_update(method, extra, mlm, tmp_pa
             without_key_bias(key, two[key]), without_key_bias(key, one[key]), rtol=1e-4, atol=atol, msg=key
         )
     assert moved  # different float summation order: not bit-equal
-    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    config = json.loads((two_dir / "config.json").read_text())
     assert config["world_size"] == 2 and start["step"] == 2
-    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (two_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone logs
     single = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(single, rows):
@@ -101,31 +157,10 @@ def without_key_bias(key: str, weight: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.slow  # torchrun, 2 processes
-def test_two_process_eval_sums_the_shards_counts(tmp_path):
-    args = [
-        "eval",
-        "--model",
-        "tiny-clip",
-        "--pretrained",
-        "random",
-        "--dataset",
-        "synthetic",
-        "--attacks",
-        "clean,pgd",
-        "--n-steps",
-        "2",
-        "--eps",
-        "4",
-        "--n-samples",
-        "21",
-        "--batch-size",
-        "4",
-        "--no-progress",
-    ]
-    run_mmcoa(args + ["--output", str(tmp_path / "one.json")], processes=1)
-    run_mmcoa(args + ["--output", str(tmp_path / "two.json")], processes=2)
+def test_two_process_eval_sums_the_shards_counts(two_processes, tmp_path):
+    run_mmcoa_here(EVAL_ARGS + ["--output", str(tmp_path / "one.json")])
     one = json.loads((tmp_path / "one.json").read_text())
-    two = json.loads((tmp_path / "two.json").read_text())
+    two = json.loads((two_processes / "eval.json").read_text())
     for a, b in zip(one, two):
         assert b["n_samples"] == a["n_samples"] == 21
         assert b["sample_indices_sha1"] == a["sample_indices_sha1"]
@@ -162,29 +197,12 @@ def test_a_last_batch_smaller_than_the_world_is_refused_up_front():
 
 
 @pytest.mark.slow  # torchrun, 2 processes
-def test_resume_on_another_number_of_processes_continues_the_same_run(tmp_path):
+def test_resume_on_another_number_of_processes_continues_the_same_run(two_processes, tmp_path):
     """Batch order and random starts are global, so a 1-process run resumed on 2 processes ends
-    where the uninterrupted 1-process run ends."""
-    common = [
-        "train",
-        "--method",
-        "tecoa",
-        "--model",
-        "tiny-clip",
-        "--dataset",
-        "synthetic",
-        "--batch-size",
-        "16",
-        "--train-eps",
-        "4",
-        "--save-every",
-        "1",
-        "--no-progress",
-    ]
-    run_mmcoa(common + ["--max-steps", "2", "--output", str(tmp_path / "whole")], processes=1)
-    run_mmcoa(common + ["--max-steps", "1", "--output", str(tmp_path / "split")], processes=1)
-    run_mmcoa(common + ["--max-steps", "2", "--output", str(tmp_path / "split"), "--resume"], processes=2)
-    whole, split = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
+    where the uninterrupted 1-process run ends (the split run: 1 step in 1 process, then
+    resumed to 2 steps in 2, in the fixture)."""
+    run_mmcoa_here(RESUME_ARGS + ["--max-steps", "2", "--output", str(tmp_path / "whole")])
+    whole, split = final_weights(tmp_path / "whole"), final_weights(two_processes / "split")
     assert all(torch.allclose(whole[k], split[k], rtol=1e-4, atol=1e-6) for k in whole)
 
 
@@ -224,22 +242,18 @@ attacks:
 
 
 @pytest.mark.slow  # torchrun, 2 processes
-def test_two_process_suite_writes_the_single_process_records(tmp_path):
+def test_two_process_suite_writes_the_single_process_records(two_processes, tmp_path):
     """Each cell's batches are shared out and the counts summed; rank 0 writes the same files."""
-    (tmp_path / "suite.yaml").write_text(SUITE)
-    for processes, name in ((1, "one"), (2, "two")):
-        run_mmcoa(
-            ["suite", str(tmp_path / "suite.yaml"), "--output", str(tmp_path / name), "--no-progress"],
-            processes=processes,
-        )
-    one, two = (json.loads((tmp_path / n / "records.json").read_text()) for n in ("one", "two"))
+    config, one_dir, two_dir = two_processes / "suite.yaml", tmp_path / "one", two_processes / "suite"
+    run_mmcoa_here(["suite", str(config), "--output", str(one_dir), "--no-progress"])
+    one, two = (json.loads((d / "records.json").read_text()) for d in (one_dir, two_dir))
     assert len(one) == 2
     drop = ("elapsed_s",)
     assert [{k: v for k, v in r.items() if k not in drop} for r in two] == [
         {k: v for k, v in r.items() if k not in drop} for r in one
     ]
-    assert sorted(p.name for p in (tmp_path / "two" / "cells").iterdir()) == sorted(
-        p.name for p in (tmp_path / "one" / "cells").iterdir()
+    assert sorted(p.name for p in (two_dir / "cells").iterdir()) == sorted(
+        p.name for p in (one_dir / "cells").iterdir()
     )
 
 
@@ -257,3 +271,111 @@ def test_a_shard_starts_where_one_process_starts(norm):
         generator = RowsOf(torch.Generator().manual_seed(5), start, 7)
         parts.append(random_start(images[rows], 4 / 255, norm, generator))
     assert torch.equal(torch.cat(parts), whole)
+
+
+# -- text features shared across ranks: the gradient of one process ------------------------------
+def _sharded_text_gradients(rank, world_size, init_file, queue):
+    """Rank ``rank``'s averaged gradients of :func:`_text_loss` with the text encoded in shards,
+    with the gradient scaling (``True``) and without it (``False``, the broken variant: gathered
+    rows keep an unscaled gradient), by value: the process ends before the read."""
+    from mmcoa.distributed import World, gather_with_grad, scaled_gradient
+    import mmcoa.distributed as D
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    torch.set_num_threads(1)
+    world = World(rank=rank, size=world_size)
+    grads = {}
+    for scale in (True, False):
+        model = mmcoa.load_model("tiny-clip")
+        if not scale:
+            D.scaled_gradient = lambda local, factor: scaled_gradient(local, 1)
+        local = model.encode_text(world.shard(PROMPTS))
+        loss = _text_loss(model, gather_with_grad(local, world))
+        loss.backward()
+        D.average_gradients([p for p in model.parameters() if p.grad is not None], world)
+        grads[scale] = {
+            n: p.grad.numpy().copy() for n, p in model.model.named_parameters() if p.grad is not None
+        }
+    D.scaled_gradient = scaled_gradient
+    queue.put((rank, grads))
+    torch.distributed.destroy_process_group()
+
+
+PROMPTS = [f"This is a photo of a {c}" for c in ("cat", "dog", "bird", "fish", "car")]
+
+
+def _text_loss(model, text):
+    """A global loss every rank computes whole: text features against fixed image features."""
+    images = torch.linspace(-1, 1, 3 * 96).view(3, 96)
+    return torch.nn.functional.cross_entropy(
+        images @ torch.nn.functional.normalize(text, dim=-1).T, torch.tensor([0, 2, 4])
+    )
+
+
+@pytest.fixture(scope="module")
+def two_process_gradients() -> dict:
+    """{scaled: rank 0's gradients} from one pair of spawned gloo processes, both variants."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    init_file = tempfile.mktemp(prefix="mmcoa-gloo-")
+    processes = [
+        context.Process(target=_sharded_text_gradients, args=(r, 2, init_file, queue)) for r in range(2)
+    ]
+    for process in processes:
+        process.start()
+    grads = dict(queue.get(timeout=300) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+    return {scale: {n: torch.from_numpy(g) for n, g in grads[0][scale].items()} for scale in (True, False)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [True, False], ids=["scaled", "broken-scaling"])
+def test_text_shared_across_two_ranks_gives_one_process_gradient(scale, two_process_gradients):
+    model = mmcoa.load_model("tiny-clip")
+    _text_loss(model, model.encode_text(PROMPTS)).backward()
+    single = {n: p.grad for n, p in model.model.named_parameters() if p.grad is not None}
+    shared = two_process_gradients[scale]
+    # shards are trimmed to their own longest prompt: float rounding of about 1e-6 remains
+    agree = all(torch.allclose(single[n], shared[n], rtol=1e-4, atol=1e-5) for n in single)
+    assert agree is scale  # and the check fails when the gradient scaling is left out
+
+
+# -- a failing torchrun rank ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_failing_rank_ends_every_rank_fast_with_its_message(bad_folder, tmp_path):
+    """Rank 1's batch (images 4-7) holds the corrupt image; rank 0 must not wait for it."""
+    folder, bad = bad_folder
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "mmcoa",
+        "eval",
+        "--model",
+        "tiny-clip",
+        "--dataset",
+        f"imagefolder:{folder}",
+        "--attacks",
+        "clean",
+        "--batch-size",
+        "4",
+        "--output",
+        str(tmp_path / "out.json"),
+        "--no-progress",
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=CHILD_ENV, timeout=300)
+    assert done.returncode != 0 and time.perf_counter() - started < 120
+    errors = [line for line in done.stderr.splitlines() if line.startswith("mmcoa: error:")]
+    assert errors and "rank 1" in errors[0] and str(bad) in errors[0], done.stderr[-3000:]
+    assert not (tmp_path / "out.json").exists()

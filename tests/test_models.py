@@ -1,17 +1,27 @@
-"""The model layer: one behavioural contract for both backends, loading and its errors."""
+"""The model layer: one behavioural contract for both backends, loading and its errors, prompts
+trimmed to the batch, QuickGELU checkpoints, weight fingerprints, the PIL-equivalent resize."""
 
 from __future__ import annotations
 
+import gc
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import open_clip
+import open_clip.factory
+import open_clip.pretrained
 import pytest
 import torch
 
 import mmcoa
 from mmcoa.errors import MmcoaError, UnknownNameError, WeightsUnavailableError
-from mmcoa.models import TOWERS, load_model
+from mmcoa.models import TOWERS, ZeroShotClassifier, load_model
 from mmcoa.models.hf_backend import check_tokenizer
+from mmcoa.train.config import TrainConfig
 
 PROMPTS = ["This is a photo of a dog", "This is a photo of a coat", "a bag"]
 
@@ -236,3 +246,263 @@ def test_hf_directory_without_tokenizer_is_refused(tmp_path):
 
 def test_public_entry_point():
     assert mmcoa.load_model is load_model
+
+
+# -- prompts trimmed to the batch's longest, token ids cached per string -------------------------
+SHORT = ["a", "a dog", "This is a photo of a cat", "This is a photo of a t shirt top"]
+
+
+# -- trimming and cached ids -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tiny-clip", "tiny-clip-hf"])
+def test_trimmed_prompts_encode_as_at_full_length(name):
+    model = mmcoa.load_model(name)
+    tokens = model.tokenize(SHORT)
+    ids = next(iter(tokens.values()))
+    assert ids.shape[1] < 16  # the batch is cut to its longest prompt
+    with torch.no_grad():
+        trimmed = model.encode_text(SHORT, normalize=True)
+        full = torch.nn.functional.normalize(_full_length_features(model, SHORT), dim=-1)
+    assert torch.allclose(trimmed, full, atol=1e-6)
+
+
+def _full_length_features(model, texts):
+    """The untrimmed path as the backends give it (context-length padding)."""
+    if name_of(model) == "tiny-clip":
+        return model.model.encode_text(model.tokenizer(texts))
+    batch = model.tokenizer(
+        texts, padding="max_length", max_length=model.context_length, truncation=True, return_tensors="pt"
+    )
+    return model.model.get_text_features(**batch).pooler_output
+
+
+def name_of(model):
+    return model.name
+
+
+def test_token_ids_are_cached_and_dropped_with_the_tokenizer(monkeypatch):
+    model = mmcoa.load_model("tiny-clip")
+    calls = []
+    tokenizer = model.tokenizer
+    model.tokenizer = lambda texts: (calls.append(list(texts)), tokenizer(texts))[1]
+    model.tokenize(SHORT)
+    model.tokenize(SHORT[:2] + ["a cat"])
+    assert calls == [SHORT, ["a cat"]]  # each string tokenized once
+    other = mmcoa.load_model("tiny-clip-hf").tokenizer  # another vocabulary
+    model.tokenizer = lambda texts: (
+        calls.append(("other", list(texts))),
+        torch.tensor(other(list(texts), padding="max_length", max_length=16, truncation=True)["input_ids"]),
+    )[1]
+    model.tokenize(["a dog"])
+    assert calls[-1] == ("other", ["a dog"])  # not served from the old tokenizer's cache
+
+
+def test_a_text_context_survives_a_batch_shorter_than_it(tiny_model):
+    from mmcoa.models.prompts import text_context_for
+
+    model = mmcoa.load_model("tiny-clip")
+    model.text_prompt = text_context_for(model, n_ctx=4)
+    assert model.encode_text(["a"]).shape == (1, 96)
+
+
+# -- QuickGELU, weight fingerprints, registration at import, resize ------------------------------
+def meta_sidecar(path):
+    from mmcoa.models.checkpoints import meta_sidecar as sidecar  # imported late: each test fails
+
+    return sidecar(path)  # alone on the code before its fix, instead of the whole module
+
+
+QUICK_TAG = "fake_openai"  # open_clip cleans tags to lower case with underscores
+
+
+# -- QuickGELU ------------------------------------------------------------------------------
+@pytest.fixture()
+def quick_gelu_tag(monkeypatch, tmp_path):
+    """A pretrained tag of tiny-clip whose config says quick_gelu (like ViT-B-32's 'openai'),
+    its 'download' stubbed to a local file of QuickGELU-trained weights."""
+    weights = tmp_path / "tiny-quickgelu.pt"
+    torch.save(open_clip.create_model("tiny-clip", force_quick_gelu=True).state_dict(), weights)
+    tags = {QUICK_TAG: open_clip.pretrained._pcfg(url="https://example.invalid/w.pt", quick_gelu=True)}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny-clip", tags)
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda cfg, cache_dir=None: str(weights))
+    return weights
+
+
+def test_a_quick_gelu_tag_builds_quick_gelu(quick_gelu_tag):
+    assert load_model("tiny-clip", pretrained=QUICK_TAG).quick_gelu
+    assert not load_model("tiny-clip").quick_gelu  # the architecture's own activation otherwise
+
+
+def test_vit_b_32_openai_asks_open_clip_for_quick_gelu(monkeypatch):
+    """No weights needed: the factory call for the 'openai' tag must force QuickGELU."""
+    assert open_clip.get_pretrained_cfg("ViT-B-32", "openai")["quick_gelu"]
+    calls = []
+
+    def fake_create_model(name, **kwargs):
+        calls.append((name, kwargs))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    with pytest.raises(MmcoaError):  # the factory's error, as one line
+        load_model("ViT-B-32", pretrained="openai")
+    assert calls and calls[0][1].get("force_quick_gelu") is True
+
+
+def test_fine_tuned_quick_gelu_weights_reload_as_quick_gelu(quick_gelu_tag, tmp_path):
+    """The export records the activation, so `tiny-clip` + final.pt cannot switch back to GELU
+    (open_clip issue #771's trap); a checkpoint payload (last.pt) carries it too."""
+    config = TrainConfig(
+        method="ft-standard",
+        model="tiny-clip",
+        pretrained=QUICK_TAG,
+        batch_size=16,
+        max_steps=1,
+        keep_resume_state=True,
+        output=str(tmp_path / "run"),
+    )
+    mmcoa.train.train(config, progress=False)
+    final = tmp_path / "run" / "final.pt"
+    assert json.loads(Path(meta_sidecar(final)).read_text())["quick_gelu"] is True
+    for path in (final, tmp_path / "run" / "checkpoints" / "last.pt"):
+        assert load_model("tiny-clip", pretrained=str(path)).quick_gelu, path
+    plain = torch.load(final, map_location="cpu", weights_only=True)  # still a plain state dict
+    assert "visual.conv1.weight" in plain
+
+
+def test_recorded_gelu_against_a_quick_gelu_architecture_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "gelu.pt"
+    torch.save(open_clip.create_model("tiny-clip").state_dict(), path)
+    Path(meta_sidecar(path)).write_text(json.dumps({"quick_gelu": False}))
+    monkeypatch.setattr(
+        open_clip,
+        "get_model_config",
+        lambda name: {**open_clip.factory.get_model_config("tiny-clip"), "quick_gelu": True},
+    )
+    with pytest.raises(MmcoaError, match="records GELU"):
+        load_model("tiny-clip", pretrained=str(path))
+
+
+# -- cache keys -----------------------------------------------------------------------------
+def test_fingerprints_never_repeat_across_freed_models():
+    seen = set()
+    for _ in range(6):
+        model = load_model("tiny-clip")
+        key = model.text_fingerprint()
+        assert key not in seen
+        seen.add(key)
+        del model
+        gc.collect()
+
+
+def test_a_fused_optimizer_step_refreshes_cached_prompt_embeddings(tiny_model):
+    """Fused AdamW leaves Tensor._version alone; the optimizer-step count in the key does not."""
+    import copy
+
+    model = copy.deepcopy(tiny_model).requires_grad_(True)  # whatever towers another test froze
+    classifier = ZeroShotClassifier(model, ["a photo of a cat", "a photo of a dog"])
+    before = classifier.class_embeddings().clone()
+    params = [p for _, p in model.tower_parameters("text")]
+    optimizer = torch.optim.AdamW(params, lr=0.1, fused=True)
+    model.encode_text(["a photo of a cat"]).sum().backward()
+    versions = [p._version for p in params]
+    optimizer.step()
+    assert [p._version for p in params] == versions  # why _version alone cannot be the key
+    assert not torch.allclose(classifier.class_embeddings(), before)  # no mark needed
+
+
+def test_weights_key_changes_with_each_way_weights_change():
+    """WeightVersioned (models/weight_version.py), the one entry behind text_fingerprint: the
+    key holds while nothing changes and moves with every change it lists."""
+    import copy
+
+    from mmcoa.models.weight_version import WeightVersioned
+
+    class Net(WeightVersioned):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2)
+
+    net = Net()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)
+    changes = {
+        "in-place edit": lambda: net.layer.weight.detach().add_(1.0),
+        "load_state_dict": lambda: net.load_state_dict(net.state_dict()),
+        "to(dtype)": lambda: net.to(torch.float64),
+        "submodule set": lambda: setattr(net, "extra", torch.nn.Linear(2, 2)),
+        "submodule removed": lambda: setattr(net, "extra", None),
+        "fused optimizer step": lambda: (net.layer(torch.ones(1, 2)).sum().backward(), optimizer.step()),
+        "mark_weights_changed": net.mark_weights_changed,
+    }
+    for what, change in changes.items():
+        net = net.float()
+        key = net.weights_key(net.parameters())
+        with torch.no_grad():
+            net.layer(torch.ones(1, 2, dtype=net.layer.weight.dtype))  # a forward changes nothing
+        assert net.weights_key(net.parameters()) == key, what
+        change()
+        assert net.weights_key(net.parameters()) != key, what
+    assert copy.deepcopy(net).weights_key(net.parameters()) != net.weights_key(net.parameters())
+
+
+def test_copies_and_loads_get_fresh_fingerprints(tiny_model):
+    import copy
+
+    copied = copy.deepcopy(tiny_model)
+    assert copied.text_fingerprint() != tiny_model.text_fingerprint()
+    key = copied.text_fingerprint()
+    copied.load_state_dict(tiny_model.state_dict())
+    assert copied.text_fingerprint() != key
+
+
+# -- registration at import ----------------------------------------------------------------
+@pytest.mark.slow  # a subprocess
+def test_import_mmcoa_registers_tiny_clip_with_open_clip():
+    code = "import mmcoa, open_clip; open_clip.create_model('tiny-clip'); print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+# -- resize --------------------------------------------------------------------------------
+def test_pil_resize_matches_pil_within_its_rounding():
+    from PIL import Image
+
+    from mmcoa.models.base import resize_images
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (28, 35, 3), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.BICUBIC)) / 255
+    images = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    ours = resize_images(images, (64, 64), "pil")[0].permute(1, 2, 0).numpy()
+    assert np.abs(ours - expected).max() <= 1.5 / 255
+    torch_mode = resize_images(images, (64, 64), "torch")
+    assert torch_mode.min() < 0 or torch_mode.max() > 1  # the published path overshoots
+    assert 0 <= ours.min() and ours.max() <= 1
+
+
+def test_resize_mode_reaches_the_model_and_the_record(tmp_path):
+    model = load_model("tiny-clip", resize="pil")
+    assert model.resize == "pil"
+    with pytest.raises(mmcoa.errors.UnknownNameError, match="resize"):
+        load_model("tiny-clip", resize="nearest")
+    records = mmcoa.evaluate("tiny-clip", "synthetic", ["clean"], n_samples=8, resize="pil", progress=False)
+    assert records[0]["model_build"] == {"architecture": "tiny-clip", "quick_gelu": False, "resize": "pil"}
+
+
+# -- a checkpoint of another architecture --------------------------------------------------------
+def test_a_checkpoint_of_another_architecture_is_caught_from_its_header(tmp_path):
+    from mmcoa.models import check_checkpoint
+
+    path = tmp_path / "wide.pt"
+    state = mmcoa.load_model("tiny-clip").model.state_dict()
+    state["visual.proj"] = torch.zeros(96, 8)
+    torch.save(state, path)
+    with pytest.raises(MmcoaError, match=r"visual.proj has shape \[96, 8\] in the file, \[96, 96\]"):
+        check_checkpoint("tiny-clip", str(path))
+    check_checkpoint("tiny-clip", str(_saved(tmp_path)))
+
+
+def _saved(tmp_path):
+    path = tmp_path / "fits.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in mmcoa.load_model("tiny-clip").model.state_dict().items()}, path)
+    return path

@@ -22,6 +22,7 @@ from mmcoa.data import DATASETS, DEFAULT_TEMPLATE, clean_classname, describe_dat
 from mmcoa.data.paper_common import seeded_split
 from mmcoa.data.paper_sets import COUNTRY_NAMES, caltech256_name
 from mmcoa.errors import DatasetUnavailableError, MmcoaError
+from helpers import fake_eurosat, fake_stl10, save_image, write_lines
 
 TEMPLATES = {
     "stl10": DEFAULT_TEMPLATE,
@@ -56,19 +57,6 @@ N_CLASSES = {
 PAPER_SETS = sorted(TEMPLATES)
 
 
-def save_image(path: Path, seed: int, size=(24, 20), mode: str = "RGB") -> None:
-    """A small random image; the format follows the suffix (.jpg/.JPEG → JPEG)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    channels = {"RGB": 3, "CMYK": 4, "L": 1}[mode]
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
-    Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode).save(path)
-
-
-def write_lines(path: Path, lines) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{line}\n" for line in lines))
-
-
 def check_images(dataset, shape) -> None:
     """Every item is a float32 image of ``shape`` in [0, 1] with an int label in range."""
     for index in range(len(dataset)):
@@ -78,21 +66,8 @@ def check_images(dataset, shape) -> None:
         assert isinstance(label, int) and 0 <= label < len(dataset.classnames)
 
 
-# --- fake layouts: each writes the set under root and returns {split: n_images}, class names ---
-
-STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
-
-
-def fake_stl10(root: Path):
-    folder = root / "stl10_binary"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 5), ("test", 4)):
-        pixels = rng.integers(0, 256, n * 3 * 96 * 96, dtype=np.uint8)
-        (folder / f"{split}_X.bin").write_bytes(pixels.tobytes())
-        (folder / f"{split}_y.bin").write_bytes(np.arange(1, n + 1, dtype=np.uint8).tobytes())
-    write_lines(folder / "class_names.txt", STL10_CLASSES)
-    return {"train": 5, "test": 4}, STL10_CLASSES
+# --- fake layouts: each writes the set under root and returns {split: n_images}, class names
+# (STL-10 and EuroSAT are in helpers.py: the suite tests use them too) ---
 
 
 def fake_food101(root: Path):
@@ -158,16 +133,6 @@ def fake_dtd(root: Path):
         for k, name in enumerate(names):
             save_image(base / "images" / name, k)
     return {"train": 2, "val": 2, "test": 3}, ["banded", "zigzagged"]
-
-
-EUROSAT_CLASSES = ("AnnualCrop", "HerbaceousVegetation", "SeaLake")
-
-
-def fake_eurosat(root: Path, per_class: int = 5):
-    for c, name in enumerate(EUROSAT_CLASSES):
-        for k in range(1, per_class + 1):
-            save_image(root / "eurosat" / "2750" / name / f"{name}_{k}.jpg", 10 * c + k, size=(64, 64))
-    return {"train": 12, "test": 3}, ["annual crop", "herbaceous vegetation", "sea lake"]
 
 
 def fake_fgvc_aircraft(root: Path):
@@ -271,7 +236,12 @@ def fake_imagenet(root: Path, n_val_classes: int = 1000):
     return {"train": 1000, "test": 1000}, [clean_classname(n) for n in IMAGENET_CLASSNAMES]
 
 
-FAKES = {name[len("fake_") :]: fn for name, fn in globals().items() if name.startswith("fake_")}
+FAKES = (
+    {  # this module's fake_* layouts and the two helpers.py holds for the suite tests
+        name[len("fake_") :]: fn for name, fn in globals().items() if name.startswith("fake_")
+    }
+    | {"stl10": fake_stl10, "eurosat": fake_eurosat}
+)
 NATIVE_SIZE = {"stl10": (96, 96), "tiny_imagenet": (64, 64)}
 
 

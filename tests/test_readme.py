@@ -8,7 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from mmcoa.demo import demo_summary, read_sanity
+from mmcoa_demo.summary import demo_summary, read_sanity
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DOCS = ROOT / "docs" / "demo"

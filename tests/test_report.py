@@ -12,9 +12,10 @@ import subprocess
 import pytest
 
 from mmcoa.attacks import ATTACKS
+from mmcoa.attacks.base import THREATS
 from mmcoa.cli import main
 from mmcoa.errors import MmcoaError
-from mmcoa.eval import RETRIEVAL_ATTACKS
+from mmcoa.attacks import RETRIEVAL_ATTACKS
 from mmcoa.report import build_tables, load_records, write_report
 from mmcoa.report import columns as C
 from mmcoa.report.render import MISSING, table_csv, table_markdown
@@ -31,6 +32,7 @@ def record(label, dataset, attack, accuracy, n=100, **params):
         "dataset": dataset,
         "split": "test",
         "attack": attack,
+        "threat": ATTACKS.get(attack).threat,
         "attack_params": params,
         "n_samples": n,
         "accuracy": accuracy,
@@ -51,6 +53,7 @@ def retrieval_record(label, attack, base, **params):
         "dataset": "mscoco",
         "split": "test",
         "attack": attack,
+        "threat": RETRIEVAL_ATTACKS.get(attack).threat,
         "attack_params": params,
         "n_images": 50,
         "n_captions": 250,
@@ -202,12 +205,15 @@ def test_baseline_labels_match_exactly_or_with_a_parenthesis():
     assert [r.label for r in table.rows if r.gain] == ["Mine − Zero-shot"]
 
 
-def test_every_attack_has_a_threat_column():
-    """The attack → column mapping covers every registered attack (src/mmcoa/attacks)."""
-    for name in [*ATTACKS.names(), *RETRIEVAL_ATTACKS.names()]:
-        assert C.threat_of(name) in C.THREAT_ORDER, name
-    assert C.threat_of("pgd") == "image" and C.threat_of("bert") == "text"
-    assert C.threat_of("sga") == C.threat_of("coattack") == "multimodal"
+def test_a_record_s_threat_is_its_column_family():
+    """The report reads the threat the attack wrote; a record written before threats were
+    recorded is its attack's own family, never guessed from a name table."""
+    assert C.threat_of(record("A", "cifar10", "pgd", 0.1)) == "image"
+    assert C.threat_of(record("A", "cifar10", "bert", 0.1)) == "text"
+    assert C.threat_of(retrieval_record("A", "sga", 0.1)) == "multimodal"
+    old = {k: v for k, v in record("A", "cifar10", "pgd", 0.1).items() if k != "threat"}
+    assert C.threat_of(old) == "pgd" and C.threat_name("pgd") == "pgd"
+    assert set(C.THREAT_ORDER) == set(THREATS)
 
 
 # -- loading -------------------------------------------------------------------------------------

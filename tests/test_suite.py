@@ -1,5 +1,7 @@
 """Suites (paper Tables I–VI): the grid of models × datasets × attacks, one record per cell,
-resume without recomputation, fixed saved subsets, up-front config errors, the paper configs."""
+resume without recomputation, fixed saved subsets, up-front config errors, the paper configs;
+one pass per model and dataset giving the cell-by-cell records (the Sep multimodal attack reusing
+the PGD images)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,17 @@ import pytest
 import torch
 import yaml
 
-from mmcoa.attacks.text.tiny_mlm import train_tiny_mlm
+import mmcoa
+from mmcoa.attacks.pgd import PGD as PGDAttack
 from mmcoa.cli import main
 from mmcoa.data import DATASETS, load_dataset
 from mmcoa.errors import MmcoaError
 from mmcoa.eval import suite
 from mmcoa.eval.results import RECORD_KEYS
 from mmcoa.eval.suite_config import load_suite
-from test_paper_datasets import fake_eurosat, fake_stl10
-from test_retrieval import make_layout
+from mmcoa_demo.pretrain import CAPTION_TEMPLATES
+from helpers import FOLDER_CLASSES, fake_eurosat, fake_stl10, make_layout
+from tiny_mlm import caption_corpus
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper"
 SUITE_KEYS = {"suite", "cell", "label", "attack_label", "cell_settings", "subset"}
@@ -82,9 +86,9 @@ def fake_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def prompt_mlm(tmp_path_factory, fake_root):
+def prompt_mlm(tiny_mlm, fake_root):
     corpus = [p for name in ("stl10", "eurosat") for p in load_dataset(name, root=str(fake_root)).prompts()]
-    return str(train_tiny_mlm(corpus, tmp_path_factory.mktemp("mlm") / "mlm", steps=30))
+    return tiny_mlm(corpus)
 
 
 def test_suite_produces_the_table_structure(tmp_path, fake_root, prompt_mlm, monkeypatch):
@@ -232,14 +236,14 @@ def test_subset_is_seeded_and_stored_with_the_seed(tmp_path):
 
 
 # -- retrieval suites (Table VI) -----------------------------------------------------------------
-def test_retrieval_suite_with_sga(tmp_path):
+def test_retrieval_suite_with_sga(tmp_path, tiny_mlm):
     root = make_layout(tmp_path / "coco")
     captions = [
         c
         for e in json.loads((root / "dataset_coco.json").read_text())["images"]
         for c in (s["raw"].lower().rstrip(".") for s in e["sentences"])
     ]
-    mlm = str(train_tiny_mlm(captions, tmp_path / "mlm", steps=30))
+    mlm = tiny_mlm(captions)
     config = write_suite(
         tmp_path / "t6.yaml",
         task="retrieval",
@@ -459,3 +463,136 @@ def test_table6_retrieval():
         2 / 255
     )
     assert params["pgd"]["n_steps"] == 10
+
+
+# -- one pass over each model and dataset --------------------------------------------------------
+@pytest.fixture(scope="module")
+def mlm(tiny_mlm):
+    """The tiny MLM on the captions of the image folder's and the synthetic set's classes."""
+    classnames = [*FOLDER_CLASSES, *mmcoa.load_dataset("synthetic").classnames]
+    return tiny_mlm(caption_corpus(classnames, CAPTION_TEMPLATES))
+
+
+SYNTHETIC_12 = {"name": "synthetic", "options": {"n_samples": 12, "n_classes": 4, "image_size": 28}}
+SYNTHETIC_3_CLASSES = {"name": "synthetic", "options": {"n_samples": 10, "n_classes": 3, "image_size": 24}}
+
+
+def table_one(path: Path, mlm: str, **values) -> Path:
+    pgd = {"eps": 4, "step_size": 1, "n_steps": 3}
+    base = {
+        "name": "t1",
+        "n_samples": 10,
+        "batch_size": 4,
+        "device": "cpu",
+        "models": [{"label": "CLIP", "name": "tiny-clip"}, {"label": "HF", "name": "tiny-clip-hf"}],
+        "datasets": [SYNTHETIC_12],
+        "attacks": [
+            {"name": "clean"},
+            {"label": "image", "name": "pgd", **pgd},
+            {"label": "text", "name": "bert", "mlm": mlm},
+            {"label": "multimodal", "name": "multimodal", "mlm": mlm, **pgd},
+        ],
+    }
+    path.write_text(yaml.safe_dump({**base, **values}, sort_keys=False))
+    return path
+
+
+def cell_by_cell(config, output: Path) -> list[dict]:
+    """Every cell evaluated alone, as before suites shared their passes."""
+    records = []
+    for cell in config.cells():
+        model = mmcoa.load_model(cell.model.name, pretrained=cell.weights)
+        dataset = suite.DatasetCache(config).get(cell.dataset, model.image_size[0])
+        indices = suite.sample_indices(len(dataset), config.n_samples, config.seed)
+        attack = suite._build_attack(config, cell.attack)
+        records.append(suite.evaluate_cell(config, cell, model, dataset, indices, attack))
+    return records
+
+
+def test_one_pass_suite_gives_the_cell_by_cell_records(tmp_path, mlm, monkeypatch):
+    config = load_suite(table_one(tmp_path / "t1.yaml", mlm))
+    pgd_calls = []
+    original = PGDAttack.__call__
+
+    def counting(self, classifier, images, *args, **kwargs):
+        pgd_calls.append(len(images))
+        return original(self, classifier, images, *args, **kwargs)
+
+    monkeypatch.setattr(PGDAttack, "__call__", counting)
+    shared = suite.run_suite(config, tmp_path / "out", progress=False)
+    assert len(pgd_calls) == 2 * 3  # 2 rows x 3 batches: the multimodal cells reused the PGD images
+    pgd_calls.clear()
+    alone = cell_by_cell(config, tmp_path / "alone")
+    assert len(pgd_calls) == 2 * 2 * 3  # pgd and multimodal each ran their own
+    assert [comparable(r) for r in shared] == [comparable(r) for r in alone]
+    multimodal = [r for r in shared if r["attack"] == "multimodal"]
+    image = [r for r in shared if r["attack"] == "pgd"]
+    assert all(m["accuracy"] <= p["accuracy"] for m, p in zip(multimodal, image))
+
+
+def test_multimodal_with_other_pgd_settings_runs_its_own(tmp_path, mlm, monkeypatch):
+    path = table_one(tmp_path / "t1.yaml", mlm)
+    values = yaml.safe_load(path.read_text())
+    values["attacks"][3]["n_steps"] = 2
+    config = load_suite(table_one(path, mlm, attacks=values["attacks"], models=values["models"][:1]))
+    shared = suite.run_suite(config, tmp_path / "out", progress=False)
+    assert [comparable(r) for r in shared] == [comparable(r) for r in cell_by_cell(config, tmp_path / "a")]
+
+
+def test_a_suite_interrupted_mid_row_resumes_with_the_same_records(tmp_path, mlm, image_folder, monkeypatch):
+    config_path = table_one(
+        tmp_path / "t1.yaml",
+        mlm,
+        datasets=[SYNTHETIC_12, SYNTHETIC_3_CLASSES],
+        models=[{"label": "CLIP", "name": "tiny-clip"}],
+    )
+    # two datasets of one name are not a valid suite: give the second its own name
+    values = yaml.safe_load(config_path.read_text())
+    values["datasets"][1] = {"name": f"imagefolder:{image_folder}"}
+    config_path.write_text(yaml.safe_dump(values, sort_keys=False))
+    calls, original = [], suite.evaluate
+
+    def interrupt_second_pass(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(suite, "evaluate", interrupt_second_pass)
+    with pytest.raises(KeyboardInterrupt):
+        suite.run_suite(load_suite(config_path), tmp_path / "out", progress=False)
+    monkeypatch.undo()
+    assert len(list((tmp_path / "out" / "cells").glob("*.json"))) == 4  # the first dataset's cells
+    resumed = suite.run_suite(load_suite(config_path), tmp_path / "out", resume=True, progress=False)
+    fresh = suite.run_suite(load_suite(config_path), tmp_path / "fresh", progress=False)
+    assert len(resumed) == 8 and [comparable(r) for r in resumed] == [comparable(r) for r in fresh]
+
+
+# -- a suite that fails up front -----------------------------------------------------------------
+def test_a_suite_with_a_truncated_checkpoint_writes_nothing(tmp_path):
+    import yaml
+
+    from mmcoa.cli import main
+
+    weights = tmp_path / "tuned.pt"
+    torch.save(mmcoa.load_model("tiny-clip").model.state_dict(), weights)
+    weights.write_bytes(weights.read_bytes()[:5000])
+    config = tmp_path / "suite.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "mini",
+                "n_samples": 4,
+                "device": "cpu",
+                "datasets": ["synthetic"],
+                "models": [
+                    {"label": "CLIP", "name": "tiny-clip"},
+                    {"label": "Tuned", "name": "tiny-clip", "checkpoint": str(weights)},
+                ],
+                "attacks": [{"name": "clean"}],
+            }
+        )
+    )
+    output = tmp_path / "out"
+    assert main(["suite", str(config), "--output", str(output), "--no-progress"]) == 2
+    assert not output.exists() or not any(output.iterdir())

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from mmcoa.attacks import PGD, build_attack
 from mmcoa.attacks.co_attack import embedding_kl
 from mmcoa.attacks.sga import scaled_copies
-from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
+from tiny_mlm import caption_corpus, train_tiny_mlm
 from mmcoa.eval import evaluate
-from mmcoa.train.pretrain import CAPTION_TEMPLATES
+from mmcoa_demo.pretrain import CAPTION_TEMPLATES
 from helpers import assert_valid_perturbation
 
 TEXT_ATTACKS = ("bert", "bert-targeted", "multimodal", "multimodal-joint", "coattack", "sga")

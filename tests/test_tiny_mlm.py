@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mmcoa.attacks.text.tiny_mlm import INFO_FILE, caption_corpus, train_tiny_mlm
+from tiny_mlm import INFO_FILE, caption_corpus, train_tiny_mlm
 from mmcoa.errors import MmcoaError
 
 CLASSNAMES = [

@@ -1,6 +1,8 @@
 """Training: every method end to end, losses against hand computations, which parameters move,
 no attack gradient in the optimizer step, exact resume, fixed few-shot lists, checkpoint errors,
-export to plain open_clip, and `mmcoa train` on the command line.
+export to plain open_clip, and `mmcoa train` on the command line; the batch pipeline (workers,
+background checkpoints, no host read before ``backward()``, log cuts), resume after a crash, NaN
+losses, per-method defaults and faithful TeCoA.
 
 All runs use the generated `synthetic` dataset (64 train images, 4 classes) and `tiny-clip`."""
 
@@ -9,20 +11,22 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import mmcoa
-from mmcoa.attacks.text.tiny_mlm import caption_corpus, train_tiny_mlm
 from mmcoa.cli import main
 from mmcoa.errors import MmcoaError
+from mmcoa.models import ZeroShotClassifier
+from mmcoa.train import checkpointing, trainer
 from mmcoa.train import methods as methods_module
-from mmcoa.train import trainer
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext
 from mmcoa.train.objectives import mmcoa_loss
-from mmcoa.train.pretrain import CAPTION_TEMPLATES
+from mmcoa.train.order import EpochOrder
 from mmcoa.train.shots import dataset_labels, few_shot_indices
 from mmcoa.train.trainer import build_optimizer, train
 from helpers import crash_training_at
@@ -45,7 +49,7 @@ FINAL_FILES = (
     "config.json",
     "shots.json",
     "metrics.jsonl",
-    "checkpoints/last.pt",
+    "export/open_clip_pytorch_model.bin",  # final.pt, hard-linked
 )
 
 
@@ -58,10 +62,9 @@ def train_data():
 
 
 @pytest.fixture(scope="session")
-def mlm(tmp_path_factory, train_data):
+def mlm(synthetic_mlm):
     """A tiny masked LM for MMCoA's text branch (quality is irrelevant here: few steps)."""
-    corpus = caption_corpus(train_data.classnames, CAPTION_TEMPLATES)
-    return str(train_tiny_mlm(corpus, tmp_path_factory.mktemp("train-mlm") / "mlm", steps=30))
+    return synthetic_mlm
 
 
 @pytest.fixture()
@@ -82,13 +85,15 @@ def make_config(tmp_path, mlm):
 
 @pytest.fixture(scope="module")
 def tecoa_run(tmp_path_factory, mlm):
-    """One finished 2-step TeCoA run, shared by the read-only tests."""
+    """One finished 2-step TeCoA run, shared by the read-only tests (its last.pt kept, for the
+    resume checks)."""
     config = TrainConfig(
         method="tecoa",
         batch_size=16,
         max_steps=2,
         lr=1e-3,
         mlm=mlm,
+        keep_resume_state=True,
         output=str(tmp_path_factory.mktemp("tecoa") / "run"),
     )
     train(config, progress=False)
@@ -174,7 +179,7 @@ def test_each_method_trains_end_to_end(name, make_config):
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
     saved = read_json(run, "config.json")
     assert saved["method"] == name and set(saved["towers"]) == DEFAULT_TOWERS[name]
-    assert load_state(os.path.join(run, "checkpoints", "last.pt"))["step"] == 2
+    assert not os.path.exists(os.path.join(run, "checkpoints"))  # no keep_resume_state: last.pt went
     prompts_log = os.path.join(run, "adversarial_prompts.jsonl")
     assert os.path.isfile(prompts_log) == (name == "mmcoa")
 
@@ -331,7 +336,9 @@ def test_no_attack_gradient_reaches_the_optimizer_step(name, train_data, monkeyp
     prompts = train_data.prompts()
     made = []
     monkeypatch.setattr(methods_module, "train_pgd", recording(methods_module.train_pgd, made))
-    monkeypatch.setattr(methods_module, "maximize", recording(methods_module.maximize, made))
+    monkeypatch.setattr(
+        methods_module, "maximize_in_train_budget", recording(methods_module.maximize_in_train_budget, made)
+    )
     model.train()
     loss, _ = method.loss(context(config, model, prompts), images, labels)
     assert all(p.grad is None for p in model.parameters())  # the attack left no gradient behind
@@ -342,7 +349,7 @@ def test_no_attack_gradient_reaches_the_optimizer_step(name, train_data, monkeyp
     assert not torch.equal(adversarial, images)
     model.zero_grad(set_to_none=True)
     monkeypatch.setattr(methods_module, "train_pgd", lambda *a: adversarial)
-    monkeypatch.setattr(methods_module, "maximize", lambda *a, **k: adversarial)
+    monkeypatch.setattr(methods_module, "maximize_in_train_budget", lambda *a, **k: adversarial)
     again, _ = method.loss(context(config, model, prompts), images, labels)
     again.backward()
     second = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
@@ -367,7 +374,8 @@ def test_resume_gives_bit_identical_weights(name, interrupt, extra, make_config,
     train(full, progress=False)
     resumed = make_config(name, "resumed", max_steps=None, save_every=1, **extra)
     if interrupt == "max_steps":
-        train(make_config(name, "resumed", max_steps=3, save_every=1, **extra), progress=False)
+        cut = make_config(name, "resumed", max_steps=3, save_every=1, keep_resume_state=True, **extra)
+        train(cut, progress=False)
     else:
         crash_training_at(resumed, 3, monkeypatch)
     assert load_state(os.path.join(resumed.output, "checkpoints", "last.pt"))["step"] == 3
@@ -411,8 +419,8 @@ def test_few_shot_list_is_saved_used_and_reused_on_resume(make_config, train_dat
         return dataset
 
     monkeypatch.setattr(trainer, "load_dataset", spying_load)
-    config = make_config("ft-standard", shots="5", epochs=2, max_steps=2)  # 20 images: 2 steps/epoch
-    metrics = train(config, progress=False)
+    config = make_config("ft-standard", shots="5", epochs=2, max_steps=2, keep_resume_state=True)
+    metrics = train(config, progress=False)  # 20 images: 2 steps/epoch
     saved = read_json(config.output, "shots.json")
     expected = few_shot_indices(dataset_labels(train_data), "5", seed=0)
     assert saved == {"shots": "5", "seed": 0, "indices": expected, "short_classes": []}
@@ -466,6 +474,25 @@ def test_mismatched_checkpoint_is_a_one_line_error(change, word, tecoa_run):
     with pytest.raises(MmcoaError) as error:
         train(config, resume=True, progress=False)
     assert_one_line(error.value, word, "checkpoint")
+
+
+def test_a_finished_run_keeps_its_resume_state_only_when_asked(make_config, tmp_path, capsys):
+    """Without keep_resume_state, a finished run drops checkpoints/last.pt (final.pt holds the
+    weights) and --resume says so in one line; with it (--keep-resume-state), the run continues."""
+    config = make_config("ft-standard", max_steps=1)
+    train(config, progress=False)
+    assert not os.path.exists(os.path.join(config.output, "checkpoints"))
+    with pytest.raises(MmcoaError) as error:
+        train(make_config("ft-standard", max_steps=2), resume=True, progress=False)
+    assert_one_line(error.value, "finished", "final.pt", "--keep-resume-state")
+    output = str(tmp_path / "kept")
+    flags = ["train", "--method", "ft-standard", "--batch-size", "16", "--output", output, "--no-progress"]
+    assert main(flags + ["--max-steps", "1", "--keep-resume-state"]) == 0
+    assert load_state(os.path.join(output, "checkpoints", "last.pt"))["step"] == 1
+    assert main(flags + ["--max-steps", "2", "--resume"]) == 0  # continued, then last.pt went
+    capsys.readouterr()
+    assert read_json(output, "metrics.json")["steps"] == 2
+    assert not os.path.exists(os.path.join(output, "checkpoints"))
 
 
 def test_resume_without_checkpoint_is_a_one_line_error(make_config, tmp_path, capsys):
@@ -579,7 +606,7 @@ def test_bf16_trains_a_step_on_cpu(name, make_config):
 
 
 def test_a_fresh_run_starts_clean_and_a_resumed_run_drops_rows_past_its_checkpoint(make_config):
-    config = make_config("tecoa", max_steps=2)
+    config = make_config("tecoa", max_steps=2, keep_resume_state=True)
     train(config, progress=False)
     train(config, progress=False)  # the same output again, without --resume: logs start over
     assert [row["step"] for row in read_jsonl(config.output, "metrics.jsonl")] == [1, 2]
@@ -614,7 +641,9 @@ def test_advpt_attacks_images_once_before_training_within_budget(train_data, mon
     """The adversarial images are made in `prepare` (image tower only, eps-ball, [0, 1]) and
     deterministically; no step runs an attack, and only the context gets a gradient."""
     made = []
-    monkeypatch.setattr(methods_module, "maximize", recording(methods_module.maximize, made))
+    monkeypatch.setattr(
+        methods_module, "maximize_in_train_budget", recording(methods_module.maximize_in_train_budget, made)
+    )
     config, model, method, _ = build("advpt", train_data, train_eps=4 / 255, train_steps=3)
     (adversarial,) = made
     images, labels = fixed_batch(train_data)
@@ -730,10 +759,10 @@ def test_epoch_checkpoints_are_kept_when_asked(make_config):
     config = make_config("ft-standard", shots="5", epochs=2, max_steps=None, keep_epoch_checkpoints=True)
     train(config, progress=False)  # 20 images, batch 16: 2 steps per epoch
     folder = os.path.join(config.output, "checkpoints")
-    assert sorted(os.listdir(folder)) == ["epoch1.pt", "epoch2.pt", "last.pt"]
+    assert sorted(os.listdir(folder)) == ["epoch1.pt", "epoch2.pt"]  # last.pt went at the end
     assert [load_state(os.path.join(folder, f"epoch{e}.pt"))["step"] for e in (1, 2)] == [2, 4]
     train(make_config("ft-standard", shots="5", epochs=1, max_steps=None), progress=False)
-    assert sorted(os.listdir(folder)) == ["last.pt"]
+    assert not os.path.exists(folder)
 
 
 def test_text_attacks_leave_the_advpt_context_in_place(mlm, train_data):
@@ -766,7 +795,7 @@ def test_visual_prompt_at_another_resolution_is_a_one_line_error():
 def test_a_checkpoint_saved_before_the_alpha_beta_rename_resumes(make_config):
     """Runs saved with MMCoA's loss weights named alpha/beta (before adv_image_weight and
     adv_text_weight) resume instead of failing the settings check on names."""
-    config = make_config("tecoa", "old-names", max_steps=2, save_every=1)
+    config = make_config("tecoa", "old-names", max_steps=2, save_every=1, keep_resume_state=True)
     train(config, progress=False)
     path = os.path.join(config.output, "checkpoints", "last.pt")
     checkpoint = load_state(path)
@@ -783,7 +812,7 @@ def test_a_checkpoint_from_before_methods_kept_their_state_resumes_exactly(make_
     uninterrupted run ends, the prompts reused across the interruption."""
     extra = dict(save_every=1, text_attack_every=2)  # step 3 reuses step 2's prompts
     train(make_config("mmcoa", "whole", max_steps=4, **extra), progress=False)
-    train(make_config("mmcoa", "old", max_steps=3, **extra), progress=False)
+    train(make_config("mmcoa", "old", max_steps=3, keep_resume_state=True, **extra), progress=False)
     path = os.path.join(make_config("mmcoa", "old").output, "checkpoints", "last.pt")
     checkpoint = load_state(path)
     checkpoint.update(checkpoint.pop("method"), rng=torch.get_rng_state())
@@ -794,3 +823,350 @@ def test_a_checkpoint_from_before_methods_kept_their_state_resumes_exactly(make_
         load_state(os.path.join(make_config("mmcoa", n).output, "final.pt")) for n in ("whole", "old")
     )
     assert all(torch.equal(whole[k], old[k]) for k in whole)
+
+
+# -- the batch pipeline in training: workers, background checkpoints, logs -----------------------
+def test_epoch_order_is_one_permutation_per_epoch():
+    order = EpochOrder(list(range(10, 20)), batch_size=4, seed=3)
+    epoch0 = [i for step in range(3) for i in order.global_batch(step)]
+    epoch1 = [i for step in range(3, 6) for i in order.global_batch(step)]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(10, 20)) and epoch0 != epoch1
+    assert [len(order.global_batch(s)) for s in range(3)] == [4, 4, 2]
+    assert [order.global_size(s) for s in range(6)] == [len(order.global_batch(s)) for s in range(6)]
+    assert EpochOrder(list(range(10, 20)), 4, 3).global_batch(4) == order.global_batch(4)  # no state
+
+
+def folder_config(image_folder, tmp_path, name, **overrides) -> TrainConfig:
+    settings = dict(
+        method="tecoa",
+        model="tiny-clip",
+        dataset=f"imagefolder:{image_folder}",
+        batch_size=5,
+        max_steps=None,
+        epochs=2,
+        lr=1e-3,
+        save_every=1,
+        output=str(tmp_path / name),
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def record_batches(monkeypatch) -> list:
+    seen, step = [], trainer.TrainLoop.step
+
+    def recording(self, index, state, images, labels, chosen=None):
+        seen.append((index, list(chosen), images.sum().item()))
+        return step(self, index, state, images, labels, chosen)
+
+    monkeypatch.setattr(trainer.TrainLoop, "step", recording)
+    return seen
+
+
+def final_weights(config: TrainConfig) -> dict:
+    return torch.load(os.path.join(config.output, "final.pt"), map_location="cpu", weights_only=True)
+
+
+def test_training_with_workers_gives_the_same_batches_and_weights(image_folder, tmp_path, monkeypatch):
+    seen = {}
+    for workers in (0, 2):
+        seen[workers] = record_batches(monkeypatch)
+        train(folder_config(image_folder, tmp_path, f"w{workers}", workers=workers), progress=False)
+        monkeypatch.undo()
+    assert seen[0] == seen[2] and len(seen[0]) == 6  # 12 items, batch 5: 3 steps x 2 epochs
+    a, b = (final_weights(folder_config(image_folder, tmp_path, f"w{w}")) for w in (0, 2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (tmp_path / "w2" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["data_share"] <= 1 and r["data_wait_s"] <= r["step_s"] + 1e-3 for r in rows)
+    metrics = json.loads((tmp_path / "w2" / "metrics.json").read_text())
+    assert 0 <= metrics["data_wait_share"] <= 1 and metrics["workers"] == 2
+
+
+def test_resume_with_workers_is_exact(image_folder, tmp_path, monkeypatch):
+    full = folder_config(image_folder, tmp_path, "full", workers=2)
+    train(full, progress=False)
+    cut = folder_config(image_folder, tmp_path, "cut", workers=2)
+    crash_training_at(cut, 4, monkeypatch)
+    assert checkpointing.saved_step(Path(cut.output) / "checkpoints" / "last.pt") == 4
+    train(cut, resume=True, progress=False)
+    a, b = final_weights(full), final_weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_no_host_read_between_the_loss_and_backward(tmp_path, monkeypatch):
+    """The logged values are read after the optimizer step: between the method's loss and
+    ``backward()`` nothing calls ``.item()``, ``.tolist()`` or ``float()`` on a tensor."""
+    reads, window = [], {"open": False}
+    for name in ("item", "tolist", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, _name=name):
+            if window["open"]:
+                reads.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    backward = torch.Tensor.backward
+
+    def closing_backward(self, *args, **kwargs):
+        window["open"] = False
+        return backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", closing_backward)
+    method_loss = trainer.METHODS.get("tecoa").loss
+
+    def opening_loss(self, *args):
+        result = method_loss(self, *args)
+        window["open"] = True
+        return result
+
+    monkeypatch.setattr(trainer.METHODS.get("tecoa"), "loss", opening_loss)
+    train(
+        TrainConfig(method="tecoa", batch_size=16, max_steps=2, output=str(tmp_path / "run")), progress=False
+    )
+    assert reads == []
+
+
+def test_checkpoints_by_wall_clock_and_model_only_epoch_files(tmp_path, monkeypatch):
+    saves = []
+    write = checkpointing.BackgroundWriter.write
+
+    def recording(self, files):
+        saves.append([(payload["step"], path.name, sorted(payload)) for payload, path in files])
+        return write(self, files)
+
+    monkeypatch.setattr(checkpointing.BackgroundWriter, "write", recording)
+    config = TrainConfig(
+        method="tecoa",
+        batch_size=16,
+        epochs=2,
+        max_steps=None,
+        save_every_minutes=1e-9,
+        keep_epoch_checkpoints=True,
+        keep_resume_state=True,
+        output=str(tmp_path / "run"),
+    )  # 4 steps an epoch
+    train(config, progress=False)
+    assert [s[0][0] for s in saves] == list(range(1, 9))  # overdue after every step
+    epochs = [entry for s in saves for entry in s if entry[1].startswith("epoch")]
+    assert [(step, name) for step, name, _ in epochs] == [(4, "epoch1.pt"), (8, "epoch2.pt")]
+    assert all("optimizer" not in keys and "model" in keys for _, _, keys in epochs)
+    epoch1 = Path(config.output) / "checkpoints" / "epoch1.pt"
+    assert epoch1.stat().st_size < (Path(config.output) / "checkpoints" / "last.pt").stat().st_size
+    model = mmcoa.load_model("tiny-clip", pretrained=str(epoch1))  # what the curves load
+    assert model is not None
+    saves.clear()
+    train(
+        TrainConfig(
+            method="tecoa",
+            batch_size=16,
+            epochs=2,
+            max_steps=5,
+            save_every_minutes=0,
+            output=str(tmp_path / "steps"),
+        ),
+        progress=False,
+    )
+    assert [s[0][0] for s in saves] == [4, 5]  # the epoch end and the end
+
+
+def test_a_failed_background_write_surfaces_as_one_error(tmp_path, monkeypatch):
+    def full_disk(payload, path):
+        raise MmcoaError(f"no space left to write {path} (No space left on device); nothing was written")
+
+    monkeypatch.setattr(checkpointing, "save_atomic", full_disk)
+    with pytest.raises(MmcoaError, match="no space left to write .*last.pt"):
+        train(
+            TrainConfig(
+                method="tecoa", batch_size=16, max_steps=3, save_every=1, output=str(tmp_path / "run")
+            ),
+            progress=False,
+        )
+
+
+def test_prompt_log_rows_only_when_the_prompts_change(tmp_path, mlm, monkeypatch):
+    from mmcoa.attacks.text import bert_attack
+
+    calls = {"n": 0}
+    original = bert_attack.BertAttack.attack_embeddings
+
+    def every_other_step_the_same(self, prompts, model):
+        calls["n"] += 1
+        edits = original(self, prompts, model)
+        return edits if calls["n"] % 2 else original(self, prompts, model)
+
+    monkeypatch.setattr(bert_attack.BertAttack, "attack_embeddings", every_other_step_the_same)
+    config = TrainConfig(method="mmcoa", batch_size=16, max_steps=4, mlm=mlm, output=str(tmp_path / "run"))
+    train(config, progress=False)
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "adversarial_prompts.jsonl").read_text().splitlines()
+    ]
+    assert rows and rows[0]["step"] == 0
+    assert all(a["prompts"] != b["prompts"] for a, b in zip(rows, rows[1:]))  # a row means a change
+    assert len(rows) <= 4
+
+
+def test_resume_cuts_a_log_without_rewriting_it(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"step": s, "loss": 0.1 * s}) + "\n" for s in range(1, 6)]
+    path.write_text("".join(rows))
+    inode = path.stat().st_ino
+    trainer._cut_log(path, "metrics.jsonl", 3)
+    assert path.read_text() == "".join(rows[:3]) and path.stat().st_ino == inode
+    path.write_text(rows[0] + '{"step": 2, "lo\n' + rows[2])  # a row cut short by a crash
+    trainer._cut_log(path, "metrics.jsonl", 3)
+    assert path.read_text() == rows[0] + rows[2]
+
+
+# -- weight marks, faithful TeCoA, per-method defaults -------------------------------------------
+def test_every_training_step_renews_the_fingerprint_even_with_a_fused_optimizer(tmp_path, monkeypatch):
+    """Caches keyed on the text fingerprint (class embeddings, BERT-Attack's edits) are dropped
+    after every optimizer step with nothing to remember in the trainer: a fused AdamW leaves
+    ``Tensor._version`` alone, the optimizer-step count of models/weight_version.py does not."""
+    keys, step = [], trainer.TrainLoop.step
+
+    def recording(self, *args, **kwargs):
+        keys.append(self.model.text_fingerprint())
+        return step(self, *args, **kwargs)
+
+    def fused(model, config):
+        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
+
+    monkeypatch.setattr(trainer.TrainLoop, "step", recording)
+    monkeypatch.setattr(trainer, "build_optimizer", fused)
+    config = TrainConfig(method="ft-standard", batch_size=16, max_steps=3, output=str(tmp_path / "r"))
+    train(config, progress=False)
+    assert len(keys) == 3 and len(set(keys)) == 3
+
+
+# -- TeCoA ----------------------------------------------------------------------------------
+def test_tecoa_loss_is_image_to_text_cross_entropy(tiny_model, synthetic_test):
+    from mmcoa.train.methods import METHODS, StepContext
+
+    images = torch.stack([synthetic_test[i][0] for i in range(8)])
+    labels = torch.tensor([synthetic_test[i][1] for i in range(8)])
+    prompts = synthetic_test.prompts()
+    config = TrainConfig(method="tecoa", train_eps=1e-6, train_step_size=1e-6, train_steps=1)
+
+    def context():
+        return StepContext(
+            model=tiny_model, prompts=prompts, config=config, generator=torch.Generator().manual_seed(0)
+        )
+
+    loss, _ = METHODS.get("tecoa")().loss(context(), images, labels)
+    with torch.no_grad():
+        logits = ZeroShotClassifier(tiny_model, prompts).logits(images)
+    assert torch.allclose(loss, F.cross_entropy(logits, labels), atol=1e-4)
+    symmetric, _ = METHODS.get("tecoa-symmetric")().loss(context(), images, labels)
+    assert not torch.allclose(symmetric, loss, atol=1e-3)
+
+
+# -- per-method defaults --------------------------------------------------------------------
+def test_each_method_gets_its_published_training_settings():
+    fare, pmg, tecoa, mmcoa_ = (TrainConfig(method=m) for m in ("fare", "pmg-aft", "tecoa", "mmcoa"))
+    assert (fare.optimizer, fare.weight_decay, fare.train_eps, fare.train_steps) == (
+        "adamw",
+        1e-4,
+        4 / 255,
+        10,
+    )
+    assert (pmg.optimizer, pmg.lr, pmg.weight_decay, pmg.schedule) == ("sgd", 5e-5, 0.0, "cosine")
+    assert (tecoa.optimizer, tecoa.train_steps, tecoa.warmup_steps) == ("sgd", 2, 1000)
+    assert (mmcoa_.weight_decay, mmcoa_.train_eps, mmcoa_.train_step_size, mmcoa_.train_steps) == (
+        0.2,
+        1 / 255,
+        1 / 255,
+        10,
+    )
+    assert TrainConfig(method="fare", train_steps=3, lr=2e-5).train_steps == 3  # given values win
+    for name in mmcoa.train.METHODS.names():  # every method's class holds every per-method setting
+        assert TrainConfig(method=name).lr == mmcoa.train.METHODS.get(name).defaults["lr"]
+    with pytest.raises(mmcoa.errors.UnknownNameError, match="unknown method 'nope'; known: .*mmcoa"):
+        TrainConfig(method="nope")
+
+
+def test_sgd_methods_build_sgd_with_momentum(tiny_model):
+    from mmcoa.train.trainer import build_optimizer
+
+    tiny_model.set_trainable(["image"])
+    optimizer = build_optimizer(tiny_model, TrainConfig(method="pmg-aft"))
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    tiny_model.set_trainable([])
+
+
+def test_a_zero_training_step_size_is_refused_up_front():
+    with pytest.raises(MmcoaError, match="train_step_size"):
+        TrainConfig(method="tecoa", train_step_size=0.0)
+
+
+# -- resume after a crash ------------------------------------------------------------------------
+def _config(tmp_path, **overrides):
+    settings = dict(
+        method="ft-standard",
+        batch_size=16,
+        max_steps=2,
+        save_every=1,
+        keep_resume_state=True,  # these runs are resumed after they finish
+        output=str(tmp_path / "run"),
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_resume_drops_a_partial_last_metrics_line(tmp_path, capsys):
+    train(_config(tmp_path, max_steps=1), progress=False)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 2, "lo')  # what a full disk leaves
+    train(_config(tmp_path), resume=True, progress=False)
+    assert "dropped unreadable line 2" in capsys.readouterr().err
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2]
+
+
+def test_resume_sweeps_temporary_files_of_an_interrupted_save(tmp_path):
+    train(_config(tmp_path, max_steps=1), progress=False)
+    stale = tmp_path / "run" / "checkpoints" / ".last.pt.k3j2h1.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train(_config(tmp_path), resume=True, progress=False)
+    assert not stale.exists()
+
+
+def test_resume_accepts_the_same_pretrained_file_by_another_path(tmp_path, monkeypatch):
+    weights = tmp_path / "start.pt"
+    torch.save(mmcoa.load_model("tiny-clip").model.state_dict(), weights)
+    monkeypatch.chdir(tmp_path)
+    train(_config(tmp_path, max_steps=1, pretrained="start.pt"), progress=False)
+    train(_config(tmp_path, pretrained=str(weights.resolve())), resume=True, progress=False)
+    other = tmp_path / "other.pt"
+    torch.save(mmcoa.load_model("tiny-clip").model.state_dict(), other)
+    with pytest.raises(MmcoaError, match="settings differ"):
+        train(_config(tmp_path, max_steps=3, pretrained=str(other)), resume=True, progress=False)
+
+
+# -- NaN / inf losses --------------------------------------------------------------------------
+def _nan_at_step(monkeypatch, bad_step: int):
+    from mmcoa.train import methods
+
+    original = methods.FTStandard.loss
+    calls = []
+
+    def loss(self, ctx, images, labels):
+        calls.append(1)
+        value, terms = original(self, ctx, images, labels)
+        return (value * float("nan"), terms) if len(calls) == bad_step else (value, terms)
+
+    monkeypatch.setattr(methods.FTStandard, "loss", loss)
+
+
+def test_a_nan_loss_stops_at_its_step_with_the_last_checkpoint_intact(tmp_path, monkeypatch):
+    _nan_at_step(monkeypatch, 2)
+    with pytest.raises(MmcoaError, match=r"the loss is nan at step 2; .*last.pt \(step 1\) is intact"):
+        train(_config(tmp_path, max_steps=3), progress=False)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["step"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def test_skip_nonfinite_skips_and_counts_the_step(tmp_path, monkeypatch):
+    _nan_at_step(monkeypatch, 2)
+    metrics = train(_config(tmp_path, max_steps=3, skip_nonfinite=True), progress=False)
+    assert metrics["skipped_nonfinite_steps"] == 1 and metrics["steps"] == 3
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())

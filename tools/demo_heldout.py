@@ -1,7 +1,7 @@
 """The demo's settings on held-out training images: how they were chosen, never on test images.
 
 Runs the demo's step 1 (LiT pre-training, seed 0, the same 1,000 held-out training images) and
-its three fine-tunings with the demo's :class:`~mmcoa.demo.Table1Settings`, then evaluates the
+its three fine-tunings with the demo's :class:`~mmcoa_demo.demo.Table1Settings`, then evaluates the
 four models on 500 of those held-out training images (``split="train"``): Table I's attacks,
 PGD at 4/255 with 20 and 50 steps beside Table I's 10, and the attack table's 1/255 PGD for
 the zero-shot model. Prints one line per model. About 7 minutes on one CPU thread.
@@ -18,7 +18,7 @@ import torch
 
 from mmcoa.attacks import PGD
 from mmcoa.data import load_dataset
-from mmcoa.demo import DEMO_MLM, DEMO_MODEL, PRETRAIN, TABLE1_ROWS, Table1Settings, pretrain_demo_clip
+from mmcoa_demo.demo import DEMO_MLM, DEMO_MODEL, PRETRAIN, TABLE1_ROWS, Table1Settings, pretrain_demo_clip
 from mmcoa.eval import evaluate
 from mmcoa.train.trainer import train
 

@@ -19,7 +19,7 @@ from mmcoa.attacks.text.mlm import load_mlm
 from mmcoa.attacks.text.stopwords import default_stop_words
 from mmcoa.data.base import clean_classname
 from mmcoa.data.fashion_mnist import CLASSNAMES
-from mmcoa.train.pretrain import CAPTION_TEMPLATES
+from mmcoa_demo.pretrain import CAPTION_TEMPLATES
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SENTENCES = (

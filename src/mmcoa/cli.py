@@ -10,17 +10,26 @@ import json
 import sys
 from pathlib import Path
 
+from mmcoa.attacks import ATTACKS, RETRIEVAL_ATTACKS
 from mmcoa.attacks.flags import add_attack_flags, attack_params_from_flags
 from mmcoa.devices import AUTO
 from mmcoa.distributed import fail_fast, running_under_torchrun
 from mmcoa.errors import MmcoaError, one_line
 from mmcoa.flags import OneLineParser, add_field_flags, field_values, flag_name, refuse_renamed
 from mmcoa.outputs import check_output
+from mmcoa.plugins import load_plugins
+from mmcoa.precision import PRECISIONS
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command: a user's mistake is one ``mmcoa: error:`` line and exit status 2;
-    Ctrl-C is one line saying what was saved (the command's ``saved`` hint) and status 130."""
+    Ctrl-C is one line saying what was saved (the command's ``saved`` hint) and status 130.
+    The plugins of ``$MMCOA_PLUGINS`` (:mod:`mmcoa.plugins`) are imported first."""
+    try:
+        load_plugins()
+    except MmcoaError as error:
+        print(f"mmcoa: error: {one_line(error)}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
@@ -51,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("datasets", help="list the datasets and whether they are on disk")
     listing.add_argument("--data-root", default=None)
     listing.set_defaults(handler=cmd_datasets)
-    commands.add_parser("attacks", help="list the attacks").set_defaults(handler=cmd_attacks)
+    commands.add_parser("attacks", help="list the attacks, their threats and defaults").set_defaults(
+        handler=cmd_attacks
+    )
+    _add_zoo(commands)  # last: also gives every command that takes --model a --zoo FILE flag
     return parser
 
 
@@ -63,7 +75,9 @@ def _add_eval(commands) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true")
-    p.add_argument("--attacks", default="clean,pgd", help="comma-separated attack names")
+    p.add_argument(
+        "--attacks", default="clean,pgd", help=f"comma-separated, of: {', '.join(ATTACKS.names())}"
+    )
     add_attack_flags(p, skip=("precision",))  # --precision: add_runtime_flags
     p.add_argument("--template", default=None, help="prompt template with {} (default: the dataset's)")
     p.add_argument("--prompt", default=None, help="a vp/advpt run's prompt.pt to put on the model")
@@ -112,7 +126,7 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         default=None,
-        choices=("fp32", "bf16"),
+        choices=PRECISIONS,
         help="image attacks' precision: bf16 autocasts the model (default fp32)",
     )
     p.add_argument(
@@ -168,7 +182,9 @@ def _add_retrieval(commands) -> None:
     p.add_argument("--pretrained", default=None)
     p.add_argument("--data-root", required=True, help="folder with dataset_coco.json and the images")
     p.add_argument("--split", default="test")
-    p.add_argument("--attacks", default="clean", help="comma-separated: clean, pgd, bert, coattack, sga")
+    p.add_argument(
+        "--attacks", default="clean", help=f"comma-separated, of: {', '.join(RETRIEVAL_ATTACKS.names())}"
+    )
     p.add_argument("--mlm", default=None)
     p.add_argument("--n-images", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
@@ -191,7 +207,7 @@ def _precision_for(attack_class, precision: str | None) -> dict | None:
 def cmd_retrieval(args: argparse.Namespace) -> int:
     from mmcoa.data import load_coco_karpathy
     from mmcoa.devices import check_device
-    from mmcoa.eval import RETRIEVAL_ATTACKS, evaluate_retrieval
+    from mmcoa.eval import evaluate_retrieval
     from mmcoa.files import write_json_atomic
     from mmcoa.models import load_model
     from mmcoa.models.runtime import configure_runtime
@@ -200,7 +216,12 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     for name in names:
         RETRIEVAL_ATTACKS.get(name)
     if args.precision and not any(_precision_for(RETRIEVAL_ATTACKS.get(n), args.precision) for n in names):
-        raise MmcoaError(f"--precision applies to image attacks (pgd, coattack, sga); chosen: {args.attacks}")
+        takers = [
+            n for n in RETRIEVAL_ATTACKS.names() if _precision_for(RETRIEVAL_ATTACKS.get(n), args.precision)
+        ]
+        raise MmcoaError(
+            f"--precision applies to image attacks ({', '.join(takers)}); chosen: {args.attacks}"
+        )
     args.device = check_device(args.device)
     check_output(args.output, directory=False)
     model = load_model(args.model, pretrained=args.pretrained, device=args.device)
@@ -390,7 +411,7 @@ def _prompted_model(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mmcoa.demo import run_demo
+    from mmcoa_demo.demo import run_demo  # the demo is an application beside the library
     from mmcoa.devices import check_device
 
     args.device = check_device(args.device)
@@ -407,6 +428,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_zoo(commands) -> None:
+    from mmcoa.models.zoo import ZOO_ENV, ZooFileAction, parsers_taking_model
+
+    zoo_help = f"a zoo YAML of your own checkpoints (same schema as the shipped one; also ${ZOO_ENV})"
+    for p in parsers_taking_model(commands):
+        p.add_argument("--zoo", action=ZooFileAction, metavar="FILE", help=zoo_help)
+    p = commands.add_parser("zoo", help="the published robust CLIPs by name (--model NAME)")
+    p.add_argument("words", nargs="*", metavar="show NAME", help="everything the entry NAME knows")
+    p.add_argument("--markdown", action="store_true", help="the listing as a markdown table")
+    p.add_argument("--zoo", action=ZooFileAction, metavar="FILE", help=zoo_help)
+    p.set_defaults(handler=cmd_zoo)
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from mmcoa.models.zoo import format_entry, format_listing, get_entry, markdown_table
+
+    if not args.words:
+        print(markdown_table() if args.markdown else format_listing())
+    elif len(args.words) == 2 and args.words[0] == "show":
+        print(format_entry(get_entry(args.words[1])))
+    else:
+        raise MmcoaError(
+            f"mmcoa zoo takes nothing or 'show NAME' (got {' '.join(args.words)!r}); mmcoa zoo lists the names"
+        )
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from mmcoa.models import list_models
 
@@ -415,7 +463,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not args.all:
         print(
             "(plus every open_clip architecture: mmcoa models --all; hf-hub:<org>/<name>; "
-            "hf:<id or directory>; local-dir:<open_clip model folder, e.g. a run's export/>)"
+            "hf:<id or directory>; local-dir:<open_clip model folder, e.g. a run's export/>; "
+            "the published robust CLIPs by name: mmcoa zoo)"
         )
     return 0
 
@@ -437,7 +486,8 @@ def cmd_attacks(args: argparse.Namespace) -> int:
     from mmcoa.attacks import list_attacks
 
     for row in list_attacks():
-        print(f"{row['name']:<10} {row['description']}  defaults={json.dumps(row['defaults'])}")
+        name = row["name"] if row["task"] == "classification" else f"{row['name']} (retrieval)"
+        print(f"{name:<20} {row['threat']:<10} {row['description']}  defaults={json.dumps(row['defaults'])}")
     return 0
 
 

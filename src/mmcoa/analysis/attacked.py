@@ -30,6 +30,12 @@ def make_attack(attack: str | Attack, **params) -> Attack:
     return build_attack(attack, **{k: v for k, v in params.items() if k in accepted and v is not None})
 
 
+def quiet(evaluation: dict) -> dict:
+    """:func:`mmcoa.eval.evaluate`'s keywords as an analysis passes them on: ``n_samples``,
+    ``batch_size``, ``seed``, ``template``..., with no progress bar unless asked."""
+    return {"progress": False, **evaluation}
+
+
 def labelled(
     models: VisionLanguageModel | Mapping[str, VisionLanguageModel],
 ) -> dict[str, VisionLanguageModel]:

@@ -176,11 +176,7 @@ def _run_eps_sweep(args) -> Path:
         eps=budgets,
         attacks=attacks,
         attack_params=params,
-        n_samples=args.n_samples,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        template=args.template,
-        progress=not args.no_progress,
+        **_evaluation(args),
     )
     _write_records(args, "eps_sweep", records)
     return plot_eps_sweep(records, args.output)
@@ -262,11 +258,7 @@ def _run_interpolation(args) -> Path:
         lambdas=_floats(args.lambdas, "--lambdas"),
         attacks=attacks,
         attack_params=params,
-        n_samples=args.n_samples,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        template=args.template,
-        progress=not args.no_progress,
+        **_evaluation(args),
     )
     _write_records(args, "interpolation", records)
     return plot_interpolation(records, args.output)
@@ -413,19 +405,27 @@ def _run_sanity(args) -> Path:
         model,
         dataset,
         **dataclasses.asdict(plan),
-        n_samples=args.n_samples,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        template=args.template,
         tolerance=args.tolerance,
         noise_fraction=args.noise_fraction,
         output_dir=args.output,
-        progress=not args.no_progress,
+        **_evaluation(args),
     )
     for check in summary["checks"]:
         print(f"{check['result']}  {check['name']:<15} {check['numbers']}")
     print(f"table {summary['files']['table']}")
     return Path(summary["files"]["json"])
+
+
+def _evaluation(args) -> dict:
+    """The evaluation settings every analysis passes on (samples, batch, seed, template,
+    progress bar)."""
+    return dict(
+        n_samples=args.n_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        template=args.template,
+        progress=not args.no_progress,
+    )
 
 
 def _ints(text: str, flag: str) -> list:

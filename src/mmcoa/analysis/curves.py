@@ -1,8 +1,8 @@
 """Training curves (paper Fig. 7): loss and accuracy against training epochs.
 
 The paper evaluates TeCoA and MMCoA after every epoch (every 4 for MMCoA). ``mmcoa train``
-keeps one rolling checkpoint (``checkpoints/last.pt``, overwritten at each epoch end) and
-``final.pt``, plus ``checkpoints/epoch<N>.pt`` at every epoch end when run with
+keeps one rolling checkpoint while it runs (``checkpoints/last.pt``, overwritten at each epoch
+end; kept after the run only with ``--keep-resume-state``) and ``final.pt``, plus ``checkpoints/epoch<N>.pt`` at every epoch end when run with
 ``--keep-epoch-checkpoints``; this analysis plots:
 
 - the training loss of every logged step (``metrics.jsonl``), against the fractional epoch;

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from mmcoa.analysis.attacked import labelled, make_attack
+from mmcoa.analysis.attacked import labelled, make_attack, quiet
 from mmcoa.analysis.plotting import new_figure, percent, write_analysis
 from mmcoa.errors import MmcoaError
 from mmcoa.eval import evaluate
@@ -32,17 +32,15 @@ def eps_sweep(
     eps: Sequence[float] = SWEEP_EPS,
     attacks: Sequence[str] = SWEEP_ATTACKS,
     attack_params: dict | None = None,
-    n_samples: int | None = None,
-    batch_size: int = 128,
-    seed: int = 0,
-    template: str | None = None,
-    progress: bool = False,
+    **evaluation,
 ) -> list[dict]:
     """Evaluate each model (one, or ``{label: model}``) clean and under each attack at each
     ``eps`` (units of 1/255); returns the records, each with its ``label``.
 
     ``attack_params`` (pixel units) go to every attack that takes them, e.g.
-    ``{"n_steps": 20, "mlm": "runs/demo/mlm"}``; ``eps`` is set by the sweep."""
+    ``{"n_steps": 20, "mlm": "runs/demo/mlm"}``; ``eps`` is set by the sweep. ``evaluation``:
+    :func:`mmcoa.eval.evaluate`'s keywords (``n_samples``, ``batch_size``, ``seed``,
+    ``template``, ``progress``; no progress bar by default)."""
     _check_sweep(eps, attacks)
     params = {k: v for k, v in (attack_params or {}).items() if k != "eps"}
     sweep = [make_attack("clean")] + [
@@ -50,16 +48,7 @@ def eps_sweep(
     ]
     records = []
     for label, model in labelled(models).items():
-        found = evaluate(
-            model,
-            dataset,
-            sweep,
-            n_samples=n_samples,
-            batch_size=batch_size,
-            seed=seed,
-            template=template,
-            progress=progress,
-        )
+        found = evaluate(model, dataset, sweep, **quiet(evaluation))
         records += [{**record, "label": label} for record in found]
     return records
 
@@ -84,7 +73,7 @@ def sweep_series(records: list[dict]) -> dict:
             entry["clean"] = record["accuracy"]
         elif eps is not None:
             series = entry["series"].setdefault(
-                names[C.setting_key(_base(record))], {"threat": C.threat_of(record["attack"]), "points": {}}
+                names[C.setting_key(_base(record))], {"threat": C.threat_of(record), "points": {}}
             )
             series["points"][round(eps * 255, 4)] = record["accuracy"]
     return out

@@ -2,9 +2,8 @@
 cosine similarity between each image's clean and adversarial features.
 
 The paper finds MMCoA's clean and adversarial features the most mixed in t-SNE and the most
-similar per image. t-SNE (van der Maaten & Hinton, 2008) is implemented here in NumPy, exactly
-(O(N²) memory and time: meant for the few hundred to few thousand points of such a plot),
-rather than taking scikit-learn as a dependency for one function.
+similar per image. t-SNE (van der Maaten & Hinton, 2008) is scikit-learn's ``TSNE``, Barnes-Hut
+method (van der Maaten, 2014).
 """
 
 from __future__ import annotations
@@ -39,77 +38,38 @@ def mean_cosine_similarity(clean: torch.Tensor | np.ndarray, adversarial: torch.
 
 
 # -- t-SNE ---------------------------------------------------------------------------------------
+MIN_TSNE_ITER = 250  # scikit-learn's least max_iter: its early-exaggeration phase alone
+
+
 def tsne(x: np.ndarray, *, perplexity: float = 30.0, n_iter: int = 1000, seed: int = 0) -> np.ndarray:
-    """Exact t-SNE of ``x`` [N, D] to [N, 2]: Gaussian affinities calibrated to ``perplexity``
-    (binary search per point), symmetrized; Student-t similarities in 2-D; gradient descent with
-    momentum 0.5 → 0.8, per-coordinate gains, early exaggeration 12 for 250 iterations,
-    learning rate max(N / 48, 50) (scikit-learn's "auto"); PCA initialization scaled to
-    std 1e-4, with a seeded jitter."""
+    """t-SNE of ``x`` [N, D] to [N, 2] (float64) for the paper's Fig. 9 map of clean and
+    adversarial features: scikit-learn's ``TSNE``, Barnes-Hut method (chosen over "exact" for its
+    O(N log N) time and sparse nearest-neighbour affinities: no N×N matrix), PCA initialization,
+    learning rate "auto", ``random_state=seed`` (it seeds PCA's randomized solver, so for
+    low-dimensional ``x`` the seed may not change the map); ``n_iter`` is its ``max_iter``.
+    ``perplexity`` is capped at (N − 1) / 3, so that the 3·perplexity neighbours Barnes-Hut uses
+    exist for small N."""
+    from sklearn.manifold import TSNE  # local: keeps `import mmcoa` free of scikit-learn
+
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or len(x) < 4:
+    if x.ndim != 2 or len(x) < 4 or x.shape[1] < 1:
         raise MmcoaError(f"t-SNE needs at least 4 points in an [N, D] array; got shape {list(x.shape)}")
-    n = len(x)
-    p = _joint_probabilities(_squared_distances(x), min(perplexity, (n - 1) / 3))
-    y = _pca_start(x, seed)
-    velocity, gains = np.zeros_like(y), np.ones_like(y)
-    rate = max(n / 48, 50.0)
-    for it in range(n_iter):
-        exaggeration, momentum = (12.0, 0.5) if it < 250 else (1.0, 0.8)
-        grad = _kl_gradient(p * exaggeration, y)
-        gains = np.where(np.sign(grad) != np.sign(velocity), gains + 0.2, gains * 0.8).clip(min=0.01)
-        velocity = momentum * velocity - rate * gains * grad
-        y = y + velocity
-        y -= y.mean(axis=0)
-    return y
-
-
-def _squared_distances(x: np.ndarray) -> np.ndarray:
-    sq = (x * x).sum(1)
-    return np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
-
-
-def _joint_probabilities(distances: np.ndarray, perplexity: float) -> np.ndarray:
-    n = len(distances)
-    conditional = np.stack([_row_probabilities(distances[i], i, np.log(perplexity)) for i in range(n)])
-    joint = (conditional + conditional.T) / (2 * n)
-    return np.maximum(joint, 1e-12)
-
-
-def _row_probabilities(row: np.ndarray, index: int, target_entropy: float) -> np.ndarray:
-    """p_j|i with the precision beta found by bisection so that the entropy is log(perplexity)."""
-    others = np.delete(row, index)
-    others = others - others.min()  # shift for stability; cancels in the normalization
-    low, high, beta = 0.0, np.inf, 1.0
-    for _ in range(100):
-        weights = np.exp(-others * beta)
-        total = max(weights.sum(), 1e-300)
-        entropy = np.log(total) + beta * (others * weights).sum() / total
-        if abs(entropy - target_entropy) < 1e-5:
-            break
-        if entropy > target_entropy:
-            low, beta = beta, beta * 2 if high == np.inf else (beta + high) / 2
-        else:
-            high, beta = beta, (beta + low) / 2
-    return np.insert(weights / total, index, 0.0)
-
-
-def _pca_start(x: np.ndarray, seed: int) -> np.ndarray:
-    centered = x - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
-    y = centered @ vt[:2].T
-    if y.shape[1] < 2:
-        y = np.pad(y, ((0, 0), (0, 2 - y.shape[1])))
-    y = y / max(y[:, 0].std(), 1e-12) * 1e-4
-    return y + np.random.default_rng(seed).normal(0, 1e-6, y.shape)
-
-
-def _kl_gradient(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """d KL(P ‖ Q) / dy_i = 4 Σ_j (p_ij − q_ij) (1 + |y_i − y_j|²)⁻¹ (y_i − y_j)."""
-    inverse = 1.0 / (1.0 + _squared_distances(y))
-    np.fill_diagonal(inverse, 0.0)
-    q = np.maximum(inverse / inverse.sum(), 1e-12)
-    weights = (p - q) * inverse
-    return 4.0 * (np.diag(weights.sum(1)) - weights) @ y
+    if np.ptp(x, axis=0).max() == 0:
+        raise MmcoaError(f"t-SNE needs points that are not all identical; got {len(x)} copies of one")
+    if n_iter < MIN_TSNE_ITER:
+        raise MmcoaError(f"t-SNE needs n_iter >= {MIN_TSNE_ITER} (scikit-learn's TSNE); got {n_iter}")
+    if x.shape[1] < 2:  # PCA initialization needs two dimensions; a zero column keeps distances
+        x = np.pad(x, ((0, 0), (0, 2 - x.shape[1])))
+    model = TSNE(
+        n_components=2,
+        perplexity=min(perplexity, (len(x) - 1) / 3),
+        max_iter=n_iter,
+        init="pca",
+        learning_rate="auto",
+        method="barnes_hut",
+        random_state=seed,
+    )
+    return np.asarray(model.fit_transform(x), dtype=np.float64)
 
 
 # -- features of real models ---------------------------------------------------------------------
@@ -146,30 +106,21 @@ def feature_analysis(
     dataset,
     attack: str | Attack = "pgd",
     *,
-    attack_params: dict | None = None,
-    n_samples: int | None = 500,
-    batch_size: int = 64,
-    seed: int = 0,
     perplexity: float = 30.0,
     n_iter: int = 1000,
+    **sampling,
 ) -> dict:
     """For each model (one, or ``{label: model}``): mean clean/adversarial cosine similarity and
-    a joint t-SNE map of its clean and adversarial features (clean rows first)."""
+    a joint t-SNE map of its clean and adversarial features (clean rows first). ``sampling``:
+    :func:`attacked_features`'s keywords (``attack_params``, ``n_samples``, ``batch_size``,
+    ``seed``, which also seeds t-SNE)."""
     out = {}
     for label, model in labelled(models).items():
-        features = attacked_features(
-            model,
-            dataset,
-            attack,
-            attack_params=attack_params,
-            n_samples=n_samples,
-            batch_size=batch_size,
-            seed=seed,
-        )
+        features = attacked_features(model, dataset, attack, **sampling)
         both = torch.cat([features["clean"], features["adversarial"]]).numpy()
         out[label] = {
             "cosine": mean_cosine_similarity(features["clean"], features["adversarial"]),
-            "tsne": tsne(both, perplexity=perplexity, n_iter=n_iter, seed=seed),
+            "tsne": tsne(both, perplexity=perplexity, n_iter=n_iter, seed=sampling.get("seed", 0)),
             "labels": features["labels"].tolist(),
             "n": len(features["clean"]),
         }

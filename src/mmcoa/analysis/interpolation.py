@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from mmcoa.analysis.attacked import make_attack
+from mmcoa.analysis.attacked import make_attack, quiet
 from mmcoa.analysis.plotting import new_figure, percent, write_analysis
 from mmcoa.errors import MmcoaError
 from mmcoa.eval import evaluate
@@ -60,15 +60,12 @@ def interpolation(
     lambdas: Sequence[float] = LAMBDAS,
     attacks: Sequence = ("clean", "pgd"),
     attack_params: dict | None = None,
-    n_samples: int | None = None,
-    batch_size: int = 128,
-    seed: int = 0,
-    template: str | None = None,
-    progress: bool = False,
+    **evaluation,
 ) -> list[dict]:
     """Evaluate ``theta(lambda)`` for each lambda; returns the records, each tagged with
     ``lambda`` and ``label`` ("lambda=0.5"). ``tuned`` is a model or its backend state dict;
-    neither input model is modified. ``attacks`` must include ``clean``."""
+    neither input model is modified. ``attacks`` must include ``clean``. ``evaluation``:
+    :func:`mmcoa.eval.evaluate`'s keywords (as for :func:`~mmcoa.analysis.eps_sweep.eps_sweep`)."""
     attacks = [make_attack(a, **(attack_params or {})) for a in attacks]
     if "clean" not in {a.name for a in attacks} or len(attacks) < 2:
         raise MmcoaError("interpolation needs clean and at least one attack, e.g. clean,pgd")
@@ -80,16 +77,7 @@ def interpolation(
     records = []
     for lam in lambdas:
         work.model.load_state_dict(interpolate_state_dicts(start, end, lam))
-        found = evaluate(
-            work,
-            dataset,
-            attacks,
-            n_samples=n_samples,
-            batch_size=batch_size,
-            seed=seed,
-            template=template,
-            progress=progress,
-        )
+        found = evaluate(work, dataset, attacks, **quiet(evaluation))
         records += [
             {**r, "label": f"lambda={lam:g}", "lambda": lam, "analysis": "interpolation"} for r in found
         ]

@@ -3,7 +3,8 @@
 A run holds ``config.json`` (the resolved settings), ``metrics.jsonl`` (one line per optimizer
 step: step, epoch, loss, loss terms, images, elapsed_s since the (re)start), ``shots.json`` (the
 training indices), ``metrics.json`` (after the last step), ``checkpoints/last.pt`` (overwritten
-at each epoch end and every ``save_every`` steps) and ``final.pt``.
+at each epoch end and every ``save_every`` steps while the run goes; removed when it finishes
+unless ``--keep-resume-state``) and ``final.pt``.
 """
 
 from __future__ import annotations

@@ -22,10 +22,20 @@ __all__ = [
 
 
 def list_attacks() -> list[dict]:
-    """Name, one-line description and default parameters of each registered attack."""
+    """Each registered attack, classification then retrieval: its task, name, threat, one-line
+    description (its docstring's first line) and default parameters."""
     rows = []
-    for name in ATTACKS.names():
-        cls = ATTACKS.get(name)
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
-        rows.append({"name": name, "description": summary, "defaults": cls().params()})
+    for task, registry in (("classification", ATTACKS), ("retrieval", RETRIEVAL_ATTACKS)):
+        for name in registry.names():
+            cls = registry.get(name)
+            summary = (cls.__doc__ or "").strip().splitlines()[0]
+            rows.append(
+                {
+                    "task": task,
+                    "name": name,
+                    "threat": cls.threat,
+                    "description": summary,
+                    "defaults": cls().params(),
+                }
+            )
     return rows

@@ -14,17 +14,21 @@ adapter shares; ``autoattack`` and ``square`` (:mod:`mmcoa.attacks.autoattack`) 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, ClassVar, Iterator
 
 import torch
-import torchattacks
 from torch import nn
 
-from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, check_range, eval_mode
-from mmcoa.attacks.pgd import NORMS, autocast_for, check_precision
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, FieldGroup, check_range, eval_mode, same_setting
+from mmcoa.attacks.pgd import NORMS, PGD, ImageBudget
 from mmcoa.errors import MmcoaError
 from mmcoa.models.zeroshot import ZeroShotClassifier
+from mmcoa.precision import autocast_for, check_precision
+
+if TYPE_CHECKING:
+    import torchattacks
 
 TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
 MAX_SEED = 2**31 - 1
@@ -54,19 +58,25 @@ class LogitsModule(nn.Module):
             return self.classifier.logits(images).float()
 
 
-class _TargetedAPGD(torchattacks.APGDT):
-    """torchattacks' APGD-T with a targeted loss defined for any class count ≥ 2.
+@functools.cache
+def targeted_apgd() -> type:
+    """torchattacks' APGD-T with a targeted loss defined for any class count ≥ 2 (torchattacks
+    is imported on first use: it costs a second at ``import mmcoa``).
 
     The targeted DLR loss divides by ``z_(1) - (z_(3) + z_(4)) / 2`` (sorted logits), which needs
     four classes; with two or three classes this uses the un-normalized targeted margin
     ``z_target - z_label`` (the CW loss that DLR normalizes) instead.
     """
+    import torchattacks
 
-    def dlr_loss_targeted(self, x, y, y_target):
-        if x.shape[1] >= 4:
-            return super().dlr_loss_targeted(x, y, y_target)
-        rows = torch.arange(x.shape[0], device=x.device)
-        return x[rows, y_target] - x[rows, y]
+    class TargetedAPGD(torchattacks.APGDT):
+        def dlr_loss_targeted(self, x, y, y_target):
+            if x.shape[1] >= 4:
+                return super().dlr_loss_targeted(x, y, y_target)
+            rows = torch.arange(x.shape[0], device=x.device)
+            return x[rows, y_target] - x[rows, y]
+
+    return TargetedAPGD
 
 
 def torchattacks_seed(generator: torch.Generator | None, default: int) -> int:
@@ -139,7 +149,7 @@ class TorchattacksAttack(Attack):
     ``seed`` field and implement ``_run(adapter, images, labels, seed, n_classes)`` →
     ``(adversarial images, worst-case queries per sample)``."""
 
-    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+    def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
         seed = torchattacks_seed(generator, self.seed)
         images, labels = images.detach(), labels.detach()
         if classifier.n_classes < 2 or images.shape[0] == 0:
@@ -159,13 +169,14 @@ class TorchattacksAttack(Attack):
 class APGDBase(TorchattacksAttack):
     """Fields and plumbing shared by the three APGD attacks."""
 
-    eps: float = 1 / 255
-    norm: str = "linf"
-    n_steps: int = 100
-    n_restarts: int = 1
+    threat: ClassVar[str] = "image"
+    eps: float = same_setting(ImageBudget, "eps")
+    norm: str = same_setting(PGD, "norm")
+    n_steps: int = same_setting(ImageBudget, "n_steps")
+    n_restarts: int = same_setting(PGD, "n_restarts")
     seed: int = 0
     rho: float = 0.75
-    precision: str = "fp32"
+    precision: str = same_setting(ImageBudget, "precision")
 
     def __post_init__(self):
         check_ball(self.eps, self.norm)
@@ -178,28 +189,19 @@ class APGDBase(TorchattacksAttack):
     # -- the torchattacks stages (AutoAttack reuses them) and their worst-case queries --
     def apgd_ce_attack(self, adapter: LogitsModule, seed: int) -> torchattacks.APGD:
         """torchattacks' APGD on the cross-entropy with this attack's budget."""
-        return torchattacks.APGD(
-            adapter,
-            norm=TORCHATTACKS_NORMS[self.norm],
-            eps=self.eps,
-            steps=self.n_steps,
-            n_restarts=self.n_restarts,
-            seed=seed,
-            loss="ce",
-            rho=self.rho,
-        )
+        import torchattacks
+
+        return torchattacks.APGD(adapter, **self._budget(seed), loss="ce")
 
     def apgd_t_attack(self, adapter: LogitsModule, seed: int, targets: int) -> torchattacks.APGDT:
         """torchattacks' APGD-T (targeted DLR) with ``targets`` target classes."""
-        return _TargetedAPGD(
-            adapter,
-            norm=TORCHATTACKS_NORMS[self.norm],
-            eps=self.eps,
-            steps=self.n_steps,
-            n_restarts=self.n_restarts,
-            seed=seed,
-            rho=self.rho,
-            n_classes=targets + 1,
+        return targeted_apgd()(adapter, **self._budget(seed), n_classes=targets + 1)
+
+    def _budget(self, seed: int) -> dict:
+        """The keyword arguments torchattacks' APGD and APGD-T share."""
+        norm = TORCHATTACKS_NORMS[self.norm]
+        return dict(
+            norm=norm, eps=self.eps, steps=self.n_steps, n_restarts=self.n_restarts, seed=seed, rho=self.rho
         )
 
     def apgd_ce_queries(self) -> int:
@@ -224,9 +226,21 @@ def perturb(attack, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return robust, adv.detach()
 
 
+@dataclass
+class TargetClasses(FieldGroup):
+    """The targeted runs' field: ``n_target_classes`` (the 2nd, 3rd, ... highest-scoring
+    classes on the clean image, at most C - 1; AutoAttack's standard: 9)."""
+
+    n_target_classes: int = 9
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("n_target_classes", self.n_target_classes, 1)
+
+
 @ATTACKS.register("apgd")
 @dataclass
-class APGD(APGDBase):
+class APGD(TargetClasses, APGDBase):
     """APGD-CE then APGD-T (AutoAttack's apgd-ce + apgd-t), worst case per sample.
 
     Croce & Hein, ICML 2020 (https://arxiv.org/abs/2003.01690), adapting torchattacks' ``APGD``
@@ -254,8 +268,7 @@ class APGD(APGDBase):
             (Default: 9)
 
     Shape:
-        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
-        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`.
         - output: ``AttackResult.images``, ``(B, 3, H, W)`` in [0, 1] and within ``eps`` of
           ``images`` in the ``norm``.
 
@@ -268,12 +281,6 @@ class APGD(APGDBase):
         attack = APGD(eps=4 / 255, n_steps=100)       # or build_attack("apgd", eps=4 / 255)
         adv = attack(ZeroShotClassifier(model, prompts), images, labels, generator).images
     """
-
-    n_target_classes: int = 9
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_int("n_target_classes", self.n_target_classes, 1)
 
     def _run(self, adapter, images, labels, seed, n_classes):
         targets = target_count(self.n_target_classes, n_classes)
@@ -307,7 +314,7 @@ class APGDCE(APGDBase):
 
 @ATTACKS.register("apgd-t")
 @dataclass
-class APGDT(APGDBase):
+class APGDT(TargetClasses, APGDBase):
     """APGD on the targeted DLR loss (AutoAttack's apgd-t), via torchattacks' ``APGDT``.
 
     Croce & Hein, ICML 2020 (https://arxiv.org/abs/2003.01690). One run per target class: the
@@ -321,12 +328,6 @@ class APGDT(APGDBase):
 
         adv = APGDT(eps=1 / 255, n_target_classes=9)(classifier, images, labels).images
     """
-
-    n_target_classes: int = 9
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_int("n_target_classes", self.n_target_classes, 1)
 
     def _run(self, adapter, images, labels, seed, n_classes):
         targets = target_count(self.n_target_classes, n_classes)

@@ -16,21 +16,26 @@ black-box check of ``mmcoa analyze sanity``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torchattacks
 
 from mmcoa.attacks.apgd import (
     MAX_SEED,
     TORCHATTACKS_NORMS,
     APGDBase,
     LogitsModule,
+    TargetClasses,
     TorchattacksAttack,
     check_ball,
     check_int,
     target_count,
 )
-from mmcoa.attacks.base import ATTACKS, check_range
+from mmcoa.attacks.base import ATTACKS, check_range, same_setting
+from mmcoa.attacks.pgd import PGD, ImageBudget
+
+if TYPE_CHECKING:
+    import torchattacks
 
 STANDARD = {
     "n_steps": 100,
@@ -44,7 +49,6 @@ SQUARE_P_INIT = 0.8  # the reference code's fraction of pixels changed by the fi
 
 def square_attack(
     adapter: LogitsModule,
-    *,
     eps: float,
     norm: str,
     n_queries: int,
@@ -55,6 +59,8 @@ def square_attack(
     """torchattacks' Square (margin loss) as AutoAttack runs it: schedule of the square size in
     raw iterations (``resc_schedule=False``), so a smaller budget stops early in the same
     schedule instead of compressing it."""
+    import torchattacks
+
     return torchattacks.Square(
         adapter,
         norm=TORCHATTACKS_NORMS[norm],
@@ -76,7 +82,7 @@ def square_queries(n_queries: int, n_restarts: int) -> int:
 
 @ATTACKS.register("autoattack")
 @dataclass
-class AutoAttack(APGDBase):
+class AutoAttack(TargetClasses, APGDBase):
     """AutoAttack (standard): APGD-CE, APGD-T, FAB-T, Square, each on the samples still correct.
 
     Croce & Hein, ICML 2020 (https://arxiv.org/abs/2003.01690), standard version, via
@@ -101,8 +107,7 @@ class AutoAttack(APGDBase):
             (Default: 0, 0.75, ``"fp32"``)
 
     Shape:
-        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
-        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`.
         - output: ``AttackResult.images``, ``(B, 3, H, W)`` in [0, 1] and within ``eps`` of
           ``images`` in the ``norm``.
 
@@ -116,18 +121,18 @@ class AutoAttack(APGDBase):
         adv = attack(ZeroShotClassifier(model, prompts), images, labels, generator).images
     """
 
-    n_target_classes: int = STANDARD["n_target_classes"]
     fab_steps: int = STANDARD["fab_steps"]
     square_queries: int = STANDARD["square_queries"]
 
     def __post_init__(self):
         super().__post_init__()
-        check_int("n_target_classes", self.n_target_classes, 1)
         check_int("fab_steps", self.fab_steps, 1)
         check_int("square_queries", self.square_queries, 1)
 
     def stages(self, adapter: LogitsModule, seed: int, n_classes: int) -> list[torchattacks.Attack]:
         """The four torchattacks attacks, in AutoAttack's order, with this attack's budgets."""
+        import torchattacks
+
         targets = target_count(self.n_target_classes, n_classes)
         fab = torchattacks.FAB(
             adapter,
@@ -139,14 +144,7 @@ class AutoAttack(APGDBase):
             multi_targeted=True,
             n_classes=targets + 1,
         )
-        square = square_attack(
-            adapter,
-            eps=self.eps,
-            norm=self.norm,
-            n_queries=self.square_queries,
-            n_restarts=self.n_restarts,
-            seed=seed,
-        )
+        square = square_attack(adapter, self.eps, self.norm, self.square_queries, self.n_restarts, seed)
         return [self.apgd_ce_attack(adapter, seed), self.apgd_t_attack(adapter, seed, targets), fab, square]
 
     def queries(self, n_classes: int) -> int:
@@ -164,6 +162,8 @@ class AutoAttack(APGDBase):
         return own + 4  # MultiAttack classifies each attack's output
 
     def _run(self, adapter, images, labels, seed, n_classes):
+        import torchattacks
+
         adv = torchattacks.MultiAttack(self.stages(adapter, seed, n_classes))(images, labels)
         return adv.detach(), self.queries(n_classes)
 
@@ -188,8 +188,7 @@ class Square(TorchattacksAttack):
         seed (int): as for :class:`mmcoa.attacks.apgd.APGD`. (Default: 0)
 
     Shape:
-        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
-        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`.
         - output: ``AttackResult.images``, ``(B, 3, H, W)`` in [0, 1] and within ``eps`` of
           ``images`` in the ``norm``.
 
@@ -200,10 +199,11 @@ class Square(TorchattacksAttack):
         adv = Square(eps=1 / 255, n_queries=5000)(classifier, images, labels, generator).images
     """
 
-    eps: float = 1 / 255
-    norm: str = "linf"
+    threat: ClassVar[str] = "image"
+    eps: float = same_setting(ImageBudget, "eps")
+    norm: str = same_setting(PGD, "norm")
     n_queries: int = STANDARD["square_queries"]
-    n_restarts: int = 1
+    n_restarts: int = same_setting(PGD, "n_restarts")
     p_init: float = SQUARE_P_INIT
     seed: int = 0
 
@@ -216,12 +216,6 @@ class Square(TorchattacksAttack):
 
     def _run(self, adapter, images, labels, seed, n_classes) -> tuple[torch.Tensor, int]:
         attack = square_attack(
-            adapter,
-            eps=self.eps,
-            norm=self.norm,
-            n_queries=self.n_queries,
-            n_restarts=self.n_restarts,
-            seed=seed,
-            p_init=self.p_init,
+            adapter, self.eps, self.norm, self.n_queries, self.n_restarts, seed, self.p_init
         )
         return attack.perturb(images, labels).detach(), square_queries(self.n_queries, self.n_restarts)

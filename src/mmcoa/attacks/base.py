@@ -4,6 +4,9 @@ An attack is a dataclass of its parameters (pixel units: eps 1/255 is ``1/255``)
 ``attack(classifier, images, labels, generator)`` on [0, 1] images; it returns an
 :class:`AttackResult`. Attacks never train: they run the model in eval mode and differentiate
 with respect to their own perturbation only, leaving every parameter's ``.grad`` untouched.
+A class carries its facts: its ``threat`` (the report's column family, written into each
+record) and, as field metadata (:func:`mmcoa.flags.setting`), which fields users set by name
+(command-line flags and suite keys are made from them: :func:`user_settings`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -21,6 +24,7 @@ from mmcoa.models.zeroshot import ZeroShotClassifier
 from mmcoa.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
+THREATS = ("clean", "image", "text", "multimodal")  # what an attack perturbs (report columns)
 
 
 @dataclass
@@ -43,10 +47,27 @@ class AttackResult:
 
 
 @dataclass
-class Attack:
-    """Base class: subclasses are dataclasses registered with ``@ATTACKS.register(name)``."""
+class FieldGroup:
+    """Base of every attack class and of the field groups they combine (the image budget, the
+    BERT-Attack fields...): each group's ``__post_init__`` validates its own fields and then
+    calls ``super().__post_init__()``, so a class made of several groups checks them all."""
+
+    def __post_init__(self):
+        pass
+
+
+@dataclass
+class Attack(FieldGroup):
+    """Base class: subclasses are dataclasses registered with ``@ATTACKS.register(name)``
+    that set ``threat`` (one of :data:`THREATS`).
+
+    Shape (every attack's input):
+        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
+        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+    """
 
     name: ClassVar[str] = "attack"
+    threat: ClassVar[str] = ""
 
     def __call__(
         self,
@@ -54,8 +75,17 @@ class Attack:
         images: torch.Tensor,
         labels: torch.Tensor,
         generator: torch.Generator | None = None,
+        image_result: AttackResult | None = None,
     ) -> AttackResult:
+        """The attack on one batch. ``image_result``: the result of :meth:`image_part` on this
+        batch, when the caller already has it (an attack without an image part ignores it)."""
         raise NotImplementedError
+
+    def image_part(self) -> Attack | None:
+        """The independent image attack this one is made of (a Sep attack: paper's multimodal,
+        PGD against the clean prompts), else None. The evaluation seeds it as that attack on
+        its own and computes it once per batch when the same attack has its own column."""
+        return None
 
     def prepare(self, device: str) -> None:
         """Load what the attack needs (e.g. a masked LM) before any evaluation work starts."""
@@ -77,10 +107,9 @@ def seed_params(params: dict) -> dict:
 
 def seed_identity(attack: Attack) -> tuple[str, dict]:
     """What seeds an attack's randomness: its name and :func:`seed_params`. A Sep attack (one
-    with an independent ``image_attack`` part) is seeded as that part alone, so its images are
-    exactly those of the image attack run on its own (and can be reused from it)."""
-    inner = getattr(attack, "image_attack", None)
-    target = attack if inner is None else inner
+    with an :meth:`~Attack.image_part`) is seeded as that part alone, so its images are exactly
+    those of the image attack run on its own (and can be reused from it)."""
+    target = attack.image_part() or attack
     return target.name, seed_params(target.params())
 
 
@@ -93,6 +122,20 @@ def build_attack(name: str, **params) -> Attack:
 def parameter_names(cls) -> list[str]:
     """The parameters an attack class takes (its dataclass fields), in declaration order."""
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def user_settings(cls) -> list[dataclasses.Field]:
+    """The fields of ``cls`` users set by name (declared with :func:`mmcoa.flags.setting`: they
+    carry a help text), in declaration order."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("help")]
+
+
+def same_setting(cls, name: str, default: Any = dataclasses.MISSING) -> Any:
+    """A field declared as ``cls``'s field ``name`` (help, unit, choices), with ``default``
+    instead of its default when given: one declaration for a setting many attacks share."""
+    declared = next(f for f in dataclasses.fields(cls) if f.name == name)
+    value = declared.default if default is dataclasses.MISSING else default
+    return dataclasses.field(default=value, metadata=declared.metadata)
 
 
 def build_registered(registry: Registry, name: str, **params):
@@ -139,5 +182,7 @@ class Clean(Attack):
         - output: ``AttackResult.images``, ``images`` themselves; ``queries`` 0.
     """
 
-    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+    threat: ClassVar[str] = "clean"
+
+    def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
         return AttackResult(images=images, queries=0)

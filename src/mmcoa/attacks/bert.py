@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, check_range
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, FieldGroup, check_range
 from mmcoa.attacks.text.bert_attack import BertAttack, TextEdit
+from mmcoa.flags import setting
 from mmcoa.models.zeroshot import ZeroShotClassifier
 
 DEFAULT_MLM = "bert-base-uncased"
@@ -24,7 +26,7 @@ DEFAULT_MLM = "bert-base-uncased"
 
 @functools.lru_cache(maxsize=4)
 def shared_mlm(name: str, device: str):
-    """Load each masked LM once per process."""
+    """Load each masked LM once per process (its weights never change)."""
     from mmcoa.attacks.text.mlm import load_mlm
 
     return load_mlm(name, device=device)
@@ -32,27 +34,31 @@ def shared_mlm(name: str, device: str):
 
 @functools.lru_cache(maxsize=8)
 def shared_engine(mlm: str, device: str, k: int, max_words: int) -> BertAttack:
-    """One BERT-Attack engine per (MLM, device, k, word budget) and process. Its edit cache is
-    keyed by the victim's text-tower state, so the text attack, the multimodal attack and
-    Co-Attack evaluated on one model attack its class prompts once (an edit keeps the queries
-    it cost when it was computed, so every record still counts them)."""
+    """The one BERT-Attack engine per (MLM, device, k, word budget) and process, for every text
+    attack (classification, retrieval) and for training. Process-wide on purpose: its edit
+    cache is keyed by the victim's text-tower state (``models.base``), so the text attack, the
+    multimodal attack and Co-Attack evaluated on one model attack its class prompts once, and
+    a cached edit is never stale (an edit keeps the queries it cost when it was computed, so
+    every record still counts them)."""
     return BertAttack(shared_mlm(mlm, device), k=k, max_words=max_words)
 
 
 @dataclass
-class UsesBertAttack(Attack):
-    """Fields and set-up shared by every attack that edits prompts with BERT-Attack:
-    ``mlm`` (hub id or directory), ``k`` candidates per word, ``max_words`` word budget."""
+class UsesBertAttack(FieldGroup):
+    """The BERT-Attack fields and set-up of every attack that edits prompts or captions:
+    ``mlm`` (hub id or directory), ``k`` candidates per word, ``max_words`` word budget; the
+    engine comes from :func:`shared_engine` in :meth:`prepare`."""
 
-    mlm: str = DEFAULT_MLM
-    k: int = 10
-    max_words: int = 1
+    mlm: str = setting(DEFAULT_MLM, "masked LM of the text attacks: hub id, directory or minilm")
+    k: int = setting(10, "BERT-Attack candidates per word")
+    max_words: int = setting(1, "words the text attacks change per prompt")
 
     def __post_init__(self):
         check_range("k", self.k, 1, 10_000, low_open=False)
         check_range("max_words", self.max_words, 1, 1_000, low_open=False)
         self._engine: BertAttack | None = None
         self._prompt_sets: dict = {}
+        super().__post_init__()
 
     def prepare(self, device: str) -> None:
         if self._engine is None:
@@ -84,26 +90,25 @@ def per_class_costs(edits: list[TextEdit], labels: torch.Tensor) -> tuple[float,
 
 @ATTACKS.register("bert")
 @dataclass
-class BertPrompts(UsesBertAttack):
+class BertPrompts(UsesBertAttack, Attack):
     """BERT-Attack on the class prompts, label-agnostic (paper Eq. 4; Li et al. 2020).
 
     Images stay clean; all are classified against the adversarial prompt set. Queries are
     those spent on the sample's own class prompt (shared by all images of the class).
 
     Arguments:
-        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
-            (Default: ``"bert-base-uncased"``; ``minilm``: the demo's offline encoder)
-        k (int): candidates per word. (Default: 10)
-        max_words (int): words changed per prompt at most. (Default: 1)
+        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+            (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
 
     Shape:
-        - images: ``(B, 3, H, W)``, float pixels in [0, 1]; returned unchanged.
-        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`; images returned unchanged.
         - output: ``AttackResult.class_embeddings`` ``(C, D)``, the attacked prompt set, normalized;
           ``words_changed`` ``(B,)``; ``adversarial_prompts`` (C strings).
     """
 
-    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+    threat: ClassVar[str] = "text"
+
+    def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
         edits, embeddings = self.adversarial_prompt_set(classifier)
         queries, changed = per_class_costs(edits, labels)
         return AttackResult(
@@ -117,7 +122,7 @@ class BertPrompts(UsesBertAttack):
 
 @ATTACKS.register("bert-targeted")
 @dataclass
-class BertTargeted(UsesBertAttack):
+class BertTargeted(UsesBertAttack, Attack):
     """Per-image BERT-Attack on the true class prompt (beyond the paper, stronger).
 
     For each image, the edit of its true-class prompt (within the word budget) that lowers
@@ -125,20 +130,19 @@ class BertTargeted(UsesBertAttack):
     attack never raises the true-class probability.
 
     Arguments:
-        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
-            (Default: ``"bert-base-uncased"``; ``minilm``: the demo's offline encoder)
-        k (int): candidates per word. (Default: 10)
-        max_words (int): words changed per prompt at most. (Default: 1)
+        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+            (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
 
     Shape:
-        - images: ``(B, 3, H, W)``, float pixels in [0, 1]; returned unchanged.
-        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`; images returned unchanged.
         - output: ``AttackResult.class_embeddings`` ``(B, C, D)``, normalized: each image's
           prompt set with its own true-class edit; ``words_changed`` ``(B,)``;
           ``adversarial_prompts`` None (the prompts differ per image).
     """
 
-    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+    threat: ClassVar[str] = "text"
+
+    def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
         with torch.no_grad():
             image_features = classifier.model.encode_image(images, normalize=True).float()
         edits = per_image_prompt_edits(

@@ -14,13 +14,15 @@ softmax over embedding dimensions. The random start is uniform in the ball with 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from mmcoa.attacks.base import ATTACKS, AttackResult, check_range, eval_mode
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, check_range, eval_mode
 from mmcoa.attacks.bert import UsesBertAttack, per_class_costs
-from mmcoa.attacks.pgd import check_precision, maximize_in_budget
+from mmcoa.attacks.pgd import ImageBudget
+from mmcoa.flags import setting
 
 
 def embedding_kl(reference: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
@@ -32,7 +34,7 @@ def embedding_kl(reference: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
 
 @ATTACKS.register("coattack")
 @dataclass
-class CoAttack(UsesBertAttack):
+class CoAttack(ImageBudget, UsesBertAttack, Attack):
     """Co-Attack: adversarial prompts, then an image perturbation guided by them.
 
     Defaults (classification, paper Table V): L-inf eps 1/255, step 1/255, 100 steps,
@@ -40,40 +42,28 @@ class CoAttack(UsesBertAttack):
     step eps/steps·1.25.
 
     Arguments (eps and step_size in pixel units):
-        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
-            (Default: ``"bert-base-uncased"``; ``minilm``: the demo's offline encoder)
-        k (int): candidates per word. (Default: 10)
-        max_words (int): words changed per prompt at most. (Default: 1)
-        eps (float): L-inf radius of the image perturbation. (Default: 1/255)
-        step_size (float): sign step of the image ascent. (Default: 1/255)
-        n_steps (int): image iterations. (Default: 100)
+        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+            (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
+        eps, step_size, n_steps, precision: the L-inf image budget
+            (:class:`~mmcoa.attacks.pgd.ImageBudget`). (Default: 1/255, 1/255, 100, ``"fp32"``)
         text_weight (float): weight of the KL to the attacked prompt's embedding against the KL
             to the clean image's (the published code's ``alpha``). (Default: 3.0)
-        precision (str): ``"fp32"`` or ``"bf16"`` autocast for the image part. (Default: ``"fp32"``)
 
     Shape:
-        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
-        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`.
         - output: ``AttackResult.images`` ``(B, 3, H, W)`` in [0, 1] and within L-inf ``eps``
           of ``images``; ``class_embeddings`` ``(C, D)``, the attacked prompt set, normalized;
           ``words_changed`` ``(B,)``.
     """
 
-    eps: float = 1 / 255
-    step_size: float = 1 / 255
-    n_steps: int = 100
-    text_weight: float = 3.0  # Co-Attack's alpha: weight of the text-guidance KL
-    precision: str = "fp32"
+    threat: ClassVar[str] = "multimodal"
+    text_weight: float = setting(3.0, "Co-Attack: weight of the text-guidance KL, the published code's alpha")
 
     def __post_init__(self):
         super().__post_init__()
-        check_precision(self.precision)
-        check_range("eps", self.eps, 0, 1)
-        check_range("step_size", self.step_size, 0, 1)
-        check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
         check_range("text_weight", self.text_weight, 0, 1e6, low_open=False)
 
-    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+    def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
         model = classifier.model
         with eval_mode(model):
             edits, embeddings = self.adversarial_prompt_set(classifier)
@@ -85,7 +75,7 @@ class CoAttack(UsesBertAttack):
                 moving = model.encode_image(adv, normalize=True).float()
                 return embedding_kl(clean, moving) + self.text_weight * embedding_kl(text, moving)
 
-            adversarial = maximize_in_budget(self, loss_fn, images, generator)
+            adversarial = self.maximize(loss_fn, images, generator)
         text_queries, changed = per_class_costs(edits, labels)
         return AttackResult(
             images=adversarial,

@@ -9,20 +9,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from mmcoa.attacks.base import ATTACKS, AttackResult, eval_mode
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, eval_mode
 from mmcoa.attacks.bert import UsesBertAttack, per_class_costs
-from mmcoa.attacks.pgd import PGD
+from mmcoa.attacks.pgd import PGD, ImageBudget
 
 
 @dataclass
-class _PgdAndPrompts(UsesBertAttack):
-    """PGD fields (paper test setting) plus the BERT-Attack fields."""
+class _PgdAndPrompts(ImageBudget, UsesBertAttack, Attack):
+    """PGD's budget (paper test setting) plus the BERT-Attack fields."""
 
-    eps: float = 1 / 255
-    step_size: float = 1 / 255
-    n_steps: int = 100
-    precision: str = "fp32"
+    threat: ClassVar[str] = "multimodal"
     joint: bool = False
 
     def __post_init__(self):
@@ -36,18 +34,16 @@ class _PgdAndPrompts(UsesBertAttack):
         params.pop("joint")
         return params
 
-    @property
-    def image_attack(self) -> PGD | None:
-        """The independent image part of the Sep form (None for the joint form, whose PGD runs
-        against the attacked prompts): the evaluation seeds it as that PGD on its own and, when
-        the same PGD runs in the same evaluation, reuses its images (``image_result``)."""
+    def image_part(self) -> PGD | None:
+        """The Sep form's PGD against the clean prompts (None for the joint form, whose PGD
+        runs against the attacked prompts)."""
         return None if self.joint else self._pgd
 
     def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
         with eval_mode(classifier.model):
             edits, embeddings = self.adversarial_prompt_set(classifier)
             target = classifier.with_prompt_set(embeddings) if self.joint else classifier
-            if image_result is None:
+            if image_result is None or self.joint:
                 image_result = self._pgd(target, images, labels, generator)
         text_queries, changed = per_class_costs(edits, labels)
         return AttackResult(
@@ -67,18 +63,13 @@ class Multimodal(_PgdAndPrompts):
     Defaults: L-inf PGD eps 1/255, step 1/255, 100 steps; BERT-Attack k 10, 1 word.
 
     Arguments (eps and step_size in pixel units):
-        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
-            (Default: ``"bert-base-uncased"``; ``minilm``: the demo's offline encoder)
-        k (int): candidates per word. (Default: 10)
-        max_words (int): words changed per prompt at most. (Default: 1)
-        eps (float): L-inf radius of the image perturbation. (Default: 1/255)
-        step_size (float): PGD sign step. (Default: 1/255)
-        n_steps (int): PGD iterations. (Default: 100)
-        precision (str): ``"fp32"`` or ``"bf16"`` autocast for the image part. (Default: ``"fp32"``)
+        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+            (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
+        eps, step_size, n_steps, precision: the L-inf image budget
+            (:class:`~mmcoa.attacks.pgd.ImageBudget`). (Default: 1/255, 1/255, 100, ``"fp32"``)
 
     Shape:
-        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
-        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`.
         - output: ``AttackResult.images`` ``(B, 3, H, W)`` in [0, 1] and within L-inf ``eps``
           of ``images``; ``class_embeddings`` ``(C, D)``, the attacked prompt set, normalized;
           ``words_changed`` ``(B,)``.

@@ -9,10 +9,11 @@ does about as much, the gradients the attack follows are uninformative (gradient
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from mmcoa.attacks.apgd import check_ball
-from mmcoa.attacks.base import ATTACKS, Attack, AttackResult
-from mmcoa.attacks.pgd import random_start
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, same_setting
+from mmcoa.attacks.pgd import PGD, ImageBudget, random_start
 
 
 @ATTACKS.register("noise")
@@ -30,8 +31,7 @@ class UniformNoise(Attack):
         norm (str): ``"linf"`` or ``"l2"``. (Default: ``"linf"``)
 
     Shape:
-        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
-        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`.
         - output: ``AttackResult.images``, ``(B, 3, H, W)`` in [0, 1] and within ``eps`` of
           ``images`` in the ``norm``.
 
@@ -40,12 +40,13 @@ class UniformNoise(Attack):
         adv = UniformNoise(eps=1 / 255)(classifier, images, labels, generator).images
     """
 
-    eps: float = 1 / 255
-    norm: str = "linf"
+    threat: ClassVar[str] = "image"
+    eps: float = same_setting(ImageBudget, "eps")
+    norm: str = same_setting(PGD, "norm")
 
     def __post_init__(self):
         check_ball(self.eps, self.norm)
 
-    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+    def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
         images = images.detach()
         return AttackResult(images=images + random_start(images, self.eps, self.norm, generator), queries=0)

@@ -1,24 +1,26 @@
 """Projected gradient descent in pixel space (Madry et al. 2018; paper Eq. 2-3).
 
 :func:`maximize` is the shared engine: any attack that ascends a per-sample loss inside an
-eps-ball (PGD here; Co-Attack and SGA reuse it) calls it with its own loss.
+eps-ball calls it with its own loss. :class:`ImageBudget` declares the budget fields once (eps,
+step size, iterations, precision; the norm and the random start where an attack lets users set
+them) with their validation, for every image attack, classification and retrieval.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, check_range, eval_mode
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, FieldGroup, check_range, eval_mode
 from mmcoa.errors import MmcoaError
+from mmcoa.flags import UNIT_255, setting
 from mmcoa.models.zeroshot import top_k_correct
+from mmcoa.precision import PRECISIONS, autocast_for, check_precision
 
 NORMS = ("linf", "l2")
-PRECISIONS = ("fp32", "bf16")
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -94,44 +96,46 @@ def maximize(
     return (images + delta).detach()
 
 
-def maximize_in_budget(attack, loss_fn: LossFn, images: torch.Tensor, generator=None) -> torch.Tensor:
-    """:func:`maximize` with an attack's own budget fields: ``eps``, ``step_size``, ``n_steps``,
-    ``precision``, and ``norm`` and ``random_start`` where the attack has them (else L-inf with a
-    random start)."""
-    return maximize(
-        loss_fn,
-        images,
-        eps=attack.eps,
-        step_size=attack.step_size,
-        n_steps=attack.n_steps,
-        norm=getattr(attack, "norm", "linf"),
-        start=getattr(attack, "random_start", True),
-        generator=generator,
-        precision=attack.precision,
-    )
-
-
-def check_precision(precision: str) -> str:
-    """``precision`` if known: ``fp32`` or ``bf16`` (autocast bf16 for the model's forward and
-    backward passes; the perturbation, its projection and the loss stay fp32)."""
-    if precision not in PRECISIONS:
-        raise MmcoaError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    return precision
-
-
-def autocast_for(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _l2(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))
 
 
+@dataclass
+class ImageBudget(FieldGroup):
+    """The budget of an image attack: ``eps`` (radius of the ``norm`` ball), ``step_size``,
+    ``n_steps`` and the ``precision`` of the model passes, validated once, and :meth:`maximize`,
+    the ascent under it. Pixel units (1/255 is ``1 / 255``); users give eps and step_size in
+    units of 1/255. ``norm`` (L-inf) and ``random_start`` (True) are fixed unless an attack
+    declares them as fields (PGD does). Defaults: the paper's test setting; an attack with
+    others redeclares them with :func:`~mmcoa.attacks.base.same_setting`."""
+
+    eps: float = setting(1 / 255, "perturbation budget", unit=UNIT_255)
+    step_size: float = setting(1 / 255, "step size of the image attacks", unit=UNIT_255)
+    n_steps: int = setting(100, "attack iterations")
+    precision: str = setting("fp32", "image attacks' precision: bf16 autocasts the model", choices=PRECISIONS)
+    norm: ClassVar[str] = "linf"
+    random_start: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise MmcoaError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
+        check_precision(self.precision)
+        largest = 1 if self.norm == "linf" else float("inf")
+        check_range("eps", self.eps, 0, largest)
+        check_range("step_size", self.step_size, 0, largest)
+        check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
+        super().__post_init__()
+
+    def maximize(self, loss_fn: LossFn, images: torch.Tensor, generator=None) -> torch.Tensor:
+        """:func:`maximize` of ``loss_fn`` within this budget."""
+        budget = dict(eps=self.eps, step_size=self.step_size, n_steps=self.n_steps, norm=self.norm)
+        start, precision = self.random_start, self.precision
+        return maximize(loss_fn, images, **budget, start=start, generator=generator, precision=precision)
+
+
 @ATTACKS.register("pgd")
 @dataclass
-class PGD(Attack):
+class PGD(ImageBudget, Attack):
     """PGD on the zero-shot cross-entropy (paper Eq. 3).
 
     Loss: CE of ``logit_scale · cos(f(x + delta), g(prompt_c))`` against the true label,
@@ -152,8 +156,7 @@ class PGD(Attack):
             start does not depend on it). (Default: ``"fp32"``)
 
     Shape:
-        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
-        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`.
         - output: ``AttackResult.images``, ``(B, 3, H, W)`` in [0, 1] and within ``eps`` of
           ``images`` in the ``norm``.
 
@@ -163,36 +166,26 @@ class PGD(Attack):
         adv = attack(ZeroShotClassifier(model, prompts), images, labels).images
     """
 
-    eps: float = 1 / 255
-    step_size: float = 1 / 255
-    n_steps: int = 100
-    norm: str = "linf"
+    threat: ClassVar[str] = "image"
+    norm: str = setting("linf", "threat model", choices=NORMS)
     random_start: bool = True
-    n_restarts: int = 1
-    precision: str = "fp32"
+    n_restarts: int = setting(1, "random restarts")
 
     def __post_init__(self):
-        if self.norm not in NORMS:
-            raise MmcoaError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
-        check_precision(self.precision)
-        check_range("eps", self.eps, 0, 1 if self.norm == "linf" else float("inf"))
-        check_range("step_size", self.step_size, 0, float("inf"))
-        check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
+        super().__post_init__()
         check_range("n_restarts", self.n_restarts, 1, 1e6, low_open=False)
 
-    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+    def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
         def loss_fn(adv):
             return F.cross_entropy(classifier.logits(adv), labels, reduction="none")
 
         with eval_mode(classifier.model):
-            best = self._run_once(loss_fn, images, generator)
+            best = self.maximize(loss_fn, images, generator)
             for _ in range(self.n_restarts - 1):
-                best = self._keep_better(classifier, labels, best, self._run_once(loss_fn, images, generator))
+                candidate = self.maximize(loss_fn, images, generator)
+                best = self._keep_better(classifier, labels, best, candidate)
         queries = self.n_steps * self.n_restarts + (self.n_restarts if self.n_restarts > 1 else 0)
         return AttackResult(images=best, queries=queries)
-
-    def _run_once(self, loss_fn, images, generator):
-        return maximize_in_budget(self, loss_fn, images, generator)
 
     @torch.no_grad()
     def _keep_better(self, classifier, labels, current, candidate):

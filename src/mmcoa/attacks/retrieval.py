@@ -23,10 +23,11 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from mmcoa.attacks.base import build_registered, check_range, eval_mode
-from mmcoa.attacks.co_attack import embedding_kl
-from mmcoa.attacks.pgd import check_precision, maximize_in_budget
-from mmcoa.attacks.sga import away_from_image, checked_noise_std, checked_scales, scaled_copies
+from mmcoa.attacks.base import FieldGroup, build_registered, check_range, eval_mode, same_setting
+from mmcoa.attacks.bert import UsesBertAttack
+from mmcoa.attacks.co_attack import CoAttack, embedding_kl
+from mmcoa.attacks.pgd import ImageBudget
+from mmcoa.attacks.sga import ScaleSet, away_from_image, scaled_copies
 from mmcoa.registry import Registry
 
 TEXT_BATCH = 256
@@ -47,7 +48,7 @@ def per_image_mean(values: torch.Tensor, owner: torch.Tensor, n_images: int) -> 
 
 
 @dataclass
-class RetrievalAttack:
+class RetrievalAttack(FieldGroup):
     """A retrieval threat model: optionally rewrites captions (:meth:`attack_captions`, once for
     the whole dataset), then perturbs image batches (:meth:`attack_images`) given, for the
     batch, the normalized embeddings ``text`` [M, D] of the captions in use and ``owner`` [M],
@@ -66,6 +67,7 @@ class RetrievalAttack:
     """
 
     name: ClassVar[str] = "attack"
+    threat: ClassVar[str] = ""  # one of mmcoa.attacks.base.THREATS
     image_guided: ClassVar[bool] = False
 
     def prepare(self, device: str) -> None:
@@ -105,39 +107,34 @@ class CleanRetrieval(RetrievalAttack):
     """No attack. No arguments; shape as for :class:`RetrievalAttack`, images and captions
     unchanged."""
 
+    threat: ClassVar[str] = "clean"
+
 
 @dataclass
-class _ImageBudget(RetrievalAttack):
-    eps: float = 2 / 255
-    step_size: float = 0.5 / 255
-    n_steps: int = 10
+class RetrievalBudget(ImageBudget):
+    """The retrieval attacks' image budget: Co-Attack's and SGA's setting, L-inf eps 2/255,
+    sign step 0.5/255, 10 steps, fp32, and ``random_start`` (uniform in the ball; default
+    True) as a field (pixel units)."""
+
+    eps: float = same_setting(ImageBudget, "eps", 2 / 255)
+    step_size: float = same_setting(ImageBudget, "step_size", 0.5 / 255)
+    n_steps: int = same_setting(ImageBudget, "n_steps", 10)
     random_start: bool = True
-    precision: str = "fp32"
-
-    def __post_init__(self):
-        check_range("eps", self.eps, 0, 1)
-        check_range("step_size", self.step_size, 0, 1)
-        check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
-        check_precision(self.precision)
-
-    def _maximize(self, loss_fn, images, generator):
-        return maximize_in_budget(self, loss_fn, images, generator)
 
 
 @RETRIEVAL_ATTACKS.register("pgd")
 @dataclass
-class RetrievalPGD(_ImageBudget):
+class RetrievalPGD(RetrievalBudget, RetrievalAttack):
     """L-inf PGD on ``-Σ_c cos(f(x'), g(c))`` over each image's clean captions.
 
     Arguments (pixel units):
-        eps (float): L-inf radius of the image perturbation. (Default: 2/255)
-        step_size (float): sign step. (Default: 0.5/255)
-        n_steps (int): iterations. (Default: 10)
-        random_start (bool): start uniformly in the ball. (Default: True)
-        precision (str): ``"fp32"`` or ``"bf16"`` autocast. (Default: ``"fp32"``)
+        eps, step_size, n_steps, precision, random_start: the image budget
+            (:class:`RetrievalBudget`).
 
     Shape: as for :class:`RetrievalAttack`; captions stay clean.
     """
+
+    threat: ClassVar[str] = "image"
 
     def attack_images(self, model, images, text, owner, generator=None):
         text = text.detach().float()
@@ -146,7 +143,7 @@ class RetrievalPGD(_ImageBudget):
             return pgd_loss(model.encode_image(adv, normalize=True).float(), text, owner)
 
         with eval_mode(model):
-            return self._maximize(loss_fn, images, generator)
+            return self.maximize(loss_fn, images, generator)
 
 
 def pgd_loss(image_embeddings: torch.Tensor, text: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
@@ -155,92 +152,62 @@ def pgd_loss(image_embeddings: torch.Tensor, text: torch.Tensor, owner: torch.Te
     return -per_image_sum(cosines, owner, len(image_embeddings))
 
 
-@dataclass
-class _UsesCaptionAttack(RetrievalAttack):
-    """BERT-Attack (paper Eq. 4) on every caption: ``mlm`` hub id or directory, ``k``
-    candidates, ``max_words`` words."""
-
-    mlm: str = "bert-base-uncased"
-    k: int = 10
-    max_words: int = 1
-
-    def __post_init__(self):
-        check_range("k", self.k, 1, 10_000, low_open=False)
-        check_range("max_words", self.max_words, 1, 1_000, low_open=False)
-        self._engine = None
-
-    def prepare(self, device: str) -> None:
-        if self._engine is None:
-            from mmcoa.attacks.bert import shared_mlm
-            from mmcoa.attacks.text.bert_attack import BertAttack
-
-            self._engine = BertAttack(shared_mlm(self.mlm, device), k=self.k, max_words=self.max_words)
-
-    @property
-    def engine(self):
-        if self._engine is None:
-            raise RuntimeError(f"call {self.name}.prepare(device) before attacking")
-        return self._engine
-
-    def attack_captions(self, model, captions, image_embeddings=None):
-        with eval_mode(model):
-            edits = self.engine.attack_embeddings(list(captions), model)
-        return [e.adversarial for e in edits], [e.changed_words for e in edits]
+def attack_captions_kl(attack: UsesBertAttack, model, captions) -> tuple[list[str], list[int]]:
+    """BERT-Attack (paper Eq. 4) on every caption with ``attack``'s engine: the edited captions
+    and the words changed in each."""
+    with eval_mode(model):
+        edits = attack.engine.attack_embeddings(list(captions), model)
+    return [e.adversarial for e in edits], [e.changed_words for e in edits]
 
 
 @RETRIEVAL_ATTACKS.register("bert")
 @dataclass
-class RetrievalBert(_UsesCaptionAttack):
+class RetrievalBert(UsesBertAttack, RetrievalAttack):
     """Adversarial captions only; images clean.
 
     Arguments:
-        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
-            (Default: ``"bert-base-uncased"``; ``minilm``: the demo's offline encoder)
-        k (int): candidates per word. (Default: 10)
-        max_words (int): words changed per caption at most. (Default: 1)
+        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+            (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
 
     Shape: as for :class:`RetrievalAttack`; the images come back unchanged.
     """
 
+    threat: ClassVar[str] = "text"
+
+    def attack_captions(self, model, captions, image_embeddings=None):
+        return attack_captions_kl(self, model, captions)
+
 
 @RETRIEVAL_ATTACKS.register("coattack")
 @dataclass
-class RetrievalCoAttack(_UsesCaptionAttack):
+class RetrievalCoAttack(RetrievalBudget, UsesBertAttack, RetrievalAttack):
     """Co-Attack for retrieval (see the module docstring). ``step_size=None`` means
     ``eps / n_steps · 1.25`` (the Co-Attack project's setting).
 
     Arguments (eps and step_size in pixel units):
-        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
-            (Default: ``"bert-base-uncased"``)
-        k (int): candidates per word. (Default: 10)
-        max_words (int): words changed per caption at most. (Default: 1)
-        eps (float): L-inf radius of the image perturbation. (Default: 2/255)
+        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+            (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
+        eps, n_steps, precision, random_start: the image budget (:class:`RetrievalBudget`).
         step_size (float or None): sign step. (Default: None, i.e. eps / n_steps · 1.25)
-        n_steps (int): iterations. (Default: 10)
         text_weight (float): weight of the mean caption KL against the clean-image KL (the
             published code's ``alpha``). (Default: 3.0)
-        random_start (bool): start uniformly in the ball. (Default: True)
-        precision (str): ``"fp32"`` or ``"bf16"`` autocast. (Default: ``"fp32"``)
 
     Shape: as for :class:`RetrievalAttack`; the captions are attacked first.
     """
 
-    eps: float = 2 / 255
-    step_size: float | None = None
-    n_steps: int = 10
-    text_weight: float = 3.0  # Co-Attack's alpha: weight of the text-guidance KL
-    random_start: bool = True
-    precision: str = "fp32"
+    threat: ClassVar[str] = "multimodal"
+    step_size: float | None = same_setting(ImageBudget, "step_size", None)
+    text_weight: float = same_setting(CoAttack, "text_weight")
 
     def __post_init__(self):
-        super().__post_init__()
-        check_precision(self.precision)
-        check_range("eps", self.eps, 0, 1)
         check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
         if self.step_size is None:
             self.step_size = self.eps / self.n_steps * 1.25
-        check_range("step_size", self.step_size, 0, 1)
+        super().__post_init__()
         check_range("text_weight", self.text_weight, 0, 1e6, low_open=False)
+
+    def attack_captions(self, model, captions, image_embeddings=None):
+        return attack_captions_kl(self, model, captions)
 
     def attack_images(self, model, images, text, owner, generator=None):
         text = text.detach().float()
@@ -253,7 +220,7 @@ class RetrievalCoAttack(_UsesCaptionAttack):
                     clean, model.encode_image(adv, normalize=True).float(), text, owner, self.text_weight
                 )
 
-            return maximize_in_budget(self, loss_fn, images, generator)
+            return self.maximize(loss_fn, images, generator)
 
 
 def coattack_loss(
@@ -273,21 +240,16 @@ def coattack_loss(
 
 @RETRIEVAL_ATTACKS.register("sga")
 @dataclass
-class RetrievalSGA(_UsesCaptionAttack, _ImageBudget):
+class RetrievalSGA(ScaleSet, RetrievalBudget, UsesBertAttack, RetrievalAttack):
     """Set-level Guidance Attack for retrieval (see the module docstring): image-guided caption
     edits, then a multi-scale image step against each image's set of adversarial captions;
     ``noise_std`` is the std of the Gaussian noise added before each rescale (0 disables).
 
     Arguments (eps and step_size in pixel units):
-        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
-            (Default: ``"bert-base-uncased"``)
-        k (int): candidates per word. (Default: 10)
-        max_words (int): words changed per caption at most. (Default: 1)
-        eps (float): L-inf radius of the image perturbation. (Default: 2/255)
-        step_size (float): sign step. (Default: 0.5/255)
-        n_steps (int): iterations. (Default: 10)
-        random_start (bool): start uniformly in the ball. (Default: True)
-        precision (str): ``"fp32"`` or ``"bf16"`` autocast. (Default: ``"fp32"``)
+        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+            (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
+        eps, step_size, n_steps, precision, random_start: the image budget
+            (:class:`RetrievalBudget`).
         scales (tuple of float): resize factors of the image set, besides the image itself.
             (Default: ``(0.5, 0.75, 1.25, 1.5)``)
         noise_std (float): std of the noise added before each rescale, pixel units; 0
@@ -297,15 +259,8 @@ class RetrievalSGA(_UsesCaptionAttack, _ImageBudget):
     images' embeddings).
     """
 
+    threat: ClassVar[str] = "multimodal"
     image_guided: ClassVar[bool] = True
-    scales: tuple[float, ...] = (0.5, 0.75, 1.25, 1.5)
-    noise_std: float = 0.05
-
-    def __post_init__(self):
-        _UsesCaptionAttack.__post_init__(self)
-        _ImageBudget.__post_init__(self)
-        self.scales = checked_scales(self.scales)
-        self.noise_std = checked_noise_std(self.noise_std)
 
     def attack_captions(self, model, captions, image_embeddings=None):
         if image_embeddings is None:
@@ -327,7 +282,7 @@ class RetrievalSGA(_UsesCaptionAttack, _ImageBudget):
                 noise_std=self.noise_std,
                 generator=generator,
             )
-            return self._maximize(loss_fn, images, generator)
+            return self.maximize(loss_fn, images, generator)
 
 
 def sga_loss(

@@ -8,26 +8,17 @@ and :func:`build_attacks` hands each attack the parameters it accepts.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping, Sequence
 
 from mmcoa.attacks.base import ATTACKS, build_registered, parameter_names
+from mmcoa.attacks.pgd import ImageBudget
 from mmcoa.errors import MmcoaError
+from mmcoa.flags import UNIT_255
 from mmcoa.registry import Registry
 from mmcoa.units import from_255
 
-PER_255 = ("eps", "step_size")  # given in units of 1/255
-SETTINGS = (
-    "eps",
-    "step_size",
-    "n_steps",
-    "norm",
-    "n_restarts",
-    "mlm",
-    "k",
-    "max_words",
-    "text_weight",
-    "precision",
-)  # the attack fields users set by name (flags, suite YAMLs)
+PER_255 = tuple(f.name for f in dataclasses.fields(ImageBudget) if f.metadata.get("unit") == UNIT_255)
 RENAMED = {"steps": "n_steps", "restarts": "n_restarts", "alpha": "text_weight"}  # old spellings
 
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from mmcoa.attacks.base import ATTACKS, AttackResult, check_range, eval_mode
+from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, FieldGroup, check_range, eval_mode, same_setting
 from mmcoa.attacks.bert import UsesBertAttack, encode_unique, per_image_prompt_edits, prompt_edit_result
-from mmcoa.attacks.pgd import check_precision, maximize_in_budget
+from mmcoa.attacks.pgd import ImageBudget
 
 
 def scaled_copies(
@@ -87,59 +87,56 @@ def away_from_image(encode: Callable[[list[str]], torch.Tensor], image_features:
     return score
 
 
+@dataclass
+class ScaleSet(FieldGroup):
+    """SGA's image set: the resize factors ``scales`` (each in (0, 8]) of the copies besides the
+    image itself, and ``noise_std``, the std of the Gaussian noise added before each rescale
+    (pixel units; 0 disables it)."""
+
+    scales: tuple[float, ...] = (0.5, 0.75, 1.25, 1.5)
+    noise_std: float = 0.05
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.scales = checked_scales(self.scales)
+        self.noise_std = checked_noise_std(self.noise_std)
+
+
 @ATTACKS.register("sga")
 @dataclass
-class SGA(UsesBertAttack):
+class SGA(ScaleSet, ImageBudget, UsesBertAttack, Attack):
     """Set-level Guidance Attack: alternating text and multi-scale image updates;
     ``noise_std`` is the std of the Gaussian noise added before each rescale (0 disables).
 
     Arguments (eps and step_size in pixel units):
-        mlm (str): masked LM proposing the candidate words, a hub id or a directory.
-            (Default: ``"bert-base-uncased"``; ``minilm``: the demo's offline encoder)
-        k (int): candidates per word. (Default: 10)
-        max_words (int): words changed per prompt at most. (Default: 1)
-        eps (float): L-inf radius of the image perturbation. (Default: 2/255)
-        step_size (float): sign step of the image updates. (Default: 0.5/255)
-        n_steps (int): image iterations. (Default: 10)
+        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+            (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
+        eps, step_size, n_steps, precision: the L-inf image budget
+            (:class:`~mmcoa.attacks.pgd.ImageBudget`). (Default: 2/255, 0.5/255, 10, ``"fp32"``)
         scales (tuple of float): resize factors of the image set, besides the image itself,
             each in (0, 8]. (Default: ``(0.5, 0.75, 1.25, 1.5)``)
         noise_std (float): std of the Gaussian noise added before each rescale, in pixel
             units; 0 disables it. (Default: 0.05)
-        precision (str): ``"fp32"`` or ``"bf16"`` autocast for the image part. (Default: ``"fp32"``)
 
     Shape:
-        - images: ``(B, 3, H, W)``, float pixels in [0, 1] at the dataset's own resolution.
-        - labels: ``(B,)``, class indices in ``[0, C)`` of the classifier's C prompts.
+        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`.
         - output: ``AttackResult.images`` ``(B, 3, H, W)`` in [0, 1] and within L-inf ``eps``
           of ``images``; ``class_embeddings`` ``(B, C, D)``, normalized: each image's prompt
           set with its true-class prompt edited away from its adversarial image;
           ``words_changed`` ``(B,)``.
     """
 
-    eps: float = 2 / 255
-    step_size: float = 0.5 / 255
-    n_steps: int = 10
-    scales: tuple[float, ...] = (0.5, 0.75, 1.25, 1.5)
-    noise_std: float = 0.05
-    precision: str = "fp32"
+    threat: ClassVar[str] = "multimodal"
+    eps: float = same_setting(ImageBudget, "eps", 2 / 255)
+    step_size: float = same_setting(ImageBudget, "step_size", 0.5 / 255)
+    n_steps: int = same_setting(ImageBudget, "n_steps", 10)
 
-    def __post_init__(self):
-        super().__post_init__()
-        check_precision(self.precision)
-        check_range("eps", self.eps, 0, 1)
-        check_range("step_size", self.step_size, 0, 1)
-        check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
-        self.scales = checked_scales(self.scales)
-        self.noise_std = checked_noise_std(self.noise_std)
-
-    def __call__(self, classifier, images, labels, generator=None) -> AttackResult:
+    def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
         model = classifier.model
         with eval_mode(model):
             first = self._guided_edits(classifier, labels, images)
             text_sets = self._text_sets(classifier, labels, first)
-            adversarial = maximize_in_budget(
-                self, self._image_loss(model, text_sets, generator), images, generator
-            )
+            adversarial = self.maximize(self._image_loss(model, text_sets, generator), images, generator)
             final = self._guided_edits(classifier, labels, adversarial)
             result = prompt_edit_result(classifier, adversarial, labels, final)
         result.queries += sum(e.queries for e in first) / max(1, len(first))

@@ -164,14 +164,14 @@ def _identity_key(attack: Attack) -> str:
 def _shared_image_parts(attacks: Sequence[Attack]) -> set[str]:
     """Keys of the image attacks that a Sep attack of this evaluation is made of (paper's
     multimodal: exactly the PGD of the image column): each is computed once per batch."""
-    return {_identity_key(a.image_attack) for a in attacks if getattr(a, "image_attack", None) is not None}
+    return {_identity_key(a.image_part()) for a in attacks if a.image_part() is not None}
 
 
 def _attacked(attack: Attack, classifier, batch: Batch, seed: int, shared: set, done: dict):
     """``attack``'s result on the batch and the seconds it took. An attack is seeded from
     ``(seed, batch position, seed_identity)``; a Sep attack gets its image part's result (with
     that part's time), computed once per batch and shared with the image attack's own column."""
-    inner = getattr(attack, "image_attack", None)
+    inner = attack.image_part()
     if inner is not None:
         image_result, image_elapsed = _attacked(inner, classifier, batch, seed, shared, done)
         started = time.perf_counter()
@@ -219,6 +219,7 @@ def record_identity(model, dataset, attack) -> dict:
         "dataset": dataset.name,
         "split": dataset.split,
         "attack": attack.name,
+        "threat": attack.threat,
         "attack_params": attack.params(),
     }
 

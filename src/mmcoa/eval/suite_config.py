@@ -27,6 +27,7 @@ from mmcoa.attacks.base import build_registered, parameter_names
 from mmcoa.attacks.settings import params_from_settings
 from mmcoa.devices import AUTO, resolve_device
 from mmcoa.errors import MmcoaError
+from mmcoa.precision import PRECISIONS
 from mmcoa.registry import Registry
 from mmcoa.settings import one_of, read_mapping, shown, typed
 
@@ -47,7 +48,6 @@ TOP_LEVEL = (
     "datasets",
     "attacks",
 )
-PRECISIONS = ("fp32", "bf16")
 MODEL_KEYS = ("label", "name", "pretrained", "checkpoint", "datasets")
 DATASET_KEYS = ("name", "options")
 RUNTIME = ("device", "data_root", "workers")  # where and how a suite runs, not what it computes

@@ -9,6 +9,8 @@ Names resolve through :func:`model_spec`:
 - ``hf-hub:<org>/<name>``: open_clip weights on the Hugging Face hub;
 - ``local-dir:<folder>``: an open_clip model folder (``open_clip_config.json`` and weights, such
   as a training run's ``export/``); ``pretrained`` a file or ``"random"`` replaces its weights;
+- a zoo name (``fare2-vitl14``...; ``mmcoa zoo`` lists them): a published robust CLIP, built
+  and loaded as its entry says (:mod:`mmcoa.models.zoo`), ``pretrained`` a local file instead;
 - any architecture in open_clip's public ``list_models()`` (``ViT-B-32``..., and what was added
   with ``add_model_config``, such as ``minilm-clip``) with ``pretrained`` a tag, a checkpoint
   path or ``"random"``.
@@ -34,6 +36,7 @@ from mmcoa.models.open_clip_backend import (
     open_clip_registered,
 )
 from mmcoa.models.zeroshot import ZeroShotClassifier
+from mmcoa.models.zoo import is_zoo_name, zoo_hint
 from mmcoa.registry import Registry
 
 open_clip_registered()  # registers the tiny configurations with open_clip at import
@@ -87,6 +90,8 @@ def model_spec(name: str) -> ModelSpec:
     listing what is accepted."""
     if name in MODELS:
         return MODELS.get(name)
+    if is_zoo_name(name):  # a published robust CLIP by name (mmcoa.models.zoo)
+        return _zoo_spec(name)
     if name.startswith(HF_PREFIX) or _is_hf_directory(name):
         return _transformers_spec(name)
     if name.startswith(LOCAL_DIR):
@@ -99,8 +104,15 @@ def model_spec(name: str) -> ModelSpec:
     raise UnknownNameError(
         f"unknown model {name!r}; known: {', '.join(list_models())}, any open_clip "
         f"architecture (mmcoa models --all), {HUB_PREFIX}<org>/<name>, {LOCAL_DIR}<folder>, "
-        f"{HF_PREFIX}<id or directory>"
+        f"{HF_PREFIX}<id or directory>, a zoo name (mmcoa zoo){zoo_hint(name)}"
     )
+
+
+def _zoo_spec(name: str) -> ModelSpec:
+    from mmcoa.models import zoo_load
+
+    load, check = partial(zoo_load.load_zoo_model, name), partial(zoo_load.check_zoo_file, name)
+    return ModelSpec(name, zoo_load.backend(name), load, check)
 
 
 def check_checkpoint(name: str, path: str) -> None:

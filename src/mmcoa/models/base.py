@@ -8,7 +8,6 @@ knowing the model. Texts enter as strings; tokenization also happens here.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 from typing import Iterator, Sequence
 
@@ -18,15 +17,14 @@ from torch import nn
 
 from mmcoa.errors import MmcoaError, UnknownNameError
 from mmcoa.models.modes import outermost_modules
+from mmcoa.models.weight_version import WeightVersioned
 
 TOWERS = ("image", "text")
 MAX_LOGIT_SCALE = 100.0
-PROMPT_SLOTS = ("visual_prompt", "text_prompt")
 RESIZE_MODES = ("torch", "pil")
-_WEIGHT_TOKENS = itertools.count()  # process-wide: a token is never handed out twice
 
 
-class VisionLanguageModel(nn.Module):
+class VisionLanguageModel(WeightVersioned):
     """A CLIP-style dual encoder working on [0, 1] pixels and raw strings.
 
     Subclasses wrap a backend model as ``self.model`` and implement ``tokenize``,
@@ -35,6 +33,8 @@ class VisionLanguageModel(nn.Module):
     (relative to ``self.model``) that belong to it.
 
     The zero-shot logit of paper Eq. 1 is ``logit_scale · cos(encode_image(x), encode_text(t))``.
+    Caches of what the weights compute key on :meth:`text_fingerprint`
+    (:mod:`mmcoa.models.weight_version`).
     """
 
     tower_prefixes: dict[str, tuple[str, ...]] = {}
@@ -59,7 +59,6 @@ class VisionLanguageModel(nn.Module):
         self.visual_prompt: nn.Module | None = None
         self.text_prompt: nn.Module | None = None
         self.resize = "torch"
-        self.mark_weights_changed()
 
     # -- backend hooks -------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -179,43 +178,13 @@ class VisionLanguageModel(nn.Module):
                 param.requires_grad_(True)
         self._raw_logit_scale().requires_grad_(bool(towers))
 
-    def mark_weights_changed(self) -> None:
-        """Give the model a fresh weights token (see :meth:`text_fingerprint`). The library calls
-        it after every optimizer step, on ``load_state_dict``, on ``to``/``half``/copies and when
-        a prompt module is attached; call it after changing weights any other way."""
-        self._weights_token = next(_WEIGHT_TOKENS)
-
     def text_fingerprint(self) -> tuple:
-        """A key for caches of text embeddings and adversarial prompts that changes whenever the
-        text side may have changed.
-
-        It joins a process-wide unique token (never reused, unlike ``id()`` of a freed model,
-        and renewed by :meth:`mark_weights_changed`, which fused and compiled optimizers need:
-        they leave ``Tensor._version`` untouched) with the parameters' ``_version`` counters
-        (in-place edits outside the library)."""
+        """A key for caches of text embeddings and adversarial prompts: it changes whenever the
+        text tower or a text prompt may have changed (:mod:`mmcoa.models.weight_version`)."""
         params = [p for _, p in self.tower_parameters("text")]
         if self.text_prompt is not None:
             params += list(self.text_prompt.parameters())
-        return (self._weights_token, *(p._version for p in params))
-
-    def load_state_dict(self, *args, **kwargs):
-        result = super().load_state_dict(*args, **kwargs)
-        self.mark_weights_changed()
-        return result
-
-    def _apply(self, fn, *args, **kwargs):
-        result = super()._apply(fn, *args, **kwargs)
-        self.mark_weights_changed()
-        return result
-
-    def __setstate__(self, state):  # deepcopy and unpickling: a copy gets its own token
-        super().__setstate__(state)
-        self.mark_weights_changed()
-
-    def __setattr__(self, name, value):
-        super().__setattr__(name, value)
-        if name in PROMPT_SLOTS and "_weights_token" in self.__dict__:
-            self.mark_weights_changed()
+        return self.weights_key(params)
 
     def build_meta(self) -> dict:
         """What the weights need beside the architecture name to be rebuilt exactly (recorded

@@ -136,7 +136,7 @@ def records_csv(records: list[dict]) -> str:
         values = {
             **record,
             "label": label,
-            "threat": C.threat_of(record["attack"]),
+            "threat": C.threat_of(record),
             "eps": C.format_value("eps", eps) if eps is not None else "",
             "attack_params": C.describe(C.setting_of(record, with_n=False)),
             "n_samples": record.get("n_samples", record.get("n_images")),

@@ -3,9 +3,9 @@
 - **Row**: a record's ``label`` (the suite's display name, e.g. ``"MMCoA (alpha=1, beta=0)"``),
   else its ``row`` (the demo's Table I tag), else ``model:pretrained`` (a checkpoint path is
   shortened to its shortest suffix that keeps the rows apart).
-- **Threat** (the paper's column families): ``pgd``/``apgd*``/``autoattack``/``square``/``noise``
-  attack the image, ``bert*`` the text, ``multimodal*``/``coattack``/``sga`` both; ``clean`` is
-  no attack.
+- **Threat** (the paper's column families: image, text, multimodal, clean): the ``threat`` the
+  attack's class wrote into the record (a record without one, written before mmcoa recorded
+  threats, counts as its own family, named by its attack).
 - **Setting**: the attack name, its parameters and the protocol (split, seed, number of
   samples). Records whose settings differ are never merged into one column; a header names only
   what tells its column apart from the others of the same threat (e.g. ``eps=4/255``).
@@ -20,29 +20,15 @@ from typing import Iterable
 
 THREAT_ORDER = ("image", "text", "multimodal", "clean")
 THREAT_NAMES = {"image": "Image", "text": "Text", "multimodal": "Multimodal", "clean": "Clean"}
-ATTACK_THREATS = {
-    "clean": "clean",
-    "pgd": "image",
-    "apgd": "image",
-    "apgd-ce": "image",
-    "apgd-t": "image",
-    "autoattack": "image",
-    "square": "image",
-    "noise": "image",
-    "bert": "text",
-    "bert-targeted": "text",
-    "multimodal": "multimodal",
-    "multimodal-joint": "multimodal",
-    "coattack": "multimodal",
-    "sga": "multimodal",
-}
 PIXEL_PARAMS = ("eps", "step_size")  # shown in units of 1/255
 PROTOCOL_KEYS = ("split", "seed", "n")
+NAME_KEYS = ("attack", "threat")  # a setting's names, not its parameters
 
 
-def threat_of(attack: str) -> str:
-    """``image``, ``text``, ``multimodal`` or ``clean``; an unknown attack is its own threat."""
-    return ATTACK_THREATS.get(attack, attack)
+def threat_of(record: dict) -> str:
+    """``image``, ``text``, ``multimodal`` or ``clean``: the threat of a record, or of a setting
+    made by :func:`setting_of` (one without a threat is its attack's own)."""
+    return record.get("threat") or record["attack"]
 
 
 def threat_rank(threat: str) -> tuple[int, str]:
@@ -57,6 +43,7 @@ def setting_of(record: dict, *, with_n: bool = True) -> dict:
     """The attack and protocol a record was produced under (what a column must share)."""
     setting = {
         "attack": record["attack"],
+        "threat": threat_of(record),
         **record["attack_params"],
         "split": record.get("split"),
         "seed": record.get("seed"),
@@ -108,7 +95,7 @@ def series_names(settings: list[dict]) -> list[str]:
         if attack != "clean" and attack not in parts:
             parts = [attack] + parts
         suffix = f" ({', '.join(parts)})" if parts else ""
-        names.append(threat_name(threat_of(attack)) + suffix)
+        names.append(threat_name(threat_of(setting)) + suffix)
     return names
 
 
@@ -126,7 +113,8 @@ def brief(setting: dict) -> str:
 
 def _ordered_fields(settings: list[dict]) -> list[str]:
     return sorted(
-        {k for s in settings for k in s}, key=lambda k: (k != "attack", k != "eps", k in PROTOCOL_KEYS, k)
+        {k for s in settings for k in s if k != "threat"},
+        key=lambda k: (k != "attack", k != "eps", k in PROTOCOL_KEYS, k),
     )
 
 
@@ -139,7 +127,7 @@ def describe(setting: dict, protocol: bool = True) -> str:
     params = [
         _field_text(k, v)
         for k, v in setting.items()
-        if k != "attack" and v is not None and (protocol or k not in PROTOCOL_KEYS)
+        if k not in NAME_KEYS and v is not None and (protocol or k not in PROTOCOL_KEYS)
     ]
     return f"{setting['attack']} " + " ".join(params) if params else setting["attack"]
 

@@ -65,7 +65,7 @@ def table1(records: list[dict], labels: list[str]) -> Table | None:
     rows = _classification(records, labels)
     if not rows:
         return None
-    keys = [(r["dataset"], C.threat_of(r["attack"]), C.setting_of(r)) for _, r in rows]
+    keys = [(r["dataset"], C.threat_of(r), C.setting_of(r)) for _, r in rows]
     datasets = _first_seen(k[0] for k in keys)
     order = sorted(
         {_id(k): k for k in keys}.values(),
@@ -90,7 +90,7 @@ def ood_tables(records: list[dict], labels: list[str]) -> list[Table]:
     groups: dict[str, tuple[str, dict]] = {}
     for _, r in rows:
         setting = C.setting_of(r, with_n=False)
-        groups.setdefault(C.setting_key(setting), (C.threat_of(r["attack"]), setting))
+        groups.setdefault(C.setting_key(setting), (C.threat_of(r), setting))
     ordered = sorted(groups.items(), key=lambda kv: (C.threat_rank(kv[1][0]), C.sort_key(kv[1][1])))
     return [
         _ood_table(
@@ -136,7 +136,7 @@ def retrieval_tables(records: list[dict], labels: list[str]) -> list[Table]:
             for _, metric, _ in RETRIEVAL_COLUMNS
             if metric in r
         ]
-        threat = C.threat_name(C.threat_of(setting["attack"]))
+        threat = C.threat_name(C.threat_of(setting))
         table = _assemble(
             f"retrieval{index}",
             f"Table VI layout: {group[0]} retrieval, {threat} ({setting['attack']}), R@K (%)",

@@ -1,7 +1,8 @@
 """The trainer's checkpoint format and writer.
 
 ``checkpoints/last.pt`` holds everything a resumed run needs (model, optimizer, schedule, RNG,
-step, adversarial prompts); ``checkpoints/epoch<N>.pt`` (``keep_epoch_checkpoints``, the points
+step, adversarial prompts); it is removed when the run finishes unless ``keep_resume_state``
+(:func:`drop_resume_state`). ``checkpoints/epoch<N>.pt`` (``keep_epoch_checkpoints``, the points
 of paper Fig. 7's curves) holds the model alone, a third of last.pt's size with AdamW state.
 
 Saving does not hold up training: the state is copied to host memory (the only part that waits
@@ -23,6 +24,7 @@ from mmcoa.errors import MmcoaError
 from mmcoa.files import atomic_path
 
 CHECKPOINT_FORMAT = "mmcoa-train-v1"
+RESUME_STATE = Path("checkpoints") / "last.pt"  # in the run directory
 MODEL_ONLY_KEYS = ("format", "step", "model", "config", "world_size", "method")
 
 
@@ -41,6 +43,15 @@ def host_copy(value):
 def model_only(payload: dict, extra_keys: tuple[str, ...] = ()) -> dict:
     """The part of a last.pt payload an epoch checkpoint keeps (no optimizer, schedule, RNG)."""
     return {key: payload[key] for key in MODEL_ONLY_KEYS + extra_keys if key in payload}
+
+
+def drop_resume_state(run: Path) -> None:
+    """Remove a finished run's ``checkpoints/last.pt`` (and the folder, when nothing else is in
+    it): the weights stay in final.pt; last.pt, with AdamW's state, is three times their size."""
+    (run / RESUME_STATE).unlink(missing_ok=True)
+    folder = run / RESUME_STATE.parent
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def save_atomic(payload, path: Path) -> None:

@@ -10,13 +10,13 @@ from mmcoa.data.loading import check_workers
 from mmcoa.devices import AUTO
 from mmcoa.errors import MmcoaError
 from mmcoa.flags import UNIT_255, setting
+from mmcoa.precision import PRECISIONS
 from mmcoa.settings import one_of, read_mapping, typed
 from mmcoa.train.logsinks import check_log_setting
 from mmcoa.train.methods import METHODS, Method
 from mmcoa.units import check_255, to_255
 
 SHOTS = ("1", "5", "50", "full")
-PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
 TOWERS = ("image", "text", "both", "none")
@@ -79,6 +79,9 @@ class TrainConfig:
     save_every_minutes: float = setting(20.0, "also save last.pt when this many minutes passed (0: off)")
     keep_epoch_checkpoints: bool = setting(
         False, "keep model-only checkpoints/epoch<N>.pt at each epoch end (for mmcoa analyze curves)"
+    )
+    keep_resume_state: bool = setting(
+        False, "keep checkpoints/last.pt (optimizer state) after the run ends, to --resume it later"
     )
     workers: int | None = setting(None, "data-loading processes (none: auto, see mmcoa.data.loading)")
     skip_nonfinite: bool = setting(False, "skip (and count) steps whose loss is NaN/inf; else stop")

@@ -1,41 +1,54 @@
 """A training run's model as a folder the ecosystem loads as it is: ``<run>/export/``.
 
 For an open_clip model: ``open_clip_config.json`` (model_cfg with the ``quick_gelu`` the
-weights need, preprocess_cfg, and how mmcoa built the model), ``open_clip_model.safetensors``,
+weights need, preprocess_cfg, and how mmcoa built the model), ``open_clip_pytorch_model.bin``,
 the tokenizer files of a Hugging Face text tower, ``prompt.pt`` for VP/AdvPT and a ``README.md``
 model card, so ``open_clip.create_model_and_transforms("local-dir:runs/x/export")`` rebuilds the
 tuned model and the folder uploaded to the hub loads as ``hf-hub:user/name`` (for the hub, name
 ``minilm-clip``'s text tower by its hub id, ``sentence-transformers/all-MiniLM-L6-v2``). For a
-transformers model the folder is a transformers one (``save_pretrained`` of the model, tokenizer
-and image processor). ``python -m mmcoa.train.export RUN`` rewrites the card after evaluations
-saved under ``RUN/eval/``. Details: docs/methods.md, "Export".
+transformers model the folder is a transformers one (config, ``pytorch_model.bin``, tokenizer
+and image processor). The weights file is a hard link to the run's ``final.pt``: one copy on
+disk. ``python -m mmcoa.train.export RUN`` rewrites the card after evaluations saved under
+``RUN/eval/``. Details: docs/methods.md, "Export".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
+
+import torch
 
 from mmcoa.files import write_json_atomic, write_text_atomic
 from mmcoa.train.methods import method_description
 
 EXPORT_DIR = "export"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+OPEN_CLIP_WEIGHTS = "open_clip_pytorch_model.bin"  # a name open_clip's local-dir: and hf-hub: read
+TRANSFORMERS_WEIGHTS = "pytorch_model.bin"
 CARD = "README.md"
 PREPROCESS_KEYS = ("interpolation", "resize_mode")
 RUN_FILES = {"config.json", "metrics.json", "shots.json"}
 
 
 def write_export(
-    run_dir: str | Path, model, config, metrics: dict | None = None, records: list[dict] | None = None
+    run_dir: str | Path,
+    model,
+    config,
+    metrics: dict | None = None,
+    records: list[dict] | None = None,
+    weights: str | Path | None = None,
 ) -> Path | None:
     """Write ``<run_dir>/export/`` for ``model`` (a :class:`~mmcoa.models.VisionLanguageModel`)
     trained with ``config`` (a :class:`~mmcoa.train.TrainConfig`); ``metrics`` is the run's
     ``metrics.json``, ``records`` evaluation records (default: those found in the run folder).
+    ``weights``: a file holding ``torch.save(model.model.state_dict())`` (the run's final.pt),
+    which the folder's weights file becomes a hard link to (a copy where the file system has no
+    hard links); None: that state dict is saved into the folder.
     The folder is built beside its place and renamed into it. Returns its path, or None (with
     a warning) when the model's backend has no export."""
     from mmcoa.models.hf_backend import HFClipModel
@@ -48,8 +61,10 @@ def write_export(
     try:
         if isinstance(model, OpenClipModel):
             _write_open_clip(partial, model)
+            _write_weights(partial / OPEN_CLIP_WEIGHTS, model, weights)
         elif isinstance(model, HFClipModel):
             _write_transformers(partial, model)
+            _write_weights(partial / TRANSFORMERS_WEIGHTS, model, weights)
         else:
             print(
                 f"mmcoa: warning: no export/ for {type(model).__name__} models; final.pt holds the weights",
@@ -79,9 +94,24 @@ def write_export(
     return target
 
 
+def _write_weights(path: Path, model, weights: str | Path | None) -> None:
+    """The backend's state dict at ``path``: a hard link to ``weights`` (the same bytes, no
+    second copy on disk), a copy of it where hard links fail, or saved anew without one."""
+    if weights is None:
+        torch.save(model.model.state_dict(), path)
+        return
+    try:
+        os.link(weights, path)
+    except OSError as error:
+        shutil.copyfile(weights, path)
+        print(
+            f"mmcoa: note: {path} is a copy of {weights}, not a hard link ({error.strerror or error})",
+            file=sys.stderr,
+        )
+
+
 def _write_open_clip(folder: Path, model) -> None:
     import open_clip
-    import safetensors.torch
 
     model_cfg = open_clip.get_model_config(model.name)
     if model_cfg is None:
@@ -102,9 +132,6 @@ def _write_open_clip(folder: Path, model) -> None:
             "mmcoa": {**model.build_meta(), "image_size": list(model.image_size), "resize": model.resize},
         },
     )
-    safetensors.torch.save_file(
-        _unshared(model.model.state_dict()), folder / OPEN_CLIP_WEIGHTS, metadata={"format": "pt"}
-    )
     if hasattr(model.tokenizer, "save_pretrained"):  # a Hugging Face tokenizer (minilm-clip)
         model.tokenizer.save_pretrained(str(folder))
 
@@ -112,7 +139,7 @@ def _write_open_clip(folder: Path, model) -> None:
 def _write_transformers(folder: Path, model) -> None:
     from transformers import CLIPImageProcessor
 
-    model.model.save_pretrained(str(folder))
+    model.model.config.save_pretrained(str(folder))
     model.tokenizer.save_pretrained(str(folder))
     height, width = model.image_size
     CLIPImageProcessor(
@@ -125,18 +152,6 @@ def _write_transformers(folder: Path, model) -> None:
 
 def _floats(tensor) -> list[float]:
     return [float(v) for v in tensor.flatten()]
-
-
-def _unshared(state: dict) -> dict:
-    """The state dict on the CPU with no two tensors sharing memory (safetensors refuses that):
-    a tensor whose storage was already seen is cloned."""
-    seen, out = set(), {}
-    for key, tensor in state.items():
-        tensor = tensor.detach().cpu().contiguous()
-        pointer = tensor.untyped_storage().data_ptr()
-        out[key] = tensor.clone() if pointer in seen else tensor
-        seen.add(pointer)
-    return out
 
 
 def _found_records(run_dir: Path) -> list[dict]:

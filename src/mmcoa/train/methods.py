@@ -13,6 +13,7 @@ gradient reaches an optimizer step.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -20,14 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from mmcoa.attacks.base import eval_mode
-from mmcoa.attacks.bert import shared_mlm
-from mmcoa.attacks.pgd import PGD, autocast_for, maximize
+from mmcoa.attacks.bert import shared_engine
+from mmcoa.attacks.pgd import PGD, ImageBudget
 from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data.loading import BatchLoader, consecutive_batches
 from mmcoa.attacks.co_attack import embedding_kl
 from mmcoa.distributed import SINGLE, World, gather_objects, gather_rows, gather_with_grad
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
 from mmcoa.models.prompts import PaddingPrompt, text_context_for
+from mmcoa.precision import autocast_for
 from mmcoa.registry import Registry
 from mmcoa.seeding import ADVPT_STREAM, derived_generator
 from mmcoa.train.objectives import class_aware_contrastive_loss, fare_loss, mmcoa_loss, pmg_aft_loss
@@ -53,17 +55,15 @@ MMCOA_DEFAULTS = dict(
 )
 # TeCoA (Mao et al. 2023, finetuning.py): SGD momentum 0.9, no weight decay, cosine with 1000
 # warm-up steps, PGD eps 1/255, 2 steps of 1/255 (its README); lr 1e-5, the top of the range the
-# MMCoA paper tuned TeCoA in (1e-7..1e-5; the code's default is 1e-7).
-TECOA_DEFAULTS = dict(
-    optimizer="sgd",
-    lr=1e-5,
-    weight_decay=0.0,
-    schedule="cosine",
-    warmup_steps=1000,
-    train_eps=1 / 255,
-    train_step_size=1 / 255,
-    train_steps=2,
-)
+# MMCoA paper tuned TeCoA in (1e-7..1e-5; the code's default is 1e-7). Unlisted keys: MMCoA's.
+TECOA_DEFAULTS = {
+    **MMCOA_DEFAULTS,
+    "optimizer": "sgd",
+    "weight_decay": 0.0,
+    "schedule": "cosine",
+    "warmup_steps": 1000,
+    "train_steps": 2,
+}
 
 
 @dataclass
@@ -164,13 +164,7 @@ class WithFrozenTeacher(Method):
 def train_pgd(ctx: StepContext, images, labels) -> torch.Tensor:
     """Training-time PGD (paper: L-inf, eps 1/255, step 1/255, 2 steps by default) against the
     current model and the clean class prompts; precision follows training."""
-    config = ctx.config
-    attack = PGD(
-        eps=config.train_eps,
-        step_size=config.train_step_size,
-        n_steps=config.train_steps,
-        precision=config.precision,
-    )
+    attack = PGD(**dataclasses.asdict(train_budget(ctx.config)))
     return attack(ZeroShotClassifier(ctx.model, ctx.prompts), images, labels, ctx.generator).images
 
 
@@ -272,8 +266,7 @@ class MMCoA(Method):
     def setup(self, model, image_size, towers, config):
         super().setup(model, image_size, towers, config)
         if config.adv_text_weight and self.text_attack is None:
-            mlm = shared_mlm(config.mlm, config.device)
-            self.text_attack = BertAttack(mlm, k=config.k, max_words=config.max_words)
+            self.text_attack = shared_engine(config.mlm, config.device, config.k, config.max_words)
         elif not config.adv_text_weight:
             self.text_attack = None  # beta = 0: no adversarial prompts
 
@@ -454,18 +447,20 @@ def image_only_adversarial_features(model, images, config, generator) -> torch.T
         return model.encode_image(adv)
 
 
-def maximize_in_train_budget(loss_fn, images, config, generator) -> torch.Tensor:
-    """:func:`maximize` within the training attack's budget (``train_eps``, ``train_step_size``,
-    ``train_steps``, ``precision``; L-inf with a random start)."""
-    return maximize(
-        loss_fn,
-        images,
+def train_budget(config: TrainConfig) -> ImageBudget:
+    """The training attack's budget: ``train_eps``, ``train_step_size``, ``train_steps`` and the
+    training ``precision`` (L-inf, random start)."""
+    return ImageBudget(
         eps=config.train_eps,
         step_size=config.train_step_size,
         n_steps=config.train_steps,
-        generator=generator,
         precision=config.precision,
     )
+
+
+def maximize_in_train_budget(loss_fn, images, config, generator) -> torch.Tensor:
+    """:func:`~mmcoa.attacks.pgd.maximize` within :func:`train_budget`."""
+    return train_budget(config).maximize(loss_fn, images, generator)
 
 
 def frozen_copy(model: VisionLanguageModel) -> VisionLanguageModel:

@@ -45,7 +45,9 @@ from mmcoa.seeding import ATTACK_STREAM, DROPOUT_STREAM, derived_generator, seed
 from mmcoa.data.loading import BatchLoader
 from mmcoa.train.checkpointing import (
     CHECKPOINT_FORMAT,
+    RESUME_STATE,
     BackgroundWriter,
+    drop_resume_state,
     host_copy,
     model_only,
     save_atomic,
@@ -105,6 +107,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
 
 
 METRICS_LOG = "metrics.jsonl"
+FINAL_WEIGHTS = "final.pt"
 
 
 def _prepare_run_logs(run: Path, resumed_step: int, method_logs: tuple[str, ...] = ()) -> None:
@@ -115,7 +118,7 @@ def _prepare_run_logs(run: Path, resumed_step: int, method_logs: tuple[str, ...]
     full disk, a power loss) is dropped with a note."""
     sweep_temporary_files(run)
     if resumed_step == 0:
-        for stale in [run / "checkpoints" / "last.pt", *(run / "checkpoints").glob("epoch*.pt")]:
+        for stale in [run / RESUME_STATE, *(run / "checkpoints").glob("epoch*.pt")]:
             stale.unlink(missing_ok=True)
     for name in (METRICS_LOG, *method_logs):
         path = run / name
@@ -356,7 +359,6 @@ class TrainLoop:
         self.optimizer.step()
         self.schedule.step()
         self.model.clamp_logit_scale()
-        self.model.mark_weights_changed()  # fused optimizers do not bump Tensor._version
         terms = mean_terms_over_ranks(logged, self.world, self.config.device)  # one host read
         if not math.isfinite(terms["loss"]):  # the mean over ranks: every rank agrees
             raise self._nonfinite_error(step, terms["loss"])
@@ -368,7 +370,7 @@ class TrainLoop:
     def _nonfinite_error(self, step: int, loss: float) -> MmcoaError:
         """A NaN/inf loss stops the run, naming the step and the intact last checkpoint."""
         self.writer.wait()
-        saved = self.run_dir / "checkpoints" / "last.pt"
+        saved = self.run_dir / RESUME_STATE
         kept = (
             f"{saved} (step {saved_step(saved)}) is intact"
             if saved.is_file()
@@ -484,7 +486,7 @@ class TrainLoop:
             }
         )
         folder = self.run_dir / "checkpoints"
-        files = [(payload, folder / "last.pt")]
+        files = [(payload, self.run_dir / RESUME_STATE)]
         if epoch is not None:
             files.append((model_only(payload, (META_KEY,)), folder / f"epoch{epoch}.pt"))
         self.writer.write(files)
@@ -492,17 +494,21 @@ class TrainLoop:
     def _export(self, state: dict, losses: list[float], elapsed: float, waited: float) -> dict:
         """final.pt (plain backend state dict: open_clip loads it) with its build metadata in
         final.pt.json (the activation: see ``models/checkpoints.py``), prompt.pt for VP and AdvPT
-        (``mmcoa eval --prompt``), metrics; written by rank 0."""
+        (``mmcoa eval --prompt``), metrics and export/ (whose weights file is final.pt, hard
+        linked); then, unless ``keep_resume_state``, last.pt goes: written by rank 0."""
         if not self.world.is_main:
             return self._metrics(state, losses, elapsed, waited)
-        save_atomic(self.model.model.state_dict(), self.run_dir / "final.pt")
-        write_json_atomic(Path(meta_sidecar(self.run_dir / "final.pt")), self.model.build_meta())
+        final = self.run_dir / FINAL_WEIGHTS
+        save_atomic(self.model.model.state_dict(), final)
+        write_json_atomic(Path(meta_sidecar(final)), self.model.build_meta())
         for prompt in (self.model.visual_prompt, self.model.text_prompt):
             if prompt is not None:
                 save_atomic(prompt_payload(prompt), self.run_dir / "prompt.pt")
         metrics = self._metrics(state, losses, elapsed, waited)
         write_json_atomic(self.run_dir / "metrics.json", metrics)
-        write_export(self.run_dir, self.model, self.config, metrics)
+        write_export(self.run_dir, self.model, self.config, metrics, weights=final)
+        if not self.config.keep_resume_state:
+            drop_resume_state(self.run_dir)
         return metrics
 
     def _metrics(self, state: dict, losses: list[float], elapsed: float, waited: float) -> dict:
@@ -559,7 +565,13 @@ def _renamed_identity(saved: dict) -> dict:
 
 
 def _load_checkpoint(run: Path, config: TrainConfig, world: World = SINGLE) -> dict:
-    path = run / "checkpoints" / "last.pt"
+    path = run / RESUME_STATE
+    if not path.is_file() and (run / "metrics.json").is_file() and (run / FINAL_WEIGHTS).is_file():
+        raise MmcoaError(
+            f"--resume: the run in {run} has finished and its resumable state {path} was removed "
+            f"at its end (a run keeps it with --keep-resume-state); its weights are "
+            f"{run / FINAL_WEIGHTS}: start a new run from them with --pretrained"
+        )
     if not path.is_file():
         raise MmcoaError(f"--resume: no checkpoint at {path}; start without --resume")
     try:

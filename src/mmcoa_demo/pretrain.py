@@ -1,4 +1,4 @@
-"""Contrastive training from scratch on (image, class caption) pairs: the demo's tiny CLIP.
+"""Step 1 of the demo: contrastive training from scratch on (image, class caption) pairs.
 
 Each step draws one caption template for the batch, encodes the C class captions and applies
 :func:`class_aware_contrastive_loss`. Training stops once zero-shot accuracy with the paper's
@@ -8,7 +8,9 @@ With ``lock_text`` the text tower's pretrained encoder is locked, as in LiT (Zha
 "LiT: Zero-shot transfer with locked-image text tuning", here with the roles of the towers
 swapped): open_clip's ``lock_text_tower`` freezes it (a Hugging Face text tower keeps its
 projection trainable) and the frozen modules stay in eval mode (no dropout), so only the image
-tower, the projection and the temperature learn.
+tower, the projection and the temperature learn. This is the demo's own loop (early stopping on
+held-out accuracy, one caption template per step), not the library's trainer, so it lives in
+the demo's package.
 """
 
 from __future__ import annotations
@@ -112,8 +114,7 @@ def _train_step(model, optimizer, images, labels, dataset, config, generator) ->
     )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
-    model.mark_weights_changed()
+    optimizer.step()  # the step renews the model's weight key (mmcoa.models.weight_version)
     return loss.item()
 
 

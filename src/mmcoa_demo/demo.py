@@ -1,43 +1,50 @@
-"""The offline demo: a CLIP with a pretrained English text tower on Fashion-MNIST, attacked, then
-made robust (``make demo``, ``mmcoa demo --output runs/demo``). The paper's pipeline in miniature:
+"""The offline demo's pipeline (``mmcoa demo --output runs/demo``): a CLIP with a pretrained
+English text tower on Fashion-MNIST, attacked, then made robust; the paper's pipeline in miniature.
 
-1. :func:`pretrain_demo_clip`: the zero-shot ``minilm-clip`` (:mod:`mmcoa.models.minilm`), a ViT
-   trained against the locked, pretrained MiniLM text encoder, which also proposes BERT-Attack's
-   candidates (``--mlm minilm``, :mod:`mmcoa.attacks.text.mlm`);
-2. the attack table (``results.json``): that model clean and under PGD, BERT-Attack, the
-   multimodal attack and Co-Attack at the paper's eps 1/255;
-3. :func:`run_table1`: the paper's Table I in miniature, ``ft-standard``, ``tecoa`` and ``mmcoa``
-   fine-tuned (``train/<method>``) and attacked (``table1.md``, ``table1.json``; the README's
-   demo block ``summary.md``, :func:`demo_summary`);
+1. :func:`pretrain_demo_clip`: the zero-shot ``minilm-clip``, a ViT trained against the locked,
+   pretrained MiniLM text encoder (:mod:`mmcoa_demo.pretrain`), which also proposes BERT-Attack's
+   candidates (``--mlm minilm``);
+2. the attack table (``results.json``): that model clean and under each attack at eps 1/255;
+3. Table I in miniature: ``ft-standard``, ``tecoa`` and ``mmcoa`` fine-tuned by the library's
+   trainer (``train/<method>``), evaluated by the suite runner from the suite file the demo
+   writes (``table1.yaml``, run in ``table1-suite/``), laid out by the report (``table1.md``,
+   ``table1.json``; ``summary.md`` is the README's demo block);
 4. :func:`write_demo_report`: the analyses and ``mmcoa report`` into ``report/``.
 
-Where the miniature departs from the paper (eps 4/255, 10 PGD steps, one short shared schedule,
-...) and why: ``docs/methods.md``, "The offline demo".
+Where the miniature departs from the paper, and why: ``docs/methods.md``, "The offline demo".
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+import yaml
 
 from mmcoa.attacks import PGD, build_attack
 from mmcoa.attacks.text.mlm import MINILM
-from mmcoa.data import DEFAULT_TEMPLATE, load_dataset
-from mmcoa.data.base import clean_classname
-from mmcoa.data.fashion_mnist import CLASSNAMES
+from mmcoa.data import load_dataset
 from mmcoa.eval import evaluate, format_table, write_records
-from mmcoa.files import write_json_atomic
-from mmcoa.files import atomic_path, write_text_atomic
+from mmcoa.eval.suite import run_suite
+from mmcoa.eval.suite_config import load_suite
+from mmcoa.files import atomic_path, write_json_atomic, write_text_atomic
 from mmcoa.models import load_model
 from mmcoa.models.minilm import MINILM_CLIP, require_minilm_dir, write_minilm_clip_config
 from mmcoa.train.config import TrainConfig
-from mmcoa.train.pretrain import PretrainConfig, pretrain_contrastive
 from mmcoa.train.trainer import train
+from mmcoa.units import to_255
+from mmcoa_demo.pretrain import PretrainConfig, pretrain_contrastive
+from mmcoa_demo.summary import (
+    SANITY_ROWS,
+    ZERO_SHOT_ROW,
+    demo_summary,
+    read_sanity,
+    sanity_path,
+    table1_markdown,
+)
 
 DEMO_MODEL = MINILM_CLIP
 DEMO_DATASET = "fashion_mnist"
@@ -45,28 +52,19 @@ DEMO_MLM = MINILM
 CHECKPOINT_NAME = "minilm-clip-fashion-mnist.pt"
 CONFIG_NAME = f"{MINILM_CLIP}.json"
 SUMMARY_NAME = "summary.md"
+TABLE1_SUITE = "table1.yaml"  # the suite file the demo writes for Table I
+TABLE1_SUITE_DIR = "table1-suite"  # where the suite runner writes its cells
+# The suite runner's keys of a record (mmcoa.eval.suite); table1.json names rows by row and method.
+SUITE_KEYS = ("suite", "cell", "label", "attack_label", "cell_settings", "subset")
 # LiT-style pre-training of the image tower against the locked MiniLM text tower (step 1).
 PRETRAIN = PretrainConfig(lock_text=True, target_accuracy=0.80)
 
-ZERO_SHOT_ROW = "CLIP (zero-shot)"
 TABLE1_ROWS = ((ZERO_SHOT_ROW, None), ("FT-standard", "ft-standard"), ("TeCoA", "tecoa"), ("MMCoA", "mmcoa"))
-TABLE1_COLUMNS = (
-    ("Image Attack", "pgd"),
-    ("Text Attack", "bert"),
-    ("Multimodal Attack", "multimodal"),
-    ("Co-Attack", "coattack"),
-    ("Clean", "clean"),
-)
-SANITY_ROWS = (ZERO_SHOT_ROW, "MMCoA")  # the models whose gradients the report checks
-TABLE1_DELTAS = (
-    ("FT-standard", ZERO_SHOT_ROW),
-    ("TeCoA", ZERO_SHOT_ROW),
-    ("MMCoA", ZERO_SHOT_ROW),
-    ("MMCoA", "TeCoA"),
-)
+REPORT_ROWS = (ZERO_SHOT_ROW, "TeCoA", "MMCoA")  # the models of the eps sweep
 PAPER_EPS = 1 / 255  # the paper's evaluation budget (the attack table's)
+EVAL_BATCH = 250
 # One intra-op thread: the demo's tensors are small, and on a shared 2-core machine a second
-# thread that waits for a busy core made a TeCoA step 3x slower (1.51 s against 0.46 s).
+# thread waiting for a busy core slows every step (docs/methods.md, "The offline demo").
 DEMO_THREADS = 1
 
 
@@ -155,8 +153,8 @@ class Table1Settings:
         }
 
     def attacks(self, mlm: str) -> list:
-        """Clean, image (PGD), text (BERT-Attack), multimodal (both, independently) and
-        Co-Attack (BERT-Attack, then PGD guided by the attacked prompts)."""
+        """Table I's columns: clean, image (PGD), text (BERT-Attack), multimodal (both,
+        independently) and Co-Attack (BERT-Attack, then PGD guided by the attacked prompts)."""
         pgd = self.pgd_params()
         return [
             build_attack("clean"),
@@ -166,8 +164,19 @@ class Table1Settings:
             build_attack("coattack", mlm=mlm, **pgd),
         ]
 
+    def suite_attacks(self, mlm: str) -> list[dict]:
+        """:meth:`attacks` as suite entries (eps and step size in units of 1/255)."""
+        image = {**self.pgd_params(), "eps": to_255(self.eps), "step_size": to_255(self.eval_step_size)}
+        return [
+            {"name": "clean"},
+            {"name": "pgd", **image},
+            {"name": "bert", "mlm": mlm},
+            {"name": "multimodal", "mlm": mlm, **image},
+            {"name": "coattack", "mlm": mlm, **image},
+        ]
+
     def describe(self, mlm: str, n_train_images: int | None = None) -> str:
-        eps, step = _per255(self.eps), _per255(self.eval_step_size)
+        eps, step = f"{to_255(self.eps):g}/255", f"{to_255(self.eval_step_size):g}/255"
         images = f" ({n_train_images:,} images seen)" if n_train_images else ""
         return (
             f"Robust accuracy (%) on {self.n_samples} Fashion-MNIST test images (a seeded "
@@ -235,7 +244,7 @@ def run_demo(
             pretrained=str(checkpoint),
             data_root=data_root,
             n_samples=n_samples,
-            batch_size=250,
+            batch_size=EVAL_BATCH,
             seed=seed,
             device=device,
             progress=progress,
@@ -243,14 +252,18 @@ def run_demo(
         write_records(output / "results.json", records)
         _show(show_table, format_table(records), f"results written to {output / 'results.json'}\n")
         if table1 is not None:
-            run = {"data_root": data_root, "device": device, "seed": seed, "progress": progress}
-            table1_records, table = run_table1(output, checkpoint, mlm, table1, **run)
+            where = Where(data_root=data_root, device=device, seed=seed, progress=progress)
+            weights, n_train = fine_tune(output, checkpoint, mlm, table1, where)
+            table1_records = evaluate_table1(output, weights, mlm, table1, where)
+            write_records(output / "table1.json", table1_records)
+            table = table1_markdown(table1_records, table1.describe(mlm, n_train))
+            write_text_atomic(output / "table1.md", table + "\n")
             _show(
                 show_table,
                 table,
                 f"Table I written to {output / 'table1.md'} (records: {output / 'table1.json'})",
             )
-            page = write_demo_report(output, checkpoint, mlm, table1, **run)
+            page = write_demo_report(output, weights, mlm, table1, where)
             _show(
                 show_table,
                 f"report (tables, eps sweep, interpolation, gallery, sanity checks) written to {page}",
@@ -274,73 +287,122 @@ def pretrain_demo_clip(
     configuration and ``pretrain.json`` (the history); returns the checkpoint's path."""
     torch.manual_seed(seed)
     model = load_model(DEMO_MODEL, pretrained="random", device=device)
-    summary = pretrain_contrastive(model, train_set, _seeded(config, seed), progress=progress)
+    summary = pretrain_contrastive(model, train_set, replace(config, seed=seed), progress=progress)
     write_json_atomic(output / "pretrain.json", summary)
     write_minilm_clip_config(output / CONFIG_NAME)
     return save_checkpoint(model, output / CHECKPOINT_NAME)
 
 
-def run_table1(
+def trained_weights(run: Path) -> Path:
+    """The weights a finished ``mmcoa train`` run at ``run`` leaves for evaluation."""
+    return run / "final.pt"
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where and how the demo's steps run: the data folder, the device, the seed (data order,
+    attacks, subsets) and whether progress bars show."""
+
+    data_root: str | None = None
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+
+
+def fine_tune(
     output: Path,
     checkpoint: Path,
     mlm: str,
     settings: Table1Settings,
-    *,
-    data_root: str | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    progress: bool = True,
-) -> tuple[list[dict], str]:
-    """Fine-tune, evaluate and tabulate; writes ``table1.json`` and ``table1.md`` under
-    ``output`` and returns (records, markdown table)."""
-    output = Path(output)
-    weights, n_train = {None: checkpoint}, None
+    where: Where = Where(),
+) -> tuple[dict[str, Path], int | None]:
+    """Each method of ``settings`` fine-tuned from ``checkpoint`` by the library's trainer, in a
+    fresh ``OUTPUT/train/<method>``; returns the weights of each Table I row (the zero-shot
+    checkpoint first) and the number of training images a method saw."""
+    rows = {method: row for row, method in TABLE1_ROWS}
+    weights, n_train = {ZERO_SHOT_ROW: checkpoint}, None
     for method in settings.methods:
         run = output / "train" / method
         shutil.rmtree(run, ignore_errors=True)  # a fresh run, not rows appended to an old one
         config = settings.train_config(
-            method, checkpoint=checkpoint, mlm=mlm, output=run, data_root=data_root, device=device, seed=seed
+            method,
+            checkpoint=checkpoint,
+            mlm=mlm,
+            output=run,
+            data_root=where.data_root,
+            device=where.device,
+            seed=where.seed,
         )
-        n_train = train(config, progress=progress)["steps"] * settings.batch_size
-        weights[method] = run / "final.pt"
-    records = []
-    for row, method in TABLE1_ROWS:
-        if method in weights:
-            found = evaluate(
-                DEMO_MODEL,
-                DEMO_DATASET,
-                settings.attacks(mlm),
-                pretrained=str(weights[method]),
-                data_root=data_root,
-                n_samples=settings.n_samples,
-                batch_size=250,
-                seed=seed,
-                device=device,
-                progress=progress,
-            )
-            records += [{**record, "row": row, "method": method} for record in found]
-    write_records(output / "table1.json", records)
-    table = format_table1(records, settings.describe(mlm, n_train))
-    write_text_atomic(output / "table1.md", table + "\n")
-    return records, table
+        n_train = train(config, progress=where.progress)["steps"] * settings.batch_size
+        weights[rows.get(method, method)] = trained_weights(run)
+    return weights, n_train
+
+
+def table1_suite(
+    weights: dict[str, Path],
+    mlm: str,
+    settings: Table1Settings,
+    where: Where = Where(),
+) -> dict:
+    """Table I as a suite (``mmcoa suite``'s YAML, ``docs/reproduce.md``): one row per model of
+    ``weights``, Fashion-MNIST, the attacks of :meth:`Table1Settings.suite_attacks`."""
+    return {
+        "name": "demo-table1",
+        "description": "The offline demo's miniature Table I (written by mmcoa demo)",
+        "task": "classification",
+        "split": "test",
+        "n_samples": settings.n_samples,
+        "seed": where.seed,
+        "batch_size": EVAL_BATCH,
+        "device": where.device,
+        "data_root": where.data_root,
+        "models": [
+            {"label": row, "name": DEMO_MODEL, "checkpoint": _literal(str(path))}
+            for row, path in weights.items()
+        ],
+        "datasets": [DEMO_DATASET],
+        "attacks": settings.suite_attacks(mlm),
+    }
+
+
+def evaluate_table1(
+    output: Path,
+    weights: dict[str, Path],
+    mlm: str,
+    settings: Table1Settings,
+    where: Where = Where(),
+) -> list[dict]:
+    """Write Table I's suite file ``OUTPUT/table1.yaml`` and run it with the suite runner in a
+    fresh ``OUTPUT/table1-suite``; returns its records as ``table1.json`` holds them: the
+    evaluation records with their ``row`` and ``method`` (``None`` for the zero-shot model)."""
+    suite = table1_suite(weights, mlm, settings, where)
+    write_text_atomic(output / TABLE1_SUITE, yaml.safe_dump(suite, sort_keys=False, allow_unicode=True))
+    folder = output / TABLE1_SUITE_DIR
+    shutil.rmtree(folder, ignore_errors=True)  # a fresh suite, not cells of an earlier run
+    records = run_suite(load_suite(output / TABLE1_SUITE), folder, progress=where.progress)
+    methods = {row: method for row, method in TABLE1_ROWS}
+    return [
+        {
+            **{k: v for k, v in r.items() if k not in SUITE_KEYS},
+            "row": r["label"],
+            "method": methods.get(r["label"], r["label"]),
+        }
+        for r in records
+    ]
 
 
 def write_demo_report(
     output: Path,
-    checkpoint: Path,
+    weights: dict[str, Path],
     mlm: str,
     settings: Table1Settings,
-    *,
-    data_root: str | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    progress: bool = True,
+    where: Where = Where(),
 ) -> Path:
     """The eps sweep (paper Fig. 6: zero-shot, TeCoA and MMCoA under the image and multimodal
     attacks at each of ``sweep_eps``), the weight interpolation from the zero-shot model to
     MMCoA (Fig. 8), a gallery of attacks on the zero-shot model and the sanity checks of the
     zero-shot model and MMCoA into ``OUTPUT/analyses``, then ``mmcoa report`` over Table I and
-    them into ``OUTPUT/report``; returns the report's HTML path."""
+    them into ``OUTPUT/report``; returns the report's HTML path. ``weights``: by Table I row."""
     from mmcoa.analysis import (
         eps_sweep,
         gallery,
@@ -351,13 +413,19 @@ def write_demo_report(
     )
     from mmcoa.report import write_report
 
-    test_set = load_dataset(DEMO_DATASET, split="test", root=data_root)
+    test_set = load_dataset(DEMO_DATASET, split="test", root=where.data_root)
     models = {
-        row: load_model(DEMO_MODEL, pretrained=str(weights), device=device)
-        for row, weights in _report_weights(output, checkpoint, settings).items()
+        row: load_model(DEMO_MODEL, pretrained=str(weights[row]), device=where.device)
+        for row in REPORT_ROWS
+        if row in weights
     }
     steps = {"step_size": settings.eval_step_size, "n_steps": settings.eval_steps}
-    common = {"n_samples": settings.report_samples, "batch_size": 250, "seed": seed, "progress": progress}
+    common = {
+        "n_samples": settings.report_samples,
+        "batch_size": EVAL_BATCH,
+        "seed": where.seed,
+        "progress": where.progress,
+    }
     analyses = output / "analyses"
     sweep = eps_sweep(
         models,
@@ -387,11 +455,11 @@ def write_demo_report(
         ("pgd", "multimodal"),
         per_attack=2,
         attack_params={"eps": settings.eps, **steps, "mlm": mlm},
-        seed=seed,
+        seed=where.seed,
     )
     plot_gallery(examples, analyses)
     if settings.sanity is not None:
-        write_sanity_checks(models, test_set, settings, analyses, seed=seed)
+        write_sanity_checks(models, test_set, settings, analyses, seed=where.seed)
     return write_report(
         [output / "table1.json", analyses],
         output / "report",
@@ -420,127 +488,11 @@ def write_sanity_checks(
                 square_queries=plan.square_queries,
                 step_size=settings.eval_step_size * 255,
                 n_samples=plan.n_samples,
-                batch_size=250,
+                batch_size=EVAL_BATCH,
                 seed=seed,
                 output_dir=sanity_path(analyses.parent, row).parent,
             )
     return summaries
-
-
-def sanity_path(run: Path, row: str) -> Path:
-    """Where a demo run (or its copy in docs/demo) keeps ``row``'s sanity-check summary."""
-    return Path(run) / "analyses" / f"sanity-{_slug(row)}" / "sanity.json"
-
-
-def read_sanity(run: Path) -> dict[str, dict]:
-    """{row: the sanity checks' summary} of the rows a run checked (none without the report)."""
-    paths = {row: sanity_path(run, row) for row in SANITY_ROWS}
-    return {row: json.loads(path.read_text())["data"] for row, path in paths.items() if path.is_file()}
-
-
-def _report_weights(output: Path, checkpoint: Path, settings: Table1Settings) -> dict[str, Path]:
-    """The zero-shot checkpoint and the fine-tuned TeCoA and MMCoA weights, by row name."""
-    rows = {method: row for row, method in TABLE1_ROWS}
-    weights = {ZERO_SHOT_ROW: checkpoint}
-    for method in ("tecoa", "mmcoa"):
-        if method in settings.methods:
-            weights[rows[method]] = output / "train" / method / "final.pt"
-    return weights
-
-
-def demo_summary(
-    records: list[dict], table1_records: list[dict], sanity: dict[str, dict] | None = None
-) -> str:
-    """The README's demo block (``OUTPUT/summary.md``): the attack table, Table I, the
-    zero-shot model's attacked prompts and the sanity checks, all rendered from the run's
-    records and summaries (``make demo-docs`` copies them to docs/demo/)."""
-    parts = [
-        f"```\n{format_table(records)}\n```",
-        format_table1(table1_records),
-        format_attacked_prompts(table1_records),
-    ]
-    if sanity:
-        parts.append(format_sanity(sanity))
-    return "\n\n".join(parts) + "\n"
-
-
-def format_sanity(sanity: dict[str, dict]) -> str:
-    """The gradient-masking checks of each checked row side by side, as Markdown."""
-    rows = list(sanity)
-    checks = {row: {c["name"]: c for c in sanity[row]["checks"]} for row in rows}
-    first = sanity[rows[0]]
-    plan, n = first["plan"], first["numbers"]["n_samples"]
-    lines = [
-        f"Gradient-masking sanity checks (Carlini et al. 2019; {n} test images, PGD step "
-        f"{plan['step_size']:g}/255, check eps {plan['check_eps']:g}/255, Square "
-        f"{plan['square_queries']} queries; accuracy %):",
-        "",
-        "| Check | " + " | ".join(rows) + " |",
-        "|---|" + "---|" * len(rows),
-    ]
-    for name in checks[rows[0]]:
-        cells = [f"{checks[r][name]['result']}: {checks[r][name]['numbers']}" for r in rows]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def text_attack_record(records: list[dict], row: str = ZERO_SHOT_ROW) -> dict:
-    """``row``'s BERT-Attack record in Table I."""
-    [record] = [r for r in records if r.get("row") == row and r["attack"] == "bert"]
-    return record
-
-
-def attacked_prompts(records: list[dict], row: str = ZERO_SHOT_ROW) -> list[tuple[str, str]]:
-    """(clean prompt, BERT-Attack's prompt) of each class for ``row``'s text attack."""
-    clean = [DEFAULT_TEMPLATE.format(clean_classname(c)) for c in CLASSNAMES]
-    return list(zip(clean, text_attack_record(records, row)["adversarial_prompts"]))
-
-
-def format_attacked_prompts(records: list[dict], row: str = ZERO_SHOT_ROW) -> str:
-    """The class prompts BERT-Attack (paper Eq. 4) produced against ``row``, as Markdown."""
-    mlm = text_attack_record(records, row)["attack_params"]["mlm"]
-    lines = [
-        f"BERT-Attack's class prompts against the {row} model (candidates from {mlm}, "
-        "k 10, 1 word; the paper's template):",
-        "",
-        "| Class prompt | Attacked prompt |",
-        "|---|---|",
-    ]
-    lines += [f"| {clean} | {adversarial} |" for clean, adversarial in attacked_prompts(records, row)]
-    return "\n".join(lines)
-
-
-def table1_accuracies(records: list[dict]) -> dict[str, dict[str, float]]:
-    """{row: {column: accuracy in %}} from Table I records."""
-    attack_to_column = {attack: column for column, attack in TABLE1_COLUMNS}
-    table: dict[str, dict[str, float]] = {}
-    for record in records:
-        table.setdefault(record["row"], {})[attack_to_column[record["attack"]]] = 100 * record["accuracy"]
-    return table
-
-
-def format_table1(records: list[dict], note: str = "") -> str:
-    """The paper's Table I layout in Markdown (plus a Co-Attack column, the paper's Table V):
-    one row per model, then the delta rows."""
-    table = table1_accuracies(records)
-    columns = [column for column, _ in TABLE1_COLUMNS]
-    lines = [
-        "## Table I (miniature): MiniLM CLIP on Fashion-MNIST",
-        "",
-        "| Method | " + " | ".join(columns) + " |",
-        "|---|" + "---:|" * len(columns),
-    ]
-    for row, _ in TABLE1_ROWS:
-        if row in table:
-            lines.append(f"| {row} | " + " | ".join(f"{table[row][c]:.1f}" for c in columns) + " |")
-    for minuend, subtrahend in TABLE1_DELTAS:
-        if minuend in table and subtrahend in table:
-            name = "CLIP" if subtrahend == ZERO_SHOT_ROW else subtrahend
-            cells = [_signed(table[minuend][c] - table[subtrahend][c]) for c in columns]
-            lines.append(f"| {minuend} − {name} | " + " | ".join(cells) + " |")
-    if note:
-        lines += [""] + note.splitlines()
-    return "\n".join(lines)
 
 
 def save_checkpoint(model, path: Path) -> Path:
@@ -562,23 +514,11 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
-def _seeded(config: PretrainConfig, seed: int) -> PretrainConfig:
-    return replace(config, seed=seed)
+def _literal(path: str) -> str:
+    """``path`` as a suite checkpoint, where braces would be a ``{dataset}`` placeholder."""
+    return path.replace("{", "{{").replace("}", "}}")
 
 
 def _show(enabled: bool, *lines: str) -> None:
     if enabled:
         print(*lines, sep="\n")
-
-
-def _slug(row: str) -> str:
-    return "clip" if row == ZERO_SHOT_ROW else row.lower()
-
-
-def _signed(value: float) -> str:
-    value = round(value, 1) + 0.0  # no "-0.0"
-    return f"+{value:.1f}" if value > 0 else (f"−{-value:.1f}" if value < 0 else "0.0")
-
-
-def _per255(value: float) -> str:
-    return f"{value * 255:g}/255"

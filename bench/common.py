@@ -1,6 +1,7 @@
 """Helpers the speed scripts in ``bench/`` share: their common flags, wall-clock timing with CUDA
 synchronization, the load other processes put on the machine while timing, and a description
-of the machine. Bottom floor: torch and the standard library only."""
+of the machine. Not part of the library: the scripts run as ``python bench/NAME.py``, so this
+folder is on ``sys.path`` and they ``import common``. Torch and the standard library only."""
 
 from __future__ import annotations
 

@@ -1,16 +1,14 @@
-"""A tiny masked language model trained offline on class captions: BERT-Attack's candidate source.
+"""Test fixture: a tiny masked language model trained offline on captions, BERT-Attack's
+candidate source in the tests and in ``bench/train.py`` (not part of the library).
 
-BERT-Attack (Li et al. 2020) proposes substitutes for a word from a masked LM's top-k predictions
-at that word's WordPiece positions in the *unmasked* text. The paper uses ``bert-base-uncased``;
-for fast offline tests :func:`train_tiny_mlm` trains a small BERT from scratch on captions (every
-template x every class name) instead. It is a legitimate candidate source, not a rigged one: an
-ordinary ``BertForMaskedLM`` with a WordPiece tokenizer, trained with the standard MLM objective
-(15% of tokens selected; of those 80% ``[MASK]``, 10% random, 10% kept) and saved with
-``save_pretrained``, so the attack loads and runs it exactly as a real BERT; it is never told the
-labels or the victim's gradients. It ranks the words that fill a slot in context, as BERT does,
-but only the captions' words (the other class names), so results are comparable with the paper's
-only when they say which MLM produced them: :func:`train_tiny_mlm` writes ``mmcoa_mlm.json``
-(corpus size, steps, final loss, seed, sizes) next to the weights.
+:func:`train_tiny_mlm` trains a small ``BertForMaskedLM`` from scratch with the standard MLM
+objective (15% of tokens selected; of those 80% ``[MASK]``, 10% random, 10% kept) on a caption
+corpus and saves it with ``save_pretrained``, so ``mmcoa.attacks.text.load_mlm(directory)`` (and
+``--mlm DIRECTORY``) loads and runs it exactly as a real BERT; it is never told the labels or the
+victim's gradients. It ranks only the captions' words, so results are comparable with the paper's
+(``bert-base-uncased``) only when they say which MLM produced them: the directory holds
+``mmcoa_mlm.json`` (corpus size, steps, final loss, seed, sizes) beside the weights.
+Tests get trained copies once per session through ``conftest.py``'s ``tiny_mlm`` fixture.
 """
 
 from __future__ import annotations
