@@ -83,7 +83,9 @@ def test_demo_trains_saves_and_attacks(demo_run):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == json.loads(json.dumps(records))
     assert all(set(RECORD_KEYS) <= set(r) for r in written)
-    assert json.loads((tmp_path / "pretrain.json").read_text())["val_accuracy"] >= SMALL_PRETRAIN.target_accuracy
+    assert (
+        json.loads((tmp_path / "pretrain.json").read_text())["val_accuracy"] >= SMALL_PRETRAIN.target_accuracy
+    )
 
 
 def test_demo_checkpoint_loads_in_plain_open_clip_from_its_config(demo_run):
