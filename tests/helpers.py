@@ -64,24 +64,19 @@ def run_mmcoa_here(args: list[str]) -> None:
     assert main(list(args)) == 0
 
 
+def torchrun(processes: int) -> list[str]:
+    """``torchrun --nproc_per_node N`` on a free local port: prefix it to ``-m mmcoa ARGS`` or a
+    script."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    return launcher + ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+
+
 def run_mmcoa(args: list[str], processes: int) -> None:
     """``python -m mmcoa ARGS``, or ``torchrun --nproc_per_node N -m mmcoa ARGS``."""
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(processes),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "mmcoa",
-    ]
-    command = launcher + args if processes > 1 else [sys.executable, "-m", "mmcoa"] + args
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    launcher = torchrun(processes) if processes > 1 else [sys.executable]
+    done = subprocess.run(
+        [*launcher, "-m", "mmcoa", *args], env=CHILD_ENV, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -91,9 +86,13 @@ def run_mmcoa_commands(commands: list[list[str]], processes: int, folder: Path) 
     one launch instead of one per command. The command list is written to ``folder``."""
     spec = Path(folder) / "commands.json"
     spec.write_text(json.dumps(commands))
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), __file__, str(spec)]
-    done = subprocess.run(launcher, env=CHILD_ENV, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [*torchrun(processes), __file__, str(spec)],
+        env=CHILD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 

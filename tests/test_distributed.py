@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -18,7 +17,7 @@ import torch.multiprocessing as mp
 import mmcoa
 from mmcoa.distributed import SINGLE, World, gather_with_grad, scaled_gradient
 from mmcoa.errors import MmcoaError
-from helpers import CHILD_ENV, free_port, run_mmcoa_commands, run_mmcoa_here
+from helpers import CHILD_ENV, run_mmcoa_commands, run_mmcoa_here, torchrun
 
 TRAIN_ARGS = [
     "--model",
@@ -349,15 +348,7 @@ def test_a_failing_rank_ends_every_rank_fast_with_its_message(bad_folder, tmp_pa
     """Rank 1's batch (images 4-7) holds the corrupt image; rank 0 must not wait for it."""
     folder, bad = bad_folder
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
+        *torchrun(2),
         "-m",
         "mmcoa",
         "eval",

@@ -8,17 +8,15 @@ and :func:`build_attacks` hands each attack the parameters it accepts.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Mapping, Sequence
 
-from mmcoa.attacks.base import ATTACKS, build_registered, parameter_names
-from mmcoa.attacks.pgd import ImageBudget
+from mmcoa.attacks.base import ATTACKS, build_registered, parameter_names, user_settings
+from mmcoa.attacks.retrieval import RETRIEVAL_ATTACKS
 from mmcoa.errors import MmcoaError
 from mmcoa.flags import UNIT_255
 from mmcoa.registry import Registry
 from mmcoa.units import from_255
 
-PER_255 = tuple(f.name for f in dataclasses.fields(ImageBudget) if f.metadata.get("unit") == UNIT_255)
 RENAMED = {"steps": "n_steps", "restarts": "n_restarts", "alpha": "text_weight"}  # old spellings
 
 
@@ -27,19 +25,21 @@ def params_from_settings(settings: Mapping[str, object], spell: Callable[[str], 
     and other names pass through unchanged (e.g. ``scales``); an old spelling (``steps``) is a
     one-line error naming the new one. ``spell(name)`` is how an error names a setting
     (``--step-size`` on the command line)."""
-    params = {}
+    params, in_255 = {}, per_255_settings()
     for name, value in settings.items():
         if name in RENAMED:
             raise MmcoaError(f"{spell(name)} was renamed to {spell(RENAMED[name])} (the attack's field name)")
         if value is None:
             continue
-        params[name] = per_255(value, spell(name)) if name in PER_255 else value
+        params[name] = from_255(value, spell(name)) if name in in_255 else value
     return params
 
 
-def per_255(value: object, spelled: str) -> float:
-    """``value`` (units of 1/255, from 0.1 to 255) in pixel units, or a one-line error."""
-    return from_255(value, spelled)
+def per_255_settings() -> set[str]:
+    """The user settings users give in units of 1/255 (declared with ``unit="1/255"``) of every
+    registered attack, a plugin's included."""
+    classes = [registry.get(name) for registry in (ATTACKS, RETRIEVAL_ATTACKS) for name in registry.names()]
+    return {f.name for cls in classes for f in user_settings(cls) if f.metadata.get("unit") == UNIT_255}
 
 
 def build_attacks(names: Sequence[str], params: Mapping[str, object], registry: Registry = ATTACKS) -> list:
