@@ -8,6 +8,7 @@ candidate list is known in advance.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 import zlib
@@ -19,9 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmcoa.attacks import ATTACKS, RETRIEVAL_ATTACKS, bert
 from mmcoa.attacks.text import BertAttack, MaskedLM, TextEdit, kl_divergence_score, load_mlm
+from mmcoa.attacks.text.candidates import CANDIDATE_POSITIONS, layout
 from mmcoa.attacks.text.stopwords import default_stop_words, parse_stop_words
 from mmcoa.errors import MmcoaError
+from mmcoa.profiles import profile_settings
 from tiny_mlm import caption_corpus
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -180,6 +184,126 @@ def test_words_past_the_length_limit_and_punctuation(mlm):
     [[cat, truck, big]] = BertAttack(mlm, max_length=5).candidates(["cat, truck. big"])
     assert cat == ["fox,", "wolf,", "fish,"] and truck == ["car.", "boat.", "ship."]
     assert big == []
+
+
+# -- candidate_position: own pieces' positions, or the preceding token's (published) -----------
+
+
+class PositionMLM(nn.Module):
+    """Logits at position p: the base row of :func:`build_table`, plus ``tops[p]`` ({token:
+    logit}): position-dependent and fully known. Keeps every input it is given."""
+
+    def __init__(self, tops: list[dict[str, float]]):
+        super().__init__()
+        self.register_buffer("base", build_table({})[0])
+        self.tops, self.inputs = tops, []
+
+    def forward(self, input_ids, attention_mask=None):
+        self.inputs += input_ids.tolist()
+        logits = self.base.repeat(*input_ids.shape, 1)
+        for position, row in enumerate(self.tops[: input_ids.shape[1]]):
+            for token, logit in row.items():
+                logits[:, position, tid(token)] = logit
+        return SimpleNamespace(logits=logits)
+
+
+def position_mlm(tokenizer, tops: list[dict[str, float]]) -> MaskedLM:
+    return MaskedLM(tokenizer, PositionMLM(tops), name="position")
+
+
+def test_candidate_position_preceding_reads_the_token_before_the_word(tokenizer):
+    # [CLS] This is a photo of a cat [SEP]: position p predicts FILLERS[p] alone (logit 9)
+    sentence = "This is a photo of a cat"
+    pieces = [tid(t) for t in ["[CLS]", "this", "is", "a", "photo", "of", "a", "cat"]]
+    for position, photo, cat, ending in (("own", 4, 7, [tid("[SEP]")]), ("preceding", 3, 6, [])):
+        mlm = position_mlm(tokenizer, [{f: 9.0} for f in FILLERS[:9]])
+        [cands] = BertAttack(mlm, candidate_position=position).candidates([sentence])
+        assert cands == [[], [], [], [FILLERS[photo]], [], [], [FILLERS[cat]]], position
+        assert mlm.model.inputs == [pieces + ending], position  # no trailing [SEP] when published
+
+
+# [CLS] big aard ##vark [SEP]: "zebra" = ze(1) ##bra(2), "koala" = koa(2) ##la(3)
+TWO_PIECE_TOPS = [{}, {"ze": 9.0}, {"koa": 9.0, "##bra": 8.0}, {"##la": 9.0}, {}]
+
+
+def test_candidate_position_shifts_a_multi_piece_words_read_window_by_one(tokenizer):
+    mlm = position_mlm(tokenizer, TWO_PIECE_TOPS)
+    ids = [tid(t) for t in ["[CLS]", "big", "aard", "##vark"]]
+    own_ids, [_, own] = layout(mlm, ["big", "aardvark"], 30, {}, "own")
+    published_ids, [_, published] = layout(mlm, ["big", "aardvark"], 30, {}, "preceding")
+    assert (own_ids, own.span) == (ids + [tid("[SEP]")], (2, 4))
+    assert (published_ids, published.span) == (ids, (1, 3))
+    for position, word in (("own", "koala"), ("preceding", "zebra")):
+        [[_, cands]] = BertAttack(mlm, candidate_position=position).candidates(["big aardvark"])
+        assert cands == [word], position
+
+
+def test_candidate_position_length_limit_counts_the_sep_only_when_there_is_one(tokenizer):
+    mlm = position_mlm(tokenizer, TWO_PIECE_TOPS)
+    ids = [tid(t) for t in ["[CLS]", "big", "aard", "##vark"]]
+    # max_length 4: [CLS] + 3 pieces fit without [SEP]; with it, "aardvark" is past the limit
+    published_ids, [_, published] = layout(mlm, ["big", "aardvark"], 4, {}, "preceding")
+    own_ids, [big, own] = layout(mlm, ["big", "aardvark"], 4, {}, "own")
+    assert (published_ids, published.span) == (ids, (1, 3))
+    assert (own_ids, big.span, own.span) == (ids[:3] + [tid("[SEP]")], (1, 2), None)
+
+
+def test_bad_candidate_position_fails_in_one_line_naming_the_accepted_values(mlm, monkeypatch):
+    expected = "candidate_position must be one of own, preceding; got 'before'"
+    monkeypatch.setattr(bert, "shared_mlm", lambda *a: pytest.fail("loaded the MLM for a bad value"))
+    for make in (
+        lambda: BertAttack(mlm, candidate_position="before"),
+        lambda: ATTACKS.get("bert")(candidate_position="before"),
+        lambda: RETRIEVAL_ATTACKS.get("bert")(candidate_position="before"),
+        lambda: bert.shared_engine("unused-mlm", "cpu", 10, 1, candidate_position="before"),
+        lambda: layout(mlm, ["cat"], 30, {}, "before"),
+    ):
+        with pytest.raises(MmcoaError) as info:
+            make()
+        assert str(info.value) == expected
+
+
+def test_candidate_position_defaults_to_own_and_is_a_switch(mlm):
+    assert CANDIDATE_POSITIONS == ("own", "preceding")
+    engine = BertAttack(mlm)
+    assert engine.candidate_position == "own" and engine.params()["candidate_position"] == "own"
+    assert BertAttack(mlm).candidates(["cat"]) == BertAttack(mlm, candidate_position="own").candidates(
+        ["cat"]
+    )
+    assert ATTACKS.get("bert")().candidate_position == "own"
+    [field] = [f for f in dataclasses.fields(bert.UsesBertAttack) if f.name == "candidate_position"]
+    assert (field.metadata["corrected"], field.metadata["published"]) == ("own", "preceding")
+    assert field.metadata["choices"] == CANDIDATE_POSITIONS
+    names = [f.name for f in dataclasses.fields(bert.UsesBertAttack)]
+    assert names.index("candidate_position") > max(map(names.index, ("mlm", "k", "max_words")))
+    assert profile_settings(bert.BertPrompts, "published")["candidate_position"] == "preceding"
+
+
+def text_attacks():
+    """(registry, name) of every registered attack with the BERT-Attack fields."""
+    return [
+        (registry, name)
+        for registry in (ATTACKS, RETRIEVAL_ATTACKS)
+        for name in registry.names()
+        if issubclass(registry.get(name), bert.UsesBertAttack)
+    ]
+
+
+def test_every_text_attack_hands_candidate_position_to_its_engine(mlm, monkeypatch):
+    monkeypatch.setattr(bert, "shared_mlm", lambda name, device: mlm)
+    found = text_attacks()
+    assert {"bert", "bert-targeted", "multimodal", "coattack", "sga"} <= {name for _, name in found}
+    assert len(found) >= 8  # retrieval's bert, coattack and sga too
+    for registry, name in found:
+        for position in CANDIDATE_POSITIONS:
+            attack = registry.get(name)(mlm="candidate-position-test", candidate_position=position)
+            attack.prepare("cpu")
+            assert attack.engine.candidate_position == position, (registry.kind, name)
+            assert attack.params()["candidate_position"] == position
+    own = bert.shared_engine("candidate-position-test", "cpu", 10, 1)
+    assert own is bert.shared_engine("candidate-position-test", "cpu", 10, 1, candidate_position="own")
+    published = bert.shared_engine("candidate-position-test", "cpu", 10, 1, candidate_position="preceding")
+    assert (own.candidate_position, published.candidate_position) == ("own", "preceding")
 
 
 # -- greedy search ---------------------------------------------------------------------------

@@ -345,10 +345,10 @@ def test_no_attack_gradient_reaches_the_optimizer_step(name, train_data, monkeyp
     loss.backward()
     first = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    (adversarial,) = made
+    (adversarial,) = [m[0] if isinstance(m, tuple) else m for m in made]  # train_pgd: (images, leak)
     assert not torch.equal(adversarial, images)
     model.zero_grad(set_to_none=True)
-    monkeypatch.setattr(methods_module, "train_pgd", lambda *a: adversarial)
+    monkeypatch.setattr(methods_module, "train_pgd", lambda *a: (adversarial, None))
     monkeypatch.setattr(methods_module, "maximize_in_train_budget", lambda *a, **k: adversarial)
     again, _ = method.loss(context(config, model, prompts), images, labels)
     again.backward()

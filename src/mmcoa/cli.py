@@ -15,10 +15,12 @@ from mmcoa.attacks.flags import add_attack_flags, attack_params_from_flags
 from mmcoa.devices import AUTO
 from mmcoa.distributed import fail_fast, running_under_torchrun
 from mmcoa.errors import MmcoaError, one_line
+from mmcoa.eval.metrics import Scoring
 from mmcoa.flags import OneLineParser, add_field_flags, field_values, flag_name, refuse_renamed
 from mmcoa.outputs import check_output
 from mmcoa.plugins import load_plugins
 from mmcoa.precision import PRECISIONS
+from mmcoa.profiles import CORRECTED, PROFILES, profile_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +81,7 @@ def _add_eval(commands) -> None:
         "--attacks", default="clean,pgd", help=f"comma-separated, of: {', '.join(ATTACKS.names())}"
     )
     add_attack_flags(p, skip=("precision",))  # --precision: add_runtime_flags
+    add_profile_flags(p, Scoring)
     p.add_argument("--template", default=None, help="prompt template with {} (default: the dataset's)")
     p.add_argument("--prompt", default=None, help="a vp/advpt run's prompt.pt to put on the model")
     p.add_argument(
@@ -102,6 +105,22 @@ def _add_eval(commands) -> None:
     p.add_argument("--output", required=True, help="result JSON file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_eval, saved=file_saved)
+
+
+def add_profile_flags(p: argparse.ArgumentParser, *switch_classes) -> None:
+    """``--profile`` and the flags of the switches of ``switch_classes`` (their default: the
+    profile's value; the attacks' switches come with the attack flags)."""
+    p.add_argument(
+        "--profile",
+        default=CORRECTED,
+        choices=PROFILES,
+        help="behaviour switches: corrected, or published (the published code's, docs/deviations.md); "
+        "a switch given explicitly wins (default: corrected)",
+    )
+    for cls in switch_classes:
+        add_field_flags(
+            p, cls, lambda f: f"{f.metadata['corrected']}; published profile: {f.metadata['published']}"
+        )
 
 
 def add_workers_flag(p: argparse.ArgumentParser) -> None:
@@ -366,7 +385,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mmcoa.distributed import world_from_env
     from mmcoa.eval import evaluate, format_table, write_records
 
-    attacks = build_attacks(attack_names(args.attacks), attack_params_from_flags(args))
+    attacks = build_attacks(attack_names(args.attacks), attack_params_from_flags(args), profile=args.profile)
+    scoring = Scoring(
+        **{
+            **profile_settings(Scoring, args.profile),
+            **{k: v for k, v in field_values(args, Scoring).items() if v is not None},
+        }
+    )
     args.device = check_device(args.device)
     check_output(args.output, directory=False)
     world, args.device = world_from_env(args.device)  # torchrun: shard the samples
@@ -390,6 +415,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         runtime=runtime_settings(args),
         progress=not args.no_progress,
         world=world,
+        scoring=scoring,
     )
     if world.is_main:
         write_records(args.output, [{**r, "world_size": world.size} for r in records])

@@ -44,18 +44,32 @@ def setting(
     unit: str | None = None,
     choices: Iterable[str] | None = None,
     run_default: Any = None,
+    sides: dict | None = None,
 ) -> Any:
     """A dataclass field with the metadata its flag is made from: ``help``; ``unit`` (``"1/255"``
     for a value users write in 1/255 that the field holds in pixels); ``choices``; and
     ``run_default``, the default of a run from the command line or a YAML file where it differs
-    from the Python default (``device``: ``auto`` there, ``cpu`` in Python)."""
+    from the Python default (``device``: ``auto`` there, ``cpu`` in Python); ``sides``, a
+    switch's ``{"corrected": ..., "published": ...}`` values (see :func:`switch`)."""
     metadata = {
         "help": help,
         "unit": unit,
         "choices": tuple(choices) if choices else None,
         "run_default": run_default,
+        **(sides or {}),
     }
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def switch(
+    corrected: Any, published: Any, help: str, *, choices: Iterable[str] | None = None, unset: bool = False
+) -> Any:
+    """A setting that chooses between this toolkit's ``corrected`` behaviour and the published
+    research code's (``docs/deviations.md``); a profile (:mod:`mmcoa.profiles`) sets every switch
+    at once. The field's default is ``corrected``, or None with ``unset`` (a field that its
+    class resolves from its profile in ``__post_init__``, as ``TrainConfig`` does)."""
+    sides = {"corrected": corrected, "published": published}
+    return setting(None if unset else corrected, help, choices=choices, sides=sides)
 
 
 def flag_name(name: str) -> str:

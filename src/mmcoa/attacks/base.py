@@ -22,6 +22,7 @@ from torch import nn
 from mmcoa.errors import MmcoaError
 from mmcoa.models.zeroshot import ZeroShotClassifier
 from mmcoa.registry import Registry
+from mmcoa.profiles import is_corrected
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 THREATS = ("clean", "image", "text", "multimodal")  # what an attack perturbs (report columns)
@@ -106,11 +107,20 @@ def seed_params(params: dict) -> dict:
 
 
 def seed_identity(attack: Attack) -> tuple[str, dict]:
-    """What seeds an attack's randomness: its name and :func:`seed_params`. A Sep attack (one
+    """What seeds an attack's randomness: its name and :func:`seeding_params` (the behaviour
+    switches at their corrected value left out, :mod:`mmcoa.profiles`: adding a switch changes
+    no default run's random starts). A Sep attack (one
     with an :meth:`~Attack.image_part`) is seeded as that part alone, so its images are exactly
     those of the image attack run on its own (and can be reused from it)."""
     target = attack.image_part() or attack
-    return target.name, seed_params(target.params())
+    return target.name, seeding_params(target)
+
+
+def seeding_params(attack) -> dict:
+    """:func:`seed_params` of an attack (classification or retrieval), less its behaviour
+    switches at their corrected value."""
+    params = {k: v for k, v in attack.params().items() if not is_corrected(type(attack), k, v)}
+    return seed_params(params)
 
 
 def build_attack(name: str, **params) -> Attack:

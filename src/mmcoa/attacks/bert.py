@@ -18,7 +18,8 @@ import torch
 
 from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, FieldGroup, check_range
 from mmcoa.attacks.text.bert_attack import BertAttack, TextEdit
-from mmcoa.flags import setting
+from mmcoa.attacks.text.candidates import CANDIDATE_POSITIONS, check_candidate_position
+from mmcoa.flags import setting, switch
 from mmcoa.models.zeroshot import ZeroShotClassifier
 
 DEFAULT_MLM = "bert-base-uncased"
@@ -32,37 +33,59 @@ def shared_mlm(name: str, device: str):
     return load_mlm(name, device=device)
 
 
+def shared_engine(
+    mlm: str, device: str, k: int, max_words: int, candidate_position: str = "own"
+) -> BertAttack:
+    """The one BERT-Attack engine per (MLM, device, k, word budget, candidate position) and
+    process, for every text attack (classification, retrieval) and for training, however the
+    arguments are spelled (an unknown ``candidate_position`` is a one-line
+    :class:`~mmcoa.errors.MmcoaError`, raised before the MLM loads). Process-wide on purpose: its
+    edit cache is keyed by the victim's text-tower state (``models.base``), so the text attack,
+    the multimodal attack and Co-Attack evaluated on one model attack its class prompts once,
+    and a cached edit is never stale (an edit keeps the queries it cost when it was computed,
+    so every record still counts them)."""
+    check_candidate_position(candidate_position)
+    return _cached_engine(mlm, device, k, max_words, candidate_position)
+
+
 @functools.lru_cache(maxsize=8)
-def shared_engine(mlm: str, device: str, k: int, max_words: int) -> BertAttack:
-    """The one BERT-Attack engine per (MLM, device, k, word budget) and process, for every text
-    attack (classification, retrieval) and for training. Process-wide on purpose: its edit
-    cache is keyed by the victim's text-tower state (``models.base``), so the text attack, the
-    multimodal attack and Co-Attack evaluated on one model attack its class prompts once, and
-    a cached edit is never stale (an edit keeps the queries it cost when it was computed, so
-    every record still counts them)."""
-    return BertAttack(shared_mlm(mlm, device), k=k, max_words=max_words)
+def _cached_engine(mlm: str, device: str, k: int, max_words: int, candidate_position: str) -> BertAttack:
+    masked_lm = shared_mlm(mlm, device)
+    return BertAttack(masked_lm, k=k, max_words=max_words, candidate_position=candidate_position)
 
 
 @dataclass
 class UsesBertAttack(FieldGroup):
     """The BERT-Attack fields and set-up of every attack that edits prompts or captions:
-    ``mlm`` (hub id or directory), ``k`` candidates per word, ``max_words`` word budget; the
-    engine comes from :func:`shared_engine` in :meth:`prepare`."""
+    ``mlm`` (hub id or directory), ``k`` candidates per word, ``max_words`` word budget,
+    ``candidate_position`` (a switch: ``own``, or the published code's ``preceding``;
+    ``docs/deviations.md``, row 1); the engine comes from :func:`shared_engine` in
+    :meth:`prepare`."""
 
     mlm: str = setting(DEFAULT_MLM, "masked LM of the text attacks: hub id, directory or minilm")
     k: int = setting(10, "BERT-Attack candidates per word")
     max_words: int = setting(1, "words the text attacks change per prompt")
+    candidate_position: str = switch(
+        "own",
+        "preceding",
+        "where BERT-Attack reads a word's candidates: its own pieces' positions, or (published "
+        "MMCoA code) the preceding token's, with no trailing [SEP]",
+        choices=CANDIDATE_POSITIONS,
+    )
 
     def __post_init__(self):
         check_range("k", self.k, 1, 10_000, low_open=False)
         check_range("max_words", self.max_words, 1, 1_000, low_open=False)
+        check_candidate_position(self.candidate_position)
         self._engine: BertAttack | None = None
         self._prompt_sets: dict = {}
         super().__post_init__()
 
     def prepare(self, device: str) -> None:
         if self._engine is None:
-            self._engine = shared_engine(self.mlm, device, self.k, self.max_words)
+            self._engine = shared_engine(
+                self.mlm, device, self.k, self.max_words, candidate_position=self.candidate_position
+            )
 
     @property
     def engine(self) -> BertAttack:
@@ -97,7 +120,8 @@ class BertPrompts(UsesBertAttack, Attack):
     those spent on the sample's own class prompt (shared by all images of the class).
 
     Arguments:
-        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+        mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
+            budget and where candidates are read
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
 
     Shape:
@@ -130,7 +154,8 @@ class BertTargeted(UsesBertAttack, Attack):
     attack never raises the true-class probability.
 
     Arguments:
-        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+        mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
+            budget and where candidates are read
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
 
     Shape:

@@ -42,7 +42,8 @@ class CoAttack(ImageBudget, UsesBertAttack, Attack):
     step eps/steps·1.25.
 
     Arguments (eps and step_size in pixel units):
-        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+        mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
+            budget and where candidates are read
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
         eps, step_size, n_steps, precision: the L-inf image budget
             (:class:`~mmcoa.attacks.pgd.ImageBudget`). (Default: 1/255, 1/255, 100, ``"fp32"``)

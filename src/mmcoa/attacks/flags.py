@@ -88,7 +88,12 @@ def add_attack_flags(
             )
             continue
         meta = f.field.metadata
-        text = meta["help"] + (f" [units of {f.unit}]" if f.unit else "") + f" (default: {f.defaults})"
+        published = f"; published profile: {meta['published']}" if "published" in meta else ""
+        text = (
+            meta["help"]
+            + (f" [units of {f.unit}]" if f.unit else "")
+            + f" (default: {f.defaults}{published})"
+        )
         kind = {"int": int, "float": float}.get(str(f.field.type).split("|")[0].strip(), str)
         p.add_argument(
             flag_name(f.name),

@@ -63,7 +63,8 @@ class Multimodal(_PgdAndPrompts):
     Defaults: L-inf PGD eps 1/255, step 1/255, 100 steps; BERT-Attack k 10, 1 word.
 
     Arguments (eps and step_size in pixel units):
-        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+        mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
+            budget and where candidates are read
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
         eps, step_size, n_steps, precision: the L-inf image budget
             (:class:`~mmcoa.attacks.pgd.ImageBudget`). (Default: 1/255, 1/255, 100, ``"fp32"``)

@@ -166,7 +166,8 @@ class RetrievalBert(UsesBertAttack, RetrievalAttack):
     """Adversarial captions only; images clean.
 
     Arguments:
-        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+        mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
+            budget and where candidates are read
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
 
     Shape: as for :class:`RetrievalAttack`; the images come back unchanged.
@@ -185,7 +186,8 @@ class RetrievalCoAttack(RetrievalBudget, UsesBertAttack, RetrievalAttack):
     ``eps / n_steps · 1.25`` (the Co-Attack project's setting).
 
     Arguments (eps and step_size in pixel units):
-        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+        mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
+            budget and where candidates are read
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
         eps, n_steps, precision, random_start: the image budget (:class:`RetrievalBudget`).
         step_size (float or None): sign step. (Default: None, i.e. eps / n_steps · 1.25)
@@ -246,7 +248,8 @@ class RetrievalSGA(ScaleSet, RetrievalBudget, UsesBertAttack, RetrievalAttack):
     ``noise_std`` is the std of the Gaussian noise added before each rescale (0 disables).
 
     Arguments (eps and step_size in pixel units):
-        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+        mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
+            budget and where candidates are read
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
         eps, step_size, n_steps, precision, random_start: the image budget
             (:class:`RetrievalBudget`).

@@ -14,6 +14,7 @@ from mmcoa.attacks.base import ATTACKS, build_registered, parameter_names, user_
 from mmcoa.attacks.retrieval import RETRIEVAL_ATTACKS
 from mmcoa.errors import MmcoaError
 from mmcoa.flags import UNIT_255
+from mmcoa.profiles import CORRECTED, profile_settings
 from mmcoa.registry import Registry
 from mmcoa.units import from_255
 
@@ -42,15 +43,19 @@ def per_255_settings() -> set[str]:
     return {f.name for cls in classes for f in user_settings(cls) if f.metadata.get("unit") == UNIT_255}
 
 
-def build_attacks(names: Sequence[str], params: Mapping[str, object], registry: Registry = ATTACKS) -> list:
-    """Each named attack of ``registry`` with the parameters it accepts; a parameter that no
-    named attack takes is an error (a flag the user set must act somewhere)."""
+def build_attacks(
+    names: Sequence[str], params: Mapping[str, object], registry: Registry = ATTACKS, profile: str = CORRECTED
+) -> list:
+    """Each named attack of ``registry`` with the parameters it accepts, its behaviour switches
+    at ``profile``'s values unless given (:mod:`mmcoa.profiles`); a parameter that no named
+    attack takes is an error (a flag the user set must act somewhere)."""
     classes = [registry.get(name) for name in names]
     used: set[str] = set()
     attacks = []
     for name, cls in zip(names, classes):
         accepted = set(parameter_names(cls))
-        attacks.append(build_registered(registry, name, **{k: v for k, v in params.items() if k in accepted}))
+        given = {k: v for k, v in params.items() if k in accepted}
+        attacks.append(build_registered(registry, name, **{**profile_settings(cls, profile), **given}))
         used |= accepted & set(params)
     unused = sorted(set(params) - used)
     if unused:

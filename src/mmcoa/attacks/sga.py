@@ -109,7 +109,8 @@ class SGA(ScaleSet, ImageBudget, UsesBertAttack, Attack):
     ``noise_std`` is the std of the Gaussian noise added before each rescale (0 disables).
 
     Arguments (eps and step_size in pixel units):
-        mlm, k, max_words: BERT-Attack's masked LM, candidates per word and word budget
+        mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
+            budget and where candidates are read
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
         eps, step_size, n_steps, precision: the L-inf image budget
             (:class:`~mmcoa.attacks.pgd.ImageBudget`). (Default: 2/255, 0.5/255, 10, ``"fp32"``)

@@ -23,12 +23,12 @@ from typing import Sequence
 
 import torch
 
-from mmcoa.attacks.base import eval_mode, parameter_names, seed_params
+from mmcoa.attacks.base import eval_mode, parameter_names, seeding_params
 from mmcoa.attacks.retrieval import RETRIEVAL_ATTACKS, RetrievalAttack, build_retrieval_attack, encode_texts
 from mmcoa.data.coco import RetrievalDataset, load_coco_karpathy
 from mmcoa.data.loading import BatchLoader, check_workers, consecutive_batches
 from mmcoa.errors import MmcoaError
-from mmcoa.eval.runner import attack_generator, record_identity, sample_indices
+from mmcoa.eval.runner import attack_generator, behaviour, record_identity, sample_indices
 from mmcoa.models.runtime import runtime_of
 from mmcoa.provenance import versions
 
@@ -168,6 +168,7 @@ def evaluate_retrieval(
         "runtime": runtime_of(model),
         "mean_words_changed": sum(words_changed) / len(words_changed),
         "n_captions_changed": sum(1 for w in words_changed if w),
+        **behaviour(attack),
     }
 
 
@@ -231,7 +232,7 @@ def _attacked_image_embeddings(
         rows = [caption_lists[int(i)] for i in batch.indices]
         caption_ids = torch.tensor([c for row in rows for c in row], device=text.device)
         owner = torch.tensor([b for b, row in enumerate(rows) for _ in row], device=device)
-        generator = attack_generator(device, seed, batch.position, attack.name, seed_params(attack.params()))
+        generator = attack_generator(device, seed, batch.position, attack.name, seeding_params(attack))
         adversarial = attack.attack_images(model, images, text[caption_ids], owner, generator)
         with torch.no_grad():
             embeddings.append(model.encode_image(adversarial, normalize=True).float())

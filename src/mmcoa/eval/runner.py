@@ -17,8 +17,10 @@ from mmcoa.data import ClassificationDataset, load_dataset
 from mmcoa.data.loading import Batch, BatchLoader, check_workers, consecutive_batches
 from mmcoa.distributed import SINGLE, World, max_over_ranks, sum_over_ranks
 from mmcoa.errors import MmcoaError
-from mmcoa.eval.metrics import Tally
+from mmcoa.eval.metrics import DEFAULT_SCORING, ROBUST_METRICS, Scoring, Tally
+from mmcoa.profiles import PUBLISHED, profile_of, profile_settings, switches_of
 from mmcoa.provenance import versions
+from mmcoa.settings import one_of
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier, load_model, validate_model_name
 from mmcoa.models.base import check_resize_mode
 from mmcoa.models.runtime import configure_runtime, runtime_of
@@ -58,6 +60,7 @@ def evaluate(
     runtime: dict | None = None,
     progress: bool = True,
     world: World = SINGLE,
+    scoring: Scoring = DEFAULT_SCORING,
 ) -> list[dict]:
     """Zero-shot accuracy of ``model`` on ``dataset`` under each attack; one record per attack.
 
@@ -72,9 +75,12 @@ def evaluate(
     ``compile``) is applied with :func:`mmcoa.models.runtime.configure_runtime`. Batches come
     from :class:`mmcoa.data.loading.BatchLoader` with ``workers`` processes (None: automatic).
     A Sep attack (``multimodal``) listed with the PGD it is made of reuses that PGD's images.
+    ``scoring`` says how robust samples are counted (:class:`~mmcoa.eval.metrics.Scoring`);
+    each record stores it and the attack's behaviour switches with their profile.
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
+    one_of("robust_metric", scoring.robust_metric, ROBUST_METRICS)
     check_workers(workers)
     for attack in attacks:
         attack.prepare(device if isinstance(model, str) else str(model.device))
@@ -102,12 +108,20 @@ def evaluate(
         skip_bad_images=skip_bad_images,
     )
     with eval_mode(model):
-        outcomes = _run(classifier, loader, attacks, seed, progress and world.is_main)
+        outcomes = _run(classifier, loader, attacks, seed, progress and world.is_main, scoring)
     outcomes = [(_summed(tally, world, model.device), prompts) for tally, prompts in outcomes]
     return [
-        _record(model, dataset, attack, tally, prompts, indices, seed)
+        {**_record(model, dataset, attack, tally, prompts, indices, seed), **behaviour(attack, scoring)}
         for attack, (tally, prompts) in zip(attacks, outcomes)
     ]
+
+
+def behaviour(*parts) -> dict:
+    """``switches`` (every behaviour switch of ``parts``, dataclass instances such as the attack
+    and the scoring) and the ``profile`` they make up (:func:`mmcoa.profiles.profile_of`)."""
+    switches = {k: v for part in parts for k, v in switches_of(part).items()}
+    published = {k: v for part in parts for k, v in profile_settings(type(part), PUBLISHED).items()}
+    return {"profile": profile_of(switches, published), "switches": switches}
 
 
 def _check_run_args(attacks: Sequence[Attack], n_samples: int | None, batch_size: int) -> None:
@@ -130,11 +144,13 @@ def _checked(indices: Sequence[int], dataset) -> list[int]:
     return indices
 
 
-def _run(classifier, loader: BatchLoader, attacks, seed, progress) -> list[tuple[Tally, list | None]]:
+def _run(
+    classifier, loader: BatchLoader, attacks, seed, progress, scoring: Scoring
+) -> list[tuple[Tally, list | None]]:
     """Tallies of each attack over the loader's batches; a batch's position in the evaluation's
     batch list seeds the attacks, so a batch is attacked alike whichever process runs it and
     whichever other attacks run with it."""
-    tallies = [Tally() for _ in attacks]
+    tallies = [Tally(robust_metric=scoring.robust_metric) for _ in attacks]
     prompts: list[list[str] | None] = [None] * len(attacks)
     shared = _shared_image_parts(attacks)
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress)
@@ -193,9 +209,10 @@ def _summed(tally: Tally, world: World, device) -> Tally:
     """The counts of all ranks added up (elapsed time: the slowest rank's)."""
     if not world.distributed:
         return tally
-    names = [f.name for f in dataclasses.fields(Tally) if f.name != "elapsed_s"]
+    names = [f.name for f in dataclasses.fields(Tally) if f.name not in ("elapsed_s", "robust_metric")]
     totals = sum_over_ranks([float(getattr(tally, n)) for n in names], world, device)
     summed = Tally(**{n: type(getattr(tally, n))(v) for n, v in zip(names, totals)})
+    summed.robust_metric = tally.robust_metric
     summed.elapsed_s = max_over_ranks(tally.elapsed_s, world, device)
     return summed
 

@@ -31,6 +31,7 @@ from mmcoa.errors import MmcoaError
 from mmcoa.files import write_json_atomic
 from mmcoa.provenance import versions
 from mmcoa.eval.retrieval import evaluate_retrieval
+from mmcoa.eval.metrics import Scoring
 from mmcoa.eval.runner import evaluate, indices_sha1, sample_indices
 from mmcoa.eval.suite_config import Cell, DatasetEntry, SuiteConfig, json_ready, slug
 from mmcoa.models import load_model
@@ -176,6 +177,7 @@ def evaluate_cells(
             progress=progress,
             world=world,
             workers=config.workers,
+            scoring=Scoring(robust_metric=config.robust_metric),
         )
     for cell, record in zip(cells, records):
         record.update(

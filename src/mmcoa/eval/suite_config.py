@@ -27,7 +27,9 @@ from mmcoa.attacks.base import build_registered, parameter_names
 from mmcoa.attacks.settings import params_from_settings
 from mmcoa.devices import AUTO, resolve_device
 from mmcoa.errors import MmcoaError
+from mmcoa.eval.metrics import ROBUST_METRICS, Scoring
 from mmcoa.precision import PRECISIONS
+from mmcoa.profiles import CORRECTED, check_profile, profile_settings
 from mmcoa.registry import Registry
 from mmcoa.settings import one_of, read_mapping, shown, typed
 
@@ -44,6 +46,8 @@ TOP_LEVEL = (
     "data_root",
     "template",
     "precision",
+    "profile",
+    "robust_metric",
     "models",
     "datasets",
     "attacks",
@@ -122,6 +126,8 @@ class SuiteConfig:
     device: str = "cpu"
     data_root: str | None = None
     template: str | None = None
+    profile: str = CORRECTED  # the behaviour switches' side (mmcoa.profiles)
+    robust_metric: str = "clean-and-adversarial"  # mmcoa.eval.metrics.Scoring
     workers: int | None = None  # data-loading processes (None: automatic, mmcoa.data.loading)
     description: str = ""
     source: str = ""
@@ -169,6 +175,7 @@ class SuiteConfig:
                 "seed": self.seed,
                 "batch_size": self.batch_size,
                 "template": self.template,
+                **({"robust_metric": self.robust_metric} if self.task == "classification" else {}),
             }
         )
 
@@ -230,7 +237,12 @@ def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
     _unique("model labels", [m.label for m in models])
     precision = values.get("precision")  # the image attacks' default (an attack may set its own)
     precision = None if precision is None else one_of("precision", precision, PRECISIONS)
-    attacks = [_attack(i, v, task, precision) for i, v in enumerate(values["attacks"])]
+    profile = check_profile(_string("profile", values.get("profile", CORRECTED)))
+    scoring = profile_settings(Scoring, profile)
+    robust_metric = one_of(
+        "robust_metric", values.get("robust_metric", scoring["robust_metric"]), ROBUST_METRICS
+    )
+    attacks = [_attack(i, v, task, precision, profile) for i, v in enumerate(values["attacks"])]
     _unique("attack labels", [a.label for a in attacks])
     return SuiteConfig(
         name=_string("name", values.get("name", default_name)),
@@ -245,6 +257,8 @@ def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
         device=resolve_device(_string("device", values.get("device", AUTO))),
         data_root=_optional_string("data_root", values.get("data_root")),
         template=_template(values.get("template"), task),
+        profile=profile,
+        robust_metric=robust_metric,
         description=typed("description", values.get("description", ""), "str"),
         source=source,
     )
@@ -366,9 +380,12 @@ def _check_retrieval_dataset(where: str, name: str, split: str, options: dict) -
     )
 
 
-def _attack(index: int, value: Any, task: str, precision: str | None = None) -> AttackEntry:
+def _attack(
+    index: int, value: Any, task: str, precision: str | None = None, profile: str = CORRECTED
+) -> AttackEntry:
     """An attack column; its settings go through the same conversion as ``mmcoa eval`` flags.
-    ``precision`` (the suite's) is the default of an attack that takes one."""
+    ``precision`` (the suite's) is the default of an attack that takes one; its behaviour
+    switches take ``profile``'s values unless it sets them."""
     where = f"attacks[{index}]"
     _require(
         isinstance(value, dict) and isinstance(value.get("name"), str),
@@ -383,8 +400,9 @@ def _attack(index: int, value: Any, task: str, precision: str | None = None) -> 
             and "precision" in parameter_names(registry.get(value["name"]))
         ):
             settings["precision"] = precision
-        params = params_from_settings(_typed_settings(where, registry.get(value["name"]), settings))
-        attack = build_registered(registry, value["name"], **params)
+        cls = registry.get(value["name"])
+        params = params_from_settings(_typed_settings(where, cls, settings))
+        attack = build_registered(registry, value["name"], **{**profile_settings(cls, profile), **params})
     except MmcoaError as error:
         raise MmcoaError(f"{where}: {error}") from None
     except (TypeError, ValueError) as error:  # e.g. n_steps: ten

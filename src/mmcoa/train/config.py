@@ -9,16 +9,20 @@ from typing import Callable
 from mmcoa.data.loading import check_workers
 from mmcoa.devices import AUTO
 from mmcoa.errors import MmcoaError
-from mmcoa.flags import UNIT_255, setting
+from mmcoa.attacks.text.candidates import CANDIDATE_POSITIONS
+from mmcoa.flags import UNIT_255, setting, switch
 from mmcoa.precision import PRECISIONS
+from mmcoa.profiles import PROFILES, PUBLISHED, check_profile, profile_settings
 from mmcoa.settings import one_of, read_mapping, typed
 from mmcoa.train.logsinks import check_log_setting
 from mmcoa.train.methods import METHODS, Method
+from mmcoa.train.objectives import TARGETS
 from mmcoa.units import check_255, to_255
 
 SHOTS = ("1", "5", "50", "full")
+FT_STANDARD_LOSSES = ("contrastive", "image-feature-ce")
 SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "adam")
 TOWERS = ("image", "text", "both", "none")
 
 PER_METHOD = tuple(Method.defaults)  # the settings a method's class gives (Method.defaults)
@@ -28,6 +32,13 @@ def method_defaults(method: str) -> dict:
     """The per-method settings of ``method`` (its class's ``defaults``); a one-line error
     listing the known methods when there is no such method."""
     return METHODS.get(method).defaults
+
+
+def resolved_defaults(method: str, profile: str) -> dict:
+    """What a TrainConfig field left None takes: ``method``'s defaults and every switch at
+    ``profile``'s value; under ``published``, the method's own ``published`` settings on top."""
+    values = {**method_defaults(method), **profile_settings(TrainConfig, profile)}
+    return {**values, **METHODS.get(method).published} if profile == PUBLISHED else values
 
 
 @dataclass
@@ -42,6 +53,11 @@ class TrainConfig:
     :func:`load_config` converts."""
 
     method: str = setting("mmcoa", "training method")
+    profile: str = setting(
+        "corrected",
+        "behaviour switches: corrected, or published (the published code's; docs/deviations.md)",
+        choices=PROFILES,
+    )
     model: str = setting("tiny-clip", "tiny-clip, minilm-clip, ViT-B-32, hf-hub:..., hf:...")
     pretrained: str | None = setting(None, "tag, checkpoint path or 'random'")
     dataset: str = setting("synthetic", "training dataset (mmcoa datasets)")
@@ -50,7 +66,9 @@ class TrainConfig:
     epochs: int = setting(1, "passes over the training list")
     max_steps: int | None = setting(None, "stop after N optimizer steps (none: the epochs' steps)")
     batch_size: int = setting(256, "global batch (split over torchrun processes)")
-    optimizer: str | None = setting(None, "optimizer", choices=OPTIMIZERS)
+    optimizer: str | None = setting(
+        None, "optimizer; adam: Adam with coupled L2 on every parameter (published MMCoA)", choices=OPTIMIZERS
+    )
     lr: float | None = setting(None, "learning rate")
     weight_decay: float | None = setting(None, "weight decay")
     betas: tuple[float, float] = setting((0.9, 0.98), "AdamW betas")
@@ -73,6 +91,38 @@ class TrainConfig:
     k: int = setting(10, "BERT-Attack candidates per word")
     max_words: int = setting(1, "words BERT-Attack changes per prompt")
     template: str | None = setting(None, "prompt template with {} (none: the dataset's)")
+    # Switches (mmcoa.profiles): None takes the profile's value (the method's under published).
+    contrastive_targets: str | None = switch(
+        "class",
+        "batch",
+        "contrastive targets: class (class-aware, over the class prompts) or batch (arange over "
+        "per-sample prompts, the two directions summed: published MMCoA)",
+        choices=TARGETS,
+        unset=True,
+    )
+    attack_grad_leak: bool | None = switch(
+        False,
+        True,
+        "add the training PGD's weight gradients (sum over its iterates) to the step, as the "
+        "published MMCoA loop's loss.backward() does",
+        unset=True,
+    )
+    ft_standard_loss: str | None = switch(
+        "contrastive",
+        "image-feature-ce",
+        "FT-standard's loss: contrastive, or image-feature-ce (cross-entropy on the image "
+        "features, the published code's)",
+        choices=FT_STANDARD_LOSSES,
+        unset=True,
+    )
+    candidate_position: str | None = switch(
+        "own",
+        "preceding",
+        "MMCoA's BERT-Attack reads a word's candidates at its own position, or the preceding "
+        "token's (published code)",
+        choices=CANDIDATE_POSITIONS,
+        unset=True,
+    )
     n_ctx: int = setting(4, "AdvPT: learnable text context tokens")
     precision: str = setting("fp32", "bf16 trains under autocast", choices=PRECISIONS)
     save_every: int = setting(0, "also save checkpoints/last.pt every N steps (0: off)")
@@ -98,7 +148,8 @@ class TrainConfig:
         if type(self.shots) is int:  # YAML reads shots: 5 as a number
             self.shots = str(self.shots)
         self.method = typed("method", self.method, "str")
-        for name, value in method_defaults(self.method).items():
+        self.profile = check_profile(typed("profile", self.profile, "str"))
+        for name, value in resolved_defaults(self.method, self.profile).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         for f in dataclasses.fields(self):
@@ -204,6 +255,8 @@ def default_text(f: dataclasses.Field) -> str:
             return " ".join(f"{v:g}" for v in value)
         return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
+    if PUBLISHED in f.metadata:  # a switch
+        return f"{shown(f.metadata['corrected'])}; published profile: {shown(f.metadata[PUBLISHED])}"
     if f.name == "method":
         return f"{f.default}; one of: " + "; ".join(
             f"{m}: {METHODS.get(m).description()}" for m in METHODS.names()

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 from mmcoa.files import write_json_atomic, write_text_atomic
+from mmcoa.profiles import PUBLISHED, profile_of, profile_settings
+from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import method_description
 
 EXPORT_DIR = "export"
@@ -174,6 +176,18 @@ def _found_records(run_dir: Path) -> list[dict]:
     return records
 
 
+def behaviour(settings: dict) -> str:
+    """Which behaviour trained the weights: the profile and, where it is not the corrected
+    one, each published switch (``docs/deviations.md``)."""
+    published = profile_settings(TrainConfig, PUBLISHED)
+    switches = {k: settings[k] for k in published if k in settings}
+    profile = profile_of(switches, published)
+    changed = [f"`{k}: {v}`" for k, v in switches.items() if v == published[k]]
+    return f"Behaviour: profile `{profile}`" + (
+        f" (published switches: {', '.join(changed)})." if changed else "."
+    )
+
+
 def model_card(
     settings: dict, metrics: dict | None, records: list[dict], files: list[str], open_clip: bool = True
 ) -> str:
@@ -203,7 +217,8 @@ def model_card(
         "## Method",
         "",
         f"`{method}`: {method_description(method)}. Towers trained: "
-        f"{settings.get('towers') or settings.get('train_towers') or 'the method default'}.",
+        f"{settings.get('towers') or settings.get('train_towers') or 'the method default'}. "
+        f"{behaviour(settings)}",
         "",
     ]
     lines += [

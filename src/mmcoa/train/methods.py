@@ -32,7 +32,8 @@ from mmcoa.models.prompts import PaddingPrompt, text_context_for
 from mmcoa.precision import autocast_for
 from mmcoa.registry import Registry
 from mmcoa.seeding import ADVPT_STREAM, derived_generator
-from mmcoa.train.objectives import class_aware_contrastive_loss, fare_loss, mmcoa_loss, pmg_aft_loss
+from mmcoa.errors import MmcoaError
+from mmcoa.train.objectives import contrastive_loss, fare_loss, mmcoa_loss, pmg_aft_loss
 
 if TYPE_CHECKING:  # the configuration looks methods up by name: no import back at run time
     from mmcoa.train.config import TrainConfig
@@ -64,6 +65,13 @@ TECOA_DEFAULTS = {
     "warmup_steps": 1000,
     "train_steps": 2,
 }
+# The published MMCoA code's optimizer (its CIFAR-100 config): Adam with coupled L2 0.2 on every
+# parameter, lr 1e-6; the ``published`` profile gives them to MMCoA and FT-standard.
+MMCOA_PUBLISHED = dict(optimizer="adam", lr=1e-6)
+# The training attack's gradient leak was read in MMCoA's loop. TeCoA's loop has it too, but its
+# GradScaler divides the leaked gradients by the loss scale (about 2^16) before the step; the
+# other baselines' loops were not read for it. Under the published profile they keep it off.
+NO_LEAK = {"attack_grad_leak": False}
 
 
 @dataclass
@@ -108,10 +116,14 @@ class Method:
 
     A registered method's docstring's first line describes it (``mmcoa train --help``, the
     exported model card); ``defaults`` are its optimizer, schedule and training-PGD settings
-    (what a TrainConfig field left None takes); ``default_towers`` what it fine-tunes."""
+    (what a TrainConfig field left None takes), ``published`` what differs under the published
+    profile; ``default_towers`` what it fine-tunes."""
 
     name = "method"
     defaults: ClassVar[dict] = MMCOA_DEFAULTS
+    # Settings and switches that differ under the ``published`` profile from the profile's
+    # switch values and ``defaults`` (mmcoa.profiles; a value given explicitly still wins).
+    published: ClassVar[dict] = {}
     default_towers: tuple[str, ...] = ("image", "text")
     # True when the loss couples the batch's samples (the contrastive loss's text→image term) and
     # so is computed on the gathered global batch under torchrun; False for per-sample means.
@@ -161,11 +173,39 @@ class WithFrozenTeacher(Method):
         super().setup(model, image_size, towers, config)
 
 
-def train_pgd(ctx: StepContext, images, labels) -> torch.Tensor:
+def train_pgd(ctx: StepContext, images, labels) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Training-time PGD (paper: L-inf, eps 1/255, step 1/255, 2 steps by default) against the
-    current model and the clean class prompts; precision follows training."""
+    current model and the clean class prompts; precision follows training. Returns the
+    adversarial images and, with ``attack_grad_leak``, :func:`attack_leak` (else None)."""
     attack = PGD(**dataclasses.asdict(train_budget(ctx.config)))
-    return attack(ZeroShotClassifier(ctx.model, ctx.prompts), images, labels, ctx.generator).images
+    classifier = ZeroShotClassifier(ctx.model, ctx.prompts)
+    if not ctx.config.attack_grad_leak:
+        return attack(classifier, images, labels, ctx.generator).images, None
+    visited: list[torch.Tensor] = []
+    classifier = _Recording(classifier, visited)
+    adversarial = attack(classifier, images, labels, ctx.generator).images
+    return adversarial, attack_leak(ctx, visited[: attack.n_steps], labels)
+
+
+class _Recording:
+    """A classifier that remembers every input PGD queries it with (its iterates)."""
+
+    def __init__(self, classifier: ZeroShotClassifier, visited: list):
+        self.classifier, self.visited, self.model = classifier, visited, classifier.model
+
+    def logits(self, images, class_embeddings=None):
+        self.visited.append(images.detach())
+        return self.classifier.logits(images, class_embeddings)
+
+
+def attack_leak(ctx: StepContext, visited: list[torch.Tensor], labels) -> torch.Tensor:
+    """The published training loop's gradient leak as a loss term (``attack_grad_leak``): its PGD
+    calls ``loss.backward()`` at each of its n iterates x_0..x_{n-1} after ``zero_grad``, so the
+    step applies the training gradient plus sum_k grad CE(x_k) (CE of the iterate against the
+    class prompts, a batch mean). Sum_k CE(x_k) on the detached iterates, added to the loss, has
+    exactly that gradient (``docs/deviations.md``, row 3)."""
+    to_logits = class_logits(ctx.model, ctx.prompts)
+    return sum(F.cross_entropy(to_logits(x), labels) for x in visited)
 
 
 def feature_logits(model: VisionLanguageModel, prompts: list[str]):
@@ -183,14 +223,23 @@ def class_logits(model: VisionLanguageModel, prompts: list[str]):
 
 
 def contrastive(ctx: StepContext, images, prompts, labels) -> torch.Tensor:
-    """The class-aware contrastive loss (paper Eq. 7-8) over the global batch."""
+    """The contrastive loss (paper Eq. 7-8) over the global batch, with the configured
+    ``contrastive_targets`` (:func:`~mmcoa.train.objectives.contrastive_loss`)."""
     model = ctx.model
-    return class_aware_contrastive_loss(
+    return contrastive_loss(
         ctx.gather(model.encode_image(images)),
         ctx.encode_prompts(prompts),
         ctx.gather_labels(labels),
         model.logit_scale,
+        ctx.config.contrastive_targets,
     )
+
+
+def with_leak(loss: torch.Tensor, terms: dict, leak: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    """``loss`` plus the training attack's leaked gradient term, logged as ``attack_leak``."""
+    if leak is None:
+        return loss, terms
+    return loss + leak, {**terms, "attack_leak": leak.detach()}
 
 
 @METHODS.register("ft-standard")
@@ -201,17 +250,41 @@ class FTStandard(Method):
     published MMCoA code's FT-standard)."""
 
     global_batch_loss = True
+    published = MMCOA_PUBLISHED
+
+    def prepare(self, model, dataset, indices, config):
+        if config.ft_standard_loss == "image-feature-ce":
+            check_features_as_logits(model, dataset)
 
     def loss(self, ctx, images, labels):
-        loss = contrastive(ctx, images, ctx.prompts, labels)
+        if ctx.config.ft_standard_loss == "image-feature-ce":
+            loss = F.cross_entropy(ctx.model.encode_image(images, normalize=True), labels)
+        else:
+            loss = contrastive(ctx, images, ctx.prompts, labels)
         return loss, {"clean": loss.detach()}
 
 
-def tecoa_loss(ctx: StepContext, images, labels) -> torch.Tensor:
+def check_features_as_logits(model: VisionLanguageModel, dataset) -> None:
+    """``ft_standard_loss: image-feature-ce`` reads the D image features as logits of D
+    classes: refuse a dataset with more classes than that, before any work."""
+    with torch.no_grad():
+        dim = model.encode_text(dataset.prompts()[:1]).shape[-1]
+    if len(dataset.classnames) > dim:
+        raise MmcoaError(
+            f"ft_standard_loss image-feature-ce (the published code's FT-standard) reads the "
+            f"{dim} image features as class logits: {dataset.name} has {len(dataset.classnames)} "
+            f"classes; use ft_standard_loss contrastive"
+        )
+
+
+def tecoa_loss(ctx: StepContext, images, labels) -> tuple[torch.Tensor, dict]:
     """TeCoA's text-guided contrastive loss as its published training loop computes it:
     image→text cross-entropy of ``logit_scale · cos(f(x_adv), g(prompt_c))`` over the C class
-    prompts with the true label (a per-sample mean), x_adv made by PGD against those prompts."""
-    return F.cross_entropy(class_logits(ctx.model, ctx.prompts)(train_pgd(ctx, images, labels)), labels)
+    prompts with the true label (a per-sample mean), x_adv made by PGD against those prompts;
+    with the training attack's leak when ``attack_grad_leak``. Returns the loss and its terms."""
+    adversarial, leak = train_pgd(ctx, images, labels)
+    loss = F.cross_entropy(class_logits(ctx.model, ctx.prompts)(adversarial), labels)
+    return with_leak(loss, {"image_adv": loss.detach()}, leak)
 
 
 @METHODS.register("tecoa")
@@ -223,11 +296,11 @@ class TeCoA(Method):
     published code); image tower. ``tecoa-symmetric`` adds the text→image term."""
 
     defaults = TECOA_DEFAULTS
+    published = NO_LEAK
     default_towers = ("image",)
 
     def loss(self, ctx, images, labels):
-        loss = tecoa_loss(ctx, images, labels)
-        return loss, {"image_adv": loss.detach()}
+        return tecoa_loss(ctx, images, labels)
 
 
 @METHODS.register("tecoa-symmetric")
@@ -238,12 +311,14 @@ class TeCoASymmetric(Method):
     clean prompts): this toolkit's TeCoA before it followed the published loop."""
 
     defaults = TECOA_DEFAULTS
+    published = NO_LEAK
     default_towers = ("image",)
     global_batch_loss = True
 
     def loss(self, ctx, images, labels):
-        loss = contrastive(ctx, train_pgd(ctx, images, labels), ctx.prompts, labels)
-        return loss, {"image_adv": loss.detach()}
+        adversarial, leak = train_pgd(ctx, images, labels)
+        loss = contrastive(ctx, adversarial, ctx.prompts, labels)
+        return with_leak(loss, {"image_adv": loss.detach()}, leak)
 
 
 @METHODS.register("mmcoa")
@@ -255,6 +330,7 @@ class MMCoA(Method):
     and alpha = 0, beta = 1 are the paper's ablations."""
 
     global_batch_loss = True
+    published = MMCOA_PUBLISHED
     logs = ("adversarial_prompts.jsonl",)  # the prompt set, a row each time a refresh changed it
 
     def __init__(self, text_attack: BertAttack | None = None):
@@ -266,7 +342,13 @@ class MMCoA(Method):
     def setup(self, model, image_size, towers, config):
         super().setup(model, image_size, towers, config)
         if config.adv_text_weight and self.text_attack is None:
-            self.text_attack = shared_engine(config.mlm, config.device, config.k, config.max_words)
+            self.text_attack = shared_engine(
+                config.mlm,
+                config.device,
+                config.k,
+                config.max_words,
+                candidate_position=config.candidate_position,
+            )
         elif not config.adv_text_weight:
             self.text_attack = None  # beta = 0: no adversarial prompts
 
@@ -294,14 +376,15 @@ class MMCoA(Method):
 
     def loss(self, ctx, images, labels):
         config, model = ctx.config, ctx.model
-        adv_features = clean_features = clean_text = adv_text = None
+        adv_features = clean_features = clean_text = adv_text = leak = None
         if config.adv_image_weight:
-            adv_features = model.encode_image(train_pgd(ctx, images, labels))
+            adversarial, leak = train_pgd(ctx, images, labels)
+            adv_features = model.encode_image(adversarial)
             clean_text = ctx.encode_prompts(ctx.prompts)
         if config.adv_text_weight:
             clean_features = model.encode_image(images)
             adv_text = ctx.encode_prompts(self.adversarial_prompts)
-        return mmcoa_loss(
+        loss, terms = mmcoa_loss(
             _gathered(ctx, adv_features),
             _gathered(ctx, clean_features),
             clean_text,
@@ -310,7 +393,9 @@ class MMCoA(Method):
             model.logit_scale,
             alpha=config.adv_image_weight,
             beta=config.adv_text_weight,
+            targets=config.contrastive_targets,
         )
+        return with_leak(loss, terms, leak)
 
 
 def _gathered(ctx: StepContext, features: torch.Tensor | None) -> torch.Tensor | None:
@@ -360,14 +445,15 @@ class PMGAFT(WithFrozenTeacher):
     1/255, 2 steps of 1/255)."""
 
     defaults = {**TECOA_DEFAULTS, "lr": 5e-5}
+    published = NO_LEAK
     default_towers = ("image",)
 
     def loss(self, ctx, images, labels):
-        adv = train_pgd(ctx, images, labels)
+        adv, leak = train_pgd(ctx, images, labels)
         logits = class_logits(ctx.model, ctx.prompts)  # with gradient, so any tower can train
         with torch.no_grad():
             original = ZeroShotClassifier(self.frozen, ctx.prompts).logits(adv)
-        return pmg_aft_loss(logits(adv), logits(images), original, labels)
+        return with_leak(*pmg_aft_loss(logits(adv), logits(images), original, labels), leak)
 
 
 @METHODS.register("vp")
@@ -379,6 +465,7 @@ class VisualPrompting(Method):
     MMCoA's optimizer with a 2-step training PGD."""
 
     defaults = {**MMCOA_DEFAULTS, "train_steps": 2}
+    published = NO_LEAK
     default_towers = ()
 
     def setup(self, model, image_size, towers, config):
@@ -386,8 +473,7 @@ class VisualPrompting(Method):
         model.visual_prompt = PaddingPrompt(image_size).to(model.device)
 
     def loss(self, ctx, images, labels):
-        loss = tecoa_loss(ctx, images, labels)
-        return loss, {"image_adv": loss.detach()}
+        return tecoa_loss(ctx, images, labels)
 
 
 @METHODS.register("advpt")

@@ -31,6 +31,38 @@ def class_aware_contrastive_loss(
     return (image_to_text + text_to_image) / 2
 
 
+def batch_contrastive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """The published MMCoA code's contrastive loss (``contrastive_targets: batch``): logits
+    between the B images and their B per-sample prompts, cross-entropy with ``arange(B)``
+    targets in both directions, *summed* (CLIP's loss times two). Two images of one class are
+    each other's negatives (``docs/deviations.md``, row 4)."""
+    image = F.normalize(image_features, dim=-1)
+    text = F.normalize(text_features, dim=-1)
+    logits = logit_scale * image @ text.T  # [B, B]
+    targets = torch.arange(len(logits), device=logits.device)
+    return F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)
+
+
+TARGETS = ("class", "batch")
+
+
+def contrastive_loss(
+    image_features: torch.Tensor,
+    class_text_features: torch.Tensor,
+    labels: torch.Tensor,
+    logit_scale: torch.Tensor,
+    targets: str = "class",
+) -> torch.Tensor:
+    """The contrastive loss of paper Eq. 7-8 with ``targets``: ``class``
+    (:func:`class_aware_contrastive_loss`, the default) or ``batch`` (the published code's
+    :func:`batch_contrastive_loss` over each image's own class prompt)."""
+    if targets == "batch":
+        return batch_contrastive_loss(image_features, class_text_features[labels], logit_scale)
+    return class_aware_contrastive_loss(image_features, class_text_features, labels, logit_scale)
+
+
 def mmcoa_loss(
     adv_image_features: torch.Tensor | None,
     clean_image_features: torch.Tensor | None,
@@ -40,19 +72,19 @@ def mmcoa_loss(
     logit_scale: torch.Tensor,
     alpha: float = 0.5,
     beta: float = 0.5,
+    targets: str = "class",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MMCoA (paper Eq. 7-9): alpha · L(adversarial images, clean prompts)
-    + beta · L(clean images, adversarial prompts), each the class-aware contrastive loss."""
+    + beta · L(clean images, adversarial prompts), each :func:`contrastive_loss` with
+    ``targets``."""
     terms = {}
     total = logit_scale.new_zeros(())
     if alpha:
-        image_term = class_aware_contrastive_loss(
-            adv_image_features, clean_text_features, labels, logit_scale
-        )
+        image_term = contrastive_loss(adv_image_features, clean_text_features, labels, logit_scale, targets)
         total = total + alpha * image_term
         terms["image_adv"] = image_term.detach()
     if beta:
-        text_term = class_aware_contrastive_loss(clean_image_features, adv_text_features, labels, logit_scale)
+        text_term = contrastive_loss(clean_image_features, adv_text_features, labels, logit_scale, targets)
         total = total + beta * text_term
         terms["text_adv"] = text_term.detach()
     return total, terms

@@ -40,6 +40,7 @@ from mmcoa.models import load_model, validate_model_name
 from mmcoa.models.checkpoints import META_KEY, meta_sidecar
 from mmcoa.models.modes import active_dropout, frozen_parts, train_unfrozen
 from mmcoa.models.prompts import prompt_payload
+from mmcoa.profiles import CORRECTED, profile_settings, switch_fields
 from mmcoa.provenance import versions
 from mmcoa.seeding import ATTACK_STREAM, DROPOUT_STREAM, derived_generator, seeded_global_rng
 from mmcoa.data.loading import BatchLoader
@@ -189,13 +190,22 @@ def total_steps(config: TrainConfig, n_items: int) -> int:
 
 def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (MMCoA, FARE) or SGD with momentum (TeCoA, PMG-AFT), per ``config.optimizer``; no
-    weight decay on norms, biases, embeddings' scalars and logit_scale."""
+    weight decay on norms, biases, embeddings' scalars and logit_scale. ``adam`` is the
+    published MMCoA code's: Adam with coupled L2 ``weight_decay`` on every parameter."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "logit_scale" in name or "bias" in name else decay).append(param)
     if not decay and not no_decay:
         raise MmcoaError(f"method {config.method} with train_towers={config.train_towers} trains nothing")
+    if config.optimizer == "adam":
+        return torch.optim.Adam(
+            [*decay, *no_decay],
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -536,6 +546,7 @@ def _rate(losses, elapsed, config) -> float | None:
     return round(len(losses) * config.batch_size / elapsed, 2) if losses and elapsed else None
 
 
+SWITCHES = tuple(f.name for f in switch_fields(TrainConfig))
 IDENTITY_KEYS = (
     "method",
     "model",
@@ -547,6 +558,7 @@ IDENTITY_KEYS = (
     "adv_image_weight",
     "adv_text_weight",
     "train_towers",
+    *SWITCHES,  # the behaviour switches (mmcoa.profiles)
 )
 
 
@@ -560,8 +572,10 @@ OLD_IDENTITY_NAMES = {"alpha": "adv_image_weight", "beta": "adv_text_weight"}  #
 
 def _renamed_identity(saved: dict) -> dict:
     """A checkpoint's identity settings under today's names (a run saved before MMCoA's loss
-    weights were renamed from alpha/beta resumes as it was)."""
-    return {OLD_IDENTITY_NAMES.get(k, k): v for k, v in saved.items()}
+    weights were renamed from alpha/beta resumes as it was; one saved before the behaviour
+    switches existed ran with their corrected values)."""
+    renamed = {OLD_IDENTITY_NAMES.get(k, k): v for k, v in saved.items()}
+    return {**profile_settings(TrainConfig, CORRECTED), **renamed}
 
 
 def _load_checkpoint(run: Path, config: TrainConfig, world: World = SINGLE) -> dict:

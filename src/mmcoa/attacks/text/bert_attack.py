@@ -12,6 +12,10 @@ perplexity pass for the multi-piece words visited and one scoring call for all c
 all texts. Each text's
 result is the one it would get alone. :meth:`BertAttack.attack_embeddings` also caches edits
 per (text, text-tower state, attack settings).
+
+``candidate_position`` chooses where a word's candidates are read: ``own`` (default, its own
+pieces' positions) or ``preceding`` (the published MMCoA code: the token before each piece, no
+trailing ``[SEP]``); ``docs/deviations.md``, row 1, and :mod:`mmcoa.attacks.text.candidates`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from mmcoa.attacks.text.candidates import (
     PIECE_TOP,
     CandidatePool,
     CandidateSettings,
+    check_candidate_position,
     chunked,
     propose,
 )
@@ -92,12 +97,14 @@ class BertAttack:
     ``k`` candidates per single-piece word, at most ``max_words`` words changed per text,
     single-piece candidates cut at the first MLM logit below ``min_logit`` (default: the MLM's
     own cut, :attr:`MaskedLM.min_logit`, else the reference's 0.3), MLM inputs of at most
-    ``max_length`` ids (``[CLS]`` and ``[SEP]`` included), multi-piece words from all of the
+    ``max_length`` ids (``[CLS]`` and any ``[SEP]`` included), multi-piece words from all of the
     first ``max_combinations`` (24) combinations of the top ``piece_top`` (4) pieces, ranked by
     perplexity and not cut at ``k`` (as the published code does), scoring calls of at most
     ``batch_size`` strings, ``stop_words`` (default: the shipped list) never replaced nor
-    proposed, case-insensitively. ``cache_size`` bounds the edits kept by
-    :meth:`attack_embeddings`.
+    proposed, case-insensitively, and ``candidate_position``: candidates read at each word's
+    ``own`` pieces' positions, or at the ``preceding`` token's as the published code does
+    (:data:`~mmcoa.attacks.text.candidates.CANDIDATE_POSITIONS`).
+    ``cache_size`` bounds the edits kept by :meth:`attack_embeddings`.
     """
 
     def __init__(
@@ -112,6 +119,7 @@ class BertAttack:
         batch_size: int = 256,
         stop_words: frozenset[str] | None = None,
         cache_size: int = 100_000,
+        candidate_position: str = "own",
     ):
         for name, value, low in (
             ("k", k, 1),
@@ -123,6 +131,7 @@ class BertAttack:
             ("cache_size", cache_size, 0),
         ):
             _check_int(name, value, low)
+        self.candidate_position = check_candidate_position(candidate_position)
         if min_logit is None:
             own = getattr(mlm, "min_logit", None)
             min_logit = REFERENCE_MIN_LOGIT if own is None else own
@@ -144,6 +153,7 @@ class BertAttack:
             "max_length": self.max_length,
             "piece_top": self.piece_top,
             "max_combinations": self.max_combinations,
+            "candidate_position": self.candidate_position,
         }
 
     def candidates(self, texts: Sequence[str]) -> list[list[list[str]]]:
@@ -256,6 +266,7 @@ class BertAttack:
             self.piece_top,
             self.max_combinations,
             self.stop_words,
+            self.candidate_position,
         )
 
     def _settings(self) -> CandidateSettings:
@@ -267,6 +278,7 @@ class BertAttack:
             self.max_combinations,
             self.batch_size,
             self.stop_words,
+            self.candidate_position,
         )
 
     def _known(self) -> dict:

@@ -1,9 +1,13 @@
 """Substitute words from one masked-LM forward on the unmasked text (Li et al. 2020, Sec. 3.2).
 
-Each whitespace word is split into punctuation around a *core* ("truck," → "truck" + ","); the
-MLM input is ``[CLS]`` + every word's WordPiece pieces + ``[SEP]`` (at most ``max_length`` ids),
-and a word's candidates are read at its core's own piece positions, counted from ``[CLS]`` at 0
-(the published code left out that offset: ``docs/deviations.md``, row 1).
+Each whitespace word is split into punctuation around a *core* ("truck," → "truck" + ","). Where
+a word's candidates are read is the switch ``candidate_position`` (:data:`CANDIDATE_POSITIONS`,
+``docs/deviations.md``, row 1), decided in :func:`layout`: ``own`` (the default) feeds the MLM
+``[CLS]`` + every word's WordPiece pieces + ``[SEP]`` (at most ``max_length`` ids) and reads a
+word's candidates at its core's own piece positions, counted from ``[CLS]`` at 0; ``preceding``
+(the published MMCoA code) feeds ``[CLS]`` + the pieces with no ``[SEP]`` and reads them one
+position earlier (the positions counted without ``[CLS]``), so each piece gets the predictions
+at the token before it. Either way a word is attacked only if its pieces fit in the input.
 
 A single-piece core gets the top-k ids in rank order, stopping at the first logit below
 ``min_logit``. A multi-piece core gets ALL of the first ``max_combinations``
@@ -20,7 +24,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator, Sequence, TypeVar
 
 import torch
@@ -28,10 +32,12 @@ import torch.nn.functional as F
 
 from mmcoa.attacks.text.mlm import MaskedLM
 from mmcoa.attacks.text.stopwords import is_stop_word
+from mmcoa.errors import MmcoaError
 
 AFFIXES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
 PIECE_TOP = 4  # ids per piece of a multi-piece word (published BERT-Attack: top-4)
 MAX_COMBINATIONS = 24  # combinations of them tried, all kept (published BERT-Attack: 24)
+CANDIDATE_POSITIONS = ("own", "preceding")  # the corrected one, then the published (row 1)
 T = TypeVar("T")
 
 
@@ -46,13 +52,15 @@ class CandidateSettings:
     max_combinations: int
     batch_size: int
     stop_words: frozenset[str]
+    candidate_position: str = "own"
 
 
 @dataclass(frozen=True)
 class WordSlot:
     """One whitespace word: its core, the punctuation around it, and the positions
-    ``[start, stop)`` of the core's pieces in the MLM input (``[CLS]`` is position 0); ``span``
-    is None when the core is empty or its pieces pass the length limit."""
+    ``[start, stop)`` of the MLM input (``[CLS]`` is position 0) its candidates are read at (see
+    :func:`layout`); ``span`` is None when the core is empty or its pieces pass the length
+    limit."""
 
     prefix: str
     core: str
@@ -68,20 +76,37 @@ def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+def check_candidate_position(value: str) -> str:
+    """``value`` if it is one of :data:`CANDIDATE_POSITIONS`, else a one-line error."""
+    if value not in CANDIDATE_POSITIONS:
+        accepted = ", ".join(CANDIDATE_POSITIONS)
+        raise MmcoaError(f"candidate_position must be one of {accepted}; got {value!r}")
+    return value
+
+
 def layout(
-    mlm: MaskedLM, words: Sequence[str], max_length: int, memo: dict[str, list[int]]
+    mlm: MaskedLM,
+    words: Sequence[str],
+    max_length: int,
+    memo: dict[str, list[int]],
+    candidate_position: str = "own",
 ) -> tuple[list[int], list[WordSlot]]:
-    """MLM input ids ``[CLS] pieces... [SEP]`` (at most ``max_length``) and each word's slot."""
+    """MLM input ids (at most ``max_length``) and each word's slot. ``own``: ``[CLS] pieces...
+    [SEP]``, a core's candidates read at its own pieces' positions; ``preceding`` (published):
+    ``[CLS] pieces...``, read one position earlier. A word whose pieces do not fit gets no span."""
+    own = check_candidate_position(candidate_position) == "own"
+    shift, end = (0, [mlm.tokenizer.sep_token_id]) if own else (1, [])
+    limit = max_length - len(end)
     ids, slots = [mlm.tokenizer.cls_token_id], []
     for word in words:
         prefix, core, suffix = AFFIXES.match(word).groups()
         head, body, tail = (_pieces(mlm, part, memo) for part in (prefix, core, suffix))
-        start = len(ids) + len(head)  # len(ids) counts [CLS]: the +1 offset
-        slots.append(WordSlot(prefix, core, suffix, (start, start + len(body)) if body else None))
+        start = len(ids) + len(head)  # the core's own positions: len(ids) counts [CLS]
+        fits = body and start + len(body) <= limit
+        span = (start - shift, start - shift + len(body)) if fits else None
+        slots.append(WordSlot(prefix, core, suffix, span))
         ids += head + body + tail
-    limit = max_length - 1  # room for [SEP]
-    slots = [s if s.span is None or s.span[1] <= limit else replace(s, span=None) for s in slots]
-    return ids[:limit] + [mlm.tokenizer.sep_token_id], slots
+    return ids[:limit] + end, slots
 
 
 def _pieces(mlm: MaskedLM, text: str, memo: dict[str, list[int]]) -> list[int]:
@@ -209,7 +234,10 @@ class CandidatePool:
         missing = list(dict.fromkeys(key for key in keys if key not in known))
         if missing:
             memo: dict[str, list[int]] = {}
-            layouts = [layout(mlm, words, settings.max_length, memo) for words in missing]
+            layouts = [
+                layout(mlm, words, settings.max_length, memo, settings.candidate_position)
+                for words in missing
+            ]
             width = max(settings.k, settings.piece_top)
             tops = mlm_top_k(mlm, [ids for ids, _ in layouts], width, settings.batch_size)
             for key, (_, slots), top in zip(missing, layouts, tops):
