@@ -56,6 +56,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Runs of the demo's minilm-clip (19 dropout layers in its text tower) on synthetic data: the
+# determinism tests' settings, shared with the 2-process comparison in test_distributed.
+MINILM_SETTINGS = dict(
+    model="minilm-clip",
+    pretrained="random",
+    dataset="synthetic",
+    batch_size=8,
+    lr=1e-3,
+    mlm="minilm",
+    k=4,
+    save_every=1,
+)
+MMCOA_FLAGS = {"mmcoa": dict(text_attack_every=2)}  # step 3 reuses step 2's adversarial prompts
+
+
+def minilm_train_args(method: str, run, steps: int) -> list[str]:
+    """``mmcoa train`` arguments of a ``steps``-step ``method`` run of minilm-clip into ``run``."""
+    settings = {**MINILM_SETTINGS, **MMCOA_FLAGS.get(method, {}), "method": method, "max_steps": steps}
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
+    return ["train", *flags, "--output", str(run), "--no-progress"]
+
+
 def run_mmcoa_here(args: list[str]) -> None:
     """``mmcoa ARGS`` in this process (the 1-process reference of a torchrun comparison without
     starting another interpreter)."""

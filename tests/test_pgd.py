@@ -10,7 +10,7 @@ import torchattacks
 from torch import nn
 
 from mmcoa.attacks import PGD, build_attack
-from mmcoa.attacks.pgd import random_start
+from mmcoa.attacks.pgd import maximize, random_start
 from mmcoa.errors import MmcoaError, UnknownNameError
 from helpers import assert_valid_perturbation
 
@@ -147,6 +147,54 @@ def test_matches_a_plain_reference_loop_with_random_start(classifier, batch):
         adv = adv.detach() + step * grad.sign()
         adv = (images + (adv - images).clamp(-eps, eps)).clamp(0, 1)
     assert torch.allclose(got, adv, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_momentum_follows_a_normalised_velocity_as_fares_training_pgd(classifier, batch, norm):
+    """FARE's pgd_train.py, written out here: v = normalise(momentum * v + normalise(grad)), a step
+    along v, projection; from the same random start. Momentum 0 is plain PGD; under L-inf the
+    sign normalisation makes momentum 0.9 a no-op wherever the gradient is non-zero."""
+    images, labels = batch
+    eps, step, steps = (4 / 255, 1 / 255, 4) if norm == "linf" else (0.5, 0.1, 4)
+
+    def loss_fn(adv):
+        return F.cross_entropy(classifier.logits(adv), labels, reduction="none")
+
+    def unit(g):
+        return g.sign() if norm == "linf" else g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+    def run(momentum):
+        return maximize(
+            loss_fn,
+            images,
+            eps=eps,
+            step_size=step,
+            n_steps=steps,
+            norm=norm,
+            generator=torch.Generator().manual_seed(5),
+            momentum=momentum,
+        )
+
+    delta = random_start(images, eps, norm, torch.Generator().manual_seed(5))
+    velocity = torch.zeros_like(images)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(images + delta).sum(), delta)
+        velocity = unit(0.9 * velocity + unit(grad))
+        delta = delta.detach() + step * velocity
+        if norm == "linf":
+            delta = delta.clamp(-eps, eps)
+        else:
+            delta = delta * (eps / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).clamp(max=1)
+        delta = (images + delta).clamp(0, 1) - images
+    with_momentum = run(0.9)
+    assert torch.allclose(with_momentum, images + delta, atol=1e-6)
+    plain = PGD(eps=eps, step_size=step, n_steps=steps, norm=norm)
+    assert torch.equal(run(0.0), plain(classifier, images, labels, torch.Generator().manual_seed(5)).images)
+    if norm == "l2":
+        assert not torch.allclose(with_momentum, run(0.0), atol=1e-4)  # the velocity changes the path
+    else:  # |sign(g)| = 1 > 0.9 |v|: sign(0.9 v + sign(g)) = sign(g) wherever g != 0
+        assert torch.equal(with_momentum, run(0.0))
 
 
 def test_bf16_autocast_path_keeps_invariants(classifier, batch):

@@ -8,7 +8,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from mmcoa_demo.summary import demo_summary, read_sanity
+from mmcoa_demo.demo import TABLE1_PROFILES, table1_name
+from mmcoa_demo.summary import demo_summary, findings, read_sanity
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DOCS = ROOT / "docs" / "demo"
@@ -30,10 +31,32 @@ def test_readme_demo_block_is_the_committed_run_summary():
 
 def test_committed_summary_is_rendered_from_the_committed_records():
     records = json.loads((DEMO_DOCS / "results.json").read_text())
-    table1 = json.loads((DEMO_DOCS / "table1.json").read_text())
+    by_profile = {
+        profile: json.loads((DEMO_DOCS / f"{table1_name(profile)}.json").read_text())
+        for profile in TABLE1_PROFILES
+    }
     sanity = read_sanity(DEMO_DOCS)
     assert set(sanity) == {"CLIP (zero-shot)", "MMCoA"}
-    assert (DEMO_DOCS / "summary.md").read_text() == demo_summary(records, table1, sanity)
+    assert (DEMO_DOCS / "summary.md").read_text() == demo_summary(records, by_profile, sanity)
+
+
+def test_the_readmes_findings_are_the_committed_runs():
+    """The README's words on each finding (holds / fails under each profile) follow the
+    findings table the committed run renders."""
+    by_profile = {
+        profile: json.loads((DEMO_DOCS / f"{table1_name(profile)}.json").read_text())
+        for profile in TABLE1_PROFILES
+    }
+    readme = (ROOT / "README.md").read_text()
+    for index, (name, *_rest) in enumerate(findings(by_profile["corrected"])):
+        verdicts = [findings(rows)[index][1] for rows in by_profile.values()]
+        said = {
+            (True, True): "holds under both profiles",
+            (False, True): "holds only under the published profile",
+            (True, False): "holds only under the corrected profile",
+            (False, False): "holds under neither profile",
+        }[tuple(verdicts)]
+        assert f"{name[:3]} {said}" in readme, name
 
 
 def test_replace_block_keeps_the_text_around_it():

@@ -399,6 +399,7 @@ def paper(name):
 def test_every_paper_config_validates_without_weights():
     assert sorted(p.stem for p in PAPER.glob("*.yaml")) == [
         "table1",
+        "table1-published",
         "table2_3",
         "table4",
         "table5",
@@ -411,6 +412,25 @@ def test_every_paper_config_validates_without_weights():
         assert all(row.name == "ViT-B-32" for row in config.models)
     with pytest.raises(MmcoaError, match="checkpoint file\\(s\\) missing.*docs/reproduce.md"):
         load_suite(PAPER / "table1.yaml")
+
+
+def test_the_published_table1_is_table1_under_the_published_profile():
+    corrected, published = paper("table1"), paper("table1-published")
+    assert (corrected.profile, published.profile) == ("corrected", "published")
+    assert (corrected.robust_metric, published.robust_metric) == ("clean-and-adversarial", "adversarial")
+    assert [a.label for a in published.attacks] == PAPER_ATTACKS
+    positions = {a.label: a.params.get("candidate_position") for a in published.attacks}
+    assert positions == {"multimodal": "preceding", "image": None, "text": "preceding", "clean": None}
+    for row, published_row in zip(corrected.models, published.models):
+        assert row.label == published_row.label
+        assert (published_row.checkpoint or "").replace("table1-published", "table1") == (
+            row.checkpoint or ""
+        )
+    for entry, published_entry in zip(corrected.attacks, published.attacks):
+        switches = {"candidate_position"}
+        assert {k: v for k, v in entry.params.items() if k not in switches} == {
+            k: v for k, v in published_entry.params.items() if k not in switches
+        }
 
 
 def test_table1_and_table4_in_distribution():

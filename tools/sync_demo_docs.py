@@ -16,6 +16,8 @@ COPIED = (
     "results.json",
     "table1.json",
     "table1.md",
+    "table1-published.json",
+    "table1-published.md",
     "analyses/sanity-clip/sanity.json",
     "analyses/sanity-mmcoa/sanity.json",
 )

@@ -17,7 +17,9 @@ Where the miniature departs from the paper, and why: ``docs/methods.md``, "The o
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from mmcoa.eval.suite_config import load_suite
 from mmcoa.files import atomic_path, write_json_atomic, write_text_atomic
 from mmcoa.models import load_model
 from mmcoa.models.minilm import MINILM_CLIP, require_minilm_dir, write_minilm_clip_config
+from mmcoa.profiles import CORRECTED, PUBLISHED
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.trainer import train
 from mmcoa.units import to_255
@@ -52,8 +55,10 @@ DEMO_MLM = MINILM
 CHECKPOINT_NAME = "minilm-clip-fashion-mnist.pt"
 CONFIG_NAME = f"{MINILM_CLIP}.json"
 SUMMARY_NAME = "summary.md"
-TABLE1_SUITE = "table1.yaml"  # the suite file the demo writes for Table I
-TABLE1_SUITE_DIR = "table1-suite"  # where the suite runner writes its cells
+# Table I under each profile (mmcoa.profiles): the corrected toolkit's, then the published code's.
+TABLE1_PROFILES = (CORRECTED, PUBLISHED)
+# The optimizer every Table I row shares: AdamW, or the published MMCoA code's Adam with coupled L2.
+PROFILE_OPTIMIZER = {CORRECTED: "adamw", PUBLISHED: "adam"}
 # The suite runner's keys of a record (mmcoa.eval.suite); table1.json names rows by row and method.
 SUITE_KEYS = ("suite", "cell", "label", "attack_label", "cell_settings", "subset")
 # LiT-style pre-training of the image tower against the locked MiniLM text tower (step 1).
@@ -104,6 +109,7 @@ class Table1Settings:
     sweep_eps: tuple[float, ...] = (1, 2, 4)  # units of 1/255 (paper Fig. 6)
     lambdas: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 1)  # paper Fig. 8
     sanity: SanitySettings | None = field(default_factory=SanitySettings)
+    profiles: tuple[str, ...] = TABLE1_PROFILES  # a Table I per profile; the first is the report's
 
     def train_config(
         self,
@@ -115,11 +121,14 @@ class Table1Settings:
         data_root: str | None,
         device: str,
         seed: int,
+        profile: str = CORRECTED,
     ) -> TrainConfig:
         """``method``'s fine-tuning of the zero-shot ``checkpoint``: the schedule every method
-        shares here, passed explicitly (not the method's own defaults)."""
+        shares here, passed explicitly (not the method's own defaults), under ``profile``'s
+        switches and optimizer (:data:`PROFILE_OPTIMIZER`)."""
         return TrainConfig(
             method=method,
+            profile=profile,
             model=DEMO_MODEL,
             pretrained=str(checkpoint),
             dataset=DEMO_DATASET,
@@ -128,7 +137,7 @@ class Table1Settings:
             epochs=1,
             max_steps=self.max_steps,
             batch_size=self.batch_size,
-            optimizer="adamw",
+            optimizer=PROFILE_OPTIMIZER[profile],
             lr=self.lr,
             weight_decay=0.2,
             schedule="constant",
@@ -175,9 +184,10 @@ class Table1Settings:
             {"name": "coattack", "mlm": mlm, **image},
         ]
 
-    def describe(self, mlm: str, n_train_images: int | None = None) -> str:
+    def describe(self, mlm: str, n_train_images: int | None = None, profile: str = CORRECTED) -> str:
         eps, step = f"{to_255(self.eps):g}/255", f"{to_255(self.eval_step_size):g}/255"
         images = f" ({n_train_images:,} images seen)" if n_train_images else ""
+        optimizer = "AdamW" if profile == CORRECTED else "Adam with coupled L2"
         return (
             f"Robust accuracy (%) on {self.n_samples} Fashion-MNIST test images (a seeded "
             f"subset, the same for every row).\n"
@@ -187,11 +197,20 @@ class Table1Settings:
             f"BERT-Attack, then {self.eval_steps} image steps against the attacked prompts "
             f"(paper Table V). Each attack is run against the row's own model.\n"
             f"Fine-tuning (each row from the zero-shot checkpoint): {self.max_steps} steps of "
-            f"{self.batch_size} images{images}, AdamW lr {self.lr:g}, weight decay 0.2; "
+            f"{self.batch_size} images{images}, {optimizer} lr {self.lr:g}, weight decay 0.2; "
             f"training PGD eps {eps}, step {eps}, {self.train_steps} steps; MMCoA alpha "
             f"{self.alpha:g}, beta {self.beta:g}, adversarial prompts every "
-            f"{self.text_attack_every} step(s)."
+            f"{self.text_attack_every} step(s).\n"
+            f"Profile: {profile} ({PROFILE_NOTES[profile]})."
         )
+
+
+PROFILE_NOTES = {
+    CORRECTED: "this toolkit's behaviour, docs/deviations.md",
+    PUBLISHED: "every switch at the published code's behaviour: BERT-Attack candidates from the "
+    "preceding token, arange targets over per-sample prompts, the training PGD's leaked gradients "
+    "(MMCoA), FT-standard's cross-entropy on image features, robust = correct under attack",
+}
 
 
 def demo_attacks(mlm: str, steps: int = Table1Settings.eval_steps) -> list:
@@ -253,24 +272,69 @@ def run_demo(
         _show(show_table, format_table(records), f"results written to {output / 'results.json'}\n")
         if table1 is not None:
             where = Where(data_root=data_root, device=device, seed=seed, progress=progress)
-            weights, n_train = fine_tune(output, checkpoint, mlm, table1, where)
-            table1_records = evaluate_table1(output, weights, mlm, table1, where)
-            write_records(output / "table1.json", table1_records)
-            table = table1_markdown(table1_records, table1.describe(mlm, n_train))
-            write_text_atomic(output / "table1.md", table + "\n")
-            _show(
-                show_table,
-                table,
-                f"Table I written to {output / 'table1.md'} (records: {output / 'table1.json'})",
-            )
-            page = write_demo_report(output, weights, mlm, table1, where)
-            _show(
-                show_table,
-                f"report (tables, eps sweep, interpolation, gallery, sanity checks) written to {page}",
-            )
-            summary = demo_summary(records, table1_records, read_sanity(output))
+            by_profile = run_tables_and_report(output, checkpoint, mlm, table1, where, show_table)
+            summary = demo_summary(records, by_profile, read_sanity(output))
             write_text_atomic(output / SUMMARY_NAME, summary)
     return records
+
+
+def run_tables_and_report(
+    output: Path, checkpoint: Path, mlm: str, settings: Table1Settings, where: Where, show_table: bool
+) -> dict[str, list[dict]]:
+    """Table I under each of ``settings.profiles`` and the report (on the first profile's
+    models); returns each profile's records. The other profiles' tables run in their own
+    process, one torch thread each, beside the first table and the report: the demo's one
+    thread leaves the second core free, and each run is deterministic on its own."""
+    first, *others = settings.profiles
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, len(others)), mp_context=context) as pool:
+        quiet = replace(where, progress=False)
+        pending = {p: pool.submit(_table1_alone, output, checkpoint, mlm, settings, quiet, p) for p in others}
+        weights, records = run_table1(output, checkpoint, mlm, settings, where, first, show_table)
+        page = write_demo_report(output, weights, mlm, settings, where)
+        _show(
+            show_table, f"report (tables, eps sweep, interpolation, gallery, sanity checks) written to {page}"
+        )
+        by_profile = {first: records}
+        for profile, future in pending.items():
+            by_profile[profile], table = future.result()
+            _show(show_table, table)
+    return by_profile
+
+
+def _table1_alone(output, checkpoint, mlm, settings, where, profile) -> tuple[list[dict], str]:
+    """:func:`run_table1` in a worker process with the demo's threads; its records and the
+    table it would print."""
+    with torch_threads(DEMO_THREADS):
+        _, records = run_table1(output, checkpoint, mlm, settings, where, profile, show_table=False)
+    return records, (output / f"{table1_name(profile)}.md").read_text()
+
+
+def run_table1(
+    output: Path,
+    checkpoint: Path,
+    mlm: str,
+    settings: Table1Settings,
+    where: Where,
+    profile: str = CORRECTED,
+    show_table: bool = True,
+) -> tuple[dict[str, Path], list[dict]]:
+    """Table I under ``profile``: the rows fine-tuned and evaluated, written to
+    ``table1<suffix>.json`` and ``.md`` (suffix ``-published`` for the published profile);
+    returns the weights by row and the records."""
+    weights, n_train = fine_tune(output, checkpoint, mlm, settings, where, profile)
+    records = evaluate_table1(output, weights, mlm, settings, where, profile)
+    name = table1_name(profile)
+    write_records(output / f"{name}.json", records)
+    table = table1_markdown(records, settings.describe(mlm, n_train, profile), profile)
+    write_text_atomic(output / f"{name}.md", table + "\n")
+    _show(show_table, table, f"Table I written to {output / name}.md (records: {output / name}.json)")
+    return weights, records
+
+
+def table1_name(profile: str) -> str:
+    """``table1`` (corrected profile) or ``table1-<profile>``: the stem of a Table I's files."""
+    return "table1" if profile == CORRECTED else f"table1-{profile}"
 
 
 def pretrain_demo_clip(
@@ -315,14 +379,17 @@ def fine_tune(
     mlm: str,
     settings: Table1Settings,
     where: Where = Where(),
+    profile: str = CORRECTED,
 ) -> tuple[dict[str, Path], int | None]:
-    """Each method of ``settings`` fine-tuned from ``checkpoint`` by the library's trainer, in a
-    fresh ``OUTPUT/train/<method>``; returns the weights of each Table I row (the zero-shot
-    checkpoint first) and the number of training images a method saw."""
+    """Each method of ``settings`` fine-tuned from ``checkpoint`` by the library's trainer under
+    ``profile``, in a fresh ``OUTPUT/train/<method>`` (``train-<profile>/`` for another profile
+    than corrected); returns the weights of each Table I row (the zero-shot checkpoint first)
+    and the number of training images a method saw."""
     rows = {method: row for row, method in TABLE1_ROWS}
     weights, n_train = {ZERO_SHOT_ROW: checkpoint}, None
+    folder = "train" if profile == CORRECTED else f"train-{profile}"
     for method in settings.methods:
-        run = output / "train" / method
+        run = output / folder / method
         shutil.rmtree(run, ignore_errors=True)  # a fresh run, not rows appended to an old one
         config = settings.train_config(
             method,
@@ -332,6 +399,7 @@ def fine_tune(
             data_root=where.data_root,
             device=where.device,
             seed=where.seed,
+            profile=profile,
         )
         n_train = train(config, progress=where.progress)["steps"] * settings.batch_size
         weights[rows.get(method, method)] = trained_weights(run)
@@ -343,13 +411,16 @@ def table1_suite(
     mlm: str,
     settings: Table1Settings,
     where: Where = Where(),
+    profile: str = CORRECTED,
 ) -> dict:
     """Table I as a suite (``mmcoa suite``'s YAML, ``docs/reproduce.md``): one row per model of
-    ``weights``, Fashion-MNIST, the attacks of :meth:`Table1Settings.suite_attacks`."""
+    ``weights``, Fashion-MNIST, the attacks of :meth:`Table1Settings.suite_attacks`, under
+    ``profile``."""
     return {
-        "name": "demo-table1",
-        "description": "The offline demo's miniature Table I (written by mmcoa demo)",
+        "name": f"demo-{table1_name(profile)}",
+        "description": f"The offline demo's miniature Table I, {profile} profile (written by mmcoa demo)",
         "task": "classification",
+        "profile": profile,
         "split": "test",
         "n_samples": settings.n_samples,
         "seed": where.seed,
@@ -371,15 +442,18 @@ def evaluate_table1(
     mlm: str,
     settings: Table1Settings,
     where: Where = Where(),
+    profile: str = CORRECTED,
 ) -> list[dict]:
-    """Write Table I's suite file ``OUTPUT/table1.yaml`` and run it with the suite runner in a
-    fresh ``OUTPUT/table1-suite``; returns its records as ``table1.json`` holds them: the
-    evaluation records with their ``row`` and ``method`` (``None`` for the zero-shot model)."""
-    suite = table1_suite(weights, mlm, settings, where)
-    write_text_atomic(output / TABLE1_SUITE, yaml.safe_dump(suite, sort_keys=False, allow_unicode=True))
-    folder = output / TABLE1_SUITE_DIR
+    """Write Table I's suite file ``OUTPUT/table1.yaml`` (``table1-<profile>.yaml``) and run it
+    with the suite runner in a fresh ``OUTPUT/table1-suite`` (``table1-<profile>-suite``);
+    returns its records as ``table1.json`` holds them: the evaluation records with their
+    ``row`` and ``method`` (``None`` for the zero-shot model)."""
+    suite = table1_suite(weights, mlm, settings, where, profile)
+    suite_file = output / f"{table1_name(profile)}.yaml"
+    write_text_atomic(suite_file, yaml.safe_dump(suite, sort_keys=False, allow_unicode=True))
+    folder = output / f"{table1_name(profile)}-suite"
     shutil.rmtree(folder, ignore_errors=True)  # a fresh suite, not cells of an earlier run
-    records = run_suite(load_suite(output / TABLE1_SUITE), folder, progress=where.progress)
+    records = run_suite(load_suite(suite_file), folder, progress=where.progress)
     methods = {row: method for row, method in TABLE1_ROWS}
     return [
         {

@@ -53,9 +53,14 @@ def random_start(images: torch.Tensor, eps: float, norm: str, generator: torch.G
 
 
 def ascent_step(delta: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str):
+    return delta + step_size * steepest(grad, norm)
+
+
+def steepest(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The unit-``norm`` ascent direction of ``grad``: its sign (L-inf) or ``grad / ||grad||``."""
     if norm == "linf":
-        return delta + step_size * grad.sign()
-    return delta + step_size * grad / _l2(grad).clamp_min(1e-12)
+        return grad.sign()
+    return grad / _l2(grad).clamp_min(1e-12)
 
 
 def project(delta: torch.Tensor, images: torch.Tensor, eps: float, norm: str):
@@ -78,21 +83,30 @@ def maximize(
     start: bool = True,
     generator: torch.Generator | RowsOf | None = None,
     precision: str = "fp32",
+    momentum: float = 0.0,
 ) -> torch.Tensor:
     """Ascend ``loss_fn(adv).sum()`` for ``n_steps`` steps inside the eps-ball around ``images``.
 
     Gradients are taken with ``torch.autograd.grad`` with respect to the perturbation only, so
     no parameter gradient is computed or accumulated (the published code's ``loss.backward()``
-    leaked attack gradients into the weights). Returns the adversarial images.
+    leaked attack gradients into the weights). With ``momentum`` > 0 each step follows a
+    velocity, ``v = steepest(momentum · v + steepest(grad))`` (FARE's training PGD, momentum
+    0.9); 0 is plain steepest ascent. Returns the adversarial images.
     """
     images = images.detach()
     delta = random_start(images, eps, norm, generator) if start else torch.zeros_like(images)
+    velocity = torch.zeros_like(images)
     for _ in range(n_steps):
         delta.requires_grad_(True)
         with autocast_for(precision, images.device):
             loss = loss_fn(images + delta).float().sum()
         (grad,) = torch.autograd.grad(loss, delta)
-        delta = project(ascent_step(delta.detach(), grad, step_size, norm), images, eps, norm)
+        if momentum:
+            velocity = steepest(momentum * velocity + steepest(grad, norm), norm)
+            stepped = delta.detach() + step_size * velocity
+        else:
+            stepped = ascent_step(delta.detach(), grad, step_size, norm)
+        delta = project(stepped, images, eps, norm)
     return (images + delta).detach()
 
 

@@ -86,6 +86,9 @@ class TrainConfig:
     train_eps: float | None = setting(None, "training PGD eps", unit=UNIT_255)  # pixels here
     train_step_size: float | None = setting(None, "training PGD step size", unit=UNIT_255)  # pixels here
     train_steps: int | None = setting(None, "training PGD iterations")
+    train_momentum: float | None = setting(
+        None, "training PGD momentum on the sign steps (FARE's pgd_train.py: 0.9; 0: plain PGD)"
+    )
     text_attack_every: int = setting(1, "recompute the adversarial prompts every N steps")
     mlm: str = setting("bert-base-uncased", "BERT-Attack's masked LM: hub id, directory or minilm")
     k: int = setting(10, "BERT-Attack candidates per word")
@@ -179,6 +182,7 @@ class TrainConfig:
             f"weight_decay and warmup_steps must be non-negative and momentum in [0, 1); got "
             f"{self.weight_decay}, {self.warmup_steps}, {self.momentum}",
         )
+        _check(0 <= self.train_momentum < 1, f"train_momentum must be in [0, 1); got {self.train_momentum}")
         _check(
             self.max_steps is None or self.max_steps >= 1,
             f"max_steps must be at least 1; got {self.max_steps}",

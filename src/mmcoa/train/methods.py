@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from mmcoa.attacks.base import eval_mode
 from mmcoa.attacks.bert import shared_engine
-from mmcoa.attacks.pgd import PGD, ImageBudget
+from mmcoa.attacks.pgd import PGD, ImageBudget, maximize
 from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data.loading import BatchLoader, consecutive_batches
 from mmcoa.attacks.co_attack import embedding_kl
@@ -53,6 +53,7 @@ MMCOA_DEFAULTS = dict(
     train_eps=1 / 255,
     train_step_size=1 / 255,
     train_steps=10,
+    train_momentum=0.0,
 )
 # TeCoA (Mao et al. 2023, finetuning.py): SGD momentum 0.9, no weight decay, cosine with 1000
 # warm-up steps, PGD eps 1/255, 2 steps of 1/255 (its README); lr 1e-5, the top of the range the
@@ -409,7 +410,7 @@ class FARE(WithFrozenTeacher):
     FARE (Schlarmann et al. 2024): the image embedding of x_adv is pulled to the frozen original
     model's embedding of x; x_adv maximizes that same distance. Settings: its FARE^4 training
     command (AdamW lr 1e-5, wd 1e-4, cosine with 1400 warm-up steps, PGD eps 4/255, 10 steps of
-    1/255; FARE^2: train_eps 2/255)."""
+    1/255 with momentum 0.9, as its pgd_train.py; FARE^2: train_eps 2/255)."""
 
     defaults = dict(
         optimizer="adamw",
@@ -420,6 +421,7 @@ class FARE(WithFrozenTeacher):
         train_eps=4 / 255,
         train_step_size=1 / 255,
         train_steps=10,
+        train_momentum=0.9,
     )
     default_towers = ("image",)
 
@@ -545,8 +547,21 @@ def train_budget(config: TrainConfig) -> ImageBudget:
 
 
 def maximize_in_train_budget(loss_fn, images, config, generator) -> torch.Tensor:
-    """:func:`~mmcoa.attacks.pgd.maximize` within :func:`train_budget`."""
-    return train_budget(config).maximize(loss_fn, images, generator)
+    """:func:`~mmcoa.attacks.pgd.maximize` within :func:`train_budget`, with the training PGD's
+    ``train_momentum`` (FARE's 0.9)."""
+    budget = train_budget(config)
+    return maximize(
+        loss_fn,
+        images,
+        eps=budget.eps,
+        step_size=budget.step_size,
+        n_steps=budget.n_steps,
+        norm=budget.norm,
+        start=budget.random_start,
+        generator=generator,
+        precision=budget.precision,
+        momentum=config.train_momentum,
+    )
 
 
 def frozen_copy(model: VisionLanguageModel) -> VisionLanguageModel:
