@@ -4,7 +4,10 @@ image folder, offline hub. Shared helper functions live in helpers.py."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -12,7 +15,7 @@ import pytest
 import torch
 
 import mmcoa
-from helpers import write_bad_folder, write_folder
+from helpers import shared_across_workers, write_bad_folder, write_folder
 from mmcoa.models import ZeroShotClassifier
 from tiny_mlm import caption_corpus, train_tiny_mlm
 
@@ -63,15 +66,12 @@ def batch(synthetic_test):
 def tiny_mlm(tmp_path_factory):
     """``tiny_mlm(corpus, steps=30)``: the directory (a str, for ``mlm=`` and ``--mlm``) of a tiny
     masked LM trained on ``corpus`` (tests/tiny_mlm.py), trained once per session for each
-    corpus and step count and shared by every test that asks for the same."""
-    made: dict = {}
+    corpus and step count and shared by every test (and xdist worker) that asks for the same."""
 
     def make(corpus, steps: int = 30) -> str:
-        key = (tuple(corpus), steps)
-        if key not in made:
-            folder = tmp_path_factory.mktemp("tiny-mlm") / "mlm"
-            made[key] = str(train_tiny_mlm(list(corpus), folder, steps=steps))
-        return made[key]
+        key = hashlib.sha1(json.dumps([list(corpus), steps]).encode()).hexdigest()[:12]
+        train = lambda folder: str(train_tiny_mlm(list(corpus), folder / "mlm", steps=steps))  # noqa: E731
+        return shared_across_workers(tmp_path_factory, f"tiny-mlm-{key}", train)[1]
 
     return make
 
@@ -94,5 +94,9 @@ def image_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bad_folder(tmp_path_factory):
-    """(``imagefolder:`` path, bad file): 8 PNGs in two classes; b/1.png (index 5) is cut short."""
-    return write_bad_folder(tmp_path_factory.mktemp("bad-folder"))
+    """(``imagefolder:`` path, bad file): 8 PNGs in two classes; b/1.png (index 5) is cut short.
+    One folder for every xdist worker (the shared torchrun of test_distributed names it)."""
+    made = shared_across_workers(
+        tmp_path_factory, "bad-folder", lambda root: list(map(str, write_bad_folder(root)))
+    )
+    return tuple(Path(p) for p in made[1])

@@ -1,6 +1,7 @@
 """Helpers the test modules share (fixtures live in conftest.py): the perturbation-budget check,
 a training run crashed at a step, ``mmcoa`` run in 1 or 2 processes (several commands in one
-torchrun when run as a script), a forward-pass counter, and
+torchrun when run as a script), fixtures' work shared by the xdist workers, a forward-pass
+counter, and
 the small on-disk layouts tests write (an image folder, MSCOCO Karpathy, STL-10 and EuroSAT)."""
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 
 from mmcoa.train import trainer
@@ -50,6 +53,21 @@ def crash_training_at(config, at: int, monkeypatch) -> None:
     monkeypatch.undo()
 
 
+def shared_across_workers(tmp_path_factory, name: str, make: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """The folder ``name`` and ``make(folder)``'s result, made once per test session: the first
+    pytest-xdist worker that asks makes it in a folder every worker sees (under a file lock),
+    the others wait and read the result back (JSON). For the expensive module and session fixtures, which xdist would
+    otherwise build once in every worker that runs one of their tests."""
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = base / name, base / f"{name}.json"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(make(folder)))
+    return folder, json.loads(done.read_text())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,8 +84,8 @@ MINILM_SETTINGS = dict(
     lr=1e-3,
     mlm="minilm",
     k=4,
-    save_every=1,
 )
+RESUMABLE = dict(save_every=1)  # a run that is crashed or killed: last.pt after every step
 MMCOA_FLAGS = {"mmcoa": dict(text_attack_every=2)}  # step 3 reuses step 2's adversarial prompts
 
 
@@ -102,10 +120,14 @@ def run_mmcoa(args: list[str], processes: int) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def run_mmcoa_commands(commands: list[list[str]], processes: int, folder: Path) -> None:
+def run_mmcoa_commands(
+    commands: list[list[str]], processes: int, folder: Path, last_fails: bool = False
+) -> subprocess.CompletedProcess:
     """Several ``mmcoa`` commands in one ``torchrun --nproc_per_node N``: each rank runs them in
     order in one process (this file's ``__main__``; the process group is joined once and kept),
-    one launch instead of one per command. The command list is written to ``folder``."""
+    one launch instead of one per command. The command list is written to ``folder``.
+    ``last_fails``: the last command is meant to fail (it ends the launch); the finished
+    launch is returned for its caller to check."""
     spec = Path(folder) / "commands.json"
     spec.write_text(json.dumps(commands))
     done = subprocess.run(
@@ -115,7 +137,8 @@ def run_mmcoa_commands(commands: list[list[str]], processes: int, folder: Path) 
         text=True,
         timeout=900,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert last_fails or done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # for subprocess.run

@@ -27,7 +27,14 @@ from mmcoa.seeding import seeded_global_rng
 from mmcoa.train import methods as methods_module
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.trainer import train
-from helpers import MINILM_SETTINGS, MMCOA_FLAGS, crash_training_at, minilm_train_args, run_mmcoa_here
+from helpers import (
+    MINILM_SETTINGS,
+    MMCOA_FLAGS,
+    RESUMABLE,
+    crash_training_at,
+    minilm_train_args,
+    run_mmcoa_here,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -154,9 +161,9 @@ def test_another_seed_gives_another_run(tmp_path):
 @pytest.mark.parametrize("method", ["tecoa", "mmcoa"])
 def test_a_crashed_run_resumed_ends_where_the_whole_run_ends(method, tmp_path, monkeypatch):
     train(config(tmp_path, method, "whole", max_steps=4), progress=False)
-    crash_training_at(config(tmp_path, method, "resumed", max_steps=4), 2, monkeypatch)
+    crash_training_at(config(tmp_path, method, "resumed", max_steps=4, **RESUMABLE), 2, monkeypatch)
     torch.rand(11)  # the process's generators are elsewhere than at the crash
-    train(config(tmp_path, method, "resumed", max_steps=4), resume=True, progress=False)
+    train(config(tmp_path, method, "resumed", max_steps=4, **RESUMABLE), resume=True, progress=False)
     assert differing(weights(tmp_path / "whole"), weights(tmp_path / "resumed")) == []
     assert losses(tmp_path / "whole") == losses(tmp_path / "resumed")
 
@@ -182,8 +189,9 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_where_the_whole_run_ends(tmp
     """A real kill at whatever point the run has reached after its second step (mid-step,
     mid-save): the resumed run continues from its last checkpoint and ends bit-identical."""
     run_mmcoa_here(minilm_train_args("mmcoa", tmp_path / "whole", 4))
-    kill_after_rows(minilm_train_args("mmcoa", tmp_path / "killed", 4), rows=2)
-    run_mmcoa_here(minilm_train_args("mmcoa", tmp_path / "killed", 4) + ["--resume"])
+    killed = minilm_train_args("mmcoa", tmp_path / "killed", 4) + ["--save-every", "1"]
+    kill_after_rows(killed, rows=2)
+    run_mmcoa_here(killed + ["--resume"])
     assert differing(weights(tmp_path / "whole"), weights(tmp_path / "killed")) == []
     assert losses(tmp_path / "whole") == losses(tmp_path / "killed")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 
@@ -18,7 +17,7 @@ import mmcoa
 from mmcoa.distributed import SINGLE, World, gather_with_grad, scaled_gradient
 from mmcoa.errors import MmcoaError
 from mmcoa.models.minilm import minilm_dir
-from helpers import CHILD_ENV, minilm_train_args, run_mmcoa_commands, run_mmcoa_here, torchrun
+from helpers import minilm_train_args, run_mmcoa_commands, run_mmcoa_here, shared_across_workers
 
 TRAIN_ARGS = [
     "--model",
@@ -92,25 +91,40 @@ def train_args(case: int, mlm: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory, synthetic_mlm):
+def two_processes(tmp_path_factory, synthetic_mlm, bad_folder):
     """The folder of every 2-process run the comparisons below read, all made by one torchrun
     (each rank runs the commands in turn: one launch, not one per comparison). The
-    resume comparison's first step runs here first, in this process."""
-    root = tmp_path_factory.mktemp("ddp")
-    run_mmcoa_here(RESUME_ARGS + ["--max-steps", "1", "--output", str(root / "split"), "--keep-resume-state"])
-    (root / "suite.yaml").write_text(SUITE)
-    commands = [
-        train_args(case, synthetic_mlm) + ["--output", str(root / f"train{case}")] for case in range(7)
-    ]
-    if minilm_dir() is not None:  # dropout in the text tower: test_two_processes_with_dropout...
-        commands.append(minilm_train_args("mmcoa", root / "dropout", 2))
-    commands += [
-        EVAL_ARGS + ["--output", str(root / "eval.json")],
-        ["suite", str(root / "suite.yaml"), "--output", str(root / "suite"), "--no-progress"],
-        RESUME_ARGS + ["--max-steps", "2", "--output", str(root / "split"), "--resume"],
-    ]
-    run_mmcoa_commands(commands, processes=2, folder=root)
-    return root
+    resume comparison's first step runs here first, in this process. The last command fails on
+    rank 1 (a corrupt image): the launch's end is ``failing.json``."""
+
+    def make(root):
+        run_mmcoa_here(
+            RESUME_ARGS + ["--max-steps", "1", "--output", str(root / "split"), "--keep-resume-state"]
+        )
+        (root / "suite.yaml").write_text(SUITE)
+        commands = [
+            train_args(case, synthetic_mlm) + ["--output", str(root / f"train{case}")] for case in range(7)
+        ]
+        if minilm_dir() is not None:  # dropout in the text tower: test_two_processes_with_dropout...
+            commands.append(minilm_train_args("mmcoa", root / "dropout", 2))
+        commands += [
+            EVAL_ARGS + ["--output", str(root / "eval.json")],
+            ["suite", str(root / "suite.yaml"), "--output", str(root / "suite"), "--no-progress"],
+            RESUME_ARGS + ["--max-steps", "2", "--output", str(root / "split"), "--resume"],
+            failing_eval_args(bad_folder[0], root / "failing-out.json"),
+        ]
+        started = time.perf_counter()
+        done = run_mmcoa_commands(commands, processes=2, folder=root, last_fails=True)
+        assert (root / "split" / "metrics.json").is_file(), done.stderr[-3000:]  # all but the last ran
+        ended = {
+            "returncode": done.returncode,
+            "stderr": done.stderr,
+            "seconds": time.perf_counter() - started,
+        }
+        (root / "failing.json").write_text(json.dumps(ended))
+        return str(root)
+
+    return shared_across_workers(tmp_path_factory, "ddp", make)[0]  # one launch per test session
 
 
 @pytest.mark.slow  # torchrun, 2 processes
@@ -363,14 +377,9 @@ def test_text_shared_across_two_ranks_gives_one_process_gradient(scale, two_proc
 
 
 # -- a failing torchrun rank ---------------------------------------------------------------------
-@pytest.mark.slow
-def test_a_failing_rank_ends_every_rank_fast_with_its_message(bad_folder, tmp_path):
-    """Rank 1's batch (images 4-7) holds the corrupt image; rank 0 must not wait for it."""
-    folder, bad = bad_folder
-    command = [
-        *torchrun(2),
-        "-m",
-        "mmcoa",
+def failing_eval_args(folder, output) -> list[str]:
+    """An evaluation whose batch on rank 1 (images 4-7) holds the corrupt image."""
+    return [
         "eval",
         "--model",
         "tiny-clip",
@@ -381,12 +390,17 @@ def test_a_failing_rank_ends_every_rank_fast_with_its_message(bad_folder, tmp_pa
         "--batch-size",
         "4",
         "--output",
-        str(tmp_path / "out.json"),
+        str(output),
         "--no-progress",
     ]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=CHILD_ENV, timeout=300)
-    assert done.returncode != 0 and time.perf_counter() - started < 120
-    errors = [line for line in done.stderr.splitlines() if line.startswith("mmcoa: error:")]
-    assert errors and "rank 1" in errors[0] and str(bad) in errors[0], done.stderr[-3000:]
-    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_rank_ends_every_rank_fast_with_its_message(two_processes, bad_folder):
+    """The shared launch's last command fails on rank 1; rank 0 must not wait for it: the
+    launch ends with rank 1's message, well before the process group's timeout (30 min)."""
+    ended = json.loads((two_processes / "failing.json").read_text())
+    assert ended["returncode"] != 0 and ended["seconds"] < 300
+    errors = [line for line in ended["stderr"].splitlines() if line.startswith("mmcoa: error:")]
+    assert errors and "rank 1" in errors[0] and str(bad_folder[1]) in errors[0], ended["stderr"][-3000:]
+    assert not (two_processes / "failing-out.json").exists()
