@@ -26,11 +26,18 @@ from mmcoa.profiles import profile_of, profile_settings, switch_fields, switches
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext
 from mmcoa.train.objectives import batch_contrastive_loss, class_aware_contrastive_loss, contrastive_loss
-from mmcoa.train.trainer import build_optimizer
+from mmcoa.train.trainer import build_optimizer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-TRAIN_SWITCHES = {"contrastive_targets", "attack_grad_leak", "ft_standard_loss", "candidate_position"}
+TRAIN_SWITCHES = {
+    "contrastive_targets",
+    "attack_grad_leak",
+    "ft_standard_loss",
+    "vp_prompt",
+    "candidate_position",
+    "shot_sampler",
+}
 
 
 def side(profile: str) -> dict:
@@ -371,3 +378,45 @@ def test_a_switch_at_its_corrected_value_leaves_the_seed_unchanged():
     preceding = seed_identity(build_attack("coattack", candidate_position="preceding"))
     assert preceding != seed_identity(attack)
     assert preceding == ("coattack", {**without, "candidate_position": "preceding"})
+
+
+# -- VP: TeCoA's code's prompt under the published profile -----------------------------------
+def test_published_vp_is_tecoas_pad_prompter_with_its_sgd(tmp_path):
+    corrected, published = (TrainConfig(method="vp", profile=p) for p in ("corrected", "published"))
+    assert (corrected.vp_prompt, corrected.optimizer, corrected.lr) == ("frame", "adamw", 1e-5)
+    assert (published.vp_prompt, published.optimizer, published.lr) == ("pad30", "sgd", 40.0)
+    assert published.weight_decay == 0.0 and published.attack_grad_leak is False
+    # tiny-clip's 32-px input has no room for a 30-px border: one line, before the run is written
+    config = dataclasses.replace(published, max_steps=1, batch_size=4, output=str(tmp_path / "vp"))
+    with pytest.raises(MmcoaError) as error:
+        train(config, progress=False)
+    assert "\n" not in str(error.value) and "pad" in str(error.value)
+    assert not (tmp_path / "vp").exists()
+
+
+# -- the published code's image preprocessing (dataset options) --------------------------------
+def test_published_profile_gives_suites_the_published_preprocessing_unless_set(tmp_path):
+    def suite(profile, datasets):
+        path = tmp_path / f"{profile}-{len(datasets)}.yaml"
+        values = {"profile": profile, "models": [{"name": "tiny-clip"}], "attacks": [{"name": "clean"}]}
+        path.write_text(yaml.safe_dump({**values, "datasets": datasets}))
+        return {d.name: d.options for d in load_suite(path, check_files=False).datasets}
+
+    assert suite("published", ["tiny_imagenet", "cifar10"]) == {
+        "tiny_imagenet": {"size": "224"},
+        "cifar10": {},
+    }
+    assert suite("corrected", ["tiny_imagenet"]) == {"tiny_imagenet": {}}
+    mine = [{"name": "tiny_imagenet", "options": {"size": "native"}}]
+    assert suite("published", mine) == {"tiny_imagenet": {"size": "native"}}  # an explicit option wins
+    retrieval = tmp_path / "retrieval.yaml"
+    values = {"task": "retrieval", "profile": "published", "models": [{"name": "tiny-clip"}]}
+    values |= {"datasets": ["mscoco_karpathy"], "attacks": [{"name": "clean"}]}
+    retrieval.write_text(yaml.safe_dump(values))
+    [coco] = load_suite(retrieval, check_files=False).datasets
+    assert coco.options == {"transform": "bicubic224-crop"}
+    values["datasets"] = [{"name": "mscoco_karpathy", "options": {"transform": "nope"}}]
+    retrieval.write_text(yaml.safe_dump(values))
+    with pytest.raises(MmcoaError, match="transform") as error:
+        load_suite(retrieval, check_files=False)
+    assert "\n" not in str(error.value)

@@ -421,6 +421,10 @@ def test_the_published_table1_is_table1_under_the_published_profile():
     assert [a.label for a in published.attacks] == PAPER_ATTACKS
     positions = {a.label: a.params.get("candidate_position") for a in published.attacks}
     assert positions == {"multimodal": "preceding", "image": None, "text": "preceding", "clean": None}
+    # the published code's preprocessing: TinyImageNet at Resize(256) + CenterCrop(224)
+    assert {d.name: d.options for d in published.datasets}["tiny_imagenet"] == {"size": "224"}
+    assert all(d.options == {} for d in corrected.datasets)
+    assert [d.name for d in published.datasets] == [d.name for d in corrected.datasets]
     for row, published_row in zip(corrected.models, published.models):
         assert row.label == published_row.label
         assert (published_row.checkpoint or "").replace("table1-published", "table1") == (

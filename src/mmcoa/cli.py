@@ -20,7 +20,7 @@ from mmcoa.flags import OneLineParser, add_field_flags, field_values, flag_name,
 from mmcoa.outputs import check_output
 from mmcoa.plugins import load_plugins
 from mmcoa.precision import PRECISIONS
-from mmcoa.profiles import CORRECTED, PROFILES, profile_settings
+from mmcoa.profiles import CORRECTED, PROFILES, PUBLISHED, profile_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,6 +381,7 @@ def attack_names(text: str) -> list[str]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mmcoa.attacks.settings import build_attacks
+    from mmcoa.data import published_dataset_options
     from mmcoa.devices import check_device
     from mmcoa.distributed import world_from_env
     from mmcoa.eval import evaluate, format_table, write_records
@@ -416,6 +417,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         world=world,
         scoring=scoring,
+        dataset_options=published_dataset_options(args.dataset) if args.profile == PUBLISHED else None,
     )
     if world.is_main:
         write_records(args.output, [{**r, "world_size": world.size} for r in records])

@@ -13,6 +13,7 @@ import torch
 ATTACK_STREAM = 1  # the training attack's random starts, per step
 ADVPT_STREAM = 2  # AdvPT's adversarial images, made once per chunk of items
 DROPOUT_STREAM = 3  # the global generators (dropout masks), per step
+VP_STREAM = 4  # the published visual prompt's N(0, 1) start, once per run
 
 
 def derived_seed(*parts: int) -> int:

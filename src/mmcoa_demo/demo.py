@@ -246,7 +246,9 @@ def run_demo(
     ``mlm`` is BERT-Attack's candidate source (``minilm``, or a BERT directory); ``pretrain``
     step 1's schedule; ``table1`` the miniature Table I (``None`` skips it and the report);
     ``show_table`` prints the attack table, Table I and where the report is; ``threads`` the
-    torch intra-op threads while it runs (None: torch's default)."""
+    torch intra-op threads while it runs (None: torch's default). Table I under the second
+    profile runs in a spawned process: a script calling this guards it with
+    ``if __name__ == "__main__":``."""
     require_minilm_dir("the demo")
     output = Path(output)
     with torch_threads(threads):

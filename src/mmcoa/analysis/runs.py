@@ -85,8 +85,9 @@ def _read(path: Path) -> Run:
 
 def _steps_per_epoch(path: Path, config: dict, rows: list[dict]) -> int:
     items = None
-    if (path / "metrics.json").is_file():
-        items = _json(path / "metrics.json").get("n_train_items")
+    if (path / "metrics.json").is_file():  # n_epoch_items: a run whose epochs see new items (pop)
+        metrics = _json(path / "metrics.json")
+        items = metrics.get("n_epoch_items") or metrics.get("n_train_items")
     if items is None and (path / "shots.json").is_file():
         items = len(_json(path / "shots.json").get("indices", []))
     if items and config.get("batch_size"):

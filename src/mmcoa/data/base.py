@@ -14,6 +14,7 @@ from torchvision.transforms.functional import pil_to_tensor, to_tensor
 
 from mmcoa.errors import BadImageError, DatasetUnavailableError, MmcoaError
 from mmcoa.registry import Registry
+from mmcoa.settings import shown
 
 UNREADABLE = (OSError, SyntaxError)  # what PIL raises for truncated, corrupt or missing files
 
@@ -43,6 +44,20 @@ def to_image_tensor(image) -> torch.Tensor:
     if image.mode in ("L", "RGB"):
         return pil_to_tensor(image)
     return to_tensor(image)
+
+
+def choice_option(dataset: str, option: str, value, accepted: Sequence[str]) -> str:
+    """``value`` of the dataset option ``option`` when it is one of the words ``accepted`` (a
+    whole number counts as its digits, as YAML reads ``size: 224``); else one
+    :class:`MmcoaError` line naming the dataset, the option, the value and the accepted words.
+    Called before any file is read."""
+    word = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(word, str) and word in accepted:
+        return word
+    raise MmcoaError(
+        f"dataset {dataset}: option {option} must be one of {', '.join(map(repr, accepted))}; "
+        f"got {shown(value)}"
+    )
 
 
 def first_line(error: BaseException) -> str:

@@ -1,12 +1,37 @@
-"""Looking datasets up by name: :func:`load_dataset` and :func:`describe_datasets`."""
+"""Looking datasets up by name: :func:`load_dataset`, :func:`describe_datasets` and
+:func:`published_dataset_options`."""
 
 from __future__ import annotations
 
-from mmcoa.data import folder
+from mmcoa.data import coco, folder, imagenet_sets
 from mmcoa.data.base import DATASETS, DEFAULT_TEMPLATE, ClassificationDataset, resolve_root
 from mmcoa.errors import MmcoaError, UnknownNameError
 
 FOLDER_PATTERN = f"{folder.PREFIX}<path>"
+
+PUBLISHED_OPTIONS: dict[str, dict[str, str]] = {
+    imagenet_sets.TINY: {"size": "224"},
+    coco.DATASET_NAME: {"transform": "bicubic224-crop"},
+}
+"""The dataset options the ``published`` profile sets, per dataset: the published code's image
+preprocessing where ours differs (``docs/deviations.md``, "Switches" and row 8). The one place
+that says so; read it through :func:`published_dataset_options`."""
+
+
+def published_dataset_options(name: str) -> dict[str, str]:
+    """The options that give dataset ``name`` the published MMCoA code's image preprocessing
+    (``docs/deviations.md``, "Switches" and row 8), for the ``published`` profile to merge
+    *under* the user's own options (an option given explicitly wins):
+
+    - ``tiny_imagenet``: ``{"size": "224"}``, ``Resize(256)`` + ``CenterCrop(224)`` in both
+      splits instead of the native 64 px (the code evaluated at 224);
+    - ``mscoco_karpathy`` (retrieval, :func:`mmcoa.data.load_coco_karpathy`):
+      ``{"transform": "bicubic224-crop"}``, ``Resize(224, bicubic)`` + ``CenterCrop(224)``
+      instead of ``Resize(256)`` + ``CenterCrop(224)``.
+
+    Every other name (``imagefolder:<path>`` and unknown names included) gives ``{}``. Returns a
+    new dict each call."""
+    return dict(PUBLISHED_OPTIONS.get(name, {}))
 
 
 def known_names() -> list[str]:

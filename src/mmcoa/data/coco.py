@@ -10,7 +10,9 @@ Layout on disk (``root``)::
 "test"|"val"|"train"|"restval", "sentences": [{"raw": "..."}, ...]}, ...]}``. The test split is
 5,000 images with 25,010 captions; ``split="train"`` also takes the ``restval`` images (the usual
 113k training set). Images are ``Resize(256) + CenterCrop(224)`` (scaled for other
-``image_size``) float tensors in [0, 1]; captions are cleaned as ALBEF / Co-Attack do
+``image_size``) float tensors in [0, 1], or with the option ``transform="bicubic224-crop"`` the
+published code's ``Resize(224, bicubic) + CenterCrop(224)`` (likewise scaled; the published
+profile's choice, ``docs/deviations.md``); captions are cleaned as ALBEF / Co-Attack do
 (:func:`pre_caption`: lower case, punctuation dropped, at most 30 words) unless
 ``pre_caption=False``.
 """
@@ -26,7 +28,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from mmcoa.data.base import to_image_tensor
+from mmcoa.data.base import choice_option, to_image_tensor
 from mmcoa.errors import DatasetUnavailableError, MmcoaError
 
 DATASET_NAME = "mscoco_karpathy"
@@ -37,6 +39,12 @@ LAYOUT_HINT = (
     "<root>/<filepath>/<filename>, e.g. <root>/val2014/COCO_val2014_000000391895.jpg"
 )
 MAX_WORDS = 30
+TRANSFORMS = ("resize256-crop", "bicubic224-crop")
+"""The option ``transform``'s words, the default first: ``resize256-crop`` is ``Resize(256)`` +
+``CenterCrop(224)``; ``bicubic224-crop`` the published code's ``Resize(224, bicubic)`` +
+``CenterCrop(224)``. Both scale with the image size (256/224 and 224/224 of it)."""
+OPTIONS = ("transform",)
+"""The dataset options :func:`load_coco_karpathy` takes (keywords)."""
 
 
 def pre_caption(caption: str, max_words: int = MAX_WORDS) -> str:
@@ -55,6 +63,7 @@ class RetrievalDataset(Dataset):
     ``dataset[i]`` is ``(image, i)``: a float32 ``[3, H, W]`` tensor in [0, 1] and the image
     index. ``captions[j]`` is caption j, ``caption_to_image[j]`` its image, and
     ``image_to_captions[i]`` the caption indices of image i (each image has at least one).
+    ``transform`` is one of :data:`TRANSFORMS`.
     """
 
     def __init__(
@@ -66,7 +75,9 @@ class RetrievalDataset(Dataset):
         split: str = "test",
         image_size: int = 224,
         root: Path | None = None,
+        transform: str = TRANSFORMS[0],
     ):
+        self.transform = choice_option(name, "transform", transform, TRANSFORMS)
         if len(image_paths) != len(captions_per_image):
             raise MmcoaError(
                 f"{len(image_paths)} images but {len(captions_per_image)} caption lists; give one "
@@ -87,7 +98,7 @@ class RetrievalDataset(Dataset):
             self.captions.extend(texts)
             self.caption_to_image.extend([index] * len(texts))
             self.image_to_captions.append(list(range(first, first + len(texts))))
-        self._transform = _transform(image_size)
+        self._transform = _transform(image_size, self.transform)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -119,25 +130,26 @@ class RetrievalDataset(Dataset):
             split=self.split,
             image_size=self.image_size[0],
             root=self.root,
+            transform=self.transform,
         )
 
     def __repr__(self) -> str:
         return (
             f"RetrievalDataset(name={self.name!r}, split={self.split!r}, images={len(self)}, "
-            f"captions={len(self.captions)}, image_size={self.image_size})"
+            f"captions={len(self.captions)}, image_size={self.image_size}, "
+            f"transform={self.transform!r})"
         )
 
 
-def _transform(image_size: int):
+def _transform(image_size: int, name: str = TRANSFORMS[0]):
+    """The image transform ``name`` (one of :data:`TRANSFORMS`) at ``image_size``."""
     from torchvision import transforms
 
-    return transforms.Compose(
-        [
-            transforms.Resize(round(image_size * 256 / 224)),
-            transforms.CenterCrop(image_size),
-            to_image_tensor,
-        ]
-    )
+    if name == "bicubic224-crop":
+        resize = transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC)
+    else:
+        resize = transforms.Resize(round(image_size * 256 / 224))
+    return transforms.Compose([resize, transforms.CenterCrop(image_size), to_image_tensor])
 
 
 def load_coco_karpathy(
@@ -147,13 +159,17 @@ def load_coco_karpathy(
     *,
     pre_caption_text: bool = True,
     check_images: bool = True,
+    transform: str = TRANSFORMS[0],
 ) -> RetrievalDataset:
-    """MSCOCO Karpathy ``split`` from ``root`` (see the module docstring for the layout).
+    """MSCOCO Karpathy ``split`` from ``root`` (see the module docstring for the layout), its
+    images read with ``transform`` (one of :data:`TRANSFORMS`; ``bicubic224-crop`` is the
+    published code's, see :func:`mmcoa.data.published_dataset_options`).
 
     Raises :class:`DatasetUnavailableError` when the folder, the split file or (with
     ``check_images``) an image is missing, and :class:`MmcoaError` for a malformed split file,
-    an unknown split or a split with no image.
+    an unknown split, an unknown ``transform`` or a split with no image.
     """
+    transform = choice_option(DATASET_NAME, "transform", transform, TRANSFORMS)
     if split not in SPLITS:
         raise MmcoaError(f"unknown MSCOCO Karpathy split {split!r}; known: {', '.join(SPLITS)}")
     if not isinstance(image_size, int) or image_size < 1:
@@ -198,7 +214,9 @@ def load_coco_karpathy(
                 f"dataset {DATASET_NAME}: {len(missing)} of {len(paths)} {split} images are "
                 f"missing, e.g. {missing[0]}; {LAYOUT_HINT}"
             )
-    return RetrievalDataset(paths, captions, split=split, image_size=image_size, root=root)
+    return RetrievalDataset(
+        paths, captions, split=split, image_size=image_size, root=root, transform=transform
+    )
 
 
 def _read_entries(annotation: Path) -> list:

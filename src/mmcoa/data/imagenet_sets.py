@@ -2,7 +2,9 @@
 
 Both fix a bug of the published code (``docs/deviations.md``, row 8): TinyImageNet is read at its
 native 64 px in *both* splits (the code trained at 64 and tested at 224), and ImageNet's
-``train`` and ``test`` read distinct folders (the code read one folder for both). Test labels of
+``train`` and ``test`` read distinct folders (the code read one folder for both). TinyImageNet's
+option ``size: "224"`` reads both splits as the published code tested: ``Resize(256)`` +
+``CenterCrop(224)`` (the published profile's choice, :data:`mmcoa.data.catalog.PUBLISHED_OPTIONS`). Test labels of
 either set are not public, so ``test`` is the labelled validation set (``val/``), as in the paper.
 """
 
@@ -16,7 +18,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mmcoa.data.base import first_line
-from mmcoa.data.paper_common import NATIVE, RESIZED, FileListDataset, PaperSet
+from mmcoa.data.paper_common import CROP_SIZE, NATIVE, RESIZED, FileListDataset, PaperSet
 from mmcoa.errors import DatasetUnavailableError, MmcoaError
 
 WNID = re.compile(r"n\d{8}")
@@ -25,6 +27,9 @@ SPLIT_FOLDERS = {"train": "train", "test": "val"}
 
 TINY = "tiny_imagenet"
 TINY_FOLDER = "tiny-imagenet-200"
+TINY_SIZES = {"native": (NATIVE, (64, 64)), "224": (RESIZED, CROP_SIZE)}
+"""TinyImageNet's option ``size``: its transform and image size. ``native`` (default) is the
+64 px file; ``224`` the published code's ``Resize(256)`` + ``CenterCrop(224)``."""
 TINY_OBTAIN = (
     "download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into "
     "--data-root (no --download for this set)"
@@ -100,7 +105,7 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _tiny_imagenet(split: str, root: Path):
+def _tiny_imagenet(split: str, root: Path, size: str = "native"):
     base = root / TINY_FOLDER
     wnids = read_wnids(base / "wnids.txt")
     classnames = read_words(base / "words.txt", wnids)
@@ -124,7 +129,11 @@ def _tiny_imagenet(split: str, root: Path):
                 f"dataset {TINY}: val_annotations.txt names {len(absent)} image(s) "
                 f"missing from {absent[0].parent}, e.g. {absent[0].name}; {TINY_OBTAIN}"
             )
-    return FileListDataset(files, labels, NATIVE), classnames
+    return FileListDataset(files, labels, TINY_SIZES[size][0]), classnames
+
+
+def _tiny_image_size(options: dict[str, str]) -> tuple[int, int]:
+    return TINY_SIZES[options["size"]][1]
 
 
 def _imagenet(split: str, root: Path):
@@ -156,7 +165,8 @@ SETS = [
         folder=TINY_FOLDER,
         splits=("train", "test"),
         n_classes=200,
-        description="TinyImageNet, 64x64 native in both splits; train 100000 / test = val 10000",
+        description="TinyImageNet, 64x64 native in both splits (option size: '224' for the "
+        "published Resize(256) + CenterCrop(224)); train 100000 / test = val 10000",
         layout=f"{TINY_FOLDER}/{{wnids.txt,words.txt}}, {TINY_FOLDER}/train/<wnid>/images/*.JPEG, "
         f"{TINY_FOLDER}/val/images/*.JPEG and {TINY_FOLDER}/val/val_annotations.txt",
         obtain=TINY_OBTAIN,
@@ -164,6 +174,8 @@ SETS = [
         split_needs={"train": ("train/",), "test": ("val/images/", "val/val_annotations.txt")},
         build=_tiny_imagenet,
         image_size=(64, 64),
+        choices={"size": tuple(TINY_SIZES)},
+        image_size_of=_tiny_image_size,
     ),
     PaperSet(
         name=IMAGENET,

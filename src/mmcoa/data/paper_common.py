@@ -28,6 +28,7 @@ from mmcoa.data.base import (
     DEFAULT_TEMPLATE,
     DatasetSpec,
     WrappedClassificationDataset,
+    choice_option,
     first_line,
     register_dataset,
     resolve_root,
@@ -134,6 +135,10 @@ class PaperSet:
     ``build(split, root)`` returns the torch dataset (yielding ``(tensor, label)``) and the raw
     class names in label order; ``fetch(root)`` downloads the files (``None``: manual set-up only).
     ``layout`` and ``obtain`` are the two halves of the message shown when files are missing.
+    ``choices`` maps each dataset option the set takes to its accepted words, the default first;
+    ``build`` gets every such option (the given or default word) as a keyword, and
+    ``image_size_of(options)``, when set, gives the image size under those options (else
+    ``image_size``).
     """
 
     name: str
@@ -149,6 +154,8 @@ class PaperSet:
     fetch: Callable[[Path], None] | None = None
     template: str = DEFAULT_TEMPLATE
     image_size: tuple[int, int] = CROP_SIZE
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    image_size_of: Callable[[dict[str, str]], tuple[int, int]] | None = None
 
     def missing(self, root: Path, split: str) -> list[str]:
         """The needed paths of ``split`` that are not in ``root/folder``."""
@@ -160,8 +167,24 @@ class PaperSet:
         """Whether every split's files are under ``root`` (nothing is read or downloaded)."""
         return not any(self.missing(root, split) for split in self.splits)
 
-    def load(self, split: str, root: str | None, download: bool) -> WrappedClassificationDataset:
-        """Check the files, download them when asked and possible, and build ``split``."""
+    def settle(self, options: dict) -> dict[str, str]:
+        """Every option of :attr:`choices`, given (checked: one :class:`MmcoaError` line for an
+        unknown option or word) or at its default; reads no file."""
+        unknown = sorted(set(options) - set(self.choices))
+        if unknown:
+            raise MmcoaError(
+                f"dataset {self.name} does not take option(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(self.choices) or 'none'}"
+            )
+        return {
+            option: choice_option(self.name, option, options.get(option, accepted[0]), accepted)
+            for option, accepted in self.choices.items()
+        }
+
+    def load(self, split: str, root: str | None, download: bool, **options) -> WrappedClassificationDataset:
+        """Check the options and the files, download them when asked and possible, and build
+        ``split``."""
+        options = self.settle(options)
         root = resolve_root(root)
         if self.missing(root, split) and download:
             self._download(root)
@@ -173,14 +196,14 @@ class PaperSet:
                 f"--data-root: {self.layout}; {self.obtain}"
             )
         with reading(self.name, root / self.folder, self.layout):
-            inner, classnames = self.build(split, root)
+            inner, classnames = self.build(split, root, **options)
         return WrappedClassificationDataset(
             inner,
             name=self.name,
             split=split,
             classnames=classnames,
             template=self.template,
-            image_size=self.image_size,
+            image_size=self.image_size_of(options) if self.image_size_of else self.image_size,
         )
 
     def _download(self, root: Path) -> None:
@@ -205,6 +228,7 @@ class PaperSet:
                 description=self.description,
                 load=self.load,
                 found=self.found,
+                options=tuple(self.choices),
                 template=self.template,
             )
         )

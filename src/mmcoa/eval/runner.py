@@ -61,6 +61,7 @@ def evaluate(
     progress: bool = True,
     world: World = SINGLE,
     scoring: Scoring = DEFAULT_SCORING,
+    dataset_options: dict | None = None,
 ) -> list[dict]:
     """Zero-shot accuracy of ``model`` on ``dataset`` under each attack; one record per attack.
 
@@ -77,6 +78,8 @@ def evaluate(
     A Sep attack (``multimodal``) listed with the PGD it is made of reuses that PGD's images.
     ``scoring`` says how robust samples are counted (:class:`~mmcoa.eval.metrics.Scoring`);
     each record stores it and the attack's behaviour switches with their profile.
+    ``dataset_options`` (e.g. the published profile's ``published_dataset_options``) go to
+    ``load_dataset`` for a dataset given by name and are stored in each record.
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
@@ -88,7 +91,9 @@ def evaluate(
         validate_model_name(model)
         check_resize_mode(resize)
     if isinstance(dataset, str):
-        dataset = load_dataset(dataset, split=split, root=data_root, download=download)
+        dataset = load_dataset(
+            dataset, split=split, root=data_root, download=download, **(dataset_options or {})
+        )
     if isinstance(model, str):
         model = load_model(model, pretrained=pretrained, device=device, resize=resize)
     if runtime:  # TF32 and torch.compile (see mmcoa.models.runtime); recorded in every record
@@ -111,7 +116,11 @@ def evaluate(
         outcomes = _run(classifier, loader, attacks, seed, progress and world.is_main, scoring)
     outcomes = [(_summed(tally, world, model.device), prompts) for tally, prompts in outcomes]
     return [
-        {**_record(model, dataset, attack, tally, prompts, indices, seed), **behaviour(attack, scoring)}
+        {
+            **_record(model, dataset, attack, tally, prompts, indices, seed),
+            **behaviour(attack, scoring),
+            **({"dataset_options": dict(dataset_options)} if dataset_options else {}),
+        }
         for attack, (tally, prompts) in zip(attacks, outcomes)
     ]
 

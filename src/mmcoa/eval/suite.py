@@ -224,7 +224,9 @@ class DatasetCache:
 
     def _load(self, entry: DatasetEntry, image_size: int):
         if self.config.task == "retrieval":
-            return load_coco_karpathy(self.config.data_root, split=self.config.split, image_size=image_size)
+            return load_coco_karpathy(
+                self.config.data_root, split=self.config.split, image_size=image_size, **entry.options
+            )
         return load_dataset(entry.name, split=self.config.split, root=self.config.data_root, **entry.options)
 
 

@@ -29,7 +29,7 @@ from mmcoa.devices import AUTO, resolve_device
 from mmcoa.errors import MmcoaError
 from mmcoa.eval.metrics import ROBUST_METRICS, Scoring
 from mmcoa.precision import PRECISIONS
-from mmcoa.profiles import CORRECTED, check_profile, profile_settings
+from mmcoa.profiles import CORRECTED, PUBLISHED, check_profile, profile_settings
 from mmcoa.registry import Registry
 from mmcoa.settings import one_of, read_mapping, shown, typed
 
@@ -231,13 +231,13 @@ def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
             f"{key} must be a non-empty list; got {shown(values.get(key))}",
         )
     split = _string("split", values.get("split", "test"))
-    datasets = [_dataset(i, v, task, split) for i, v in enumerate(values["datasets"])]
+    profile = check_profile(_string("profile", values.get("profile", CORRECTED)))
+    datasets = [_dataset(i, v, task, split, profile) for i, v in enumerate(values["datasets"])]
     _unique("datasets", [d.name for d in datasets])
     models = [_model(i, v, [d.name for d in datasets]) for i, v in enumerate(values["models"])]
     _unique("model labels", [m.label for m in models])
     precision = values.get("precision")  # the image attacks' default (an attack may set its own)
     precision = None if precision is None else one_of("precision", precision, PRECISIONS)
-    profile = check_profile(_string("profile", values.get("profile", CORRECTED)))
     scoring = profile_settings(Scoring, profile)
     robust_metric = one_of(
         "robust_metric", values.get("robust_metric", scoring["robust_metric"]), ROBUST_METRICS
@@ -319,7 +319,12 @@ def _check_weights(where: str, name: str, pretrained: str | None, checkpoint: st
     )
 
 
-def _dataset(index: int, value: Any, task: str, split: str) -> DatasetEntry:
+def _dataset(index: int, value: Any, task: str, split: str, profile: str = CORRECTED) -> DatasetEntry:
+    """A dataset column with its options; under the published profile, the published code's
+    image preprocessing (:func:`mmcoa.data.published_dataset_options`) unless the entry sets
+    its own."""
+    from mmcoa.data import published_dataset_options
+
     where = f"datasets[{index}]"
     if isinstance(value, str):
         value = {"name": value}
@@ -330,6 +335,8 @@ def _dataset(index: int, value: Any, task: str, split: str) -> DatasetEntry:
     _known_keys(where, value, DATASET_KEYS)
     options = value.get("options") or {}
     _require(isinstance(options, dict), f"{where}.options must be a mapping; got {shown(options)}")
+    if profile == PUBLISHED:
+        options = {**published_dataset_options(value["name"]), **options}
     if task == "retrieval":
         _check_retrieval_dataset(where, value["name"], split, options)
     else:
@@ -371,10 +378,16 @@ def _check_classification_dataset(where: str, name: str, split: str, options: di
 
 
 def _check_retrieval_dataset(where: str, name: str, split: str, options: dict) -> None:
-    from mmcoa.data.coco import DATASET_NAME, SPLITS
+    from mmcoa.data.coco import DATASET_NAME, OPTIONS, SPLITS, TRANSFORMS
 
     _require(name == DATASET_NAME, f"{where}: retrieval suites evaluate {DATASET_NAME}; got {name!r}")
-    _require(not options, f"{where}: {DATASET_NAME} takes no options")
+    unknown = sorted(set(options) - set(OPTIONS))
+    _require(
+        not unknown,
+        f"{where}: {DATASET_NAME} takes no option {', '.join(unknown)}; accepted: {', '.join(OPTIONS)}",
+    )
+    if "transform" in options:
+        one_of(f"{where}.options.transform", options["transform"], TRANSFORMS)
     _require(
         split in SPLITS, f"{where}: {DATASET_NAME} has no split {split!r}; accepted: {', '.join(SPLITS)}"
     )

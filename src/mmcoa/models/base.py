@@ -103,13 +103,26 @@ class VisionLanguageModel(WeightVersioned):
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Image embeddings for [0, 1] images of shape [batch, 3, H, W] at any resolution.
 
-        A ``visual_prompt`` module, when set (visual prompting), is applied to the pixels first,
-        so attacks see the prompted model."""
-        images = images.to(self.device)
-        if self.visual_prompt is not None:
-            images = self.visual_prompt(images)
-        features = self._encode_pixels(self.preprocess(images))
+        A ``visual_prompt`` module, when set (visual prompting), is part of the model, so attacks
+        see the prompted model; it acts where its ``space`` attribute says: ``"pixels"`` (the
+        default) on the [0, 1] images before :meth:`preprocess`, ``"normalized"`` on its output."""
+        features = self._encode_pixels(self._prompted_input(images.to(self.device)))
         return F.normalize(features, dim=-1) if normalize else features
+
+    def _prompted_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The normalized model input for [0, 1] ``images``, with the visual prompt applied in
+        its space (``mmcoa.models.prompts.PROMPT_SPACES``)."""
+        prompt = self.visual_prompt
+        space = None if prompt is None else getattr(prompt, "space", "pixels")
+        if space not in (None, "pixels", "normalized"):
+            raise MmcoaError(
+                f"visual prompt {type(prompt).__name__} has unknown space {space!r}; "
+                "known: pixels, normalized"
+            )
+        if space == "pixels":
+            images = prompt(images)
+        pixels = self.preprocess(images)
+        return prompt(pixels) if space == "normalized" else pixels
 
     def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
         """Text embeddings for a list of strings.

@@ -2,6 +2,10 @@
 
 - :class:`PaddingPrompt` (visual prompting, ``vp``): a learnable pixel frame, set as
   ``model.visual_prompt``.
+- :class:`NormalizedPadPrompt` (visual prompting as TeCoA's published code trains it): a
+  learnable 30-px border added in the model's normalized input space, also set as
+  ``model.visual_prompt``. :func:`visual_prompt_for` makes either by a setting
+  (:data:`VISUAL_PROMPTS`).
 - :class:`TextContext` (adversarial prompt tuning, ``advpt``): CoOp-style learnable context
   vectors that replace the token embeddings of placeholder words, set as ``model.text_prompt``.
 
@@ -26,11 +30,17 @@ PROMPT_FILES = "vp/advpt runs write RUN/prompt.pt"
 PLACEHOLDER = "a"
 
 
+# Where a visual prompt acts (its class attribute ``space``), read by ``encode_image``: on the
+# [0, 1] pixels before the model's resize and normalization, or on the normalized model input.
+PROMPT_SPACES = ("pixels", "normalized")
+
+
 class PaddingPrompt(nn.Module):
     """Visual prompting (Bahng et al. 2022): a learnable frame of width ``pad`` pixels added to
     the image border at the dataset's resolution; the model itself stays frozen."""
 
     kind = "padding"
+    space = "pixels"
 
     def __init__(self, image_size: tuple[int, int], pad: int = 4):
         super().__init__()
@@ -49,6 +59,60 @@ class PaddingPrompt(nn.Module):
                 "resolution)"
             )
         return images + self.mask * self.prompt
+
+
+class NormalizedPadPrompt(nn.Module):
+    """Visual prompting as TeCoA's published code trains it (its pad prompter, after Bahng et
+    al. 2022): a learnable border ``pad`` pixels wide (30 there) at the model's input size
+    ``input_size`` (224 px for ViT-B/32), added to images already resized to that size and
+    normalized with the model's mean and std.
+
+    It differs from :class:`PaddingPrompt` (4 px at the dataset's own resolution, added to the
+    [0, 1] pixels before the resize and normalization, zero-initialized) in where it acts
+    (``space = "normalized"``: the model applies it after its preprocessing), its size, and its
+    start: the four border strips (top and bottom: ``pad`` full-width rows; left and right:
+    ``pad`` columns of the remaining height) are drawn from N(0, 1) with ``torch.randn``, in
+    that order, from ``generator`` (seed it for a reproducible start; None draws from torch's
+    global generator). See ``docs/deviations.md``, "Not switches yet"."""
+
+    kind = "pad-normalized"
+    space = "normalized"
+
+    def __init__(
+        self, input_size: int | tuple[int, int], pad: int = 30, generator: torch.Generator | None = None
+    ):
+        super().__init__()
+        height, width = (input_size, input_size) if isinstance(input_size, int) else map(int, input_size)
+        widest = (min(height, width) - 1) // 2
+        if not 1 <= pad <= widest:
+            raise MmcoaError(
+                f"a {pad}-px pad does not fit a {height}x{width} px model input; the pad must be at "
+                f"least 1 px and under half the input's shorter side ({widest} px at most)"
+            )
+        self.args = {"input_size": [height, width], "pad": pad}
+        draw = dict(generator=generator, device=generator.device if generator is not None else None)
+        self.top = nn.Parameter(torch.randn(1, 3, pad, width, **draw))
+        self.bottom = nn.Parameter(torch.randn(1, 3, pad, width, **draw))
+        self.left = nn.Parameter(torch.randn(1, 3, height - 2 * pad, pad, **draw))
+        self.right = nn.Parameter(torch.randn(1, 3, height - 2 * pad, pad, **draw))
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.args["input_size"])
+
+    def border(self) -> torch.Tensor:
+        """The prompt as one (1, 3, H, W) image: the four strips around a zero interior."""
+        inside = self.left.new_zeros(1, 3, self.left.shape[2], self.input_size[1] - 2 * self.args["pad"])
+        middle = torch.cat([self.left, inside, self.right], dim=3)
+        return torch.cat([self.top, middle, self.bottom], dim=2)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if tuple(pixels.shape[-2:]) != self.input_size:
+            raise MmcoaError(
+                f"this visual prompt was made for a {self.input_size} px model input; the normalized "
+                f"images are {tuple(pixels.shape[-2:])} px (attach it to a model of that input size)"
+            )
+        return pixels + self.border().to(pixels.dtype)
 
 
 class TextContext(nn.Module):
@@ -112,6 +176,36 @@ class TextContext(nn.Module):
         return torch.where(replace, padded[None], embeddings)
 
 
+VISUAL_PROMPTS = ("frame", "pad30")
+
+
+def visual_prompt_for(
+    kind: str,
+    model,
+    image_size: tuple[int, int],
+    generator: torch.Generator | None = None,
+    *,
+    pad: int | None = None,
+) -> nn.Module:
+    """A new visual prompt of ``kind`` (one of :data:`VISUAL_PROMPTS`) on ``model``'s device.
+
+    - ``"frame"``: this toolkit's :class:`PaddingPrompt` at the dataset's ``image_size``
+      (``pad`` default 4; zero start, so ``generator`` is unused).
+    - ``"pad30"``: TeCoA's published :class:`NormalizedPadPrompt` at the model's own input size
+      (``model.image_size``; ``pad`` default 30, ``image_size`` unused), its strips drawn from
+      ``generator``.
+
+    ``pad`` overrides the kind's width (a model input under 61 px, as tiny test models have, has
+    no room for a 30-px pad)."""
+    if kind == "frame":
+        module = PaddingPrompt(tuple(image_size), 4 if pad is None else pad)
+    elif kind == "pad30":
+        module = NormalizedPadPrompt(model.image_size, 30 if pad is None else pad, generator)
+    else:
+        raise MmcoaError(f"unknown visual prompt {kind!r}; known: {', '.join(VISUAL_PROMPTS)}")
+    return module.to(model.device)
+
+
 def text_context_for(model, n_ctx: int = 4, init: str = "a photo of a", seed: int = 0) -> TextContext:
     """A :class:`TextContext` for ``model``'s tokenizer and token embedding."""
     placeholder = _first_token(model, PLACEHOLDER)
@@ -144,12 +238,22 @@ def attach_prompt(model, path: str | os.PathLike, payload: dict | None = None) -
     read with :func:`read_prompt`); returns the prompt template a text context needs (None for
     a visual prompt)."""
     payload = read_prompt(path) if payload is None else payload
-    if payload["kind"] == PaddingPrompt.kind:
-        module = PaddingPrompt(tuple(payload["args"]["image_size"]), payload["args"]["pad"])
-        target = "visual_prompt"
+    kind, args = payload.get("kind"), payload.get("args", {})
+    if kind == PaddingPrompt.kind:
+        module = PaddingPrompt(tuple(args["image_size"]), args["pad"])
+    elif kind == NormalizedPadPrompt.kind:
+        if tuple(args["input_size"]) != tuple(model.image_size):
+            raise MmcoaError(
+                f"prompt {path} was trained for a {tuple(args['input_size'])} px model input; model "
+                f"{model.name} takes {tuple(model.image_size)} px (a prompt fits the model its run "
+                "trained: model in the run's config.json)"
+            )
+        # The start is overwritten by the saved strips: a throwaway generator leaves torch's global one alone.
+        module = NormalizedPadPrompt(tuple(args["input_size"]), args["pad"], torch.Generator())
+    elif kind == TextContext.kind:
+        module = text_context_for(model, args["n_ctx"])
     else:
-        module = text_context_for(model, payload["args"]["n_ctx"])
-        target = "text_prompt"
+        raise _unknown_kind(path, kind)
     try:
         module.load_state_dict(payload["state"])
     except RuntimeError as error:
@@ -157,8 +261,16 @@ def attach_prompt(model, path: str | os.PathLike, payload: dict | None = None) -
             f"prompt {path} does not fit model {model.name} ({str(error).splitlines()[0][:120]}); a prompt "
             "fits the model its run trained (model in the run's config.json)"
         ) from error
+    target = "text_prompt" if kind == TextContext.kind else "visual_prompt"
     setattr(model, target, module.to(model.device))
     return module.template if target == "text_prompt" else None
+
+
+PROMPT_KINDS = (PaddingPrompt.kind, NormalizedPadPrompt.kind, TextContext.kind)
+
+
+def _unknown_kind(path, kind) -> MmcoaError:
+    return MmcoaError(f"prompt file {path} has unknown kind {kind!r}; known: {', '.join(PROMPT_KINDS)}")
 
 
 def read_prompt(path) -> dict:
@@ -173,9 +285,6 @@ def read_prompt(path) -> dict:
         ) from error
     if not isinstance(payload, dict) or payload.get("format") != PROMPT_FORMAT:
         raise MmcoaError(f"{path} is not an mmcoa prompt file ({PROMPT_FILES})")
-    if payload.get("kind") not in (PaddingPrompt.kind, TextContext.kind):
-        raise MmcoaError(
-            f"prompt file {path} has unknown kind {payload.get('kind')!r}; "
-            f"known: {PaddingPrompt.kind}, {TextContext.kind}"
-        )
+    if payload.get("kind") not in PROMPT_KINDS:
+        raise _unknown_kind(path, payload.get("kind"))
     return payload

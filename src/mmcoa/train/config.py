@@ -11,12 +11,14 @@ from mmcoa.devices import AUTO
 from mmcoa.errors import MmcoaError
 from mmcoa.attacks.text.candidates import CANDIDATE_POSITIONS
 from mmcoa.flags import UNIT_255, setting, switch
+from mmcoa.models.prompts import VISUAL_PROMPTS
 from mmcoa.precision import PRECISIONS
 from mmcoa.profiles import PROFILES, PUBLISHED, check_profile, profile_settings
 from mmcoa.settings import one_of, read_mapping, typed
 from mmcoa.train.logsinks import check_log_setting
 from mmcoa.train.methods import METHODS, Method
 from mmcoa.train.objectives import TARGETS
+from mmcoa.train.shots import SHOT_SAMPLERS
 from mmcoa.units import check_255, to_255
 
 SHOTS = ("1", "5", "50", "full")
@@ -118,12 +120,28 @@ class TrainConfig:
         choices=FT_STANDARD_LOSSES,
         unset=True,
     )
+    vp_prompt: str | None = switch(
+        "frame",
+        "pad30",
+        "VP's prompt: frame (4 px on the pixels at the dataset's size, zero start) or pad30 "
+        "(TeCoA's code: 30 px after resize and normalisation, N(0, 1) start)",
+        choices=VISUAL_PROMPTS,
+        unset=True,
+    )
     candidate_position: str | None = switch(
         "own",
         "preceding",
         "MMCoA's BERT-Attack reads a word's candidates at its own position, or the preceding "
         "token's (published code)",
         choices=CANDIDATE_POSITIONS,
+        unset=True,
+    )
+    shot_sampler: str | None = switch(
+        "fixed",
+        "pop",
+        "few-shot images: a fixed seeded list reused every epoch, or pop (published MMCoA code): "
+        "new images each epoch, drawn without replacement, batches in class order",
+        choices=SHOT_SAMPLERS,
         unset=True,
     )
     n_ctx: int = setting(4, "AdvPT: learnable text context tokens")

@@ -28,10 +28,10 @@ from mmcoa.data.loading import BatchLoader, consecutive_batches
 from mmcoa.attacks.co_attack import embedding_kl
 from mmcoa.distributed import SINGLE, World, gather_objects, gather_rows, gather_with_grad
 from mmcoa.models import VisionLanguageModel, ZeroShotClassifier
-from mmcoa.models.prompts import PaddingPrompt, text_context_for
+from mmcoa.models.prompts import text_context_for, visual_prompt_for
 from mmcoa.precision import autocast_for
 from mmcoa.registry import Registry
-from mmcoa.seeding import ADVPT_STREAM, derived_generator
+from mmcoa.seeding import ADVPT_STREAM, VP_STREAM, derived_generator
 from mmcoa.errors import MmcoaError
 from mmcoa.train.objectives import contrastive_loss, fare_loss, mmcoa_loss, pmg_aft_loss
 
@@ -463,16 +463,19 @@ class VisualPrompting(Method):
     """Adversarial visual prompting (a learned pixel padding; the encoders stay frozen).
 
     A learnable padding prompt (Bahng et al. 2022) trained with the TeCoA loss
-    (:func:`tecoa_loss`) while the whole model stays frozen. No published settings ported yet:
-    MMCoA's optimizer with a 2-step training PGD."""
+    (:func:`tecoa_loss`) while the whole model stays frozen: ``vp_prompt`` ``frame`` (a 4-px
+    frame on the [0, 1] pixels at the dataset's resolution, zero start; MMCoA's optimizer with a
+    2-step training PGD) or, under the published profile, TeCoA's code's ``pad30`` (a 30-px
+    border added after the resize and normalisation, N(0, 1) start, SGD lr 40, no decay)."""
 
     defaults = {**MMCOA_DEFAULTS, "train_steps": 2}
-    published = NO_LEAK
+    published = {**NO_LEAK, "optimizer": "sgd", "lr": 40.0, "weight_decay": 0.0}
     default_towers = ()
 
     def setup(self, model, image_size, towers, config):
         model.set_trainable(towers)
-        model.visual_prompt = PaddingPrompt(image_size).to(model.device)
+        start = derived_generator(config.seed, VP_STREAM)
+        model.visual_prompt = visual_prompt_for(config.vp_prompt, model, image_size, start)
 
     def loss(self, ctx, images, labels):
         return tecoa_loss(ctx, images, labels)

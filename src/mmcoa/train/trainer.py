@@ -1,6 +1,7 @@
-"""The training loop: fixed few-shot lists, class-aware losses, checkpoints and exact resume.
+"""The training loop: few-shot lists, class-aware losses, checkpoints and exact resume.
 
-Everything random is derived from the seed and the step (data order from (seed, epoch),
+Everything random is derived from the seed and the step (data order from (seed, epoch), or from
+the run's ``shots.json`` under ``shot_sampler: pop``,
 attack randomness from (seed, step), dropout masks from the global generators seeded from
 (seed, step) for the step's duration), so the same command gives the same weights, and a run
 resumed from a checkpoint replays exactly the same batches, attacks and masks: on CPU its final
@@ -40,7 +41,7 @@ from mmcoa.models import load_model, validate_model_name
 from mmcoa.models.checkpoints import META_KEY, meta_sidecar
 from mmcoa.models.modes import active_dropout, frozen_parts, train_unfrozen
 from mmcoa.models.prompts import prompt_payload
-from mmcoa.profiles import CORRECTED, profile_settings, switch_fields
+from mmcoa.profiles import CORRECTED, PUBLISHED, profile_settings, switch_fields
 from mmcoa.provenance import versions
 from mmcoa.seeding import ATTACK_STREAM, DROPOUT_STREAM, derived_generator, seeded_global_rng
 from mmcoa.data.loading import BatchLoader
@@ -58,8 +59,8 @@ from mmcoa.train.config import TrainConfig
 from mmcoa.train.export import write_export
 from mmcoa.train.logsinks import write_sinks
 from mmcoa.train.methods import METHODS, StepContext
-from mmcoa.train.order import EpochOrder
-from mmcoa.train.shots import dataset_labels, few_shot_indices
+from mmcoa.train.order import EpochOrder, training_order
+from mmcoa.train.shots import dataset_labels, few_shot_indices, popped_epochs
 
 TOWER_CHOICES = {"image": ("image",), "text": ("text",), "both": ("image", "text"), "none": ()}
 
@@ -69,36 +70,33 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     method = METHODS.get(config.method)()
     validate_model_name(config.model)
     check_device(config.device)
+    _check_sampler(config)
     world, device = world_from_env(config.device)
     config = dataclasses.replace(config, device=device)
     run = Path(config.output)
     checkpoint = _load_checkpoint(run, config, world) if resume else None
     dataset = load_dataset(config.dataset, split="train", root=config.data_root)
     labels = functools.cache(functools.partial(dataset_labels, dataset))  # read at most once
-    indices = _shot_indices(run, labels, config, reuse=checkpoint is not None)
-    _check_shards(len(indices), config.batch_size, world)
+    shots = _shot_record(run, labels, config, reuse=checkpoint is not None)
+    indices, order = shots["indices"], training_order(shots, config.batch_size, config.seed)
+    _check_shards(order.epoch_items, config.batch_size, world)
     model = load_model(config.model, pretrained=config.pretrained, device=config.device)
     towers = TOWER_CHOICES[config.train_towers] if config.train_towers else method.default_towers
     method.setup(model, dataset.image_size or tuple(dataset[0][0].shape[-2:]), towers, config)
     optimizer = build_optimizer(model, config)
-    schedule = build_schedule(optimizer, config, total_steps(config, len(indices)))
+    schedule = build_schedule(optimizer, config, total_steps(config, order.epoch_items))
     method.prepare(model, dataset, indices, config)  # on the starting weights, resumed or not
     state = {"step": 0}
     if checkpoint is not None:
         _check_world_change(checkpoint, model, world)
         state = _restore(checkpoint, model, method, optimizer, schedule)
-    loop = TrainLoop(config, method, model, dataset, indices, optimizer, schedule, run, world)
+    loop = TrainLoop(config, method, model, dataset, indices, optimizer, schedule, run, world, order)
     # Every setting has been checked (model, MLM, template, optimizer): only now write the run.
     if world.is_main:
         _prepare_run_logs(run, state["step"], method.logs)
         write_json_atomic(
             run / "shots.json",
-            {
-                "shots": config.shots,
-                "seed": config.seed,
-                "indices": indices,
-                "short_classes": _short_classes(labels, dataset.classnames, indices, config),
-            },
+            {**shots, "short_classes": _short_classes(labels, dataset.classnames, indices, config)},
         )
         write_json_atomic(
             run / "config.json",
@@ -183,6 +181,7 @@ def _check_shards(n_items: int, batch_size: int, world: World) -> None:
 
 
 def total_steps(config: TrainConfig, n_items: int) -> int:
+    """Optimizer steps of a run of ``n_items`` training items per epoch (``max_steps`` caps it)."""
     per_epoch = math.ceil(n_items / config.batch_size)
     steps = per_epoch * config.epochs
     return min(steps, config.max_steps) if config.max_steps else steps
@@ -243,14 +242,17 @@ class TrainLoop:
         schedule,
         run: Path,
         world: World = SINGLE,
+        order=None,
     ):
         self.config, self.method, self.model = config, method, model
         self.world = world
         self.dataset, self.indices = dataset, indices
         self.optimizer, self.schedule, self.run_dir = optimizer, schedule, run
         self.prompts = method.class_prompts(dataset, config, model)
-        self.steps = total_steps(config, len(indices))
-        self.order = EpochOrder(indices, config.batch_size, config.seed)
+        # The batch order (mmcoa.train.order): one seeded permutation of ``indices`` per epoch
+        # unless ``train`` passes the run's (training_order: PoppingOrder under shot_sampler pop).
+        self.order = order or EpochOrder(indices, config.batch_size, config.seed)
+        self.steps = total_steps(config, self.order.epoch_items)
         self.per_epoch = self.order.per_epoch
         self.global_size = config.batch_size  # of the current step's global batch
         self.frozen_parts = frozen_parts(model)  # in eval mode for the whole run
@@ -529,7 +531,8 @@ class TrainLoop:
             "images_per_s": _rate(losses, elapsed, self.config),
             "data_wait_share": round(waited / elapsed, 4) if elapsed > 0 else None,
             "workers": self.config.workers,
-            "n_train_items": len(self.indices),
+            "n_train_items": len(self.indices),  # distinct images (shot_sampler pop: all epochs')
+            "n_epoch_items": self.order.epoch_items,
             "world_size": self.world.size,
             "skipped_nonfinite_steps": state.get("skipped_nonfinite", 0),
             "versions": versions(),
@@ -663,16 +666,44 @@ def _saved_from(checkpoint: dict) -> str:
     )
 
 
-def _shot_indices(run: Path, labels, config: TrainConfig, reuse: bool) -> list[int]:
-    """The fixed per-class index list (``train`` saves it in the run), reused on resume;
+def _check_sampler(config: TrainConfig) -> None:
+    """``shot_sampler: pop`` is the published few-shot sampler: refused with ``shots: full``
+    unless it is the published profile's value (full runs then leave it unused)."""
+    if config.shot_sampler == "pop" and config.shots == "full" and config.profile != PUBLISHED:
+        raise MmcoaError(
+            "shot_sampler pop applies to shots 1, 5 or 50 (the published few-shot sampler); got "
+            "shots full: use shot_sampler fixed, or shots 1, 5 or 50"
+        )
+
+
+def _shot_record(run: Path, labels, config: TrainConfig, reuse: bool) -> dict:
+    """What ``shots.json`` holds (``train`` saves it in the run; reused on resume): the training
+    ``indices`` (``fixed``: the per-class list every epoch reuses), and under ``shot_sampler:
+    pop`` each epoch's class-ordered items, ``epoch_items`` (``docs/deviations.md`` row 6).
     ``labels()`` gives every label of the dataset (read once, and only when needed)."""
     path = run / "shots.json"
     if reuse and path.is_file():
-        return json.loads(path.read_text())["indices"]
-    indices = few_shot_indices(labels(), config.shots, config.seed)
-    if not indices:
+        return _reused_record(json.loads(path.read_text()), config)
+    if config.shot_sampler == "pop" and config.shots != "full":
+        epochs = popped_epochs(labels(), config.shots, config.epochs, config.seed)
+        indices = sorted(i for items in epochs for i in items)
+        record = {"shot_sampler": "pop", "indices": indices, "epoch_items": epochs}
+    else:
+        record = {"indices": few_shot_indices(labels(), config.shots, config.seed)}
+    if not record["indices"]:
         raise MmcoaError(f"dataset {config.dataset} has no training samples")
-    return indices
+    return {"shots": config.shots, "seed": config.seed, **record}
+
+
+def _reused_record(record: dict, config: TrainConfig) -> dict:
+    """A resumed run's saved ``shots.json`` record; under ``pop`` it must hold every epoch's items."""
+    drawn = len(record.get("epoch_items", []))
+    if "epoch_items" in record and drawn < config.epochs:
+        raise MmcoaError(
+            f"--resume: shot_sampler pop drew the images of {drawn} epoch(s) (shots.json), fewer "
+            f"than epochs {config.epochs}; resume with epochs at most {drawn}"
+        )
+    return record
 
 
 def _short_classes(labels, classnames: list[str], indices: list[int], config: TrainConfig) -> list[dict]:
