@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import mmcoa
 from mmcoa.distributed import SINGLE, World, gather_with_grad, scaled_gradient
@@ -108,6 +106,7 @@ def two_processes(tmp_path_factory, synthetic_mlm, bad_folder):
         if minilm_dir() is not None:  # dropout in the text tower: test_two_processes_with_dropout...
             commands.append(minilm_train_args("mmcoa", root / "dropout", 2))
         commands += [
+            ["--call", "test_distributed:write_sharded_text_gradients", str(root)],
             EVAL_ARGS + ["--output", str(root / "eval.json")],
             ["suite", str(root / "suite.yaml"), "--output", str(root / "suite"), "--no-progress"],
             RESUME_ARGS + ["--max-steps", "2", "--output", str(root / "split"), "--resume"],
@@ -307,18 +306,14 @@ def test_a_shard_starts_where_one_process_starts(norm):
 
 
 # -- text features shared across ranks: the gradient of one process ------------------------------
-def _sharded_text_gradients(rank, world_size, init_file, queue):
-    """Rank ``rank``'s averaged gradients of :func:`_text_loss` with the text encoded in shards,
-    with the gradient scaling (``True``) and without it (``False``, the broken variant: gathered
-    rows keep an unscaled gradient), by value: the process ends before the read."""
-    from mmcoa.distributed import World, gather_with_grad, scaled_gradient
+def write_sharded_text_gradients(folder: str) -> None:
+    """In a rank of the shared torchrun (its process group joined): this rank's averaged
+    gradients of :func:`_text_loss` with the text encoded in shards, with the gradient scaling
+    (``True``) and without it (``False``, the broken variant: gathered rows keep an unscaled
+    gradient); rank 0 saves them to ``folder/text-grads.pt``."""
     import mmcoa.distributed as D
 
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
-    torch.set_num_threads(1)
-    world = World(rank=rank, size=world_size)
+    world = World(rank=torch.distributed.get_rank(), size=torch.distributed.get_world_size())
     grads = {}
     for scale in (True, False):
         model = mmcoa.load_model("tiny-clip")
@@ -328,12 +323,10 @@ def _sharded_text_gradients(rank, world_size, init_file, queue):
         loss = _text_loss(model, gather_with_grad(local, world))
         loss.backward()
         D.average_gradients([p for p in model.parameters() if p.grad is not None], world)
-        grads[scale] = {
-            n: p.grad.numpy().copy() for n, p in model.model.named_parameters() if p.grad is not None
-        }
-    D.scaled_gradient = scaled_gradient
-    queue.put((rank, grads))
-    torch.distributed.destroy_process_group()
+        grads[scale] = {n: p.grad.clone() for n, p in model.model.named_parameters() if p.grad is not None}
+        D.scaled_gradient = scaled_gradient
+    if world.is_main:
+        torch.save(grads, os.path.join(folder, "text-grads.pt"))
 
 
 PROMPTS = [f"This is a photo of a {c}" for c in ("cat", "dog", "bird", "fish", "car")]
@@ -347,30 +340,13 @@ def _text_loss(model, text):
     )
 
 
-@pytest.fixture(scope="module")
-def two_process_gradients() -> dict:
-    """{scaled: rank 0's gradients} from one pair of spawned gloo processes, both variants."""
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    init_file = tempfile.mktemp(prefix="mmcoa-gloo-")
-    processes = [
-        context.Process(target=_sharded_text_gradients, args=(r, 2, init_file, queue)) for r in range(2)
-    ]
-    for process in processes:
-        process.start()
-    grads = dict(queue.get(timeout=300) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-    return {scale: {n: torch.from_numpy(g) for n, g in grads[0][scale].items()} for scale in (True, False)}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("scale", [True, False], ids=["scaled", "broken-scaling"])
-def test_text_shared_across_two_ranks_gives_one_process_gradient(scale, two_process_gradients):
+def test_text_shared_across_two_ranks_gives_one_process_gradient(scale, two_processes):
     model = mmcoa.load_model("tiny-clip")
     _text_loss(model, model.encode_text(PROMPTS)).backward()
     single = {n: p.grad for n, p in model.model.named_parameters() if p.grad is not None}
-    shared = two_process_gradients[scale]
+    shared = torch.load(two_processes / "text-grads.pt", weights_only=True)[scale]
     # shards are trimmed to their own longest prompt: float rounding of about 1e-6 remains
     agree = all(torch.allclose(single[n], shared[n], rtol=1e-4, atol=1e-5) for n in single)
     assert agree is scale  # and the check fails when the gradient scaling is left out

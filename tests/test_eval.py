@@ -5,9 +5,10 @@ workers, corrupt images as one line or skipped and counted."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import subprocess
-import sys
+import resource
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,9 @@ from mmcoa.eval import evaluate, format_table, read_records, sample_indices, wri
 from mmcoa.eval import results as results_module
 from mmcoa.eval.metrics import Tally
 from mmcoa.eval.results import RECORD_KEYS
+from mmcoa.files import atomic_path, write_json_atomic
 from mmcoa.models import ZeroShotClassifier
-from helpers import CHILD_ENV, corrupt_copy
+from helpers import corrupt_copy
 
 
 def test_tally_on_a_hand_computed_example():
@@ -252,40 +254,36 @@ def test_skip_bad_images_counts_them_in_the_record(bad_folder):
 
 
 # -- a full disk -------------------------------------------------------------------------------
-FULL_DISK_SCRIPT = """
-import resource, signal, sys, torch
-from mmcoa.errors import MmcoaError
-from mmcoa.files import atomic_path, write_json_atomic
-target = sys.argv[1]
-write_json_atomic(target + ".json", {"previous": True})
-with atomic_path(target + ".pt") as tmp:
-    torch.save({"previous": torch.ones(3)}, tmp)
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))  # a disk that fills up
-try:
-    write_json_atomic(target + ".json", {"big": "x" * 200_000})
-except MmcoaError as error:
-    print("json:", error)
-try:
+def _fill_the_disk(target: str, queue) -> None:
+    """In a forked child (the file-size limit is per process): write the previous files, then
+    try to overwrite them on a disk that fills up; put each one-line error on ``queue``."""
+    write_json_atomic(target + ".json", {"previous": True})
     with atomic_path(target + ".pt") as tmp:
-        torch.save({"big": torch.zeros(100_000)}, tmp)
-except MmcoaError as error:
-    print("torch:", error)
-"""
+        torch.save({"previous": torch.ones(3)}, tmp)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))  # a disk that fills up
+    lines = []
+    try:
+        write_json_atomic(target + ".json", {"big": "x" * 200_000})
+    except MmcoaError as error:
+        lines.append(f"json: {error}")
+    try:
+        with atomic_path(target + ".pt") as tmp:
+            torch.save({"big": torch.zeros(100_000)}, tmp)
+    except MmcoaError as error:
+        lines.append(f"torch: {error}")
+    queue.put(lines)
 
 
-@pytest.mark.slow  # a subprocess
 def test_a_full_disk_is_one_line_and_keeps_the_previous_files(tmp_path):
     target = str(tmp_path / "out")
-    done = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_SCRIPT, target],
-        capture_output=True,
-        text=True,
-        env=CHILD_ENV,
-        timeout=120,
-    )
-    lines = done.stdout.splitlines()
-    assert done.returncode == 0, done.stderr[-2000:]
+    context = multiprocessing.get_context("fork")  # no new interpreter: the modules are loaded
+    queue = context.Queue()
+    child = context.Process(target=_fill_the_disk, args=(target, queue))
+    child.start()
+    lines = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0
     assert len(lines) == 2 and all(
         "no space left" in line and "previous file is intact" in line for line in lines
     )

@@ -420,3 +420,33 @@ def test_published_profile_gives_suites_the_published_preprocessing_unless_set(t
     with pytest.raises(MmcoaError, match="transform") as error:
         load_suite(retrieval, check_files=False)
     assert "\n" not in str(error.value)
+
+
+# -- the weights say what trained them ----------------------------------------------------------
+def test_final_weights_and_their_records_say_which_profile_and_switches_trained_them(tmp_path):
+    config = TrainConfig(
+        method="tecoa",
+        profile="published",
+        max_steps=1,
+        batch_size=4,
+        train_steps=1,
+        output=str(tmp_path / "r"),
+    )
+    train(config, progress=False)
+    sidecar = json.loads((tmp_path / "r" / "final.pt.json").read_text())
+    expected = {name: getattr(config, name) for name in TRAIN_SWITCHES}
+    assert sidecar["training"] == {"method": "tecoa", "profile": "published", "switches": expected}
+    assert expected["attack_grad_leak"] is False and expected["contrastive_targets"] == "batch"
+    [record] = mmcoa.evaluate(
+        "tiny-clip",
+        "synthetic",
+        ["clean"],
+        pretrained=str(tmp_path / "r" / "final.pt"),
+        n_samples=4,
+        progress=False,
+    )
+    assert record["model_build"]["trained_with"] == sidecar["training"]
+    [plain] = mmcoa.evaluate(
+        "tiny-clip", "synthetic", ["clean"], pretrained="random", n_samples=4, progress=False
+    )
+    assert "trained_with" not in plain["model_build"]

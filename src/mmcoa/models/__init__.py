@@ -26,6 +26,7 @@ from typing import Callable
 from mmcoa.errors import UnknownNameError
 from mmcoa.models.minilm import MINILM_CLIP
 from mmcoa.models.base import RESIZE_MODES, TOWERS, VisionLanguageModel, check_resize_mode
+from mmcoa.models.checkpoints import training_of
 from mmcoa.models.open_clip_backend import (
     LOCAL_DIR,
     LOCAL_DIR_CONFIG,
@@ -78,10 +79,12 @@ def load_model(
     name: str, pretrained: str | None = None, device: str = "cpu", resize: str = "torch"
 ) -> VisionLanguageModel:
     """Load a CLIP-style model by name; see the module docstring for accepted names.
-    ``resize`` picks the bicubic resize of :func:`mmcoa.models.base.resize_images`."""
+    ``resize`` picks the bicubic resize of :func:`mmcoa.models.base.resize_images`; weights from
+    an ``mmcoa train`` run carry ``trained_with`` (method, profile, switches: its sidecar's)."""
     check_resize_mode(resize)
     model = model_spec(name).load(pretrained, device)
     model.resize = resize
+    model.trained_with = training_of(pretrained)
     return model
 
 

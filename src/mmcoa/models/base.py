@@ -57,6 +57,7 @@ class VisionLanguageModel(WeightVersioned):
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.visual_prompt: nn.Module | None = None
+        self.trained_with: dict | None = None  # set by load_model from a run's sidecar
         self.text_prompt: nn.Module | None = None
         self.resize = "torch"
 
@@ -205,8 +206,10 @@ class VisionLanguageModel(WeightVersioned):
         return {"architecture": self.name}
 
     def describe_build(self) -> dict:
-        """What a result record says about how the model was built and fed."""
-        return {**self.build_meta(), "resize": self.resize}
+        """What a result record says about how the model was built and fed (and, for weights
+        an ``mmcoa train`` run made, ``trained_with``: its method, profile and switches)."""
+        trained = {"trained_with": self.trained_with} if self.trained_with else {}
+        return {**self.build_meta(), "resize": self.resize, **trained}
 
     def describe(self) -> str:
         return f"{self.name} ({self.pretrained or 'random init'})"

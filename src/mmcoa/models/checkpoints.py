@@ -56,6 +56,18 @@ def _meta(payload: object, path: str) -> dict:
     return meta if isinstance(meta, dict) else _read_sidecar(path)
 
 
+TRAINING_KEY = "training"  # the sidecar's record of the run that made the weights
+
+
+def training_of(path: str | None) -> dict | None:
+    """What a training run's sidecar (``final.pt.json``) says made the weights at ``path``:
+    method, profile and behaviour switches (``mmcoa.profiles``); None for weights without one
+    (a tag, a hub id, a file from another tool). Reads the small JSON sidecar only."""
+    if not path or not os.path.isfile(path):
+        return None
+    return _read_sidecar(path).get(TRAINING_KEY)
+
+
 def _read_sidecar(path: str) -> dict:
     sidecar = meta_sidecar(path)
     if not os.path.isfile(sidecar):

@@ -38,7 +38,7 @@ from mmcoa.distributed import (
 from mmcoa.errors import MmcoaError
 from mmcoa.files import write_json_atomic
 from mmcoa.models import load_model, validate_model_name
-from mmcoa.models.checkpoints import META_KEY, meta_sidecar
+from mmcoa.models.checkpoints import META_KEY, TRAINING_KEY, meta_sidecar
 from mmcoa.models.modes import active_dropout, frozen_parts, train_unfrozen
 from mmcoa.models.prompts import prompt_payload
 from mmcoa.profiles import CORRECTED, PUBLISHED, profile_settings, switch_fields
@@ -512,7 +512,9 @@ class TrainLoop:
             return self._metrics(state, losses, elapsed, waited)
         final = self.run_dir / FINAL_WEIGHTS
         save_atomic(self.model.model.state_dict(), final)
-        write_json_atomic(Path(meta_sidecar(final)), self.model.build_meta())
+        write_json_atomic(
+            Path(meta_sidecar(final)), {**self.model.build_meta(), TRAINING_KEY: trained_with(self.config)}
+        )
         for prompt in (self.model.visual_prompt, self.model.text_prompt):
             if prompt is not None:
                 save_atomic(prompt_payload(prompt), self.run_dir / "prompt.pt")
@@ -563,6 +565,14 @@ IDENTITY_KEYS = (
     "train_towers",
     *SWITCHES,  # the behaviour switches (mmcoa.profiles)
 )
+
+
+def trained_with(config: TrainConfig) -> dict:
+    """What final.pt's sidecar says made the weights: method, the profile asked for and the
+    behaviour switches it resolved to (the method's own published settings included: TeCoA
+    keeps its leak off); records of models loaded from it carry it in ``model_build``."""
+    switches = {name: getattr(config, name) for name in SWITCHES}
+    return {"method": config.method, "profile": config.profile, "switches": switches}
 
 
 def _identity(config: TrainConfig) -> dict:
