@@ -1,8 +1,8 @@
 """The zoo: published robust CLIPs by name (mmcoa.models.zoo, zoo_load).
 
-No weights can be downloaded here: each format is a file fabricated with the exact key layout of
-open_clip's ViT-S-32 (:data:`ARCH`: the key layout of every open_clip ViT, ViT-B-32's and
-ViT-L-14's included, at 40 % of ViT-B-32's size; or transformers' ViT-B/32 CLIPModel) and
+No weights can be downloaded here: each format is a file fabricated with the key layout of an
+open_clip ViT (:data:`ARCH`, mmcoa's tiny-clip config: the layout of every open_clip ViT,
+ViT-B-32's and ViT-L-14's included, at a few MB; or transformers' ViT-B/32 CLIPModel) and
 random weights, registered in a test zoo YAML (local files, file:// URLs, a pre-populated Hugging
 Face cache), and loaded by name and by path; the embeddings must equal plain open_clip or
 transformers loading the same weights."""
@@ -27,8 +27,8 @@ from mmcoa.models import model_spec, zoo, zoo_load
 from mmcoa.models.tiny import clip_bpe_tokenizer
 from mmcoa.models.zoo import ZOO_ENV, entries, get_entry, markdown_table, read_entries
 
-ARCH = "ViT-S-32"  # a real open_clip architecture: its exact key layout, random weights
-OTHER_ARCH = "ViT-S-16"  # another patch size: same keys, other shapes
+ARCH = "tiny-clip"  # an open_clip ViT config (mmcoa registers it): every ViT's key layout, small
+OTHER_ARCH = "tiny-clip-p4"  # ARCH with another patch size: same keys, other shapes (registered below)
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 CLIP = {"mean": list(zoo.CLIP_MEAN), "std": list(zoo.CLIP_STD)}
@@ -272,6 +272,11 @@ def fabricated(tmp_path_factory):
     import open_clip
 
     root = tmp_path_factory.mktemp("zoo")
+    other = open_clip.get_model_config(ARCH)
+    other = {**other, "vision_cfg": {**other["vision_cfg"], "patch_size": 4}}
+    (root / "configs").mkdir()
+    (root / "configs" / f"{OTHER_ARCH}.json").write_text(json.dumps(other))
+    open_clip.add_model_config(root / "configs")
     base = _random_state(0)
     visual = {k.removeprefix("visual."): v for k, v in _random_state(1).items() if k.startswith("visual.")}
     expected = {**base, **{f"visual.{k}": v for k, v in visual.items()}}
@@ -332,7 +337,7 @@ def fabricated(tmp_path_factory):
     plain = open_clip.create_model(ARCH, force_quick_gelu=True, load_weights=False).eval()
     plain.load_state_dict(expected)
     yield {"root": root, "plain": plain, "tokenizer": open_clip.get_tokenizer(ARCH)}
-    shutil.rmtree(root)  # about 2.5 GB
+    shutil.rmtree(root)
 
 
 def _entry(name, fmt, stats, arch=ARCH, **load):
@@ -354,10 +359,14 @@ def test_zoo(fabricated, monkeypatch):
     return fabricated
 
 
-def _images() -> torch.Tensor:
+def _images(size: int | None = None) -> torch.Tensor:
+    """Two seeded images at ``size`` px (default: ARCH's input size)."""
+    import open_clip
+
+    size = size or open_clip.get_model_config(ARCH)["vision_cfg"]["image_size"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
-        return torch.rand(2, 3, 224, 224)
+        return torch.rand(2, 3, size, size)
 
 
 def _assert_same_as_plain(model, fabricated, stats) -> None:
@@ -476,7 +485,7 @@ def test_a_transformers_folder_by_name_and_by_path_equals_plain_transformers(
     zoo.add_zoo_file(str(own))
     plain = CLIPModel.from_pretrained(hf_folder / "full").eval()
     tokens = clip_bpe_tokenizer()(TEXTS, padding=True, return_tensors="pt")
-    images = _images()
+    images = _images(plain.config.vision_config.image_size)
     mean, std = (torch.tensor(CLIP[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     with torch.no_grad():
         want_image = plain.get_image_features(pixel_values=(images - mean) / std).pooler_output
