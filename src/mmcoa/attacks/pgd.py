@@ -140,11 +140,21 @@ class ImageBudget(FieldGroup):
         check_range("n_steps", self.n_steps, 1, 1e9, low_open=False)
         super().__post_init__()
 
-    def maximize(self, loss_fn: LossFn, images: torch.Tensor, generator=None) -> torch.Tensor:
-        """:func:`maximize` of ``loss_fn`` within this budget."""
+    def maximize(
+        self, loss_fn: LossFn, images: torch.Tensor, generator=None, momentum: float = 0.0
+    ) -> torch.Tensor:
+        """:func:`maximize` of ``loss_fn`` within this budget (``momentum``: its velocity)."""
         budget = dict(eps=self.eps, step_size=self.step_size, n_steps=self.n_steps, norm=self.norm)
         start, precision = self.random_start, self.precision
-        return maximize(loss_fn, images, **budget, start=start, generator=generator, precision=precision)
+        return maximize(
+            loss_fn,
+            images,
+            **budget,
+            start=start,
+            generator=generator,
+            precision=precision,
+            momentum=momentum,
+        )
 
 
 @ATTACKS.register("pgd")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from mmcoa.attacks.base import eval_mode
 from mmcoa.attacks.bert import shared_engine
-from mmcoa.attacks.pgd import PGD, ImageBudget, maximize
+from mmcoa.attacks.pgd import PGD, ImageBudget
 from mmcoa.attacks.text.bert_attack import BertAttack
 from mmcoa.data.loading import BatchLoader, consecutive_batches
 from mmcoa.attacks.co_attack import embedding_kl
@@ -552,19 +552,7 @@ def train_budget(config: TrainConfig) -> ImageBudget:
 def maximize_in_train_budget(loss_fn, images, config, generator) -> torch.Tensor:
     """:func:`~mmcoa.attacks.pgd.maximize` within :func:`train_budget`, with the training PGD's
     ``train_momentum`` (FARE's 0.9)."""
-    budget = train_budget(config)
-    return maximize(
-        loss_fn,
-        images,
-        eps=budget.eps,
-        step_size=budget.step_size,
-        n_steps=budget.n_steps,
-        norm=budget.norm,
-        start=budget.random_start,
-        generator=generator,
-        precision=budget.precision,
-        momentum=config.train_momentum,
-    )
+    return train_budget(config).maximize(loss_fn, images, generator, momentum=config.train_momentum)
 
 
 def frozen_copy(model: VisionLanguageModel) -> VisionLanguageModel:
