@@ -5,6 +5,7 @@ declaration of the attack flags; outputs checked before any work; Ctrl-C as one 
 from __future__ import annotations
 
 import argparse
+import importlib
 import dataclasses
 import json
 import os
@@ -388,14 +389,19 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(SUITE))
     curves = ANALYSES.get("curves")
     monkeypatch.setitem(ANALYSES._entries, "curves", Analysis(curves.help, curves.configure, no_work))
-    for module, name in [
+    work = [
         ("mmcoa.eval", "evaluate"),
         ("mmcoa.models", "load_model"),
         ("mmcoa.train.trainer", "train"),
         ("mmcoa.eval.suite", "run_suite"),
         ("mmcoa.report", "write_report"),
         ("mmcoa_demo.demo", "run_demo"),
-    ]:
+    ]
+    # Import every module first: one imported while load_model is patched would keep no_work
+    # under its own name after the test (mmcoa.eval.suite's ``from mmcoa.models import ...``).
+    for module, _ in work:
+        importlib.import_module(module)
+    for module, name in work:
         monkeypatch.setattr(f"{module}.{name}", no_work)
     return tmp_path
 
