@@ -16,7 +16,14 @@ from mmcoa.devices import AUTO
 from mmcoa.distributed import fail_fast, running_under_torchrun
 from mmcoa.errors import MmcoaError, one_line
 from mmcoa.eval.metrics import Scoring
-from mmcoa.flags import OneLineParser, add_field_flags, field_values, flag_name, refuse_renamed
+from mmcoa.flags import (
+    OneLineParser,
+    add_field_flags,
+    field_values,
+    flag_name,
+    refuse_renamed,
+    switch_default_text,
+)
 from mmcoa.outputs import check_output
 from mmcoa.plugins import load_plugins
 from mmcoa.precision import PRECISIONS
@@ -118,9 +125,7 @@ def add_profile_flags(p: argparse.ArgumentParser, *switch_classes) -> None:
         "a switch given explicitly wins (default: corrected)",
     )
     for cls in switch_classes:
-        add_field_flags(
-            p, cls, lambda f: f"{f.metadata['corrected']}; published profile: {f.metadata['published']}"
-        )
+        add_field_flags(p, cls, lambda f: switch_default_text(f, str(f.metadata["corrected"])))
 
 
 def add_workers_flag(p: argparse.ArgumentParser) -> None:

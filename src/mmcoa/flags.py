@@ -72,6 +72,14 @@ def switch(
     return setting(None if unset else corrected, help, choices=choices, sides=sides)
 
 
+def switch_default_text(f: dataclasses.Field, default: str, shown: Callable[[Any], str] = str) -> str:
+    """``default`` as ``--help`` shows a field's default, followed by the published profile's
+    value when the field is a switch (:func:`switch`)."""
+    if "published" not in f.metadata:
+        return default
+    return f"{default}; published profile: {shown(f.metadata['published'])}"
+
+
 def flag_name(name: str) -> str:
     return f"--{name.replace('_', '-')}"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from mmcoa.attacks.base import ATTACKS, user_settings
 from mmcoa.attacks.retrieval import RETRIEVAL_ATTACKS
 from mmcoa.attacks.settings import RENAMED, params_from_settings
-from mmcoa.flags import UNIT_255, flag_name, refuse_renamed
+from mmcoa.flags import UNIT_255, flag_name, refuse_renamed, switch_default_text
 from mmcoa.registry import Registry
 from mmcoa.units import to_255
 
@@ -88,11 +88,10 @@ def add_attack_flags(
             )
             continue
         meta = f.field.metadata
-        published = f"; published profile: {meta['published']}" if "published" in meta else ""
         text = (
             meta["help"]
             + (f" [units of {f.unit}]" if f.unit else "")
-            + f" (default: {f.defaults}{published})"
+            + f" (default: {switch_default_text(f.field, f.defaults)})"
         )
         kind = {"int": int, "float": float}.get(str(f.field.type).split("|")[0].strip(), str)
         p.add_argument(

@@ -10,7 +10,7 @@ from mmcoa.data.loading import check_workers
 from mmcoa.devices import AUTO
 from mmcoa.errors import MmcoaError
 from mmcoa.attacks.text.candidates import CANDIDATE_POSITIONS
-from mmcoa.flags import UNIT_255, setting, switch
+from mmcoa.flags import UNIT_255, setting, switch, switch_default_text
 from mmcoa.models.prompts import VISUAL_PROMPTS
 from mmcoa.precision import PRECISIONS
 from mmcoa.profiles import PROFILES, PUBLISHED, check_profile, profile_settings
@@ -278,7 +278,7 @@ def default_text(f: dataclasses.Field) -> str:
         return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
     if PUBLISHED in f.metadata:  # a switch
-        return f"{shown(f.metadata['corrected'])}; published profile: {shown(f.metadata[PUBLISHED])}"
+        return switch_default_text(f, shown(f.metadata["corrected"]), shown)
     if f.name == "method":
         return f"{f.default}; one of: " + "; ".join(
             f"{m}: {METHODS.get(m).description()}" for m in METHODS.names()
