@@ -446,6 +446,8 @@ def test_final_weights_and_their_records_say_which_profile_and_switches_trained_
         progress=False,
     )
     assert record["model_build"]["trained_with"] == sidecar["training"]
+    card = (tmp_path / "r" / "export" / "README.md").read_text()
+    assert "Behaviour: profile `published` (published switches: `contrastive_targets: batch`" in card
     [plain] = mmcoa.evaluate(
         "tiny-clip", "synthetic", ["clean"], pretrained="random", n_samples=4, progress=False
     )

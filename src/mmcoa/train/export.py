@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mmcoa.files import write_json_atomic, write_text_atomic
-from mmcoa.profiles import PUBLISHED, profile_of, profile_settings
+from mmcoa.profiles import CORRECTED, PUBLISHED, profile_settings
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import method_description
 
@@ -177,13 +177,12 @@ def _found_records(run_dir: Path) -> list[dict]:
 
 
 def behaviour(settings: dict) -> str:
-    """Which behaviour trained the weights: the profile and, where it is not the corrected
-    one, each published switch (``docs/deviations.md``)."""
+    """Which behaviour trained the weights: the profile the run asked for (as ``final.pt.json``
+    records it; a run from before profiles: corrected) and each switch at its published value
+    (``docs/deviations.md``)."""
     published = profile_settings(TrainConfig, PUBLISHED)
-    switches = {k: settings[k] for k in published if k in settings}
-    profile = profile_of(switches, published)
-    changed = [f"`{k}: {v}`" for k, v in switches.items() if v == published[k]]
-    return f"Behaviour: profile `{profile}`" + (
+    changed = [f"`{k}: {settings[k]}`" for k, v in published.items() if settings.get(k) == v]
+    return f"Behaviour: profile `{settings.get('profile', CORRECTED)}`" + (
         f" (published switches: {', '.join(changed)})." if changed else "."
     )
 
