@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -291,3 +292,44 @@ if __name__ == "__main__":  # a rank of run_mmcoa_commands: python helpers.py CO
         code = main(command)
         if code:
             sys.exit(f"mmcoa {' '.join(command)}: exit status {code}")
+
+
+# -- the HTML pages in a browser ----------------------------------------------------------------
+def chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def console_problems(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+needs_chromium = pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="Debian's chromium is not installed (make setup installs "
+    "it when run as root: apt-get install chromium)",
+)
+
+
+def render_dom(page: Path, click: str | None = None) -> tuple[str, list[str]]:
+    """The DOM of ``page`` after headless Chromium ran its scripts (after a click on the first
+    element matching the CSS selector ``click``), and the console problems it logged."""
+    if click:
+        copy = page.with_name(f"clicked-{page.name}")
+        script = f"<script>document.querySelector({json.dumps(click)}).click();</script></body>"
+        copy.write_text(page.read_text().replace("</body>", script))
+        page = copy
+    result = chromium("--dump-dom", page.as_uri())
+    return result.stdout, console_problems(result.stderr)

@@ -53,6 +53,8 @@ def test_registered_on_import():
         rho=0.75,
         precision="fp32",
         n_target_classes=9,
+        n_restarts_targeted=None,
+        min_classes_targeted=2,
     )
 
 
@@ -327,6 +329,38 @@ def test_apgd_t_matches_torchattacks_called_directly(classifier, predicted):
     with torch.random.fork_rng(devices=[]):
         expected = reference(images, labels)
     assert torch.equal(got, expected)
+
+
+def test_robustvlm_restarts_equal_the_two_stages_run_by_hand(classifier, predicted):
+    """APGD-CE with 5 restarts, then APGD-T with 1 restart on the samples still robust (RobustVLM's
+    AutoAttack), equals the two registered stages composed by hand with the same seed."""
+    images, labels = predicted
+    got = APGD(eps=0.5 / 255, n_steps=4, n_restarts=3, n_restarts_targeted=1, seed=5)
+    adv = got(classifier, images, labels).images
+    stage_ce = APGDCE(eps=0.5 / 255, n_steps=4, n_restarts=3, seed=5)(classifier, images, labels).images
+    expected = stage_ce.clone()
+    still = (_predictions(classifier, stage_ce) == labels).nonzero().flatten()
+    stage_t = APGDT(eps=0.5 / 255, n_steps=4, n_restarts=1, seed=5)
+    expected[still] = stage_t(classifier, images[still], labels[still]).images
+    assert torch.equal(adv, expected)
+
+
+def test_min_classes_targeted_runs_apgd_ce_alone_below_it(tiny_model, synthetic_test):
+    classifier = ZeroShotClassifier(tiny_model, synthetic_test.prompts()[:2])
+    images = torch.stack([synthetic_test[i][0] for i in range(8)])
+    labels = _predictions(classifier, images)
+    alone = APGD(eps=2 / 255, n_steps=3, min_classes_targeted=3)(classifier, images, labels, _seeded())
+    ce = APGDCE(eps=2 / 255, n_steps=3)(classifier, images, labels, _seeded())
+    assert torch.equal(alone.images, ce.images) and alone.queries == ce.queries
+
+
+def test_new_fields_at_their_neutral_values_keep_the_seed():
+    """Fields added after records were made leave the seed alone at their neutral values."""
+    from mmcoa.attacks.base import seed_identity
+
+    before = seed_identity(APGD())
+    assert "n_restarts_targeted" not in before[1] and "min_classes_targeted" not in before[1]
+    assert seed_identity(APGD(min_classes_targeted=3)) != before
 
 
 def test_works_on_the_transformers_backend(any_tiny_model, synthetic_test):

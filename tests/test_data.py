@@ -246,7 +246,11 @@ def test_bad_split_lists_splits(tmp_path):
 
 def test_describe_datasets(tmp_path):
     rows = describe_datasets(str(tmp_path))
-    assert [r["name"] for r in rows] == DATASETS.names() + ["imagefolder:<path>", "mscoco_karpathy"]
+    assert [r["name"] for r in rows] == DATASETS.names() + [
+        "imagefolder:<path>",
+        "wds:<dir or name>",
+        "mscoco_karpathy",
+    ]
     for row in rows:
         assert set(row) == {"name", "n_classes", "template", "splits", "found", "description"}
         assert isinstance(row["found"], bool)

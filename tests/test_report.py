@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import subprocess
 
 import pytest
 
@@ -20,6 +18,8 @@ from mmcoa.report import build_tables, load_records, write_report
 from mmcoa.report import columns as C
 from mmcoa.report.render import MISSING, table_csv, table_markdown
 from mmcoa.report.tables import find_label
+
+from helpers import chromium, console_problems, needs_chromium
 
 EPS1, EPS4 = 1 / 255, 4 / 255
 
@@ -308,34 +308,6 @@ def test_table_csv_roundtrip(paper_records):
 
 
 # -- the HTML in a browser -----------------------------------------------------------------------
-def chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--enable-logging=stderr",
-            "--v=0",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def console_problems(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
-
-
-needs_chromium = pytest.mark.skipif(
-    shutil.which("chromium") is None,
-    reason="Debian's chromium is not installed (make setup installs "
-    "it when run as root: apt-get install chromium)",
-)
-
-
 @needs_chromium
 def test_chromium_detects_console_errors(tmp_path):
     """The check below is able to fail: a page with a script error is caught."""

@@ -620,3 +620,161 @@ def test_a_suite_with_a_truncated_checkpoint_writes_nothing(tmp_path):
     output = tmp_path / "out"
     assert main(["suite", str(config), "--output", str(output), "--no-progress"]) == 2
     assert not output.exists() or not any(output.iterdir())
+
+
+# -- shards across machines, and merging their folders ------------------------------------------
+SHARDED_ATTACKS = [{"name": "clean"}, PGD, {**PGD, "label": "image2", "eps": 2}]
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """A 6-cell suite (2 rows × 3 attacks) run whole, and as shards 1/2 and 2/2 in a folder each
+    (shard 1: cells 0, 2, 4 of the table; shard 2: cells 1, 3, 5)."""
+    root = tmp_path_factory.mktemp("shards")
+    config = write_suite(
+        root / "s.yaml",
+        models=[{"label": "CLIP", "name": "tiny-clip"}, {"label": "Other", "name": "tiny-clip-hf"}],
+        attacks=SHARDED_ATTACKS,
+    )
+    whole = suite.run_suite(load_suite(config), root / "whole", progress=False)
+    parts = [root / "part1", root / "part2"]
+    for i, part in enumerate(parts, 1):
+        suite.run_suite(load_suite(config), part, progress=False, shard=(i, 2))
+    return {"config": config, "whole": whole, "whole_dir": root / "whole", "parts": parts}
+
+
+def read(path: Path):
+    return json.loads(path.read_text())
+
+
+def same_records(records: list[dict], expected: list[dict]) -> bool:
+    return [comparable(r) for r in records] == [comparable(r) for r in expected]
+
+
+def test_two_shards_sharing_a_folder_give_the_unsharded_records(sharded, tmp_path, capsys, monkeypatch):
+    config, whole, shared = sharded["config"], sharded["whole"], tmp_path / "shared"
+    shared.mkdir()
+    (shared / ".suite.json.x1.tmp").write_text("{")  # a sibling shard's write in progress
+    argv = ["suite", str(config), "--output", str(shared), "--no-progress"]
+    assert main([*argv, "--shard", "1/2"]) == 0
+    assert "shard 1/2: 3 of its 3 cells done; 3 of 6 cells of the suite" in capsys.readouterr().out
+    assert same_records(read(shared / "records.json"), whole[0::2])
+    assert read(shared / "suite.json")["shard"] == [1, 2]
+
+    records = suite.run_suite(load_suite(config), shared, progress=False, shard=(2, 2))  # no --resume
+    assert same_records(records, whole) and same_records(read(shared / "records.json"), whole)
+    assert read(shared / "suite.json")["settings"] == read(sharded["whole_dir"] / "suite.json")["settings"]
+    for part in (shared, *sharded["parts"]):  # seeded: every shard drew the same subset
+        assert read(part / "subsets" / "synthetic.json") == read(
+            sharded["whole_dir"] / "subsets" / "synthetic.json"
+        )
+
+    calls = count_calls(monkeypatch, "evaluate")
+    assert main([*argv, "--shard", "1/2", "--resume"]) == 0  # resume per shard: nothing left
+    assert calls == [] and "6 of 6 cells of the suite" in capsys.readouterr().out
+    with pytest.raises(MmcoaError, match="already holds this suite's results; pass --resume"):
+        suite.run_suite(load_suite(config), shared, progress=False, shard=(2, 2))
+
+
+def test_shards_in_separate_folders_merge_into_the_unsharded_records(sharded, tmp_path, capsys):
+    parts, output = sharded["parts"], tmp_path / "merged"
+    assert [len(read(p / "records.json")) for p in parts] == [3, 3]
+    assert main(["suite-merge", *map(str, parts), "--output", str(output)]) == 0
+    assert "6 of 6 cells merged" in capsys.readouterr().out
+    records = read(output / "records.json")
+    assert same_records(records, sharded["whole"])
+    assert all(read(output / "cells" / f"{r['cell']}.json") == r for r in records)
+    merged, whole = read(output / "suite.json"), read(sharded["whole_dir"] / "suite.json")
+    assert "shard" not in merged and merged["settings"] == whole["settings"]
+    assert merged["cells"] == whole["cells"]
+    assert [p["shard"] for p in merged["merged_from"]] == [[1, 2], [2, 2]]
+    assert read(output / "subsets" / "synthetic.json") == read(
+        sharded["whole_dir"] / "subsets" / "synthetic.json"
+    )
+
+
+def copy_part(part: Path, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(part, to))
+
+
+def merge_error(capsys, *argv) -> str:
+    assert main(["suite-merge", *map(str, argv)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("mmcoa: error: ") and error.count("\n") == 1, error
+    return error
+
+
+def test_merge_refuses_other_settings_and_conflicting_cells(sharded, tmp_path, capsys):
+    part1, part2 = sharded["parts"]
+    output = tmp_path / "merged"
+    other = copy_part(part2, tmp_path / "other")
+    saved = read(other / "suite.json")
+    saved["settings"]["seed"] = 1
+    (other / "suite.json").write_text(json.dumps(saved))
+    assert "first difference: seed" in merge_error(capsys, part1, other, "--output", output)
+
+    conflict = copy_part(part2, tmp_path / "conflict")
+    cell = read(part2 / "cells" / "clip__synthetic__image.json")
+    (conflict / "cells" / "clip__synthetic__image.json").write_text(json.dumps({**cell, "accuracy": 0.5}))
+    error = merge_error(capsys, part2, conflict, "--output", output)
+    assert (
+        "cell clip__synthetic__image has different records" in error and "first difference: accuracy" in error
+    )
+
+    subsets = copy_part(part2, tmp_path / "subsets")
+    path = subsets / "subsets" / "synthetic.json"
+    path.write_text(json.dumps({**read(path), "indices": [0, 1, 2, 3, 4, 5]}))
+    assert "differs from" in merge_error(capsys, part1, subsets, "--output", output)
+    assert "holds no suite.json" in merge_error(capsys, part1, tmp_path, "--output", output)
+    assert not output.exists()  # nothing written before every check passed
+
+    rerun = copy_part(part2, tmp_path / "rerun")  # the same cell computed twice: only timing differs
+    (rerun / "cells" / "clip__synthetic__image.json").write_text(json.dumps({**cell, "elapsed_s": 99.0}))
+    assert main(["suite-merge", str(part2), str(rerun), "--output", str(output)]) == 0
+
+
+def test_merging_incomplete_parts_reports_the_missing_cells(sharded, tmp_path, capsys):
+    part1, part2 = sharded["parts"]
+    output = tmp_path / "merged"
+    assert main(["suite-merge", str(part1), "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 6 cells missing" in out and "3 of 6 cells merged" in out
+    assert (
+        "shard 2/2: 3 missing (clip__synthetic__image, other__synthetic__clean, other__synthetic__image2)"
+        in out
+    )
+    assert same_records(read(output / "records.json"), sharded["whole"][0::2])
+    # merging the second part into the earlier merge completes it
+    assert main(["suite-merge", str(part2), "--output", str(output)]) == 0
+    assert "missing" not in capsys.readouterr().out
+    assert same_records(read(output / "records.json"), sharded["whole"])
+    assert [p["shard"] for p in read(output / "suite.json")["merged_from"]] == [[2, 2], [1, 2]]
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0/2", "--shard 0/2: I must be from 1 to 2"),
+        ("3/2", "--shard 3/2: I must be from 1 to 2"),
+        ("a/b", "--shard must be I/N, shard I of N .*; got 'a/b'"),
+        ("1/0", "--shard 1/0: N, the number of shards, must be 1 or more"),
+    ],
+)
+def test_bad_shard_values_are_one_line_errors(tmp_path, capsys, monkeypatch, value, message):
+    monkeypatch.setattr(suite, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    output = tmp_path / "out"
+    argv = ["suite", str(write_suite(tmp_path / "s.yaml")), "--output", str(output), "--shard", value]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("mmcoa: error: ") and error.count("\n") == 1 and re.search(message, error), error
+    assert not output.exists()
+
+
+def test_records_carry_the_suite_protocol(tmp_path, sharded):
+    config = load_suite(write_suite(tmp_path / "s.yaml", n_samples=2, attacks=[{"name": "clean"}]))
+    config.protocol = {"name": "mini-protocol", "eps": 1}
+    [record] = suite.run_suite(config, tmp_path / "out", progress=False)
+    assert record["protocol"] == {"name": "mini-protocol", "eps": 1}
+    assert all("protocol" not in r for r in sharded["whole"])  # none set: no key

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_suite(commands)
     _add_demo(commands)
     _add_report(commands)
+    _add_reproduce(commands)
+    _add_leaderboard(commands)
     _add_analyze(commands)
     listing = commands.add_parser("models", help="list the model names")
     listing.add_argument("--all", action="store_true", help="include every open_clip architecture")
@@ -297,23 +299,85 @@ def _add_suite(commands) -> None:
     add_device_flag(p, default=None)  # the suite file's device (default there: auto)
     p.add_argument("--data-root", default=None, help="overrides the suite's data_root")
     add_workers_flag(p)
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="evaluate only shard I of N, to split the suite across N machines: cell k of the "
+        "table (counting from 0, in table order) belongs to shard k mod N + 1, so I counts from "
+        "1 to N (1/4 is the first of 4). The shards may write into one shared --output folder "
+        "(records.json then lists every finished cell there) or each into its own, combined "
+        "with mmcoa suite-merge; --resume works per shard",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_suite, saved=suite_saved)
+    _add_suite_merge(commands)
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from mmcoa.eval.suite import format_cells, run_suite
+    from mmcoa.eval.suite import format_cells, parse_shard, run_suite, shard_cells
     from mmcoa.data.loading import check_workers
     from mmcoa.eval.suite_config import load_suite
 
+    shard = parse_shard(args.shard) if args.shard is not None else None  # one line, before work
     config = load_suite(args.config, n_samples=args.n_samples, device=args.device, data_root=args.data_root)
     if args.workers is not None:
         config.workers = check_workers(args.workers)  # a bad value: one line, now
     check_output(args.output, directory=True)
-    records = run_suite(config, args.output, resume=args.resume, progress=not args.no_progress)
+    records = run_suite(config, args.output, resume=args.resume, progress=not args.no_progress, shard=shard)
     print(format_cells(records))
+    records_file = Path(args.output) / "records.json"
+    cells = config.cells()
+    if shard is None:
+        print(f"{len(records)} of {len(cells)} cells done; records in {records_file}")
+        return 0
+    mine = {cell.id for cell in shard_cells(cells, shard)}
+    done = sum(r["cell"] in mine for r in records)
     print(
-        f"{len(records)} of {len(config.cells())} cells done; records in {Path(args.output) / 'records.json'}"
+        f"shard {shard[0]}/{shard[1]}: {done} of its {len(mine)} cells done; {len(records)} of "
+        f"{len(cells)} cells of the suite in {args.output} (records in {records_file})"
+    )
+    return 0
+
+
+def _add_suite_merge(commands) -> None:
+    p = commands.add_parser(
+        "suite-merge",
+        help="combine the folders of a suite's shards (mmcoa suite --shard I/N), run on "
+        "different machines, into one folder",
+    )
+    p.add_argument(
+        "parts",
+        nargs="+",
+        metavar="PART",
+        help="folders written by mmcoa suite (--shard or not) for the same suite settings",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="the merged folder: new, empty, or an earlier merge of the same suite (its cells are kept)",
+    )
+    p.set_defaults(handler=cmd_suite_merge, saved=folder_saved)
+
+
+def cmd_suite_merge(args: argparse.Namespace) -> int:
+    """Check every part, then write the merged suite.json, subsets, cells and records.json; the
+    cells no part holds are listed with the shard that owns them."""
+    from mmcoa.eval.suite import format_cells, format_missing, merge_suite
+
+    check_output(args.output, directory=True)
+    merged = merge_suite(args.parts, args.output)
+    print(format_cells(merged.records))
+    if merged.ignored:
+        print(
+            f"left out {len(merged.ignored)} cell file(s) of other settings or unreadable, "
+            f"e.g. {merged.ignored[0]}"
+        )
+    if merged.missing:
+        print(format_missing(merged))
+    print(
+        f"{len(merged.records)} of {merged.n_cells} cells merged into {args.output}"
+        + (f" (records in {Path(args.output) / 'records.json'})" if merged.records else "")
     )
     return 0
 
@@ -359,6 +423,101 @@ def cmd_report(args: argparse.Namespace) -> int:
         args.results, args.output, zero_shot=args.zero_shot_label, tecoa=args.tecoa_label, title=args.title
     )
     print(f"report written to {page} (also report.md, tables/*.csv, records.csv)")
+    return 0
+
+
+def _add_reproduce(commands) -> None:
+    from mmcoa.eval.protocols import protocol_names
+
+    p = commands.add_parser(
+        "reproduce",
+        help="a published protocol on one model → records and our number beside the published one",
+        description="Runs PROTOCOL (a shipped name or a protocol YAML file) on --model and writes "
+        "each part's suite folder, comparison.md/.html/.csv/.json (ours, published, difference, "
+        "flag beyond sampling error) under --output. Protocols: docs/reproduce.md.",
+    )
+    p.add_argument("protocol", help=f"{', '.join(protocol_names())}, or a protocol YAML file")
+    p.add_argument("--model", required=True, help="a zoo name (mmcoa zoo) or any model name")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="weights file for the model (a zoo entry's file, or a checkpoint; {dataset} in the "
+        "path for one checkpoint per dataset)",
+    )
+    p.add_argument("--output", required=True, help="results folder")
+    p.add_argument("--resume", action="store_true", help="skip finished cells (as mmcoa suite --resume)")
+    add_device_flag(p, default=None)
+    p.add_argument("--data-root", default=None, help="the datasets' folder (wds_<name>/ folders for wds:)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="the attacks' precision (default: the protocol's, fp32 as published; bf16 is faster "
+        "and recorded in each record)",
+    )
+    add_workers_flag(p)
+    p.add_argument(
+        "--shard", metavar="I/N", default=None, help="run only shard I of N (see mmcoa suite --help)"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_reproduce, saved=folder_saved)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from mmcoa.data.loading import check_workers
+    from mmcoa.eval.protocols import get_protocol
+    from mmcoa.eval.suite import format_cells, parse_shard, run_suite
+    from mmcoa.report.published import write_comparison
+
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    protocol = get_protocol(args.protocol)
+    runtime = dict(device=args.device, data_root=args.data_root, precision=args.precision)
+    if args.workers is not None:
+        runtime["workers"] = check_workers(args.workers)
+    configs = {
+        part: protocol.suite(part, args.model, args.pretrained, **runtime) for part in protocol.parts()
+    }
+    check_output(args.output, directory=True)
+    output = Path(args.output)
+    records = []
+    for part, config in configs.items():
+        done = run_suite(
+            config, output / part, resume=args.resume, progress=not args.no_progress, shard=shard
+        )
+        print(format_cells(done))
+        records += done
+    expected = sum(len(c.cells()) for c in configs.values())
+    if len(records) < expected:
+        print(
+            f"{len(records)} of {expected} cells done under {output}; merge the shards, then rerun with --resume"
+        )
+        return 0
+    page, rows = write_comparison(records, protocol, args.model, output)
+    flagged = [r for r in rows if r.flagged]
+    print(f"{len(rows)} published numbers compared, {len(flagged)} beyond sampling error; {page}")
+    return 0
+
+
+def _add_leaderboard(commands) -> None:
+    p = commands.add_parser(
+        "leaderboard",
+        help="records of many models under one protocol → a RobustBench-style table (md, csv, html)",
+    )
+    p.add_argument("results", nargs="+", help="mmcoa reproduce folders, suite folders or record files")
+    p.add_argument("--output", required=True, help="folder for leaderboard.md, .html and .csv")
+    p.set_defaults(handler=cmd_leaderboard, saved=folder_saved)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from mmcoa.eval.protocols import protocol_of
+    from mmcoa.report.published import write_leaderboard
+    from mmcoa.report.records import load_records
+
+    records = load_records(args.results)
+    protocol = protocol_of(records)
+    check_output(args.output, directory=True)
+    page = write_leaderboard(records, protocol, Path(args.output))
+    print(f"leaderboard of {len({r['label'] for r in records})} model(s) under {protocol.name}: {page}")
     return 0
 
 

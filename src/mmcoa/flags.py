@@ -45,18 +45,22 @@ def setting(
     choices: Iterable[str] | None = None,
     run_default: Any = None,
     sides: dict | None = None,
+    neutral: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field with the metadata its flag is made from: ``help``; ``unit`` (``"1/255"``
     for a value users write in 1/255 that the field holds in pixels); ``choices``; and
     ``run_default``, the default of a run from the command line or a YAML file where it differs
     from the Python default (``device``: ``auto`` there, ``cpu`` in Python); ``sides``, a
-    switch's ``{"corrected": ..., "published": ...}`` values (see :func:`switch`)."""
+    switch's ``{"corrected": ..., "published": ...}`` values (see :func:`switch`); ``neutral``,
+    the value at which a field added later changes nothing (an attack's seed leaves the field
+    out at that value, so adding it changed no earlier record)."""
     metadata = {
         "help": help,
         "unit": unit,
         "choices": tuple(choices) if choices else None,
         "run_default": run_default,
         **(sides or {}),
+        **({} if neutral is dataclasses.MISSING else {"neutral": neutral}),
     }
     return dataclasses.field(default=default, metadata=metadata)
 

@@ -14,6 +14,7 @@ adapter shares; ``autoattack`` and ``square`` (:mod:`mmcoa.attacks.autoattack`) 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Iterator
@@ -24,6 +25,7 @@ from torch import nn
 from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, FieldGroup, check_range, eval_mode, same_setting
 from mmcoa.attacks.pgd import NORMS, PGD, ImageBudget
 from mmcoa.errors import MmcoaError
+from mmcoa.flags import setting
 from mmcoa.models.zeroshot import ZeroShotClassifier
 from mmcoa.precision import autocast_for, check_precision
 
@@ -266,6 +268,10 @@ class APGD(TargetClasses, APGDBase):
         precision (str): ``"fp32"`` or ``"bf16"`` autocast. (Default: ``"fp32"``)
         n_target_classes (int): target classes for APGD-T (AutoAttack: 9); capped at C - 1.
             (Default: 9)
+        n_restarts_targeted (int | None): restarts of each APGD-T run; None: ``n_restarts``.
+            RobustVLM's AutoAttack runs APGD-CE with 5 restarts and APGD-T with 1. (Default: None)
+        min_classes_targeted (int): APGD-T runs only when the classifier has at least this many
+            classes; RobustVLM runs APGD-CE alone on 2-class datasets (3). (Default: 2)
 
     Shape:
         - images, labels: as for :class:`~mmcoa.attacks.base.Attack`.
@@ -282,14 +288,35 @@ class APGD(TargetClasses, APGDBase):
         adv = attack(ZeroShotClassifier(model, prompts), images, labels, generator).images
     """
 
+    n_restarts_targeted: int | None = setting(
+        None,
+        "restarts of the APGD-T runs (RobustVLM's AutoAttack: 1 while APGD-CE has 5); unset: n_restarts",
+        neutral=None,
+    )
+    min_classes_targeted: int = setting(
+        2,
+        "APGD-T runs only on classifiers with at least this many classes (RobustVLM: 3, "
+        "APGD-CE alone on 2-class PCAM)",
+        neutral=2,
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_restarts_targeted is not None:
+            check_int("n_restarts_targeted", self.n_restarts_targeted, 1, 10**6)
+        check_int("min_classes_targeted", self.min_classes_targeted, 2)
+
     def _run(self, adapter, images, labels, seed, n_classes):
-        targets = target_count(self.n_target_classes, n_classes)
         robust, adv = perturb(self.apgd_ce_attack(adapter, seed), images, labels)
+        if n_classes < self.min_classes_targeted:
+            return adv, self.apgd_ce_queries()
+        targets = target_count(self.n_target_classes, n_classes)
+        targeted = dataclasses.replace(self, n_restarts=self.n_restarts_targeted or self.n_restarts)
         remaining = robust.nonzero().flatten()
         if remaining.numel():
-            attack = self.apgd_t_attack(adapter, seed, targets)
+            attack = targeted.apgd_t_attack(adapter, seed, targets)
             adv[remaining] = perturb(attack, images[remaining], labels[remaining])[1]
-        return adv, self.apgd_ce_queries() + self.apgd_t_queries(targets)
+        return adv, self.apgd_ce_queries() + targeted.apgd_t_queries(targets)
 
 
 @ATTACKS.register("apgd-ce")

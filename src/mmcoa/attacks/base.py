@@ -118,8 +118,14 @@ def seed_identity(attack: Attack) -> tuple[str, dict]:
 
 def seeding_params(attack) -> dict:
     """:func:`seed_params` of an attack (classification or retrieval), less its behaviour
-    switches at their corrected value."""
-    params = {k: v for k, v in attack.params().items() if not is_corrected(type(attack), k, v)}
+    switches at their corrected value and its fields at their ``neutral`` value
+    (:func:`mmcoa.flags.setting`)."""
+    neutral = {f.name: f.metadata["neutral"] for f in dataclasses.fields(attack) if "neutral" in f.metadata}
+    params = {
+        k: v
+        for k, v in attack.params().items()
+        if not is_corrected(type(attack), k, v) and not (k in neutral and neutral[k] == v)
+    }
     return seed_params(params)
 
 

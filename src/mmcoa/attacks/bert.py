@@ -213,7 +213,7 @@ def true_class_probability_drop(classifier, image_features: torch.Tensor, labels
     """Score for BertAttack: minus the true-class probability of image ``owner`` when its
     true-class prompt is replaced by the candidate text (higher = more adversarial)."""
     class_embeddings = classifier.class_embeddings()
-    scale = float(classifier.model.logit_scale.detach())
+    scale = float(torch.as_tensor(classifier.logit_scale).detach())
 
     def score(owner: torch.Tensor, texts: list[str]) -> torch.Tensor:
         candidates = encode_unique(classifier, texts)

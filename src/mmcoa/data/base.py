@@ -94,6 +94,7 @@ class ClassificationDataset(Dataset):
         raise NotImplementedError
 
     in_memory = False  # True for datasets held as one tensor: nothing to decode, no workers needed
+    templates: list[str] | None = None  # the dataset's prompt ensemble when it ships one
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """Item ``index`` with a float ``[3, H, W]`` image in [0, 1]."""

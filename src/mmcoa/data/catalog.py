@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mmcoa.data import coco, folder, imagenet_sets
+from mmcoa.data import coco, folder, imagenet_sets, wds
 from mmcoa.data.base import DATASETS, DEFAULT_TEMPLATE, ClassificationDataset, resolve_root
 from mmcoa.errors import MmcoaError, UnknownNameError
 
@@ -35,14 +35,16 @@ def published_dataset_options(name: str) -> dict[str, str]:
 
 
 def known_names() -> list[str]:
-    """Every accepted dataset name, the ``imagefolder:<path>`` pattern included."""
-    return DATASETS.names() + [FOLDER_PATTERN]
+    """Every accepted dataset name, the ``imagefolder:<path>`` and ``wds:<dir or name>`` patterns
+    included."""
+    return DATASETS.names() + [FOLDER_PATTERN, wds.PATTERN]
 
 
 def load_dataset(
     name: str, split: str = "test", root: str | None = None, download: bool = False, **kwargs
 ) -> ClassificationDataset:
-    """Load split ``split`` of dataset ``name`` (a registered name or ``imagefolder:<path>``).
+    """Load split ``split`` of dataset ``name`` (a registered name, ``imagefolder:<path>`` or
+    ``wds:<dir or name>``, :mod:`mmcoa.data.wds`).
 
     ``root`` is the data folder (default ``$MMCOA_DATA`` or ``~/.cache/mmcoa/data``); ``download``
     lets torchvision fetch missing files; ``kwargs`` are dataset options (e.g. ``seed`` for
@@ -51,6 +53,9 @@ def load_dataset(
     if name.startswith(folder.PREFIX):
         _check_options(name, kwargs, ())
         return folder.load(name[len(folder.PREFIX) :], split)
+    if name.startswith(wds.PREFIX):
+        _check_options(name, kwargs, wds.OPTIONS)
+        return wds.load(name[len(wds.PREFIX) :], split, root, **kwargs)
     if name not in DATASETS:
         raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(known_names())}")
     spec = DATASETS.get(name)
@@ -69,9 +74,9 @@ def _check_options(name: str, kwargs: dict, accepted: tuple[str, ...]) -> None:
 
 
 def describe_datasets(root: str | None = None) -> list[dict]:
-    """One row per registered dataset (plus ``imagefolder:<path>``) with keys ``name``,
-    ``n_classes``, ``template``, ``splits``, ``found`` (files on disk under ``root`` or the default
-    places) and ``description``."""
+    """One row per registered dataset (plus ``imagefolder:<path>``, ``wds:<dir or name>`` and
+    ``mscoco_karpathy``) with keys ``name``, ``n_classes``, ``template``, ``splits``, ``found``
+    (files on disk under ``root`` or the default places) and ``description``."""
     path = resolve_root(root)
     rows = [
         dict(
@@ -95,8 +100,23 @@ def describe_datasets(root: str | None = None) -> list[dict]:
             "<path>/<split> when that folder exists), resized to 224x224",
         )
     )
+    rows.append(_wds_row(path))
     rows.append(_coco_row(path))
     return rows
+
+
+def _wds_row(path) -> dict:
+    """CLIP_benchmark's webdataset test sets (RobustVLM's evaluation data): found when a
+    ``wds_<name>`` or ``wds/<name>`` folder is in the data root."""
+    return dict(
+        name=wds.PATTERN,
+        n_classes=None,
+        template="{} from the set's " + wds.TEMPLATES,
+        splits=["any"],
+        found=any(path.glob("wds_*/*/nshards.txt")) or any(path.glob("wds/**/nshards.txt")),
+        description="a clip-benchmark/wds_<name> download (e.g. wds:vtab/cifar10 under --data-root "
+        "or wds:<dir>); options size (native|224), n_samples, order (stored|robustvlm)",
+    )
 
 
 def _coco_row(path) -> dict:

@@ -54,6 +54,8 @@ RESIZED = transforms.Compose(
     [transforms.Lambda(to_rgb), transforms.Resize(256), transforms.CenterCrop(CROP_SIZE), to_image_tensor]
 )
 """``Resize(256)`` + ``CenterCrop(224)``, for every other set."""
+SQUARE_224 = transforms.Compose([transforms.Lambda(to_rgb), transforms.Resize((224, 224)), to_image_tensor])
+"""``Resize((224, 224))`` (bilinear): TGA-ZSR's evaluation of CIFAR and STL (option ``size: "224"``)."""
 
 
 def split_camel_case(name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 
-from mmcoa.data.paper_common import NATIVE, RESIZED, PaperSet, seeded_split, split_camel_case
+from mmcoa.data.paper_common import NATIVE, RESIZED, SQUARE_224, PaperSet, seeded_split, split_camel_case
 from mmcoa.errors import MmcoaError
 
 DOWNLOAD = "pass --download on a machine with internet"
@@ -71,8 +71,8 @@ def caltech256_name(folder: str) -> str:
     return re.sub(r"-101$", "", re.sub(r"^\d+\.", "", folder))
 
 
-def _stl10(split: str, root: Path):
-    inner = UnhashedSTL10(str(root), split=split, transform=NATIVE)
+def _stl10(split: str, root: Path, size: str = "native"):
+    inner = UnhashedSTL10(str(root), split=split, transform=SQUARE_224 if size == "224" else NATIVE)
     return inner, inner.classes
 
 
@@ -154,6 +154,8 @@ SETS = [
         build=_stl10,
         fetch=lambda root: UnhashedSTL10(str(root), split="test", download=True),
         image_size=(96, 96),
+        choices={"size": ("native", "224")},
+        image_size_of=lambda options: (224, 224) if options["size"] == "224" else (96, 96),
     ),
     PaperSet(
         name="food101",

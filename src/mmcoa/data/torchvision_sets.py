@@ -1,15 +1,17 @@
-"""CIFAR-10 and CIFAR-100 through torchvision, at their native 32x32."""
+"""CIFAR-10 and CIFAR-100 through torchvision, at their native 32x32 (option ``size: "224"``:
+``Resize((224, 224))``, bilinear, as TGA-ZSR's evaluation reads them)."""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
 
-from torchvision import datasets
+from torchvision import datasets, transforms
 
 from mmcoa.data.base import (
     DatasetSpec,
     WrappedClassificationDataset,
+    choice_option,
     first_line,
     to_image_tensor,
     register_dataset,
@@ -41,6 +43,13 @@ def _without_md5(tv_class: type) -> type:
     )
 
 
+SIZES = {
+    "native": (to_image_tensor, (32, 32)),
+    "224": (transforms.Compose([transforms.Resize((224, 224)), to_image_tensor]), (224, 224)),
+}
+"""Option ``size``: the transform and image size. ``native`` (default) is the stored 32 px;
+``224`` resizes to 224x224 with PIL's bilinear filter."""
+
 # Module-level names so that datasets holding them pickle (DataLoader workers under spawn).
 UnhashedCIFAR10 = _without_md5(datasets.CIFAR10)
 UnhashedCIFAR100 = _without_md5(datasets.CIFAR100)
@@ -70,9 +79,11 @@ def _download(name: str, tv_class: type, root: Path) -> None:
 
 
 def _make_loader(name: str, tv_class: type):
-    """The ``load(split, root, download)`` function for one CIFAR variant (an Unhashed class)."""
+    """The ``load(split, root, download, size)`` function for one CIFAR variant (an Unhashed class)."""
 
-    def load(split: str, root: str | None, download: bool) -> WrappedClassificationDataset:
+    def load(split: str, root: str | None, download: bool, size="native") -> WrappedClassificationDataset:
+        # size unannotated: a suite's `size: 224` (a YAML number) reaches choice_option as is
+        transform, image_size = SIZES[choice_option(name, "size", size, tuple(SIZES))]
         root = resolve_root(root)
         folder = root / tv_class.base_folder
         if not _found(tv_class, root) and download:
@@ -88,14 +99,14 @@ def _make_loader(name: str, tv_class: type):
                 f"pass --download on a machine with internet"
             )
         try:
-            inner = tv_class(str(root), train=split == "train", transform=to_image_tensor)
+            inner = tv_class(str(root), train=split == "train", transform=transform)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
             raise MmcoaError(
                 f"dataset {name}: cannot read {folder}: {first_line(error)}; delete the folder and "
                 "pass --download on a machine with internet to fetch a fresh copy"
             ) from None
         return WrappedClassificationDataset(
-            inner, name=name, split=split, classnames=inner.classes, image_size=(32, 32)
+            inner, name=name, split=split, classnames=inner.classes, image_size=image_size
         )
 
     return load
@@ -111,6 +122,7 @@ def _register(name: str, tv_class: type, n_classes: int, description: str) -> No
             description=description,
             load=_make_loader(name, tv_class),
             found=lambda root: _found(tv_class, root),
+            options=("size",),
         )
     )
 

@@ -62,6 +62,7 @@ def evaluate(
     world: World = SINGLE,
     scoring: Scoring = DEFAULT_SCORING,
     dataset_options: dict | None = None,
+    logit_scale: float | None = None,
 ) -> list[dict]:
     """Zero-shot accuracy of ``model`` on ``dataset`` under each attack; one record per attack.
 
@@ -79,10 +80,13 @@ def evaluate(
     ``scoring`` says how robust samples are counted (:class:`~mmcoa.eval.metrics.Scoring`);
     each record stores it and the attack's behaviour switches with their profile.
     ``dataset_options`` (e.g. the published profile's ``published_dataset_options``) go to
-    ``load_dataset`` for a dataset given by name and are stored in each record.
+    ``load_dataset`` for a dataset given by name and are stored in each record. ``template``
+    :data:`ENSEMBLE` classifies with the dataset's prompt ensemble (``dataset.templates``, e.g. a
+    ``wds:`` set's); ``logit_scale`` fixes the logits' scale (RobustVLM's protocol: 100).
     """
     attacks = [build_attack(a) if isinstance(a, str) else a for a in attacks]
     _check_run_args(attacks, n_samples, batch_size)
+    check_prompting(template, logit_scale, attacks)
     one_of("robust_metric", scoring.robust_metric, ROBUST_METRICS)
     check_workers(workers)
     for attack in attacks:
@@ -101,7 +105,7 @@ def evaluate(
     if indices is None:
         indices = sample_indices(len(dataset), n_samples, seed)
     indices = _checked(indices, dataset)
-    classifier = ZeroShotClassifier(model, dataset.prompts(template))
+    classifier = zero_shot_head(model, dataset, template, logit_scale)
     batches = consecutive_batches(indices, batch_size)
     loader = BatchLoader(
         dataset,
@@ -120,9 +124,57 @@ def evaluate(
             **_record(model, dataset, attack, tally, prompts, indices, seed),
             **behaviour(attack, scoring),
             **({"dataset_options": dict(dataset_options)} if dataset_options else {}),
+            **_prompting(classifier),
         }
         for attack, (tally, prompts) in zip(attacks, outcomes)
     ]
+
+
+ENSEMBLE = "ensemble"
+"""The ``template`` value that classifies with the dataset's own prompt ensemble."""
+
+
+def check_prompting(template: str | None, logit_scale: float | None, attacks: Sequence[Attack] = ()) -> None:
+    """One line unless ``template`` is None, a template with ``{}`` or :data:`ENSEMBLE`, and
+    ``logit_scale`` None or positive; an ensemble classifier has no single prompt per class for
+    a text attack to edit."""
+    if template is not None and template != ENSEMBLE and "{}" not in template:
+        raise MmcoaError(f"template must hold {{}} for the class name, or be {ENSEMBLE!r}; got {template!r}")
+    if logit_scale is not None and not logit_scale > 0:
+        raise MmcoaError(
+            f"logit_scale must be a positive number (or unset: the model's); got {logit_scale!r}"
+        )
+    text = [a.name for a in attacks if a.threat in ("text", "multimodal")]
+    if template == ENSEMBLE and text:
+        raise MmcoaError(
+            f"template {ENSEMBLE!r} averages several prompts per class; the text attack(s) "
+            f"{', '.join(text)} edit one prompt per class: use a single template with them"
+        )
+
+
+def zero_shot_head(model, dataset, template: str | None, logit_scale: float | None = None):
+    """The classifier of ``dataset``'s classes: its prompts with ``template`` (None: the
+    dataset's own), or with :data:`ENSEMBLE` its prompt ensemble."""
+    if template != ENSEMBLE:
+        return ZeroShotClassifier(model, dataset.prompts(template), logit_scale=logit_scale)
+    templates = getattr(dataset, "templates", None)
+    if not templates:
+        raise MmcoaError(
+            f"dataset {dataset.name} ships no prompt ensemble; template {ENSEMBLE!r} needs one "
+            "(wds: datasets read zeroshot_classification_templates.txt)"
+        )
+    sets = [dataset.prompts(t) for t in templates]
+    return ZeroShotClassifier(model, sets[0], ensemble=sets, logit_scale=logit_scale)
+
+
+def _prompting(classifier) -> dict:
+    """Record keys for a non-default head: the ensemble's size and a fixed logit scale."""
+    out = {}
+    if classifier.ensemble is not None:
+        out["prompt_ensemble"] = len(classifier.ensemble)
+    if classifier.fixed_logit_scale is not None:
+        out["logit_scale"] = classifier.fixed_logit_scale
+    return out
 
 
 def behaviour(*parts) -> dict:

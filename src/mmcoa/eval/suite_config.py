@@ -45,6 +45,7 @@ TOP_LEVEL = (
     "device",
     "data_root",
     "template",
+    "logit_scale",
     "precision",
     "profile",
     "robust_metric",
@@ -125,7 +126,9 @@ class SuiteConfig:
     batch_size: int = 128
     device: str = "cpu"
     data_root: str | None = None
-    template: str | None = None
+    template: str | None = None  # a template with {}, "ensemble" or None (each dataset's own)
+    logit_scale: float | None = None  # fixed logit scale (None: the model's)
+    protocol: dict | None = None  # set by mmcoa.eval.protocols: the protocol the suite runs
     profile: str = CORRECTED  # the behaviour switches' side (mmcoa.profiles)
     robust_metric: str = "clean-and-adversarial"  # mmcoa.eval.metrics.Scoring
     workers: int | None = None  # data-loading processes (None: automatic, mmcoa.data.loading)
@@ -175,6 +178,7 @@ class SuiteConfig:
                 "seed": self.seed,
                 "batch_size": self.batch_size,
                 "template": self.template,
+                **({"logit_scale": self.logit_scale} if self.logit_scale is not None else {}),
                 **({"robust_metric": self.robust_metric} if self.task == "classification" else {}),
             }
         )
@@ -218,6 +222,16 @@ def load_suite(
     return config
 
 
+def build_suite(values: dict, source: str, check_files: bool = True) -> SuiteConfig:
+    """A suite from the content of a suite file (e.g. a protocol's part), checked as
+    :func:`load_suite` checks a file."""
+    config = _build(dict(values), default_name=str(values.get("name", "suite")), source=source)
+    if check_files:
+        _check_checkpoints(config)
+    _check_cell_ids(config)
+    return config
+
+
 def _read_yaml(path: Path) -> dict:
     return read_mapping(path, "suite config")
 
@@ -244,6 +258,7 @@ def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
     )
     attacks = [_attack(i, v, task, precision, profile) for i, v in enumerate(values["attacks"])]
     _unique("attack labels", [a.label for a in attacks])
+    _check_ensemble(values.get("template"), attacks, task)
     return SuiteConfig(
         name=_string("name", values.get("name", default_name)),
         task=task,
@@ -257,6 +272,7 @@ def _build(values: dict, default_name: str, source: str) -> SuiteConfig:
         device=resolve_device(_string("device", values.get("device", AUTO))),
         data_root=_optional_string("data_root", values.get("data_root")),
         template=_template(values.get("template"), task),
+        logit_scale=_logit_scale(values.get("logit_scale"), task),
         profile=profile,
         robust_metric=robust_metric,
         description=typed("description", values.get("description", ""), "str"),
@@ -346,13 +362,25 @@ def _dataset(index: int, value: Any, task: str, split: str, profile: str = CORRE
 
 def _check_classification_dataset(where: str, name: str, split: str, options: dict) -> dict:
     """The dataset's options, typed as its loader declares them, once name and split check out."""
-    from mmcoa.data import DATASETS
+    from mmcoa.data import DATASETS, wds
     from mmcoa.data.catalog import FOLDER_PATTERN, known_names
     from mmcoa.data.folder import PREFIX
 
     if name.startswith(PREFIX):
         _require(not options, f"{where}: {FOLDER_PATTERN} takes no options")
         return options
+    if name.startswith(wds.PREFIX):
+        unknown = ", ".join(sorted(set(options) - set(wds.OPTIONS)))
+        _require(
+            not unknown, f"{where}: {wds.PATTERN} takes no option {unknown}; accepted: size, n_samples, order"
+        )
+        words = {"size": wds.SIZES, "order": wds.ORDERS}  # size: 224 (a YAML number) is the word '224'
+        return {
+            k: _positive(f"{where}.options.{k}", v, optional=True)
+            if k == "n_samples"
+            else one_of(f"{where}.options.{k}", str(v) if type(v) is int else v, words[k])
+            for k, v in options.items()
+        }
     _require(
         name in DATASETS,
         f"{where}: unknown dataset {name!r}; known: {', '.join(known_names())}"
@@ -502,4 +530,31 @@ def _template(value: Any, task: str) -> str | None:
         task == "classification",
         f"template applies to classification suites only; this suite has task: {task} (remove template)",
     )
-    return typed("template", value, "str", accepted="a string with {}", ok=lambda v: "{}" in v)
+    from mmcoa.eval.runner import ENSEMBLE
+
+    return typed(
+        "template",
+        value,
+        "str",
+        accepted=f"a string with {{}}, or {ENSEMBLE!r} (the dataset's prompt ensemble)",
+        ok=lambda v: "{}" in v or v == ENSEMBLE,
+    )
+
+
+def _check_ensemble(template: Any, attacks: list[AttackEntry], task: str) -> None:
+    """A prompt ensemble has no single prompt per class for a text attack to edit."""
+    from mmcoa.eval.runner import ENSEMBLE
+
+    text = [a.label for a in attacks if attack_registry(task).get(a.name).threat in ("text", "multimodal")]
+    _require(
+        template != ENSEMBLE or not text,
+        f"template {ENSEMBLE!r} averages several prompts per class; the text attack column(s) "
+        f"{', '.join(text)} edit one prompt per class: use a single template with them",
+    )
+
+
+def _logit_scale(value: Any, task: str) -> float | None:
+    if value is None:
+        return None
+    _require(task == "classification", f"logit_scale applies to classification suites only; got task: {task}")
+    return typed("logit_scale", value, "float", accepted="a positive number", ok=lambda v: v > 0)

@@ -12,17 +12,34 @@ from mmcoa.models.base import VisionLanguageModel
 class ZeroShotClassifier:
     """``logits = logit_scale · cos(f(x), g(prompt_c))`` for the C class prompts.
 
+    With ``ensemble`` (several prompt sets, one prompt per class each, e.g. the 18 CIFAR
+    templates of CLIP_benchmark) class c is ``normalize(mean_t normalize(g(prompt_{t,c})))``,
+    CLIP's prompt ensembling; ``logit_scale`` fixes the scale (RobustVLM's protocol: 100)
+    instead of the model's learned one.
+
     Normalized prompt embeddings are computed once and reused until the text tower's weights
     change (see :meth:`VisionLanguageModel.text_fingerprint`), so a batch loop or an attack
     loop never re-encodes the prompts. Pass ``class_embeddings`` to classify against another
     prompt set (e.g. adversarial prompts) without touching the cache.
     """
 
-    def __init__(self, model: VisionLanguageModel, prompts: Sequence[str], text_batch_size: int = 256):
+    def __init__(
+        self,
+        model: VisionLanguageModel,
+        prompts: Sequence[str],
+        text_batch_size: int = 256,
+        *,
+        ensemble: Sequence[Sequence[str]] | None = None,
+        logit_scale: float | None = None,
+    ):
         if not prompts:
             raise ValueError("a zero-shot classifier needs at least one class prompt")
+        if ensemble is not None and any(len(p) != len(prompts) for p in ensemble):
+            raise ValueError("every prompt set of an ensemble needs one prompt per class")
         self.model = model
         self.prompts = list(prompts)
+        self.ensemble = [list(p) for p in ensemble] if ensemble else None
+        self.fixed_logit_scale = logit_scale
         self.text_batch_size = text_batch_size
         self._cache: tuple[tuple, torch.Tensor] | None = None
 
@@ -34,8 +51,19 @@ class ZeroShotClassifier:
         """[C, D] L2-normalized prompt embeddings, without gradient."""
         key = self.model.text_fingerprint()
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.encode_prompts(self.prompts))
+            self._cache = (key, self._encode_classes())
         return self._cache[1]
+
+    def _encode_classes(self) -> torch.Tensor:
+        if self.ensemble is None:
+            return self.encode_prompts(self.prompts)
+        mean = torch.stack([self.encode_prompts(p) for p in self.ensemble]).mean(0)
+        return torch.nn.functional.normalize(mean, dim=-1)
+
+    @property
+    def logit_scale(self) -> float:
+        """The fixed scale when one was given, else the model's."""
+        return self.model.logit_scale if self.fixed_logit_scale is None else self.fixed_logit_scale
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -55,11 +83,13 @@ class ZeroShotClassifier:
         image = self.model.encode_image(images, normalize=True).float()
         text = text.to(image.device)
         similarity = torch.einsum("bd,bcd->bc", image, text) if text.ndim == 3 else image @ text.T
-        return self.model.logit_scale * similarity
+        return self.logit_scale * similarity
 
     def with_prompt_set(self, class_embeddings: torch.Tensor) -> ZeroShotClassifier:
         """A classifier over the same model that classifies against ``class_embeddings``."""
-        fixed = ZeroShotClassifier(self.model, self.prompts, self.text_batch_size)
+        fixed = ZeroShotClassifier(
+            self.model, self.prompts, self.text_batch_size, logit_scale=self.fixed_logit_scale
+        )
         fixed.class_embeddings = lambda: class_embeddings  # type: ignore[method-assign]
         return fixed
 

@@ -138,16 +138,45 @@ figure img{max-width:100%;border:1px solid #ddd}
 """
 
 
-def page_html(title: str, sections: list[tuple[str, list[str]]]) -> str:
-    """A self-contained HTML page: inline CSS, inline images, no script."""
+def page_html(title: str, sections: list[tuple[str, list[str]]], script: str = "") -> str:
+    """A self-contained HTML page: inline CSS, inline images, and ``script`` (none by default;
+    :data:`SORTABLE` makes every results table sortable by a click on a column head)."""
     body = "\n".join(
         f"<h2>{html.escape(name)}</h2>\n" + "\n".join(parts) for name, parts in sections if parts
     )
+    script = f"<script>{script}</script>" if script else ""
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
-        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n{body}\n{script}</body></html>\n"
     )
+
+
+SORTABLE = """
+document.querySelectorAll('table.results').forEach(function (table) {
+  var heads = table.tHead.rows[table.tHead.rows.length - 1].cells;
+  var offset = table.tHead.rows.length > 1 ? 1 : 0;
+  Array.prototype.forEach.call(heads, function (head, i) {
+    var column = i + offset;
+    head.style.cursor = 'pointer';
+    head.title = 'sort';
+    head.addEventListener('click', function () {
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      var down = head.dataset.order !== 'down';
+      head.dataset.order = down ? 'down' : 'up';
+      function key(row) {
+        var text = row.cells[column] ? row.cells[column].textContent : '';
+        var number = parseFloat(text.replace('\u2212', '-').replace('\u00b1', ''));
+        return isNaN(number) ? (down ? -Infinity : Infinity) : number;
+      }
+      rows.sort(function (a, b) { return down ? key(b) - key(a) : key(a) - key(b); });
+      rows.forEach(function (row) { body.appendChild(row); });
+      table.dataset.sortedBy = String(column);
+    });
+  });
+});
+"""
 
 
 def _md(text: str) -> str:
