@@ -28,7 +28,7 @@ import yaml
 from mmcoa.errors import MmcoaError, UnknownNameError
 from mmcoa.eval.suite_config import SuiteConfig, build_suite, json_ready
 
-PROTOCOL_DIR = Path(__file__).with_name("protocols")
+PROTOCOL_DIR = Path(__file__).with_name("protocol_files")
 MEASURES = ("clean", "robust", "robust_text_attack", "robust_multimodal_attack")
 KEYS = ("name", "version", "ref", "description", "settings", "datasets", "parts")
 RUNTIME_KEYS = ("device", "data_root", "workers", "precision")  # how a run computes, not what
