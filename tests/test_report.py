@@ -123,8 +123,33 @@ def test_different_attack_settings_are_never_merged():
         table1.row("TeCoA").values[:2] == [None, pytest.approx(60.0)]
         and table1.row("TeCoA").values[2] is None
     )
-    ood_titles = [t.title for t in build_tables(records)[1:]]
-    assert len(ood_titles) == 3 and any("eps=4/255" in t for t in ood_titles)
+    assert build_tables(records)[1:] == []  # one dataset: no cross-dataset table repeats Table I
+
+
+def test_the_report_opens_with_the_main_table_then_figures_then_the_other_tables(tmp_path, paper_records):
+    from mmcoa.analysis.plotting import new_figure, write_analysis
+
+    folder = write_inputs(tmp_path / "in", paper_records)
+    figure, _ = new_figure(4, 3)
+    write_analysis(
+        folder,
+        "plot",
+        analysis="eps-sweep",
+        title="A plot",
+        figure=figure,
+        columns=["s", "v"],
+        rows=[["a", 1.0]],
+        data={},
+    )
+    write_report([folder], tmp_path / "out")
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    heads = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert heads == ["## Main table", "## Analyses", "## More tables"]
+    assert (
+        markdown.index("### Table I layout")
+        < markdown.index("### A plot")
+        < markdown.index("### Table II layout")
+    )
 
 
 def test_other_parameters_and_sample_counts_show_in_headers():

@@ -97,27 +97,41 @@ def world(tmp_path_factory):
         torch.manual_seed(1)
         robust = open_clip.create_model("tiny-clip", force_quick_gelu=True, load_weights=False).state_dict()
     torch.save(base, root / "base.pt")
-    torch.save(
-        {k[len("visual.") :]: v for k, v in robust.items() if k.startswith("visual.")}, root / "vision.pt"
-    )
+    visual = {k[len("visual.") :]: v for k, v in robust.items() if k.startswith("visual.")}
+    torch.save(visual, root / "vision.pt")
+    full = {**base, **{f"visual.{k}": v for k, v in visual.items()}}
+    train = {"vision_encoder_state_dict": {f"module.{k}": v for k, v in visual.items()}, "epoch": 2}
+    torch.save(train, root / "train.pth.tar")
+    torch.save(full, root / "full.pt")
+    (root / "hub").mkdir()
+    config = {"model_cfg": {**open_clip.get_model_config("tiny-clip"), "quick_gelu": "TRUE"}}
+    (root / "hub" / "open_clip_config.json").write_text(json.dumps(config))
+    torch.save(full, root / "hub" / "open_clip_pytorch_model.bin")
     return root
 
 
-def zoo_file(root, published_results=None):
+FORMATS = {  # the published formats, one file each, all holding the same weights
+    "training_checkpoint": "train.pth.tar",
+    "full_state_dict": "full.pt",
+    "open_clip_hub": "hub",
+}
+
+
+def zoo_file(root, published_results=None, fmt="vision_state_dict", name="tiny-robust"):
     entry = {
-        "name": "tiny-robust",
+        "name": name,
         "method": "FARE (test)",
         "arch": "tiny-clip",
         "train_eps": "2/255",
         "load": {
-            "format": "vision_state_dict",
+            "format": fmt,
             "arch": "tiny-clip",
             "quick_gelu": True,
             "base": str(root / "base.pt"),
         },
         "published": published_results or [],
     }
-    path = root / f"zoo-{len(published_results or [])}.yaml"
+    path = root / f"zoo-{name}-{len(published_results or [])}.yaml"
     path.write_text(yaml.safe_dump({"checkpoints": [entry]}))
     return path
 
@@ -129,9 +143,9 @@ def no_user_zoo(monkeypatch):
     zoo._added_files.clear()
 
 
-def reproduce(world, output, zoo_path, *extra):
-    argv = ["reproduce", str(world / "mini.yaml"), "--model", "tiny-robust", "--zoo", str(zoo_path)]
-    argv += ["--pretrained", str(world / "vision.pt"), "--data-root", str(world / "data"), "--device", "cpu"]
+def reproduce(world, output, zoo_path, *extra, model="tiny-robust", weights="vision.pt"):
+    argv = ["reproduce", str(world / "mini.yaml"), "--model", model, "--zoo", str(zoo_path)]
+    argv += ["--pretrained", str(world / weights), "--data-root", str(world / "data"), "--device", "cpu"]
     return main([*argv, "--output", str(output), "--no-progress", *extra])
 
 
@@ -160,6 +174,17 @@ def test_every_record_carries_the_protocol_and_its_settings(first_run, world):
     robust = [r for r in records if r["attack"] == "apgd"]
     assert {r["n_samples"] for r in robust} == {12}
     assert {r["n_samples"] for r in records if r["attack"] == "clean"} == {20, 18}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_published_format_gives_the_same_records(first_run, world, tmp_path, fmt):
+    """The same weights exported in each format reproduce the vision state dict's run exactly."""
+    name = f"tiny-{fmt.replace('_', '-')}"
+    assert (
+        reproduce(world, tmp_path, zoo_file(world, fmt=fmt, name=name), model=name, weights=FORMATS[fmt]) == 0
+    )
+    numbers = {(r["dataset"], r["attack_label"]): r["accuracy"] for r in _records(tmp_path)}
+    assert numbers == {(r["dataset"], r["attack_label"]): r["accuracy"] for r in _records(first_run)}
 
 
 def test_a_record_of_other_settings_is_never_compared(first_run, world):
@@ -210,6 +235,22 @@ def test_reproduce_matches_the_published_numbers_and_flags_a_changed_one(first_r
     for row in rows:
         assert row["tolerance"] > 0 and abs(row["difference"]) <= (30.05 if row["flagged"] else 0.05 + 1e-9)
     assert "BEYOND SAMPLING" in (first_run / "comparison.md").read_text()
+    zoo.add_zoo_file(str(zoo_path))
+    assert (
+        main(
+            [
+                "report",
+                str(first_run / "clean"),
+                str(first_run / "robust"),
+                "--output",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert markdown.index("## Main table") < markdown.index("## Ours beside the published numbers")
+    assert "BEYOND SAMPLING" in markdown
 
 
 def test_tolerance_is_the_binomial_interval_plus_rounding():

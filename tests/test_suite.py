@@ -658,7 +658,7 @@ def test_two_shards_sharing_a_folder_give_the_unsharded_records(sharded, tmp_pat
     argv = ["suite", str(config), "--output", str(shared), "--no-progress"]
     assert main([*argv, "--shard", "1/2"]) == 0
     assert "shard 1/2: 3 of its 3 cells done; 3 of 6 cells of the suite" in capsys.readouterr().out
-    assert same_records(read(shared / "records.json"), whole[0::2])
+    assert same_records(read(shared / "records.json"), whole[:3])  # the first model row's group
     assert read(shared / "suite.json")["shard"] == [1, 2]
 
     records = suite.run_suite(load_suite(config), shared, progress=False, shard=(2, 2))  # no --resume
@@ -715,10 +715,10 @@ def test_merge_refuses_other_settings_and_conflicting_cells(sharded, tmp_path, c
     (other / "suite.json").write_text(json.dumps(saved))
     assert "first difference: seed" in merge_error(capsys, part1, other, "--output", output)
 
-    conflict = copy_part(part2, tmp_path / "conflict")
-    cell = read(part2 / "cells" / "clip__synthetic__image.json")
+    conflict = copy_part(part1, tmp_path / "conflict")
+    cell = read(part1 / "cells" / "clip__synthetic__image.json")
     (conflict / "cells" / "clip__synthetic__image.json").write_text(json.dumps({**cell, "accuracy": 0.5}))
-    error = merge_error(capsys, part2, conflict, "--output", output)
+    error = merge_error(capsys, part1, conflict, "--output", output)
     assert (
         "cell clip__synthetic__image has different records" in error and "first difference: accuracy" in error
     )
@@ -730,9 +730,9 @@ def test_merge_refuses_other_settings_and_conflicting_cells(sharded, tmp_path, c
     assert "holds no suite.json" in merge_error(capsys, part1, tmp_path, "--output", output)
     assert not output.exists()  # nothing written before every check passed
 
-    rerun = copy_part(part2, tmp_path / "rerun")  # the same cell computed twice: only timing differs
+    rerun = copy_part(part1, tmp_path / "rerun")  # the same cell computed twice: only timing differs
     (rerun / "cells" / "clip__synthetic__image.json").write_text(json.dumps({**cell, "elapsed_s": 99.0}))
-    assert main(["suite-merge", str(part2), str(rerun), "--output", str(output)]) == 0
+    assert main(["suite-merge", str(part1), str(rerun), "--output", str(output)]) == 0
 
 
 def test_merging_incomplete_parts_reports_the_missing_cells(sharded, tmp_path, capsys):
@@ -742,10 +742,10 @@ def test_merging_incomplete_parts_reports_the_missing_cells(sharded, tmp_path, c
     out = capsys.readouterr().out
     assert "3 of 6 cells missing" in out and "3 of 6 cells merged" in out
     assert (
-        "shard 2/2: 3 missing (clip__synthetic__image, other__synthetic__clean, other__synthetic__image2)"
+        "shard 2/2: 3 missing (other__synthetic__clean, other__synthetic__image, other__synthetic__image2)"
         in out
     )
-    assert same_records(read(output / "records.json"), sharded["whole"][0::2])
+    assert same_records(read(output / "records.json"), sharded["whole"][:3])
     # merging the second part into the earlier merge completes it
     assert main(["suite-merge", str(part2), "--output", str(output)]) == 0
     assert "missing" not in capsys.readouterr().out
@@ -778,3 +778,12 @@ def test_records_carry_the_suite_protocol(tmp_path, sharded):
     [record] = suite.run_suite(config, tmp_path / "out", progress=False)
     assert record["protocol"] == {"name": "mini-protocol", "eps": 1}
     assert all("protocol" not in r for r in sharded["whole"])  # none set: no key
+
+
+def test_shards_keep_a_model_row_and_dataset_together():
+    """A (row, dataset) group's cells share one pass (and a multimodal column reuses the PGD of its
+    neighbour), so a shard takes whole groups; with fewer groups than shards, single cells."""
+    groups = [("a", None, "x")] * 3 + [("a", None, "y")] * 3 + [("b", None, "x")] * 3
+    assert suite.shard_owners(groups, 2) == [1, 1, 1, 2, 2, 2, 1, 1, 1]
+    assert suite.shard_owners(groups, 3) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert suite.shard_owners(groups[:3], 2) == [1, 2, 1]

@@ -303,9 +303,10 @@ def _add_suite(commands) -> None:
         "--shard",
         metavar="I/N",
         default=None,
-        help="evaluate only shard I of N, to split the suite across N machines: cell k of the "
-        "table (counting from 0, in table order) belongs to shard k mod N + 1, so I counts from "
-        "1 to N (1/4 is the first of 4). The shards may write into one shared --output folder "
+        help="evaluate only shard I of N, to split the suite across N machines: the table's "
+        "(model row, dataset) groups are dealt out in turn, group g (from 0, in table order) to "
+        "shard g mod N + 1, so a group's cells share one pass (with fewer groups than N, cells "
+        "are dealt one by one); I counts from 1 to N (1/4 is the first of 4). The shards may write into one shared --output folder "
         "(records.json then lists every finished cell there) or each into its own, combined "
         "with mmcoa suite-merge; --resume works per shard",
     )

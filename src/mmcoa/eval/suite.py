@@ -140,9 +140,15 @@ def check_shard(shard) -> None:
     )
 
 
-def shard_of(index: int, n: int) -> int:
-    """The shard (1 to ``n``) of the cell at ``index`` (from 0) of the table."""
-    return index % n + 1
+def shard_owners(groups: list[tuple], n: int) -> list[int]:
+    """The shard (1 to ``n``) of each cell, given each cell's (model row, weights, dataset) in
+    table order: the groups are dealt out in turn, so the cells of a group (which share one
+    pass over the data and a PGD that a multimodal column reuses) stay together; with fewer
+    groups than shards, the cells are dealt out one by one instead."""
+    order = list(dict.fromkeys(groups))
+    if len(order) < n:
+        return [k % n + 1 for k in range(len(groups))]
+    return [order.index(group) % n + 1 for group in groups]
 
 
 def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
@@ -150,7 +156,8 @@ def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
     if shard is None:
         return list(cells)
     i, n = shard
-    return [cell for k, cell in enumerate(cells) if shard_of(k, n) == i]
+    owners = shard_owners([(c.model.label, c.weights, c.dataset.name) for c in cells], n)
+    return [cell for cell, owner in zip(cells, owners) if owner == i]
 
 
 class _Run:
@@ -694,10 +701,11 @@ def _owners(table: list[dict], missing: list[str], n: int | None) -> dict[int, l
     """The missing cells by the shard (1 to ``n``) that owns them."""
     if n is None:
         return None
-    position = {entry["id"]: k for k, entry in enumerate(table)}
+    groups = [(entry["label"], entry.get("weights"), entry["dataset"]) for entry in table]
+    owner = dict(zip((entry["id"] for entry in table), shard_owners(groups, n)))
     owners: dict[int, list[str]] = {}
     for cell in missing:
-        owners.setdefault(shard_of(position[cell], n), []).append(cell)
+        owners.setdefault(owner[cell], []).append(cell)
     return owners
 
 

@@ -3,7 +3,10 @@
 ``write_report(paths, output_dir)`` reads records (``mmcoa eval``, ``mmcoa retrieval``,
 ``mmcoa suite``) and analysis summaries (``mmcoa analyze``) from files and directories and
 writes ``report.md``, ``report.html`` (self-contained: CSS and PNGs inline, no script),
-``tables/*.csv``, ``records.csv`` (every record, one per line) and ``figures/*.png``.
+``tables/*.csv``, ``records.csv`` (every record, one per line) and ``figures/*.png``. The
+report opens with what a reader looks for first: the main table, the comparison with the
+published numbers (records of ``mmcoa reproduce`` runs of a zoo model), the figures; the
+cross-dataset and retrieval tables follow.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from mmcoa.errors import MmcoaError
 from mmcoa.files import write_text_atomic
 from mmcoa.report import columns as C
 from mmcoa.report import render
@@ -106,19 +110,23 @@ def write_report(
     loaded = load_results(paths)
     table_records = [r for r in loaded.records if r.get("analysis") not in FIGURE_ONLY]
     tables = build_tables(table_records, zero_shot, tecoa) if table_records else []
+    main, more = tables[:1], tables[1:]
+    published = comparison_tables(table_records)
     figures = [_figure(a) for a in loaded.analyses]
     output = Path(output_dir)
     (output / "tables").mkdir(parents=True, exist_ok=True)
-    for table in tables:
+    for table in tables + published:
         write_text_atomic(output / "tables" / f"{table.key}.csv", render.table_csv(table))
     write_text_atomic(output / "records.csv", records_csv(loaded.records))
     pngs = _copy_figures(figures, output / "figures")
-    write_text_atomic(output / "report.md", _markdown(title, loaded, tables, figures, pngs))
+    sections = [("Main table", main), ("Ours beside the published numbers", published), ("More tables", more)]
+    write_text_atomic(output / "report.md", _markdown(title, loaded, sections, figures, pngs))
     page = render.page_html(
         title,
         [
-            ("Tables", [render.table_html(t) for t in tables]),
+            *[(name, [render.table_html(t) for t in group]) for name, group in sections[:2]],
             ("Analyses", [render.figure_html(f) for f in figures]),
+            (sections[2][0], [render.table_html(t) for t in more]),
             ("Sources", [_sources_html(loaded)]),
         ],
     )
@@ -180,14 +188,47 @@ def _copy_figures(figures: list[Figure], folder: Path) -> dict[str, str]:
     return copied
 
 
+def comparison_tables(records: list[dict]) -> list[Table]:
+    """Per model of ``mmcoa reproduce`` records whose zoo entry publishes numbers under their
+    protocol: ours beside the published ones (records of no protocol, or of one whose check
+    fails, have none: ``mmcoa reproduce`` and ``mmcoa leaderboard`` say why)."""
+    from mmcoa.eval.protocols import protocol_of
+    from mmcoa.report.published import comparison_table, compare, measurements, zoo_entry
+
+    runs = [r for r in records if r.get("protocol")]
+    tables = []
+    for name in sorted({r["protocol"]["name"] for r in runs}):
+        chosen = [r for r in runs if r["protocol"]["name"] == name]
+        try:
+            protocol = protocol_of(chosen)
+            measured = measurements(chosen, protocol)
+        except MmcoaError:
+            continue
+        for model, numbers in measured.items():
+            entry = zoo_entry(model)
+            rows = compare(numbers, entry, protocol) if entry else []
+            if rows:
+                table = comparison_table(model, rows, protocol)
+                table.key = f"comparison-{len(tables) + 1}"
+                tables.append(table)
+    return tables
+
+
 def _markdown(
-    title: str, loaded: Loaded, tables: list[Table], figures: list[Figure], pngs: dict[str, str]
+    title: str,
+    loaded: Loaded,
+    sections: list[tuple[str, list[Table]]],
+    figures: list[Figure],
+    pngs: dict[str, str],
 ) -> str:
     parts = [f"# {title}", "", _summary_line(loaded), ""]
-    if tables:
-        parts += ["## Tables", ""] + [render.table_markdown(t) + "\n" for t in tables]
+    for name, tables in sections[:2]:
+        if tables:
+            parts += [f"## {name}", ""] + [render.table_markdown(t) + "\n" for t in tables]
     if figures:
         parts += ["## Analyses", ""] + [render.figure_markdown(f, pngs.get(f.key)) + "\n" for f in figures]
+    if sections[2][1]:
+        parts += [f"## {sections[2][0]}", ""] + [render.table_markdown(t) + "\n" for t in sections[2][1]]
     return "\n".join(parts)
 
 

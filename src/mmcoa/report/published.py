@@ -226,7 +226,7 @@ def leaderboard_table(records: list[dict], protocol: Protocol) -> Table:
 
 
 def _leader_row(model: str, measured: dict, protocol: Protocol, attacks: list[str]) -> Row:
-    entry = _entry(model)
+    entry = zoo_entry(model)
     facts = [entry.method, entry.arch, entry.train_eps or "—"] if entry else ["—", "—", "—"]
     labels = [d.get("label", d["name"]) for d in protocol.datasets]
     averages = (
@@ -251,7 +251,7 @@ def _leader_row(model: str, measured: dict, protocol: Protocol, attacks: list[st
     return Row(model, values)
 
 
-def _entry(model: str) -> ZooEntry | None:
+def zoo_entry(model: str) -> ZooEntry | None:
     try:
         return get_entry(model)
     except MmcoaError:
@@ -276,7 +276,7 @@ def write_comparison(records: list[dict], protocol: Protocol, model: str, output
     """The comparison of ``model``'s protocol records with its zoo entry's published numbers
     (``comparison.md/.html/-*.csv`` and ``comparison.json``); returns the page and the rows."""
     measured = measurements(records, protocol).get(model, {})
-    entry = _entry(model)
+    entry = zoo_entry(model)
     rows = compare(measured, entry, protocol) if entry else []
     tables = [comparison_table(model, rows, protocol), measured_table(model, measured, protocol)]
     page = write_tables(tables, output, "comparison", f"{model} under {protocol.name}")

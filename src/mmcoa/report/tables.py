@@ -85,22 +85,20 @@ def table1(records: list[dict], labels: list[str]) -> Table | None:
 
 
 def ood_tables(records: list[dict], labels: list[str]) -> list[Table]:
-    """Paper Table II layout: one table per (threat, attack setting), datasets as columns."""
+    """Paper Table II layout: one table per (threat, attack setting), datasets as columns; a
+    setting evaluated on a single dataset has none (its numbers are Table I's)."""
     rows = _classification(records, labels)
     groups: dict[str, tuple[str, dict]] = {}
     for _, r in rows:
         setting = C.setting_of(r, with_n=False)
         groups.setdefault(C.setting_key(setting), (C.threat_of(r), setting))
     ordered = sorted(groups.items(), key=lambda kv: (C.threat_rank(kv[1][0]), C.sort_key(kv[1][1])))
-    return [
-        _ood_table(
-            index,
-            threat,
-            setting,
-            [(lb, r) for lb, r in rows if C.setting_key(C.setting_of(r, with_n=False)) == key],
-        )
-        for index, (key, (threat, setting)) in enumerate(ordered, 1)
+    grouped = [
+        (threat, setting, [(lb, r) for lb, r in rows if C.setting_key(C.setting_of(r, with_n=False)) == key])
+        for key, (threat, setting) in ordered
     ]
+    across = [g for g in grouped if len({r["dataset"] for _, r in g[2]}) > 1]  # one dataset: Table I holds it
+    return [_ood_table(index, *group) for index, group in enumerate(across, 1)]
 
 
 def _ood_table(index: int, threat: str, setting: dict, rows: list[tuple[str, dict]]) -> Table:
