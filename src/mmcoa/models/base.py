@@ -79,6 +79,19 @@ class VisionLanguageModel(WeightVersioned):
         """The text tower's token-embedding table (where a ``text_prompt`` acts)."""
         raise NotImplementedError
 
+    def check_image_tokens(self) -> None:
+        """A one-line error unless :meth:`encode_image_tokens` works for this model (backends
+        whose image tower is a ViT override it); cheap, so callers check before any work."""
+        raise MmcoaError(
+            f"model {self.name} does not give its image tower's patch tokens (a ViT image tower "
+            "of the open_clip or transformers backend does)"
+        )
+
+    def _encode_pixel_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized pixels → (pooled embedding [B, D], patch tokens [B, P, D] in the joint
+        space); see :meth:`encode_image_tokens`."""
+        raise NotImplementedError
+
     # -- public interface ----------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -109,6 +122,18 @@ class VisionLanguageModel(WeightVersioned):
         default) on the [0, 1] images before :meth:`preprocess`, ``"normalized"`` on its output."""
         features = self._encode_pixels(self._prompted_input(images.to(self.device)))
         return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_image_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pooled, patches)`` for [0, 1] images of shape [batch, 3, H, W], from one forward pass.
+
+        ``pooled`` [B, D] is :meth:`encode_image`'s embedding; ``patches`` [B, P, D] are the last
+        layer's patch tokens (no class token) through the same final norm and projection as the
+        pooled token, so they live in the joint image-text space, in row-major order of the
+        patch grid. A ``visual_prompt`` acts as in :meth:`encode_image`. A model whose image
+        tower gives no patch tokens raises a one-line :class:`MmcoaError` first
+        (:meth:`check_image_tokens`)."""
+        self.check_image_tokens()
+        return self._encode_pixel_tokens(self._prompted_input(images.to(self.device)))
 
     def _prompted_input(self, images: torch.Tensor) -> torch.Tensor:
         """The normalized model input for [0, 1] ``images``, with the visual prompt applied in

@@ -61,6 +61,17 @@ class HFClipModel(VisionLanguageModel):
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.get_image_features(pixel_values=pixels).pooler_output
 
+    def check_image_tokens(self) -> None:
+        """``CLIPModel``'s image tower is a ViT: patch tokens always exist."""
+
+    def _encode_pixel_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of the vision model: the pooled embedding as :meth:`_encode_pixels`, and the
+        last hidden state's patch tokens through ``post_layernorm`` and ``visual_projection``, as
+        the class token is pooled."""
+        out = self.model.get_image_features(pixel_values=pixels)
+        norm = self.model.vision_model.post_layernorm
+        return out.pooler_output, self.model.visual_projection(norm(out.last_hidden_state[:, 1:]))
+
     def _encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model.get_text_features(**tokens).pooler_output
 

@@ -105,6 +105,33 @@ class OpenClipModel(VisionLanguageModel):
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
+    def check_image_tokens(self) -> None:
+        """Patch tokens come from open_clip's ``VisionTransformer`` pooled at its class token or
+        by averaging, with ``ln_post`` before the pool (not timm or ResNet towers, not CoCa's
+        attentional pool)."""
+        from open_clip.transformer import VisionTransformer
+
+        visual = self.model.visual
+        if not (
+            isinstance(visual, VisionTransformer)
+            and visual.attn_pool is None
+            and visual.pool_type in ("tok", "avg")
+            and not visual.final_ln_after_pool
+        ):
+            raise MmcoaError(
+                f"model {self.name} does not give its image tower's patch tokens: they need open_clip's "
+                f"VisionTransformer with a class-token or average pool (its tower: {type(visual).__name__})"
+            )
+
+    def _encode_pixel_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower's own forward with ``output_tokens`` on (open_clip 3.x: the pooled embedding
+        and the ``ln_post``-normalized patch tokens), the tokens then through ``proj`` as the
+        pooled token is."""
+        visual = self.model.visual
+        with _output_tokens(visual):
+            pooled, patches = visual(pixels)
+        return pooled, patches if visual.proj is None else patches @ visual.proj
+
     def _encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         text = tokens["text"]
         if not self.trims_text or text.shape[1] == self.model.context_length:
@@ -117,6 +144,18 @@ class OpenClipModel(VisionLanguageModel):
     def token_embedding(self):
         text = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps it in .text
         return text.token_embedding
+
+
+@contextlib.contextmanager
+def _output_tokens(visual):
+    """open_clip's ``VisionTransformer`` returning ``(pooled, tokens)`` while inside (its
+    ``output_tokens`` flag, restored after)."""
+    previous = visual.output_tokens
+    visual.output_tokens = True
+    try:
+        yield
+    finally:
+        visual.output_tokens = previous
 
 
 def _trims_text(model) -> bool:
