@@ -344,3 +344,15 @@ def test_the_four_protocols_ship_with_their_published_settings():
     assert {d.name: d.options for d in tga.datasets}["cifar10"] == {"size": "224"}
     mmcoa = get_protocol("mmcoa").suite("eval", "tiny-clip")
     assert [a.name for a in mmcoa.attacks] == ["clean", "pgd", "bert", "multimodal"]
+
+
+def test_leaderboard_puts_the_most_robust_model_first(first_run, tmp_path):
+    records = _records(first_run)
+    better = [{**r, "label": "tiny-better", "accuracy": min(1.0, r["accuracy"] + 0.1)} for r in records]
+    (tmp_path / "better.json").write_text(json.dumps(better))
+    assert (
+        main(["leaderboard", str(first_run), str(tmp_path / "better.json"), "--output", str(tmp_path / "b")])
+        == 0
+    )
+    rows = (tmp_path / "b" / "leaderboard-leaderboard.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["tiny-better", "tiny-robust"]

@@ -28,6 +28,7 @@ from mmcoa.report import render
 from mmcoa.report.tables import Column, Row, Table
 
 Z_95 = 1.96
+FACTS = ("method", "arch", "train eps", "source")  # a leaderboard row's model facts
 AVERAGE_METRIC = "average"
 
 
@@ -209,7 +210,7 @@ def leaderboard_table(records: list[dict], protocol: Protocol) -> Table:
     beside it, sorted by the first robust column (best first)."""
     by_model = measurements(records, protocol)
     attacks = list(protocol.measures())
-    columns = [Column("model", n) for n in ("method", "arch", "train eps")]
+    columns = [Column("model", n) for n in FACTS]
     for a in attacks:
         columns += [Column(a, "ours"), Column(a, "published")]
     rows = [_leader_row(model, measured, protocol, attacks) for model, measured in by_model.items()]
@@ -227,7 +228,8 @@ def leaderboard_table(records: list[dict], protocol: Protocol) -> Table:
 
 def _leader_row(model: str, measured: dict, protocol: Protocol, attacks: list[str]) -> Row:
     entry = zoo_entry(model)
-    facts = [entry.method, entry.arch, entry.train_eps or "—"] if entry else ["—", "—", "—"]
+    source = str(entry.facts.get("citation") or "—").split(",")[0] if entry else "—"
+    facts = [entry.method, entry.arch, entry.train_eps or "—", source] if entry else ["—"] * 4
     labels = [d.get("label", d["name"]) for d in protocol.datasets]
     averages = (
         [c for c in compare(measured, entry, protocol) if c.key.lower().startswith("avg")] if entry else []
