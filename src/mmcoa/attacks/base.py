@@ -69,6 +69,9 @@ class Attack(FieldGroup):
 
     name: ClassVar[str] = "attack"
     threat: ClassVar[str] = ""
+    # What a text part edits ("word": BERT-Attack, "character": Charmer), the records'
+    # ``text_threat``; empty for an attack without a text part.
+    text_unit: ClassVar[str] = ""
 
     def __call__(
         self,

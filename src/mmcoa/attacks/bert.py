@@ -60,8 +60,9 @@ class UsesBertAttack(FieldGroup):
     ``mlm`` (hub id or directory), ``k`` candidates per word, ``max_words`` word budget,
     ``candidate_position`` (a switch: ``own``, or the published code's ``preceding``;
     ``docs/deviations.md``, row 1); the engine comes from :func:`shared_engine` in
-    :meth:`prepare`."""
+    :meth:`prepare`. Its edits change words (``text_unit``, the records' ``text_threat``)."""
 
+    text_unit: ClassVar[str] = "word"
     mlm: str = setting(DEFAULT_MLM, "masked LM of the text attacks: hub id, directory or minilm")
     k: int = setting(10, "BERT-Attack candidates per word")
     max_words: int = setting(1, "words the text attacks change per prompt")
@@ -96,12 +97,21 @@ class UsesBertAttack(FieldGroup):
     def adversarial_prompt_set(self, classifier: ZeroShotClassifier) -> tuple[list[TextEdit], torch.Tensor]:
         """Paper Eq. 4 on each class prompt; edits and normalized embeddings, cached until the
         text tower changes."""
-        key = (classifier.model.text_fingerprint(), tuple(classifier.prompts))
-        if key not in self._prompt_sets:
-            edits = self.engine.attack_embeddings(classifier.prompts, classifier.model)
-            embeddings = classifier.encode_prompts([e.adversarial for e in edits])
-            self._prompt_sets = {key: (edits, embeddings)}
-        return self._prompt_sets[key]
+        return cached_prompt_set(self.engine, classifier, self._prompt_sets)
+
+
+def cached_prompt_set(engine, classifier: ZeroShotClassifier, cache: dict) -> tuple[list[TextEdit], torch.Tensor]:
+    """Paper Eq. 4 on each class prompt with a text attack ``engine`` (its
+    ``attack_embeddings``: BERT-Attack's or Charmer's): the edits and the normalized embeddings of
+    the attacked prompts, kept in ``cache`` (one entry) until the text tower or the prompts
+    change."""
+    key = (classifier.model.text_fingerprint(), tuple(classifier.prompts))
+    if key not in cache:
+        edits = engine.attack_embeddings(classifier.prompts, classifier.model)
+        embeddings = classifier.encode_prompts([e.adversarial for e in edits])
+        cache.clear()
+        cache[key] = (edits, embeddings)
+    return cache[key]
 
 
 def per_class_costs(edits: list[TextEdit], labels: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -133,15 +143,20 @@ class BertPrompts(UsesBertAttack, Attack):
     threat: ClassVar[str] = "text"
 
     def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
-        edits, embeddings = self.adversarial_prompt_set(classifier)
-        queries, changed = per_class_costs(edits, labels)
-        return AttackResult(
-            images=images,
-            class_embeddings=embeddings,
-            queries=queries,
-            words_changed=changed,
-            adversarial_prompts=[e.adversarial for e in edits],
-        )
+        return prompt_set_result(*self.adversarial_prompt_set(classifier), images, labels)
+
+
+def prompt_set_result(edits: list[TextEdit], embeddings: torch.Tensor, images, labels) -> AttackResult:
+    """The label-agnostic text attack's result: clean images, the attacked prompt set, and each
+    sample's costs on its own class prompt (:func:`per_class_costs`)."""
+    queries, changed = per_class_costs(edits, labels)
+    return AttackResult(
+        images=images,
+        class_embeddings=embeddings,
+        queries=queries,
+        words_changed=changed,
+        adversarial_prompts=[e.adversarial for e in edits],
+    )
 
 
 @ATTACKS.register("bert-targeted")
@@ -168,15 +183,21 @@ class BertTargeted(UsesBertAttack, Attack):
     threat: ClassVar[str] = "text"
 
     def __call__(self, classifier, images, labels, generator=None, image_result=None) -> AttackResult:
-        with torch.no_grad():
-            image_features = classifier.model.encode_image(images, normalize=True).float()
-        edits = per_image_prompt_edits(
-            self.engine, classifier, labels, true_class_probability_drop(classifier, image_features, labels)
-        )
-        return prompt_edit_result(classifier, images, labels, edits)
+        return targeted_prompt_result(self.engine, classifier, images, labels)
 
 
-def per_image_prompt_edits(engine: BertAttack, classifier, labels, score_fn) -> list[TextEdit]:
+def targeted_prompt_result(engine, classifier, images, labels) -> AttackResult:
+    """Each image's true-class prompt attacked with ``engine`` (BERT-Attack's or Charmer's
+    ``attack``) to lower that image's true-class probability; per-sample prompt sets."""
+    with torch.no_grad():
+        image_features = classifier.model.encode_image(images, normalize=True).float()
+    edits = per_image_prompt_edits(
+        engine, classifier, labels, true_class_probability_drop(classifier, image_features, labels)
+    )
+    return prompt_edit_result(classifier, images, labels, edits)
+
+
+def per_image_prompt_edits(engine, classifier, labels, score_fn) -> list[TextEdit]:
     """Attack each sample's own copy of its true-class prompt with ``score_fn``."""
     return engine.attack([classifier.prompts[int(y)] for y in labels], score_fn)
 
@@ -210,8 +231,9 @@ def encode_unique(classifier, texts: list[str]) -> torch.Tensor:
 
 
 def true_class_probability_drop(classifier, image_features: torch.Tensor, labels: torch.Tensor):
-    """Score for BertAttack: minus the true-class probability of image ``owner`` when its
-    true-class prompt is replaced by the candidate text (higher = more adversarial)."""
+    """Score for a text attack's ``attack`` (BERT-Attack, Charmer): minus the true-class
+    probability of image ``owner`` when its true-class prompt is replaced by the candidate text
+    (higher = more adversarial)."""
     class_embeddings = classifier.class_embeddings()
     scale = float(torch.as_tensor(classifier.logit_scale).detach())
 

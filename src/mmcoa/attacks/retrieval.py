@@ -68,6 +68,7 @@ class RetrievalAttack(FieldGroup):
 
     name: ClassVar[str] = "attack"
     threat: ClassVar[str] = ""  # one of mmcoa.attacks.base.THREATS
+    text_unit: ClassVar[str] = ""  # as Attack.text_unit: "word", "character" or none
     image_guided: ClassVar[bool] = False
 
     def prepare(self, device: str) -> None:

@@ -215,9 +215,8 @@ def leaderboard_table(records: list[dict], protocol: Protocol) -> Table:
         columns += [Column(a, "ours"), Column(a, "published")]
     rows = [_leader_row(model, measured, protocol, attacks) for model, measured in by_model.items()]
     robust = next((i for i, a in enumerate(attacks) if protocol.measures()[a][0] != "clean"), 0)
-    rows.sort(
-        key=lambda r: -(r.values[3 + 2 * robust] if isinstance(r.values[3 + 2 * robust], float) else -1)
-    )
+    first = len(FACTS) + 2 * robust  # the first robust column's "ours"
+    rows.sort(key=lambda r: -(r.values[first] if isinstance(r.values[first], float) else -1))
     notes = [
         f"protocol {protocol.name} v{protocol.version} ({protocol.sha1[:8]}): {protocol.description}",
         "ours: the mean over the protocol's datasets (— when one is missing); published: the zoo entry's "

@@ -49,7 +49,9 @@ def simclip_loss(adv_features: torch.Tensor, original_features: torch.Tensor) ->
     With the frozen ``f₀(x)`` carrying no gradient, its value is ``−cos(f(x_adv), f₀(x))`` and its
     gradient half that of the first term (the second term's only path is stopped), exactly as
     the published loop."""
-    return (negative_cosine(adv_features, original_features) + negative_cosine(original_features, adv_features)) / 2
+    return (
+        negative_cosine(adv_features, original_features) + negative_cosine(original_features, adv_features)
+    ) / 2
 
 
 def fare_adversarial(ctx: StepContext, original: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
