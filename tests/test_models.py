@@ -506,3 +506,37 @@ def _saved(tmp_path):
 
     save_file({k: v.contiguous() for k, v in mmcoa.load_model("tiny-clip").model.state_dict().items()}, path)
     return path
+
+
+# -- prompt ensembles and a fixed logit scale (the robustvlm protocol's head) -----------------------
+def test_an_ensemble_classifier_averages_normalised_prompt_embeddings(tiny_model):
+    import torch.nn.functional as F
+
+    from mmcoa.models import ZeroShotClassifier
+
+    sets = [["a cat", "a dog"], ["a photo of a cat", "a photo of a dog"], ["cat art", "dog art"]]
+    head = ZeroShotClassifier(tiny_model, sets[0], ensemble=sets, logit_scale=100.0)
+    with torch.no_grad():
+        each = [F.normalize(tiny_model.encode_text(s).float(), dim=-1) for s in sets]
+    expected = F.normalize(sum(each) / len(each), dim=-1)
+    torch.testing.assert_close(head.class_embeddings(), expected, rtol=1e-5, atol=1e-6)
+    images = torch.rand(3, 3, *tiny_model.image_size)
+    with torch.no_grad():
+        image = F.normalize(tiny_model.encode_image(images).float(), dim=-1)
+        torch.testing.assert_close(head.logits(images), 100.0 * image @ expected.T, rtol=1e-5, atol=1e-4)
+
+
+def test_ensemble_and_logit_scale_errors_are_one_line_before_the_model_loads(capsys, tmp_path):
+    from mmcoa.cli import main
+
+    base = ["eval", "--model", "tiny-clip", "--dataset", "synthetic", "--n-samples", "4", "--device", "cpu"]
+    cases = [
+        (["--attacks", "clean", "--template", "ensemble"], "dataset synthetic ships no prompt ensemble"),
+        (["--attacks", "clean,bert", "--template", "ensemble"], "the text attack(s) bert edit one prompt"),
+        (["--attacks", "clean", "--logit-scale", "-1"], "logit_scale must be a positive number"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra, "--output", str(tmp_path / "r.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "r.json").exists()

@@ -91,7 +91,18 @@ def _add_eval(commands) -> None:
     )
     add_attack_flags(p, skip=("precision",))  # --precision: add_runtime_flags
     add_profile_flags(p, Scoring)
-    p.add_argument("--template", default=None, help="prompt template with {} (default: the dataset's)")
+    p.add_argument(
+        "--template",
+        default=None,
+        help="prompt template with {} (default: the dataset's), or 'ensemble': the dataset's prompt "
+        "ensemble (wds: datasets ship one)",
+    )
+    p.add_argument(
+        "--logit-scale",
+        type=float,
+        default=None,
+        help="a fixed logit scale (default: the model's; RobustVLM: 100)",
+    )
     p.add_argument("--prompt", default=None, help="a vp/advpt run's prompt.pt to put on the model")
     p.add_argument(
         "--resize",
@@ -575,6 +586,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         template=template,
+        logit_scale=args.logit_scale,
         resize=args.resize,
         skip_bad_images=args.skip_bad_images,
         workers=args.workers,

@@ -2,7 +2,7 @@
 image-text retrieval threat models are registered apart, in ``RETRIEVAL_ATTACKS``
 (:mod:`mmcoa.attacks.retrieval`)."""
 
-from mmcoa.attacks import apgd, autoattack, bert, co_attack, multimodal, noise, sga  # noqa: F401  (register)
+from mmcoa.attacks import apgd, autoattack, bert, charmer, co_attack, multimodal, noise, sga  # noqa: F401  (register)
 from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, build_attack, eval_mode
 from mmcoa.attacks.pgd import PGD, maximize
 from mmcoa.attacks.retrieval import RETRIEVAL_ATTACKS, build_retrieval_attack

@@ -1,7 +1,8 @@
 """Co-Attack (Zhang et al. 2022, "Towards adversarial attack on vision-language pre-training
 models"), adapted to zero-shot classification as the MMCoA evaluation uses it (paper Table V).
 
-Text first: the class prompts are BERT-attacked (paper Eq. 4). Then the image perturbation
+Text first: the class prompts are BERT-attacked (paper Eq. 4; or attacked by Charmer with
+``text_attack="charmer"``, :class:`~mmcoa.attacks.charmer.TextAttackChoice`). Then the image perturbation
 maximizes, per image,
 
     KL(softmax(e_clean) ‖ softmax(e_adv)) + text_weight · KL(softmax(t_adv) ‖ softmax(e_adv)),
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, check_range, eval_mode
-from mmcoa.attacks.bert import UsesBertAttack, per_class_costs
+from mmcoa.attacks.bert import per_class_costs
+from mmcoa.attacks.charmer import TextAttackChoice
 from mmcoa.attacks.pgd import ImageBudget
 from mmcoa.flags import setting
 
@@ -34,7 +36,7 @@ def embedding_kl(reference: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
 
 @ATTACKS.register("coattack")
 @dataclass
-class CoAttack(ImageBudget, UsesBertAttack, Attack):
+class CoAttack(ImageBudget, TextAttackChoice, Attack):
     """Co-Attack: adversarial prompts, then an image perturbation guided by them.
 
     Defaults (classification, paper Table V): L-inf eps 1/255, step 1/255, 100 steps,
@@ -42,9 +44,14 @@ class CoAttack(ImageBudget, UsesBertAttack, Attack):
     step eps/steps·1.25.
 
     Arguments (eps and step_size in pixel units):
+        text_attack (str): ``bert`` (the paper's) or ``charmer``
+            (:class:`~mmcoa.attacks.charmer.TextAttackChoice`). (Default: ``"bert"``)
         mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
             budget and where candidates are read
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
+        max_edits, n_positions, alphabet: Charmer's Levenshtein budget, positions kept and
+            characters, with ``text_attack="charmer"``
+            (:class:`~mmcoa.attacks.charmer.UsesCharmer`).
         eps, step_size, n_steps, precision: the L-inf image budget
             (:class:`~mmcoa.attacks.pgd.ImageBudget`). (Default: 1/255, 1/255, 100, ``"fp32"``)
         text_weight (float): weight of the KL to the attacked prompt's embedding against the KL

@@ -1,4 +1,5 @@
-"""Multimodal attacks on zero-shot classification: image PGD combined with prompt BERT-Attack.
+"""Multimodal attacks on zero-shot classification: image PGD combined with prompt BERT-Attack
+(or Charmer: ``text_attack``, :class:`~mmcoa.attacks.charmer.TextAttackChoice`).
 
 - ``multimodal`` (the paper's): PGD images made against the clean prompts, classified against
   the BERT-attacked prompt set — two independent perturbations (a "Sep-Attack").
@@ -12,13 +13,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mmcoa.attacks.base import ATTACKS, Attack, AttackResult, eval_mode
-from mmcoa.attacks.bert import UsesBertAttack, per_class_costs
+from mmcoa.attacks.bert import per_class_costs
+from mmcoa.attacks.charmer import TextAttackChoice
 from mmcoa.attacks.pgd import PGD, ImageBudget
 
 
 @dataclass
-class _PgdAndPrompts(ImageBudget, UsesBertAttack, Attack):
-    """PGD's budget (paper test setting) plus the BERT-Attack fields."""
+class _PgdAndPrompts(ImageBudget, TextAttackChoice, Attack):
+    """PGD's budget (paper test setting) plus the text attack's fields (BERT-Attack's by
+    default)."""
 
     threat: ClassVar[str] = "multimodal"
     joint: bool = False
@@ -63,9 +66,14 @@ class Multimodal(_PgdAndPrompts):
     Defaults: L-inf PGD eps 1/255, step 1/255, 100 steps; BERT-Attack k 10, 1 word.
 
     Arguments (eps and step_size in pixel units):
+        text_attack (str): ``bert`` (the paper's) or ``charmer``
+            (:class:`~mmcoa.attacks.charmer.TextAttackChoice`). (Default: ``"bert"``)
         mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
             budget and where candidates are read
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
+        max_edits, n_positions, alphabet: Charmer's Levenshtein budget, positions kept and
+            characters, with ``text_attack="charmer"``
+            (:class:`~mmcoa.attacks.charmer.UsesCharmer`).
         eps, step_size, n_steps, precision: the L-inf image budget
             (:class:`~mmcoa.attacks.pgd.ImageBudget`). (Default: 1/255, 1/255, 100, ``"fp32"``)
 

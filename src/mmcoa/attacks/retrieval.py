@@ -3,7 +3,8 @@
 
 Each image is perturbed once, with a loss over all of its captions, so no per-caption copy of an
 image overwrites another (``docs/deviations.md``, row 5). ``clean``: no attack. ``bert``:
-BERT-Attack on every caption (paper Eq. 4), images clean. ``pgd``: L-inf PGD on
+BERT-Attack on every caption (paper Eq. 4), images clean. ``charmer``: the same objective with
+Charmer's character edits (:mod:`mmcoa.attacks.charmer`), images clean. ``pgd``: L-inf PGD on
 ``-Σ_c cos(f(x'), g(c))`` over the image's clean captions. ``coattack``: captions BERT-attacked
 first, then each image ascends ``KL(softmax(e_clean) ‖ softmax(e_adv)) + alpha · mean_c
 KL(softmax(t_adv_c) ‖ softmax(e_adv))`` (the mean keeps Co-Attack's per-pair weighting,
@@ -25,6 +26,7 @@ import torch
 
 from mmcoa.attacks.base import FieldGroup, build_registered, check_range, eval_mode, same_setting
 from mmcoa.attacks.bert import UsesBertAttack
+from mmcoa.attacks.charmer import UsesCharmer
 from mmcoa.attacks.co_attack import CoAttack, embedding_kl
 from mmcoa.attacks.pgd import ImageBudget
 from mmcoa.attacks.sga import ScaleSet, away_from_image, scaled_copies
@@ -153,9 +155,9 @@ def pgd_loss(image_embeddings: torch.Tensor, text: torch.Tensor, owner: torch.Te
     return -per_image_sum(cosines, owner, len(image_embeddings))
 
 
-def attack_captions_kl(attack: UsesBertAttack, model, captions) -> tuple[list[str], list[int]]:
-    """BERT-Attack (paper Eq. 4) on every caption with ``attack``'s engine: the edited captions
-    and the words changed in each."""
+def attack_captions_kl(attack: UsesBertAttack | UsesCharmer, model, captions) -> tuple[list[str], list[int]]:
+    """Paper Eq. 4 on every caption with ``attack``'s engine (BERT-Attack or Charmer): the edited
+    captions and the words (Charmer: character edits) changed in each."""
     with eval_mode(model):
         edits = attack.engine.attack_embeddings(list(captions), model)
     return [e.adversarial for e in edits], [e.changed_words for e in edits]
@@ -172,6 +174,25 @@ class RetrievalBert(UsesBertAttack, RetrievalAttack):
             (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
 
     Shape: as for :class:`RetrievalAttack`; the images come back unchanged.
+    """
+
+    threat: ClassVar[str] = "text"
+
+    def attack_captions(self, model, captions, image_embeddings=None):
+        return attack_captions_kl(self, model, captions)
+
+
+@RETRIEVAL_ATTACKS.register("charmer")
+@dataclass
+class RetrievalCharmer(UsesCharmer, RetrievalAttack):
+    """Adversarial captions by Charmer (character edits); images clean.
+
+    Arguments:
+        max_edits, n_positions, alphabet: the Levenshtein budget k, the positions kept per edit
+            (rho) and the characters written (:class:`~mmcoa.attacks.charmer.UsesCharmer`).
+
+    Shape: as for :class:`RetrievalAttack`; the images come back unchanged; the counts are
+    character edits.
     """
 
     threat: ClassVar[str] = "text"

@@ -98,6 +98,7 @@ def evaluate(
         dataset = load_dataset(
             dataset, split=split, root=data_root, download=download, **(dataset_options or {})
         )
+    check_ensemble(dataset, template)
     if isinstance(model, str):
         model = load_model(model, pretrained=pretrained, device=device, resize=resize)
     if runtime:  # TF32 and torch.compile (see mmcoa.models.runtime); recorded in every record
@@ -157,14 +158,18 @@ def zero_shot_head(model, dataset, template: str | None, logit_scale: float | No
     dataset's own), or with :data:`ENSEMBLE` its prompt ensemble."""
     if template != ENSEMBLE:
         return ZeroShotClassifier(model, dataset.prompts(template), logit_scale=logit_scale)
-    templates = getattr(dataset, "templates", None)
-    if not templates:
+    check_ensemble(dataset, template)
+    sets = [dataset.prompts(t) for t in dataset.templates]
+    return ZeroShotClassifier(model, sets[0], ensemble=sets, logit_scale=logit_scale)
+
+
+def check_ensemble(dataset, template: str | None) -> None:
+    """One line when ``template`` asks for the prompt ensemble of a dataset that has none."""
+    if template == ENSEMBLE and not getattr(dataset, "templates", None):
         raise MmcoaError(
             f"dataset {dataset.name} ships no prompt ensemble; template {ENSEMBLE!r} needs one "
             "(wds: datasets read zeroshot_classification_templates.txt)"
         )
-    sets = [dataset.prompts(t) for t in templates]
-    return ZeroShotClassifier(model, sets[0], ensemble=sets, logit_scale=logit_scale)
 
 
 def _prompting(classifier) -> dict:
@@ -290,7 +295,8 @@ def attack_generator(device: torch.device, *parts) -> torch.Generator:
 
 
 def record_identity(model, dataset, attack) -> dict:
-    """The keys that say what a result record measured (shared by every kind of record)."""
+    """The keys that say what a result record measured (shared by every kind of record), with
+    :func:`text_threat` for an attack with a text part."""
     return {
         "model": model.name,
         "pretrained": model.pretrained,
@@ -298,8 +304,17 @@ def record_identity(model, dataset, attack) -> dict:
         "split": dataset.split,
         "attack": attack.name,
         "threat": attack.threat,
+        **text_threat(attack),
         "attack_params": attack.params(),
     }
+
+
+def text_threat(attack) -> dict:
+    """``{"text_threat": unit}``: what the attack's text part edits (``word``: BERT-Attack,
+    ``character``: Charmer; a composition's, its chosen text attack's). Nothing for an attack
+    without a text part, whose records keep their keys."""
+    unit = getattr(attack, "text_unit", "")
+    return {"text_threat": unit} if unit else {}
 
 
 def _record(model, dataset, attack, tally: Tally, prompts, indices, seed) -> dict:
