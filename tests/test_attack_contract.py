@@ -43,6 +43,7 @@ FAST = {
     "square_queries": 8,
     "n_queries": 8,
     "k": 4,
+    "n_positions": 4,
 }
 
 

@@ -303,7 +303,7 @@ def test_train_flags_reach_the_config(tmp_path, monkeypatch):
 
 def test_help_shows_units_and_defaults():
     text = subparser("train").format_help()
-    assert "training PGD eps [units of 1/255] (default: the method's: mmcoa 1; 4: fare)" in " ".join(
+    assert "training PGD eps [units of 1/255] (default: the method's: mmcoa 1; 4: fare" in " ".join(
         text.split()
     )
     assert "AdamW betas (default: 0.9 0.98)" in " ".join(text.split())

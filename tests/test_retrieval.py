@@ -407,7 +407,7 @@ def test_attack_parameters_and_names():
     assert RetrievalCoAttack().text_weight == 3 and RetrievalPGD().eps == pytest.approx(2 / 255)
     assert RetrievalSGA().step_size == pytest.approx(0.5 / 255) and RetrievalSGA().n_steps == 10
     assert RetrievalSGA().eps == pytest.approx(2 / 255) and RetrievalSGA(scales=[2]).scales == (2.0,)
-    with pytest.raises(UnknownNameError, match="known: bert, clean, coattack, pgd, sga"):
+    with pytest.raises(UnknownNameError, match="known: bert, charmer, clean, coattack, pgd, sga"):
         build_retrieval_attack("apgd")
     with pytest.raises(MmcoaError, match="scale must be in"):
         build_retrieval_attack("sga", scales=(0.5, 0))

@@ -38,6 +38,7 @@ DEFAULT_TOWERS = {
     "tecoa": {"image"},
     "tecoa-symmetric": {"image"},
     "fare": {"image"},
+    "leaf": {"text"},
     "simclip": {"image"},
     "pmg-aft": {"image"},
     "tga-zsr": {"image"},
@@ -320,7 +321,7 @@ def test_gradients_reach_only_the_trained_parameters(name, towers, make_config, 
         else:
             assert param.grad is None, param_name
             assert torch.equal(before[param_name], after[param_name]), param_name
-    unscaled = name in ("fare", "simclip")  # embedding losses: the logit scale gets no gradient
+    unscaled = name in ("fare", "simclip", "leaf")  # embedding losses: the logit scale gets no gradient
     assert moved == trained - ({"logit_scale"} if unscaled else set())
     assert (model.visual_prompt is not None) == (name == "vp")
     assert (model.text_prompt is not None) == (name == "advpt")

@@ -100,7 +100,9 @@ class UsesBertAttack(FieldGroup):
         return cached_prompt_set(self.engine, classifier, self._prompt_sets)
 
 
-def cached_prompt_set(engine, classifier: ZeroShotClassifier, cache: dict) -> tuple[list[TextEdit], torch.Tensor]:
+def cached_prompt_set(
+    engine, classifier: ZeroShotClassifier, cache: dict
+) -> tuple[list[TextEdit], torch.Tensor]:
     """Paper Eq. 4 on each class prompt with a text attack ``engine`` (its
     ``attack_embeddings``: BERT-Attack's or Charmer's): the edits and the normalized embeddings of
     the attacked prompts, kept in ``cache`` (one entry) until the text tower or the prompts

@@ -136,14 +136,17 @@ class TextAttackChoice(UsesCharmer, UsesBertAttack):
 
     text_attack: str = setting(
         "bert",
-        "text part of multimodal and coattack: bert (BERT-Attack, words) or charmer (Charmer, characters)",
+        "text part of multimodal, multimodal-joint and coattack: bert (BERT-Attack, words) or charmer "
+        "(Charmer, characters)",
         choices=TEXT_ATTACKS,
         neutral="bert",
     )
 
     def __post_init__(self):
         if self.text_attack not in TEXT_ATTACKS:
-            raise MmcoaError(f"text_attack must be one of {', '.join(TEXT_ATTACKS)}; got {self.text_attack!r}")
+            raise MmcoaError(
+                f"text_attack must be one of {', '.join(TEXT_ATTACKS)}; got {self.text_attack!r}"
+            )
         super().__post_init__()
 
     @property

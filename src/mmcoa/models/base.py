@@ -30,7 +30,9 @@ class VisionLanguageModel(WeightVersioned):
     Subclasses wrap a backend model as ``self.model`` and implement ``tokenize``,
     ``_encode_pixels`` (normalized pixels → features), ``_encode_tokens`` and
     ``_raw_logit_scale``; ``tower_prefixes`` maps each tower to the parameter-name prefixes
-    (relative to ``self.model``) that belong to it.
+    (relative to ``self.model``) that belong to it. A backend whose image tower has patch tokens
+    also implements ``check_image_tokens`` and ``_encode_pixel_tokens``
+    (:meth:`encode_image_tokens`, which TGA-ZSR's attention maps need).
 
     The zero-shot logit of paper Eq. 1 is ``logit_scale · cos(encode_image(x), encode_text(t))``.
     Caches of what the weights compute key on :meth:`text_fingerprint`

@@ -6,5 +6,6 @@ from mmcoa.train.objectives import class_aware_contrastive_loss, mmcoa_loss
 from mmcoa.train.trainer import train
 import mmcoa.train.simclip  # noqa: F401  (registers simclip)
 import mmcoa.train.tga_zsr  # noqa: F401  (registers tga-zsr, comp-tga)
+import mmcoa.train.leaf  # noqa: F401  (registers leaf)
 
 __all__ = ["METHODS", "TrainConfig", "class_aware_contrastive_loss", "load_config", "mmcoa_loss", "train"]

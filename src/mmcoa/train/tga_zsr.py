@@ -18,8 +18,9 @@ Zero-Shot Adversarial Robustness", TPAMI 2026), from the papers and the authors'
   Eq. 12), ``θ`` the tuned model, ``θ₀`` the frozen original, the L2 norm over each image's
   whole upsampled map. α, β: TGA-ZSR 0.08, 0.05; Comp-TGA 0.10, 0.07 (the scripts' defaults).
 
-The guiding text embeddings carry no gradient (the published loop computes them under
-``no_grad``) and are the tuned model's for all three maps, as published.
+The guiding text embeddings are the tuned model's for all three maps, without gradient and
+with the text tower in eval mode (the published loop computes them under ``no_grad`` with the
+text tower never put in train mode), so a trained text tower's dropout does not reach them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mmcoa.attacks.base import eval_mode
 from mmcoa.errors import MmcoaError
 from mmcoa.train.methods import (
     METHODS,
@@ -61,10 +63,10 @@ def text_guided_attention(patches: torch.Tensor, text: torch.Tensor, size: tuple
     """TGA-ZSR's text-guided attention map ``A(x, t)`` [B, H, W] from patch tokens [B, P, D] in
     the joint space and one text embedding per image [B, D]: ``s_p = cos(z_p, t)`` per patch,
     ``(s − min_p s) / (max_p s − min_p s)`` per image, on the patch grid, bilinearly upsampled to
-    ``size`` (``align_corners=False``). Computed in float32."""
-    similarity = torch.einsum(
-        "bpd,bd->bp", F.normalize(patches.float(), dim=-1), F.normalize(text.float(), dim=-1)
-    )
+    ``size`` (``align_corners=False``). Computed in float32, under autocast too (a product and
+    a sum, which autocast leaves in float32; a matmul would run in bf16)."""
+    unit_text = F.normalize(text.float(), dim=-1)
+    similarity = (F.normalize(patches.float(), dim=-1) * unit_text[:, None]).sum(-1)
     low, high = similarity.aminmax(dim=1, keepdim=True)
     scaled = (similarity - low) / (high - low).clamp_min(torch.finfo(similarity.dtype).tiny)
     grid = scaled.view(len(scaled), 1, *patch_grid(scaled.shape[1], size))
@@ -85,6 +87,12 @@ def attention_distance(maps: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     """``mean_i ‖maps_i − targets_i‖₂``, the L2 norm over each image's whole map (the published
     ``Distance_metric l2``)."""
     return (maps - targets).flatten(1).norm(dim=1).mean()
+
+
+def guide_embeddings(model, prompts: list[str]) -> torch.Tensor:
+    """``prompts``' text embeddings [C, D] guiding the maps: no gradient, eval mode."""
+    with torch.no_grad(), eval_mode(model):
+        return model.encode_text(prompts)
 
 
 def tga_zsr_loss(
@@ -131,9 +139,8 @@ class TGAZSR(WithFrozenTeacher):
         super().setup(model, image_size, towers, config)
 
     def guidance(self, ctx: StepContext) -> tuple[torch.Tensor, ...]:
-        """The class prompts' embeddings [C, D] by the tuned model, without gradient."""
-        with torch.no_grad():
-            return (ctx.model.encode_text(ctx.prompts),)
+        """The class prompts' embeddings [C, D] by the tuned model (see the module docstring)."""
+        return (guide_embeddings(ctx.model, ctx.prompts),)
 
     def attention(self, patches, guides, labels, size) -> torch.Tensor:
         """Each image's map under its own class prompt (:func:`text_guided_attention`)."""
@@ -173,9 +180,8 @@ class CompTGA(TGAZSR):
         self.non_class_prompts = dataset.prompts(NON_CLASS_TEMPLATE)
 
     def guidance(self, ctx):
-        """The class and the non-class prompts' embeddings [C, D] each, without gradient."""
-        with torch.no_grad():
-            return ctx.model.encode_text(ctx.prompts), ctx.model.encode_text(self.non_class_prompts)
+        """The class and the non-class prompts' embeddings [C, D] each (as TGA-ZSR's)."""
+        return guide_embeddings(ctx.model, ctx.prompts), guide_embeddings(ctx.model, self.non_class_prompts)
 
     def attention(self, patches, guides, labels, size):
         class_text, non_class_text = guides

@@ -44,7 +44,14 @@ DELETE = ""  # the alphabet entry that removes the character at a slot
 SPACE = " "  # Charmer's probe character
 ALPHABETS: dict[str, tuple[str, ...]] = {
     # LEAF's Gamma, in its order: deletion, a-z, space, A-Z, digits, punctuation (95 characters)
-    "printable": (DELETE, *string.ascii_lowercase, SPACE, *string.ascii_uppercase, *string.digits, *string.punctuation),
+    "printable": (
+        DELETE,
+        *string.ascii_lowercase,
+        SPACE,
+        *string.ascii_uppercase,
+        *string.digits,
+        *string.punctuation,
+    ),
     # Charmer's --only_letters vocabulary: deletion and a-z
     "lowercase": (DELETE, *string.ascii_lowercase),
 }
@@ -82,6 +89,7 @@ class _Search:
     queries: int
     generator: torch.Generator | None = None
     edits: int = 0
+    done: bool = False  # a deterministic step found nothing better: the next would repeat it
 
     def result(self) -> TextEdit:
         """The attacked text; ``changed_words`` holds the character edits made (at most k)."""
@@ -163,18 +171,22 @@ class Charmer:
             return self._search(texts, score_fn, [0.0] * len(texts), None)
 
     def _search(self, texts, score_fn: ScoreFn, base: list[float], generators) -> list[TextEdit]:
-        """k greedy steps from the originals (already scored once each: ``base``)."""
+        """k greedy steps from the originals (already scored once each: ``base``); a text whose
+        deterministic step found no better string stops there."""
         draws = generators or [None] * len(texts)
         states = [_Search(i, t, t, b, 1, g) for i, (t, b, g) in enumerate(zip(texts, base, draws))]
         for _ in range(self.max_edits):
-            self._substitute(states, self._select_slots(states, score_fn), score_fn)
+            active = [s for s in states if not s.done]
+            self._substitute(active, self._select_slots(active, score_fn), score_fn)
         return [s.result() for s in states]
 
     def _select_slots(self, states: list[_Search], score_fn: ScoreFn) -> list[list[int]]:
         """Step 1, per text: the probed slots, best probe score first (ties: probe order), cut
         at rho (Charmer) or at one (sampled)."""
         probed = [self._probed_slots(s) for s in states]
-        values = self._score_variants(score_fn, states, [[probe(s.text, z) for z in p] for s, p in zip(states, probed)])
+        values = self._score_variants(
+            score_fn, states, [[probe(s.text, z) for z in p] for s, p in zip(states, probed)]
+        )
         keep = 1 if self.sampled else self.n_positions
         return [
             [slots[j] for j in sorted(range(len(slots)), key=lambda j: -scores[j])[:keep]]
@@ -184,14 +196,19 @@ class Charmer:
     def _substitute(self, states: list[_Search], kept: list[list[int]], score_fn: ScoreFn) -> None:
         """Step 2, per text: every chosen character at every kept slot; the first best string
         replaces the text when it scores higher."""
-        variants = [
-            [v for z in slots for c in self._characters(s) if (v := edited(s.text, z, c)) != s.text]
-            for s, slots in zip(states, kept)
-        ]
+        variants = [self._candidates(s, slots) for s, slots in zip(states, kept)]
         for state, texts, scores in zip(states, variants, self._score_variants(score_fn, states, variants)):
             best = max(range(len(scores)), key=scores.__getitem__, default=None)
             if best is not None and scores[best] > state.score:
                 state.text, state.score, state.edits = texts[best], scores[best], state.edits + 1
+            else:
+                state.done = not self.sampled
+
+    def _candidates(self, state: _Search, slots: list[int]) -> list[str]:
+        """The strings one chosen character (or deletion) at one kept slot away, the text itself
+        left out."""
+        characters = self._characters(state)
+        return [v for z in slots for c in characters if (v := edited(state.text, z, c)) != state.text]
 
     def _probed_slots(self, state: _Search) -> list[int]:
         slots = 2 * len(state.text) + 1
