@@ -24,6 +24,7 @@ from mmcoa.flags import (
     refuse_renamed,
     switch_default_text,
 )
+from mmcoa.models.defense_flags import add_defense_flags, defense_from_flags
 from mmcoa.outputs import check_output
 from mmcoa.plugins import load_plugins
 from mmcoa.precision import PRECISIONS
@@ -91,6 +92,7 @@ def _add_eval(commands) -> None:
     )
     add_attack_flags(p, skip=("precision",))  # --precision: add_runtime_flags
     add_profile_flags(p, Scoring)
+    add_defense_flags(p)
     p.add_argument(
         "--template",
         default=None,
@@ -569,10 +571,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             **{k: v for k, v in field_values(args, Scoring).items() if v is not None},
         }
     )
+    defense = defense_from_flags(args, seed=args.seed)
     args.device = check_device(args.device)
     check_output(args.output, directory=False)
     world, args.device = world_from_env(args.device)  # torchrun: shard the samples
     model, template = _prompted_model(args) if args.prompt else (args.model, args.template)
+    if defense is not None:
+        model = _defended_model(args, model, defense)
     records = evaluate(
         model,
         args.dataset,
@@ -601,6 +606,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(format_table(records))
         print(f"results written to {args.output}")
     return 0
+
+
+def _defended_model(args: argparse.Namespace, model, defense):
+    """``model`` (a name, or a model already loaded) wrapped in the ``--defense``."""
+    from mmcoa.models import load_model
+    from mmcoa.models.test_time import defend
+
+    if isinstance(model, str):
+        model = load_model(model, pretrained=args.pretrained, device=args.device, resize=args.resize)
+    return defend(model, defense)
 
 
 def _prompted_model(args: argparse.Namespace):

@@ -20,6 +20,8 @@ from mmcoa.attacks.flags import add_attack_flags, attack_params_from_flags
 from mmcoa.devices import AUTO, check_device
 from mmcoa.errors import MmcoaError
 from mmcoa.flags import OneLineParser, refuse_renamed
+from mmcoa.models.defense_flags import add_defense_flags, defense_from_flags
+from mmcoa.models.test_time import defend
 from mmcoa.outputs import check_output
 from mmcoa.registry import Registry
 from mmcoa.units import check_255
@@ -348,6 +350,7 @@ def _run_gallery(args) -> Path:
 # -- sanity: gradient-masking checks (Carlini et al. 2019) --------------------------------------
 def _configure_sanity(p):
     _model_flags(p, several=False)
+    add_defense_flags(p)
     p.add_argument(
         "--eps",
         default="1,2,4,8,16",
@@ -399,8 +402,10 @@ def _run_sanity(args) -> Path:
         step_size=args.step_size,
     )
     check_tolerances(args.tolerance, args.noise_fraction)
+    defense = defense_from_flags(args, seed=args.seed)
     args.pretrained, args.label = [args.pretrained], None
     dataset, (model,) = _dataset(args), _models(args).values()
+    model = model if defense is None else defend(model, defense)
     summary = run_sanity(
         model,
         dataset,

@@ -10,10 +10,13 @@ in ``docs/methods.md``; ``f`` is the image encoder's raw embedding, ``x`` a [0, 
   its cosine with the blank prompt's, ``log p(z) ∝ cos(z, e)``, ``e = g("a photo of a .")``
   (T1), and ``z = f(x)`` is purified on the sphere, its norm ``r = ||z||`` kept: with
   ``u_0 = z / r``, ``u_{t+1} = normalize(u_t + η d_t / ||d||)``, ``d_t = ∇_u cos(r u_t, e) =
-  ê − (u_t · ê) u_t`` (T2), ``t < T``; the purified embedding ``r u_T`` is classified. The
-  authors divide by the norm of the whole batch's ``d`` (``step_norm="batch"``); ``"sample"``
-  divides each row by its own. Published: T = 10, η = 30. CLIPure-Diff (the DiffusionPrior
-  variant) is out of scope.
+  ê − (u_t · ê) u_t`` (T2), ``t < T``; the purified embedding ``r u_T`` is classified.
+  Published: T = 10, η = 30. ``step_norm="sample"`` (default) divides each row's ``d_t`` by its
+  own norm: the authors' code run on a batch of one (their runs used batches of 2);
+  ``"batch"`` divides by the norm of the whole batch's ``d`` as their code does, which couples
+  each image's purification to its batch. Each step turns ``u`` by ``atan(η)`` (88.1° for
+  η = 30) towards ``ê``, so with ``"sample"`` an even T returns every embedding within 88.1° of
+  ``ê`` to itself. CLIPure-Diff (the DiffusionPrior variant) is out of scope.
 - **TTC** (Xing, Zhao & Sebe, CVPR 2025, arXiv:2503.03613; authors' code
   ``code/test_time_counterattack.py``, ``tau_thres_weighted_counterattacks``): a random start
   ``δ_0 ~ U[-ε, ε]`` (kept in [0, 1]) measures ``τ = ||f(x + δ_0) − f(x)|| / ||f(x)||`` (T3);
@@ -32,7 +35,8 @@ Athalye, Carlini & Wagner, ICML 2018, arXiv:1802.00420):
   counterattack), and TTC's threshold is relaxed in the backward pass to
   ``sigmoid((1 − τ / τ_thres) / relax_temperature)``, so an attack can move τ across it.
 - ``detached`` (CLIPure only): the authors' own attack gradient, through (T2) with each step's
-  direction ``d_t`` held constant (their ``autograd.grad`` has no ``create_graph``).
+  direction ``d_t`` held constant (their ``autograd.grad`` has no ``create_graph``): each step
+  then scales the gradient by ``1 / sqrt(1 + η²)``, 1.7e-15 over the published 10 steps.
 - ``undefended``: the non-adaptive evaluation the papers report. A forward pass an attack
   differentiates (autograd records a gradient with respect to the images) is the undefended
   model's, value and gradient; every other one (the evaluation's predictions, black-box
@@ -65,20 +69,29 @@ from mmcoa.registry import Registry
 GRADIENTS = ("full", "bpda", "detached", "undefended")
 EVALUATIONS = ("adaptive", "non-adaptive")
 STEP_NORMS = ("batch", "sample")
-DEFENSES: Registry[type["DefenseSettings"]] = Registry("defense")
+DEFENSES: Registry[type[DefenseSettings]] = Registry("defense")
 
 __all__ = [
     "DEFENSES",
+    "EVALUATIONS",
+    "GRADIENTS",
     "Clipure",
+    "ClipureModel",
     "DefendedModel",
     "DefenseSettings",
     "TTC",
+    "TTCModel",
     "build_defense",
     "clipure_purify",
+    "counter_weights",
     "defend",
+    "differentiated",
+    "draw_seeds",
+    "pixel_clamp",
     "ttc_counterattack",
     "ttc_tau",
     "ttc_weights",
+    "uniform_noise",
 ]
 
 
@@ -107,7 +120,9 @@ class DefenseSettings:
         if self.eot_samples > 1 and not self.randomised:
             raise MmcoaError(f"{self.name} is deterministic: eot_samples must be 1; got {self.eot_samples}")
         if self.eot_samples > 1 and self.gradient == "undefended":
-            raise MmcoaError("eot_samples applies to adaptive gradients; the undefended gradient draws nothing")
+            raise MmcoaError(
+                "eot_samples applies to adaptive gradients; the undefended gradient draws nothing"
+            )
 
     @property
     def evaluation(self) -> str:
@@ -125,13 +140,18 @@ class DefenseSettings:
 @DEFENSES.register("clipure")
 @dataclass(frozen=True)
 class Clipure(DefenseSettings):
-    """CLIPure-Cos (T1-T2 of the module docstring); defaults are the authors' settings."""
+    """CLIPure-Cos (T1-T2 of the module docstring); defaults are the authors' settings, their
+    code's step normalisation as it runs on a batch of one (``step_norm="batch"``: on any
+    batch)."""
 
-    gradients: ClassVar[tuple[str, ...]] = ("full", "bpda", "detached", "undefended")
     gradient: str = setting("full", "how attack gradients pass the defense", choices=GRADIENTS)
     steps: int = setting(10, "purification steps (CLIPure: T; TTC: counterattack steps K)")
     sphere_step: float = setting(30.0, "CLIPure's step on the unit sphere (eta)")
-    step_norm: str = setting("batch", "CLIPure's step normalisation: batch (authors' code) or sample", choices=STEP_NORMS)
+    step_norm: str = setting(
+        "sample",
+        "CLIPure's step normalisation: per sample, or over the batch (authors' code)",
+        choices=STEP_NORMS,
+    )
     blank_prompt: str = setting("a photo of a .", "CLIPure's blank prompt")
 
     def __post_init__(self):
@@ -158,7 +178,9 @@ class TTC(DefenseSettings):
     step_size: float = setting(1 / 255, "TTC's counterattack step", unit=UNIT_255)
     tau: float = setting(0.2, "TTC's threshold on the embedding change ratio")
     beta: float = setting(2.0, "TTC's weight growth across counterattack steps")
-    relax_temperature: float = setting(0.25, "TTC bpda: temperature of the threshold's sigmoid, relative to tau")
+    relax_temperature: float = setting(
+        0.25, "TTC bpda: temperature of the threshold's sigmoid, relative to tau"
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -187,15 +209,17 @@ def build_defense(name: str, **params) -> DefenseSettings:
     accepted = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise MmcoaError(f"defense {name!r} takes no parameter {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+        raise MmcoaError(
+            f"defense {name!r} takes no parameter {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+        )
     return cls(**params)
 
 
 def defend(model: VisionLanguageModel, defense: str | DefenseSettings, **params) -> DefendedModel:
     """``model`` with the test-time defense ``defense`` (a name and its ``params``, or settings)."""
-    settings = build_defense(defense, **params) if isinstance(defense, str) else defense
     if params and not isinstance(defense, str):
         raise MmcoaError("give a defense's parameters with its name, or settings alone")
+    settings = build_defense(defense, **params) if isinstance(defense, str) else defense
     return MODELS_OF[settings.name](model, settings)
 
 
@@ -205,14 +229,14 @@ def clipure_purify(
     blank: torch.Tensor,
     steps: int,
     sphere_step: float,
-    step_norm: str = "batch",
+    step_norm: str = "sample",
     track: bool = True,
 ) -> torch.Tensor:
     """CLIPure-Cos's purification (T2): ``steps`` normalized ascent steps of ``cos(r u, e)`` on
     the direction ``u`` of each row of ``z`` ([B, D]), its norm ``r`` kept. ``d_t = ê − (u·ê) u``
     is ``∇_u cos`` for a unit ``u`` (the authors take it with autograd); ``step_norm``
-    ``"batch"`` divides by the norm of the whole [B, D] ``d`` (the authors' code), ``"sample"``
-    by each row's. ``track=False`` holds each ``d_t`` constant in the backward pass (the
+    ``"sample"`` divides by each row's norm, ``"batch"`` by the norm of the whole [B, D] ``d``
+    (the authors' code). ``track=False`` holds each ``d_t`` constant in the backward pass (the
     authors' attack gradient)."""
     r = z.norm(dim=-1, keepdim=True)
     u = z / r
@@ -329,7 +353,9 @@ class DefendedModel(VisionLanguageModel):
     def __init__(self, base: VisionLanguageModel, settings: DefenseSettings):
         WeightVersioned.__init__(self)
         if isinstance(base, DefendedModel):
-            raise MmcoaError(f"the model already runs the defense {base.settings.name}; defend the base model")
+            raise MmcoaError(
+                f"the model already runs the defense {base.settings.name}; defend the base model"
+            )
         self.base = base
         self.settings = settings
 
@@ -455,7 +481,9 @@ class TTCModel(DefendedModel):
         with torch.no_grad():
             anchor = self.base.encode_image(x).float()
         start = pixel_clamp(noise, x)
-        deltas, signs, tau = ttc_counterattack(self.base.encode_image, x, anchor, start, s.eps, s.step_size, s.steps)
+        deltas, signs, tau = ttc_counterattack(
+            self.base.encode_image, x, anchor, start, s.eps, s.step_size, s.steps
+        )
         weights = ttc_weights(tau, s.tau, s.beta, s.steps)
         if not differentiated(images):
             return self.base.encode_image(x + weighted(deltas, weights))
