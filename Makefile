@@ -43,8 +43,10 @@ chromium:
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/mmcoa demo --output runs/demo
 
-# After a demo run: copy its summary and records to docs/demo/ and the summary into README.md.
+# After a demo run: the field table (the defenses since the paper, python -m mmcoa_demo.field), then
+# copy the summary, records and field table to docs/demo/ and into README.md.
 demo-docs: demo
+	HF_HUB_OFFLINE=1 $(BIN)/python -m mmcoa_demo.field runs/demo
 	$(BIN)/python tools/sync_demo_docs.py runs/demo
 
 # Lint and format check first (ruff, configured in pyproject.toml), then the whole test suite, one

@@ -59,6 +59,19 @@ def test_the_readmes_findings_are_the_committed_runs():
         assert f"{name[:3]} {said}" in readme, name
 
 
+def test_readme_field_block_is_the_committed_field_table():
+    from mmcoa_demo.demo import Table1Settings
+    from mmcoa_demo.field import field_markdown
+
+    sync = _sync_module()
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(sync.FIELD_START, 1)[1].split(sync.FIELD_END, 1)[0]
+    committed = (DEMO_DOCS / "field.md").read_text()
+    assert block.strip() == committed.strip()
+    records = json.loads((DEMO_DOCS / "field.json").read_text())
+    assert committed == field_markdown(records, Table1Settings())
+
+
 def test_replace_block_keeps_the_text_around_it():
     sync = _sync_module()
     text = f"before\n{sync.START}\nold\n{sync.END}\nafter\n"

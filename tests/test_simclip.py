@@ -17,7 +17,7 @@ import torch
 
 import mmcoa
 from mmcoa.models.minilm import minilm_dir
-from mmcoa.train import simclip
+from mmcoa.train import methods, simclip
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext
 from mmcoa.train.trainer import build_optimizer, train
@@ -81,14 +81,14 @@ def test_it_compares_the_tuned_adversarial_embedding_with_the_frozen_clean_one(t
             param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
     images, labels = first_items(train_data)
     seen = {}
-    maximize = simclip.maximize_in_train_budget
+    maximize = methods.maximize_in_train_budget  # FARE's attack, shared: mmcoa.train.methods
 
     def recording(loss_fn, x, cfg, generator):
         seen.update(loss_fn=loss_fn, training=model.training, config=cfg)
         seen["adversarial"] = maximize(loss_fn, x, cfg, generator)
         return seen["adversarial"]
 
-    monkeypatch.setattr(simclip, "maximize_in_train_budget", recording)
+    monkeypatch.setattr(methods, "maximize_in_train_budget", recording)
     model.train()
     loss, terms = method.loss(context(config, model), images, labels)
     adversarial = seen["adversarial"]

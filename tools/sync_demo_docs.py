@@ -1,5 +1,6 @@
-"""Copy a finished demo run's summary, records, Table I and sanity-check summaries into
-docs/demo/ and its summary into the README, between the ``demo-output`` markers. Run by
+"""Copy a finished demo run's summary, records, Table I, field table and sanity-check summaries
+into docs/demo/, and its summary and field table into the README, between the ``demo-output``
+and ``field-output`` markers. Run by
 ``make demo-docs`` after ``make demo``; ``tests/test_readme.py`` holds the README to these files
 and these files to the code."""
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- demo-output:start (make demo-docs) -->", "<!-- demo-output:end -->"
+FIELD_START, FIELD_END = "<!-- field-output:start (make demo-docs) -->", "<!-- field-output:end -->"
 COPIED = (
     "summary.md",
     "results.json",
@@ -20,13 +22,15 @@ COPIED = (
     "table1-published.md",
     "analyses/sanity-clip/sanity.json",
     "analyses/sanity-mmcoa/sanity.json",
+    "field.json",
+    "field.md",
 )
 
 
-def replace_block(text: str, block: str) -> str:
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block}{END}{tail}"
+def replace_block(text: str, block: str, start: str = START, end: str = END) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}{end}{tail}"
 
 
 def main(run: str = "runs/demo") -> int:
@@ -36,7 +40,9 @@ def main(run: str = "runs/demo") -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / name, target)
     readme = ROOT / "README.md"
-    readme.write_text(replace_block(readme.read_text(), (run_dir / "summary.md").read_text()))
+    text = replace_block(readme.read_text(), (run_dir / "summary.md").read_text())
+    text = replace_block(text, (run_dir / "field.md").read_text(), FIELD_START, FIELD_END)
+    readme.write_text(text)
     print(f"README.md and docs/demo/ updated from {run_dir}")
     return 0
 

@@ -203,9 +203,7 @@ def field_markdown(records: list[dict], settings: Table1Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_field(
-    output: str | Path, settings: Table1Settings | None = None, mlm: str = DEMO_MLM
-) -> list[dict]:
+def run_field(output: str | Path, settings: Table1Settings | None = None, mlm: str = DEMO_MLM) -> list[dict]:
     """Train the rows that Table I did not, run the suite, write ``field.json`` and ``field.md``."""
     output, settings = Path(output), settings or Table1Settings()
     with torch_threads(DEMO_THREADS):

@@ -467,7 +467,9 @@ def _check_checkpoints(config: SuiteConfig) -> None:
     from mmcoa.models import check_checkpoint
 
     files = sorted({(c.model.name, c.weights) for c in config.cells() if c.model.checkpoint})
-    missing = sorted({path for _, path in files if not Path(path).expanduser().exists()})  # a file or a model folder
+    missing = sorted(
+        {path for _, path in files if not Path(path).expanduser().exists()}
+    )  # a file or a model folder
     _require(
         not missing,
         f"{len(missing)} checkpoint file(s) missing, e.g. {missing[0] if missing else ''}"

@@ -426,15 +426,20 @@ class FARE(WithFrozenTeacher):
     default_towers = ("image",)
 
     def loss(self, ctx, images, labels):
-        config, model = ctx.config, ctx.model
         with torch.no_grad():
             target = self.frozen.encode_image(images)
-        with eval_mode(model):  # each part's mode is restored after
-            adv = maximize_in_train_budget(
-                lambda x: (model.encode_image(x) - target).pow(2).sum(-1), images, config, ctx.generator
-            )
-        loss = fare_loss(model.encode_image(adv), target)
+        loss = fare_loss(ctx.model.encode_image(fare_adversarial(ctx, target, images)), target)
         return loss, {"fare": loss.detach()}
+
+
+def fare_adversarial(ctx: StepContext, original: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """FARE's inner attack (Sim-CLIP's too): ``x_adv`` maximizing ``‖f(x_adv) − f₀(x)‖²₂`` per
+    sample within the training budget and momentum, the model in eval mode (modes restored)."""
+    model = ctx.model
+    with eval_mode(model):
+        return maximize_in_train_budget(
+            lambda x: (model.encode_image(x) - original).pow(2).sum(-1), images, ctx.config, ctx.generator
+        )
 
 
 @METHODS.register("pmg-aft")

@@ -19,23 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmcoa.attacks.base import eval_mode
-from mmcoa.train.methods import METHODS, StepContext, WithFrozenTeacher, maximize_in_train_budget
+from mmcoa.train.methods import FARE, METHODS, WithFrozenTeacher, fare_adversarial
 
 # The published Sim-CLIP⁴ command (README and bash/training/simclip_train.sh): AdamW lr 1e-3,
 # wd 1e-5, cosine with 1400 warm-up steps (of 10,000, batch 64), PGD L-inf eps 4/255, 10 steps of
 # 1/255 with momentum 0.9 (its pgd_train.py); Sim-CLIP²: train_eps 2/255.
-SIMCLIP_DEFAULTS = dict(
-    optimizer="adamw",
-    lr=1e-3,
-    weight_decay=1e-5,
-    schedule="cosine",
-    warmup_steps=1400,
-    train_eps=4 / 255,
-    train_step_size=1 / 255,
-    train_steps=10,
-    train_momentum=0.9,
-)
+SIMCLIP_DEFAULTS = {**FARE.defaults, "lr": 1e-3, "weight_decay": 1e-5}
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -52,16 +41,6 @@ def simclip_loss(adv_features: torch.Tensor, original_features: torch.Tensor) ->
     return (
         negative_cosine(adv_features, original_features) + negative_cosine(original_features, adv_features)
     ) / 2
-
-
-def fare_adversarial(ctx: StepContext, original: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """FARE's inner attack: ``x_adv`` maximizing ``‖f(x_adv) − f₀(x)‖²₂`` (per sample) within the
-    training budget and momentum, the model in eval mode (its modes restored after)."""
-    model = ctx.model
-    with eval_mode(model):
-        return maximize_in_train_budget(
-            lambda x: (model.encode_image(x) - original).pow(2).sum(-1), images, ctx.config, ctx.generator
-        )
 
 
 @METHODS.register("simclip")

@@ -47,6 +47,24 @@ UNK = "[UNK]"
 REFERENCE_MIN_LOGIT = 0.3  # threshold_pred_score of the published code, for BERT's trained head
 
 
+class EditCache(OrderedDict):
+    """The edits an attack found, by (text, text-tower state), the least recently used dropped
+    past ``size`` entries (BERT-Attack's and Charmer's, :meth:`attack_embeddings`)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def remember(self, key: tuple, edit) -> None:
+        self[key] = edit
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+    def recall(self, key: tuple):
+        self.move_to_end(key)
+        return self[key]
+
+
 @dataclass
 class TextEdit:
     """One attacked text. ``changed_words`` counts whitespace-word positions that differ;
@@ -139,7 +157,7 @@ class BertAttack:
         self.max_length, self.piece_top, self.max_combinations = max_length, piece_top, max_combinations
         self.batch_size, self.cache_size = batch_size, cache_size
         self.stop_words = as_stop_words(stop_words)
-        self._cache: OrderedDict[tuple, TextEdit] = OrderedDict()
+        self._cache = EditCache(cache_size)
         self._candidates: dict[tuple[str, ...], list] = {}  # each text's candidates (CandidatePool)
 
     # -- public interface ----------------------------------------------------------------------
@@ -175,9 +193,9 @@ class BertAttack:
         state = self._state_key(model)
         missing = [t for t in dict.fromkeys(texts) if (t, state) not in self._cache]
         fresh = {e.original: e for e in self._attack_kl(missing, model)} if missing else {}
-        edits = [fresh[t] if t in fresh else self._recall((t, state)) for t in texts]
+        edits = [fresh[t] if t in fresh else self._cache.recall((t, state)) for t in texts]
         for text, edit in fresh.items():
-            self._remember((text, state), edit)
+            self._cache.remember((text, state), edit)
         return [dataclasses.replace(edit) for edit in edits]
 
     # -- search --------------------------------------------------------------------------------
@@ -286,15 +304,6 @@ class BertAttack:
         if len(self._candidates) > self.cache_size:
             self._candidates.clear()
         return self._candidates
-
-    def _remember(self, key: tuple, edit: TextEdit) -> None:
-        self._cache[key] = edit
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-
-    def _recall(self, key: tuple) -> TextEdit:
-        self._cache.move_to_end(key)
-        return self._cache[key]
 
     def clear_cache(self) -> None:
         self._cache.clear()

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import string
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from mmcoa.attacks.base import eval_mode
-from mmcoa.attacks.text.bert_attack import ScoreFn, TextEdit, kl_divergence_score
+from mmcoa.attacks.text.bert_attack import EditCache, ScoreFn, TextEdit, kl_divergence_score
 from mmcoa.attacks.text.candidates import chunked
 from mmcoa.errors import MmcoaError
 
@@ -119,7 +118,7 @@ class Charmer:
         self.max_edits, self.n_positions, self.alphabet = max_edits, n_positions, alphabet
         self.sampled, self.batch_size, self.cache_size = bool(sampled), batch_size, cache_size
         self.characters = ALPHABETS[alphabet]
-        self._cache: OrderedDict[tuple, TextEdit] = OrderedDict()
+        self._cache = EditCache(cache_size)
 
     # -- public interface ----------------------------------------------------------------------
     def params(self) -> dict:
@@ -154,9 +153,9 @@ class Charmer:
         state = (model.text_fingerprint(), self.max_edits, self.n_positions, self.alphabet)
         missing = [t for t in dict.fromkeys(texts) if (t, state) not in self._cache]
         fresh = {e.original: e for e in self._attack_kl(missing, model)} if missing else {}
-        edits = [fresh[t] if t in fresh else self._recall((t, state)) for t in texts]
+        edits = [fresh[t] if t in fresh else self._cache.recall((t, state)) for t in texts]
         for text, edit in fresh.items():
-            self._remember((text, state), edit)
+            self._cache.remember((text, state), edit)
         return [dataclasses.replace(edit) for edit in edits]
 
     def clear_cache(self) -> None:
@@ -255,15 +254,6 @@ class Charmer:
     def _check_generators(self, texts: list[str], generators) -> None:
         if self.sampled and (generators is None or len(generators) != len(texts)):
             raise MmcoaError("Charmer's sampled search draws its slots: pass one generator per text")
-
-    def _remember(self, key: tuple, edit: TextEdit) -> None:
-        self._cache[key] = edit
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-
-    def _recall(self, key: tuple) -> TextEdit:
-        self._cache.move_to_end(key)
-        return self._cache[key]
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
