@@ -64,6 +64,16 @@ class EditCache(OrderedDict):
         self.move_to_end(key)
         return self[key]
 
+    def edits(self, texts: Sequence[str], state: tuple, attack: Callable[[list[str]], list]) -> list:
+        """The edit of each of ``texts`` under ``state``: the cached ones, and ``attack`` run
+        once on the distinct texts missing (copies, so a caller cannot change the cache)."""
+        missing = [t for t in dict.fromkeys(texts) if (t, state) not in self]
+        fresh = {e.original: e for e in attack(missing)} if missing else {}
+        edits = [fresh[t] if t in fresh else self.recall((t, state)) for t in texts]
+        for text, edit in fresh.items():
+            self.remember((text, state), edit)
+        return [dataclasses.replace(edit) for edit in edits]
+
 
 @dataclass
 class TextEdit:
@@ -191,12 +201,7 @@ class BertAttack:
         (``model.text_fingerprint()``): repeated texts cost no forward until a text-tower weight
         changes."""
         state = self._state_key(model)
-        missing = [t for t in dict.fromkeys(texts) if (t, state) not in self._cache]
-        fresh = {e.original: e for e in self._attack_kl(missing, model)} if missing else {}
-        edits = [fresh[t] if t in fresh else self._cache.recall((t, state)) for t in texts]
-        for text, edit in fresh.items():
-            self._cache.remember((text, state), edit)
-        return [dataclasses.replace(edit) for edit in edits]
+        return self._cache.edits(texts, state, lambda missing: self._attack_kl(missing, model))
 
     # -- search --------------------------------------------------------------------------------
     def _attack_kl(self, texts: list[str], model) -> list[TextEdit]:

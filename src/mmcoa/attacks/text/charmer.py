@@ -27,7 +27,6 @@ softmaxed normalized text embeddings), cached per text and text-tower state.
 
 from __future__ import annotations
 
-import dataclasses
 import string
 from dataclasses import dataclass
 from typing import Sequence
@@ -151,12 +150,7 @@ class Charmer:
         if self.sampled:
             raise MmcoaError("Charmer.attack_embeddings is the deterministic search: sampled=False")
         state = (model.text_fingerprint(), self.max_edits, self.n_positions, self.alphabet)
-        missing = [t for t in dict.fromkeys(texts) if (t, state) not in self._cache]
-        fresh = {e.original: e for e in self._attack_kl(missing, model)} if missing else {}
-        edits = [fresh[t] if t in fresh else self._cache.recall((t, state)) for t in texts]
-        for text, edit in fresh.items():
-            self._cache.remember((text, state), edit)
-        return [dataclasses.replace(edit) for edit in edits]
+        return self._cache.edits(texts, state, lambda missing: self._attack_kl(missing, model))
 
     def clear_cache(self) -> None:
         self._cache.clear()
