@@ -787,3 +787,33 @@ def test_shards_keep_a_model_row_and_dataset_together():
     assert suite.shard_owners(groups, 2) == [1, 1, 1, 2, 2, 2, 1, 1, 1]
     assert suite.shard_owners(groups, 3) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert suite.shard_owners(groups[:3], 2) == [1, 2, 1]
+
+
+def test_a_model_row_with_a_test_time_defense_gives_mmcoa_evals_records(tmp_path):
+    """A suite row's ``defense:`` wraps the row's model as ``mmcoa eval --defense`` does: the same
+    numbers, the defense in the record and in the cell settings; a bad one is one line."""
+    from mmcoa.cli import main
+
+    rows = [
+        {
+            "label": "TTC",
+            "name": "tiny-clip",
+            "defense": {"name": "ttc", "eps": 8, "gradient": "undefended"},
+        }
+    ]
+    path = write_suite(tmp_path / "s.yaml", models=rows, datasets=["synthetic"])
+    [clean, image] = suite.run_suite(load_suite(path), tmp_path / "out", progress=False)
+    assert image["model_build"]["defense"]["evaluation"] == "non-adaptive"
+    assert image["cell_settings"]["defense"]["eps"] == pytest.approx(8 / 255)
+    argv = ["eval", "--model", "tiny-clip", "--dataset", "synthetic", "--n-samples", "6", "--batch-size", "4"]
+    argv += ["--attacks", "clean,pgd", "--eps", "1", "--step-size", "1", "--n-steps", "2", "--device", "cpu"]
+    argv += ["--defense", "ttc", "--defense-eps", "8", "--defense-eval", "non-adaptive", "--no-progress"]
+    assert main([*argv, "--output", str(tmp_path / "e.json")]) == 0
+    alone = json.loads((tmp_path / "e.json").read_text())
+    assert [r["accuracy"] for r in alone] == [clean["accuracy"], image["accuracy"]]
+    bad = write_suite(
+        tmp_path / "b.yaml", models=[{"name": "tiny-clip", "defense": {"name": "ttc", "tau": -1}}]
+    )
+    with pytest.raises(MmcoaError, match=r"models\[0\]\.defense: .*tau") as error:
+        load_suite(bad)
+    assert "\n" not in str(error.value)

@@ -44,6 +44,7 @@ from mmcoa.eval.metrics import Scoring
 from mmcoa.eval.runner import evaluate, indices_sha1, sample_indices
 from mmcoa.eval.suite_config import Cell, DatasetEntry, SuiteConfig, json_ready, slug
 from mmcoa.models import load_model
+from mmcoa.models.test_time import defend
 
 SUITE_FILE = "suite.json"
 RECORDS_FILE = "records.json"
@@ -182,6 +183,10 @@ class _Run:
         )
         for (row, weights), group in groupby(pending, key=lambda cell: (cell.model, cell.weights)):
             model = load_model(row.name, pretrained=weights, device=self.device)
+            if row.defense:  # a test-time defense wraps the row's model (mmcoa.models.test_time)
+                model = defend(
+                    model, row.defense["name"], **{k: v for k, v in row.defense.items() if k != "name"}
+                )
             for _, same_data in groupby(group, key=lambda cell: cell.dataset.name):
                 same_data = list(same_data)
                 bar.set_postfix_str(

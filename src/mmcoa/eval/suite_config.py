@@ -53,7 +53,7 @@ TOP_LEVEL = (
     "datasets",
     "attacks",
 )
-MODEL_KEYS = ("label", "name", "pretrained", "checkpoint", "datasets")
+MODEL_KEYS = ("label", "name", "pretrained", "checkpoint", "datasets", "defense")
 DATASET_KEYS = ("name", "options")
 RUNTIME = ("device", "data_root", "workers")  # where and how a suite runs, not what it computes
 
@@ -72,6 +72,7 @@ class ModelRow:
     pretrained: str | None = None
     checkpoint: str | None = None
     datasets: tuple[str, ...] | None = None
+    defense: dict | None = field(default=None, hash=False)  # a test-time defense's settings
 
     def weights(self, dataset: str) -> str | None:
         """What ``load_model(name, pretrained=...)`` gets for ``dataset``."""
@@ -169,6 +170,7 @@ class SuiteConfig:
                 "model": cell.model.name,
                 "weights": cell.weights,
                 "label": cell.model.label,
+                **({"defense": cell.model.defense} if cell.model.defense else {}),
                 "dataset": cell.dataset.name,
                 "dataset_options": cell.dataset.options,
                 "split": self.split,
@@ -300,7 +302,35 @@ def _model(index: int, value: Any, dataset_names: list[str]) -> ModelRow:
         datasets = tuple(datasets)
     _check_weights(where, name, pretrained, checkpoint)
     label = value.get("label") or (f"{name}:{pretrained or checkpoint}" if pretrained or checkpoint else name)
-    return ModelRow(_string(f"{where}.label", label), name, pretrained, checkpoint, datasets)
+    defense = _defense(where, value.get("defense"))
+    return ModelRow(_string(f"{where}.label", label), name, pretrained, checkpoint, datasets, defense)
+
+
+def _defense(where: str, value: Any) -> dict | None:
+    """A model row's test-time defense: ``{name: clipure|ttc, <its settings>}`` (eps and step
+    sizes in units of 1/255, as the attacks'; ``gradient: undefended`` is the non-adaptive
+    evaluation), checked by building it; stored as
+    the defense's full settings, so a record names every one."""
+    if value is None:
+        return None
+    from mmcoa.models.test_time import DEFENSES, build_defense
+
+    _require(
+        isinstance(value, dict) and value.get("name") in DEFENSES.names(),
+        f"{where}.defense must be a mapping with name ({', '.join(DEFENSES.names())}) and its settings; "
+        f"got {shown(value)}",
+    )
+    from mmcoa.units import from_255
+
+    units = {f.name for f in dataclasses.fields(DEFENSES.get(value["name"])) if f.metadata.get("unit")}
+    params = {
+        k: from_255(v, f"{where}.defense.{k}") if k in units else v for k, v in value.items() if k != "name"
+    }
+    try:
+        settings = build_defense(value["name"], **params)
+    except MmcoaError as error:
+        raise MmcoaError(f"{where}.defense: {error}") from None
+    return json_ready({"name": value["name"], **dataclasses.asdict(settings)})
 
 
 def _check_weights(where: str, name: str, pretrained: str | None, checkpoint: str | None) -> None:
