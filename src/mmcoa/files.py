@@ -87,3 +87,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def load_tensors(path: str | os.PathLike, what: str, expected: str = "") -> object:
+    """``torch.load`` of ``path`` (CPU, weights only), or one :class:`MmcoaError` line naming
+    ``what`` it is (e.g. ``"prompt file runs/x/prompt.pt"``) and, when given, what was
+    ``expected``."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        hint = f"; expected {expected}" if expected else ""
+        raise MmcoaError(f"{what} is corrupt or unreadable ({type(error).__name__}){hint}") from error

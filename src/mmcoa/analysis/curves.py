@@ -19,13 +19,13 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import torch
 
 from mmcoa.analysis.attacked import make_attack
 from mmcoa.analysis.plotting import new_figure, percent, write_analysis
 from mmcoa.analysis.runs import Run, read_runs
 from mmcoa.data import load_dataset
 from mmcoa.errors import MmcoaError
+from mmcoa.files import load_tensors
 from mmcoa.eval import evaluate
 from mmcoa.report import columns as C
 
@@ -61,14 +61,8 @@ def _trainer_step(path: Path) -> int | None:
     """The optimizer step stored in an ``mmcoa train`` checkpoint; None for other files."""
     from mmcoa.train.checkpointing import trainer_step
 
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise MmcoaError(
-            f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}); expected an mmcoa train "
-            "checkpoint (RUN/checkpoints/) or a state dict saved with torch.save"
-        ) from error
-    return trainer_step(payload)
+    expected = "an mmcoa train checkpoint (RUN/checkpoints/) or a state dict saved with torch.save"
+    return trainer_step(load_tensors(path, f"checkpoint {path}", expected))
 
 
 def training_curves(

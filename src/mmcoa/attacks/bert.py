@@ -170,13 +170,10 @@ class BertTargeted(UsesBertAttack, Attack):
     the image's true-class probability most; an edit is kept only if it lowers it, so the
     attack never raises the true-class probability.
 
-    Arguments:
-        mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
-            budget and where candidates are read
-            (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
+    Arguments: as for :class:`BertPrompts`.
 
     Shape:
-        - images, labels: as for :class:`~mmcoa.attacks.base.Attack`; images returned unchanged.
+        - images, labels: as for :class:`BertPrompts`.
         - output: ``AttackResult.class_embeddings`` ``(B, C, D)``, normalized: each image's
           prompt set with its own true-class edit; ``words_changed`` ``(B,)``;
           ``adversarial_prompts`` None (the prompts differ per image).

@@ -43,17 +43,9 @@ class CoAttack(ImageBudget, TextAttackChoice, Attack):
     text_weight 3 (the published code's alpha), BERT-Attack k 10 / 1 word. Retrieval uses eps 2/255, 10 steps,
     step eps/steps·1.25.
 
-    Arguments (eps and step_size in pixel units):
-        text_attack (str): ``bert`` (the paper's) or ``charmer``
-            (:class:`~mmcoa.attacks.charmer.TextAttackChoice`). (Default: ``"bert"``)
-        mlm, k, max_words, candidate_position: BERT-Attack's masked LM, candidates per word, word
-            budget and where candidates are read
-            (:class:`~mmcoa.attacks.bert.UsesBertAttack`).
-        max_edits, n_positions, alphabet: Charmer's Levenshtein budget, positions kept and
-            characters, with ``text_attack="charmer"``
-            (:class:`~mmcoa.attacks.charmer.UsesCharmer`).
-        eps, step_size, n_steps, precision: the L-inf image budget
-            (:class:`~mmcoa.attacks.pgd.ImageBudget`). (Default: 1/255, 1/255, 100, ``"fp32"``)
+    Arguments (eps and step_size in pixel units): the text attack and its fields as for
+    :class:`~mmcoa.attacks.multimodal.Multimodal` (``text_attack``: ``bert``, the paper's, or
+    ``charmer``), the same L-inf image budget, and
         text_weight (float): weight of the KL to the attacked prompt's embedding against the KL
             to the clean image's (the published code's ``alpha``). (Default: 3.0)
 

@@ -20,6 +20,7 @@ import os
 import torch
 from torch import nn
 
+from mmcoa.files import load_tensors
 from mmcoa.errors import MmcoaError
 
 PROMPT_FORMAT = "mmcoa-prompt-v1"
@@ -276,13 +277,7 @@ def _unknown_kind(path, kind) -> MmcoaError:
 def read_prompt(path) -> dict:
     if not os.path.isfile(path):
         raise MmcoaError(f"prompt file {path} does not exist ({PROMPT_FILES})")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise MmcoaError(
-            f"prompt file {path} is corrupt or unreadable ({type(error).__name__}); expected a prompt "
-            f"file ({PROMPT_FILES})"
-        ) from error
+    payload = load_tensors(path, f"prompt file {path}", f"a prompt file ({PROMPT_FILES})")
     if not isinstance(payload, dict) or payload.get("format") != PROMPT_FORMAT:
         raise MmcoaError(f"{path} is not an mmcoa prompt file ({PROMPT_FILES})")
     if payload.get("kind") not in PROMPT_KINDS:

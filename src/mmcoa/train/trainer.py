@@ -36,7 +36,7 @@ from mmcoa.distributed import (
     world_from_env,
 )
 from mmcoa.errors import MmcoaError
-from mmcoa.files import write_json_atomic
+from mmcoa.files import load_tensors, write_json_atomic
 from mmcoa.models import load_model, validate_model_name
 from mmcoa.models.checkpoints import META_KEY, TRAINING_KEY, meta_sidecar
 from mmcoa.models.modes import active_dropout, frozen_parts, train_unfrozen
@@ -601,12 +601,7 @@ def _load_checkpoint(run: Path, config: TrainConfig, world: World = SINGLE) -> d
         )
     if not path.is_file():
         raise MmcoaError(f"--resume: no checkpoint at {path}; start without --resume")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise MmcoaError(
-            f"--resume: checkpoint {path} is corrupt or unreadable ({type(error).__name__})"
-        ) from error
+    checkpoint = load_tensors(path, f"--resume: checkpoint {path}")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise MmcoaError(f"--resume: {path} is not an mmcoa training checkpoint")
     saved = _renamed_identity(checkpoint["config"])
