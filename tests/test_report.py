@@ -152,6 +152,14 @@ def test_the_report_opens_with_the_main_table_then_figures_then_the_other_tables
     )
 
 
+def test_character_level_text_attacks_have_their_own_named_columns():
+    word = {**record("CLIP", "cifar10", "bert", 0.4, k=10), "text_threat": "word"}
+    character = {**record("CLIP", "cifar10", "charmer", 0.2, max_edits=1), "text_threat": "character"}
+    both = {**record("CLIP", "cifar10", "multimodal", 0.1, text_attack="charmer"), "text_threat": "character"}
+    names = [c.name for c in build_tables([word, character, both])[0].columns]
+    assert names == ["Text (bert)", "Text (character-level) (charmer)", "Multimodal (character-level)"]
+
+
 def test_other_parameters_and_sample_counts_show_in_headers():
     records = [
         record("CLIP", "cifar10", "pgd", 0.3, eps=EPS1, n_steps=10),

@@ -22,7 +22,8 @@ THREAT_ORDER = ("image", "text", "multimodal", "clean")
 THREAT_NAMES = {"image": "Image", "text": "Text", "multimodal": "Multimodal", "clean": "Clean"}
 PIXEL_PARAMS = ("eps", "step_size")  # shown in units of 1/255
 PROTOCOL_KEYS = ("split", "seed", "n")
-NAME_KEYS = ("attack", "threat")  # a setting's names, not its parameters
+NAME_KEYS = ("attack", "threat", "text_threat")  # a setting's names, not its parameters
+TEXT_UNIT = "text_threat"  # word (BERT-Attack) or character (Charmer), in records with a text part
 
 
 def threat_of(record: dict) -> str:
@@ -39,6 +40,13 @@ def threat_name(threat: str) -> str:
     return THREAT_NAMES.get(threat, threat)
 
 
+def family_name(setting: dict) -> str:
+    """A column family's name: the threat's, marked ``character-level`` for a text part that
+    edits characters (Charmer; records' ``text_threat``) rather than words."""
+    name = threat_name(threat_of(setting))
+    return f"{name} (character-level)" if setting.get(TEXT_UNIT) == "character" else name
+
+
 def setting_of(record: dict, *, with_n: bool = True) -> dict:
     """The attack and protocol a record was produced under (what a column must share)."""
     setting = {
@@ -47,6 +55,7 @@ def setting_of(record: dict, *, with_n: bool = True) -> dict:
         **record["attack_params"],
         "split": record.get("split"),
         "seed": record.get("seed"),
+        **({TEXT_UNIT: "character"} if record.get(TEXT_UNIT) == "character" else {}),
     }
     if with_n:
         setting["n"] = record.get("n_samples", record.get("n_images"))
@@ -80,7 +89,7 @@ def difference_parts(settings: list[dict]) -> list[list[str]]:
             for k in _ordered_fields(settings)
             if (k == "attack" and _varies(settings, k))
             or (k == "eps" and k in setting and _varies([s for s in settings if k in s], k))
-            or (k not in ("attack", "eps") and _varies(same_attack, k))
+            or (k not in ("attack", "eps", TEXT_UNIT) and _varies(same_attack, k))
         ]
         out.append([_field_text(k, setting.get(k)) for k in keys])
     return out
@@ -95,7 +104,7 @@ def series_names(settings: list[dict]) -> list[str]:
         if attack != "clean" and attack not in parts:
             parts = [attack] + parts
         suffix = f" ({', '.join(parts)})" if parts else ""
-        names.append(threat_name(threat_of(setting)) + suffix)
+        names.append(family_name(setting) + suffix)
     return names
 
 

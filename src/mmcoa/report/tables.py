@@ -192,7 +192,7 @@ def _column_names(order: list[tuple]) -> dict[str, str]:
     for dataset, threat in _first_seen((k[0], k[1]) for k in order):
         members = [k for k in order if (k[0], k[1]) == (dataset, threat)]
         for key, diff in zip(members, C.differences([k[2] for k in members])):
-            names[_id(key)] = f"{C.threat_name(threat)} ({diff})" if diff else C.threat_name(threat)
+            names[_id(key)] = f"{C.family_name(key[2])} ({diff})" if diff else C.family_name(key[2])
     return names
 
 
