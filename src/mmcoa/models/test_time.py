@@ -103,6 +103,7 @@ class DefenseSettings:
     are one-line errors at construction, before any model work."""
 
     name: ClassVar[str] = "defense"
+    model_class: ClassVar[type]  # the DefendedModel subclass that runs it (set beside it)
     gradients: ClassVar[tuple[str, ...]] = GRADIENTS
     randomised: ClassVar[bool] = False
 
@@ -220,7 +221,7 @@ def defend(model: VisionLanguageModel, defense: str | DefenseSettings, **params)
     if params and not isinstance(defense, str):
         raise MmcoaError("give a defense's parameters with its name, or settings alone")
     settings = build_defense(defense, **params) if isinstance(defense, str) else defense
-    return MODELS_OF[settings.name](model, settings)
+    return type(settings).model_class(model, settings)
 
 
 # -- CLIPure-Cos -------------------------------------------------------------------------------
@@ -518,4 +519,4 @@ class TTCModel(DefendedModel):
         return ttc_tau(self.base.encode_image(images + start).float(), self.base.encode_image(images).float())
 
 
-MODELS_OF: dict[str, type[DefendedModel]] = {"clipure": ClipureModel, "ttc": TTCModel}
+Clipure.model_class, TTC.model_class = ClipureModel, TTCModel  # the wrapper each defense builds
