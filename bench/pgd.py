@@ -52,7 +52,8 @@ class Config:
 
 
 def configs(device: str, quick: bool) -> list[Config]:
-    """The CPU configurations always; the CUDA one when running on CUDA."""
+    """The CPU configurations always; the CUDA ones (ViT-B/32 at batch 256, ViT-L/14 at
+    RobustVLM's batch 50) when running on CUDA."""
     scale = 4 if quick else 1  # --quick: a quarter of the batch, fewer steps
     steps = 3 if quick else 10
     out = [
@@ -61,6 +62,8 @@ def configs(device: str, quick: bool) -> list[Config]:
     ]
     if device == "cuda":
         out.append(Config("ViT-B-32 cuda", "ViT-B-32", "random", "cuda", 224, 256 // scale, steps, bf16=True))
+        # RobustVLM's protocol: ViT-L/14 at batch 50 (bench/protocol_cost.py --rate takes its rate)
+        out.append(Config("ViT-L-14 cuda", "ViT-L-14", "random", "cuda", 224, 50, steps, bf16=True))
     return out
 
 
