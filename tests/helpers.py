@@ -6,6 +6,7 @@ the small on-disk layouts tests write (an image folder, MSCOCO Karpathy, STL-10 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -333,3 +334,24 @@ def render_dom(page: Path, click: str | None = None) -> tuple[str, list[str]]:
         page = copy
     result = chromium("--dump-dom", page.as_uri())
     return result.stdout, console_problems(result.stderr)
+
+
+def first_items(dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` items of ``dataset`` as one batch: images ``[n, 3, H, W]`` and labels."""
+    images = torch.stack([dataset[i][0] for i in range(n)])
+    return images, torch.tensor([dataset[i][1] for i in range(n)])
+
+
+@contextlib.contextmanager
+def nudged_text_tower(model):
+    """``model``'s first text-tower weight moved by 1e-3 in place (a weight change a cache keyed
+    on the text tower must see), restored on exit."""
+    _, param = next(model.tower_parameters("text"))
+    saved = param.detach().clone()
+    try:
+        with torch.no_grad():
+            param.add_(1e-3)
+        yield
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import nudged_text_tower
 import torch.nn.functional as F
 from torch import nn
 
@@ -405,16 +406,9 @@ def test_cache_skips_the_victim_until_the_text_tower_changes(mlm, tiny_model, mo
     assert attack.attack_embeddings(TEXTS[::-1], tiny_model) == first[::-1]
     assert calls == [] and mlm.model.calls == mlm_calls  # no forward at all
 
-    _, param = next(tiny_model.tower_parameters("text"))
-    saved = param.detach().clone()
-    try:
-        with torch.no_grad():
-            param.add_(1e-3)
+    with nudged_text_tower(tiny_model):
         attack.attack_embeddings(TEXTS[:2], tiny_model)
         assert calls  # the text tower changed in place: cache miss
-    finally:
-        with torch.no_grad():
-            param.copy_(saved)
 
 
 def test_cache_keeps_working_when_smaller_than_the_batch(mlm, tiny_model):

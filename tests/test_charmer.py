@@ -26,7 +26,7 @@ from mmcoa.eval.retrieval import evaluate_retrieval
 from mmcoa.eval.runner import record_identity
 from mmcoa.models import ZeroShotClassifier
 from mmcoa.models.minilm import minilm_dir
-from helpers import assert_valid_perturbation, make_layout
+from helpers import assert_valid_perturbation, make_layout, nudged_text_tower
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,16 +156,9 @@ def test_cache_skips_the_victim_until_the_text_tower_changes(tiny_model, synthet
     first = engine.attack_embeddings(prompts, tiny_model)
     calls.clear()
     assert engine.attack_embeddings(prompts[::-1], tiny_model) == first[::-1] and calls == []
-    _, param = next(tiny_model.tower_parameters("text"))
-    saved = param.detach().clone()
-    try:
-        with torch.no_grad():
-            param.add_(1e-3)
+    with nudged_text_tower(tiny_model):
         engine.attack_embeddings(prompts[:1], tiny_model)
         assert calls  # the text tower changed in place: cache miss
-    finally:
-        with torch.no_grad():
-            param.copy_(saved)
 
 
 def test_sampled_search_is_seeded_and_costs_at_most_two_rho_per_edit():

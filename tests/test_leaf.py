@@ -21,7 +21,7 @@ from mmcoa.train.config import TrainConfig
 from mmcoa.train.leaf import LEAF, text_generators
 from mmcoa.train.methods import METHODS, StepContext
 from mmcoa.train.trainer import build_optimizer, train
-from helpers import crash_training_at
+from helpers import crash_training_at, first_items
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,10 +31,6 @@ SMALL = dict(max_edits=1, n_positions=6, alphabet="lowercase")  # a cheap sample
 @pytest.fixture(scope="module")
 def train_data():
     return mmcoa.load_dataset("synthetic", split="train")
-
-
-def fixed_batch(dataset, n=8):
-    return torch.stack([dataset[i][0] for i in range(n)]), torch.tensor([dataset[i][1] for i in range(n)])
 
 
 def set_up(model_name="tiny-clip", **config):
@@ -54,7 +50,7 @@ def context(model, config, prompts, seed=0):
 
 def test_loss_is_textfare_on_the_worst_text_within_one_edit(train_data):
     model, method, config = set_up()
-    images, labels = fixed_batch(train_data)
+    images, labels = first_items(train_data, 8)
     prompts = train_data.prompts()
     loss, terms = method.loss(context(model, config, prompts), images, labels)
     texts = [prompts[int(y)] for y in labels]
@@ -90,7 +86,7 @@ def test_loss_lowers_on_a_fixed_batch_and_the_image_tower_stays_bit_identical(tr
     image_before = {n: p.detach().clone() for n, p in model.tower_parameters("image")}
     text_before = {n: p.detach().clone() for n, p in model.tower_parameters("text")}
     optimizer = build_optimizer(model, config)
-    images, labels = fixed_batch(train_data)
+    images, labels = first_items(train_data, 8)
     model.train()
     losses = []
     for _ in range(4):  # the same draws every step: only the weights change

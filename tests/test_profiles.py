@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import yaml
 
 import mmcoa
+from helpers import first_items
 from mmcoa.attacks import build_attack
 from mmcoa.attacks.base import eval_mode, seed_identity, seed_params
 from mmcoa.attacks.pgd import random_start
@@ -48,11 +49,6 @@ def side(profile: str) -> dict:
 @pytest.fixture(scope="module")
 def train_data():
     return mmcoa.load_dataset("synthetic", split="train")
-
-
-def first_items(dataset, n):
-    images = torch.stack([dataset[i][0] for i in range(n)])
-    return images, torch.tensor([dataset[i][1] for i in range(n)])
 
 
 def set_up(name, train_data, **overrides):

@@ -127,20 +127,8 @@ def test_different_attack_settings_are_never_merged():
 
 
 def test_the_report_opens_with_the_main_table_then_figures_then_the_other_tables(tmp_path, paper_records):
-    from mmcoa.analysis.plotting import new_figure, write_analysis
 
-    folder = write_inputs(tmp_path / "in", paper_records)
-    figure, _ = new_figure(4, 3)
-    write_analysis(
-        folder,
-        "plot",
-        analysis="eps-sweep",
-        title="A plot",
-        figure=figure,
-        columns=["s", "v"],
-        rows=[["a", 1.0]],
-        data={},
-    )
+    folder = write_plot(write_inputs(tmp_path / "in", paper_records))
     write_report([folder], tmp_path / "out")
     markdown = (tmp_path / "out" / "report.md").read_text()
     heads = [line for line in markdown.splitlines() if line.startswith("## ")]
@@ -295,6 +283,24 @@ def write_inputs(folder, paper_records):
     return folder
 
 
+def write_plot(folder):
+    """An analysis summary with its figure ("A plot") beside the records in ``folder``."""
+    from mmcoa.analysis.plotting import new_figure, write_analysis
+
+    figure, _ = new_figure(4, 3)
+    write_analysis(
+        folder,
+        "plot",
+        analysis="eps-sweep",
+        title="A plot",
+        figure=figure,
+        columns=["series", "value"],
+        rows=[["a", 1.0]],
+        data={},
+    )
+    return folder
+
+
 def test_write_report_files(tmp_path, paper_records):
     page = write_report([write_inputs(tmp_path / "in", paper_records)], tmp_path / "out")
     out = tmp_path / "out"
@@ -351,20 +357,8 @@ def test_chromium_detects_console_errors(tmp_path):
 
 @needs_chromium
 def test_html_report_opens_in_headless_chromium(tmp_path, paper_records):
-    from mmcoa.analysis.plotting import new_figure, write_analysis
 
-    folder = write_inputs(tmp_path / "in", paper_records)
-    figure, (ax,) = new_figure(4, 3)
-    write_analysis(
-        folder,
-        "plot",
-        analysis="eps-sweep",
-        title="A plot",
-        figure=figure,
-        columns=["series", "value"],
-        rows=[["a", 1.0]],
-        data={},
-    )
+    folder = write_plot(write_inputs(tmp_path / "in", paper_records))
     page = write_report([folder], tmp_path / "out")
     result = chromium("--dump-dom", page.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]

@@ -21,7 +21,7 @@ from mmcoa.train import methods, simclip
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext
 from mmcoa.train.trainer import build_optimizer, train
-from helpers import MINILM_SETTINGS
+from helpers import MINILM_SETTINGS, first_items
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -29,11 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 @pytest.fixture(scope="module")
 def train_data():
     return mmcoa.load_dataset("synthetic", split="train")
-
-
-def first_items(dataset, n=8):
-    images = torch.stack([dataset[i][0] for i in range(n)])
-    return images, torch.tensor([dataset[i][1] for i in range(n)])
 
 
 def set_up(model, data, **overrides):
@@ -79,7 +74,7 @@ def test_it_compares_the_tuned_adversarial_embedding_with_the_frozen_clean_one(t
     with torch.no_grad():  # tuned and original differ, so the two candidates for each side do too
         for param in model.model.visual.parameters():
             param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
-    images, labels = first_items(train_data)
+    images, labels = first_items(train_data, 8)
     seen = {}
     maximize = methods.maximize_in_train_budget  # FARE's attack, shared: mmcoa.train.methods
 
@@ -123,7 +118,7 @@ def test_steps_move_the_image_tower_only_and_never_the_original(train_data):
     config, method = set_up(model, train_data, lr=1e-3)
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
     optimizer = build_optimizer(model, config)
-    images, labels = first_items(train_data)
+    images, labels = first_items(train_data, 8)
     model.train()
     for step in range(2):
         loss, _ = method.loss(context(config, model, seed=step), images, labels)

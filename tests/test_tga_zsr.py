@@ -25,7 +25,7 @@ from mmcoa.train import tga_zsr
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext
 from mmcoa.train.trainer import build_optimizer, train
-from helpers import MINILM_SETTINGS
+from helpers import MINILM_SETTINGS, first_items
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -35,11 +35,6 @@ METHOD_NAMES = ("tga-zsr", "comp-tga")
 @pytest.fixture(scope="module")
 def train_data():
     return mmcoa.load_dataset("synthetic", split="train")
-
-
-def first_items(dataset, n=4):
-    images = torch.stack([dataset[i][0] for i in range(n)])
-    return images, torch.tensor([dataset[i][1] for i in range(n)])
 
 
 def two_layer_model() -> OpenClipModel:
@@ -203,7 +198,7 @@ def test_the_loss_matches_hand_computation_on_a_two_layer_model(name, train_data
     model = two_layer_model()
     config, method = set_up(name, model, train_data)
     nudge_image_tower(model)
-    images, labels = first_items(train_data)
+    images, labels = first_items(train_data, 4)
     adversarial = (
         images + 1 / 255 * torch.randn(images.shape, generator=torch.Generator().manual_seed(2))
     ).clamp(0, 1)
