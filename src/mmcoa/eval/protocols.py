@@ -214,17 +214,29 @@ def check_record(record: dict, protocol: Protocol) -> None:
             f"({protocol.sha1[:8]}); rerun it"
         )
     precision = (record.get("attack_params") or {}).get("precision")
-    config = protocol.suite(claimed.get("part"), PLACEHOLDER_MODEL, precision=precision)
-    expected = {
-        (cell.dataset.name, cell.attack.label): _model_free(config.cell_settings(cell))
-        for cell in config.cells()
-    }
+    expected = _expected_settings(protocol, claimed.get("part"), precision)
     key = (record.get("dataset"), record.get("attack_label"))
     if expected.get(key) != _model_free(record.get("cell_settings") or {}):
         raise MmcoaError(f"{what} has settings other than protocol {protocol.name}'s; it is not compared")
 
 
 PLACEHOLDER_MODEL = "tiny-clip"  # builds a part's cells to read their settings (the model is the record's)
+
+
+_EXPECTED: dict[tuple, dict] = {}  # (definition SHA-1, part, precision) -> settings by cell
+
+
+def _expected_settings(protocol: Protocol, part: str, precision: str | None) -> dict[tuple, dict]:
+    """``{(dataset, attack label): cell settings less the model row}`` of a part, built once per
+    definition, part and precision (a leaderboard checks many records of each)."""
+    key = (protocol.sha1, part, precision)
+    if key not in _EXPECTED:
+        config = protocol.suite(part, PLACEHOLDER_MODEL, precision=precision)
+        _EXPECTED[key] = {
+            (cell.dataset.name, cell.attack.label): _model_free(config.cell_settings(cell))
+            for cell in config.cells()
+        }
+    return _EXPECTED[key]
 
 
 def _model_free(settings: dict) -> dict:
