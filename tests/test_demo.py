@@ -47,14 +47,14 @@ from helpers import shared_across_workers
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 SMALL_PRETRAIN = replace(PRETRAIN, target_accuracy=0.60, eval_every=25, val_size=300)
 SMALL_TABLE1 = Table1Settings(
-    n_samples=60,
+    n_samples=40,
     eval_steps=3,
     max_steps=3,
-    batch_size=32,
-    report_samples=24,
+    batch_size=16,
+    report_samples=16,
     lambdas=(0, 0.5, 1),
     sweep_eps=(1, 4),
-    sanity=SanitySettings(n_samples=24, eps=(1, 4), steps=(2, 4), large_eps=16, square_queries=20),
+    sanity=SanitySettings(n_samples=16, eps=(1, 4), steps=(2, 4), large_eps=16, square_queries=20),
 )
 ROW_NAMES = [row for row, _ in TABLE1_ROWS]
 ATTACKS = ["clean", "pgd", "bert", "multimodal", "coattack"]  # the records' order
@@ -70,7 +70,7 @@ def demo_run(tmp_path_factory, one_thread):
 
     def make(output):
         settings = dict(pretrain=SMALL_PRETRAIN, table1=SMALL_TABLE1, show_table=False)
-        return run_demo(output, n_samples=120, progress=False, **settings)
+        return run_demo(output, n_samples=80, progress=False, **settings)
 
     return shared_across_workers(tmp_path_factory, "demo", make)  # once per test session
 

@@ -296,6 +296,30 @@ def test_token_ids_are_cached_and_dropped_with_the_tokenizer(monkeypatch):
     assert calls[-1] == ("other", ["a dog"])  # not served from the old tokenizer's cache
 
 
+def test_models_of_one_architecture_share_one_tokenizer_and_copies_share_it():
+    """Built once per configuration (parsing the BPE file costs more than a tiny model), equal
+    to open_clip's own; a configuration registered again under the name gets its own."""
+    import copy
+
+    import open_clip
+
+    from mmcoa.models.open_clip_backend import tokenizer_of
+
+    first, second = mmcoa.load_model("tiny-clip"), mmcoa.load_model("tiny-clip")
+    assert first.tokenizer is second.tokenizer
+    assert torch.equal(first.tokenizer(SHORT), open_clip.get_tokenizer("tiny-clip")(SHORT))
+    config = open_clip.get_model_config("tiny-clip")
+    changed = {**config, "text_cfg": {**config["text_cfg"], "context_length": 7}}
+    stub = type("OpenClip", (), {"get_model_config": staticmethod(lambda name: changed)})
+    stub.get_tokenizer = staticmethod(lambda name: ("built for", name))
+    assert tokenizer_of(stub, "tiny-clip") == ("built for", "tiny-clip")  # not the cached one
+    copied = copy.deepcopy(first, memo=first.copy_memo())
+    assert copied.tokenizer is first.tokenizer and copied.token_cache is first.token_cache
+    assert copied.model is not first.model
+    for (name, a), b in zip(first.state_dict().items(), copied.state_dict().values()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
+
+
 def test_a_text_context_survives_a_batch_shorter_than_it(tiny_model):
     from mmcoa.models.prompts import text_context_for
 

@@ -73,7 +73,7 @@ def interpolation(
     end = tuned.model.state_dict() if isinstance(tuned, VisionLanguageModel) else dict(tuned)
     _check_lambdas(lambdas)
     interpolate_state_dicts(start, end, 0.0)  # mismatched keys or shapes fail before any work
-    work = copy.deepcopy(zero_shot)
+    work = copy.deepcopy(zero_shot, memo=zero_shot.copy_memo())
     records = []
     for lam in lambdas:
         work.model.load_state_dict(interpolate_state_dicts(start, end, lam))

@@ -34,6 +34,7 @@ from mmcoa.models.open_clip_backend import (
     _to_open_clip_layout,
     load_open_clip,
     open_clip_registered,
+    tokenizer_of,
 )
 from mmcoa.models.zoo import ZooEntry, get_entry
 
@@ -282,7 +283,7 @@ def _wrap(entry: ZooEntry, model, pretrained: str | None) -> OpenClipModel:
         "mean": entry.mean,
         "std": entry.std,
     }
-    tokenizer = open_clip_registered().get_tokenizer(_arch(entry))
+    tokenizer = tokenizer_of(open_clip_registered(), _arch(entry))
     return OpenClipModel(model, tokenizer, name=entry.name, pretrained=pretrained)
 
 

@@ -562,8 +562,8 @@ def maximize_in_train_budget(loss_fn, images, config, generator) -> torch.Tensor
 
 def frozen_copy(model: VisionLanguageModel) -> VisionLanguageModel:
     """An eval-mode, gradient-free copy of the model at the start of training (the teacher of
-    FARE and PMG-AFT): no dropout, fixed targets, for the whole run."""
-    frozen = copy.deepcopy(model).eval()
+    FARE and PMG-AFT): no dropout, fixed targets, for the whole run. It shares the tokenizer."""
+    frozen = copy.deepcopy(model, memo=model.copy_memo()).eval()
     frozen.requires_grad_(False)
     return frozen
 
