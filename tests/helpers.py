@@ -84,6 +84,7 @@ MINILM_SETTINGS = dict(
     dataset="synthetic",
     batch_size=8,
     lr=1e-3,
+    train_steps=2,  # MMCoA's and FARE's 10 training PGD steps would be most of each run's time
     mlm="minilm",
     k=4,
 )

@@ -33,6 +33,7 @@ from helpers import (
     crash_training_at,
     minilm_train_args,
     run_mmcoa_here,
+    shared_across_workers,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,6 +56,20 @@ needs_minilm = pytest.mark.skipif(
 def config(tmp_path, method: str, name: str, **overrides) -> TrainConfig:
     settings = {**MINILM_SETTINGS, **MMCOA_FLAGS.get(method, {}), "max_steps": 2}
     return TrainConfig(method=method, output=str(tmp_path / name), **{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """``whole_run(method)``: the folder of an uninterrupted 4-step run, made once per session
+    (the crashed and the killed run of MMCoA end where the same run ends)."""
+
+    def run(method: str):
+        def make(folder):
+            train(config(folder, method, "run", max_steps=4), progress=False)
+
+        return shared_across_workers(tmp_path_factory, f"whole-{method}", make)[0] / "run"
+
+    return run
 
 
 def weights(run) -> dict:
@@ -158,13 +173,13 @@ def test_another_seed_gives_another_run(tmp_path):
 
 @needs_minilm
 @pytest.mark.parametrize("method", ["tecoa", "mmcoa"])
-def test_a_crashed_run_resumed_ends_where_the_whole_run_ends(method, tmp_path, monkeypatch):
-    train(config(tmp_path, method, "whole", max_steps=4), progress=False)
+def test_a_crashed_run_resumed_ends_where_the_whole_run_ends(method, whole_run, tmp_path, monkeypatch):
+    whole = whole_run(method)
     crash_training_at(config(tmp_path, method, "resumed", max_steps=4, **RESUMABLE), 2, monkeypatch)
     torch.rand(11)  # the process's generators are elsewhere than at the crash
     train(config(tmp_path, method, "resumed", max_steps=4, **RESUMABLE), resume=True, progress=False)
-    assert differing(weights(tmp_path / "whole"), weights(tmp_path / "resumed")) == []
-    assert losses(tmp_path / "whole") == losses(tmp_path / "resumed")
+    assert differing(weights(whole), weights(tmp_path / "resumed")) == []
+    assert losses(whole) == losses(tmp_path / "resumed")
 
 
 def kill_after_rows(args: list[str], rows: int) -> None:
@@ -185,15 +200,16 @@ def kill_after_rows(args: list[str], rows: int) -> None:
 
 @needs_minilm
 @pytest.mark.slow
-def test_a_run_killed_with_sigkill_and_resumed_ends_where_the_whole_run_ends(tmp_path):
+def test_a_run_killed_with_sigkill_and_resumed_ends_where_the_whole_run_ends(whole_run, tmp_path):
     """A real kill at whatever point the run has reached after its second step (mid-step,
-    mid-save): the resumed run continues from its last checkpoint and ends bit-identical."""
-    run_mmcoa_here(minilm_train_args("mmcoa", tmp_path / "whole", 4))
+    mid-save): the resumed run continues from its last checkpoint and ends bit-identical to
+    the same 4 steps run whole (by ``train``: the command line builds the same settings)."""
+    whole = whole_run("mmcoa")
     killed = minilm_train_args("mmcoa", tmp_path / "killed", 4) + ["--save-every", "1"]
     kill_after_rows(killed, rows=2)
     run_mmcoa_here(killed + ["--resume"])
-    assert differing(weights(tmp_path / "whole"), weights(tmp_path / "killed")) == []
-    assert losses(tmp_path / "whole") == losses(tmp_path / "killed")
+    assert differing(weights(whole), weights(tmp_path / "killed")) == []
+    assert losses(whole) == losses(tmp_path / "killed")
 
 
 @needs_minilm

@@ -43,7 +43,10 @@ TRAIN_CASES = [
     ("tecoa", ["--train-eps", "4", "--workers", "2"]),  # each rank's shard from 2 workers
     ("pmg-aft", ["--train-steps", "1", "--train-eps", "4"]),  # a per-sample loss
     ("pmg-aft", ["--train-steps", "1", "--batch-size", "15"]),  # shards of 8 and 7: weighted
-    ("fare", ["--train-eps", "4", "--train-step-size", "1"]),  # its own maximize, L2 too below
+    (
+        "fare",
+        ["--train-eps", "4", "--train-step-size", "1", "--train-steps", "2"],
+    ),  # its own maximize, L2 too below
 ]
 EVAL_ARGS = [
     "eval",

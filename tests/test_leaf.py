@@ -151,7 +151,13 @@ def test_resume_gives_bit_identical_weights(tmp_path, monkeypatch):
 
     def config(name):
         return TrainConfig(
-            method="leaf", batch_size=8, max_steps=3, lr=1e-3, save_every=1, output=str(tmp_path / name)
+            method="leaf",
+            batch_size=8,
+            max_steps=3,
+            lr=1e-3,
+            train_steps=2,
+            save_every=1,
+            output=str(tmp_path / name),
         )
 
     train(config("whole"), progress=False)

@@ -301,7 +301,13 @@ def same_weights(a: dict, b: dict) -> bool:
 def test_resume_gives_bit_identical_weights(name, tmp_path):
     def config(run, **extra):
         return TrainConfig(
-            method=name, batch_size=16, lr=1e-3, save_every=1, output=str(tmp_path / run), **extra
+            method=name,
+            batch_size=16,
+            lr=1e-3,
+            train_steps=2,
+            save_every=1,
+            output=str(tmp_path / run),
+            **extra,
         )
 
     train(config("straight"), progress=False)  # 64 images: 4 steps

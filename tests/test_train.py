@@ -79,6 +79,7 @@ def make_config(tmp_path, mlm):
             batch_size=16,
             max_steps=2,
             lr=1e-3,
+            train_steps=2,  # FARE's and MMCoA's 10 PGD steps would be most of each test's time
             mlm=mlm,
             output=str(tmp_path / (name or method)),
         )
@@ -117,7 +118,7 @@ def adversarial_prompt_set(prompts):
 def build(name, train_data, **overrides):
     """What the trainer builds for ``name``: model, method (set up: its frozen teacher, its text
     adversary with the ``mlm`` override, and a stand-in set of adversarial prompts), optimizer."""
-    config = TrainConfig(**{"method": name, "batch_size": 16, "lr": 1e-3, **overrides})
+    config = TrainConfig(**{"method": name, "batch_size": 16, "lr": 1e-3, "train_steps": 2, **overrides})
     model = mmcoa.load_model("tiny-clip")
     method = METHODS.get(name)()
     method.setup(model, train_data.image_size, method.default_towers, config)
