@@ -320,6 +320,37 @@ def test_models_of_one_architecture_share_one_tokenizer_and_copies_share_it():
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
 
 
+def test_a_file_loads_without_random_init_into_the_saved_model(tmp_path, monkeypatch):
+    """A checkpoint replaces every weight, so the model it loads into is built with torch's
+    initializers off (they are most of a load's time): it equals the saved model, buffers
+    included, and the initializers are back afterwards, also when the build fails."""
+    from mmcoa.models import open_clip_backend
+
+    saved = mmcoa.load_model("tiny-clip", pretrained="random")
+    with torch.no_grad():
+        for param in saved.parameters():
+            param.add_(1.0)  # away from what a seeded random init would give
+    torch.save(saved.model.state_dict(), tmp_path / "w.pt")
+    initialized = []
+    monkeypatch.setattr(torch.nn.init, "normal_", lambda t, *a, **k: initialized.append(t) or t)
+    loaded = mmcoa.load_model("tiny-clip", pretrained=str(tmp_path / "w.pt"))
+    assert initialized == []  # the build never called an initializer
+    for which in ("named_parameters", "named_buffers"):
+        theirs, ours = dict(getattr(saved, which)()), dict(getattr(loaded, which)())
+        assert theirs.keys() == ours.keys()
+        assert all(torch.equal(theirs[k], ours[k]) for k in theirs), which
+    assert torch.nn.init.normal_ is not open_clip_backend._leave_as_is
+    broken = type("OpenClip", (), {"create_model": staticmethod(lambda *a, **k: 1 / 0)})
+    with pytest.raises(ZeroDivisionError):
+        open_clip_backend.model_to_load(broken, "tiny-clip")
+    assert all(
+        getattr(torch.nn.init, n) is not open_clip_backend._leave_as_is
+        for n in open_clip_backend.INITIALIZERS
+    )
+    mmcoa.load_model("tiny-clip", pretrained="random")
+    assert initialized  # random init still initializes
+
+
 def test_a_text_context_survives_a_batch_shorter_than_it(tiny_model):
     from mmcoa.models.prompts import text_context_for
 

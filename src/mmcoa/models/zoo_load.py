@@ -33,6 +33,7 @@ from mmcoa.models.open_clip_backend import (
     _seeded_random_init,
     _to_open_clip_layout,
     load_open_clip,
+    model_to_load,
     open_clip_registered,
     tokenizer_of,
 )
@@ -238,6 +239,12 @@ def _random_model(entry: ZooEntry):
     )
 
 
+def _model_to_load(entry: ZooEntry):
+    """The entry's architecture built for a strict load of a full state dict (no random init)."""
+    quick_gelu = bool(entry.load.get("quick_gelu"))
+    return model_to_load(open_clip_registered(), _arch(entry), quick_gelu=quick_gelu)
+
+
 def _raw_model(entry: ZooEntry, kind: str, path: str):
     """A vision-only file into ``base``'s ``model.visual``; a full state dict into the architecture."""
     state = _classify(path)[1]
@@ -245,7 +252,7 @@ def _raw_model(entry: ZooEntry, kind: str, path: str):
         model = _base_model(entry)
         load_into(model.visual, state, path, f"{entry.name} (vision tower of {_arch(entry)})")
         return model
-    model = _random_model(entry)
+    model = _model_to_load(entry)
     load_into(model, _to_open_clip_layout(model, dict(state)), path, entry.name)
     return model
 
@@ -271,7 +278,7 @@ def _base_model(entry: ZooEntry):
         raise MmcoaError(
             f"base {path!r} of zoo entry {entry.name} is {kind}; expected {DESCRIBE['full_state_dict']}"
         )
-    model = _random_model(entry)
+    model = _model_to_load(entry)
     load_into(model, _to_open_clip_layout(model, dict(state)), path, f"{arch} (base of {entry.name})")
     return model
 
