@@ -321,11 +321,9 @@ def test_models_of_one_architecture_share_one_tokenizer_and_copies_share_it():
 
 
 def test_a_file_loads_without_random_init_into_the_saved_model(tmp_path, monkeypatch):
-    """A checkpoint replaces every weight, so the model it loads into is built with torch's
-    initializers off (they are most of a load's time): it equals the saved model, buffers
-    included, and the initializers are back afterwards, also when the build fails."""
-    from mmcoa.models import open_clip_backend
-
+    """A checkpoint replaces every parameter, so the model it loads into is built with its
+    parameters uninitialized (random init is most of a load's time): it equals the saved
+    model, buffers included, and the initializers are back afterwards."""
     saved = mmcoa.load_model("tiny-clip", pretrained="random")
     with torch.no_grad():
         for param in saved.parameters():
@@ -334,21 +332,35 @@ def test_a_file_loads_without_random_init_into_the_saved_model(tmp_path, monkeyp
     initialized = []
     monkeypatch.setattr(torch.nn.init, "normal_", lambda t, *a, **k: initialized.append(t) or t)
     loaded = mmcoa.load_model("tiny-clip", pretrained=str(tmp_path / "w.pt"))
-    assert initialized == []  # the build never called an initializer
+    assert not any(isinstance(t, torch.nn.Parameter) for t in initialized)
     for which in ("named_parameters", "named_buffers"):
         theirs, ours = dict(getattr(saved, which)()), dict(getattr(loaded, which)())
         assert theirs.keys() == ours.keys()
         assert all(torch.equal(theirs[k], ours[k]) for k in theirs), which
-    assert torch.nn.init.normal_ is not open_clip_backend._leave_as_is
-    broken = type("OpenClip", (), {"create_model": staticmethod(lambda *a, **k: 1 / 0)})
-    with pytest.raises(ZeroDivisionError):
-        open_clip_backend.model_to_load(broken, "tiny-clip")
-    assert all(
-        getattr(torch.nn.init, n) is not open_clip_backend._leave_as_is
-        for n in open_clip_backend.INITIALIZERS
-    )
     mmcoa.load_model("tiny-clip", pretrained="random")
-    assert initialized  # random init still initializes
+    assert any(isinstance(t, torch.nn.Parameter) for t in initialized)  # random init initializes
+
+
+def test_initializers_skip_only_parameters_and_only_inside_the_context():
+    """Buffers (Hugging Face's non-persistent ``token_type_ids``) are initialized; an
+    initializer a library took inside the context (transformers, at its first import, did in
+    the demo's spawned process) initializes parameters once the context has ended."""
+    from mmcoa.models.skip_init import parameters_left_uninitialized
+
+    original = torch.nn.init.zeros_
+    parameter, buffer = torch.nn.Parameter(torch.ones(3)), torch.ones(3)
+    with parameters_left_uninitialized():
+        taken = torch.nn.init.zeros_
+        taken(parameter), taken(buffer)
+        assert parameter.tolist() == [1, 1, 1] and buffer.tolist() == [0, 0, 0]
+        with pytest.raises(ZeroDivisionError):
+            with parameters_left_uninitialized():
+                raise ZeroDivisionError
+        taken(parameter)
+        assert parameter.tolist() == [1, 1, 1]  # the outer context is still open
+    assert torch.nn.init.zeros_ is original
+    taken(parameter)
+    assert parameter.tolist() == [0, 0, 0]
 
 
 def test_a_text_context_survives_a_batch_shorter_than_it(tiny_model):

@@ -31,6 +31,7 @@ from mmcoa.models.checkpoints import check_fits, load_into, read_checkpoint, req
 from mmcoa.models.hub import fetching_weights, quiet_transformers_progress
 from mmcoa.models.tokens import TokenCache, pad_rows
 from mmcoa.models.minilm import register_minilm_clip
+from mmcoa.models.skip_init import parameters_left_uninitialized
 
 RANDOM = "random"
 LOCAL_DIR = "local-dir:"
@@ -347,31 +348,11 @@ def _seeded_random_init(open_clip, name: str, seed: int = 0, quick_gelu: bool = 
         return open_clip.create_model(name, force_quick_gelu=quick_gelu, load_weights=False)
 
 
-# torch.nn.init's initializers (those transformers' no_init_weights also skips).
-INITIALIZERS = (
-    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
-)  # fmt: skip
-
-
 def model_to_load(open_clip, name: str, quick_gelu: bool = False):
     """Architecture ``name`` built for a strict load (:func:`load_into`) that replaces every
-    parameter and persistent buffer: ``torch.nn.init``'s initializers do nothing while it is
-    built, so its weights hold whatever memory they got until the load. Random init is most of
-    a load's time otherwise (minilm-clip: 0.2 s of 0.24 s). Buffers its constructors compute
-    (causal masks, position ids) are built as usual."""
-    originals = {initializer: getattr(torch.nn.init, initializer) for initializer in INITIALIZERS}
-    for initializer in INITIALIZERS:
-        setattr(torch.nn.init, initializer, _leave_as_is)
-    try:
+    parameter: its parameters are not initialized (:mod:`mmcoa.models.skip_init`)."""
+    with parameters_left_uninitialized():
         return open_clip.create_model(name, force_quick_gelu=quick_gelu, load_weights=False)
-    finally:
-        for initializer, function in originals.items():
-            setattr(torch.nn.init, initializer, function)
-
-
-def _leave_as_is(tensor, *args, **kwargs):
-    return tensor
 
 
 @contextlib.contextmanager
