@@ -120,9 +120,11 @@ def test_plain_open_clip_gives_our_embeddings(run, images):
     torch.testing.assert_close(_ours(local, images)[1], text_ours, atol=1e-6, rtol=1e-5)
 
 
-def test_export_loads_without_mmcoa_imported(run, images, tmp_path):
-    """In a fresh interpreter that never imports mmcoa (tiny-clip is not registered there):
-    the folder alone rebuilds the model."""
+@pytest.mark.slow  # a fresh interpreter
+def test_export_loads_without_mmcoa_imported_and_import_mmcoa_registers_tiny_clip(run, images, tmp_path):
+    """In a fresh interpreter that has not imported mmcoa (tiny-clip is not registered there):
+    the folder alone rebuilds the model. Then ``import mmcoa`` alone registers the tiny
+    configurations with plain open_clip (one interpreter for both: each start costs seconds)."""
     out = tmp_path / "plain.pt"
     script = (
         "import sys, torch, open_clip\n"
@@ -131,8 +133,12 @@ def test_export_loads_without_mmcoa_imported(run, images, tmp_path):
         "assert 'mmcoa' not in sys.modules and 'tiny-clip' not in open_clip.list_models()\n"
         "model.eval()\n"
         f"with torch.no_grad(): torch.save(model.encode_text(open_clip.get_tokenizer(name)({TEXTS!r})), {str(out)!r})\n"
+        "import mmcoa\n"
+        "open_clip.create_model('tiny-clip')\n"
+        "print('registered')\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "registered", done.stderr[-2000:]
     ours = mmcoa.load_model("tiny-clip", pretrained=str(run / "final.pt"))
     torch.testing.assert_close(torch.load(out), _ours(ours, images)[1], atol=1e-5, rtol=1e-4)
 

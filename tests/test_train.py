@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,7 @@ def mlm(synthetic_mlm):
     return synthetic_mlm
 
 
-@pytest.fixture()
-def make_config(tmp_path, mlm):
+def config_maker(folder, mlm):
     def make(method="tecoa", name=None, **overrides):
         settings = dict(
             method=method,
@@ -81,11 +81,27 @@ def make_config(tmp_path, mlm):
             lr=1e-3,
             train_steps=2,  # FARE's and MMCoA's 10 PGD steps would be most of each test's time
             mlm=mlm,
-            output=str(tmp_path / (name or method)),
+            output=str(folder / (name or method)),
         )
         return TrainConfig(**{**settings, **overrides})
 
     return make
+
+
+@pytest.fixture()
+def make_config(tmp_path, mlm):
+    return config_maker(tmp_path, mlm)
+
+
+MMCOA_RESUMED = dict(save_every=1, text_attack_every=2)  # step 3 must reuse step 2's prompts
+
+
+@pytest.fixture(scope="module")
+def whole_mmcoa_run(tmp_path_factory, mlm):
+    """The uninterrupted 4-step MMCoA run that the resumed ones must end at."""
+    config = config_maker(tmp_path_factory.mktemp("whole"), mlm)("mmcoa", max_steps=None, **MMCOA_RESUMED)
+    train(config, progress=False)  # 64 images: 4 steps
+    return config.output
 
 
 @pytest.fixture(scope="module")
@@ -370,14 +386,17 @@ def test_no_attack_gradient_reaches_the_optimizer_step(name, train_data, monkeyp
     "name,interrupt,extra",
     [
         ("tecoa", "max_steps", {}),
-        ("mmcoa", "max_steps", {"text_attack_every": 2}),  # step 3 must reuse step 2's prompts
+        ("mmcoa", "max_steps", {"text_attack_every": 2}),  # the whole run: whole_mmcoa_run
         ("tecoa", "crash", {"schedule": "cosine", "warmup_steps": 1}),
         *[(name, "max_steps", {}) for name in ("ft-standard", "fare", "pmg-aft", "vp", "advpt")],
     ],
 )
-def test_resume_gives_bit_identical_weights(name, interrupt, extra, make_config, monkeypatch):
+def test_resume_gives_bit_identical_weights(name, interrupt, extra, make_config, monkeypatch, request):
     full = make_config(name, "straight", max_steps=None, save_every=1, **extra)  # 4 steps
-    train(full, progress=False)
+    if name == "mmcoa":
+        full = replace(full, output=request.getfixturevalue("whole_mmcoa_run"))
+    else:
+        train(full, progress=False)
     resumed = make_config(name, "resumed", max_steps=None, save_every=1, **extra)
     if interrupt == "max_steps":
         cut = make_config(name, "resumed", max_steps=3, save_every=1, keep_resume_state=True, **extra)
@@ -812,12 +831,11 @@ def test_a_checkpoint_saved_before_the_alpha_beta_rename_resumes(make_config):
     assert metrics["steps"] == 3
 
 
-def test_a_checkpoint_from_before_methods_kept_their_state_resumes_exactly(make_config):
+def test_a_checkpoint_from_before_methods_kept_their_state_resumes_exactly(make_config, whole_mmcoa_run):
     """Checkpoints saved before the method kept its own state hold MMCoA's adversarial prompts at
     their top level (no ``method`` entry) and the global RNG state: they resume where the
     uninterrupted run ends, the prompts reused across the interruption."""
-    extra = dict(save_every=1, text_attack_every=2)  # step 3 reuses step 2's prompts
-    train(make_config("mmcoa", "whole", max_steps=4, **extra), progress=False)
+    extra = MMCOA_RESUMED
     train(make_config("mmcoa", "old", max_steps=3, keep_resume_state=True, **extra), progress=False)
     path = os.path.join(make_config("mmcoa", "old").output, "checkpoints", "last.pt")
     checkpoint = load_state(path)
@@ -826,7 +844,8 @@ def test_a_checkpoint_from_before_methods_kept_their_state_resumes_exactly(make_
     torch.save(checkpoint, path)
     train(make_config("mmcoa", "old", max_steps=4, **extra), resume=True, progress=False)
     whole, old = (
-        load_state(os.path.join(make_config("mmcoa", n).output, "final.pt")) for n in ("whole", "old")
+        load_state(os.path.join(run, "final.pt"))
+        for run in (whole_mmcoa_run, make_config("mmcoa", "old").output)
     )
     assert all(torch.equal(whole[k], old[k]) for k in whole)
 
