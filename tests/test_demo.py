@@ -49,7 +49,7 @@ SMALL_PRETRAIN = replace(PRETRAIN, target_accuracy=0.60, eval_every=25, val_size
 SMALL_TABLE1 = Table1Settings(
     n_samples=40,
     eval_steps=3,
-    max_steps=3,
+    max_steps=2,
     batch_size=16,
     report_samples=16,
     lambdas=(0, 0.5, 1),
