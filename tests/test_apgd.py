@@ -62,7 +62,9 @@ def test_registered_on_import():
 @pytest.mark.parametrize("norm,eps", [("linf", 4 / 255), ("l2", 0.5)])
 def test_perturbation_within_budget_and_pixels_valid(classifier, predicted, name, norm, eps):
     images, labels = predicted
-    adv = build_attack(name, eps=eps, norm=norm, n_steps=5)(classifier, images, labels, _seeded()).images
+    targets = {} if name == "apgd-ce" else {"n_target_classes": 1}  # the budget holds for each target
+    attack = build_attack(name, eps=eps, norm=norm, n_steps=5, **targets)
+    adv = attack(classifier, images, labels, _seeded()).images
     assert_valid_perturbation(adv, images, eps, norm)
     assert adv.shape == images.shape and adv.dtype == images.dtype
     assert (adv - images).abs().max() > 0
