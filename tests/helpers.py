@@ -92,6 +92,29 @@ RESUMABLE = dict(save_every=1)  # a run that is crashed or killed: last.pt after
 MMCOA_FLAGS = {"mmcoa": dict(text_attack_every=2)}  # step 3 reuses step 2's adversarial prompts
 
 
+def final_weights(run) -> dict:
+    """The state dict a finished run saved as ``final.pt``."""
+    return torch.load(os.path.join(run, "final.pt"), map_location="cpu", weights_only=True)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def twice_the_same_minilm_run(folder: Path, **settings) -> tuple[dict, dict]:
+    """The final weights of two runs of one minilm-clip command (``MINILM_SETTINGS`` with
+    ``settings``) in this process; their folders (about 90 MB a run) are removed."""
+    from mmcoa.train.config import TrainConfig
+
+    try:
+        for run in ("first", "second"):
+            config = TrainConfig(**{**MINILM_SETTINGS, **settings}, output=str(folder / run))
+            trainer.train(config, progress=False)
+        return final_weights(folder / "first"), final_weights(folder / "second")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def minilm_train_args(method: str, run, steps: int) -> list[str]:
     """``mmcoa train`` arguments of a ``steps``-step ``method`` run of minilm-clip into ``run``."""
     settings = {**MINILM_SETTINGS, **MMCOA_FLAGS.get(method, {}), "method": method, "max_steps": steps}

@@ -31,6 +31,7 @@ from helpers import (
     MMCOA_FLAGS,
     RESUMABLE,
     crash_training_at,
+    final_weights,
     minilm_train_args,
     run_mmcoa_here,
     shared_across_workers,
@@ -70,10 +71,6 @@ def whole_run(tmp_path_factory):
         return shared_across_workers(tmp_path_factory, f"whole-{method}", make)[0] / "run"
 
     return run
-
-
-def weights(run) -> dict:
-    return torch.load(os.path.join(run, "final.pt"), map_location="cpu", weights_only=True)
 
 
 def losses(run) -> list[float]:
@@ -160,7 +157,7 @@ def test_the_same_command_gives_identical_weights_and_losses(method, tmp_path):
     """Two runs in one process (its generators have moved on between them): bit-identical."""
     train(config(tmp_path, method, "first"), progress=False)
     train(config(tmp_path, method, "second"), progress=False)
-    assert differing(weights(tmp_path / "first"), weights(tmp_path / "second")) == []
+    assert differing(final_weights(tmp_path / "first"), final_weights(tmp_path / "second")) == []
     assert losses(tmp_path / "first") == losses(tmp_path / "second")
 
 
@@ -168,7 +165,7 @@ def test_the_same_command_gives_identical_weights_and_losses(method, tmp_path):
 def test_another_seed_gives_another_run(tmp_path):
     train(config(tmp_path, "ft-standard", "seed0"), progress=False)
     train(config(tmp_path, "ft-standard", "seed1", seed=1), progress=False)
-    assert differing(weights(tmp_path / "seed0"), weights(tmp_path / "seed1"))
+    assert differing(final_weights(tmp_path / "seed0"), final_weights(tmp_path / "seed1"))
 
 
 @needs_minilm
@@ -178,7 +175,7 @@ def test_a_crashed_run_resumed_ends_where_the_whole_run_ends(method, whole_run, 
     crash_training_at(config(tmp_path, method, "resumed", max_steps=4, **RESUMABLE), 2, monkeypatch)
     torch.rand(11)  # the process's generators are elsewhere than at the crash
     train(config(tmp_path, method, "resumed", max_steps=4, **RESUMABLE), resume=True, progress=False)
-    assert differing(weights(whole), weights(tmp_path / "resumed")) == []
+    assert differing(final_weights(whole), final_weights(tmp_path / "resumed")) == []
     assert losses(whole) == losses(tmp_path / "resumed")
 
 
@@ -208,7 +205,7 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_where_the_whole_run_ends(who
     killed = minilm_train_args("mmcoa", tmp_path / "killed", 4) + ["--save-every", "1"]
     kill_after_rows(killed, rows=2)
     run_mmcoa_here(killed + ["--resume"])
-    assert differing(weights(whole), weights(tmp_path / "killed")) == []
+    assert differing(final_weights(whole), final_weights(tmp_path / "killed")) == []
     assert losses(whole) == losses(tmp_path / "killed")
 
 

@@ -15,7 +15,13 @@ import mmcoa
 from mmcoa.distributed import SINGLE, World, gather_with_grad, scaled_gradient
 from mmcoa.errors import MmcoaError
 from mmcoa.models.minilm import minilm_dir
-from helpers import minilm_train_args, run_mmcoa_commands, run_mmcoa_here, shared_across_workers
+from helpers import (
+    final_weights,
+    minilm_train_args,
+    run_mmcoa_commands,
+    run_mmcoa_here,
+    shared_across_workers,
+)
 
 TRAIN_ARGS = [
     "--model",
@@ -30,10 +36,6 @@ TRAIN_ARGS = [
     "1e-3",
     "--no-progress",
 ]
-
-
-def final_weights(run) -> dict:
-    return torch.load(os.path.join(run, "final.pt"), map_location="cpu", weights_only=True)
 
 
 TRAIN_CASES = [

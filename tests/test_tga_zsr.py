@@ -11,8 +11,6 @@ train are also covered by the parametrized tests of ``test_train.py``."""
 from __future__ import annotations
 
 import math
-import os
-import shutil
 
 import pytest
 import torch
@@ -25,7 +23,7 @@ from mmcoa.train import tga_zsr
 from mmcoa.train.config import TrainConfig
 from mmcoa.train.methods import METHODS, StepContext
 from mmcoa.train.trainer import build_optimizer, train
-from helpers import MINILM_SETTINGS, first_items
+from helpers import MINILM_SETTINGS, final_weights, first_items, same_weights, twice_the_same_minilm_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -289,14 +287,6 @@ def test_no_attack_gradient_reaches_the_step(name, train_data, monkeypatch):
 
 
 # -- exact resume and seeded runs with dropout -----------------------------------------------------
-def final_weights(run) -> dict:
-    return torch.load(os.path.join(run, "final.pt"), map_location="cpu", weights_only=True)
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.mark.parametrize("name", ["tga-zsr"])  # comp-tga: the same class, other prompts (below)
 def test_resume_gives_bit_identical_weights(name, tmp_path):
     def config(run, **extra):
@@ -320,11 +310,6 @@ def test_resume_gives_bit_identical_weights(name, tmp_path):
 @pytest.mark.parametrize("name", ["comp-tga"])  # the superset: class and non-class prompts
 def test_the_same_seed_gives_identical_runs_with_dropout(name, tmp_path):
     """minilm-clip with both towers trained: the text tower's dropout is on in the loss."""
-    settings = {**MINILM_SETTINGS, "method": name, "train_towers": "both", "max_steps": 2}
-    assert settings["model"] == MINILM_CLIP
-    try:
-        for run in ("first", "second"):
-            train(TrainConfig(**settings, output=str(tmp_path / run)), progress=False)
-        assert same_weights(final_weights(tmp_path / "first"), final_weights(tmp_path / "second"))
-    finally:
-        shutil.rmtree(tmp_path, ignore_errors=True)  # about 90 MB a run
+    assert MINILM_SETTINGS["model"] == MINILM_CLIP
+    first, second = twice_the_same_minilm_run(tmp_path, method=name, train_towers="both", max_steps=2)
+    assert same_weights(first, second)

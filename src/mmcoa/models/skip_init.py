@@ -1,8 +1,8 @@
 """Building a model whose parameters a checkpoint is about to replace, without initializing them.
 
-Random init is most of the time of a load from a file (tiny-clip: 0.1 s of 0.13 s; minilm-clip:
-0.05 s of 0.24 s), and :func:`~mmcoa.models.checkpoints.load_into` is strict: every parameter is
-overwritten. While :func:`parameters_left_uninitialized` is active, ``torch.nn.init``'s
+Random init is much of the time of a load from a file (``bench/model_load.py``; ViT-B-32: 0.84 s
+against 1.79 s with it, docs/benchmarks.md), and :func:`~mmcoa.models.checkpoints.load_into` is
+strict: every parameter is overwritten. While :func:`parameters_left_uninitialized` is active, ``torch.nn.init``'s
 initializers leave *parameters* as they are (uninitialized memory until the load); buffers are
 still initialized, since a non-persistent buffer (Hugging Face's ``token_type_ids``) is not in
 the checkpoint. A library that keeps a reference to an initializer taken while the context is
